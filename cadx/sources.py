@@ -1,0 +1,359 @@
+"""Parsers for the truth tables and manifests cadx imports: MIAS ``Info.txt``, CBIS-DDSM case descriptions, and
+cadx's own CSV manifest. Pure parsing: text in, validated rows out; no image is read here.
+
+Every malformed value raises :class:`cadx.errors.ManifestError` naming the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cadx.errors import ManifestError
+
+__all__ = [
+    "MIAS_PIXEL_MM",
+    "MIAS_IMAGE_SIZE",
+    "MiasFinding",
+    "MiasSkip",
+    "parse_mias_info",
+    "CbisRow",
+    "parse_cbis_csv",
+    "ManifestRow",
+    "parse_manifest",
+    "normalise_label",
+    "MANIFEST_COLUMNS",
+]
+
+MIAS_PIXEL_MM = 0.2  # the mini-MIAS images were reduced to 200 micron pixels
+MIAS_IMAGE_SIZE = 1024
+
+_LABELS = {
+    "b": "benign",
+    "benign": "benign",
+    "benign_without_callback": "benign",
+    "m": "malignant",
+    "malignant": "malignant",
+    "0": "benign",
+    "1": "malignant",
+}
+
+
+def normalise_label(value: str, *, source: str) -> str:
+    """Map a pathology label to ``"benign"`` or ``"malignant"``.
+
+    Accepts B/M, benign/malignant (any case), CBIS-DDSM's BENIGN_WITHOUT_CALLBACK (benign) and 0/1.
+    """
+    label = _LABELS.get(str(value).strip().lower())
+    if label is None:
+        shown = repr(value) if str(value).strip() else "an empty value"
+        raise ManifestError(
+            source,
+            f"unknown label {shown}",
+            "give the pathology as benign or malignant (B/M, BENIGN_WITHOUT_CALLBACK and 0/1 are accepted too)",
+        )
+    return label
+
+
+# ----------------------------------------------------------------------------------------------------- MIAS ---
+@dataclass(frozen=True)
+class MiasFinding:
+    """One truth-table row with a centre: a lesion seen in one MIAS image.
+
+    ``centre_rc`` is in image (row, col) pixels with the origin at the top-left: MIAS gives x, y with the origin at
+    the bottom-left, so row = 1024 - y and col = x.
+    """
+
+    refnum: str  # "mdb005"
+    index: int  # 1-based finding number within the image (mdb005 has two)
+    background: str  # F, G, D
+    abnormality: str  # CALC, CIRC, SPIC, MISC, ARCH, ASYM
+    label: str  # benign | malignant
+    x: int
+    y: int
+    radius_px: float
+    centre_rc: tuple[float, float]
+    patient_number: int  # consecutive films (mdb001/mdb002, ...) are one woman's left and right breasts
+    laterality: str  # "L" for even numbers, "R" for odd (Info.txt note 1)
+
+    @property
+    def diameter_mm(self) -> float:
+        return 2.0 * self.radius_px * MIAS_PIXEL_MM
+
+
+@dataclass(frozen=True)
+class MiasSkip:
+    """A truth-table row that gives no ROI, with the reason."""
+
+    refnum: str
+    line: int
+    reason: str
+
+
+_MIAS_ROW = re.compile(r"^(mdb\d{3})\s+(\S+)\s+(\S+)(.*)$")
+
+
+def parse_mias_info(path: str | Path) -> tuple[list[MiasFinding], list[MiasSkip]]:
+    """Parse the original MIAS ``Info.txt`` truth table.
+
+    Rows are ``REFNUM BG CLASS [SEVERITY X Y RADIUS]``. NORM rows, rows without a centre (e.g. mdb059) and
+    calcification rows marked ``*NOTE 3*`` (diffuse, no centre) are returned as skips with their reason.
+
+    Returns
+    -------
+    findings : list of MiasFinding
+    skipped : list of MiasSkip
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise ManifestError(str(path), f"cannot be read ({exc.strerror})", "point to the MIAS folder that holds Info.txt") from exc
+    findings: list[MiasFinding] = []
+    skipped: list[MiasSkip] = []
+    count_per_image: dict[str, int] = {}
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        match = _MIAS_ROW.match(line.strip())
+        if not match:
+            continue
+        refnum, background, abnormality, rest = match.groups()
+        where = f"{path}, line {line_number} ({refnum})"
+        fields = rest.split()
+        if abnormality == "NORM":
+            skipped.append(MiasSkip(refnum, line_number, "normal image: no finding"))
+            continue
+        if not fields:
+            raise ManifestError(where, "no severity (B or M) for an abnormal finding", "add the severity column")
+        label = normalise_label(fields[0], source=where)
+        if "*NOTE" in rest:
+            skipped.append(MiasSkip(refnum, line_number, "diffuse calcifications (*NOTE 3*): no centre given"))
+            continue
+        if len(fields) < 4:
+            skipped.append(MiasSkip(refnum, line_number, "no centre given in the truth table"))
+            continue
+        try:
+            x, y = int(fields[1]), int(fields[2])
+            radius = float(fields[3])
+        except ValueError as exc:
+            raise ManifestError(where, f"centre or radius is not a number: {' '.join(fields[1:4])!r}",
+                                "give X, Y and RADIUS as pixel numbers") from exc
+        if not (0 <= x < MIAS_IMAGE_SIZE and 0 < y <= MIAS_IMAGE_SIZE) or not math.isfinite(radius) or radius <= 0:
+            raise ManifestError(where, f"centre ({x}, {y}) or radius {radius} is outside the 1024x1024 image",
+                                "check the row against the original Info.txt")
+        count_per_image[refnum] = count_per_image.get(refnum, 0) + 1
+        number = int(refnum[3:])
+        findings.append(
+            MiasFinding(
+                refnum=refnum,
+                index=count_per_image[refnum],
+                background=background,
+                abnormality=abnormality,
+                label=label,
+                x=x,
+                y=y,
+                radius_px=radius,
+                centre_rc=(float(MIAS_IMAGE_SIZE - y), float(x)),
+                patient_number=(number + 1) // 2,
+                laterality="L" if number % 2 == 0 else "R",
+            )
+        )
+    if not findings and not skipped:
+        raise ManifestError(str(path), "no MIAS truth-table rows found", "use the original MIAS Info.txt")
+    return findings, skipped
+
+
+# ------------------------------------------------------------------------------------------------ CBIS-DDSM ---
+@dataclass(frozen=True)
+class CbisRow:
+    """One row of a CBIS-DDSM case-description CSV: one view (CC or MLO) of one abnormality."""
+
+    csv_name: str
+    line: int
+    patient_id: str
+    side: str  # LEFT | RIGHT
+    view: str  # CC | MLO
+    abnormality_id: str
+    abnormality_type: str  # mass | calcification
+    pathology: str  # as given: MALIGNANT, BENIGN, BENIGN_WITHOUT_CALLBACK
+    label: str  # benign | malignant
+    image_path: str
+    crop_path: str
+    mask_path: str
+
+    @property
+    def lesion_key(self) -> str:
+        # Mass and calcification CSVs number their abnormalities separately, so the type is part of the key.
+        return f"{self.patient_id}/{self.side}/{self.abnormality_type}/{self.abnormality_id}"
+
+
+_CBIS_REQUIRED = (
+    "patient_id",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "pathology",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+)
+
+
+def parse_cbis_csv(path: str | Path) -> list[CbisRow]:
+    """Parse an official CBIS-DDSM case-description CSV (mass or calc, train or test).
+
+    Path cells are stripped (some end in a newline in the official files).
+    """
+    path = Path(path)
+    rows: list[CbisRow] = []
+    with _open_csv(path) as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in _CBIS_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ManifestError(str(path), f"missing columns {missing}",
+                                "use an official CBIS-DDSM case-description CSV")
+        for line, record in enumerate(reader, start=2):
+            where = f"{path.name}, row {line}"
+            side = record["left or right breast"].strip().upper()
+            view = record["image view"].strip().upper()
+            if side not in ("LEFT", "RIGHT"):
+                raise ManifestError(f"{where}, column 'left or right breast'", f"unknown side {side!r}", "use LEFT or RIGHT")
+            if not record["image file path"].strip() or not record["ROI mask file path"].strip():
+                raise ManifestError(f"{where}", "image or ROI mask path is empty", "restore the row from the official CSV")
+            rows.append(
+                CbisRow(
+                    csv_name=path.name,
+                    line=line,
+                    patient_id=record["patient_id"].strip(),
+                    side=side,
+                    view=view,
+                    abnormality_id=record["abnormality id"].strip(),
+                    abnormality_type=record["abnormality type"].strip().lower(),
+                    pathology=record["pathology"].strip(),
+                    label=normalise_label(record["pathology"], source=f"{where}, column 'pathology'"),
+                    image_path=record["image file path"].strip(),
+                    crop_path=record["cropped image file path"].strip(),
+                    mask_path=record["ROI mask file path"].strip(),
+                )
+            )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- manifest ---
+MANIFEST_COLUMNS = {
+    "image": "path of the image file, relative to the manifest (DICOM, PGM, PNG or TIFF)",
+    "patient": "patient key (any opaque id; never a name). Optional for DICOM: a pseudonym of PatientID is used",
+    "lesion": "lesion key, unique within the patient; rows with the same key are views of one lesion",
+    "label": "benign or malignant (pathology)",
+    "centre_x": "lesion centre, column in pixels, origin at the top-left of the image",
+    "centre_y": "lesion centre, row in pixels, origin at the top-left of the image",
+    "pixel_size_mm": "source pixel size in mm. Optional for DICOM files that carry PixelSpacing",
+    "view": "CC, MLO, ... Optional for DICOM (ViewPosition)",
+    "laterality": "L or R. Optional for DICOM (ImageLaterality)",
+    "lesion_type": "optional: mass, calcification, ...",
+    "lesion_size_mm": "optional: lesion diameter in mm",
+}
+_MANIFEST_REQUIRED = ("image", "lesion", "label", "centre_x", "centre_y")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One validated row of a cadx CSV manifest: one view (ROI) of one lesion."""
+
+    line: int
+    image: Path  # absolute
+    patient: str | None
+    lesion: str
+    label: str
+    centre_rc: tuple[float, float]
+    pixel_size_mm: float | None
+    view: str | None
+    laterality: str | None
+    lesion_type: str | None
+    lesion_size_mm: float | None
+
+
+def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: Path | None = None) -> list[ManifestRow]:
+    """Parse a cadx CSV manifest (columns: see ``MANIFEST_COLUMNS``).
+
+    Parameters
+    ----------
+    path : path of the CSV file.
+    image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use ``"file"``).
+    base_dir : folder the image paths are relative to (default: the manifest's folder).
+    """
+    path = Path(path)
+    base = Path(base_dir) if base_dir is not None else path.parent
+    rows: list[ManifestRow] = []
+    with _open_csv(path) as handle:
+        reader = csv.DictReader(handle)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        required = (image_column,) + _MANIFEST_REQUIRED[1:]
+        missing = [c for c in required if c not in fields]
+        if missing:
+            raise ManifestError(str(path), f"missing columns {missing} (found {fields})",
+                                "add the columns: " + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
+        for line, record in enumerate(reader, start=2):
+            where = f"{path.name}, row {line}"
+            record = {k: (v or "").strip() for k, v in record.items() if k is not None}
+            if not any(record.values()):
+                continue
+            image = record[image_column]
+            if not image:
+                raise ManifestError(f"{where}, column {image_column!r}", "empty image path", "give the image file's path")
+            lesion = record["lesion"]
+            if not lesion:
+                raise ManifestError(f"{where}, column 'lesion'", "empty lesion key", "give each lesion a key")
+            label = normalise_label(record["label"], source=f"{where}, column 'label'")
+            centre_x = _number(record, "centre_x", where, minimum=0.0)
+            centre_y = _number(record, "centre_y", where, minimum=0.0)
+            pixel = _number(record, "pixel_size_mm", where, optional=True, minimum=1e-6)
+            size = _number(record, "lesion_size_mm", where, optional=True, minimum=1e-6)
+            laterality = (record.get("laterality") or "").upper() or None
+            if laterality is not None and laterality not in ("L", "R"):
+                raise ManifestError(f"{where}, column 'laterality'", f"unknown laterality {laterality!r}", "use L or R")
+            rows.append(
+                ManifestRow(
+                    line=line,
+                    image=(base / image).resolve(),
+                    patient=record.get("patient") or None,
+                    lesion=lesion,
+                    label=label,
+                    centre_rc=(centre_y, centre_x),
+                    pixel_size_mm=pixel,
+                    view=(record.get("view") or "").upper() or None,
+                    laterality=laterality,
+                    lesion_type=record.get("lesion_type") or None,
+                    lesion_size_mm=size,
+                )
+            )
+    if not rows:
+        raise ManifestError(str(path), "no rows", "add one row per ROI (image + lesion + label + centre)")
+    return rows
+
+
+def _number(record: dict[str, str], column: str, where: str, *, optional: bool = False, minimum: float) -> float | None:
+    text = record.get(column, "")
+    if not text:
+        if optional:
+            return None
+        raise ManifestError(f"{where}, column {column!r}", "empty value", f"give {MANIFEST_COLUMNS[column]}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum:
+        raise ManifestError(f"{where}, column {column!r}", f"{text!r} is not a valid number (at least {minimum:g})",
+                            f"give {MANIFEST_COLUMNS[column]}")
+    return value
+
+
+def _open_csv(path: Path):
+    try:
+        return path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ManifestError(str(path), f"cannot be read ({exc.strerror})", "check the path of the CSV file") from exc

@@ -1,0 +1,335 @@
+"""One function per kind of input, each turning its source into :class:`Finding` s for :func:`run_import`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cadx import io as cadx_io
+from cadx.errors import ImageReadError, ManifestError
+from cadx.sources import (
+    MIAS_PIXEL_MM,
+    CbisRow,
+    ManifestRow,
+    parse_cbis_csv,
+    parse_manifest,
+    parse_mias_info,
+)
+from cadx.workflows.importing import LOCAL_SOURCE, Finding, ImportReport, Progress, run_import
+from cadx.workflows.workspace import Workspace
+
+__all__ = ["import_mias", "import_cbis_ddsm", "import_manifest", "import_dicom_folder", "import_demo", "import_upload"]
+
+
+# ----------------------------------------------------------------------------------------------------- MIAS ---
+def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_errors: bool = False,
+                progress: Progress | None = None) -> ImportReport:
+    """Import the original MIAS distribution (``Info.txt`` + ``mdbNNN.pgm``) from ``folder``.
+
+    Every truth-table finding with a centre and an image file becomes an ROI of its own lesion; rows without a
+    centre, normal images and image files absent from a partial copy are reported as skipped.
+    """
+    folder = Path(folder)
+    findings, skips = parse_mias_info(folder / "Info.txt")
+    report = ImportReport(kind="mias", source=folder.name)
+    reported_normal: set[str] = set()
+    for skip in skips:
+        if skip.reason.startswith("normal") and skip.refnum in reported_normal:
+            continue
+        reported_normal.add(skip.refnum)
+        report.add(f"{skip.refnum} (Info.txt line {skip.line})", "skipped", skip.reason)
+    present = []
+    for finding in findings:
+        if (folder / f"{finding.refnum}.pgm").exists():
+            present.append(finding)
+        else:
+            report.add(f"{finding.refnum} finding {finding.index}", "skipped",
+                       f"image file {finding.refnum}.pgm is not in {folder} (partial copy)")
+
+    def make(finding) -> Finding:
+        path = folder / f"{finding.refnum}.pgm"
+        return Finding(
+            name=f"{finding.refnum} finding {finding.index}",
+            image_key=str(path),
+            load_image=lambda: cadx_io.read_raster(path, pixel_spacing_mm=MIAS_PIXEL_MM),
+            image_name=path.name,
+            patient_source="mias",
+            patient_key=f"mias-{finding.patient_number:03d}",
+            lesion_key=f"{finding.refnum}#{finding.index}",
+            label=finding.label,
+            pathology_source="MIAS truth table (Info.txt)",
+            lesion_type=f"{finding.abnormality} ({'mass' if finding.abnormality != 'CALC' else 'calcification'})",
+            lesion_size_mm=finding.diameter_mm,
+            centre_rc=finding.centre_rc,
+            centre_source=f"Info.txt x={finding.x} y={finding.y} (origin bottom-left; row = 1024 - y)",
+            view="MLO",
+            laterality=finding.laterality,
+            pixel_spacing_source="dataset (MIAS: 200 micron pixels)",
+        )
+
+    images = {f.refnum for f in present}
+    return run_import(workspace, (make(f) for f in present), kind="mias", source=folder.name, user=user,
+                      report=report, skip_errors=skip_errors, total_images=len(images), progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ CBIS-DDSM ---
+def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequence[str | Path], *, user: str,
+                     pixel_size_mm: float | None = None, skip_errors: bool = False,
+                     progress: Progress | None = None) -> ImportReport:
+    """Import CBIS-DDSM from its case-description CSVs and the DICOM tree under ``folder``.
+
+    A lesion is patient + side + abnormality type + abnormality id; its CC and MLO rows become ROIs of that lesion.
+    The centre is the centroid of the ROI mask. Files are matched by folder, not by name (the CSVs say
+    ``000000.dcm`` where TCIA downloads say ``1-1.dcm``), and the mask is told from the crop by content: the mask is
+    binary and has the full image's size. ``pixel_size_mm`` is used for files whose header gives none.
+    """
+    folder = Path(folder)
+    rows: list[CbisRow] = []
+    for csv_path in csv_paths:
+        rows.extend(parse_cbis_csv(csv_path))
+    report = ImportReport(kind="cbis-ddsm", source=", ".join(Path(p).name for p in csv_paths))
+    by_lesion: dict[str, list[CbisRow]] = {}
+    for row in rows:
+        by_lesion.setdefault(row.lesion_key, []).append(row)
+    conflicting = {key for key, group in by_lesion.items() if len({r.label for r in group}) > 1}
+    for key in sorted(conflicting):
+        for row in by_lesion[key]:
+            report.add(f"{row.csv_name} row {row.line} ({key} {row.view})", "skipped",
+                       "its views disagree on pathology ("
+                       + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[key]) + "); not imported")
+    usable = sorted((r for r in rows if r.lesion_key not in conflicting), key=lambda r: r.image_path)
+
+    def make(row: CbisRow) -> Finding:
+        image_dir = folder / Path(row.image_path).parts[0]
+        return Finding(
+            name=f"{row.csv_name} row {row.line} ({row.lesion_key} {row.view})",
+            image_key=row.image_path,
+            load_image=lambda: _read_dicom_with_fallback(_single_dicom(image_dir, row), pixel_size_mm),
+            image_name=f"{Path(row.image_path).parts[0]}.dcm",
+            patient_source="cbis-ddsm",
+            patient_key=row.patient_id,
+            lesion_key=row.lesion_key,
+            label=row.label,
+            pathology_source=f"CBIS-DDSM pathology ({row.pathology})",
+            lesion_type=row.abnormality_type,
+            centre_source="centroid of the CBIS-DDSM ROI mask",
+            locate=lambda image: _centre_from_mask(folder, row, image, pixel_size_mm),
+            view=row.view,
+            laterality=row.side[0],
+        )
+
+    n_images = len({r.image_path for r in usable})
+    return run_import(workspace, (make(r) for r in usable), kind="cbis-ddsm", source=report.source, user=user,
+                      report=report, skip_errors=skip_errors, total_images=n_images, progress=progress)
+
+
+def _dicoms_under(directory: Path, row: CbisRow) -> list[Path]:
+    if not directory.is_dir():
+        raise ImageReadError(str(directory), f"folder for {row.csv_name} row {row.line} not found",
+                             "point --folder at the root of the CBIS-DDSM DICOM tree (the folder holding "
+                             f"{directory.name}/)")
+    return sorted(directory.rglob("*.dcm"))
+
+
+def _single_dicom(directory: Path, row: CbisRow) -> Path:
+    files = _dicoms_under(directory, row)
+    if len(files) != 1:
+        raise ImageReadError(str(directory), f"expected one full-mammogram DICOM, found {len(files)}",
+                             "keep one image per CBIS-DDSM series folder, as TCIA delivers it")
+    return files[0]
+
+
+def _read_dicom_with_fallback(path: Path, pixel_size_mm: float | None) -> cadx_io.Mammogram:
+    image = cadx_io.read_dicom(path)
+    if image.pixel_spacing_mm is None and pixel_size_mm is not None:
+        image = cadx_io.read_dicom(path, pixel_spacing_mm=pixel_size_mm)
+    return image
+
+
+def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
+                      pixel_size_mm: float | None) -> tuple[tuple[float, float], float]:
+    directory = folder / Path(row.mask_path).parts[0]
+    candidates = _dicoms_under(directory, row)
+    for path in candidates:
+        mask = cadx_io.read_dicom(path, pixel_spacing_mm=image.pixel_spacing_mm).pixels
+        if mask.shape != image.pixels.shape:
+            continue  # the cropped lesion image
+        values = np.unique(mask)
+        if values.size > 2:
+            continue
+        inside = mask > values.min() if values.size == 2 else np.zeros(mask.shape, bool)
+        if not inside.any():
+            raise ImageReadError(str(path), "the ROI mask is empty", "restore the mask file from TCIA")
+        rows_idx, cols_idx = np.nonzero(inside)
+        centre = (float(rows_idx.mean()), float(cols_idx.mean()))
+        # Size: the larger side of the mask's bounding box, so "does the lesion fit the field" is judged on extent.
+        extent_rows = (rows_idx.max() - rows_idx.min() + 1) * image.pixel_spacing_mm[0]
+        extent_cols = (cols_idx.max() - cols_idx.min() + 1) * image.pixel_spacing_mm[1]
+        return centre, float(max(extent_rows, extent_cols))
+    raise ImageReadError(str(directory), f"no binary full-size ROI mask among {len(candidates)} DICOM file(s)",
+                         "download the ROI mask series of this row from TCIA")
+
+
+# ------------------------------------------------------------------------------------ manifests and DICOM ---
+def import_manifest(workspace: Workspace, manifest: str | Path, *, user: str, skip_errors: bool = False,
+                    progress: Progress | None = None) -> ImportReport:
+    """Import a cadx CSV manifest: one row per ROI (see ``cadx.sources.MANIFEST_COLUMNS``)."""
+    rows = parse_manifest(manifest)
+    return _import_rows(workspace, rows, kind="manifest", source=Path(manifest).name, user=user,
+                        skip_errors=skip_errors, progress=progress)
+
+
+def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | Path, *, user: str,
+                        skip_errors: bool = False, progress: Progress | None = None) -> ImportReport:
+    """Import the DICOM files under ``folder`` that a labels file describes.
+
+    The labels file is a manifest whose ``file`` column is relative to ``folder``; patient, view and laterality
+    may be left out and are then taken from the DICOM header (the patient as a pseudonym of PatientID). DICOM files
+    the labels file does not mention are reported as skipped.
+    """
+    folder = Path(folder)
+    rows = parse_manifest(labels, image_column="file", base_dir=folder)
+    report = ImportReport(kind="dicom", source=folder.name)
+    listed = {row.image for row in rows}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.resolve() not in listed and path.resolve() != Path(labels).resolve():
+            report.add(str(path.relative_to(folder)), "skipped", "not listed in the labels file")
+    return _import_rows(workspace, rows, kind="dicom", source=folder.name, user=user, report=report,
+                        skip_errors=skip_errors, progress=progress)
+
+
+def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, source: str, user: str,
+                 report: ImportReport | None = None, skip_errors: bool, progress: Progress | None) -> ImportReport:
+    key = workspace.pseudonym_key()
+    rows = sorted(rows, key=lambda r: (str(r.image), r.line))
+
+    def make(row: ManifestRow) -> Finding:
+        return Finding(
+            name=f"{source} row {row.line}",
+            image_key=str(row.image),
+            load_image=lambda: _read_row_image(row, key),
+            image_name=_deidentified_name(row.image),
+            patient_source=LOCAL_SOURCE,
+            patient_key=row.patient,
+            lesion_key=row.lesion,
+            label=row.label,
+            pathology_source=f"{kind} {source}",
+            lesion_type=row.lesion_type,
+            lesion_size_mm=row.lesion_size_mm,
+            centre_rc=row.centre_rc,
+            centre_source="manifest centre_x/centre_y (origin top-left)",
+            view=row.view,
+            laterality=row.laterality,
+        )
+
+    return run_import(workspace, (make(r) for r in rows), kind=kind, source=source, user=user, report=report,
+                      skip_errors=skip_errors, total_images=len({r.image for r in rows}), progress=progress)
+
+
+def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
+    if not row.image.is_file():
+        raise ImageReadError(str(row.image), "file not found", "check the image path (relative to the manifest)")
+    image = cadx_io.read_image(row.image, pseudonym_key=key)
+    if image.source_format != "dicom":
+        if row.pixel_size_mm is None:
+            raise ManifestError(f"row {row.line}, column 'pixel_size_mm'",
+                                f"{row.image.name} is a {image.source_format.upper()} file, which carries no pixel size",
+                                "give the pixel size in mm in the pixel_size_mm column")
+        return cadx_io.read_image(row.image, pixel_spacing_mm=row.pixel_size_mm)
+    if row.pixel_size_mm is not None:
+        if image.pixel_spacing_mm is None:
+            return cadx_io.read_image(row.image, pixel_spacing_mm=row.pixel_size_mm, pseudonym_key=key)
+        if not np.allclose(image.pixel_spacing_mm, row.pixel_size_mm, rtol=0.01):
+            raise ManifestError(f"row {row.line}, column 'pixel_size_mm'",
+                                f"{row.pixel_size_mm} mm disagrees with the file's {image.pixel_spacing_source} "
+                                f"{image.pixel_spacing_mm}", "leave pixel_size_mm empty to use the file's value, "
+                                "or correct it")
+    return image
+
+
+def _deidentified_name(path: Path) -> str:
+    # File names of clinical exports often hold names or ids: store an opaque name, never the original.
+    digest = hashlib.sha256(path.name.encode("utf-8")).hexdigest()[:12]
+    return f"file-{digest}{path.suffix.lower()}"
+
+
+def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: str | None, lesion: str, label: str,
+                  centre_rc: tuple[float, float], user: str, pixel_size_mm: float | None = None,
+                  view: str | None = None, laterality: str | None = None) -> ImportReport:
+    """Import one uploaded image (DICOM, PNG, TIFF, PGM bytes) with its lesion centre, as the app's upload page does."""
+    key = workspace.pseudonym_key()
+    image_name = _deidentified_name(Path(filename))
+
+    def load() -> cadx_io.Mammogram:
+        image = cadx_io.read_image_bytes(data, name=image_name, pseudonym_key=key)
+        if image.pixel_spacing_mm is None or (pixel_size_mm is not None and image.source_format != "dicom"):
+            image = cadx_io.read_image_bytes(data, name=image_name, pixel_spacing_mm=pixel_size_mm, pseudonym_key=key)
+        return image
+
+    finding = Finding(
+        name=image_name, image_key=image_name, load_image=load, image_name=image_name, patient_source=LOCAL_SOURCE,
+        patient_key=patient, lesion_key=lesion, label=label, pathology_source="upload",
+        centre_rc=centre_rc, centre_source="marked in the browser", view=view, laterality=laterality,
+    )
+    return run_import(workspace, [finding], kind="upload", source=image_name, user=user, total_images=1)
+
+
+# ---------------------------------------------------------------------------------------------------- demo ---
+def import_demo(workspace: Workspace, *, n_lesions: int = 100, seed: int = 0, user: str = "cadx demo",
+                progress: Progress | None = None) -> ImportReport:
+    """Generate the SYNTHETIC lesion-phantom set and import it, marked synthetic in every row."""
+    from cadx import phantoms  # only the demo needs the phantom generator
+
+    def findings() -> Iterator[Finding]:
+        for lesion in phantoms.demo_dataset(n_lesions=n_lesions, seed=seed):
+            for view in lesion.views:
+                yield _phantom_finding(lesion, view, seed)
+
+    report = ImportReport(kind="demo", source=f"synthetic phantoms (seed {seed}, {n_lesions} lesions)")
+    return run_import(workspace, findings(), kind="demo", source=report.source, user=user, report=report,
+                      total_images=None, progress=progress)
+
+
+def _phantom_finding(lesion, view, seed: int) -> Finding:
+    pixels = np.ascontiguousarray(view.image, dtype=np.float32)
+    sha = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+    name = f"{lesion.lesion_key}-{view.laterality}{view.view}"
+    image = cadx_io.Mammogram(
+        pixels=pixels,
+        value_range=tuple(view.value_range),
+        pixel_spacing_mm=tuple(view.pixel_spacing_mm),
+        pixel_spacing_source="synthetic",
+        source_sha256=sha,
+        source_format="synthetic",
+        modality="synthetic",
+        view=view.view,
+        laterality=view.laterality,
+        photometric="MONOCHROME2",
+        header={"synthetic": True, "generator": "cadx.phantoms", "seed": seed},
+        burned_in_annotation=False,
+        patient_key=None,
+    )
+    return Finding(
+        name=f"{name} (synthetic)",
+        image_key=name,
+        load_image=lambda: image,
+        image_name=f"{name} (synthetic phantom)",
+        patient_source="demo",
+        patient_key=lesion.patient_key,
+        lesion_key=lesion.lesion_key,
+        label=lesion.label,
+        pathology_source="synthetic phantom ground truth",
+        lesion_type=f"synthetic {lesion.morphology} mass",
+        lesion_size_mm=float(lesion.diameter_mm),
+        centre_rc=tuple(float(c) for c in view.centre_rc),
+        centre_source="synthetic phantom: marked centre",
+        view=view.view,
+        laterality=view.laterality,
+        pixel_spacing_source="synthetic",
+        is_synthetic=True,
+        lesion_truth={"morphology": lesion.morphology, "diameter_mm": float(lesion.diameter_mm), "seed": seed},
+        truth_mask=view.true_mask,
+    )

@@ -1,0 +1,440 @@
+"""Importers: every way images and lesions enter the database (MIAS, CBIS-DDSM, CSV manifest, DICOM folder,
+browser upload, built-in demo phantoms) goes through :func:`run_import`.
+
+An import runs in two phases. First each image is read (once), its ROIs cropped and their PNGs written to the
+content-addressed ROI store; nothing touches the database. Then one transaction writes every row. An item that
+fails is reported with its reason; unless ``skip_errors`` is set, any failure rolls the whole import back and
+removes the ROI files it created, so a bad file never leaves partial rows. Importing the same data twice adds
+nothing: images are identified by their file's SHA-256, and an image's ROI for a lesion exists at most once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cadx import io as cadx_io
+from cadx import roi as cadx_roi
+from cadx.errors import CadxInputError, ImageReadError, ManifestError
+from cadx.workflows.workspace import Workspace
+from db.models import Image, ImportRun, Lesion, Patient, Roi
+
+__all__ = ["Finding", "ImportItem", "ImportReport", "Progress", "run_import", "store_roi_png"]
+
+Progress = Callable[[int, int | None, str], None]
+
+LOCAL_SOURCE = "local"  # patients keyed by the user (manifests, DICOM folders, uploads) share one namespace
+
+
+@dataclass
+class ImportItem:
+    """One line of an import report: an ROI (or a row that gave none) and what happened to it."""
+
+    name: str
+    status: str  # "imported" | "skipped" | "error"
+    reason: str = ""
+    roi_id: int | None = None
+
+
+@dataclass
+class ImportReport:
+    """What an import did, item by item. ``committed`` is False when nothing was written."""
+
+    kind: str
+    source: str
+    items: list[ImportItem] = field(default_factory=list)
+    committed: bool = False
+
+    def add(self, name: str, status: str, reason: str = "") -> ImportItem:
+        item = ImportItem(name, status, reason)
+        self.items.append(item)
+        return item
+
+    def _count(self, status: str) -> int:
+        return sum(item.status == status for item in self.items)
+
+    @property
+    def n_imported(self) -> int:
+        return self._count("imported") if self.committed else 0
+
+    @property
+    def n_skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def n_errors(self) -> int:
+        return self._count("error")
+
+    @property
+    def errors(self) -> list[ImportItem]:
+        return [item for item in self.items if item.status == "error"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "committed": self.committed,
+            "imported": self.n_imported,
+            "skipped": self.n_skipped,
+            "errors": self.n_errors,
+            "items": [dataclasses.asdict(item) for item in self.items],
+        }
+
+
+@dataclass
+class Finding:
+    """One ROI to create: a lesion seen in one image.
+
+    Findings of one image must come one after the other, so that each image is read once.
+    """
+
+    name: str  # how the report names this item, e.g. "mdb005 finding 2"
+    image_key: str  # identifies the image within this import (path or id)
+    load_image: Callable[[], cadx_io.Mammogram]
+    image_name: str  # de-identified source name stored in the database
+    patient_source: str
+    patient_key: str | None  # None: the DICOM PatientID pseudonym
+    lesion_key: str
+    label: str
+    pathology_source: str
+    centre_source: str
+    centre_rc: tuple[float, float] | None = None
+    # For centres derived from the image itself (CBIS-DDSM masks): returns (centre_rc, lesion size in mm).
+    locate: Callable[[cadx_io.Mammogram], tuple[tuple[float, float], float | None]] | None = None
+    lesion_type: str | None = None
+    lesion_size_mm: float | None = None
+    view: str | None = None
+    laterality: str | None = None
+    pixel_spacing_source: str | None = None  # overrides the reader's (e.g. the dataset's documented size)
+    is_synthetic: bool = False
+    lesion_truth: dict[str, Any] | None = None
+    truth_mask: np.ndarray | None = None  # bool (H, W) in source pixels: a phantom's true outline
+
+
+@dataclass
+class _Prepared:
+    finding: Finding
+    image: cadx_io.Mammogram  # pixels dropped: metadata only
+    image_shape: tuple[int, int]
+    crop: cadx_roi.RoiCrop  # pixels dropped
+    roi_sha256: str
+    roi_file: str
+    truth_file: str | None
+    lesion_size_mm: float | None
+    centre_rc: tuple[float, float]
+
+
+def store_roi_png(data_dir: Path, pixels: np.ndarray) -> tuple[str, str, bool]:
+    """Store ROI pixels as a lossless 16-bit PNG named by their hash.
+
+    Returns
+    -------
+    relative_path : str
+    sha256 : str
+        :func:`cadx.roi.roi_sha256` of the pixels.
+    created : bool
+        False when the same pixels were stored before.
+    """
+    sha = cadx_roi.roi_sha256(pixels)
+    relative = f"rois/{sha[:2]}/{sha}.png"
+    created = _write_once(data_dir / relative, lambda: cadx_roi.encode_png16(pixels))
+    return relative, sha, created
+
+
+def _store_truth_png(data_dir: Path, roi_sha: str, mask: np.ndarray) -> tuple[str, bool]:
+    relative = f"truth/{roi_sha[:2]}/{roi_sha}.png"
+
+    def encode() -> bytes:
+        import io as _io
+
+        buffer = _io.BytesIO()
+        PILImage.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return relative, _write_once(data_dir / relative, encode)
+
+
+def _write_once(path: Path, encode: Callable[[], bytes]) -> bool:
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary file and rename, so a crash never leaves a half-written ROI under its final name.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _metadata_only(image: cadx_io.Mammogram) -> cadx_io.Mammogram:
+    return dataclasses.replace(image, pixels=np.empty((0, 0), dtype=np.float32))
+
+
+def run_import(
+    workspace: Workspace,
+    findings: Iterable[Finding],
+    *,
+    kind: str,
+    source: str,
+    user: str,
+    report: ImportReport | None = None,
+    skip_errors: bool = False,
+    total_images: int | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Read, crop and store every finding, then write all rows in one transaction.
+
+    Parameters
+    ----------
+    workspace : the data directory and database.
+    findings : the ROIs to create, grouped by image (consecutive findings with the same ``image_key``).
+    kind, source : what is imported (e.g. ``"mias"`` and the folder), recorded with the report.
+    user : who imports (recorded in the import run).
+    report : a report that already holds the items the caller skipped while parsing.
+    skip_errors : when True, items with errors are left out and the rest is written; when False (default), any
+        error leaves the database and the ROI store as they were.
+    total_images, progress : progress reporting, ``progress(done, total, message)`` per image.
+    """
+    report = report or ImportReport(kind=kind, source=source)
+    prepared: list[_Prepared] = []
+    created_files: list[Path] = []
+    seen_sha: dict[str, str] = {}
+    try:
+        for done, (image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
+            group = list(group_iter)
+            if progress is not None:
+                progress(done, total_images, f"reading {group[0].image_name}")
+            prepared.extend(_prepare_image(workspace, group, report, seen_sha, created_files))
+        if progress is not None:
+            progress(total_images or 0, total_images, "writing to the database")
+        if report.errors and not skip_errors:
+            _remove(created_files)
+            return report
+        try:
+            with workspace.sessions.begin() as session:
+                for item in prepared:
+                    _write_rows(session, item, report)
+                if report.errors and not skip_errors:
+                    raise _Rollback
+                n_imported = sum(i.status == "imported" for i in report.items)
+                session.add(
+                    ImportRun(kind=kind, source=source, user=user, n_imported=n_imported, n_skipped=report.n_skipped,
+                              report={"items": [dataclasses.asdict(i) for i in report.items]})
+                )
+        except _Rollback:
+            _remove(created_files)
+            for item in report.items:
+                if item.status == "imported":
+                    item.roi_id = None
+            return report
+        except IntegrityError as exc:
+            # Another import wrote the same rows at the same moment: nothing of ours was kept.
+            _remove(created_files)
+            report.add(source, "error", f"the database refused the rows ({exc.orig}); nothing was written — run the import again")
+            return report
+    except BaseException:
+        _remove(created_files)
+        raise
+    report.committed = True
+    return report
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _prepare_image(
+    workspace: Workspace,
+    group: list[Finding],
+    report: ImportReport,
+    seen_sha: dict[str, str],
+    created_files: list[Path],
+) -> Iterator[_Prepared]:
+    first = group[0]
+    try:
+        image = first.load_image()
+        if image.pixel_spacing_mm is None:
+            raise ImageReadError(
+                first.image_name,
+                "the pixel size is unknown (no PixelSpacing or ImagerPixelSpacing in the file, none given)",
+                "give the pixel size in mm (manifest column pixel_size_mm, or --pixel-size-mm)",
+            )
+    except CadxInputError as exc:
+        for finding in group:
+            report.add(finding.name, "error", str(exc))
+        return
+    previous = seen_sha.get(image.source_sha256)
+    if previous is not None and previous != first.image_key:
+        for finding in group:
+            report.add(
+                finding.name, "error",
+                f"{first.image_name}: same file content as {previous} in this import. Fix: remove the duplicate file, "
+                "or list every finding of one image under one path",
+            )
+        return
+    seen_sha[image.source_sha256] = first.image_key
+    existing = _existing_lesion_keys(workspace, image.source_sha256)
+    threshold = None
+    for finding in group:
+        if finding.lesion_key in existing:
+            report.add(finding.name, "skipped", "already imported (same image file and lesion)")
+            continue
+        try:
+            if finding.locate is not None:
+                centre, size_mm = finding.locate(image)
+            else:
+                centre, size_mm = finding.centre_rc, finding.lesion_size_mm
+            if threshold is None:
+                threshold = cadx_roi.estimate_background_threshold(image.pixels, value_range=image.value_range)
+            crop = cadx_roi.crop_roi(
+                image.pixels,
+                centre_rc=centre,
+                pixel_spacing_mm=image.pixel_spacing_mm,
+                value_range=image.value_range,
+                lesion_diameter_mm=size_mm,
+                background_threshold=threshold,
+                source=finding.name,
+            )
+        except CadxInputError as exc:
+            report.add(finding.name, "error", str(exc))
+            continue
+        relative, sha, created = store_roi_png(workspace.data_dir, crop.pixels)
+        if created:
+            created_files.append(workspace.path(relative))
+        truth_file = None
+        if finding.truth_mask is not None:
+            truth = cadx_roi.crop_mask(finding.truth_mask, centre_rc=centre, pixel_spacing_mm=image.pixel_spacing_mm)
+            truth_file, created = _store_truth_png(workspace.data_dir, sha, truth)
+            if created:
+                created_files.append(workspace.path(truth_file))
+        yield _Prepared(
+            finding=dataclasses.replace(finding, truth_mask=None),
+            image=_metadata_only(image),
+            image_shape=(int(image.pixels.shape[0]), int(image.pixels.shape[1])),
+            crop=dataclasses.replace(crop, pixels=np.empty((0, 0), dtype=np.uint16)),
+            roi_sha256=sha,
+            roi_file=relative,
+            truth_file=truth_file,
+            lesion_size_mm=size_mm,
+            centre_rc=(float(centre[0]), float(centre[1])),
+        )
+
+
+def _existing_lesion_keys(workspace: Workspace, image_sha: str) -> set[str]:
+    with workspace.sessions() as session:
+        return set(
+            session.scalars(
+                select(Lesion.key).join(Roi, Roi.lesion_id == Lesion.id).join(Image, Roi.image_id == Image.id)
+                .where(Image.sha256 == image_sha)
+            )
+        )
+
+
+def _write_rows(session: Session, item: _Prepared, report: ImportReport) -> None:
+    """Add one ROI with its patient, lesion and image; validate everything before adding anything."""
+    finding, image = item.finding, item.image
+    patient_key = finding.patient_key or image.patient_key
+    if not patient_key:
+        report.add(finding.name, "error",
+                   f"{finding.image_name}: no patient given and the file has no PatientID. Fix: add a patient column")
+        return
+    patient = session.scalar(
+        select(Patient).where(Patient.source == finding.patient_source, Patient.key == patient_key)
+    )
+    lesion = None
+    if patient is not None:
+        lesion = session.scalar(select(Lesion).where(Lesion.patient_id == patient.id, Lesion.key == finding.lesion_key))
+    if lesion is not None and lesion.label != finding.label:
+        report.add(finding.name, "error",
+                   f"lesion {finding.lesion_key!r} is already {lesion.label} in the database but this row says "
+                   f"{finding.label}. Fix: correct the label, or give the lesion another key")
+        return
+    image_row = session.scalar(select(Image).where(Image.sha256 == image.source_sha256))
+    if image_row is not None and patient is not None and image_row.patient_id != patient.id:
+        report.add(finding.name, "error",
+                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+        return
+    if image_row is not None and patient is None:
+        report.add(finding.name, "error",
+                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+        return
+    if patient is None:
+        patient = Patient(source=finding.patient_source, key=patient_key, is_synthetic=finding.is_synthetic)
+        session.add(patient)
+    if lesion is None:
+        lesion = Lesion(
+            patient=patient,
+            key=finding.lesion_key,
+            label=finding.label,
+            pathology_source=finding.pathology_source,
+            lesion_type=finding.lesion_type,
+            size_mm=item.lesion_size_mm,
+            is_synthetic=finding.is_synthetic,
+            truth=finding.lesion_truth,
+        )
+        session.add(lesion)
+    elif lesion.size_mm is None and item.lesion_size_mm is not None:
+        lesion.size_mm = item.lesion_size_mm
+    if image_row is None:
+        spacing = image.pixel_spacing_mm
+        image_row = Image(
+            patient=patient,
+            source_name=finding.image_name,
+            sha256=image.source_sha256,
+            source_format="synthetic" if finding.is_synthetic else image.source_format,
+            modality=image.modality,
+            view=finding.view or image.view,
+            laterality=finding.laterality or image.laterality,
+            rows=item.image_shape[0],
+            columns=item.image_shape[1],
+            pixel_spacing_row_mm=float(spacing[0]),
+            pixel_spacing_col_mm=float(spacing[1]),
+            pixel_spacing_source=finding.pixel_spacing_source or image.pixel_spacing_source or "user",
+            header=dict(image.header),
+            burned_in_annotation=bool(image.burned_in_annotation),
+            is_synthetic=finding.is_synthetic,
+        )
+        session.add(image_row)
+    crop = item.crop
+    roi = Roi(
+        lesion=lesion,
+        image=image_row,
+        sha256=item.roi_sha256,
+        file=item.roi_file,
+        centre_row=item.centre_rc[0],
+        centre_col=item.centre_rc[1],
+        centre_source=finding.centre_source,
+        size_px=cadx_roi.ROI_SIZE_PX,
+        pixel_size_mm=cadx_roi.ROI_PIXEL_MM,
+        field_mm=cadx_roi.ROI_FIELD_MM,
+        padded_fraction=float(crop.padded_fraction),
+        background_fraction=float(crop.background_fraction),
+        lesion_fits=crop.lesion_fits,
+        qc_flags=list(crop.flags),
+        truth_mask_file=item.truth_file,
+        is_synthetic=finding.is_synthetic,
+    )
+    session.add(roi)
+    session.flush()
+    report.add(finding.name, "imported", ", ".join(crop.flags)).roi_id = roi.id

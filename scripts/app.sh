@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install (first time) and start the cadx app. On an empty database the app creates the synthetic demo data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CADX_DATA_DIR=${CADX_DATA_DIR:-$PWD/data}
+exec .venv/bin/streamlit run app.py --server.headless true --server.address "${CADX_ADDRESS:-localhost}" \
+  --server.port "${CADX_PORT:-8501}" --browser.gatherUsageStats false "$@"

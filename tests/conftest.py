@@ -1,0 +1,49 @@
+"""Shared test fixtures.
+
+Real mammograms live outside the repository, in ``../shared/data`` (research use only; never copied here).
+Tests that need them use the ``shared_data`` fixture: outside this workplace they skip with the reason, but under
+``CI=true`` a missing folder fails the test, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CADX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if path.exists():
+        return path
+    reason = (
+        f"real mammography data not found at {path}: these tests read the research-use sets from ../shared/data "
+        "(set CADX_SHARED_DATA to their folder)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + " - under CI=true a missing data folder is a failure, not a skip")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with the real datasets (``mini-mias/``, ``cbis-ddsm/``)."""
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def mias_dir(shared_data: Path) -> Path:
+    """The real MIAS distribution folder (``Info.txt`` + ``mdbNNN.pgm``)."""
+    return _require(shared_data / "mini-mias" / "all-mias")
+
+
+@pytest.fixture(scope="session")
+def cbis_csv_dir(shared_data: Path) -> Path:
+    """The folder with the official CBIS-DDSM case-description CSVs (no images)."""
+    return _require(shared_data / "cbis-ddsm")
+
+
+from tests.db_fixtures import database_url, workspace  # noqa: E402,F401  (fixtures shared by the database tests)

@@ -1,0 +1,77 @@
+"""The schema, its migrations and review events, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from cadx.errors import CadxInputError
+from cadx.workflows import dataset_stats, exclude_roi, include_roi, run_import
+from cadx.workflows.importing import Finding
+from cadx import io as cadx_io
+from db.models import Base, ReviewEvent, Roi
+from db.session import init_db
+
+import numpy as np
+
+
+def test_migrations_build_exactly_the_models(workspace):
+    with workspace.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    assert {"patients", "lesions", "images", "rois", "review_events", "import_runs", "alembic_version"} <= set(
+        inspect(workspace.engine).get_table_names())
+    init_db(workspace.engine)  # upgrading an up-to-date database is a no-op
+
+
+def _one_roi(workspace) -> int:
+    pixels = np.zeros((600, 600), np.float32)
+    pixels[280:320, 280:320] = 1.0
+    image = cadx_io.Mammogram(
+        pixels=pixels, value_range=(0.0, 1.0), pixel_spacing_mm=(0.1, 0.1), pixel_spacing_source="user",
+        source_sha256="a" * 64, source_format="png", modality=None, view="CC", laterality="L",
+        photometric="MONOCHROME2", header={}, burned_in_annotation=False, patient_key=None)
+    finding = Finding(name="one", image_key="one", load_image=lambda: image, image_name="one.png",
+                      patient_source="local", patient_key="P1", lesion_key="L1", label="benign",
+                      pathology_source="test", centre_source="test", centre_rc=(300.0, 300.0))
+    report = run_import(workspace, [finding], kind="test", source="test", user="tester")
+    assert report.committed, report.to_dict()
+    return report.items[0].roi_id
+
+
+def test_exclusion_is_a_review_event_not_a_deletion(workspace):
+    roi_id = _one_roi(workspace)
+    exclude_roi(workspace, roi_id, reason="compression_paddle", user="alice")
+    stats = dataset_stats(workspace)
+    assert (stats["rois"], stats["rois_included"], stats["rois_excluded"]) == (1, 0, 1)
+    assert stats["excluded_by_reason"] == {"compression_paddle": 1}
+    include_roi(workspace, roi_id, user="bob", note="paddle edge is outside the lesion")
+    with workspace.sessions() as session:
+        roi = session.get(Roi, roi_id)
+        assert roi.included and roi.exclusion_reason is None
+        events = session.scalars(select(ReviewEvent).where(ReviewEvent.roi_id == roi_id).order_by(ReviewEvent.id)).all()
+        assert [(e.user, e.action, e.reason) for e in events] == [
+            ("alice", "exclude", "compression_paddle"), ("bob", "include", None)]
+        assert events[0].at <= events[1].at
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"reason": "blurry"}, "unknown exclusion reason"),
+    ({"reason": "other"}, "needs a note"),
+    ({"reason": "location_marker", "user": " "}, "no reviewer"),
+])
+def test_bad_review_input_is_refused_and_records_nothing(workspace, kwargs, message):
+    roi_id = _one_roi(workspace)
+    kwargs.setdefault("user", "alice")
+    with pytest.raises(CadxInputError, match=message):
+        exclude_roi(workspace, roi_id, **kwargs)
+    with workspace.sessions() as session:
+        assert session.scalars(select(ReviewEvent)).all() == []
+        assert session.get(Roi, roi_id).included
+
+
+def test_unknown_roi_is_a_clear_error(workspace):
+    with pytest.raises(CadxInputError, match="no such ROI"):
+        exclude_roi(workspace, 12345, reason="location_marker", user="alice")
