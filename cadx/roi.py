@@ -224,10 +224,11 @@ def crop_mask(
 def estimate_background_threshold(image: np.ndarray, *, value_range: Sequence[float]) -> float:
     """The presentation level separating breast from air in a whole image.
 
-    Otsu's split (scikit-image) of the image's finite values (a regular subsample of at most about
-    10^6 pixels), moved midway between the means of the two classes it separates, clamped to ``[lo + 2 %, lo + 30 %]`` of the value range: the upper bound keeps an image
-    without air (all breast) from having its fatty tissue called background, the lower bound keeps a noise
-    floor from being called breast. Compute it once per image and pass it to `crop_roi`.
+    Otsu's split (scikit-image) of the image's finite values (a regular subsample of at most about 10^6
+    pixels), moved midway between the means of the two classes it separates, clamped to
+    ``[lo + 2 %, lo + 30 %]`` of the value range: the upper bound keeps an image without air (all breast) from
+    having its fatty tissue called background, the lower bound keeps a noise floor from being called breast.
+    Compute it once per image and pass it to `crop_roi`.
 
     Parameters
     ----------
@@ -295,7 +296,8 @@ def encode_png16(pixels: np.ndarray) -> bytes:
     height, width = pixels.shape
     data = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     buffer = io.BytesIO()
-    Image.frombytes("I;16", (width, height), data).save(buffer, format="PNG", compress_level=6)
+    # compress_level 1: on MIAS ROIs level 6 took 4x longer for files only 8% smaller.
+    Image.frombytes("I;16", (width, height), data).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -397,13 +399,16 @@ def _check_image(image, source: str) -> np.ndarray:
     if image.ndim != 2 or image.size == 0:
         raise RoiError(source, f"is an array of shape {image.shape}, not a 2-D image",
                        "pass one greyscale frame as a (rows, columns) array")
-    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer)
+            or np.issubdtype(image.dtype, np.floating)):
         raise RoiError(source, f"has dtype {image.dtype}, not real numbers", "pass a numeric greyscale image")
     return image
 
 
 def _check_spacing(spacing, source: str) -> tuple[float, float]:
     values = np.atleast_1d(np.asarray(spacing, dtype=object)).ravel()
+    if any(isinstance(v, (str, bytes)) for v in values):
+        values = np.array([None])  # rejected below (float() would parse a string)
     if values.size == 1:
         values = np.array([values[0], values[0]], dtype=object)
     try:
@@ -469,6 +474,7 @@ def _check_finite(value, name: str, source: str) -> float:
 
 def _check_uint16(pixels, source: str) -> np.ndarray:
     if not isinstance(pixels, np.ndarray) or pixels.dtype.kind != "u" or pixels.dtype.itemsize != 2 or pixels.ndim != 2:
-        what = f"{pixels.dtype} array of shape {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+        what = (f"{pixels.dtype} array of shape {pixels.shape}" if isinstance(pixels, np.ndarray)
+                else type(pixels).__name__)
         raise RoiError(source, f"is a {what}, not a 2-D uint16 array", "pass RoiCrop.pixels (uint16, 512 x 512)")
     return pixels
