@@ -78,7 +78,7 @@ class Image(Base):
     columns: Mapped[int] = mapped_column(Integer)
     pixel_spacing_row_mm: Mapped[float] = mapped_column(Float)
     pixel_spacing_col_mm: Mapped[float] = mapped_column(Float)
-    pixel_spacing_source: Mapped[str] = mapped_column(String(32))  # "PixelSpacing", "ImagerPixelSpacing", "user", ...
+    pixel_spacing_source: Mapped[str] = mapped_column(String(128))  # "PixelSpacing", "ImagerPixelSpacing", "user", ...
     header: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # whitelisted, PHI-free subset
     burned_in_annotation: Mapped[bool] = mapped_column(Boolean, default=False)
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)

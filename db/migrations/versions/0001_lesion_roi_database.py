@@ -49,7 +49,7 @@ def upgrade() -> None:
     sa.Column('columns', sa.Integer(), nullable=False),
     sa.Column('pixel_spacing_row_mm', sa.Float(), nullable=False),
     sa.Column('pixel_spacing_col_mm', sa.Float(), nullable=False),
-    sa.Column('pixel_spacing_source', sa.String(length=32), nullable=False),
+    sa.Column('pixel_spacing_source', sa.String(length=128), nullable=False),
     sa.Column('header', sa.JSON(), nullable=False),
     sa.Column('burned_in_annotation', sa.Boolean(), nullable=False),
     sa.Column('is_synthetic', sa.Boolean(), nullable=False),
