@@ -3,17 +3,21 @@
 Knows neither torch nor streamlit. ``cadx.workflows`` joins it with the computation.
 """
 
-from db.models import Base, Image, Lesion, Patient, ReviewEvent, Roi, ImportRun
+from db.models import Base, Experiment, Image, ImportRun, Job, Lesion, Patient, Prediction, ReviewEvent, Roi, Segmentation
 from db.session import create_db_engine, init_db, session_factory
 
 __all__ = [
     "Base",
+    "Experiment",
     "Image",
     "ImportRun",
+    "Job",
     "Lesion",
     "Patient",
+    "Prediction",
     "ReviewEvent",
     "Roi",
+    "Segmentation",
     "create_db_engine",
     "init_db",
     "session_factory",

@@ -16,10 +16,26 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Patient", "Lesion", "Image", "Roi", "ReviewEvent", "ImportRun", "LABELS", "EXCLUSION_REASONS"]
+__all__ = [
+    "Base",
+    "Patient",
+    "Lesion",
+    "Image",
+    "Roi",
+    "ReviewEvent",
+    "ImportRun",
+    "Segmentation",
+    "Experiment",
+    "Prediction",
+    "Job",
+    "LABELS",
+    "EXCLUSION_REASONS",
+    "JOB_STATES",
+]
 
 LABELS = ("benign", "malignant")
 EXCLUSION_REASONS = ("compression_paddle", "location_marker", "other")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
 def _utcnow() -> datetime:
@@ -149,3 +165,86 @@ class ImportRun(Base):
     n_imported: Mapped[int] = mapped_column(Integer)
     n_skipped: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Segmentation(Base):
+    """Method B for one ROI content: the seeded segmentation and the analytic features measured on it."""
+
+    __tablename__ = "segmentations"
+    __table_args__ = (UniqueConstraint("roi_sha256", "version", name="uq_segmentation_roi_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    roi_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64))  # cadx.analytic.FEATURES_VERSION
+    quality: Mapped[str] = mapped_column(String(32))  # "ok", "touches_border", "low_contrast", "failed", ...
+    reason: Mapped[str | None] = mapped_column(Text)
+    mask_file: Mapped[str | None] = mapped_column(String(256))  # PNG under the data directory
+    features: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> value (None for missing)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
+class Experiment(Base):
+    """A frozen experiment: its config fully determines its numbers; results and per-ROI predictions hang off it."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # "sweep" | "evaluate"
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    code_version: Mapped[str] = mapped_column(String(64))
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    uses_synthetic_data: Mapped[bool] = mapped_column(Boolean, default=False)
+    uses_random_weights: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="experiment", cascade="all, delete-orphan")
+
+
+class Prediction(Base):
+    """Out-of-fold predictions for one ROI in one experiment: SVM1 (CNN), SVM2 (analytic), ensemble."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("experiment_id", "roi_id", "repeat", name="uq_prediction_roi"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    roi_id: Mapped[int] = mapped_column(ForeignKey("rois.id"), index=True)
+    roi_sha256: Mapped[str] = mapped_column(String(64))
+    lesion_id: Mapped[int] = mapped_column(Integer)
+    truth: Mapped[int] = mapped_column(Integer)  # 1 malignant, 0 benign
+    repeat: Mapped[int] = mapped_column(Integer, default=0)
+    fold: Mapped[int] = mapped_column(Integer)
+    decision1: Mapped[float | None] = mapped_column(Float)
+    p1: Mapped[float | None] = mapped_column(Float)
+    decision2: Mapped[float | None] = mapped_column(Float)
+    p2: Mapped[float | None] = mapped_column(Float)
+    p3: Mapped[float | None] = mapped_column(Float)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="predictions")
+
+
+class Job(Base):
+    """A long task (extraction, analytic features, sweep) run by the background worker, with its progress."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # one of JOB_STATES
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(256), default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(64))

@@ -75,3 +75,25 @@ def test_bad_review_input_is_refused_and_records_nothing(workspace, kwargs, mess
 def test_unknown_roi_is_a_clear_error(workspace):
     with pytest.raises(CadxInputError, match="no such ROI"):
         exclude_roi(workspace, 12345, reason="location_marker", user="alice")
+
+
+def test_upgrade_from_the_first_revision_keeps_the_data(database_url):
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.session import alembic_config, create_db_engine
+
+    engine = create_db_engine(database_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO patients (source, key, is_synthetic, created_at) "
+                                "VALUES ('local', 'P-old', false, CURRENT_TIMESTAMP)"))
+    init_db(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT key FROM patients")).scalars().all() == ["P-old"]
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    command.downgrade(config, "0001")  # every migration can be undone
+    assert "experiments" not in inspect(engine).get_table_names()
+    engine.dispose()
