@@ -1,0 +1,1135 @@
+"""Polynomial-kernel SVMs evaluated by cross-validation by lesion (Huynh, Li & Giger 2016, Sec. 2.6).
+
+The paper standardises every feature, trains an SVM with the polynomial kernel
+``K(x, y) = (a xᵀy + c)^d`` whose ``a, c, d`` are chosen by a five-fold cross-validated grid search, and
+evaluates it by five-fold cross-validation *by lesion*. This module does exactly that, two ways:
+
+``engine="plain"``
+    scikit-learn's own ``GridSearchCV(Pipeline([VarianceThreshold(0), StandardScaler(), (SimpleImputer()),
+    SVC(kernel="poly")]))`` (:func:`make_plain_pipeline`), refitted in each outer fold. The reference.
+``engine="gram"`` (default)
+    The same numbers, much faster. The polynomial kernel sees the data only through ``zᵢᵀzⱼ`` (``z`` the
+    standardised features), so each standardised Gram matrix is computed once, in float64, and every grid
+    point ``(a, c, d)`` is an element-wise ``(a·G + c)^d`` fed to ``SVC(kernel="precomputed")``.
+
+Exactness of the Gram engine
+----------------------------
+In every fit, the plain pipeline drops the features that are constant on *that fit's* training rows and
+standardises with *that fit's* training means and standard deviations; the inner grid search therefore uses a
+different scaler in each inner split. The Gram of inner split ``k`` is ``(X - 1μₖᵀ) Dₖ (X - 1μₖᵀ)ᵀ`` with a
+split-specific diagonal ``Dₖ = diag(keepₖ / σₖ²)``. The centring could be applied afterwards to an n×n
+cross-product (it is a rank-two update), but the per-feature weights ``Dₖ`` cannot: ``Σⱼ wₖⱼ xᵢⱼ xₗⱼ`` is not
+a function of any n×n summary of the raw data. So instead of re-deriving the inner Grams from the outer one,
+the engine streams the wide matrix once per outer fold, in column blocks (memory ``O(n·block + n²)``, never
+``O(n·p)``), computes each block's statistics for the outer training rows and for each inner-training part
+(sum, two-pass variance and peak-to-peak, with scikit-learn's formulas and its near-constant-feature rule),
+standardises the block with each of those scalers and accumulates all six Grams (one outer, five inner) with a
+symmetric rank-k update. Features dropped by the zero-variance filter get weight 0; missing values (Method B's
+failed segmentations) are imputed with the training-column mean of the standardised feature, which is 0, as
+``SimpleImputer(strategy="mean")`` after ``StandardScaler`` does. Grid-search scores are ``roc_auc_score`` on
+the validation decision values, averaged over the inner splits with ``np.average`` and the first best candidate
+in :class:`~sklearn.model_selection.ParameterGrid` order wins, as in ``GridSearchCV``. The remaining
+differences are floating-point summation order (≈1e-14 relative), checked in ``tests/test_svm.py``.
+
+Calibration
+-----------
+Soft voting (Method C) averages *probabilities*, so each classifier's decision values are mapped to
+probabilities with Platt's sigmoid ``p = 1 / (1 + exp(-(A·f + B)))``, fitted on the *inner cross-validated*
+decision values of the outer training rows (the grid search's own out-of-fold values for the chosen
+parameters: no extra fits, no test data) with the slope constrained to ``A ≥ A_min > 0``. A strictly increasing
+map cannot reorder ROIs, so the AUC of the probabilities equals the AUC of the decision values within each fold
+(:attr:`CvResult.fold_auc` and :attr:`CvResult.fold_auc_proba`). Isotonic regression was rejected: it is
+piecewise constant, creates ties and changes the AUC; ``SVC(probability=True)`` was rejected: it runs its own
+random internal cross-validation and its sigmoid may have either sign.
+
+Default grid
+------------
+``gamma = a ∈ {0.1, 1, 10} / p``, ``coef0 = c ∈ {0, 1}``, ``degree = d ∈ {1, 2, 3}`` (18 candidates, ``C = 1``),
+with ``p`` the layer's raw width (before zero-variance removal, so the grid is the same in every fold and the
+same numbers can be given to ``GridSearchCV``). scikit-learn's ``gamma`` multiplies ``xᵀy``; for standardised
+features ``zᵀz ≈ p``, so ``a·p`` is the scale of the kernel's argument and ``a = 1/p, c = 0, d = 3`` is
+scikit-learn's default ``SVC(kernel="poly")``. For ``d = 1`` the factor ``a`` plays the part of ``C``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy.linalg.blas import dsyrk
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+from sklearn import config_context
+from sklearn.base import clone
+from sklearn.feature_selection import VarianceThreshold
+from sklearn.impute import SimpleImputer
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+__all__ = [
+    "CvResult",
+    "LayerSummary",
+    "SweepResult",
+    "cross_validate_by_lesion",
+    "default_grid",
+    "fold_auc",
+    "make_plain_pipeline",
+    "make_svm_pipeline",
+    "soft_vote",
+    "sweep_layers",
+]
+
+Progress = Callable[[int, int, str], None]
+FeatureSource = Any  # array of shape (n_rois, n_features), np.memmap, path to a .npy file, or a callable returning one
+
+_GRID_KEYS = ("gamma", "coef0", "degree", "C")
+_ENGINES = ("gram", "plain")
+_DASK_ENV = "CADX_DASK_SCHEDULER"
+_EPS = np.finfo(np.float64).eps
+_DEFAULT_BLOCK_COLUMNS = 8192
+_PLATT_MIN_SLOPE = 1e-3  # in units of 1 / sd(decision values)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grid and sklearn pipelines
+# --------------------------------------------------------------------------------------------------------------
+
+
+def default_grid(n_features: int) -> dict[str, list]:
+    """The default ``(a, c, d)`` grid for a layer with ``n_features`` raw features.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the feature matrix before zero-variance removal.
+
+    Returns
+    -------
+    dict
+        ``{"gamma": [0.1/p, 1/p, 10/p], "coef0": [0.0, 1.0], "degree": [1, 2, 3]}``.
+    """
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise ValueError(f"n_features must be a positive integer; got {n_features!r}")
+    p = float(n_features)
+    return {"gamma": [0.1 / p, 1.0 / p, 10.0 / p], "coef0": [0.0, 1.0], "degree": [1, 2, 3]}
+
+
+def _check_grid(grid: Mapping[str, Sequence]) -> tuple[dict[str, list], list[dict]]:
+    """Validate a grid; return it cleaned and its candidates in ParameterGrid (= GridSearchCV) order.
+
+    Candidates have all of ``gamma, coef0, degree, C`` (defaults ``coef0=0, degree=3, C=1``).
+    """
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError(f"grid must be a non-empty mapping of parameter -> list of values; got {grid!r}")
+    unknown = sorted(set(grid) - set(_GRID_KEYS))
+    if unknown:
+        raise ValueError(f"grid has unknown parameters {unknown}; allowed: {list(_GRID_KEYS)}")
+    clean: dict[str, list] = {}
+    for key, values in grid.items():
+        values = list(np.atleast_1d(np.asarray(values, dtype=object)))
+        if not values:
+            raise ValueError(f"grid[{key!r}] is empty; give at least one value")
+        for v in values:
+            if key == "degree":
+                if isinstance(v, bool) or not float(v).is_integer() or int(v) < 1:
+                    raise ValueError(f"grid['degree'] must hold integers >= 1; got {v!r}")
+            elif key == "coef0":
+                if not np.isfinite(float(v)):
+                    raise ValueError(f"grid['coef0'] must hold finite numbers; got {v!r}")
+            elif not (np.isfinite(float(v)) and float(v) > 0):
+                raise ValueError(f"grid[{key!r}] must hold finite numbers > 0; got {v!r}")
+        clean[key] = [int(v) if key == "degree" else float(v) for v in values]
+    # ParameterGrid(prefixed) orders candidates exactly as GridSearchCV does.
+    candidates = []
+    for params in ParameterGrid({f"svc__{k}": v for k, v in clean.items()}):
+        cand = {k.removeprefix("svc__"): v for k, v in params.items()}
+        cand.setdefault("gamma", None)
+        cand.setdefault("coef0", 0.0)
+        cand.setdefault("degree", 3)
+        cand.setdefault("C", 1.0)
+        if cand["gamma"] is None:
+            raise ValueError("grid must give 'gamma' (a): the engines share explicit values, not gamma='scale'")
+        candidates.append(cand)
+    return clean, candidates
+
+
+def make_svm_pipeline(*, gamma: float, coef0: float = 0.0, degree: int = 3, C: float = 1.0,
+                      impute: bool = False) -> Pipeline:
+    """One fold's classifier: zero-variance filter, standardisation, (imputation), polynomial SVM.
+
+    Parameters
+    ----------
+    gamma, coef0, degree : float, float, int
+        The kernel ``(gamma·xᵀy + coef0)^degree`` on standardised features.
+    C : float, default=1.0
+        SVM penalty.
+    impute : bool, default=False
+        Add ``SimpleImputer(strategy="mean")`` after the scaler, for features with missing values (NaN).
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Steps ``variance``, ``scaler``, (``impute``), ``svc``; refitted from scratch whenever it is fitted.
+    """
+    steps: list[tuple[str, Any]] = [("variance", VarianceThreshold(threshold=0.0)), ("scaler", StandardScaler())]
+    if impute:
+        steps.append(("impute", SimpleImputer(strategy="mean")))
+    steps.append(("svc", SVC(kernel="poly", gamma=gamma, coef0=coef0, degree=degree, C=C)))
+    return Pipeline(steps)
+
+
+def make_plain_pipeline(*, grid: Mapping[str, Sequence], cv: Any = 5, impute: bool = False,
+                        n_jobs: int | None = None) -> GridSearchCV:
+    """The plain scikit-learn grid search (the baseline and the reference for the Gram engine).
+
+    Parameters
+    ----------
+    grid : mapping
+        Parameter -> values, keys among ``gamma``, ``coef0``, ``degree``, ``C`` (see :func:`default_grid`).
+    cv : int, cross-validation generator or iterable of (train, validation) index pairs, default=5
+        The inner cross-validation, as for ``GridSearchCV``.
+    impute : bool, default=False
+        Include ``SimpleImputer`` (needed when features contain NaN).
+    n_jobs : int or None
+        Passed to ``GridSearchCV``.
+
+    Returns
+    -------
+    sklearn.model_selection.GridSearchCV
+        Scoring ``"roc_auc"``, ``refit=True``, over :func:`make_svm_pipeline`.
+    """
+    clean, candidates = _check_grid(grid)
+    base = make_svm_pipeline(gamma=candidates[0]["gamma"], impute=impute)
+    param_grid = {f"svc__{k}": v for k, v in clean.items()}
+    return GridSearchCV(base, param_grid, scoring="roc_auc", cv=cv, refit=True, n_jobs=n_jobs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CvResult:
+    """Out-of-fold results of one cross-validation by lesion (one seed).
+
+    Attributes
+    ----------
+    decision : ndarray of shape (n_rois,)
+        Out-of-fold SVM decision values (positive = class 1, malignant).
+    proba : ndarray of shape (n_rois,)
+        Out-of-fold probabilities of class 1 (Platt, positive slope, fitted on training folds only).
+    fold : ndarray of shape (n_rois,)
+        Outer fold (0 .. n_folds-1) in which each ROI was a test ROI.
+    y : ndarray of shape (n_rois,)
+        Labels as 0/1 (1 = the larger of the two labels given).
+    groups : ndarray of shape (n_rois,)
+        The groups the folds were built on (lesions, or patients when given).
+    fold_auc, fold_auc_proba : ndarray of shape (n_folds,)
+        AUC of the decision values / of the probabilities within each test fold (equal: calibration is
+        strictly increasing).
+    best_params : tuple of dict
+        Chosen ``{"gamma", "coef0", "degree", "C"}`` per outer fold.
+    best_inner_score : ndarray of shape (n_folds,)
+        Mean inner-CV AUC of the chosen parameters.
+    inner_scores : ndarray of shape (n_folds, n_candidates, n_inner)
+        Every candidate's AUC in every inner split.
+    platt : ndarray of shape (n_folds, 2)
+        Sigmoid ``(A, B)`` per fold, ``A > 0``.
+    n_features : int
+        Raw width of the feature matrix.
+    n_features_kept : ndarray of shape (n_folds,)
+        Features left after zero-variance removal on each outer training set.
+    splits : tuple of (ndarray, ndarray)
+        Outer ``(train, test)`` ROI indices, as used.
+    inner_splits : tuple of tuple of (ndarray, ndarray)
+        Per outer fold, the inner ``(train, validation)`` ROI indices (into the full data set), as used.
+    gram_seconds, svm_seconds, fold_seconds : ndarray of shape (n_folds,)
+        Time per outer fold computing Grams (or, for ``engine="plain"``, 0), fitting SVMs, in total.
+    seconds : float
+        Wall-clock time of the whole cross-validation.
+    seed : int
+    engine : str
+    """
+
+    decision: np.ndarray
+    proba: np.ndarray
+    fold: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    fold_auc: np.ndarray
+    fold_auc_proba: np.ndarray
+    best_params: tuple[dict, ...]
+    best_inner_score: np.ndarray
+    inner_scores: np.ndarray
+    platt: np.ndarray
+    n_features: int
+    n_features_kept: np.ndarray
+    splits: tuple
+    inner_splits: tuple
+    gram_seconds: np.ndarray
+    svm_seconds: np.ndarray
+    fold_seconds: np.ndarray
+    seconds: float
+    seed: int
+    engine: str
+
+    @property
+    def n_folds(self) -> int:
+        """Number of outer folds."""
+        return len(self.splits)
+
+    @property
+    def auc_mean(self) -> float:
+        """Mean over folds of the per-fold AUC (the paper's "AUC averaged for each fold")."""
+        return float(np.mean(self.fold_auc))
+
+    @property
+    def auc_sd(self) -> float:
+        """Standard deviation (ddof=1) of the per-fold AUC."""
+        return float(np.std(self.fold_auc, ddof=1)) if self.n_folds > 1 else float("nan")
+
+    @property
+    def auc_se(self) -> float:
+        """Standard error: ``auc_sd / sqrt(n_folds)`` (the paper's Fig. 3 error bars)."""
+        return self.auc_sd / math.sqrt(self.n_folds)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One tap of a layer sweep.
+
+    Attributes
+    ----------
+    name : str
+    n_features : int
+        Raw feature length.
+    n_features_nonconstant : int
+        Length after removing the columns that are constant over all ROIs (the paper's Fig. 2 numbers); the
+        classifiers themselves remove zero-variance columns per training fold.
+    auc_mean, auc_sd, auc_se : float
+        Mean, SD (ddof=1) and SE (SD/sqrt(n_folds)) of the per-fold AUC; with several repeats, the mean over all
+        folds of all repeats and the SD/SE averaged over repeats.
+    seconds : float
+        Summed time of this layer's jobs (wall time of each job, in whichever worker ran it).
+    results : tuple of CvResult
+        One per repeat (seed).
+    """
+
+    name: str
+    n_features: int
+    n_features_nonconstant: int
+    auc_mean: float
+    auc_sd: float
+    auc_se: float
+    seconds: float
+    results: tuple[CvResult, ...]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """All taps of a layer sweep, in the order given, plus the sweep's wall-clock time.
+
+    Attributes
+    ----------
+    layers : dict of str to LayerSummary
+    seconds : float
+        Wall-clock time of the whole sweep.
+    backend : str
+        ``"sequential"``, ``"loky"`` or ``"dask"``.
+    """
+
+    layers: dict[str, LayerSummary]
+    seconds: float
+    backend: str = "sequential"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_labels(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per ROI); got shape {y.shape}")
+    classes = np.unique(y)
+    if len(classes) != 2:
+        raise ValueError(f"y must hold exactly two classes (benign/malignant); got {len(classes)}: {classes[:5]}")
+    return (y == classes[1]).astype(np.int64)
+
+
+def _check_groups(groups: Any, n: int, name: str) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"{name} must have one id per ROI, shape ({n},); got shape {groups.shape}")
+    if groups.dtype.kind == "f" and np.isnan(groups).any():
+        raise ValueError(f"{name} contains NaN; every ROI needs an id")
+    return groups
+
+
+def _cv_groups(lesions: Any, patients: Any, n: int) -> np.ndarray:
+    """Groups for the folds: patients when given (checked to contain whole lesions), else lesions."""
+    lesions = _check_groups(lesions, n, "groups")
+    if patients is None:
+        return lesions
+    patients = _check_groups(patients, n, "patients")
+    _, lesion_code = np.unique(lesions, return_inverse=True)
+    _, patient_code = np.unique(patients, return_inverse=True)
+    pairs = np.unique(np.stack([lesion_code, patient_code]), axis=1)
+    counts = np.bincount(pairs[0])
+    if (counts > 1).any():
+        bad = np.unique(lesions)[np.flatnonzero(counts > 1)[:5]]
+        raise ValueError(f"lesions {list(bad)} belong to more than one patient; each lesion id must map to one "
+                         "patient id")
+    return patients
+
+
+def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, seed: int):
+    """Outer StratifiedGroupKFold splits and, per outer training set, inner ones (indices into the full data)."""
+    for name, k in (("n_folds", n_folds), ("n_inner", n_inner)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"{name} must be an integer >= 2; got {k!r}")
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} groups (lesions/patients) cannot fill n_folds={n_folds} folds; "
+                         f"use n_folds <= {n_groups}")
+    outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    splits, inner_splits = [], []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for train, test in outer.split(np.zeros(len(y)), y, groups):
+            inner_cv = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+            if len(np.unique(groups[train])) < n_inner:
+                raise ValueError(f"an outer training set has {len(np.unique(groups[train]))} groups, fewer than "
+                                 f"n_inner={n_inner}; use fewer folds or more lesions")
+            inner = tuple((train[a], train[b]) for a, b in inner_cv.split(np.zeros(len(train)), y[train],
+                                                                          groups[train]))
+            for a, _ in ((train, None), *inner):
+                if len(np.unique(y[a])) < 2:
+                    raise ValueError("a training fold holds a single class; give more lesions of each class or "
+                                     "fewer folds")
+            splits.append((train, test))
+            inner_splits.append(inner)
+    return tuple(splits), tuple(inner_splits)
+
+
+@dataclass(frozen=True)
+class _MemmapSource:
+    """A picklable reference to a memory-mapped array (so workers map the file instead of receiving copies)."""
+
+    filename: str
+    dtype: str
+    shape: tuple
+    offset: int
+    order: str
+
+    def __call__(self) -> np.ndarray:
+        return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", shape=self.shape,
+                         offset=self.offset, order=self.order)
+
+
+@dataclass(frozen=True)
+class _NpySource:
+    path: str
+
+    def __call__(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+
+def _as_source(source: FeatureSource) -> Any:
+    if isinstance(source, (str, Path)):
+        return _NpySource(str(source))
+    if (isinstance(source, np.memmap) and getattr(source, "filename", None)
+            and isinstance(source.base, mmap.mmap)  # the mapping itself, not a view into it
+            and (source.flags.c_contiguous or source.flags.f_contiguous)):
+        order = "F" if (source.flags.f_contiguous and not source.flags.c_contiguous) else "C"
+        return _MemmapSource(str(source.filename), source.dtype.str, tuple(source.shape), int(source.offset), order)
+    if callable(source) or (hasattr(source, "shape") and hasattr(source, "dtype")):
+        return source
+    return np.asarray(source)
+
+
+def _load(source: Any, n: int, name: str = "X") -> np.ndarray:
+    X = source() if callable(source) else source
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        X = np.asarray(X)
+    if len(X.shape) != 2:
+        raise ValueError(f"{name}: features must be 2-D (n_rois, n_features); got shape {X.shape}")
+    if X.shape[0] != n:
+        raise ValueError(f"{name}: {X.shape[0]} feature rows but {n} labels; give one row per ROI")
+    if X.shape[1] < 1:
+        raise ValueError(f"{name}: no features (shape {X.shape})")
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"{name}: features must be numeric; got dtype {X.dtype}")
+    return X
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gram engine
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fit_scaler(F: np.ndarray, has_nan: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero-variance filter + StandardScaler statistics of training rows ``F`` (m, b), float64.
+
+    Returns ``keep`` (b,) bool, ``mean`` (b,), ``inv_scale`` (b,) with 0 for dropped features. Formulas follow
+    ``VarianceThreshold(0)`` (variance and peak-to-peak > 0) and ``StandardScaler`` (two-pass variance with
+    correction, near-constant features scaled by 1).
+    """
+    m = F.shape[0]
+    if has_nan:
+        nan = np.isnan(F)
+        count = m - nan.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            total = np.nansum(F, axis=0)
+            mean = total / count
+            temp = F - mean
+            correction = np.nansum(temp, axis=0)
+            np.square(temp, out=temp)
+            var = (np.nansum(temp, axis=0) - correction**2 / count) / count
+            keep = (count >= 2) & (np.nanmax(F, axis=0) > np.nanmin(F, axis=0))
+    else:
+        count = m
+        mean = F.sum(axis=0) / m
+        temp = F - mean
+        correction = temp.sum(axis=0)
+        np.square(temp, out=temp)
+        var = (temp.sum(axis=0) - correction**2 / m) / m
+        keep = F.max(axis=0) > F.min(axis=0)
+    with np.errstate(invalid="ignore"):
+        constant = var <= count * _EPS * var + (count * mean * _EPS) ** 2
+        scale = np.where(constant, 1.0, np.sqrt(np.where(var > 0, var, 1.0)))
+    inv = np.where(keep, 1.0 / scale, 0.0)
+    mean = np.where(keep, mean, 0.0)
+    return keep, mean, inv
+
+
+def _group_moments(XT: np.ndarray, parts: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Count, sum, centred sum of squares, min and max of each row group ``XT[part]`` (NaN-free), each (K, b)."""
+    K, b = len(parts), XT.shape[1]
+    count = np.empty((K, 1))
+    total, m2, lo, hi = (np.empty((K, b)) for _ in range(4))
+    for g, part in enumerate(parts):
+        F = XT[part]
+        count[g] = len(part)
+        np.sum(F, axis=0, out=total[g])
+        np.min(F, axis=0, out=lo[g])
+        np.max(F, axis=0, out=hi[g])
+        F -= total[g] / len(part)
+        m2[g] = np.einsum("ij,ij->j", F, F)
+    return count, total, m2, lo, hi
+
+
+def _scaler_from_moments(moments: tuple[np.ndarray, ...], use: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray]:
+    """The ``_fit_scaler`` statistics of the union of the row groups ``use`` (bool (K,)), by Chan et al.'s
+    pairwise combination of group moments (exact in exact arithmetic, stable in floating point)."""
+    count, total, m2, lo, hi = moments
+    n = float(count[use].sum())
+    mean = total[use].sum(axis=0) / n
+    dev = total[use] / count[use] - mean
+    var = (m2[use] + count[use] * dev * dev).sum(axis=0) / n
+    keep = hi[use].max(axis=0) > lo[use].min(axis=0)
+    constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
+    scale = np.where(constant, 1.0, np.sqrt(var))
+    inv = np.where(keep, 1.0 / scale, 0.0)
+    return keep, np.where(keep, mean, 0.0), inv
+
+
+def _standardize(rows: np.ndarray, mean: np.ndarray, inv: np.ndarray, has_nan: bool, out: np.ndarray) -> np.ndarray:
+    """``out = (rows - mean) * inv`` with NaN -> 0 (the imputer's standardised mean); dropped columns -> 0."""
+    np.subtract(rows, mean, out=out)
+    np.multiply(out, inv, out=out)
+    if has_nan:
+        np.copyto(out, 0.0, where=np.isnan(out))
+    return out
+
+
+def _syrk_into(G: np.ndarray, Z: np.ndarray) -> None:
+    """``G[upper] += Z Zᵀ`` in place (``G`` Fortran-ordered n×n, ``Z`` C-ordered n×b)."""
+    dsyrk(1.0, Z.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
+
+
+def _symmetrize(G: np.ndarray) -> np.ndarray:
+    upper = np.triu(G)
+    return np.ascontiguousarray(upper + np.triu(upper, 1).T)
+
+
+def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Sequence[tuple[np.ndarray, np.ndarray]],
+                *, block_columns: int = _DEFAULT_BLOCK_COLUMNS):
+    """The standardised Grams of one outer fold, streaming ``X`` in column blocks.
+
+    Parameters
+    ----------
+    X : array of shape (n_rois, n_features)
+        Raw features (any float dtype; memory-mapped is fine). Converted to float64 one block at a time.
+    train, test : ndarray of int
+        Outer training and test ROI indices.
+    inner : sequence of (ndarray, ndarray)
+        Inner (train, validation) ROI indices, subsets of ``train``.
+    block_columns : int
+        Columns per block; memory is about ``4 · n_rois · block_columns`` float64 plus the Grams.
+
+    Returns
+    -------
+    outer_gram : ndarray of shape (n_train + n_test, n_train + n_test)
+        Rows/columns ordered ``train`` then ``test``, standardised with the outer-training scaler.
+    inner_grams : list of ndarray of shape (n_train, n_train)
+        Rows/columns ordered as ``train``; entry ``k`` standardised with inner split ``k``'s training scaler.
+    n_kept : int
+        Features kept by the zero-variance filter on the outer training rows.
+    n_nonconstant : int
+        Features that are not constant over all rows (train and test).
+    """
+    order = np.concatenate([train, test])
+    n_all, n_tr = len(order), len(train)
+    position = np.empty(X.shape[0], dtype=np.int64)
+    position[train] = np.arange(n_tr)
+    inner_fit = [position[a] for a, _ in inner]
+    inner_val = [position[v] for _, v in inner]
+    # When the validation parts partition the training set (K-fold), the scaler of every inner-training part
+    # and of the whole training set follows from per-part moments: one pass instead of one per fit.
+    partition = (np.array_equal(np.sort(np.concatenate(inner_val)), np.arange(n_tr))
+                 and all(len(np.union1d(f, v)) == len(f) + len(v) == n_tr
+                         for f, v in zip(inner_fit, inner_val, strict=True)))
+    G_outer = np.zeros((n_all, n_all), order="F")
+    G_inner = [np.zeros((n_tr, n_tr), order="F") for _ in inner]
+    n_kept = n_nonconstant = 0
+    p = X.shape[1]
+    b = max(1, int(block_columns))
+    buf = np.empty((n_all, min(b, p)))
+    for j0 in range(0, p, b):
+        j1 = min(p, j0 + b)
+        block = np.asarray(X[:, j0:j1])
+        Xb = np.asarray(block[order], dtype=np.float64, order="C")
+        has_nan = bool(np.isnan(Xb).any())
+        if has_nan:
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                n_nonconstant += int((np.nanmax(Xb, axis=0) > np.nanmin(Xb, axis=0)).sum())
+        else:
+            n_nonconstant += int((Xb.max(axis=0) > Xb.min(axis=0)).sum())
+        out = buf if j1 - j0 == buf.shape[1] else np.empty((n_all, j1 - j0))
+        XT = Xb[:n_tr]
+        outT = out[:n_tr]
+        fast = partition and not has_nan
+        if fast:
+            moments = _group_moments(XT, inner_val)
+            every = np.ones(len(inner_val), dtype=bool)
+            keep, mean, inv = _scaler_from_moments(moments, every)
+        else:
+            keep, mean, inv = _fit_scaler(XT, has_nan)
+        n_kept += int(keep.sum())
+        if keep.any():
+            _syrk_into(G_outer, _standardize(Xb, mean, inv, has_nan, out))
+        for k, (G, fit_pos) in enumerate(zip(G_inner, inner_fit, strict=True)):
+            if fast:
+                keep, mean, inv = _scaler_from_moments(moments, np.arange(len(inner_val)) != k)
+            else:
+                keep, mean, inv = _fit_scaler(XT[fit_pos], has_nan)
+            if keep.any():
+                _syrk_into(G, _standardize(XT, mean, inv, has_nan, outT))
+    if not (np.isfinite(G_outer).all() and all(np.isfinite(G).all() for G in G_inner)):
+        raise ValueError("features contain infinite values (or overflow float64 after standardisation); "
+                         "allowed are finite numbers and NaN (missing, imputed)")
+    return _symmetrize(G_outer), [_symmetrize(G) for G in G_inner], n_kept, n_nonconstant
+
+
+def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
+    """``(gamma·G + coef0)^degree`` with libsvm's ``powi`` multiplication order."""
+    base = G * gamma
+    base += coef0
+    result, power, t = None, base, int(degree)
+    while t > 0:
+        if t % 2 == 1:
+            result = power.copy() if result is None else result * power
+        t //= 2
+        if t > 0:
+            power = power * power
+    return result
+
+
+def _safe_auc(y: np.ndarray, score: np.ndarray) -> float:
+    if len(np.unique(y)) < 2:
+        return float("nan")  # GridSearchCV's error_score=np.nan for a single-class validation fold
+    return float(roc_auc_score(y, score))
+
+
+def _rank_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """AUC as the Mann-Whitney statistic (average ranks for ties): equal to ``roc_auc_score`` up to rounding."""
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _best_index(scores: np.ndarray) -> int:
+    """GridSearchCV's choice: the first candidate in grid order among those with the best mean score."""
+    means = np.average(scores, axis=1)
+    if np.isnan(means).all():
+        return 0
+    means = np.nan_to_num(means, nan=np.nanmin(means) - 1)
+    return int(np.argmax(means))
+
+
+def _grid_search_gram(G_inner: Sequence[np.ndarray], inner_pos: Sequence[tuple[np.ndarray, np.ndarray]],
+                      y_tr: np.ndarray, candidates: Sequence[dict]):
+    """Inner grid search on precomputed Grams. Returns scores (n_cand, n_inner) and out-of-fold decisions."""
+    with config_context(assume_finite=True, skip_parameter_validation=True):  # our own finite Grams: ~2x faster
+        return _grid_search_gram_unchecked(G_inner, inner_pos, y_tr, candidates)
+
+
+def _grid_search_gram_unchecked(G_inner, inner_pos, y_tr, candidates):
+    scores = np.full((len(candidates), len(inner_pos)), np.nan)
+    oof = np.zeros((len(candidates), len(y_tr)))
+    vals = []
+    for k, (G, (fit, val)) in enumerate(zip(G_inner, inner_pos, strict=True)):
+        G_ff = np.ascontiguousarray(G[np.ix_(fit, fit)])
+        G_vf = np.ascontiguousarray(G[np.ix_(val, fit)])
+        for ci, c in enumerate(candidates):
+            svc = SVC(kernel="precomputed", C=c["C"])
+            svc.fit(_poly(G_ff, c["gamma"], c["coef0"], c["degree"]), y_tr[fit])
+            dec = svc.decision_function(_poly(G_vf, c["gamma"], c["coef0"], c["degree"]))
+            oof[ci, val] = dec
+            scores[ci, k] = _rank_auc(y_tr[val], dec)
+        vals.append(val)
+    # The rank AUC can differ from roc_auc_score in the last bit, and GridSearchCV breaks exact ties by grid
+    # order: rescore the contenders for the best mean with roc_auc_score itself, so the choice is GridSearchCV's.
+    means = np.average(scores, axis=1)
+    if not np.isnan(means).all():
+        contenders = np.flatnonzero(means >= np.nanmax(means) - 1e-9)
+        for ci in contenders:
+            for k, val in enumerate(vals):
+                scores[ci, k] = _safe_auc(y_tr[val], oof[ci, val])
+    return scores, oof
+
+
+def _fit_platt(f: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt's sigmoid ``P(y=1|f) = 1/(1+exp(-(A f + B)))`` with ``A >= A_min > 0``.
+
+    Maximum likelihood with Platt's smoothed targets ``(N₊+1)/(N₊+2)`` and ``1/(N₋+2)``, on standardised
+    ``f`` (for conditioning), by bounded L-BFGS-B; deterministic.
+    """
+    f = np.asarray(f, dtype=np.float64)
+    mu, sd = float(np.mean(f)), float(np.std(f))
+    if not np.isfinite(sd) or sd == 0:
+        sd = 1.0
+    u = (f - mu) / sd
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+    def nll(theta):
+        a, b = theta
+        z = a * u + b
+        # -[t log s(z) + (1-t) log(1-s(z))] = logaddexp(0, z) - t z
+        value = np.sum(np.logaddexp(0.0, z) - t * z)
+        s = 0.5 * (1.0 + np.tanh(0.5 * z))
+        r = s - t
+        return value, np.array([np.dot(r, u), np.sum(r)])
+
+    prior = math.log((n_pos + 1.0) / (n_neg + 1.0))
+    res = minimize(nll, x0=np.array([1.0, prior]), jac=True, method="L-BFGS-B",
+                   bounds=[(_PLATT_MIN_SLOPE, None), (None, None)])
+    a, b = (float(v) for v in res.x)
+    a = max(a, _PLATT_MIN_SLOPE)
+    return a / sd, b - a * mu / sd
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+@dataclass
+class _FoldOutput:
+    decision: np.ndarray
+    proba: np.ndarray
+    best_index: int
+    scores: np.ndarray
+    platt: tuple[float, float]
+    n_kept: int
+    n_nonconstant: int
+    gram_seconds: float
+    svm_seconds: float
+    seconds: float
+
+
+def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+              inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list], engine: str,
+              block_columns: int, name: str = "X") -> _FoldOutput:
+    """One outer fold: inner grid search, refit on the outer training set, decision values for its test set."""
+    t0 = time.perf_counter()
+    _, candidates = _check_grid(grid)
+    X = _load(source, len(y), name)
+    position = np.empty(len(y), dtype=np.int64)
+    position[train] = np.arange(len(train))
+    inner_pos = [(position[a], position[b]) for a, b in inner]
+    y_tr = y[train]
+    if engine == "gram":
+        G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns)
+        t1 = time.perf_counter()
+        scores, oof = _grid_search_gram(G_inner, inner_pos, y_tr, candidates)
+        best = _best_index(scores)
+        c = candidates[best]
+        n_tr = len(train)
+        svc = SVC(kernel="precomputed", C=c["C"])
+        svc.fit(_poly(np.ascontiguousarray(G_outer[:n_tr, :n_tr]), c["gamma"], c["coef0"], c["degree"]), y_tr)
+        decision = svc.decision_function(
+            _poly(np.ascontiguousarray(G_outer[n_tr:, :n_tr]), c["gamma"], c["coef0"], c["degree"]))
+        oof_best = oof[best]
+    else:
+        t_load = time.perf_counter()
+        Xf = np.asarray(X, dtype=np.float64)
+        has_nan = bool(np.isnan(Xf).any())
+        search = make_plain_pipeline(grid=grid, cv=inner_pos, impute=has_nan)
+        search.fit(Xf[train], y_tr)
+        decision = search.decision_function(Xf[test])
+        best = int(search.best_index_)
+        scores = np.stack([search.cv_results_[f"split{k}_test_score"] for k in range(len(inner_pos))], axis=1)
+        oof_best = cross_val_predict(clone(search.best_estimator_), Xf[train], y_tr, cv=inner_pos,
+                                     method="decision_function")
+        keep = VarianceThreshold(0.0).fit(Xf[train]).get_support()
+        n_kept = int(keep.sum())
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            n_nonconstant = int((np.nanmax(Xf, 0) > np.nanmin(Xf, 0)).sum())
+        t1 = t_load
+    platt = _fit_platt(oof_best, y_tr)
+    proba = _sigmoid(platt[0] * decision + platt[1])
+    t2 = time.perf_counter()
+    return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
+                       scores=scores, platt=platt, n_kept=n_kept, n_nonconstant=n_nonconstant,
+                       gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scheduling: sequential, joblib (loky) or Dask
+# --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _backend(n_jobs: int, scheduler: str | None) -> Iterator[tuple[str, int]]:
+    address = scheduler if scheduler is not None else os.environ.get(_DASK_ENV) or None
+    if address:
+        from distributed import Client
+        from joblib import parallel_config
+
+        client = Client(address, set_as_default=False)
+        try:
+            with parallel_config(backend="dask", client=client, wait_for_workers_timeout=60):
+                yield "dask", -1
+        finally:
+            client.close()
+        return
+    if n_jobs is None or n_jobs == 1:
+        yield "sequential", 1
+    else:
+        yield "loky", n_jobs
+
+
+def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler: str | None,
+              progress: Progress | None, labels: Sequence[str]) -> tuple[dict, str]:
+    """Run ``_run_fold`` jobs ``(key, args, kwargs)``; returns ``{key: output}`` and the backend name."""
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer))
+                               or n_jobs == 0):
+        raise ValueError(f"n_jobs must be a non-zero integer (-1 = all cores) or None; got {n_jobs!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable(done, total, message) or None; got {type(progress).__name__}")
+    total = len(jobs)
+    results: dict = {}
+    with _backend(n_jobs, scheduler) as (backend, workers):
+        if backend == "sequential":
+            for done, ((key, args, kwargs), label) in enumerate(zip(jobs, labels, strict=True), start=1):
+                results[key] = _run_fold(*args, **kwargs)
+                if progress is not None:
+                    progress(done, total, label)
+        else:
+            def keyed(key, args, kwargs):
+                return key, _run_fold(*args, **kwargs)
+
+            label_of = dict(zip((j[0] for j in jobs), labels, strict=True))
+            parallel = Parallel(n_jobs=workers, return_as="generator_unordered")
+            stream = parallel(delayed(keyed)(key, args, kwargs) for key, args, kwargs in jobs)
+            for done, (key, out) in enumerate(stream, start=1):
+                results[key] = out
+                if progress is not None:
+                    progress(done, total, label_of[key])
+    return results, backend
+
+
+def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray, splits, inner_splits,
+              candidates, n_features: int, seed: int, engine: str, seconds: float) -> CvResult:
+    n = len(y)
+    decision = np.full(n, np.nan)
+    proba = np.full(n, np.nan)
+    fold = np.full(n, -1, dtype=np.int64)
+    fold_auc = np.empty(len(splits))
+    fold_auc_proba = np.empty(len(splits))
+    for k, ((_, test), out) in enumerate(zip(splits, outputs, strict=True)):
+        decision[test] = out.decision
+        proba[test] = out.proba
+        fold[test] = k
+        fold_auc[k] = _safe_auc(y[test], out.decision)
+        fold_auc_proba[k] = _safe_auc(y[test], out.proba)
+    return CvResult(
+        decision=decision, proba=proba, fold=fold, y=y, groups=groups, fold_auc=fold_auc,
+        fold_auc_proba=fold_auc_proba,
+        best_params=tuple(dict(candidates[o.best_index]) for o in outputs),
+        best_inner_score=np.array([np.average(o.scores, axis=1)[o.best_index] for o in outputs]),
+        inner_scores=np.stack([o.scores for o in outputs]),
+        platt=np.array([o.platt for o in outputs]),
+        n_features=n_features,
+        n_features_kept=np.array([o.n_kept for o in outputs]),
+        splits=splits, inner_splits=inner_splits,
+        gram_seconds=np.array([o.gram_seconds for o in outputs]),
+        svm_seconds=np.array([o.svm_seconds for o in outputs]),
+        fold_seconds=np.array([o.seconds for o in outputs]),
+        seconds=seconds, seed=seed, engine=engine,
+    )
+
+
+def _check_common(engine: str, block_columns: int) -> None:
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {list(_ENGINES)}; got {engine!r}")
+    if isinstance(block_columns, bool) or not isinstance(block_columns, (int, np.integer)) or block_columns < 1:
+        raise ValueError(f"block_columns must be a positive integer; got {block_columns!r}")
+
+
+def _seeds(seed: int, repeats: int) -> list[int]:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer; got {repeats!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return [int(seed) + r for r in range(repeats)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients: Any = None, n_folds: int = 5,
+                             n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
+                             repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
+                             scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
+                             progress: Progress | None = None) -> CvResult | list[CvResult]:
+    """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
+
+    Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
+    outer training set an inner ``StratifiedGroupKFold(n_inner, shuffle=True, random_state=seed)`` grid search
+    (ROC AUC) chooses ``(a, c, d)``, the SVM is refitted on the whole outer training set and scores the test
+    fold. No lesion (no patient, when ``patients`` is given) is ever split between training and test, at
+    either level.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rois, n_features), np.memmap, path to a ``.npy`` file, or callable
+        Features (NaN allowed: imputed inside training folds). A callable is called with no argument, in the
+        worker, and must return the array (e.g. ``lambda: np.load(path, mmap_mode="r")``).
+    y : array-like of shape (n_rois,)
+        Two classes; the larger label (e.g. 1 = malignant) is the positive class.
+    groups : array-like of shape (n_rois,)
+        Lesion id of each ROI.
+    patients : array-like of shape (n_rois,), optional
+        Patient id of each ROI; when given the folds are built on patients (each lesion must map to one patient).
+    n_folds, n_inner : int, default=5
+        Outer and inner folds.
+    grid : mapping, optional
+        Parameter -> values (keys ``gamma``, ``coef0``, ``degree``, ``C``); default :func:`default_grid`.
+    seed : int, default=0
+        Seed of the fold assignment; results are deterministic for a seed.
+    repeats : int, default=1
+        With ``repeats > 1``, repeat with seeds ``seed, seed+1, ...`` and return a list of results.
+    engine : {"gram", "plain"}, default="gram"
+        Fast exact Gram engine, or scikit-learn's ``GridSearchCV`` (reference; slow for wide layers).
+    n_jobs : int or None, default=1
+        Parallel outer folds with joblib (``-1`` = all cores). Ignored when a Dask scheduler is used.
+    scheduler : str, optional
+        Dask scheduler address; default ``$CADX_DASK_SCHEDULER``. When set, the fold jobs run on that cluster.
+    block_columns : int, default=8192
+        Columns streamed per block by the Gram engine; memory per job is about
+        ``3 · 8 · n_rois · block_columns`` bytes plus six n_rois² Grams (≈150 MB for 607 ROIs), whatever the
+        width.
+    progress : callable(done, total, message), optional
+        Called after each outer fold finishes.
+
+    Returns
+    -------
+    CvResult, or list of CvResult when ``repeats > 1``
+    """
+    _check_common(engine, block_columns)
+    seeds = _seeds(seed, repeats)
+    y01 = _check_labels(y)
+    cv_groups = _cv_groups(groups, patients, len(y01))
+    source = _as_source(X)
+    p = int(_load(source, len(y01)).shape[1])
+    grid, candidates = _check_grid(default_grid(p) if grid is None else grid)
+    t0 = time.perf_counter()
+    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s) for s in seeds}
+    jobs, labels = [], []
+    for s in seeds:
+        splits, inner_splits = plans[s]
+        for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
+            jobs.append(((s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)), {}))
+            labels.append(f"seed {s} fold {k + 1}/{n_folds}" if repeats > 1 else f"fold {k + 1}/{n_folds}")
+    outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
+    seconds = time.perf_counter() - t0
+    results = [
+        _assemble([outputs[(s, k)] for k in range(n_folds)], y01, cv_groups, *plans[s], candidates, p, s, engine,
+                  seconds)
+        for s in seeds
+    ]
+    return results if repeats > 1 else results[0]
+
+
+def fold_auc(scores: Any, y: Any, folds: Any) -> np.ndarray:
+    """AUC of ``scores`` within each fold.
+
+    Parameters
+    ----------
+    scores, y, folds : array-like of shape (n_rois,)
+        Out-of-fold scores, labels (two classes) and fold ids.
+
+    Returns
+    -------
+    ndarray of shape (n_folds,)
+        In the order of ``np.unique(folds)``; NaN for a fold holding one class.
+    """
+    scores, y01, folds = np.asarray(scores, dtype=np.float64), _check_labels(y), np.asarray(folds)
+    if not (scores.shape == y01.shape == folds.shape):
+        raise ValueError(f"scores, y and folds must have the same shape; got {scores.shape}, {y01.shape}, "
+                         f"{folds.shape}")
+    return np.array([_safe_auc(y01[folds == f], scores[folds == f]) for f in np.unique(folds)])
+
+
+def soft_vote(p1: CvResult | Any, p2: CvResult | Any, *, folds1: Any = None, folds2: Any = None) -> np.ndarray:
+    """Soft voting (Method C): ``(p1 + p2) / 2`` of two classifiers' out-of-fold probabilities.
+
+    The two must come from the *same* folds (same groups, labels and seed), otherwise an ROI's two
+    probabilities would come from models trained on different data and the average would not be a valid
+    out-of-fold estimate.
+
+    Parameters
+    ----------
+    p1, p2 : CvResult or array-like of shape (n_rois,)
+        Results (their ``proba`` and ``fold`` are used) or probability arrays.
+    folds1, folds2 : array-like of shape (n_rois,), optional
+        Fold ids of ``p1`` / ``p2``; required for arrays, taken from a CvResult otherwise.
+
+    Returns
+    -------
+    ndarray of shape (n_rois,)
+
+    Raises
+    ------
+    ValueError
+        If fold ids are missing, or differ between the two, or the shapes differ.
+    """
+    def unpack(p, folds, name):
+        if isinstance(p, CvResult):
+            if folds is not None and not np.array_equal(np.asarray(folds), p.fold):
+                raise ValueError(f"folds{name[-1]} disagrees with {name}.fold")
+            return np.asarray(p.proba, dtype=np.float64), p.fold, p.y
+        if folds is None:
+            raise ValueError(f"{name} is an array: give folds{name[-1]}= (its fold ids) so the folds can be "
+                             "checked, or pass the CvResult")
+        return np.asarray(p, dtype=np.float64), np.asarray(folds), None
+
+    a, fa, ya = unpack(p1, folds1, "p1")
+    b, fb, yb = unpack(p2, folds2, "p2")
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"p1 and p2 must be 1-D of the same length; got shapes {a.shape} and {b.shape}")
+    if fa.shape != a.shape or fb.shape != b.shape:
+        raise ValueError(f"fold ids must have one entry per ROI; got {fa.shape} and {fb.shape} for {a.shape}")
+    if not np.array_equal(fa, fb):
+        n_diff = int(np.sum(fa != fb))
+        raise ValueError(f"the two classifiers were cross-validated on different folds ({n_diff} of {len(fa)} ROIs "
+                         "differ); run both with the same groups, labels and seed")
+    if ya is not None and yb is not None and not np.array_equal(ya, yb):
+        raise ValueError("the two results have different labels y; they are not from the same ROIs")
+    if not (np.all((a >= 0) & (a <= 1)) and np.all((b >= 0) & (b <= 1))):
+        raise ValueError("probabilities must lie in [0, 1] (NaN not allowed)")
+    return (a + b) / 2.0
+
+
+def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: Any, *, patients: Any = None,
+                 n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
+                 repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
+                 block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None) -> SweepResult:
+    """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
+
+    Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
+    (``n_jobs > 1`` or ``-1``) or, when ``scheduler`` / ``$CADX_DASK_SCHEDULER`` names a Dask scheduler
+    (``tcp://host:port``), on that cluster through joblib's Dask backend. All taps use the same folds.
+
+    Parameters
+    ----------
+    feature_sources : mapping of str to source
+        Tap name -> features of shape (n_rois, n_features_tap): an array, a ``np.memmap`` (workers map the file),
+        a path to a ``.npy`` file, or a cheap callable that returns the array (e.g. loads a memmap). With a
+        remote Dask cluster, files must be visible to the workers at the same path.
+    y, groups, patients, n_folds, n_inner, seed, repeats, engine, n_jobs, scheduler, block_columns
+        As for :func:`cross_validate_by_lesion`.
+    grid : mapping, optional
+        One grid for all taps; default :func:`default_grid` of each tap's width.
+    progress : callable(done, total, message), optional
+        Called after each job.
+
+    Returns
+    -------
+    SweepResult
+    """
+    if not isinstance(feature_sources, Mapping) or not feature_sources:
+        raise ValueError("feature_sources must be a non-empty mapping of tap name -> features")
+    _check_common(engine, block_columns)
+    seeds = _seeds(seed, repeats)
+    y01 = _check_labels(y)
+    cv_groups = _cv_groups(groups, patients, len(y01))
+    t0 = time.perf_counter()
+    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s) for s in seeds}
+    sources, widths, grids, cands = {}, {}, {}, {}
+    for name, src in feature_sources.items():
+        sources[name] = _as_source(src)
+        widths[name] = int(_load(sources[name], len(y01), name).shape[1])
+        grids[name], cands[name] = _check_grid(default_grid(widths[name]) if grid is None else grid)
+    jobs, labels = [], []
+    for name in feature_sources:
+        for s in seeds:
+            splits, inner_splits = plans[s]
+            for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
+                jobs.append(((name, s, k), (sources[name], y01, train, test, inner, grids[name], engine,
+                                            int(block_columns), name), {}))
+                labels.append(f"{name} fold {k + 1}/{n_folds}" + (f" seed {s}" if repeats > 1 else ""))
+    outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
+    seconds = time.perf_counter() - t0
+    layers = {}
+    for name in feature_sources:
+        per_seed = []
+        for s in seeds:
+            outs = [outputs[(name, s, k)] for k in range(n_folds)]
+            per_seed.append(_assemble(outs, y01, cv_groups, *plans[s], cands[name], widths[name], s, engine,
+                                      float(sum(o.seconds for o in outs))))
+        all_auc = np.concatenate([r.fold_auc for r in per_seed])
+        sd = float(np.mean([r.auc_sd for r in per_seed]))
+        layers[name] = LayerSummary(
+            name=name, n_features=widths[name],
+            n_features_nonconstant=outputs[(name, seeds[0], 0)].n_nonconstant,
+            auc_mean=float(np.mean(all_auc)), auc_sd=sd, auc_se=sd / math.sqrt(n_folds),
+            seconds=float(sum(r.seconds for r in per_seed)), results=tuple(per_seed))
+    return SweepResult(layers=layers, seconds=seconds, backend=backend)
