@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cadx.errors import CadxInputError
+from cadx.errors import CadxError, CadxInputError
 from cadx.workflows import (
     ImportReport,
     Workspace,
@@ -101,7 +101,7 @@ def _finish(report: ImportReport, report_path: Path | None) -> None:
 def _run(action):
     try:
         return action()
-    except CadxInputError as exc:
+    except CadxError as exc:
         _console.print(f"[bold red]Error:[/] {exc}")
         raise typer.Exit(2) from exc
 
@@ -212,6 +212,165 @@ def include_command(roi_id: int, note: Annotated[Optional[str], typer.Option()] 
     """Include an excluded ROI again (a review event)."""
     event = _run(lambda: include_roi(_workspace(data_dir), roi_id, user=_user(user), note=note))
     _out.print(f"ROI {roi_id} included by {event.user}")
+
+
+# ------------------------------------------------------------------------------------------ features, experiments ---
+Backbone = Annotated[Optional[str], typer.Option(
+    help="alexnet, vgg16, resnet50 or efficientnet_lite0. Default: AlexNet when its ImageNet weights are available, "
+         "else EfficientNet-Lite0 (offline ImageNet weights).")]
+Weights = Annotated[str, typer.Option(help="'default' (ImageNet) or 'random' (untrained: for tests only; every "
+                                           "record says so).")]
+WeightsPath = Annotated[Optional[Path], typer.Option(help="A weights file to use (its checksum is verified).")]
+
+
+def _load_backbone(backbone, weights, weights_path):
+    from cadx.workflows.features import resolve_backbone
+
+    loaded, note = _run(lambda: resolve_backbone(backbone, weights=weights, weights_path=weights_path))
+    colour = "red" if loaded.weights.source == "random" else "cyan"
+    _console.print(f"[{colour}]Backbone: {note}[/]")
+    return loaded, note
+
+
+@app.command("extract")
+def extract_command(backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
+                    taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
+                    batch_size: Annotated[int, typer.Option(help="ROIs per forward pass.")] = 16,
+                    data_dir: DataDir = None) -> None:
+    """Method A: extract CNN features of every ROI not yet in the feature store (all taps in one pass)."""
+    from cadx.workflows.features import extract_cnn_features
+
+    workspace = _workspace(data_dir)
+    loaded, _ = _load_backbone(backbone, weights, weights_path)
+    tap_list = taps.split(",") if taps else None
+    with _ProgressBar() as bar:
+        report = _run(lambda: extract_cnn_features(workspace, loaded, taps=tap_list, batch_size=batch_size,
+                                                   progress=bar))
+    _out.print(f"{report.n_extracted} of {report.n_rois} ROIs extracted ({report.n_rois - report.n_extracted} "
+               f"already stored) with {report.weights_name} [sha256 {report.weights_sha256[:12]}] "
+               f"in {report.seconds:.1f} s")
+
+
+@app.command("features")
+def features_command(data_dir: DataDir = None,
+                     report: Annotated[bool, typer.Option("--report", help="Print each feature's benign-vs-"
+                                                          "malignant AUC over the included ROIs.")] = False) -> None:
+    """Method B: segment every ROI from its centre and compute analytic features (only ROIs not done yet)."""
+    from cadx.analytic import FEATURE_NAMES, feature_aucs
+    from cadx.workflows.features import analytic_matrix, compute_analytic_features, roi_records
+
+    workspace = _workspace(data_dir)
+    with _ProgressBar() as bar:
+        result = _run(lambda: compute_analytic_features(workspace, progress=bar))
+    _out.print(f"{result.n_computed} of {result.n_rois} ROIs analysed ({result.n_failed} failed segmentations) "
+               f"with features {result.version} in {result.seconds:.1f} s")
+    if report:
+        records = roi_records(workspace)
+        X, names, quality = analytic_matrix(workspace, [r.sha256 for r in records])
+        aucs = feature_aucs({name: X[:, j] for j, name in enumerate(names)}, [r.label for r in records])
+        table = Table(title=f"Benign vs malignant AUC per feature ({len(records)} included ROIs)")
+        table.add_column("feature")
+        table.add_column("AUC", justify="right")
+        for name in FEATURE_NAMES:
+            table.add_row(name, f"{aucs[name]:.3f}")
+        _out.print(table)
+        _out.print("segmentation quality: " + ", ".join(f"{q}: {quality.count(q)}" for q in sorted(set(quality))))
+
+
+def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, analytic, n_jobs, json_path,
+                data_dir, user) -> None:
+    from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+
+    workspace = _workspace(data_dir)
+    loaded, note = _load_backbone(backbone, weights, weights_path)
+    settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, analytic=analytic,
+                                  n_jobs=n_jobs)
+    with _ProgressBar() as bar:
+        experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
+                                                    weights_note=note, progress=bar))
+    summary = experiment_summary(workspace, experiment_id)
+    _print_experiment(summary)
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2))
+        _out.print(f"written to {json_path}")
+
+
+def _print_experiment(summary: dict) -> None:
+    results = summary["results"]
+    flags = []
+    if summary["uses_synthetic_data"]:
+        flags.append("[orange1]SYNTHETIC DATA[/]")
+    if summary["uses_random_weights"]:
+        flags.append("[red]RANDOM (UNTRAINED) WEIGHTS[/]")
+    _out.print(f"Experiment {summary['id']} '{summary['name']}' ({summary['seconds']:.1f} s) {' '.join(flags)}")
+    if len(results["sweep"]) > 1:
+        table = Table(title="Layer sweep: AUC per tap (5-fold CV by lesion)")
+        for column in ("tap", "length", "non-constant", "AUC", "SD", "SE", "seconds"):
+            table.add_column(column, justify="right" if column != "tap" else "left")
+        for tap, row in results["sweep"].items():
+            table.add_row(tap, str(row["n_features"]), str(row["n_features_nonconstant"]), f"{row['auc_mean']:.3f}",
+                          f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}", f"{row['seconds']:.1f}")
+        _out.print(table)
+    table = Table(title="Classifiers (Table 1)")
+    for column in ("classifier", "AUC", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC", "seconds"):
+        table.add_column(column)
+    for row in results["methods"].values():
+        lo, hi = row["pooled_ci95"]
+        table.add_row(row["title"], f"{row['auc_mean']:.3f}", f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}",
+                      f"{row['pooled_auc']:.3f} [{lo:.3f}, {hi:.3f}]", f"{row['lesion_auc']:.3f}",
+                      f"{row['seconds']:.1f}")
+    _out.print(table)
+    if results["comparisons"]:
+        table = Table(title="Comparisons (p-values; Bonferroni over the 3 comparisons)")
+        for column in ("comparison", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p", "adj."):
+            table.add_column(column)
+        for row in results["comparisons"]:
+            table.add_row(row["comparison"], f"{row['auc_difference']:+.3f}", f"{row['delong_p']:.3g}",
+                          f"{row['delong_p_bonferroni']:.3g}", f"{row['paired_t_p']:.3g}",
+                          f"{row['paired_t_p_bonferroni']:.3g}", f"{row['nadeau_bengio_p']:.3g}",
+                          f"{row['nadeau_bengio_p_bonferroni']:.3g}")
+        _out.print(table)
+
+
+Folds = Annotated[int, typer.Option(help="Cross-validation folds (by lesion).")]
+Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
+Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
+JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config and results as JSON here.")]
+
+
+@app.command("sweep")
+def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "layer sweep",
+                  backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
+                  taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
+                  tap: Annotated[Optional[str], typer.Option(help="Tap for SVM1 and the ensemble (default fc6).")] = None,
+                  folds: Folds = 5, seed: Seed = 0, jobs: Jobs = 1, json_path: JsonPath = None,
+                  no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
+                  data_dir: DataDir = None, user: User = None) -> None:
+    """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
+    tap_list = tuple(taps.split(",")) if taps else None
+    _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, not no_analytic, jobs, json_path,
+                data_dir, user)
+
+
+@app.command("evaluate")
+def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "evaluation",
+                     backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
+                     tap: Annotated[Optional[str], typer.Option(help="CNN tap for SVM1 (default fc6).")] = None,
+                     folds: Folds = 5, seed: Seed = 0, jobs: Jobs = 1, json_path: JsonPath = None,
+                     data_dir: DataDir = None, user: User = None) -> None:
+    """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""
+    _experiment(name, backbone, weights, weights_path, (), tap, folds, seed, True, jobs, json_path, data_dir, user)
+
+
+@app.command("worker")
+def worker_command(data_dir: DataDir = None,
+                   once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then stop.")] = False,
+                   idle_exit: Annotated[Optional[float], typer.Option(
+                       help="Stop after this many seconds without work.")] = None) -> None:
+    """Run background jobs (extraction, features, experiments) queued by the app."""
+    from cadx.workflows.jobs import run_worker
+
+    run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,308 @@
+"""Experiments: the paper's layer sweep (Fig. 3), Methods A and B and their ensemble (Fig. 4, Table 1), recorded as
+frozen, reproducible records with per-ROI out-of-fold predictions.
+
+An experiment's config holds everything that determines its numbers: backbone, weights checksum, preprocessing
+and feature versions, taps, grid, folds, seeds, the exact ROI set (hashes, and the ids left out by review) and the
+code version. Running the same config on the same database gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+import cadx
+from cadx import stats
+from cadx.errors import CadxInputError
+from cadx.workflows.features import (
+    DEFAULT_ENSEMBLE_TAP,
+    analytic_matrix,
+    cnn_tap_loader,
+    compute_analytic_features,
+    extract_cnn_features,
+    roi_records,
+)
+from cadx.workflows.importing import Progress
+from cadx.workflows.workspace import Workspace
+from db.models import Experiment, Prediction, Roi
+
+__all__ = ["ExperimentSettings", "run_experiment", "experiment_summary", "code_version"]
+
+_CURVE_POINTS = 101
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """What the user chooses; the backbone and its weights come already loaded (see ``resolve_backbone``).
+
+    ``taps=None`` sweeps every default tap of the backbone; ``taps=()`` runs no sweep, only the ensemble tap.
+    """
+
+    taps: tuple[str, ...] | None = None
+    ensemble_tap: str | None = None  # default: DEFAULT_ENSEMBLE_TAP[backbone] (fc6 for AlexNet, as in the paper)
+    analytic: bool = True
+    n_folds: int = 5
+    n_inner: int = 5
+    seed: int = 0
+    grid: dict[str, list] | None = None
+    n_jobs: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def code_version() -> str:
+    """cadx's version and, in a git checkout, the commit (``-dirty`` when the tree has changes)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return f"{cadx.__version__}+{commit}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return cadx.__version__
+
+
+def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = ExperimentSettings(), *,
+                   name: str, user: str, weights_note: str = "", progress: Progress | None = None) -> int:
+    """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id."""
+    from cadx.cnn import PREPROCESSING_VERSION
+    from cadx.svm import cross_validate_by_lesion, soft_vote, sweep_layers
+
+    report = progress or (lambda done, total, message: None)
+    started = time.perf_counter()
+    records = roi_records(workspace)
+    _check_dataset(records, settings.n_folds)
+    hashes = [r.sha256 for r in records]
+    y = np.array([r.label for r in records])
+    lesions = np.array([r.lesion_id for r in records])
+    patients = np.array([r.patient_id for r in records])
+    backbone = loaded.name
+    taps = tuple(loaded.backbone.default_taps) if settings.taps is None else tuple(settings.taps)
+    ensemble_tap = settings.ensemble_tap or DEFAULT_ENSEMBLE_TAP.get(backbone, loaded.backbone.default_taps[-1])
+    for tap in (*taps, ensemble_tap):
+        if tap not in loaded.backbone.taps:
+            raise CadxInputError("taps", f"{backbone} has no tap {tap!r}", f"use one of {list(loaded.backbone.taps)}")
+    wanted = {*taps, ensemble_tap}
+    sweep_taps = tuple(t for t in loaded.backbone.taps if t in wanted)  # in network order, as in Fig. 3
+
+    report(0, 4, "extracting CNN features (only ROIs not in the store)")
+    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps,
+                                      progress=lambda d, t, m: report(0, 4, f"extracting {d}/{t}"))
+    analytic_version = None
+    if settings.analytic:
+        report(1, 4, "analytic features (only ROIs not analysed yet)")
+        analytic_version = compute_analytic_features(
+            workspace, progress=lambda d, t, m: report(1, 4, f"segmenting {d}/{t}")).version
+
+    with workspace.sessions() as session:
+        excluded = sorted(session.scalars(select(Roi.id).where(Roi.included.is_(False))))
+    config = {
+        "backbone": backbone,
+        "weights": {"name": loaded.weights.name, "sha256": loaded.weights.sha256, "source": loaded.weights.source},
+        "preprocessing": PREPROCESSING_VERSION,
+        "taps": list(sweep_taps),
+        "ensemble_tap": ensemble_tap,
+        "analytic_version": analytic_version,
+        "n_folds": settings.n_folds,
+        "n_inner": settings.n_inner,
+        "seed": settings.seed,
+        "grid": settings.grid or "cadx.svm.default_grid",
+        "cv_groups": "patient (a patient's lesions stay together; each lesion's ROIs always do)",
+        "roi_ids": [r.id for r in records],
+        "roi_sha256": hashes,
+        "excluded_roi_ids": excluded,
+        **settings.extra,
+    }
+    version = code_version()
+    config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+    common = dict(patients=patients, n_folds=settings.n_folds, n_inner=settings.n_inner, grid=settings.grid,
+                  seed=settings.seed, n_jobs=settings.n_jobs)
+    sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes) for tap in sweep_taps}
+    sweep = sweep_layers(sources, y, lesions, progress=lambda d, t, m: report(2, 4, f"sweep {d}/{t}: {m}"),
+                         **common)
+    method_a = sweep.layers[ensemble_tap].results[0]
+    methods: dict[str, Any] = {"A": method_a}
+    if settings.analytic:
+        report(3, 4, "Method B: analytic-feature SVM")
+        X_b, _names, quality = analytic_matrix(workspace, hashes)
+        methods["B"] = cross_validate_by_lesion(X_b, y, lesions, **common)
+        p3 = soft_vote(methods["A"], methods["B"])
+    results = {
+        "n_rois": len(records),
+        "n_lesions": int(len(set(lesions))),
+        "n_patients": int(len(set(patients))),
+        "n_malignant_rois": int(y.sum()),
+        "weights_note": weights_note,
+        "extraction": asdict(extraction),
+        "sweep": {
+            tap: {
+                "n_features": layer.n_features,
+                "n_features_nonconstant": layer.n_features_nonconstant,
+                "auc_mean": layer.auc_mean,
+                "auc_sd": layer.auc_sd,
+                "auc_se": layer.auc_se,
+                "fold_aucs": [float(a) for a in layer.results[0].fold_auc],
+                "seconds": layer.seconds,
+            }
+            for tap, layer in sweep.layers.items()
+        },
+        "methods": {},
+        "comparisons": [],
+    }
+    scores = {"A": method_a.proba}
+    results["methods"]["A"] = _method_stats(f"SVM1 (CNN {backbone} {ensemble_tap})", method_a.proba, method_a, y,
+                                            lesions, settings.seed, sweep.layers[ensemble_tap].seconds)
+    if settings.analytic:
+        b = methods["B"]
+        scores["B"] = b.proba
+        scores["C"] = p3
+        results["methods"]["B"] = _method_stats("SVM2 (analytic features)", b.proba, b, y, lesions, settings.seed,
+                                                b.seconds)
+        results["methods"]["B"]["segmentation_quality"] = {q: quality.count(q) for q in sorted(set(quality))}
+        fold_c = np.array([stats.auc(y[method_a.fold == k], p3[method_a.fold == k])
+                           for k in range(settings.n_folds)])
+        results["methods"]["C"] = _method_stats("Ensemble (p1 + p2) / 2", p3, None, y, lesions, settings.seed,
+                                                method_a.seconds + b.seconds, fold_aucs=fold_c)
+        results["comparisons"] = _comparisons(results["methods"], scores, y, method_a.fold, settings.n_folds)
+    seconds = time.perf_counter() - started
+    report(4, 4, "saving the experiment")
+    with workspace.sessions.begin() as session:
+        experiment = Experiment(
+            name=name, kind="sweep" if len(sweep_taps) > 1 else "evaluate", config=config, config_sha256=config_sha,
+            code_version=version, results=_jsonable(results), seconds=seconds,
+            uses_synthetic_data=any(r.is_synthetic for r in records),
+            uses_random_weights=loaded.weights.source == "random", created_by=user,
+        )
+        session.add(experiment)
+        session.flush()
+        b = methods.get("B")
+        session.add_all(
+            Prediction(
+                experiment_id=experiment.id, roi_id=r.id, roi_sha256=r.sha256, lesion_id=r.lesion_id, truth=r.label,
+                repeat=0, fold=int(method_a.fold[i]), decision1=float(method_a.decision[i]),
+                p1=float(method_a.proba[i]),
+                decision2=None if b is None else float(b.decision[i]),
+                p2=None if b is None else float(b.proba[i]),
+                p3=None if b is None else float(p3[i]),
+            )
+            for i, r in enumerate(records)
+        )
+        return experiment.id
+
+
+def _check_dataset(records, n_folds: int) -> None:
+    lesions_by_label = {0: set(), 1: set()}
+    for r in records:
+        lesions_by_label[r.label].add(r.lesion_id)
+    fewest = min(len(v) for v in lesions_by_label.values())
+    if fewest < n_folds:
+        raise CadxInputError(
+            "dataset", f"{len(lesions_by_label[0])} benign and {len(lesions_by_label[1])} malignant lesions among "
+            f"the included ROIs: too few for {n_folds}-fold cross-validation by lesion",
+            f"import more cases (at least {n_folds} lesions of each label) or include excluded ROIs")
+
+
+def _method_stats(title: str, proba: np.ndarray, result, y: np.ndarray, lesions: np.ndarray, seed: int,
+                  seconds: float, *, fold_aucs: np.ndarray | None = None) -> dict[str, Any]:
+    fold_aucs = result.fold_auc if fold_aucs is None else fold_aucs
+    summary = stats.fold_auc_summary(fold_aucs)
+    delong = stats.delong_ci(y, proba)
+    roc = stats.roc_points(y, proba)
+    lesion_level = stats.lesion_level_scores(proba, lesions, y)
+    out: dict[str, Any] = {
+        "title": title,
+        "auc_mean": summary.mean,
+        "auc_sd": summary.sd,
+        "auc_se": summary.se,
+        "fold_aucs": list(summary.aucs),
+        "pooled_auc": delong.auc,
+        "pooled_ci95": [delong.lower, delong.upper],
+        "lesion_auc": stats.auc(lesion_level.labels, lesion_level.scores),
+        "lesion_clustered_bootstrap_ci95": _bootstrap(y, proba, lesions, seed),
+        "roc": {"fpr": list(roc.fpr), "tpr": list(roc.tpr)},
+        "seconds": seconds,
+    }
+    try:
+        fit = stats.binormal_fit(y, proba)
+        fpr, tpr = fit.curve(_CURVE_POINTS)
+        out["binormal"] = {"a": fit.a, "b": fit.b, "auc": fit.auc, "se_auc": fit.se_auc, "converged": fit.converged,
+                           "fpr": list(fpr), "tpr": list(tpr)}
+    except ValueError as exc:  # e.g. perfect separation: no finite ML fit
+        out["binormal"] = {"error": str(exc)}
+    if result is not None:
+        out["decision_value_auc"] = stats.auc(y, result.decision)
+        out["fold_aucs_decision"] = [float(a) for a in result.fold_auc]
+        out["fold_aucs_proba"] = [float(a) for a in result.fold_auc_proba]
+        out["best_params"] = [dict(p) for p in result.best_params]
+        out["n_features"] = int(result.n_features)
+        out["n_features_kept"] = [int(k) for k in result.n_features_kept]
+    return out
+
+
+def _bootstrap(y, proba, lesions, seed) -> list[float] | None:
+    try:
+        ci = stats.clustered_bootstrap_auc_ci(y, proba, lesions, seed=seed, n_boot=1000)
+    except ValueError:
+        return None
+    return [ci.lower, ci.upper]
+
+
+def _comparisons(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int) -> list[dict]:
+    pairs = [("C", "A"), ("C", "B"), ("A", "B")]
+    n_test = int(round(len(y) / n_folds))  # the folds' average test size, as Nadeau & Bengio's ratio needs
+    rows = []
+    for first, second in pairs:
+        delong = stats.delong_test(y, scores[first], scores[second])
+        fa, fb = np.asarray(methods[first]["fold_aucs"]), np.asarray(methods[second]["fold_aucs"])
+        paired = stats.paired_t_test(fa, fb)
+        corrected = stats.corrected_resampled_t_test(fa - fb, n_train=len(y) - n_test, n_test=n_test)
+        rows.append({
+            "comparison": f"{first} vs {second}",
+            "auc_difference": delong.difference,
+            "delong_p": delong.p_value,
+            "delong_ci95": [delong.ci_lower, delong.ci_upper],
+            "paired_t_p": paired.p_value,
+            "nadeau_bengio_p": corrected.p_value,
+        })
+    for key in ("delong_p", "paired_t_p", "nadeau_bengio_p"):
+        adjusted = stats.bonferroni([row[key] for row in rows])
+        for row, p in zip(rows, adjusted.p_adjusted):
+            row[f"{key}_bonferroni"] = float(p)
+    return rows
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    return value
+
+
+def experiment_summary(workspace: Workspace, experiment_id: int) -> dict[str, Any]:
+    """An experiment's config and results as stored (for `--json` output and the app)."""
+    with workspace.sessions() as session:
+        experiment = session.get(Experiment, experiment_id)
+        if experiment is None:
+            raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
+        return {"id": experiment.id, "name": experiment.name, "kind": experiment.kind,
+                "created_at": experiment.created_at.isoformat(), "created_by": experiment.created_by,
+                "code_version": experiment.code_version, "config_sha256": experiment.config_sha256,
+                "uses_synthetic_data": experiment.uses_synthetic_data,
+                "uses_random_weights": experiment.uses_random_weights, "seconds": experiment.seconds,
+                "config": experiment.config, "results": experiment.results}

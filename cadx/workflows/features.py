@@ -1,0 +1,243 @@
+"""Features for the ROIs in the database: Method A (CNN taps, in the file feature store) and Method B (analytic
+features after seeded segmentation, in the ``segmentations`` table). Both are keyed by ROI content hash, so a
+rerun computes only ROIs it has not seen, and an ROI whose pixels change can never be confused with its old
+features.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from cadx.errors import WeightsUnavailableError
+from cadx.roi import decode_png16
+from cadx.workflows.importing import Progress, _write_once
+from cadx.workflows.workspace import Workspace
+from db.models import Image, Lesion, Roi, Segmentation
+
+__all__ = [
+    "RoiRecord",
+    "ExtractionReport",
+    "AnalyticReport",
+    "DEFAULT_ENSEMBLE_TAP",
+    "roi_records",
+    "load_roi_pixels",
+    "feature_store",
+    "resolve_backbone",
+    "extract_cnn_features",
+    "compute_analytic_features",
+    "analytic_matrix",
+    "cnn_tap_loader",
+]
+
+#: The tap used for Method A in the ensemble (the paper used AlexNet's fc6).
+DEFAULT_ENSEMBLE_TAP = {"alexnet": "fc6", "vgg16": "fc6", "resnet50": "avgpool", "efficientnet_lite0": "pool"}
+_BATCH_COMMIT = 25  # analytic results committed in batches: a killed run keeps what it finished
+
+
+@dataclass(frozen=True)
+class RoiRecord:
+    """What the experiments need to know about one ROI."""
+
+    id: int
+    sha256: str
+    file: str
+    lesion_id: int
+    patient_id: int
+    label: int  # 1 malignant, 0 benign
+    included: bool
+    is_synthetic: bool
+    view: str | None
+
+
+def roi_records(workspace: Workspace, *, included_only: bool = True) -> list[RoiRecord]:
+    """ROIs ordered by id (the order every experiment uses); excluded ROIs left out unless asked."""
+    query = (
+        select(Roi.id, Roi.sha256, Roi.file, Roi.lesion_id, Lesion.patient_id, Lesion.label, Roi.included,
+               Roi.is_synthetic, Image.view)
+        .join(Lesion, Roi.lesion_id == Lesion.id)
+        .join(Image, Roi.image_id == Image.id)
+        .order_by(Roi.id)
+    )
+    if included_only:
+        query = query.where(Roi.included.is_(True))
+    with workspace.sessions() as session:
+        rows = session.execute(query).all()
+    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, int(r.label == "malignant"), r.included,
+                      r.is_synthetic, r.view) for r in rows]
+
+
+def load_roi_pixels(workspace: Workspace, record: RoiRecord) -> np.ndarray:
+    """The stored ROI, uint16 (512, 512)."""
+    return decode_png16(workspace.path(record.file).read_bytes())
+
+
+class _LazyRois(Mapping):
+    """ROI hash -> pixels, decoded only when the extractor asks for them (never all in memory)."""
+
+    def __init__(self, workspace: Workspace, records: list[RoiRecord]) -> None:
+        self._workspace = workspace
+        self._by_hash = {r.sha256: r for r in records}
+
+    def __getitem__(self, sha: str) -> np.ndarray:
+        return load_roi_pixels(self._workspace, self._by_hash[sha])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_hash)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+
+def feature_store(workspace: Workspace):
+    """The CNN feature store of this workspace."""
+    from cadx.cnn import FeatureStore
+
+    return FeatureStore(workspace.data_dir / "features")
+
+
+def resolve_backbone(name: str | None = None, *, weights: str = "default", weights_path: str | Path | None = None,
+                     download: bool = True):
+    """Load a backbone for extraction.
+
+    ``name=None`` picks the paper's AlexNet when its ImageNet weights can be had (named file, torch cache or a
+    download) and otherwise EfficientNet-Lite0, whose real ImageNet weights install offline with cadx; the
+    returned note says which and why, so the app and the CLI can tell the user.
+
+    Returns
+    -------
+    loaded : cadx.cnn.LoadedBackbone
+    note : str
+    """
+    from cadx.cnn import load_backbone
+
+    if name is not None:
+        loaded = load_backbone(name, weights, weights_path=weights_path, download=download)
+        return loaded, f"{loaded.weights.name} ({loaded.weights.source})"
+    try:
+        loaded = load_backbone("alexnet", weights, weights_path=weights_path, download=download)
+        return loaded, f"AlexNet ImageNet weights ({loaded.weights.source}), as in the paper"
+    except WeightsUnavailableError as exc:
+        loaded = load_backbone("efficientnet_lite0", "default")
+        return loaded, ("AlexNet's ImageNet weights are not available here, so EfficientNet-Lite0 with its real "
+                        f"ImageNet weights is used instead. To use AlexNet as in the paper: {exc}")
+
+
+@dataclass(frozen=True)
+class ExtractionReport:
+    backbone: str
+    weights_name: str
+    weights_sha256: str
+    weights_source: str
+    n_rois: int
+    n_extracted: int
+    seconds: float
+
+
+def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16,
+                         progress: Progress | None = None) -> ExtractionReport:
+    """Extract the CNN taps of every ROI (included or not) that the store lacks; returns what was done."""
+    from cadx.cnn import extract_to_store
+
+    records = roi_records(workspace, included_only=False)
+    start = time.perf_counter()
+    n = extract_to_store(_LazyRois(workspace, records), feature_store(workspace), backbone=loaded, taps=taps,
+                         batch_size=batch_size, progress=progress)
+    return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
+                            len({r.sha256 for r in records}), n, time.perf_counter() - start)
+
+
+def cnn_tap_loader(workspace: Workspace, loaded, tap: str, hashes: list[str]):
+    """A callable loading one tap's (n, features) matrix for ``hashes`` from the store, when the sweep needs it."""
+    store = feature_store(workspace)
+
+    def load() -> np.ndarray:
+        return store.load(tap, hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256)
+
+    return load
+
+
+# ---------------------------------------------------------------------------------------------------- Method B ---
+@dataclass(frozen=True)
+class AnalyticReport:
+    version: str
+    n_rois: int
+    n_computed: int
+    n_failed: int
+    seconds: float
+
+
+def compute_analytic_features(workspace: Workspace, *, progress: Progress | None = None) -> AnalyticReport:
+    """Segment every ROI not yet analysed with the current feature version and store masks and features."""
+    from cadx.analytic import FEATURES_VERSION, analyse_roi
+
+    records = roi_records(workspace, included_only=False)
+    unique = list({r.sha256: r for r in records}.values())
+    with workspace.sessions() as session:
+        done = set(session.scalars(select(Segmentation.roi_sha256).where(Segmentation.version == FEATURES_VERSION)))
+    todo = [r for r in unique if r.sha256 not in done]
+    start = time.perf_counter()
+    n_failed = 0
+    pending: list[Segmentation] = []
+    for index, record in enumerate(todo):
+        if progress is not None:
+            progress(index, len(todo), f"segmenting ROI {record.id}")
+        began = time.perf_counter()
+        pixels = load_roi_pixels(workspace, record)
+        segmentation, features = analyse_roi(pixels, pixel_size_mm=0.1)
+        mask_file = None
+        if segmentation.mask is not None and segmentation.mask.any():
+            mask_file = f"segmentations/{record.sha256[:2]}/{record.sha256}-{FEATURES_VERSION}.png"
+            _write_once(workspace.path(mask_file), lambda m=segmentation.mask: _encode_mask(m))
+        n_failed += segmentation.quality == "failed"
+        pending.append(Segmentation(
+            roi_sha256=record.sha256, version=FEATURES_VERSION, quality=segmentation.quality,
+            reason=segmentation.reason or None, mask_file=mask_file,
+            features={k: (None if not np.isfinite(v) else float(v)) for k, v in features.items()},
+            seconds=time.perf_counter() - began,
+        ))
+        if len(pending) >= _BATCH_COMMIT or index == len(todo) - 1:
+            with workspace.sessions.begin() as session:
+                session.add_all(pending)
+            pending = []
+    if progress is not None:
+        progress(len(todo), len(todo), "analytic features done")
+    return AnalyticReport(FEATURES_VERSION, len(unique), len(todo), n_failed, time.perf_counter() - start)
+
+
+def _encode_mask(mask: np.ndarray) -> bytes:
+    buffer = _io.BytesIO()
+    PILImage.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Method B features of ``hashes`` as an (n, n_features) matrix, NaN where the segmentation failed.
+
+    Returns
+    -------
+    X : ndarray of shape (n, n_features)
+    names : list of str
+        Feature names (columns of X).
+    quality : list of str
+        Segmentation quality per row.
+    """
+    from cadx.analytic import FEATURE_NAMES, FEATURES_VERSION
+
+    with workspace.sessions() as session:
+        rows = {s.roi_sha256: s for s in session.scalars(
+            select(Segmentation).where(Segmentation.version == FEATURES_VERSION,
+                                       Segmentation.roi_sha256.in_(set(hashes))))}
+    missing = [h for h in hashes if h not in rows]
+    if missing:
+        raise KeyError(f"{len(missing)} ROI(s) have no analytic features yet; run `cadx features` first")
+    X = np.array([[np.nan if rows[h].features.get(name) is None else rows[h].features[name]
+                   for name in FEATURE_NAMES] for h in hashes], dtype=np.float64)
+    return X, list(FEATURE_NAMES), [rows[h].quality for h in hashes]
