@@ -1,0 +1,113 @@
+"""Experiments and background jobs on a small synthetic demo set (random CNN weights: fast, no network)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from cadx.errors import CadxInputError
+from cadx.workflows import exclude_roi, import_demo
+from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone, roi_records
+from cadx.workflows.jobs import cancel_job, get_job, list_jobs, run_next_job, submit_job
+from db.models import Experiment, Job, Prediction, Segmentation
+
+SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0)
+
+
+@pytest.fixture
+def demo(workspace):
+    import_demo(workspace, n_lesions=12, seed=5)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def alexnet_random():
+    loaded, note = resolve_backbone("alexnet", weights="random")
+    assert loaded.weights.source == "random"
+    return loaded
+
+
+def test_features_are_computed_once_per_roi_content(demo, alexnet_random):
+    first = extract_cnn_features(demo, alexnet_random, taps=["fc8"])
+    again = extract_cnn_features(demo, alexnet_random, taps=["fc8"])
+    assert first.n_extracted == first.n_rois > 0 and again.n_extracted == 0
+    analytic = compute_analytic_features(demo)
+    assert analytic.n_computed == analytic.n_rois and compute_analytic_features(demo).n_computed == 0
+    with demo.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Segmentation)) == analytic.n_rois
+
+
+def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
+    first = run_experiment(demo, alexnet_random, SETTINGS, name="one", user="tester")
+    second = run_experiment(demo, alexnet_random, SETTINGS, name="two", user="tester")
+    a, b = experiment_summary(demo, first), experiment_summary(demo, second)
+    assert a["config"] == b["config"] and a["config_sha256"] == b["config_sha256"]
+    for method in ("A", "B", "C"):
+        assert a["results"]["methods"][method]["fold_aucs"] == b["results"]["methods"][method]["fold_aucs"]
+    assert a["uses_synthetic_data"] and a["uses_random_weights"]
+    assert a["config"]["weights"]["source"] == "random"
+    records = roi_records(demo)
+    with demo.sessions() as session:
+        predictions = session.scalars(select(Prediction).where(Prediction.experiment_id == first)
+                                      .order_by(Prediction.roi_id)).all()
+    assert [p.roi_id for p in predictions] == [r.id for r in records]
+    p1 = np.array([p.p1 for p in predictions])
+    p2 = np.array([p.p2 for p in predictions])
+    assert np.allclose([p.p3 for p in predictions], (p1 + p2) / 2)
+    # no lesion in two folds
+    folds_by_lesion: dict[int, set] = {}
+    for p in predictions:
+        folds_by_lesion.setdefault(p.lesion_id, set()).add(p.fold)
+    assert all(len(f) == 1 for f in folds_by_lesion.values())
+    comparisons = a["results"]["comparisons"]
+    assert [c["comparison"] for c in comparisons] == ["C vs A", "C vs B", "A vs B"]
+    for c in comparisons:
+        assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
+
+
+def test_excluded_rois_leave_later_experiments(demo, alexnet_random):
+    records = roi_records(demo)
+    exclude_roi(demo, records[0].id, reason="compression_paddle", user="tester")
+    experiment_id = run_experiment(demo, alexnet_random, SETTINGS, name="after exclusion", user="tester")
+    summary = experiment_summary(demo, experiment_id)
+    assert records[0].id not in summary["config"]["roi_ids"]
+    assert summary["config"]["excluded_roi_ids"] == [records[0].id]
+    assert summary["results"]["n_rois"] == len(records) - 1
+
+
+def test_too_few_lesions_is_a_clear_error(workspace, alexnet_random):
+    import_demo(workspace, n_lesions=4, seed=1)
+    with pytest.raises(CadxInputError, match="too few for 5-fold"):
+        run_experiment(workspace, alexnet_random, SETTINGS, name="tiny", user="tester")
+
+
+def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
+    features = submit_job(demo, "features", {}, user="alice")
+    experiment = submit_job(demo, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
+                                                 "ensemble_tap": "fc8", "name": "from a job"}, user="alice")
+    cancelled = submit_job(demo, "extract", {"backbone": "alexnet", "weights": "random"}, user="alice")
+    assert cancel_job(demo, cancelled, user="bob")
+    assert run_next_job(demo) == features
+    assert run_next_job(demo) == experiment
+    assert run_next_job(demo) is None  # the cancelled one is never run
+    job = get_job(demo, experiment)
+    assert job.status == "done" and job.experiment_id is not None and job.started_at <= job.finished_at
+    with demo.sessions() as session:
+        assert session.get(Experiment, job.experiment_id).name == "from a job"
+    assert get_job(demo, cancelled).status == "cancelled" and "bob" in get_job(demo, cancelled).message
+    assert [j.id for j in list_jobs(demo)] == [cancelled, experiment, features]
+
+
+def test_a_failing_job_records_its_error(workspace):
+    import_demo(workspace, n_lesions=4, seed=1)
+    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
+                                                  "ensemble_tap": "fc8"}, user="alice")
+    run_next_job(workspace)
+    job = get_job(workspace, job_id)
+    assert job.status == "failed" and "too few for 5-fold" in job.error
+    with pytest.raises(CadxInputError, match="unknown job kind"):
+        submit_job(workspace, "mine bitcoin", {}, user="alice")
+    with workspace.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
