@@ -373,5 +373,28 @@ def worker_command(data_dir: DataDir = None,
     run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit)
 
 
+@app.command("backup")
+def backup_command(target: Annotated[Path, typer.Argument(help="The backup file to write (.tar).")],
+                   with_features: Annotated[bool, typer.Option(help="Also copy the CNN feature store.")] = False,
+                   data_dir: DataDir = None) -> None:
+    """Back up the database and the stored files, with a SHA-256 for each."""
+    from cadx.workflows.backup import backup_workspace
+
+    manifest = _run(lambda: backup_workspace(_workspace(data_dir), target, include_features=with_features))
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    _out.print(f"{rows} rows and {len(manifest['files'])} files backed up to {target}")
+
+
+@app.command("restore")
+def restore_command(source: Annotated[Path, typer.Argument(help="A file made by `cadx backup`.")],
+                    data_dir: DataDir = None) -> None:
+    """Restore a backup into an empty workspace, verifying every hash before writing."""
+    from cadx.workflows.backup import restore_workspace
+
+    manifest = _run(lambda: restore_workspace(_workspace(data_dir), source))
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
+
+
 if __name__ == "__main__":
     app()

@@ -28,7 +28,8 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 def _snapshot(workspace) -> tuple[dict, list]:
     """Every row of every table, and every file of the data directory (except the database itself)."""
     with workspace.sessions() as session:
-        rows = {table.name: [tuple(r) for r in session.execute(table.select())] for table in Base.metadata.sorted_tables}
+        rows = {table.name: [tuple(r) for r in session.execute(table.select().order_by(*table.primary_key.columns))]
+                for table in Base.metadata.sorted_tables}
     files = sorted(str(p.relative_to(workspace.data_dir)) for p in workspace.data_dir.rglob("*")
                    if p.is_file() and not p.name.startswith("cadx.sqlite"))
     return rows, files
