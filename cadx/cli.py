@@ -39,7 +39,7 @@ _out = Console()
 DataDir = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")
 ]
-User = Annotated[Optional[str], typer.Option("--user", help="Who runs the import (recorded). Default: login name.")]
+User = Annotated[Optional[str], typer.Option("--user", help="Who does this (recorded). Default: login name.")]
 SkipErrors = Annotated[
     bool,
     typer.Option("--skip-errors", help="Write the good items even when some fail (default: any error writes nothing)."),
@@ -394,6 +394,71 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
     manifest = _run(lambda: restore_workspace(_workspace(data_dir), source))
     rows = sum(t["rows"] for t in manifest["tables"].values())
     _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
+
+
+user_app = typer.Typer(help="Local accounts and roles (viewer, reviewer, admin).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+audit_app = typer.Typer(help="The append-only audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _new_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return typer.get_text_stream("stdin").readline().rstrip("\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input.")]
+
+
+@user_app.command("add")
+def user_add_command(username: str, role: Annotated[str, typer.Option(help="viewer, reviewer or admin")] = "reviewer",
+                     password_stdin: PasswordStdin = False, data_dir: DataDir = None, user: User = None) -> None:
+    """Add an account. Once one exists, the app asks everyone to log in (CADX_AUTH=auto)."""
+    from cadx.workflows.accounts import add_user
+
+    password = _new_password(password_stdin)
+    _run(lambda: add_user(_workspace(data_dir), username, password, role=role, by=_user(user)))
+    _out.print(f"user {username} added with role {role}")
+
+
+@user_app.command("passwd")
+def user_passwd_command(username: str, password_stdin: PasswordStdin = False, data_dir: DataDir = None,
+                        user: User = None) -> None:
+    """Set an account's password."""
+    from cadx.workflows.accounts import set_password
+
+    password = _new_password(password_stdin)
+    _run(lambda: set_password(_workspace(data_dir), username, password, by=_user(user)))
+    _out.print(f"password of {username} changed")
+
+
+@user_app.command("role")
+def user_role_command(username: str, role: str, data_dir: DataDir = None, user: User = None) -> None:
+    """Change an account's role."""
+    from cadx.workflows.accounts import set_role
+
+    _run(lambda: set_role(_workspace(data_dir), username, role, by=_user(user)))
+    _out.print(f"{username} is now {role}")
+
+
+@user_app.command("list")
+def user_list_command(data_dir: DataDir = None) -> None:
+    """List the accounts."""
+    from cadx.workflows.accounts import list_users
+
+    for account in list_users(_workspace(data_dir)):
+        _out.print(f"{account.username}\t{account.role}{' (disabled)' if account.disabled else ''}")
+
+
+@audit_app.command("export")
+def audit_export_command(target: Annotated[Path, typer.Argument(help="CSV file to write.")],
+                         data_dir: DataDir = None) -> None:
+    """Export the whole audit trail (uploads, imports, review decisions, runs, deletions, logins) as CSV."""
+    from cadx.workflows.accounts import export_audit_csv
+
+    count = export_audit_csv(_workspace(data_dir), target)
+    _out.print(f"{count} audit events written to {target}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ __all__ = [
     "Experiment",
     "Prediction",
     "Job",
+    "User",
+    "AuditEvent",
     "LABELS",
+    "ROLES",
     "EXCLUSION_REASONS",
     "JOB_STATES",
 ]
@@ -38,6 +41,7 @@ __all__ = [
 LABELS = ("benign", "malignant")
 EXCLUSION_REASONS = ("compression_paddle", "location_marker", "other")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+ROLES = ("viewer", "reviewer", "admin")
 
 
 def _utcnow() -> datetime:
@@ -270,3 +274,30 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(64))
+
+
+class User(Base):
+    """A local account; the password is stored only as an Argon2id hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))  # one of ROLES
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One entry of the append-only audit trail (the database refuses updates and deletes of these rows)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), index=True)  # upload, import, exclude, include, ...
+    target: Mapped[str] = mapped_column(String(128))  # e.g. "roi 17", "experiment 3"
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

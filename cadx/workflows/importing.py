@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError, ManifestError
+from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi
 
@@ -237,6 +238,10 @@ def run_import(
                     ImportRun(kind=kind, source=source, user=user, n_imported=n_imported, n_skipped=report.n_skipped,
                               report={"items": [dataclasses.asdict(i) for i in report.items]})
                 )
+                record_audit(session, user=user, action="upload" if kind == "upload" else "import",
+                             target=f"{kind} {source}"[:128],
+                             detail={"imported": n_imported, "skipped": report.n_skipped, "errors": report.n_errors,
+                                     "roi_ids": [i.roi_id for i in report.items if i.status == "imported"]})
         except _Rollback:
             _remove(created_files)
             for item in report.items:
