@@ -44,6 +44,8 @@ SkipErrors = Annotated[
     bool,
     typer.Option("--skip-errors", help="Write the good items even when some fail (default: any error writes nothing)."),
 ]
+AllowBurnedIn = Annotated[bool, typer.Option(
+    "--allow-burned-in", help="Import DICOMs marked BurnedInAnnotation=YES, flagged for review (default: refuse).")]
 ReportPath = Annotated[Optional[Path], typer.Option("--report", help="Also write the full report as JSON here.")]
 
 
@@ -123,19 +125,21 @@ def import_cbis_command(
     csv: Annotated[list[Path], typer.Option("--csv", help="A case-description CSV (repeat for several).")],
     pixel_size_mm: Annotated[Optional[float], typer.Option(help="Pixel size for files whose header has none.")] = None,
     data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False, report: ReportPath = None,
+    allow_burned_in: AllowBurnedIn = False,
 ) -> None:
     """Import CBIS-DDSM: lesions from the case-description CSVs, centres from the ROI masks."""
     workspace = _workspace(data_dir)
     with _ProgressBar() as bar:
         result = _run(lambda: import_cbis_ddsm(workspace, folder, csv, user=_user(user), pixel_size_mm=pixel_size_mm,
-                                               skip_errors=skip_errors, progress=bar))
+                                               skip_errors=skip_errors, allow_burned_in=allow_burned_in,
+                                               progress=bar))
     _finish(result, report)
 
 
 @import_app.command("csv")
 def import_csv_command(manifest: Annotated[Path, typer.Argument(help="CSV manifest, one row per ROI")],
                        data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False,
-                       report: ReportPath = None) -> None:
+                       report: ReportPath = None, allow_burned_in: AllowBurnedIn = False) -> None:
     """Import images listed in a CSV manifest.
 
     Columns: image, patient, lesion, label, centre_x, centre_y (pixels, origin top-left), pixel_size_mm
@@ -144,7 +148,7 @@ def import_csv_command(manifest: Annotated[Path, typer.Argument(help="CSV manife
     workspace = _workspace(data_dir)
     with _ProgressBar() as bar:
         result = _run(lambda: import_manifest(workspace, manifest, user=_user(user), skip_errors=skip_errors,
-                                              progress=bar))
+                                              allow_burned_in=allow_burned_in, progress=bar))
     _finish(result, report)
 
 
@@ -153,12 +157,13 @@ def import_dicom_command(folder: Annotated[Path, typer.Argument(help="Folder of 
                          labels: Annotated[Path, typer.Option("--labels", help="CSV: file, lesion, label, centre_x, "
                                                               "centre_y [, patient, view, laterality, ...]")],
                          data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False,
-                         report: ReportPath = None) -> None:
+                         report: ReportPath = None, allow_burned_in: AllowBurnedIn = False) -> None:
     """Import a folder of DICOM mammograms with a labels file (patient, view and side come from the headers)."""
     workspace = _workspace(data_dir)
     with _ProgressBar() as bar:
         result = _run(lambda: import_dicom_folder(workspace, folder, labels, user=_user(user),
-                                                  skip_errors=skip_errors, progress=bar))
+                                                  skip_errors=skip_errors, allow_burned_in=allow_burned_in,
+                                                  progress=bar))
     _finish(result, report)
 
 

@@ -208,3 +208,19 @@ def test_dicom_folder_reports_unlisted_files_and_is_idempotent(workspace, tmp_pa
     with workspace.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Roi)) == 1
         assert session.scalars(select(Lesion.label)).one() == "malignant"
+
+
+def test_burned_in_annotation_is_refused_unless_allowed_then_flagged(workspace, tmp_path):
+    folder = tmp_path / "in"
+    write_mammogram(folder / "annotated.dcm", disk_image((400, 400), (200, 200), 30), pixel_spacing=(0.1, 0.1),
+                    extra={"BurnedInAnnotation": "YES"})
+    labels = _write_csv(tmp_path / "labels.csv", [
+        {"file": "annotated.dcm", "lesion": "L1", "label": "benign", "centre_x": 200, "centre_y": 200}])
+    report = import_dicom_folder(workspace, folder, labels, user="tester")
+    assert not report.committed and "BurnedInAnnotation" in report.errors[0].reason
+    assert "--allow-burned-in" in report.errors[0].reason
+    report = import_dicom_folder(workspace, folder, labels, user="tester", allow_burned_in=True)
+    assert report.committed and report.n_imported == 1
+    with workspace.sessions() as session:
+        roi = session.scalars(select(Roi)).one()
+        assert "burned_in_annotation" in roi.qc_flags and roi.image.burned_in_annotation

@@ -77,7 +77,7 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
 
 # ------------------------------------------------------------------------------------------------ CBIS-DDSM ---
 def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequence[str | Path], *, user: str,
-                     pixel_size_mm: float | None = None, skip_errors: bool = False,
+                     pixel_size_mm: float | None = None, skip_errors: bool = False, allow_burned_in: bool = False,
                      progress: Progress | None = None) -> ImportReport:
     """Import CBIS-DDSM from its case-description CSVs and the DICOM tree under ``folder``.
 
@@ -123,7 +123,8 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
 
     n_images = len({r.image_path for r in usable})
     return run_import(workspace, (make(r) for r in usable), kind="cbis-ddsm", source=report.source, user=user,
-                      report=report, skip_errors=skip_errors, total_images=n_images, progress=progress)
+                      report=report, skip_errors=skip_errors, allow_burned_in=allow_burned_in,
+                      total_images=n_images, progress=progress)
 
 
 def _dicoms_under(directory: Path, row: CbisRow) -> list[Path]:
@@ -175,15 +176,16 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
 
 # ------------------------------------------------------------------------------------ manifests and DICOM ---
 def import_manifest(workspace: Workspace, manifest: str | Path, *, user: str, skip_errors: bool = False,
-                    progress: Progress | None = None) -> ImportReport:
+                    allow_burned_in: bool = False, progress: Progress | None = None) -> ImportReport:
     """Import a cadx CSV manifest: one row per ROI (see ``cadx.sources.MANIFEST_COLUMNS``)."""
     rows = parse_manifest(manifest)
     return _import_rows(workspace, rows, kind="manifest", source=Path(manifest).name, user=user,
-                        skip_errors=skip_errors, progress=progress)
+                        skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
 
 
 def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | Path, *, user: str,
-                        skip_errors: bool = False, progress: Progress | None = None) -> ImportReport:
+                        skip_errors: bool = False, allow_burned_in: bool = False,
+                        progress: Progress | None = None) -> ImportReport:
     """Import the DICOM files under ``folder`` that a labels file describes.
 
     The labels file is a manifest whose ``file`` column is relative to ``folder``; patient, view and laterality
@@ -198,11 +200,12 @@ def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | 
         if path.is_file() and path.resolve() not in listed and path.resolve() != Path(labels).resolve():
             report.add(str(path.relative_to(folder)), "skipped", "not listed in the labels file")
     return _import_rows(workspace, rows, kind="dicom", source=folder.name, user=user, report=report,
-                        skip_errors=skip_errors, progress=progress)
+                        skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
 
 
 def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, source: str, user: str,
-                 report: ImportReport | None = None, skip_errors: bool, progress: Progress | None) -> ImportReport:
+                 report: ImportReport | None = None, skip_errors: bool, allow_burned_in: bool,
+                 progress: Progress | None) -> ImportReport:
     key = workspace.pseudonym_key()
     rows = sorted(rows, key=lambda r: (str(r.image), r.line))
 
@@ -226,7 +229,8 @@ def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, so
         )
 
     return run_import(workspace, (make(r) for r in rows), kind=kind, source=source, user=user, report=report,
-                      skip_errors=skip_errors, total_images=len({r.image for r in rows}), progress=progress)
+                      skip_errors=skip_errors, allow_burned_in=allow_burned_in,
+                      total_images=len({r.image for r in rows}), progress=progress)
 
 
 def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
@@ -258,7 +262,8 @@ def _deidentified_name(path: Path) -> str:
 
 def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: str | None, lesion: str, label: str,
                   centre_rc: tuple[float, float], user: str, pixel_size_mm: float | None = None,
-                  view: str | None = None, laterality: str | None = None) -> ImportReport:
+                  view: str | None = None, laterality: str | None = None,
+                  allow_burned_in: bool = False) -> ImportReport:
     """Import one uploaded image (DICOM, PNG, TIFF, PGM bytes) with its lesion centre, as the app's upload page does."""
     key = workspace.pseudonym_key()
     image_name = _deidentified_name(Path(filename))
@@ -274,7 +279,8 @@ def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: 
         patient_key=patient, lesion_key=lesion, label=label, pathology_source="upload",
         centre_rc=centre_rc, centre_source="marked in the browser", view=view, laterality=laterality,
     )
-    return run_import(workspace, [finding], kind="upload", source=image_name, user=user, total_images=1)
+    return run_import(workspace, [finding], kind="upload", source=image_name, user=user, total_images=1,
+                      allow_burned_in=allow_burned_in)
 
 
 # ---------------------------------------------------------------------------------------------------- demo ---

@@ -196,6 +196,7 @@ def run_import(
     user: str,
     report: ImportReport | None = None,
     skip_errors: bool = False,
+    allow_burned_in: bool = False,
     total_images: int | None = None,
     progress: Progress | None = None,
 ) -> ImportReport:
@@ -210,6 +211,8 @@ def run_import(
     report : a report that already holds the items the caller skipped while parsing.
     skip_errors : when True, items with errors are left out and the rest is written; when False (default), any
         error leaves the database and the ROI store as they were.
+    allow_burned_in : DICOM files marked BurnedInAnnotation=YES may carry identifying text in their pixels; they
+        are refused unless this is True, and then their ROIs are flagged ``burned_in_annotation`` for review.
     total_images, progress : progress reporting, ``progress(done, total, message)`` per image.
     """
     report = report or ImportReport(kind=kind, source=source)
@@ -221,7 +224,7 @@ def run_import(
             group = list(group_iter)
             if progress is not None:
                 progress(done, total_images, f"reading {group[0].image_name}")
-            prepared.extend(_prepare_image(workspace, group, report, seen_sha, created_files))
+            prepared.extend(_prepare_image(workspace, group, report, seen_sha, created_files, allow_burned_in))
         if progress is not None:
             progress(total_images or 0, total_images, "writing to the database")
         if report.errors and not skip_errors:
@@ -275,10 +278,18 @@ def _prepare_image(
     report: ImportReport,
     seen_sha: dict[str, str],
     created_files: list[Path],
+    allow_burned_in: bool,
 ) -> Iterator[_Prepared]:
     first = group[0]
     try:
         image = first.load_image()
+        if image.burned_in_annotation and not allow_burned_in:
+            raise ImageReadError(
+                first.image_name,
+                "the file says BurnedInAnnotation=YES: text burned into the pixels may identify the patient",
+                "remove the annotation from the pixels first, or import with --allow-burned-in to keep the image "
+                "flagged for review",
+            )
         if image.pixel_spacing_mm is None:
             raise ImageReadError(
                 first.image_name,
@@ -324,6 +335,8 @@ def _prepare_image(
         except CadxInputError as exc:
             report.add(finding.name, "error", str(exc))
             continue
+        if image.burned_in_annotation:
+            crop = dataclasses.replace(crop, flags=tuple(sorted((*crop.flags, "burned_in_annotation"))))
         relative, sha, created = store_roi_png(workspace.data_dir, crop.pixels)
         if created:
             created_files.append(workspace.path(relative))
