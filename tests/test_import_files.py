@@ -52,6 +52,7 @@ def test_dicom_with_phi_monochrome1_becomes_the_right_roi_and_no_phi_is_stored(w
     folder = tmp_path / "export"
     name = "Doe_Jane_MRN-4471923.dcm"  # clinical exports often put names in file names
     write_mammogram(folder / name, stored, photometric="MONOCHROME1", pixel_spacing=(spacing, spacing))
+    write_mammogram(folder / "Roe_Richard_MRN-5550001.dcm", stored, pixel_spacing=(spacing, spacing))  # unlisted
     labels = _write_csv(tmp_path / "labels.csv", [
         {"file": name, "lesion": "L1", "label": "malignant", "centre_x": 560, "centre_y": 600},
     ])
@@ -75,7 +76,7 @@ def test_dicom_with_phi_monochrome1_becomes_the_right_roi_and_no_phi_is_stored(w
     assert patient.key and patient.key != PHI["PatientID"]
 
     stored_text = _all_stored_text(workspace)
-    for value in [*PHI.values(), PRIVATE_PHI, SEQUENCE_PHI, "Doe_Jane", "Jane", "4471923"]:
+    for value in [*PHI.values(), PRIVATE_PHI, SEQUENCE_PHI, "Doe_Jane", "Jane", "4471923", "Roe_Richard", "5550001"]:
         assert value not in stored_text, f"PHI {value!r} found in the database or data directory"
 
 
@@ -114,13 +115,13 @@ def _bad_case(kind: str, tmp_path: Path) -> tuple[Path, str]:
     if kind == "truncated":
         data = _good_dicom(tmp_path, "full.dcm").read_bytes()
         (folder / "cut.dcm").write_bytes(data[: len(data) // 2])
-        bad["image"], expect = "cut.dcm", "cut.dcm"
+        bad["image"], expect = "cut.dcm", "truncated"
     elif kind == "corrupt":
         (folder / "noise.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 8)
-        bad["image"], expect = "noise.dcm", "noise.dcm"
+        bad["image"], expect = "noise.dcm", "no pixel data"
     elif kind == "non-image":
         (folder / "notes.dcm").write_text("this is a text file, not a mammogram\n" * 20)
-        bad["image"], expect = "notes.dcm", "notes.dcm"
+        bad["image"], expect = "notes.dcm", "not a supported image format"
     elif kind == "centre-outside":
         bad["centre_x"], expect = 5000, "centre"
     elif kind == "unknown-pixel-size":
@@ -156,6 +157,8 @@ def test_bad_item_names_the_problem_and_writes_nothing(workspace, tmp_path, kind
     assert report.n_errors >= 1
     message = " ".join(item.reason for item in report.errors)
     assert expect.lower() in message.lower(), message
+    # the row locates the file (rows are read in path order, so the duplicate is found at the good file's row)
+    assert ("manifest.csv row 2" if kind == "duplicate" else "manifest.csv row 3") in [i.name for i in report.errors]
     assert "Fix:" in message, message
     assert _snapshot(workspace) == before
 
@@ -202,7 +205,9 @@ def test_dicom_folder_reports_unlisted_files_and_is_idempotent(workspace, tmp_pa
     ])
     report = import_dicom_folder(workspace, folder, labels, user="tester")
     assert report.n_imported == 1
-    assert any(item.name == "b.dcm" and "not listed" in item.reason for item in report.items)
+    unlisted = [item for item in report.items if "not listed" in item.reason]
+    assert len(unlisted) == 1 and unlisted[0].status == "skipped"
+    assert "b.dcm" not in unlisted[0].name  # an opaque name: clinical file names may hold patient names
     again = import_dicom_folder(workspace, folder, labels, user="tester")
     assert again.n_imported == 0 and any("already imported" in item.reason for item in again.items)
     with workspace.sessions() as session:

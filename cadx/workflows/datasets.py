@@ -198,7 +198,7 @@ def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | 
     listed = {row.image for row in rows}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.resolve() not in listed and path.resolve() != Path(labels).resolve():
-            report.add(str(path.relative_to(folder)), "skipped", "not listed in the labels file")
+            report.add(_deidentified_name(path), "skipped", "not listed in the labels file")
     return _import_rows(workspace, rows, kind="dicom", source=folder.name, user=user, report=report,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
 
@@ -240,7 +240,7 @@ def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
     if image.source_format != "dicom":
         if row.pixel_size_mm is None:
             raise ManifestError(f"row {row.line}, column 'pixel_size_mm'",
-                                f"{row.image.name} is a {image.source_format.upper()} file, which carries no pixel size",
+                                f"the image is a {image.source_format.upper()} file, which carries no pixel size",
                                 "give the pixel size in mm in the pixel_size_mm column")
         return cadx_io.read_image(row.image, pixel_spacing_mm=row.pixel_size_mm)
     if row.pixel_size_mm is not None:

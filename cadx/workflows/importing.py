@@ -218,7 +218,7 @@ def run_import(
     report = report or ImportReport(kind=kind, source=source)
     prepared: list[_Prepared] = []
     created_files: list[Path] = []
-    seen_sha: dict[str, str] = {}
+    seen_sha: dict[str, tuple[str, str]] = {}  # file hash -> (image key, first item name)
     try:
         for done, (image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
             group = list(group_iter)
@@ -276,7 +276,7 @@ def _prepare_image(
     workspace: Workspace,
     group: list[Finding],
     report: ImportReport,
-    seen_sha: dict[str, str],
+    seen_sha: dict[str, tuple[str, str]],
     created_files: list[Path],
     allow_burned_in: bool,
 ) -> Iterator[_Prepared]:
@@ -298,18 +298,18 @@ def _prepare_image(
             )
     except CadxInputError as exc:
         for finding in group:
-            report.add(finding.name, "error", str(exc))
+            report.add(finding.name, "error", _reason(exc))
         return
     previous = seen_sha.get(image.source_sha256)
-    if previous is not None and previous != first.image_key:
+    if previous is not None and previous[0] != first.image_key:
         for finding in group:
             report.add(
                 finding.name, "error",
-                f"{first.image_name}: same file content as {previous} in this import. Fix: remove the duplicate file, "
-                "or list every finding of one image under one path",
+                f"duplicate: the same file content as the image of {previous[1]} in this import. Fix: remove the "
+                "duplicate file, or list every finding of one image under one path",
             )
         return
-    seen_sha[image.source_sha256] = first.image_key
+    seen_sha[image.source_sha256] = (first.image_key, first.name)
     existing = _existing_lesion_keys(workspace, image.source_sha256)
     threshold = None
     for finding in group:
@@ -333,7 +333,7 @@ def _prepare_image(
                 source=finding.name,
             )
         except CadxInputError as exc:
-            report.add(finding.name, "error", str(exc))
+            report.add(finding.name, "error", _reason(exc))
             continue
         if image.burned_in_annotation:
             crop = dataclasses.replace(crop, flags=tuple(sorted((*crop.flags, "burned_in_annotation"))))
@@ -357,6 +357,12 @@ def _prepare_image(
             lesion_size_mm=size_mm,
             centre_rc=(float(centre[0]), float(centre[1])),
         )
+
+
+def _reason(exc: CadxInputError) -> str:
+    # The item's name (e.g. "manifest.csv row 3") locates the problem; the file's own path is left out, since
+    # clinical file names can hold patient names and reports are stored in the database.
+    return f"{exc.problem}. Fix: {exc.fix}"
 
 
 def _existing_lesion_keys(workspace: Workspace, image_sha: str) -> set[str]:
