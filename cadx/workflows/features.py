@@ -141,15 +141,18 @@ class ExtractionReport:
     seconds: float
 
 
-def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16,
+def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16, chunk_rows: int = 64,
                          progress: Progress | None = None) -> ExtractionReport:
-    """Extract the CNN taps of every ROI (included or not) that the store lacks; returns what was done."""
+    """Extract the CNN taps of every ROI (included or not) that the store lacks; returns what was done.
+
+    Rows are committed to the store every ``chunk_rows`` ROIs, so a killed run resumes from the last chunk.
+    """
     from cadx.cnn import extract_to_store
 
     records = roi_records(workspace, included_only=False)
     start = time.perf_counter()
     n = extract_to_store(_LazyRois(workspace, records), feature_store(workspace), backbone=loaded, taps=taps,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, chunk_rows=chunk_rows, progress=progress)
     return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
                             len({r.sha256 for r in records}), n, time.perf_counter() - start)
 

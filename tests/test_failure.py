@@ -1,0 +1,75 @@
+"""Failure: work killed mid-way resumes from what was finished and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+
+from sqlalchemy import func, select
+
+from cadx.workflows import import_demo, open_workspace
+from cadx.workflows.features import extract_cnn_features, feature_store, resolve_backbone, roi_records
+from cadx.workflows.jobs import get_job, list_jobs, submit_job
+from db.models import Experiment, Job
+
+
+def _extract_slowly(data_dir: str) -> None:
+    workspace = open_workspace(data_dir)
+    loaded, _ = resolve_backbone("alexnet", weights="random")
+
+    def slow(done, total, message):
+        time.sleep(0.3)  # give the test time to kill us between chunks
+
+    extract_cnn_features(workspace, loaded, taps=["fc8"], batch_size=2, chunk_rows=4, progress=slow)
+
+
+def _committed(workspace, loaded, hashes) -> int:
+    missing = feature_store(workspace).missing(hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256,
+                                               taps=["fc8"])
+    return len(hashes) - len(missing)
+
+
+def test_killed_extraction_resumes_from_the_store(tmp_path):
+    data = tmp_path / "data"
+    workspace = open_workspace(data)
+    import_demo(workspace, n_lesions=8, seed=2)
+    hashes = sorted({r.sha256 for r in roi_records(workspace, included_only=False)})
+    loaded, _ = resolve_backbone("alexnet", weights="random")
+
+    process = multiprocessing.get_context("spawn").Process(target=_extract_slowly, args=(str(data),))
+    process.start()
+    deadline = time.monotonic() + 120
+    while _committed(workspace, loaded, hashes) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    done_before = _committed(workspace, loaded, hashes)
+    assert 4 <= done_before < len(hashes), "the kill must land mid-way"
+
+    report = extract_cnn_features(workspace, loaded, taps=["fc8"])
+    assert report.n_extracted == len(hashes) - done_before  # only the unfinished ROIs
+    stored = feature_store(workspace).load("fc8", hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256)
+    assert stored.shape == (len(hashes), 1000) and np.isfinite(stored).all()
+    assert extract_cnn_features(workspace, loaded, taps=["fc8"]).n_extracted == 0
+
+
+def test_a_job_whose_worker_died_is_failed_and_no_experiment_is_half_written(workspace):
+    import_demo(workspace, n_lesions=4, seed=1)
+    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random"}, user="alice")
+    # a worker claimed it, then died without a heartbeat for long
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="running", heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+    list_jobs(workspace)  # any look at the jobs notices the stale one
+    job = get_job(workspace, job_id)
+    assert job.status == "failed" and "submit it again to resume" in job.error
+    with workspace.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Experiment)) == 0
