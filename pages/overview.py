@@ -1,12 +1,20 @@
-"""Overview: the dataset at a glance."""
+"""Overview: the dataset at a glance, the CNN backbone and weights in use, and the recent experiments."""
 
 import pandas as pd
 import streamlit as st
 
-from cadx.workflows import dataset_stats
-from pages._shared import SYNTHETIC_BADGE, workspace
+from cadx.workflows import backbone_status, dataset_stats, list_experiments
+from cadx.workflows.jobs import list_jobs
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
 
-stats = dataset_stats(workspace())
+
+@st.cache_data(ttl=600, show_spinner="Checking which CNN backbone and weights are available…")
+def _backbone_status() -> dict:
+    return backbone_status()
+
+
+ws = workspace()
+stats = dataset_stats(ws)
 
 st.title("cadx — lesion database")
 if stats["synthetic_rois"]:
@@ -43,3 +51,43 @@ if stats["rois_by_qc_flag"]:
     st.dataframe(pd.DataFrame([stats["rois_by_qc_flag"]]), hide_index=True)
 else:
     st.write("No ROI is flagged.")
+
+st.subheader("CNN backbone in use")
+status = _backbone_status()
+if status["fallback"]:
+    st.warning(f"AlexNet's ImageNet weights are missing on this machine, so experiments use **{status['label']}** "
+               f"with its real ImageNet weights ({status['weights']}, from the installed {status['source']}) "
+               "instead of the paper's AlexNet. AlexNet can still be run with random (untrained) weights.")
+    with st.expander("How to use AlexNet as in the paper"):
+        st.write(status["note"])
+else:
+    st.success(f"**{status['label']}** with {status['weights']} ({status['source']}), as in the paper.")
+st.caption(f"{status['description']} · weights SHA-256 `{status['sha256']}`")
+
+st.subheader("Recent experiments")
+running = [j for j in list_jobs(ws, limit=20) if j.status in ("queued", "running")]
+if running:
+    st.info(f"{len(running)} job(s) queued or running: "
+            + "; ".join(f"job {j.id} ({j.kind}, {j.status}: {j.message})" for j in running))
+recent = list_experiments(ws, limit=5)
+if not recent:
+    st.info("No experiment yet: start a layer sweep to reproduce the paper's Fig. 3.")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+else:
+    if any(e["uses_synthetic_data"] for e in recent) or any(e["uses_random_weights"] for e in recent):
+        st.markdown(" ".join(b for b, on in (
+            (SYNTHETIC_BADGE, any(e["uses_synthetic_data"] for e in recent)),
+            (RANDOM_WEIGHTS_BADGE, any(e["uses_random_weights"] for e in recent))) if on)
+            + " among the experiments below (see the columns).")
+    st.dataframe(pd.DataFrame([{
+        "id": e["id"], "name": e["name"], "created": e["created_at"], "backbone": e["backbone"],
+        "weights": e["weights"], "taps": len(e["taps"]), "ROIs": e["n_rois"], "excluded": e["n_excluded"],
+        "best tap": e["best_tap"], "best tap AUC": e["best_tap_auc"], "SVM1 AUC": e["auc_A"],
+        "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"], "synthetic data": e["uses_synthetic_data"],
+        "random weights": e["uses_random_weights"],
+    } for e in recent]), hide_index=True, column_config={
+        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        **{c: st.column_config.NumberColumn(format="%.3f")
+           for c in ("best tap AUC", "SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
+    })
+    st.page_link("pages/experiments.py", label="All experiments", icon="🗂️")

@@ -1,42 +1,95 @@
-"""Reviewing ROIs: excluding an artifact ROI and including it again, each decision kept as a review event."""
+"""Reviewing ROIs: excluding an artifact ROI and including it again, each decision kept as a review event.
+
+Every decision is an append-only :class:`~db.models.ReviewEvent` (who, when, what, why); ``Roi.included`` and
+``Roi.exclusion_reason`` are the state the newest event left, updated in the same transaction. Decisions on one
+ROI are serialised, so two reviewers deciding at the same moment both get recorded and the ROI ends in the state of
+the later event: PostgreSQL locks the ROI rows (``SELECT ... FOR UPDATE``, in id order so that two bulk decisions
+never deadlock); SQLite takes its write lock when the transaction begins (``BEGIN IMMEDIATE``) and a second
+writer waits for it (busy timeout).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
 from db.models import EXCLUSION_REASONS, ReviewEvent, Roi
 
-__all__ = ["exclude_roi", "include_roi"]
+__all__ = ["exclude_roi", "include_roi", "exclude_rois", "include_rois"]
+
+MAX_BULK = 10_000
 
 
 def exclude_roi(workspace: Workspace, roi_id: int, *, reason: str, user: str, note: str | None = None) -> ReviewEvent:
     """Exclude ROI ``roi_id`` from experiments (e.g. a compression paddle in the field); the ROI itself stays."""
-    if reason not in EXCLUSION_REASONS:
-        raise CadxInputError("reason", f"unknown exclusion reason {reason!r}", f"use one of {list(EXCLUSION_REASONS)}")
-    if reason == "other" and not (note and note.strip()):
-        raise CadxInputError("note", "reason 'other' needs a note", "say what the artifact is")
-    return _record(workspace, roi_id, action="exclude", reason=reason, user=user, note=note)
+    return exclude_rois(workspace, [roi_id], reason=reason, user=user, note=note)[0]
 
 
 def include_roi(workspace: Workspace, roi_id: int, *, user: str, note: str | None = None) -> ReviewEvent:
     """Include ROI ``roi_id`` again (undo an exclusion)."""
-    return _record(workspace, roi_id, action="include", reason=None, user=user, note=note)
+    return include_rois(workspace, [roi_id], user=user, note=note)[0]
 
 
-def _record(workspace: Workspace, roi_id: int, *, action: str, reason: str | None, user: str,
-            note: str | None) -> ReviewEvent:
+def exclude_rois(workspace: Workspace, roi_ids: Iterable[int], *, reason: str, user: str,
+                 note: str | None = None) -> list[ReviewEvent]:
+    """Exclude several ROIs in one transaction (all or none), one review event each, in the order given."""
+    if reason not in EXCLUSION_REASONS:
+        raise CadxInputError("reason", f"unknown exclusion reason {reason!r}", f"use one of {list(EXCLUSION_REASONS)}")
+    if reason == "other" and not (note and note.strip()):
+        raise CadxInputError("note", "reason 'other' needs a note", "say what the artifact is")
+    return _record(workspace, roi_ids, action="exclude", reason=reason, user=user, note=note)
+
+
+def include_rois(workspace: Workspace, roi_ids: Iterable[int], *, user: str,
+                 note: str | None = None) -> list[ReviewEvent]:
+    """Include several ROIs again in one transaction (all or none), one review event each."""
+    return _record(workspace, roi_ids, action="include", reason=None, user=user, note=note)
+
+
+@contextmanager
+def _serialised(workspace: Workspace) -> Iterator[Session]:
+    """A transaction that holds the database's write lock from its start on SQLite (rows are locked on PostgreSQL)."""
+    with workspace.sessions() as session, session.begin():
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            # pysqlite would begin lazily at the first write, after our reads: take the write lock now instead.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+
+
+def _record(workspace: Workspace, roi_ids: Iterable[int], *, action: str, reason: str | None, user: str,
+            note: str | None) -> list[ReviewEvent]:
     if not user or not user.strip():
         raise CadxInputError("user", "no reviewer name", "say who makes the decision")
-    with workspace.sessions.begin() as session:
-        # Lock the ROI row (PostgreSQL) so two reviewers deciding at once are serialised; SQLite serialises writers.
-        roi = session.scalar(select(Roi).where(Roi.id == roi_id).with_for_update())
-        if roi is None:
-            raise CadxInputError(f"ROI {roi_id}", "no such ROI", "pick an ROI listed by the review page or `cadx stats`")
-        event = ReviewEvent(roi=roi, user=user.strip(), action=action, reason=reason, note=note)
-        session.add(event)
-        roi.included = action == "include"
-        roi.exclusion_reason = reason
+    try:
+        ids = list(dict.fromkeys(int(i) for i in roi_ids))
+    except (TypeError, ValueError) as exc:
+        raise CadxInputError("ROI ids", f"not ROI numbers ({exc})", "pass ROI ids as integers") from None
+    if not ids:
+        raise CadxInputError("selection", "no ROI selected", "select at least one ROI")
+    if len(ids) > MAX_BULK:
+        raise CadxInputError("selection", f"{len(ids)} ROIs at once", f"decide on at most {MAX_BULK} ROIs at a time")
+    note = note.strip() if note and note.strip() else None
+    with _serialised(workspace) as session:
+        # Lock in id order: two bulk decisions over overlapping ROIs then queue instead of deadlocking.
+        rois = {roi.id: roi for roi in session.scalars(
+            select(Roi).where(Roi.id.in_(ids)).order_by(Roi.id).with_for_update())}
+        missing = [i for i in ids if i not in rois]
+        if missing:
+            raise CadxInputError("ROI " + ", ".join(map(str, missing[:10])) + ("…" if len(missing) > 10 else ""),
+                                 "no such ROI", "pick ROIs listed by the review page or `cadx stats`")
+        events = []
+        for roi_id in ids:
+            roi = rois[roi_id]
+            event = ReviewEvent(roi=roi, user=user.strip(), action=action, reason=reason, note=note)
+            session.add(event)
+            roi.included = action == "include"
+            roi.exclusion_reason = reason
+            events.append(event)
         session.flush()
-        return event
+    return events

@@ -1,0 +1,438 @@
+"""Reading experiments back for the app and the CLI: the layer sweep (Fig. 3), Table 1 and the ROC curves (Fig. 4)
+at ROI or lesion level, per-ROI and per-lesion predictions, an ROI with its segmentation outline, the backbone in
+use; and the two edits an experiment allows: renaming and deleting.
+
+Everything here reads what ``run_experiment`` stored; the one computation is the lesion level, which aggregates the
+stored out-of-fold ROI probabilities (a lesion's score is the mean of its ROIs' probabilities) and runs the same
+statistics as the ROI level (``cadx.stats``).
+"""
+
+from __future__ import annotations
+
+import io as _io
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image as PILImage
+from sqlalchemy import delete, select, update
+
+from cadx import stats
+from cadx.errors import CadxInputError
+from cadx.roi import decode_png16
+from cadx.workflows.experiments import _comparisons, _jsonable, _method_stats
+from cadx.workflows.workspace import Workspace
+from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
+
+__all__ = [
+    "METHOD_NAMES",
+    "Level",
+    "backbone_choices",
+    "backbone_status",
+    "comparison_table",
+    "delete_experiment",
+    "experiment_results",
+    "lesion_predictions",
+    "list_experiments",
+    "method_table",
+    "rename_experiment",
+    "roc_curve_table",
+    "roi_overlay",
+    "roi_predictions",
+    "sweep_table",
+]
+
+Level = Literal["roi", "lesion"]
+
+#: The paper's names of the three classifiers (Table 1, Fig. 4).
+METHOD_NAMES = {"A": "SVM1 (CNN features)", "B": "SVM2 (analytic features)", "C": "Ensemble (SVM1 + SVM2)"}
+_THRESHOLD = 0.5
+_BACKBONE_LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet-50",
+                    "efficientnet_lite0": "EfficientNet-Lite0"}
+_NAME_MAX = 128
+
+
+def _experiment(session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise CadxInputError(f"experiment {experiment_id}", "no such experiment",
+                             "pick one from the Experiments page or `cadx experiments`")
+    return experiment
+
+
+# ------------------------------------------------------------------------------------------------- experiments ---
+def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Experiments, newest first, with what identifies and reproduces each (no per-ROI arrays)."""
+    query = select(Experiment).order_by(Experiment.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    with workspace.sessions() as session:
+        experiments = list(session.scalars(query))
+        rows = []
+        for e in experiments:
+            config, results = e.config or {}, e.results or {}
+            methods = results.get("methods", {})
+            sweep = results.get("sweep", {})
+            best_tap = max(sweep, key=lambda t: sweep[t].get("auc_mean") or -1.0) if sweep else None
+            weights = config.get("weights", {})
+            rows.append({
+                "id": e.id,
+                "name": e.name,
+                "kind": e.kind,
+                "created_at": e.created_at,
+                "created_by": e.created_by,
+                "backbone": config.get("backbone"),
+                "weights": weights.get("name"),
+                "weights_source": weights.get("source"),
+                "weights_sha256": weights.get("sha256"),
+                "taps": list(config.get("taps", [])),
+                "ensemble_tap": config.get("ensemble_tap"),
+                "analytic": config.get("analytic_version") is not None,
+                "n_folds": config.get("n_folds"),
+                "n_inner": config.get("n_inner"),
+                "seed": config.get("seed"),
+                "n_rois": results.get("n_rois", len(config.get("roi_ids", []))),
+                "n_lesions": results.get("n_lesions"),
+                "n_patients": results.get("n_patients"),
+                "n_excluded": len(config.get("excluded_roi_ids", [])),
+                "best_tap": best_tap,
+                "best_tap_auc": None if best_tap is None else sweep[best_tap].get("auc_mean"),
+                "auc_A": methods.get("A", {}).get("auc_mean"),
+                "auc_B": methods.get("B", {}).get("auc_mean"),
+                "auc_C": methods.get("C", {}).get("auc_mean"),
+                "code_version": e.code_version,
+                "config_sha256": e.config_sha256,
+                "seconds": e.seconds,
+                "uses_synthetic_data": e.uses_synthetic_data,
+                "uses_random_weights": e.uses_random_weights,
+            })
+    return rows
+
+
+def rename_experiment(workspace: Workspace, experiment_id: int, name: str) -> None:
+    """Give an experiment a new name (its config and numbers never change)."""
+    name = (name or "").strip()
+    if not name:
+        raise CadxInputError("name", "the name is empty", "type a name")
+    if len(name) > _NAME_MAX:
+        raise CadxInputError("name", f"the name has {len(name)} characters", f"use at most {_NAME_MAX}")
+    with workspace.sessions.begin() as session:
+        _experiment(session, experiment_id).name = name
+
+
+def delete_experiment(workspace: Workspace, experiment_id: int) -> int:
+    """Delete an experiment and its predictions (features and ROIs stay); returns how many predictions went."""
+    with workspace.sessions.begin() as session:
+        _experiment(session, experiment_id)
+        n = session.execute(delete(Prediction).where(Prediction.experiment_id == experiment_id)).rowcount
+        session.execute(update(Job).where(Job.experiment_id == experiment_id).values(experiment_id=None))
+        session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    return int(n or 0)
+
+
+# ------------------------------------------------------------------------------------------------------ sweep ---
+def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame:
+    """Fig. 3 as rows: one per (experiment, tap), taps in network order, with feature lengths and time.
+
+    Columns: experiment_id, experiment, backbone, weights_source, depth (0 = first tap, 1 = last), order, tap,
+    n_features, n_features_nonconstant, auc_mean, auc_sd, auc_se, seconds, n_folds.
+    """
+    rows = []
+    with workspace.sessions() as session:
+        for experiment_id in experiment_ids:
+            e = _experiment(session, experiment_id)
+            taps = [t for t in e.config.get("taps", []) if t in e.results.get("sweep", {})]
+            for order, tap in enumerate(taps):
+                layer = e.results["sweep"][tap]
+                rows.append({
+                    "experiment_id": e.id,
+                    "experiment": f"#{e.id} {e.name}",
+                    "backbone": e.config.get("backbone"),
+                    "weights_source": e.config.get("weights", {}).get("source"),
+                    "depth": order / (len(taps) - 1) if len(taps) > 1 else 1.0,
+                    "order": order,
+                    "tap": tap,
+                    "n_features": layer.get("n_features"),
+                    "n_features_nonconstant": layer.get("n_features_nonconstant"),
+                    "auc_mean": layer.get("auc_mean"),
+                    "auc_sd": layer.get("auc_sd"),
+                    "auc_se": layer.get("auc_se"),
+                    "seconds": layer.get("seconds"),
+                    "n_folds": len(layer.get("fold_aucs", [])),
+                })
+    columns = ["experiment_id", "experiment", "backbone", "weights_source", "depth", "order", "tap", "n_features",
+               "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "seconds", "n_folds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------- methods and ROC ---
+def experiment_results(workspace: Workspace, experiment_id: int, level: Level = "roi") -> dict[str, Any]:
+    """Methods A/B/C and their comparisons at ROI level (as stored) or lesion level (computed here).
+
+    Returns ``{"level", "n_cases", "n_positive", "methods": {key: ...}, "comparisons": [...]}`` with the layout of
+    ``Experiment.results`` (see ``cadx.workflows.experiments``). At lesion level a lesion's score is the mean of
+    its ROIs' out-of-fold probabilities; every lesion lies in one fold, so fold AUCs, DeLong, the binormal fit,
+    the paired and Nadeau-Bengio t-tests are all computed on lesions.
+    """
+    if level not in ("roi", "lesion"):
+        raise CadxInputError("level", f"unknown level {level!r}", "use 'roi' or 'lesion'")
+    with workspace.sessions() as session:
+        e = _experiment(session, experiment_id)
+        results, config = e.results, e.config
+    if level == "roi":
+        return {"level": "roi", "n_cases": results.get("n_rois"), "n_positive": results.get("n_malignant_rois"),
+                "methods": results.get("methods", {}), "comparisons": results.get("comparisons", [])}
+    lesions = lesion_predictions(workspace, experiment_id)
+    y = lesions["truth"].to_numpy(dtype=int)
+    folds = lesions["fold"].to_numpy(dtype=int)
+    ids = lesions["lesion_id"].to_numpy()
+    n_folds = int(config.get("n_folds", folds.max() + 1))
+    seed = int(config.get("seed", 0))
+    methods: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    for key, column in (("A", "p1"), ("B", "p2"), ("C", "p3")):
+        stored = results.get("methods", {}).get(key)
+        if stored is None or lesions[column].isna().any():
+            continue
+        s = lesions[column].to_numpy(dtype=float)
+        fold_aucs = np.array([_fold_auc(y[folds == k], s[folds == k]) for k in range(n_folds)])
+        fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
+        methods[key] = _method_stats(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
+                                     stored.get("seconds", 0.0), fold_aucs=fold_aucs)
+        scores[key] = s
+    comparisons = []
+    if {"A", "B", "C"} <= methods.keys():
+        comparisons = _comparisons(methods, scores, y, folds, n_folds)
+    return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
+            "methods": _jsonable(methods), "comparisons": _jsonable(comparisons)}
+
+
+def _fold_auc(y: np.ndarray, s: np.ndarray) -> float:
+    if len(set(y.tolist())) < 2:
+        return float("nan")
+    return stats.auc(y, s)
+
+
+def method_table(results: dict[str, Any]) -> pd.DataFrame:
+    """Table 1 from ``experiment_results``: AUC (mean of fold AUCs), AUC.SD, SE, pooled AUC with its DeLong 95 %
+    CI, lesion-level AUC, fitted binormal AUC and time, one row per classifier."""
+    rows = []
+    for key, m in results.get("methods", {}).items():
+        binormal = m.get("binormal", {})
+        ci = m.get("pooled_ci95") or [None, None]
+        rows.append({
+            "method": key,
+            "classifier": METHOD_NAMES.get(key, key),
+            "detail": m.get("title"),
+            "AUC": m.get("auc_mean"),
+            "AUC.SD": m.get("auc_sd"),
+            "SE": m.get("auc_se"),
+            "pooled AUC": m.get("pooled_auc"),
+            "CI95 low": ci[0],
+            "CI95 high": ci[1],
+            "lesion AUC": m.get("lesion_auc"),
+            "binormal AUC": binormal.get("auc"),
+            "binormal a": binormal.get("a"),
+            "binormal b": binormal.get("b"),
+            "time (s)": m.get("seconds"),
+        })
+    return pd.DataFrame(rows, columns=["method", "classifier", "detail", "AUC", "AUC.SD", "SE", "pooled AUC",
+                                       "CI95 low", "CI95 high", "lesion AUC", "binormal AUC", "binormal a",
+                                       "binormal b", "time (s)"])
+
+
+def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
+    """The significance tests of ``experiment_results``: DeLong, fold-wise paired t, Nadeau-Bengio corrected t,
+    each with its Bonferroni-adjusted p-value (3 comparisons)."""
+    rows = []
+    for c in results.get("comparisons", []):
+        first, second = c["comparison"].split(" vs ")
+        ci = c.get("delong_ci95") or [None, None]
+        rows.append({
+            "comparison": f"{METHOD_NAMES.get(first, first)} vs {METHOD_NAMES.get(second, second)}",
+            "AUC difference": c.get("auc_difference"),
+            "DeLong CI95 low": ci[0],
+            "DeLong CI95 high": ci[1],
+            "DeLong p": c.get("delong_p"),
+            "DeLong p (Bonferroni)": c.get("delong_p_bonferroni"),
+            "paired t p": c.get("paired_t_p"),
+            "paired t p (Bonferroni)": c.get("paired_t_p_bonferroni"),
+            "Nadeau-Bengio p": c.get("nadeau_bengio_p"),
+            "Nadeau-Bengio p (Bonferroni)": c.get("nadeau_bengio_p_bonferroni"),
+        })
+    return pd.DataFrame(rows, columns=["comparison", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
+                                       "DeLong p", "DeLong p (Bonferroni)", "paired t p",
+                                       "paired t p (Bonferroni)", "Nadeau-Bengio p",
+                                       "Nadeau-Bengio p (Bonferroni)"])
+
+
+def roc_curve_table(results: dict[str, Any]) -> pd.DataFrame:
+    """Every point of the empirical and fitted binormal ROC curves (long format: method, curve, fpr, tpr)."""
+    frames = []
+    for key, m in results.get("methods", {}).items():
+        for curve, points in (("empirical", m.get("roc", {})), ("binormal", m.get("binormal", {}))):
+            if "fpr" in points:
+                frames.append(pd.DataFrame({"method": key, "classifier": METHOD_NAMES.get(key, key),
+                                            "curve": curve, "fpr": points["fpr"], "tpr": points["tpr"]}))
+    if not frames:
+        return pd.DataFrame(columns=["method", "classifier", "curve", "fpr", "tpr"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------ predictions ---
+def roi_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
+    """One row per ROI: out-of-fold p1 (CNN), p2 (analytic), p3 (ensemble), truth, fold, |p1 - p2| and whether
+    each classifier is right at a 0.5 threshold (None where a classifier did not run)."""
+    query = (
+        select(Prediction.roi_id, Prediction.lesion_id, Lesion.key.label("lesion_key"),
+               Patient.key.label("patient_key"), Image.view, Image.laterality, Prediction.fold, Prediction.truth,
+               Prediction.p1, Prediction.p2, Prediction.p3, Prediction.decision1, Prediction.decision2,
+               Prediction.roi_sha256, Roi.included)
+        .join(Roi, Prediction.roi_id == Roi.id)
+        .join(Lesion, Prediction.lesion_id == Lesion.id)
+        .join(Patient, Lesion.patient_id == Patient.id)
+        .join(Image, Roi.image_id == Image.id)
+        .where(Prediction.experiment_id == experiment_id, Prediction.repeat == 0)
+        .order_by(Prediction.roi_id)
+    )
+    with workspace.sessions() as session:
+        _experiment(session, experiment_id)
+        rows = session.execute(query).all()
+    frame = pd.DataFrame([r._asdict() for r in rows],
+                         columns=["roi_id", "lesion_id", "lesion_key", "patient_key", "view", "laterality", "fold",
+                                  "truth", "p1", "p2", "p3", "decision1", "decision2", "roi_sha256", "included"])
+    frame = frame.rename(columns={"included": "included_now"})
+    return _add_outcomes(frame)
+
+
+def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
+    """One row per lesion: the mean of its ROIs' p1, p2 and p3 (computed with ``cadx.stats.lesion_level_scores``),
+    its truth, fold and number of ROIs, |p1 - p2| and right-or-wrong at 0.5."""
+    rois = roi_predictions(workspace, experiment_id)
+    columns = ["lesion_id", "lesion_key", "patient_key", "n_rois", "fold", "truth", "p1", "p2", "p3"]
+    if rois.empty:
+        return _add_outcomes(pd.DataFrame(columns=columns))
+    first = rois.groupby("lesion_id", sort=True).first()
+    folds = rois.groupby("lesion_id")["fold"].nunique()
+    if (folds > 1).any():  # cannot happen with cross-validation by lesion; refuse rather than mislead
+        raise ValueError(f"lesions {list(folds[folds > 1].index)} lie in more than one fold")
+    frame = pd.DataFrame({"lesion_id": first.index.to_numpy(), "lesion_key": first["lesion_key"].to_numpy(),
+                          "patient_key": first["patient_key"].to_numpy(), "fold": first["fold"].to_numpy()})
+    groups = rois["lesion_id"].to_numpy()
+    truth = rois["truth"].to_numpy(dtype=int)
+    for column in ("p1", "p2", "p3"):
+        values = rois[column]
+        if values.isna().any():
+            frame[column] = np.nan
+            continue
+        lesion = stats.lesion_level_scores(values.to_numpy(dtype=float), groups, truth)
+        assert (lesion.groups == frame["lesion_id"].to_numpy()).all()
+        frame[column] = lesion.scores
+        frame["n_rois"] = lesion.n_rois
+        frame["truth"] = lesion.labels
+    if "truth" not in frame:
+        frame["truth"] = rois.groupby("lesion_id")["truth"].max().to_numpy()
+        frame["n_rois"] = rois.groupby("lesion_id").size().to_numpy()
+    return _add_outcomes(frame[columns])
+
+
+def _add_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["disagreement"] = (frame["p1"] - frame["p2"]).abs()
+    for column in ("p1", "p2", "p3"):
+        called = frame[column] >= _THRESHOLD
+        right = called == (frame["truth"] == 1)
+        frame[f"right_{column}"] = right.where(frame[column].notna(), None)
+    return frame
+
+
+# -------------------------------------------------------------------------------------------------- ROI image ---
+def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None = None
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """An ROI as an RGB image with its Method B segmentation outline (yellow) and, for synthetic phantoms, the
+    true lesion outline (cyan).
+
+    The segmentation is the one of the experiment's feature version (else the newest for the ROI's pixels).
+
+    Returns
+    -------
+    rgb : ndarray of uint8, shape (512, 512, 3)
+    info : dict
+        ``segmentation_quality``, ``segmentation_reason``, ``has_outline``, ``has_truth_outline``,
+        ``segmentation_version``.
+    """
+    with workspace.sessions() as session:
+        roi = session.get(Roi, roi_id)
+        if roi is None:
+            raise CadxInputError(f"ROI {roi_id}", "no such ROI", "pick an ROI from the predictions table")
+        version = None
+        if experiment_id is not None:
+            version = (_experiment(session, experiment_id).config or {}).get("analytic_version")
+        query = select(Segmentation).where(Segmentation.roi_sha256 == roi.sha256)
+        query = query.where(Segmentation.version == version) if version else query.order_by(Segmentation.id.desc())
+        segmentation = session.scalars(query.limit(1)).first()
+        roi_file, truth_file = roi.file, roi.truth_mask_file
+        seg = None if segmentation is None else (segmentation.quality, segmentation.reason, segmentation.mask_file,
+                                                 segmentation.version)
+    pixels = decode_png16(workspace.path(roi_file).read_bytes()).astype(np.float64)
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    grey = np.clip((pixels - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+    rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
+    info: dict[str, Any] = {"segmentation_quality": None, "segmentation_reason": None,
+                            "segmentation_version": None, "has_outline": False, "has_truth_outline": False}
+    if truth_file and workspace.path(truth_file).exists():
+        truth = _read_mask(workspace.path(truth_file).read_bytes(), rgb.shape[:2])
+        if truth is not None and truth.any():
+            rgb[_outline(truth)] = (0, 220, 255)
+            info["has_truth_outline"] = True
+    if seg is not None:
+        quality, reason, mask_file, seg_version = seg
+        info.update(segmentation_quality=quality, segmentation_reason=reason, segmentation_version=seg_version)
+        if mask_file and workspace.path(mask_file).exists():
+            mask = _read_mask(workspace.path(mask_file).read_bytes(), rgb.shape[:2])
+            if mask is not None and mask.any():
+                rgb[_outline(mask)] = (255, 220, 0)
+                info["has_outline"] = True
+    return rgb, info
+
+
+def _read_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
+    mask = np.asarray(PILImage.open(_io.BytesIO(data)).convert("L")) > 0
+    if mask.shape != shape:
+        return None
+    return mask
+
+
+def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(mask, iterations=1)
+    edge = mask & ~inner
+    return ndimage.binary_dilation(edge, iterations=max(width - 1, 0)) if width > 1 else edge
+
+
+# ---------------------------------------------------------------------------------------------------- backbone ---
+def backbone_status(*, download: bool = False) -> dict[str, Any]:
+    """Which backbone and weights an experiment gets by default (``resolve_backbone(None)``), and why.
+
+    ``fallback`` is True when AlexNet's ImageNet weights are missing and EfficientNet-Lite0 is used instead.
+    Loads the weights once (seconds): callers should cache the answer.
+    """
+    from cadx.workflows.features import resolve_backbone
+
+    loaded, note = resolve_backbone(None, download=download)
+    return {"backbone": loaded.name, "label": _BACKBONE_LABELS.get(loaded.name, loaded.name),
+            "weights": loaded.weights.name, "source": loaded.weights.source,
+            "sha256": loaded.weights.sha256, "note": note, "fallback": loaded.name != "alexnet",
+            "description": loaded.backbone.description}
+
+
+def backbone_choices() -> dict[str, dict[str, Any]]:
+    """Every registered backbone: its taps in network order, default taps, default ensemble tap, description."""
+    from cadx.cnn import BACKBONES
+    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+
+    return {name: {"taps": list(b.taps), "default_taps": list(b.default_taps),
+                   "ensemble_tap": DEFAULT_ENSEMBLE_TAP.get(name, b.default_taps[-1]),
+                   "description": b.description}
+            for name, b in BACKBONES.items()}

@@ -1,0 +1,117 @@
+"""Experiments: the history of frozen experiments, what reproduces each one, and renaming or deleting them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from cadx.errors import CadxInputError
+from cadx.workflows import delete_experiment, list_experiments, rename_experiment
+from cadx.workflows.experiments import experiment_summary
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+
+ws = workspace()
+
+st.title("Experiments")
+st.caption("Every experiment is a frozen record: its config (backbone, weights checksum, taps, folds, seed, the "
+           "exact ROI set and the code version) determines its numbers; rerunning the same config on the same "
+           "database gives the same numbers.")
+
+if message := st.session_state.pop("experiments_message", None):
+    st.success(message)
+
+experiments = list_experiments(ws)
+if not experiments:
+    st.info("No experiment yet. Start one on the Layer sweep page.")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+    st.stop()
+
+history = pd.DataFrame([{
+    "id": e["id"], "name": e["name"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
+    "backbone": e["backbone"], "weights": e["weights"], "taps": ", ".join(e["taps"]), "SVM1 tap": e["ensemble_tap"],
+    "folds": e["n_folds"], "seed": e["seed"], "ROIs": e["n_rois"], "excluded": e["n_excluded"],
+    "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"],
+    "synthetic data": e["uses_synthetic_data"], "random weights": e["uses_random_weights"],
+    "seconds": e["seconds"], "code version": e["code_version"],
+} for e in experiments])
+st.dataframe(history, hide_index=True, column_config={
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "SVM1 AUC": st.column_config.NumberColumn(format="%.3f"),
+    "SVM2 AUC": st.column_config.NumberColumn(format="%.3f"),
+    "ensemble AUC": st.column_config.NumberColumn(format="%.3f"),
+    "seconds": st.column_config.NumberColumn(format="%.1f"),
+})
+st.download_button("History (CSV)", history.to_csv(index=False).encode(), file_name="cadx-experiments.csv",
+                   mime="text/csv", on_click="ignore", key="exp_csv")
+
+# --------------------------------------------------------------------------------------------------- details ---
+st.subheader("Details")
+by_id = {e["id"]: e for e in experiments}
+ids = list(by_id)
+remembered = st.session_state.get("cadx_experiment")
+experiment_id = st.selectbox("Experiment", ids, index=ids.index(remembered) if remembered in ids else 0,
+                             format_func=lambda i: f"#{i} {by_id[i]['name']}", key="exp_selected")
+st.session_state["cadx_experiment"] = experiment_id
+e = by_id[experiment_id]
+summary = experiment_summary(ws, experiment_id)
+config = summary["config"]
+badges = [b for b, on in ((SYNTHETIC_BADGE, e["uses_synthetic_data"]),
+                          (RANDOM_WEIGHTS_BADGE, e["uses_random_weights"])) if on]
+if badges:
+    st.markdown(" ".join(badges))
+if summary["results"].get("weights_note"):
+    st.caption(f"Weights: {summary['results']['weights_note']}")
+
+st.markdown("**Reproducibility**")
+excluded = config.get("excluded_roi_ids", [])
+reproducibility = pd.DataFrame([
+    ("code version", e["code_version"]),
+    ("config SHA-256", e["config_sha256"]),
+    ("backbone", config.get("backbone")),
+    ("weights", f"{config.get('weights', {}).get('name')} ({config.get('weights', {}).get('source')})"),
+    ("weights SHA-256", config.get("weights", {}).get("sha256")),
+    ("preprocessing", config.get("preprocessing")),
+    ("taps", ", ".join(config.get("taps", []))),
+    ("SVM1 / ensemble tap", config.get("ensemble_tap")),
+    ("analytic features", config.get("analytic_version") or "not run"),
+    ("folds (outer / inner)", f"{config.get('n_folds')} / {config.get('n_inner')}"),
+    ("seed", str(config.get("seed"))),
+    ("grid", json.dumps(config.get("grid")) if not isinstance(config.get("grid"), str) else config.get("grid")),
+    ("cross-validation groups", config.get("cv_groups")),
+    ("ROIs used", f"{len(config.get('roi_ids', []))} ({summary['results'].get('n_lesions')} lesions, "
+                  f"{summary['results'].get('n_patients')} patients)"),
+    ("ROIs excluded by review", f"{len(excluded)}" + (f": {', '.join(map(str, excluded))}" if excluded else "")),
+    ("created", f"{e['created_at']:%Y-%m-%d %H:%M:%S} by {e['created_by']}"),
+    ("run time", f"{e['seconds']:.1f} s"),
+], columns=["what", "value"])
+st.dataframe(reproducibility, hide_index=True)
+with st.expander("Full config (JSON)"):
+    st.json(config, expanded=1)
+st.download_button("Config and results (JSON)", json.dumps(summary, indent=1, default=str).encode(),
+                   file_name=f"cadx-experiment{experiment_id}.json", mime="application/json", on_click="ignore",
+                   key="exp_json")
+
+# ----------------------------------------------------------------------------------------- rename and delete ---
+rename, remove = st.columns(2)
+with rename:
+    st.markdown("**Rename**")
+    new_name = st.text_input("New name", value=e["name"], key=f"exp_new_name_{experiment_id}")
+    if st.button("Rename", key="exp_rename"):
+        try:
+            rename_experiment(ws, experiment_id, new_name)
+        except CadxInputError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["experiments_message"] = f"Experiment #{experiment_id} renamed to “{new_name.strip()}”."
+            st.rerun()
+with remove:
+    st.markdown("**Delete**")
+    st.caption("Deletes the experiment and its per-ROI predictions. ROIs, features and review history stay.")
+    sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{e['name']}”", key=f"exp_confirm_{experiment_id}")
+    if st.button("Delete experiment", type="primary", disabled=not sure, key="exp_delete"):
+        n = delete_experiment(ws, experiment_id)
+        st.session_state.pop("cadx_experiment", None)
+        st.session_state["experiments_message"] = f"Experiment #{experiment_id} deleted ({n} predictions)."
+        st.rerun()

@@ -1,0 +1,157 @@
+"""Predictions: every ROI's (or lesion's) out-of-fold probabilities from SVM1, SVM2 and the ensemble, where the
+classifiers disagree, and the ROI itself with its segmentation outline."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cadx.workflows import lesion_predictions, list_experiments, roi_overlay, roi_predictions
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+
+ws = workspace()
+LEVELS = {"roi": "Per ROI", "lesion": "Per lesion (mean of its ROIs)"}
+SORTS = {
+    "disagreement": "Classifier disagreement |p1 − p2| (largest first)",
+    "p3": "Ensemble probability p3 (highest first)",
+    "wrong": "Ensemble wrong first",
+    "id": "ID",
+}
+PROBABILITY = "%.3f"
+
+st.title("Predictions")
+st.caption("Out-of-fold probabilities of malignancy: p1 from SVM1 (CNN features), p2 from SVM2 (analytic "
+           "features), p3 = (p1 + p2) / 2 from the ensemble. Each case was predicted by the classifier trained on "
+           "the other folds. Right or wrong at a threshold of 0.5.")
+
+experiments = [e for e in list_experiments(ws) if e["auc_A"] is not None]
+if not experiments:
+    st.info("No experiment yet. Start one on the Layer sweep page; its predictions appear here.")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+    st.stop()
+
+by_id = {e["id"]: e for e in experiments}
+ids = list(by_id)
+remembered = st.session_state.get("cadx_experiment")
+experiment_id = st.selectbox(
+    "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key="pred_experiment",
+    format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
+                          f"{by_id[i]['n_rois']} ROIs)")
+st.session_state["cadx_experiment"] = experiment_id
+experiment = by_id[experiment_id]
+badges = [b for b, on in ((SYNTHETIC_BADGE, experiment["uses_synthetic_data"]),
+                          (RANDOM_WEIGHTS_BADGE, experiment["uses_random_weights"])) if on]
+if badges:
+    st.markdown(" ".join(badges))
+
+left, middle, right = st.columns([2, 3, 2])
+level = left.radio("Level", list(LEVELS), format_func=LEVELS.get, key="pred_level")
+sort = middle.selectbox("Sort by", list(SORTS), format_func=SORTS.get, key="pred_sort")
+only_wrong = right.checkbox("Only cases the ensemble gets wrong", key="pred_only_wrong")
+
+frame = roi_predictions(ws, experiment_id) if level == "roi" else lesion_predictions(ws, experiment_id)
+id_column = "roi_id" if level == "roi" else "lesion_id"
+frame["truth"] = frame["truth"].map({1: "malignant", 0: "benign"})
+frame["fold"] = frame["fold"] + 1
+right_column = "right_p3" if frame["p3"].notna().any() else "right_p1"
+if sort == "disagreement":
+    frame = frame.sort_values(["disagreement", id_column], ascending=[False, True], na_position="last")
+elif sort == "p3":
+    frame = frame.sort_values(["p3" if right_column == "right_p3" else "p1", id_column], ascending=[False, True])
+elif sort == "wrong":
+    frame = frame.sort_values([right_column, id_column], ascending=[True, True])
+else:
+    frame = frame.sort_values(id_column)
+if only_wrong:
+    frame = frame[frame[right_column] == False]  # noqa: E712  (None = classifier not run)
+
+n_right = {c: int((frame[f"right_{c}"] == True).sum()) for c in ("p1", "p2", "p3")}  # noqa: E712
+unit = "ROIs" if level == "roi" else "lesions"
+st.markdown(f"**{len(frame)} {unit}** shown · right at 0.5: SVM1 {n_right['p1']}, SVM2 {n_right['p2']}, "
+            f"ensemble {n_right['p3']}")
+
+columns = {
+    "roi": ["roi_id", "lesion_key", "view", "truth", "fold", "p1", "p2", "p3", "disagreement", "right_p1",
+            "right_p2", "right_p3", "patient_key", "laterality", "included_now"],
+    "lesion": ["lesion_id", "lesion_key", "n_rois", "truth", "fold", "p1", "p2", "p3", "disagreement", "right_p1",
+               "right_p2", "right_p3", "patient_key"],
+}[level]
+st.caption("Click a row to open it below; click a column header to sort.")
+event = st.dataframe(frame[columns], hide_index=True, key=f"pred_table_{level}", on_select="rerun",
+                     selection_mode="single-row", column_config={
+    "roi_id": st.column_config.NumberColumn("ROI", format="%d"),
+    "lesion_id": st.column_config.NumberColumn("lesion id", format="%d"),
+    "lesion_key": "lesion", "patient_key": "patient", "n_rois": "ROIs",
+    "p1": st.column_config.NumberColumn("p1 (SVM1, CNN)", format=PROBABILITY),
+    "p2": st.column_config.NumberColumn("p2 (SVM2, analytic)", format=PROBABILITY),
+    "p3": st.column_config.NumberColumn("p3 (ensemble)", format=PROBABILITY),
+    "disagreement": st.column_config.NumberColumn("|p1 − p2|", format=PROBABILITY),
+    "right_p1": st.column_config.CheckboxColumn("SVM1 right"),
+    "right_p2": st.column_config.CheckboxColumn("SVM2 right"),
+    "right_p3": st.column_config.CheckboxColumn("ensemble right"),
+    "included_now": st.column_config.CheckboxColumn("included now", help="Excluded by review since the run?"),
+})
+st.download_button(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)",
+                   frame.to_csv(index=False).encode(), file_name=f"cadx-predictions-experiment{experiment_id}-"
+                   f"{level}.csv", mime="text/csv", on_click="ignore", key="pred_csv")
+
+# ------------------------------------------------------------------------------------------------ open an ROI ---
+st.subheader("Open an ROI")
+rois = roi_predictions(ws, experiment_id)
+picked = event.selection.rows if event is not None else []
+picked_id = int(frame.iloc[picked[0]][id_column]) if picked and picked[0] < len(frame) else None
+if picked_id is not None and st.session_state.get(f"pred_picked_{level}") != picked_id:
+    st.session_state[f"pred_picked_{level}"] = picked_id  # a newly clicked row opens that ROI or lesion
+    st.session_state["pred_open_lesion" if level == "lesion" else "pred_open_roi_roi"] = picked_id
+if level == "lesion":
+    lesion_ids = frame["lesion_id"].tolist()
+    if not lesion_ids:
+        st.stop()
+    labels = dict(zip(frame["lesion_id"], frame["lesion_key"]))
+    if st.session_state.get("pred_open_lesion") not in lesion_ids:
+        st.session_state.pop("pred_open_lesion", None)
+    lesion_id = st.selectbox("Lesion", lesion_ids, format_func=lambda i: f"{labels[i]} (lesion id {i})",
+                             key="pred_open_lesion")
+    rois = rois[rois["lesion_id"] == lesion_id]
+    order = rois["roi_id"].tolist()
+else:
+    order = frame["roi_id"].tolist()
+if not order:
+    st.info("No ROI to open.")
+    st.stop()
+rows = rois.set_index("roi_id")
+
+
+def _roi_label(i: int) -> str:
+    r = rows.loc[i]
+    label = f"ROI {i} · {r['lesion_key']} · {r['view'] or 'view ?'} · {'malignant' if r['truth'] == 1 else 'benign'}"
+    return label + (f" · |p1 − p2| {r['disagreement']:.3f}" if r["disagreement"] == r["disagreement"] else "")
+
+
+if st.session_state.get(f"pred_open_roi_{level}") not in order:
+    st.session_state.pop(f"pred_open_roi_{level}", None)
+roi_id = st.selectbox("ROI", order, key=f"pred_open_roi_{level}", format_func=_roi_label)
+row = rows.loc[roi_id]
+image, info = roi_overlay(ws, int(roi_id), experiment_id=experiment_id)
+picture, details = st.columns([3, 2])
+caption = "ROI 51.2 mm × 51.2 mm at 0.1 mm"
+if info["has_outline"]:
+    caption += " · yellow: Method B segmentation"
+if info["has_truth_outline"]:
+    caption += " · cyan: true outline of the synthetic phantom"
+picture.image(image, caption=caption, width=512)
+with details:
+    st.markdown(f"**ROI {roi_id}** · lesion {row['lesion_key']} · patient {row['patient_key']} · "
+                f"{row['view'] or 'view unknown'} {row['laterality'] or ''}")
+    st.markdown(f"Truth: **{'malignant' if row['truth'] == 1 else 'benign'}** · fold {int(row['fold']) + 1}")
+    for column, name in (("p1", "p1 SVM1 (CNN)"), ("p2", "p2 SVM2 (analytic)"), ("p3", "p3 ensemble")):
+        value = row[column]
+        if value == value:  # not NaN
+            verdict = "right" if row[f"right_{column}"] else "wrong"
+            st.markdown(f"{name}: **{value:.3f}** ({verdict} at 0.5)")
+    if info["segmentation_quality"] is None:
+        st.caption("No Method B segmentation stored for this ROI.")
+    else:
+        st.markdown(f"Segmentation: **{info['segmentation_quality']}**"
+                    + (f" — {info['segmentation_reason']}" if info["segmentation_reason"] else ""))
+    if not row["included_now"]:
+        st.warning("This ROI has been excluded by review since the experiment ran.")

@@ -1,0 +1,152 @@
+"""ROC curves: the paper's Fig. 4 (fitted binormal ROC curves) and Table 1 (AUC, AUC.SD, time), with the
+significance tests, at ROI or lesion level."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cadx.workflows import comparison_table, experiment_results, list_experiments, method_table, roc_curve_table
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+
+ws = workspace()
+LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
+COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728"}
+FOUR = "%.4f"
+THREE = "%.3f"
+
+
+@st.cache_data(show_spinner="Computing the lesion-level statistics…", max_entries=64)
+def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created_at: str, level: str) -> dict:
+    return experiment_results(_ws, experiment_id, level)
+
+
+st.title("ROC curves")
+st.caption("The paper's Fig. 4 and Table 1: SVM1 on CNN features (Method A), SVM2 on analytic features "
+           "(Method B) and their soft-voting ensemble p3 = (p1 + p2) / 2, from out-of-fold probabilities of "
+           "cross-validation by lesion.")
+
+experiments = [e for e in list_experiments(ws) if e["auc_A"] is not None]
+if not experiments:
+    st.info("No experiment yet. Start one on the Layer sweep page; its ROC curves appear here.")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+    st.stop()
+
+by_id = {e["id"]: e for e in experiments}
+ids = list(by_id)
+remembered = st.session_state.get("cadx_experiment")
+experiment_id = st.selectbox(
+    "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key="roc_experiment",
+    format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
+                          f"{by_id[i]['n_rois']} ROIs, {by_id[i]['created_at']:%Y-%m-%d %H:%M})")
+st.session_state["cadx_experiment"] = experiment_id
+experiment = by_id[experiment_id]
+level = st.radio("Level", list(LEVELS), format_func=LEVELS.get, horizontal=True, key="roc_level")
+
+badges = []
+if experiment["uses_synthetic_data"]:
+    badges.append(SYNTHETIC_BADGE)
+if experiment["uses_random_weights"]:
+    badges.append(RANDOM_WEIGHTS_BADGE)
+if badges:
+    st.markdown(" ".join(badges))
+
+results = _results(ws, str(ws.data_dir), experiment_id, experiment["config_sha256"],
+                   experiment["created_at"].isoformat(), level)
+n_cases, n_pos = results["n_cases"], results["n_positive"]
+unit = "ROIs" if level == "roi" else "lesions"
+st.markdown(f"**{n_cases} {unit}** ({n_pos} malignant, {n_cases - n_pos} benign), {experiment['n_folds']}-fold "
+            f"cross-validation by lesion, seed {experiment['seed']}; CNN: {experiment['backbone']} "
+            f"{experiment['ensemble_tap']} ({experiment['weights']}).")
+if not experiment["analytic"]:
+    st.info("This experiment ran SVM1 only (no analytic features): no SVM2, ensemble or comparisons.")
+
+# --------------------------------------------------------------------------------------------------- Fig. 4 ---
+show_left, show_right = st.columns(2)
+show_binormal = show_left.toggle("Fitted binormal curves", value=True, key="roc_binormal")
+show_empirical = show_right.toggle("Empirical curves", value=True, key="roc_empirical")
+fig = go.Figure()
+for key, m in results["methods"].items():
+    name = {"A": "SVM1 (CNN)", "B": "SVM2 (analytic)", "C": "Ensemble"}.get(key, key)
+    binormal = m.get("binormal", {})
+    if show_binormal and "fpr" in binormal:
+        fig.add_trace(go.Scatter(x=binormal["fpr"], y=binormal["tpr"], mode="lines",
+                                 name=f"{name}: binormal AUC {binormal['auc']:.3f}",
+                                 line={"color": COLOURS.get(key), "width": 3}))
+    if show_empirical:
+        fig.add_trace(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines",
+                                 name=f"{name}: empirical AUC {m['pooled_auc']:.3f}",
+                                 line={"color": COLOURS.get(key), "dash": "dot", "shape": "hv", "width": 1.5}))
+    if show_binormal and "error" in binormal:
+        st.caption(f"{name}: no binormal fit ({binormal['error']}).")
+fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "grey", "dash": "dash",
+                                                                                 "width": 1}))
+warning = [w for w, on in (("SYNTHETIC DEMO DATA", experiment["uses_synthetic_data"]),
+                           ("RANDOM (UNTRAINED) CNN WEIGHTS", experiment["uses_random_weights"])) if on]
+fig.update_layout(
+    title=f"ROC curves, {unit}" + (f" — {' · '.join(warning)}" if warning else ""),
+    xaxis={"title": "false-positive fraction (1 − specificity)", "range": [0, 1], "constrain": "domain"},
+    yaxis={"title": "true-positive fraction (sensitivity)", "range": [0, 1], "scaleanchor": "x"},
+    height=620, legend={"orientation": "v", "x": 1.02, "y": 0.0, "yanchor": "bottom"}, margin={"t": 60},
+)
+if warning:
+    fig.update_layout(title_font_color="#c0392b")
+stem = f"cadx-roc-experiment{experiment_id}-{level}"
+fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key="roc_fig_format") or "PNG"
+st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
+st.plotly_chart(fig, key="roc_chart", config={
+    "displaylogo": False, "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000,
+                                                   "height": 800, "scale": 2 if fmt == "PNG" else 1}})
+if importlib.util.find_spec("kaleido") is not None:
+    png, svg = st.columns(2)
+    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=1000, height=800, scale=2),
+                        file_name=f"{stem}.png", mime="image/png", on_click="ignore")
+    svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=1000, height=800),
+                        file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")
+
+# -------------------------------------------------------------------------------------------------- Table 1 ---
+st.subheader("Performance (Table 1)")
+st.caption("AUC: mean of the fold AUCs; AUC.SD: their standard deviation; SE: SD / √folds. Pooled AUC: one ROC "
+           "over all out-of-fold predictions, with its DeLong 95 % CI. Lesion AUC: ROIs averaged per lesion. "
+           "Binormal: maximum-likelihood fit of the curve above (a, b). Time: cross-validation of the classifier "
+           "(feature extraction not included).")
+table = method_table(results)
+shown = table.assign(**{"95 % CI": [f"{lo:.3f}–{hi:.3f}" if lo is not None else "" for lo, hi in
+                                    zip(table["CI95 low"], table["CI95 high"])]})
+shown = shown[["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC", "binormal AUC",
+               "time (s)", "detail"]]
+st.dataframe(shown, hide_index=True, column_config={
+    **{c: st.column_config.NumberColumn(format=THREE)
+       for c in ("AUC", "AUC.SD", "SE", "pooled AUC", "lesion AUC", "binormal AUC")},
+    "time (s)": st.column_config.NumberColumn(format="%.2f"),
+})
+
+with st.expander("AUC of each fold"):
+    folds = pd.DataFrame({row.classifier: pd.Series(results["methods"][row.method].get("fold_aucs", []))
+                          for row in table.itertuples()}).T
+    folds.columns = [f"fold {k + 1}" for k in folds.columns]
+    st.dataframe(folds, column_config={c: st.column_config.NumberColumn(format=THREE) for c in folds.columns})
+
+# ---------------------------------------------------------------------------------------------- tests ---
+st.subheader("Significance tests")
+tests = comparison_table(results)
+if tests.empty:
+    st.info("No comparisons: they need SVM1, SVM2 and the ensemble.")
+else:
+    st.caption("DeLong: paired test of the pooled AUCs. Paired t: on the fold AUCs (k − 1 df). Nadeau–Bengio: "
+               "the paired t with the variance corrected for overlapping training sets. Bonferroni: p × 3 "
+               "(three comparisons), capped at 1.")
+    st.dataframe(tests, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format=FOUR) for c in tests.columns if c != "comparison"})
+
+st.subheader("Downloads")
+d1, d2, d3 = st.columns(3)
+d1.download_button("Table 1 (CSV)", table.to_csv(index=False).encode(), file_name=f"{stem}-table1.csv",
+                   mime="text/csv", on_click="ignore", key="roc_table_csv")
+d2.download_button("Significance tests (CSV)", tests.to_csv(index=False).encode(), file_name=f"{stem}-tests.csv",
+                   mime="text/csv", on_click="ignore", key="roc_tests_csv", disabled=tests.empty)
+d3.download_button("Curve points (CSV)", roc_curve_table(results).to_csv(index=False).encode(),
+                   file_name=f"{stem}-curves.csv", mime="text/csv", on_click="ignore", key="roc_curves_csv")

@@ -1,0 +1,219 @@
+"""Layer sweep: the paper's Fig. 3 (AUC ± SE of an SVM on each CNN tap), started here as a background job."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
+from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_user, workspace
+
+ws = workspace()
+WEIGHTS = {"default": "Pretrained (ImageNet)", "random": "Random (untrained)"}
+
+
+@st.cache_data(ttl=600, show_spinner="Checking which CNN backbone and weights are available…")
+def _backbone_status() -> dict:
+    return backbone_status()
+
+
+@st.cache_resource(show_spinner=False)
+def _choices() -> dict:
+    return backbone_choices()
+
+
+def _badges(experiments: list[dict]) -> str:
+    badges = []
+    if any(e["uses_synthetic_data"] for e in experiments):
+        badges.append(SYNTHETIC_BADGE)
+    if any(e["uses_random_weights"] for e in experiments):
+        badges.append(RANDOM_WEIGHTS_BADGE)
+    return " ".join(badges)
+
+
+def _figure_config(stem: str, key: str) -> dict:
+    """Plotly's own download button (camera icon) in the chosen format; server-side export when kaleido exists."""
+    fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key=key) or "PNG"
+    st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000, "height": 600,
+                                     "scale": 2 if fmt == "PNG" else 1}}
+
+
+def _server_side_downloads(fig: go.Figure, stem: str) -> None:
+    if importlib.util.find_spec("kaleido") is None:
+        return
+    png, svg = st.columns(2)
+    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=1000, height=600, scale=2),
+                        file_name=f"{stem}.png", mime="image/png", on_click="ignore")
+    svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=1000, height=600),
+                        file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")
+
+
+st.title("Layer sweep")
+st.caption("The paper's Fig. 3: for every tap (layer) of the CNN, an SVM on that tap's features, evaluated by "
+           "cross-validation by lesion. Points are the mean of the fold AUCs, error bars their standard error "
+           "(SD / √folds).")
+
+# ------------------------------------------------------------------------------------------- start a sweep ---
+status = _backbone_status()
+choices = _choices()
+experiments = list_experiments(ws)
+
+with st.expander("Start a sweep", expanded=not experiments):
+    if status["fallback"]:
+        st.warning("AlexNet's ImageNet weights are missing here, so the default backbone is **EfficientNet-Lite0** "
+                   "with its real ImageNet weights (not the paper's AlexNet). AlexNet is still available with "
+                   "random weights.")
+    else:
+        st.success(f"Default backbone: **{status['backbone']}** with {status['weights']} ({status['source']}).")
+    names = list(choices)
+    left, right = st.columns(2)
+    backbone = left.selectbox("Backbone", names, index=names.index(status["backbone"]),
+                              format_func=lambda n: f"{n} — {choices[n]['description']}", key="sweep_backbone")
+    weights = right.radio("Weights", list(WEIGHTS), format_func=WEIGHTS.get, horizontal=True, key="sweep_weights")
+    if weights == "default" and backbone == "alexnet" and status["fallback"]:
+        st.error("AlexNet's ImageNet weights are not available on this machine: this sweep would fail. "
+                 "Choose random weights, another backbone, or install the weights file.")
+        with st.expander("How to install AlexNet's weights"):
+            st.write(status["note"])
+    if weights == "random":
+        st.markdown(f"{RANDOM_WEIGHTS_BADGE} Features of an untrained network: a baseline, not the paper's method.")
+    info = choices[backbone]
+    taps = st.multiselect("Taps (in network order)", info["taps"], default=info["default_taps"],
+                          key=f"sweep_taps_{backbone}",
+                          help="Each tap is one point of the chart. Fewer taps run faster.")
+    ensemble_tap = st.selectbox("Tap for SVM1 and the ensemble", info["taps"],
+                                index=info["taps"].index(info["ensemble_tap"]), key=f"sweep_ensemble_{backbone}",
+                                help="The paper used AlexNet's fc6. This tap is always part of the sweep.")
+    c1, c2, c3 = st.columns(3)
+    n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10, value=5, step=1,
+                              key="sweep_folds")
+    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="sweep_seed")
+    analytic = c3.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
+    name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
+    if st.button("Start sweep", type="primary", key="sweep_start"):
+        if not taps:
+            st.error("Choose at least one tap.")
+        else:
+            params = {"backbone": backbone, "weights": weights, "taps": [t for t in info["taps"] if t in taps],
+                      "ensemble_tap": ensemble_tap, "analytic": analytic, "n_folds": int(n_folds),
+                      "seed": int(seed), "name": name.strip() or f"{backbone} sweep"}
+            job_id = submit_job(ws, "experiment", params, user=current_user())
+            ensure_worker(ws)
+            st.session_state.setdefault("sweep_jobs", []).append(job_id)
+            st.toast(f"Sweep queued as job {job_id}.")
+
+# ------------------------------------------------------------------------------------------------- jobs ---
+ACTIVE = ("queued", "running")
+
+
+def _active_jobs() -> list:
+    return [j for j in list_jobs(ws, limit=20) if j.kind == "experiment" and j.status in ACTIVE]
+
+
+active_at_start = _active_jobs()
+
+
+@st.fragment(run_every=2 if active_at_start else None)
+def job_panel() -> None:
+    jobs = _active_jobs()
+    if any(j.status == "queued" for j in jobs):
+        ensure_worker(ws)  # e.g. after a server restart
+    for job in jobs:
+        with st.container(border=True):
+            st.markdown(f"**Job {job.id}** · {job.params.get('name', '')} · {job.status} · "
+                        f"by {job.created_by}")
+            fraction = (job.progress_done / job.progress_total) if job.progress_total else 0.0
+            st.progress(min(max(fraction, 0.0), 1.0), text=job.message or job.status)
+            if st.button("Cancel", key=f"cancel_job_{job.id}"):
+                cancel_job(ws, job.id, user=current_user())
+                st.rerun()
+    for job_id in reversed(st.session_state.get("sweep_jobs", [])[-3:]):
+        job = get_job(ws, job_id)
+        if job is None or job.status in ACTIVE:
+            continue
+        if job.status == "done":
+            st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{job.params.get('name', '')}”.")
+        elif job.status == "failed":
+            st.error(f"Job {job.id} failed: {job.error}")
+        else:
+            st.warning(f"Job {job.id} {job.status}: {job.message}")
+    if active_at_start and not jobs:
+        st.rerun()  # a job finished: redraw the page with its results
+
+
+job_panel()
+
+# ------------------------------------------------------------------------------------------------- chart ---
+st.subheader("AUC per tap")
+swept = [e for e in experiments if e["taps"]]
+if not swept:
+    st.info("No sweep yet. Start one above: it runs in the background and its chart appears here.")
+    st.stop()
+
+labels = {e["id"]: f"#{e['id']} {e['name']} ({e['backbone']}, "
+                   f"{'random weights' if e['uses_random_weights'] else e['weights']}, {e['n_rois']} ROIs, "
+                   f"{e['n_excluded']} excluded)" for e in swept}
+selected = st.multiselect("Experiments (choose two or more to compare, e.g. before/after exclusions or two "
+                          "backbones)", list(labels), default=[swept[0]["id"]], format_func=labels.get,
+                          key="sweep_selected")
+if not selected:
+    st.info("Choose at least one experiment.")
+    st.stop()
+chosen = [e for e in swept if e["id"] in selected]
+table = sweep_table(ws, selected)
+badges = _badges(chosen)
+if badges:
+    st.markdown(badges)
+
+same_backbone = table["backbone"].nunique() == 1
+fig = go.Figure()
+for experiment_id in selected:
+    rows = table[table["experiment_id"] == experiment_id]
+    x = rows["tap"] if same_backbone else rows["depth"]
+    fig.add_trace(go.Scatter(
+        x=x, y=rows["auc_mean"], mode="lines+markers", name=labels[experiment_id], text=rows["tap"],
+        error_y={"type": "data", "array": rows["auc_se"], "visible": True},
+        hovertemplate="%{text}: AUC %{y:.3f} ± %{error_y.array:.3f}<extra></extra>",
+    ))
+fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance", annotation_position="bottom right")
+if same_backbone:
+    order = choices.get(table["backbone"].iloc[0], {}).get("taps", [])
+    present = [t for t in order if t in set(table["tap"])]
+    fig.update_xaxes(title="tap (network order)", type="category", categoryorder="array", categoryarray=present)
+else:
+    fig.update_xaxes(title="relative depth of the tap (first tap 0, last tap 1; hover for its name)")
+fig.update_yaxes(title="AUC (mean of fold AUCs) ± SE", range=[0, 1.05])
+warning = []
+if any(e["uses_synthetic_data"] for e in chosen):
+    warning.append("SYNTHETIC DEMO DATA")
+if any(e["uses_random_weights"] for e in chosen):
+    warning.append("RANDOM (UNTRAINED) CNN WEIGHTS")
+fig.update_layout(title="AUC per CNN tap" + (f" — {' · '.join(warning)}" if warning else ""),
+                  legend={"orientation": "h", "yanchor": "top", "y": -0.2}, height=520,
+                  margin={"t": 60, "b": 40})
+if warning:
+    fig.update_layout(title_font_color="#c0392b")
+config = _figure_config("cadx-layer-sweep", "sweep_fig_format")
+st.plotly_chart(fig, config=config, key="sweep_chart")
+_server_side_downloads(fig, "cadx-layer-sweep")
+
+st.subheader("Feature lengths and time per tap")
+st.caption("Feature length: the tap's flattened output. After zero-variance removal: features that vary across "
+           "the ROIs (the SVM's input, as in the paper's Fig. 2). Seconds: cross-validation of that tap's SVM.")
+shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_features": "feature length",
+                              "n_features_nonconstant": "after zero-variance removal", "auc_mean": "AUC",
+                              "auc_sd": "AUC.SD", "auc_se": "SE", "seconds": "seconds", "n_folds": "folds"})
+shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "AUC.SD", "SE",
+               "folds", "seconds"]]
+st.dataframe(shown, hide_index=True, column_config={
+    "AUC": st.column_config.NumberColumn(format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
+})
+st.download_button("Table (CSV)", table.to_csv(index=False).encode(), file_name="cadx-layer-sweep.csv",
+                   mime="text/csv", on_click="ignore", key="sweep_csv")

@@ -1,0 +1,224 @@
+"""Upload case: add a mammogram (DICOM, a zip of a study, or PNG/TIFF/PGM with its pixel size), mark the lesion
+centre with a click, check the ROI that will be stored, and save it."""
+
+from functools import partial
+
+import streamlit as st
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from cadx.errors import CadxInputError
+from cadx.workflows import (
+    display_image,
+    display_to_image_rc,
+    filter_options,
+    import_upload,
+    patient_lesions,
+    preview_roi,
+    read_upload,
+    roi_display,
+    unpack_upload,
+    upload_patients,
+)
+from cadx.workflows.browse import MAX_IMAGE_BYTES
+from pages._shared import current_user, workspace
+
+VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
+FROM_FILE = "From the DICOM file (pseudonym)"
+NEW_PATIENT = "New patient…"
+NEW_LESION = "New lesion…"
+
+ws = workspace()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Unpacking…")
+def _unpack(file_ids: tuple[str, ...], _files):
+    return unpack_upload((f.name, f.getvalue()) for f in _files)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the image…")
+def _read(data_dir: str, sha256: str, _upload):
+    return read_upload(ws, _upload)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _display(data_dir: str, sha256: str, centre_rc, pixel_size_mm, _image):
+    spacing = None if pixel_size_mm is None else (pixel_size_mm, pixel_size_mm)
+    return display_image(_image, centre_rc=centre_rc, pixel_spacing_mm=spacing)
+
+
+def _on_click(click_key: str, row_key: str, col_key: str, shape: tuple[int, int]) -> None:
+    """A click on the shown image sets the centre (in image pixels) before the page is drawn again."""
+    click = st.session_state.get(click_key)
+    if click:
+        st.session_state[row_key], st.session_state[col_key] = display_to_image_rc(
+            click["x"], click["y"], display_size=(click["width"], click["height"]), image_shape=shape)
+
+
+def _show_report() -> None:
+    saved = st.session_state.get("upload_report")
+    if saved is None:
+        return
+    name, report = saved
+    for item in report.items:
+        if item.status == "imported" and report.committed:
+            flags = f" (QC flags: {item.reason})" if item.reason else ""
+            st.success(f"Saved **{name}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
+        elif item.status == "skipped":
+            st.info(f"**{name}** was not saved: {item.reason}.")
+        elif item.status == "error":
+            st.error(f"**{name}** was not saved. {item.reason}")
+
+
+st.title("Upload case")
+st.info(
+    "Files are **de-identified on ingest**: only technical header fields are kept; names, IDs, dates, UIDs, "
+    "institutions, private tags and sequences are dropped, the patient becomes a keyed pseudonym and the stored "
+    "file name is opaque. Research use only.",
+    icon="🔒",
+)
+_show_report()
+
+files = st.file_uploader(
+    "Mammogram files",
+    accept_multiple_files=True,
+    key="upload_files",
+    help=f"DICOM files (one or several), a zip of a study, or PNG/TIFF/PGM images. At most {MAX_IMAGE_BYTES // 2**20} MB "
+         "per image.",
+)
+if not files:
+    st.caption("Upload DICOM files, a zip of a study, or a PNG/TIFF/PGM image whose pixel size you know.")
+    st.stop()
+
+unpacked = _unpack(tuple(f.file_id for f in files), files)
+for name, reason in unpacked.refused:
+    st.error(f"**{name}** refused: {reason}.")
+if not unpacked.images:
+    st.stop()
+
+if len(unpacked.images) > 1:
+    index = st.selectbox("Image", range(len(unpacked.images)), format_func=lambda i: unpacked.images[i].name,
+                         help="Mark and save one image at a time; the views of one lesion share its lesion key.")
+else:
+    index = 0
+upload = unpacked.images[index]
+try:
+    image = _read(str(ws.data_dir), upload.sha256, upload)
+except CadxInputError as exc:
+    st.error(str(exc))
+    st.stop()
+
+sha = upload.sha256[:16]
+row_key, col_key, click_key = f"upload_row_{sha}", f"upload_col_{sha}", f"upload_image_{sha}"
+for key in (row_key, col_key):
+    st.session_state.setdefault(key, None)
+rows, cols = image.pixels.shape
+
+left, right = st.columns([3, 2], gap="large")
+with right:
+    st.subheader("Image")
+    st.write(f"{upload.name}: {image.source_format.upper()}, {rows} × {cols} pixels")
+    if image.pixel_spacing_mm is None:
+        pixel_size = st.number_input("Pixel size (mm)", min_value=0.01, max_value=2.0, value=None, step=0.005,
+                                     format="%.3f", key=f"upload_pixel_{sha}",
+                                     help="This file carries no pixel size: give it (e.g. 0.05 for 50 µm).")
+    else:
+        pixel_size = None
+        st.caption(f"Pixel size {image.pixel_spacing_mm[0]:g} × {image.pixel_spacing_mm[1]:g} mm "
+                   f"(from {image.pixel_spacing_source}).")
+    if image.burned_in_annotation:
+        st.warning("The file says its pixels carry burned-in annotations, which may identify the patient.")
+
+    st.subheader("Lesion centre")
+    st.number_input("Row (pixels from the top)", min_value=0.0, max_value=float(rows - 1), step=1.0,
+                    format="%.1f", key=row_key)
+    st.number_input("Column (pixels from the left)", min_value=0.0, max_value=float(cols - 1), step=1.0,
+                    format="%.1f", key=col_key)
+
+centre = None
+if st.session_state[row_key] is not None and st.session_state[col_key] is not None:
+    centre = (float(st.session_state[row_key]), float(st.session_state[col_key]))
+
+with left:
+    st.subheader("Click the lesion centre")
+    shown = _display(str(ws.data_dir), upload.sha256, centre, pixel_size, image)
+    width, height = shown.size
+    st.caption(f"Shown at {width} × {height} (downsampled from {cols} × {rows}); the red cross is the centre and "
+               "the yellow box the 51.2 mm field the ROI will cover.")
+    streamlit_image_coordinates(shown.pixels, key=click_key, image_format="JPEG", jpeg_quality=90,
+                                cursor="crosshair",
+                                on_click=partial(_on_click, click_key, row_key, col_key, (rows, cols)))
+
+with right:
+    st.subheader("Patient and lesion")
+    patients = upload_patients(ws)
+    options = ([FROM_FILE] if image.source_format == "dicom" and image.patient_key else []) + patients + [NEW_PATIENT]
+    patient_choice = st.selectbox("Patient", options, key="upload_patient",
+                                  help="Optional for DICOM: the file's PatientID becomes a keyed pseudonym.")
+    patient, lookup = patient_choice, patient_choice
+    if patient_choice == FROM_FILE:
+        patient, lookup = None, image.patient_key
+        st.caption(f"Pseudonym {image.patient_key[:12]}… (the PatientID itself is never stored).")
+    elif patient_choice == NEW_PATIENT:
+        patient = lookup = st.text_input("New patient key", key="upload_new_patient",
+                                         help="An opaque key (e.g. a study code); never a name, hospital number "
+                                              "or date of birth.").strip()
+
+    lesions = {lesion.key: lesion for lesion in patient_lesions(ws, lookup)}
+    lesion_choice = st.selectbox(
+        "Lesion", list(lesions) + [NEW_LESION], key="upload_lesion",
+        format_func=lambda k: k if k == NEW_LESION else f"{k} ({lesions[k].label}, {lesions[k].n_rois} ROI(s))",
+        help="Choose the lesion when adding another view of it (e.g. the MLO of a lesion saved from its CC).")
+    if lesion_choice == NEW_LESION:
+        lesion = st.text_input("New lesion key", key="upload_new_lesion",
+                               help="Unique within the patient, e.g. L1.").strip()
+        label = st.radio("Pathology", filter_options(ws)["labels"], index=None, horizontal=True, key="upload_label")
+    else:
+        lesion, label = lesion_choice, lesions[lesion_choice].label
+        st.caption(f"Pathology: {label} (recorded with the lesion).")
+
+    view_default = VIEWS.index(image.view) if image.view in VIEWS else None
+    view = st.selectbox("View", VIEWS, index=view_default, key=f"upload_view_{sha}", placeholder="unknown")
+    side_default = ["L", "R"].index(image.laterality) if image.laterality in ("L", "R") else None
+    laterality = st.selectbox("Laterality", ["L", "R"], index=side_default, key=f"upload_side_{sha}",
+                              format_func=lambda s: {"L": "left (L)", "R": "right (R)"}[s], placeholder="unknown")
+
+    st.subheader("ROI to be stored")
+    missing = []
+    if centre is None:
+        missing.append("click the lesion centre")
+    if image.pixel_spacing_mm is None and pixel_size is None:
+        missing.append("give the pixel size")
+    if patient_choice == NEW_PATIENT and not patient:
+        missing.append("name the new patient")
+    if not lesion:
+        missing.append("give the lesion key")
+    if label is None:
+        missing.append("choose the pathology")
+    if centre is not None and not (image.pixel_spacing_mm is None and pixel_size is None):
+        try:
+            crop = preview_roi(image, centre, pixel_size_mm=pixel_size, name=upload.name)
+        except CadxInputError as exc:
+            st.error(str(exc))
+            missing.append("fix the centre")
+        else:
+            flags = ", ".join(crop.flags) or "none"
+            st.image(roi_display(crop.pixels), width=256,
+                     caption=f"51.2 mm at 0.1 mm, centred at row {centre[0]:.1f}, column {centre[1]:.1f}. "
+                             f"QC flags: {flags}. Padded: {crop.padded_fraction:.0%}.")
+    if missing:
+        st.caption("To save: " + ", ".join(missing) + ".")
+    if st.button("Save ROI", type="primary", disabled=bool(missing), key="upload_save"):
+        try:
+            report = import_upload(
+                ws, upload.data, filename=upload.name, patient=patient, lesion=lesion, label=label,
+                centre_rc=centre, user=current_user(),
+                pixel_size_mm=pixel_size if image.pixel_spacing_mm is None else None,
+                view=view, laterality=laterality,
+            )
+        except CadxInputError as exc:
+            st.error(str(exc))
+        except Exception as exc:  # an unexpected failure: say it plainly, never a stack trace
+            st.error(f"Saving failed: {type(exc).__name__}: {exc}. Nothing was written.")
+        else:
+            st.session_state["upload_report"] = (upload.name, report)
+            st.rerun()

@@ -1,0 +1,142 @@
+"""In a real browser: start a small layer sweep from the Layer sweep page (random AlexNet weights, two taps), let
+the background worker that the page starts run it, then read the sweep chart, the ROC curves and the predictions;
+a screenshot of every page of the app goes to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot, wait_for_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+JOB_TIMEOUT_MS = 420_000
+
+
+@pytest.fixture(scope="module")
+def server(app_server):
+    """The app server; afterwards stops the background worker that the page started (its pid is in the data
+    directory), so no worker outlives the test."""
+    yield app_server
+    _url, data = app_server
+    pid_file = data / "worker.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+
+def _shot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport is first made
+    as tall as that container's content."""
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+        "[data-testid='stMain'], [data-testid='stAppViewContainer'], [data-testid='stSidebarContent']")]
+        .map(e => e.scrollHeight), document.body.scrollHeight)""")
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(max(int(height) + 40, 1000), 6000)})
+    time.sleep(0.5)
+    screenshot(page, name)
+    page.set_viewport_size({"width": width, "height": 1000})
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    wait_for_app(page)
+
+
+def test_start_a_sweep_and_read_its_results(server, page):
+    url, data = server
+
+    # the main page first: a fresh Streamlit server with a pages/ folder serves a deep link in its legacy
+    # multipage mode until app.py has called st.navigation once
+    _open(page, url)
+    page.get_by_text("No experiment yet").wait_for()
+    _shot(page, "experiments-ui-00-overview-empty")
+
+    _open(page, f"{url}/sweep")
+    page.get_by_text("No sweep yet").wait_for()
+    _shot(page, "experiments-ui-01-sweep-empty")
+
+    # backbone: AlexNet (the paper's); weights: random (offline, fast); taps: fc8 only (+ fc6, the SVM1 tap)
+    page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
+    page.get_by_role("option", name=re.compile(r"^alexnet")).click()
+    wait_for_app(page)
+    page.get_by_text("Random (untrained)", exact=True).click()
+    wait_for_app(page)
+    taps = page.get_by_role("combobox", name="Taps (in network order)")
+    expect(taps).to_have_count(1)  # the tap list of the newly chosen backbone only
+    taps.click()
+    for _ in range(12):  # remove the eleven default taps
+        page.keyboard.press("Backspace")
+    page.keyboard.type("fc8")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    wait_for_app(page)
+    name = page.get_by_label("Name", exact=True)
+    expect(name).to_have_count(1)
+    name.fill("e2e sweep")
+    name.press("Enter")
+    wait_for_app(page)
+    _shot(page, "experiments-ui-02-sweep-form")
+    page.get_by_role("button", name="Start sweep").click()
+
+    # the page queues a job and starts the worker; the progress panel polls it until the chart appears
+    page.get_by_text(re.compile(r"Job \d+")).first.wait_for(timeout=60_000)
+    try:  # the progress bar and its Cancel button, unless the job is already done
+        page.get_by_role("button", name="Cancel").first.wait_for(timeout=20_000)
+        wait_for_app(page)
+    except PlaywrightTimeoutError:
+        pass
+    _shot(page, "experiments-ui-03-sweep-running")
+    page.get_by_text(re.compile(r"finished: experiment #\d+")).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
+    wait_for_app(page)
+    body = page.locator("body").inner_text()
+    assert "AUC per tap" in body and "e2e sweep" in body
+    assert "RANDOM (UNTRAINED) CNN WEIGHTS" in body and "SYNTHETIC DEMO DATA" in body
+    assert "fc6" in body and "fc8" in body  # the table of taps
+    time.sleep(1)  # let plotly finish drawing
+    _shot(page, "experiments-ui-04-sweep")
+
+    _open(page, f"{url}/roc")
+    page.get_by_text("Performance (Table 1)").wait_for()
+    page.get_by_test_id("stPlotlyChart").first.wait_for()
+    body = page.locator("body").inner_text()
+    assert "Significance tests" in body and "RANDOM (UNTRAINED) CNN WEIGHTS" in body
+    time.sleep(1)
+    _shot(page, "experiments-ui-05-roc")
+    page.get_by_text("Lesion level (mean of its ROIs' probabilities)").click()
+    wait_for_app(page)
+    page.get_by_text(re.compile(r"12 lesions")).wait_for()
+    time.sleep(1)
+    _shot(page, "experiments-ui-06-roc-lesion")
+
+    _open(page, f"{url}/predictions")
+    page.get_by_text("Open an ROI").wait_for()
+    page.get_by_test_id("stImage").first.wait_for()
+    body = page.locator("body").inner_text()
+    assert "p1 SVM1 (CNN)" in body and "Segmentation:" in body
+    _shot(page, "experiments-ui-07-predictions")
+
+    _open(page, f"{url}/experiments")
+    page.get_by_text("Reproducibility").wait_for()
+    page.get_by_text(re.compile(r"Yes, delete experiment #\d+ “e2e sweep”")).wait_for()
+    _shot(page, "experiments-ui-08-experiments")
+
+    _open(page, url)
+    page.get_by_text("Recent experiments").wait_for()
+    page.get_by_text("All experiments").wait_for()  # shown once there is an experiment
+    _shot(page, "experiments-ui-09-overview")
+
+    for name in ("upload", "review"):
+        _open(page, f"{url}/{name}")
+        _shot(page, f"experiments-ui-10-{name}")

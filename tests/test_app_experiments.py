@@ -1,0 +1,354 @@
+"""The experiment pages (Overview, Layer sweep, ROC curves, Predictions, Experiments) with streamlit's AppTest, on a
+real small experiment: the 12-lesion synthetic demo, AlexNet with random weights, two taps."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
+from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+from cadx.workflows.features import resolve_backbone
+from db.models import Experiment, Job, Prediction
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory):
+    """A data directory with the demo set and one experiment (sweep of fc7 and fc8, SVM1 on fc8)."""
+    data = tmp_path_factory.mktemp("app-experiments") / "data"
+    ws = open_workspace(data)
+    import_demo(ws, n_lesions=12, seed=2)
+    loaded, note = resolve_backbone("alexnet", weights="random")
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8"),
+                                   name="small sweep", user="tester", weights_note=note)
+    ws.engine.dispose()
+    return data, experiment_id
+
+
+@pytest.fixture(scope="module")
+def empty_dir(tmp_path_factory):
+    """A data directory with demo data and no experiment."""
+    data = tmp_path_factory.mktemp("app-empty") / "data"
+    open_workspace(data).engine.dispose()
+    import_demo(open_workspace(data), n_lesions=4, seed=1)
+    return data
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """Point the app at a data directory (and forget the workspace another test opened)."""
+
+    def use(data: Path) -> Path:
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        monkeypatch.setenv("CADX_DATA_DIR", str(data))
+        monkeypatch.delenv("CADX_DATABASE_URL", raising=False)
+        return data
+
+    yield use
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _run(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.success]
+    return "\n".join(parts)
+
+
+def _plotly(at: AppTest) -> dict:
+    charts = at.get("plotly_chart")
+    assert charts, "no plotly chart on the page"
+    return json.loads(charts[0].proto.spec)
+
+
+def _values(data) -> list:
+    """Plotly's JSON: a list, or a typed array as {"dtype", "bdata" (base64)}."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)
+
+
+def _summary(data: Path, experiment_id: int) -> dict:
+    ws = open_workspace(data)
+    try:
+        return experiment_summary(ws, experiment_id)
+    finally:
+        ws.engine.dispose()
+
+
+def _copy_experiment(data: Path, experiment_id: int, name: str, **config) -> int:
+    """A copy of an experiment and its predictions (config entries replaced by ``config``)."""
+    ws = open_workspace(data)
+    try:
+        with ws.sessions.begin() as session:
+            original = session.get(Experiment, experiment_id)
+            copy = Experiment(name=name, kind=original.kind, config={**original.config, **config},
+                              config_sha256=original.config_sha256, code_version=original.code_version,
+                              results=original.results, seconds=original.seconds,
+                              uses_synthetic_data=original.uses_synthetic_data,
+                              uses_random_weights=original.uses_random_weights, created_by="tester")
+            session.add(copy)
+            session.flush()
+            for p in session.scalars(select(Prediction).where(Prediction.experiment_id == experiment_id)):
+                session.add(Prediction(experiment_id=copy.id, roi_id=p.roi_id, roi_sha256=p.roi_sha256,
+                                       lesion_id=p.lesion_id, truth=p.truth, repeat=p.repeat, fold=p.fold,
+                                       decision1=p.decision1, p1=p.p1, decision2=p.decision2, p2=p.p2, p3=p.p3))
+            return copy.id
+    finally:
+        ws.engine.dispose()
+
+
+# ----------------------------------------------------------------------------------------------- empty states ---
+@pytest.mark.parametrize("page, message", [
+    ("pages/sweep.py", "No sweep yet"),
+    ("pages/roc.py", "No experiment yet"),
+    ("pages/predictions.py", "No experiment yet"),
+    ("pages/experiments.py", "No experiment yet"),
+    ("pages/overview.py", "No experiment yet"),
+])
+def test_pages_say_when_there_is_no_experiment(use, empty_dir, page, message):
+    use(empty_dir)
+    at = _run(page)
+    assert any(message in i.value for i in at.info), [i.value for i in at.info]
+    assert not at.get("plotly_chart")
+
+
+# ---------------------------------------------------------------------------------------------------- overview ---
+def test_overview_shows_backbone_and_recent_experiments(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    at = _run("pages/overview.py")
+    text = _text(at)
+    assert "SYNTHETIC DEMO DATA" in at.markdown[0].value
+    assert "CNN backbone in use" in text and "Recent experiments" in text
+    # either AlexNet as in the paper, or a clear word that its weights are missing and EfficientNet-Lite0 is used
+    assert ("as in the paper" in text) or ("AlexNet's ImageNet weights are missing" in text
+                                          and "EfficientNet-Lite0" in text)
+    assert "RANDOM (UNTRAINED) CNN WEIGHTS" in text
+    recent = at.dataframe[-1].value
+    row = recent[recent["id"] == experiment_id].iloc[0]
+    summary = _summary(data, experiment_id)
+    assert row["name"] == "small sweep" and row["ROIs"] == summary["results"]["n_rois"] == 28
+    assert row["SVM1 AUC"] == pytest.approx(summary["results"]["methods"]["A"]["auc_mean"])
+
+
+# ------------------------------------------------------------------------------------------------------ sweep ---
+def test_sweep_page_draws_fig3_with_badges_and_the_feature_table(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    summary = _summary(data, experiment_id)
+    at = _run("pages/sweep.py")
+    text = _text(at)
+    assert "SYNTHETIC DEMO DATA" in text and "RANDOM (UNTRAINED) CNN WEIGHTS" in text
+    spec = _plotly(at)
+    trace = spec["data"][0]
+    assert _values(trace["x"]) == ["fc7", "fc8"]  # network order
+    assert _values(trace["y"]) == pytest.approx([summary["results"]["sweep"][t]["auc_mean"] for t in ("fc7", "fc8")])
+    assert _values(trace["error_y"]["array"]) == pytest.approx(
+        [summary["results"]["sweep"][t]["auc_se"] for t in ("fc7", "fc8")])
+    assert "SYNTHETIC DEMO DATA" in spec["layout"]["title"]["text"]
+    assert "RANDOM (UNTRAINED) CNN WEIGHTS" in spec["layout"]["title"]["text"]
+    table = at.dataframe[0].value
+    assert list(table["tap"]) == ["fc7", "fc8"]
+    assert list(table["feature length"]) == [4096, 1000]
+    assert list(table["after zero-variance removal"]) == [
+        summary["results"]["sweep"][t]["n_features_nonconstant"] for t in ("fc7", "fc8")]
+    assert table["seconds"].tolist() == pytest.approx([summary["results"]["sweep"][t]["seconds"]
+                                                       for t in ("fc7", "fc8")])
+
+
+def test_sweep_page_overlays_experiments_for_comparison(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    same = _copy_experiment(data, experiment_id, "same backbone again")
+    other = _copy_experiment(data, experiment_id, "another backbone", backbone="efficientnet_lite0")
+    try:
+        at = _run("pages/sweep.py")
+        at.multiselect(key="sweep_selected").set_value([experiment_id, same]).run()
+        spec = _plotly(at)
+        assert len(spec["data"]) == 2 and all(_values(t["x"]) == ["fc7", "fc8"] for t in spec["data"])
+        assert len(at.dataframe[0].value) == 4
+        at.multiselect(key="sweep_selected").set_value([experiment_id, other]).run()
+        spec = _plotly(at)
+        # two backbones: taps placed by relative depth, their names in the hover text
+        assert [_values(t["x"]) for t in spec["data"]] == [[0.0, 1.0], [0.0, 1.0]]
+        assert "relative depth" in spec["layout"]["xaxis"]["title"]["text"]
+    finally:
+        ws = open_workspace(data)
+        delete_experiment(ws, same)
+        delete_experiment(ws, other)
+        ws.engine.dispose()
+
+
+def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, experiment_dir, monkeypatch):
+    import cadx.workflows.jobs as jobs
+
+    data = use(experiment_dir[0])
+    started = []
+    monkeypatch.setattr(jobs, "ensure_worker", lambda ws: started.append(ws.data_dir) or True)
+    at = _run("pages/sweep.py")
+    at.selectbox(key="sweep_backbone").select("alexnet").run()
+    at.radio(key="sweep_weights").set_value("random").run()
+    assert any("RANDOM (UNTRAINED) CNN WEIGHTS" in m.value for m in at.markdown)
+    at.multiselect(key="sweep_taps_alexnet").set_value(["fc8"]).run()
+    at.selectbox(key="sweep_ensemble_alexnet").select("fc8").run()
+    at.number_input(key="sweep_folds").set_value(4).run()
+    at.text_input(key="sweep_name_alexnet").input("queued from the page").run()
+    at.button(key="sweep_start").click().run()
+    assert not at.exception, at.exception
+    assert started, "the page did not start a worker"
+    ws = open_workspace(data)
+    try:
+        with ws.sessions() as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert job.status == "queued" and job.kind == "experiment"
+        assert job.params == {"backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8",
+                              "analytic": True, "n_folds": 4, "seed": 0, "name": "queued from the page"}
+        assert any(f"Job {job.id}" in m.value for m in at.markdown)
+        at.button(key=f"cancel_job_{job.id}").click().run()
+        with ws.sessions() as session:
+            assert session.get(Job, job.id).status == "cancelled"
+    finally:
+        ws.engine.dispose()
+
+
+def test_sweep_page_refuses_no_taps(use, experiment_dir, monkeypatch):
+    import cadx.workflows.jobs as jobs
+
+    use(experiment_dir[0])
+    monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
+    at = _run("pages/sweep.py")
+    backbone = at.selectbox(key="sweep_backbone").value
+    at.multiselect(key=f"sweep_taps_{backbone}").set_value([]).run()
+    at.button(key="sweep_start").click().run()
+    assert any("at least one tap" in e.value for e in at.error)
+
+
+# -------------------------------------------------------------------------------------------------------- ROC ---
+def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    methods = _summary(data, experiment_id)["results"]["methods"]
+    at = _run("pages/roc.py")
+    text = _text(at)
+    assert "SYNTHETIC DEMO DATA" in text and "RANDOM (UNTRAINED) CNN WEIGHTS" in text
+    assert "28 ROIs" in text
+    table = at.dataframe[0].value
+    assert list(table["classifier"]) == ["SVM1 (CNN features)", "SVM2 (analytic features)", "Ensemble (SVM1 + SVM2)"]
+    for (_, row), key in zip(table.iterrows(), "ABC"):
+        assert row["AUC"] == pytest.approx(methods[key]["auc_mean"])
+        assert row["AUC.SD"] == pytest.approx(methods[key]["auc_sd"])
+        assert row["SE"] == pytest.approx(methods[key]["auc_se"])
+        assert row["pooled AUC"] == pytest.approx(methods[key]["pooled_auc"])
+        assert row["lesion AUC"] == pytest.approx(methods[key]["lesion_auc"])
+        assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
+    tests = at.dataframe[-1].value
+    assert len(tests) == 3 and "DeLong p (Bonferroni)" in tests.columns and "Nadeau-Bengio p" in tests.columns
+    spec = _plotly(at)
+    names = [t["name"] for t in spec["data"]]
+    assert sum("binormal" in n for n in names) == 3 and sum("empirical" in n for n in names) == 3
+    assert "RANDOM (UNTRAINED) CNN WEIGHTS" in spec["layout"]["title"]["text"]
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Table 1 (CSV)", "Significance tests (CSV)", "Curve points (CSV)"} <= set(labels)
+
+
+def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    at = _run("pages/roc.py")
+    at.radio(key="roc_level").set_value("lesion").run()
+    assert not at.exception, at.exception
+    assert "12 lesions" in _text(at)
+    ws = open_workspace(data)
+    try:
+        expected = experiment_results(ws, experiment_id, "lesion")["methods"]
+    finally:
+        ws.engine.dispose()
+    table = at.dataframe[0].value
+    for (_, row), key in zip(table.iterrows(), "ABC"):
+        assert row["pooled AUC"] == pytest.approx(expected[key]["pooled_auc"])
+        assert row["AUC"] == pytest.approx(expected[key]["auc_mean"])
+    spec = _plotly(at)
+    assert "lesions" in spec["layout"]["title"]["text"]
+
+
+# ------------------------------------------------------------------------------------------------ predictions ---
+def test_predictions_page_lists_rois_by_disagreement_and_opens_one(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    at = _run("pages/predictions.py")
+    text = _text(at)
+    assert "SYNTHETIC DEMO DATA" in text and "RANDOM (UNTRAINED) CNN WEIGHTS" in text
+    table = at.dataframe[0].value
+    assert len(table) == 28
+    assert table["disagreement"].is_monotonic_decreasing
+    assert (table["disagreement"] - (table["p1"] - table["p2"]).abs()).abs().max() < 1e-12
+    truth_is_malignant = table["truth"] == "malignant"
+    assert ((table["p3"] >= 0.5) == truth_is_malignant).tolist() == table["right_p3"].tolist()
+    assert len(at.image) == 1, "the opened ROI is not shown"
+    top = int(table.iloc[0]["roi_id"])
+    assert f"**ROI {top}**" in text
+    assert any(b.label == "Predictions per ROI (CSV)" for b in at.get("download_button"))
+
+    at.radio(key="pred_level").set_value("lesion").run()
+    assert not at.exception, at.exception
+    lesions = at.dataframe[0].value
+    ws = open_workspace(data)
+    try:
+        expected = lesion_predictions(ws, experiment_id).set_index("lesion_id")
+    finally:
+        ws.engine.dispose()
+    assert len(lesions) == 12
+    for _, row in lesions.iterrows():
+        assert row["p1"] == pytest.approx(expected.at[row["lesion_id"], "p1"])
+        assert row["n_rois"] == expected.at[row["lesion_id"], "n_rois"]
+
+
+# ------------------------------------------------------------------------------------------------ experiments ---
+def test_experiments_page_shows_reproducibility_and_renames_and_deletes(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    summary = _summary(data, experiment_id)
+    at = _run("pages/experiments.py")
+    history = at.dataframe[0].value
+    assert history.loc[history["id"] == experiment_id, "name"].item() == "small sweep"
+    at.selectbox(key="exp_selected").select(experiment_id).run()
+    details = dict(at.dataframe[1].value.itertuples(index=False))
+    assert details["code version"] == summary["code_version"]
+    assert details["config SHA-256"] == summary["config_sha256"]
+    assert details["weights SHA-256"] == summary["config"]["weights"]["sha256"]
+    assert details["seed"] == "0" and details["folds (outer / inner)"] == "5 / 5"
+    assert details["ROIs used"].startswith("28 ") and details["ROIs excluded by review"] == "0"
+
+    scratch = _copy_experiment(data, experiment_id, "scratch copy")
+    at = _run("pages/experiments.py")
+    at.selectbox(key="exp_selected").select(scratch).run()
+    at.text_input(key=f"exp_new_name_{scratch}").input("renamed copy").run()
+    at.button(key="exp_rename").click().run()
+    assert any("renamed to “renamed copy”" in s.value for s in at.success)
+    assert at.button(key="exp_delete").disabled
+    at.checkbox(key=f"exp_confirm_{scratch}").check().run()
+    assert not at.button(key="exp_delete").disabled
+    at.button(key="exp_delete").click().run()
+    assert not at.exception, at.exception
+    assert any(f"Experiment #{scratch} deleted (28 predictions)" in s.value for s in at.success)
+    ws = open_workspace(data)
+    try:
+        with ws.sessions() as session:
+            assert session.get(Experiment, scratch) is None
+            assert session.scalar(select(func.count()).select_from(Prediction)
+                                  .where(Prediction.experiment_id == scratch)) == 0
+            assert session.get(Experiment, experiment_id).name == "small sweep"
+    finally:
+        ws.engine.dispose()

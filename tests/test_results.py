@@ -1,0 +1,255 @@
+"""Reading experiments back (cadx.workflows.results): lesion-level aggregation checked against a hand computation,
+Table 1 / tests / curve tables, the sweep table, the ROI overlay, renaming and deleting. On SQLite and PostgreSQL.
+
+The experiments here are written directly (known predictions, no CNN), so every number can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from cadx.errors import CadxInputError
+from cadx.workflows import (
+    backbone_choices,
+    comparison_table,
+    delete_experiment,
+    experiment_results,
+    import_demo,
+    lesion_predictions,
+    list_experiments,
+    method_table,
+    rename_experiment,
+    roc_curve_table,
+    roi_overlay,
+    roi_predictions,
+    sweep_table,
+)
+from cadx.workflows.features import roi_records
+from db.models import Experiment, Job, Prediction
+
+SWEEP = {
+    "conv1": {"n_features": 290400, "n_features_nonconstant": 200000, "auc_mean": 0.6, "auc_sd": 0.1,
+              "auc_se": 0.0707, "fold_aucs": [0.5, 0.7], "seconds": 3.0},
+    "fc6": {"n_features": 4096, "n_features_nonconstant": 4000, "auc_mean": 0.8, "auc_sd": 0.05, "auc_se": 0.035,
+            "fold_aucs": [0.75, 0.85], "seconds": 1.0},
+}
+
+
+def _hand_auc(y, s) -> float:
+    """P(score of a malignant case > score of a benign one), ties counting one half."""
+    pos = [v for v, t in zip(s, y) if t == 1]
+    neg = [v for v, t in zip(s, y) if t == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.fixture
+def demo(workspace):
+    import_demo(workspace, n_lesions=6, seed=1)
+    return workspace
+
+
+def _make_experiment(ws, *, name="written", taps=("conv1", "fc6"), excluded=(), analytic=True) -> int:
+    """An experiment with predictions known in advance: 2 folds by lesion (both labels in each fold), p1 and p2
+    fixed functions of the ROI id, p3 their mean."""
+    records = roi_records(ws)
+    labels = {r.lesion_id: r.label for r in records}
+    order = sorted(labels, key=lambda lesion: (labels[lesion], lesion))
+    fold_of = {lesion: i % 2 for i, lesion in enumerate(order)}
+    methods = {"A": {"title": "SVM1 (CNN alexnet fc6)", "auc_mean": 0.7, "auc_sd": 0.1, "auc_se": 0.07,
+                     "fold_aucs": [0.6, 0.8], "pooled_auc": 0.71, "pooled_ci95": [0.5, 0.9], "lesion_auc": 0.72,
+                     "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.75, 1]},
+                     "binormal": {"a": 1.0, "b": 1.0, "auc": 0.76, "fpr": [0, 0.4, 1], "tpr": [0, 0.8, 1]},
+                     "seconds": 2.5}}
+    if analytic:
+        methods["B"] = dict(methods["A"], title="SVM2 (analytic features)", auc_mean=0.65, seconds=1.5)
+        methods["C"] = dict(methods["A"], title="Ensemble (p1 + p2) / 2", auc_mean=0.75, seconds=4.0)
+    comparisons = [{"comparison": c, "auc_difference": 0.05, "delong_p": 0.2, "delong_ci95": [-0.1, 0.2],
+                    "paired_t_p": 0.3, "nadeau_bengio_p": 0.4, "delong_p_bonferroni": 0.6,
+                    "paired_t_p_bonferroni": 0.9, "nadeau_bengio_p_bonferroni": 1.0}
+                   for c in ("C vs A", "C vs B", "A vs B")] if analytic else []
+    with ws.sessions.begin() as session:
+        experiment = Experiment(
+            name=name, kind="sweep", config_sha256="0" * 64, code_version="test", seconds=12.0,
+            config={"backbone": "alexnet", "weights": {"name": "alexnet/random(seed=0)", "sha256": "ab" * 32,
+                                                       "source": "random"},
+                    "taps": list(taps), "ensemble_tap": "fc6", "analytic_version": "analytic-1.0" if analytic else None,
+                    "n_folds": 2, "n_inner": 2, "seed": 0, "roi_ids": [r.id for r in records],
+                    "excluded_roi_ids": list(excluded)},
+            results={"n_rois": len(records), "n_lesions": len(labels), "n_patients": 3,
+                     "n_malignant_rois": sum(r.label for r in records),
+                     "sweep": {t: SWEEP[t] for t in taps}, "methods": methods, "comparisons": comparisons},
+            uses_synthetic_data=True, uses_random_weights=True, created_by="tester",
+        )
+        session.add(experiment)
+        session.flush()
+        for r in records:
+            p1 = (r.id * 0.37) % 1.0
+            p2 = (r.id * 0.61 + 0.2) % 1.0 if analytic else None
+            session.add(Prediction(experiment_id=experiment.id, roi_id=r.id, roi_sha256=r.sha256,
+                                   lesion_id=r.lesion_id, truth=r.label, fold=fold_of[r.lesion_id], p1=p1, p2=p2,
+                                   p3=None if p2 is None else (p1 + p2) / 2, decision1=p1 - 0.5,
+                                   decision2=None if p2 is None else p2 - 0.5))
+        return experiment.id
+
+
+def test_lesion_level_is_the_mean_of_each_lesions_rois(demo):
+    experiment_id = _make_experiment(demo)
+    rois = roi_predictions(demo, experiment_id)
+    records = roi_records(demo)
+    assert rois["roi_id"].tolist() == [r.id for r in records]
+    assert rois["p1"].tolist() == pytest.approx([(r.id * 0.37) % 1.0 for r in records])
+
+    # by hand: sum and count per lesion
+    sums: dict[int, list[float]] = {}
+    truth: dict[int, int] = {}
+    folds: dict[int, int] = {}
+    for row in rois.itertuples():
+        entry = sums.setdefault(row.lesion_id, [0.0, 0.0, 0.0, 0])
+        entry[0] += row.p1
+        entry[1] += row.p2
+        entry[2] += row.p3
+        entry[3] += 1
+        truth[row.lesion_id] = row.truth
+        folds[row.lesion_id] = row.fold
+    lesions = lesion_predictions(demo, experiment_id)
+    assert sorted(lesions["lesion_id"]) == sorted(sums) and len(lesions) == 6
+    for row in lesions.itertuples():
+        s1, s2, s3, n = sums[row.lesion_id]
+        assert row.n_rois == n
+        assert row.p1 == pytest.approx(s1 / n) and row.p2 == pytest.approx(s2 / n)
+        assert row.p3 == pytest.approx(s3 / n) == pytest.approx((row.p1 + row.p2) / 2)
+        assert row.truth == truth[row.lesion_id] and row.fold == folds[row.lesion_id]
+        assert row.disagreement == pytest.approx(abs(s1 / n - s2 / n))
+        assert row.right_p1 == ((s1 / n >= 0.5) == (truth[row.lesion_id] == 1))
+
+    results = experiment_results(demo, experiment_id, "lesion")
+    assert results["level"] == "lesion" and results["n_cases"] == 6
+    y = [truth[k] for k in sorted(sums)]
+    for key, index in (("A", 0), ("B", 1), ("C", 2)):
+        scores = [sums[k][index] / sums[k][3] for k in sorted(sums)]
+        method = results["methods"][key]
+        assert method["pooled_auc"] == pytest.approx(_hand_auc(y, scores))
+        assert method["lesion_auc"] == pytest.approx(_hand_auc(y, scores))
+        fold_aucs = [_hand_auc([t for t, k in zip(y, sorted(sums)) if folds[k] == f],
+                               [s for s, k in zip(scores, sorted(sums)) if folds[k] == f]) for f in (0, 1)]
+        assert method["fold_aucs"] == pytest.approx(fold_aucs)
+        assert method["auc_mean"] == pytest.approx(np.mean(fold_aucs))
+        assert method["auc_sd"] == pytest.approx(np.std(fold_aucs, ddof=1))
+        assert method["auc_se"] == pytest.approx(np.std(fold_aucs, ddof=1) / np.sqrt(2))
+        assert method["seconds"] == {"A": 2.5, "B": 1.5, "C": 4.0}[key]  # training time is the ROI level's
+        assert method["roc"]["fpr"][0] == 0 and method["roc"]["tpr"][-1] == 1
+    assert [c["comparison"] for c in results["comparisons"]] == ["C vs A", "C vs B", "A vs B"]
+    for c in results["comparisons"]:
+        assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
+
+
+def test_roi_level_is_what_the_experiment_stored_and_tables_follow_it(demo):
+    experiment_id = _make_experiment(demo)
+    results = experiment_results(demo, experiment_id)  # ROI level by default
+    with demo.sessions() as session:
+        stored = session.get(Experiment, experiment_id).results
+    assert results["methods"] == stored["methods"] and results["comparisons"] == stored["comparisons"]
+    assert results["n_cases"] == stored["n_rois"]
+
+    table = method_table(results)
+    assert table["classifier"].tolist() == ["SVM1 (CNN features)", "SVM2 (analytic features)",
+                                            "Ensemble (SVM1 + SVM2)"]
+    assert table["AUC"].tolist() == [0.7, 0.65, 0.75]
+    assert table.loc[0, ["pooled AUC", "CI95 low", "CI95 high", "lesion AUC", "binormal AUC", "time (s)"]] \
+        .tolist() == [0.71, 0.5, 0.9, 0.72, 0.76, 2.5]
+    tests = comparison_table(results)
+    assert tests["comparison"].tolist()[0] == "Ensemble (SVM1 + SVM2) vs SVM1 (CNN features)"
+    assert tests.loc[0, ["DeLong p", "DeLong p (Bonferroni)", "paired t p", "Nadeau-Bengio p (Bonferroni)"]] \
+        .tolist() == [0.2, 0.6, 0.3, 1.0]
+    curves = roc_curve_table(results)
+    assert len(curves) == 3 * (3 + 3)
+    assert set(curves["curve"]) == {"empirical", "binormal"}
+    with pytest.raises(CadxInputError, match="unknown level"):
+        experiment_results(demo, experiment_id, "patient")
+
+
+def test_an_experiment_without_method_b_has_no_ensemble_or_tests(demo):
+    experiment_id = _make_experiment(demo, analytic=False)
+    lesions = lesion_predictions(demo, experiment_id)
+    assert lesions["p2"].isna().all() and lesions["right_p2"].isna().all()
+    results = experiment_results(demo, experiment_id, "lesion")
+    assert list(results["methods"]) == ["A"] and results["comparisons"] == []
+    assert comparison_table(results).empty and len(method_table(results)) == 1
+
+
+def test_sweep_table_and_experiment_list(demo):
+    first = _make_experiment(demo, name="before exclusions")
+    second = _make_experiment(demo, name="fc6 only", taps=("fc6",), excluded=(1, 2))
+    table = sweep_table(demo, [first, second])
+    assert table[table["experiment_id"] == first]["tap"].tolist() == ["conv1", "fc6"]
+    assert table[table["experiment_id"] == first]["depth"].tolist() == [0.0, 1.0]
+    row = table[(table["experiment_id"] == first) & (table["tap"] == "conv1")].iloc[0]
+    assert (row["n_features"], row["n_features_nonconstant"], row["auc_mean"], row["auc_se"], row["seconds"]) == (
+        290400, 200000, 0.6, 0.0707, 3.0)
+    assert table[table["experiment_id"] == second]["tap"].tolist() == ["fc6"]
+
+    listed = list_experiments(demo)
+    assert [e["id"] for e in listed] == [second, first]  # newest first
+    assert listed[0]["n_excluded"] == 2 and listed[1]["n_excluded"] == 0
+    assert listed[1]["best_tap"] == "fc6" and listed[1]["best_tap_auc"] == 0.8
+    assert listed[1]["auc_C"] == 0.75 and listed[1]["weights_source"] == "random"
+    assert listed[1]["uses_random_weights"] and listed[1]["uses_synthetic_data"]
+    assert [e["id"] for e in list_experiments(demo, limit=1)] == [second]
+    with pytest.raises(CadxInputError, match="no such experiment"):
+        sweep_table(demo, [999])
+
+
+def test_rename_and_delete(demo):
+    keep = _make_experiment(demo, name="keep")
+    scratch = _make_experiment(demo, name="scratch")
+    rename_experiment(demo, scratch, "  renamed  ")
+    with demo.sessions() as session:
+        assert session.get(Experiment, scratch).name == "renamed"
+    with pytest.raises(CadxInputError, match="empty"):
+        rename_experiment(demo, scratch, "   ")
+    with pytest.raises(CadxInputError, match="at most 128"):
+        rename_experiment(demo, scratch, "x" * 129)
+    with pytest.raises(CadxInputError, match="no such experiment"):
+        rename_experiment(demo, 999, "name")
+
+    with demo.sessions.begin() as session:
+        job = Job(kind="experiment", params={}, status="done", created_by="tester", experiment_id=scratch)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    n_rois = len(roi_records(demo))
+    assert delete_experiment(demo, scratch) == n_rois
+    with demo.sessions() as session:
+        assert session.get(Experiment, scratch) is None
+        assert session.scalar(select(func.count()).select_from(Prediction)
+                              .where(Prediction.experiment_id == scratch)) == 0
+        assert session.get(Job, job_id).experiment_id is None  # the job's history stays
+        assert session.get(Experiment, keep).name == "keep"
+        assert session.scalar(select(func.count()).select_from(Prediction)
+                              .where(Prediction.experiment_id == keep)) == n_rois
+    with pytest.raises(CadxInputError, match="no such experiment"):
+        delete_experiment(demo, scratch)
+
+
+def test_roi_overlay_draws_the_true_outline_of_a_phantom(demo):
+    record = roi_records(demo)[0]
+    image, info = roi_overlay(demo, record.id)
+    assert image.shape == (512, 512, 3) and image.dtype == np.uint8
+    assert info["has_truth_outline"] and not info["has_outline"]  # no Method B segmentation yet
+    assert info["segmentation_quality"] is None
+    cyan = (image == np.array([0, 220, 255], dtype=np.uint8)).all(axis=2)
+    assert 0 < cyan.sum() < 512 * 512 // 10  # an outline, not a filled region
+    with pytest.raises(CadxInputError, match="no such ROI"):
+        roi_overlay(demo, 10**6)
+
+
+def test_backbone_choices_list_taps_in_network_order():
+    choices = backbone_choices()
+    assert choices["alexnet"]["taps"][:2] == ["conv1", "pool1"] and choices["alexnet"]["taps"][-1] == "fc8"
+    assert choices["alexnet"]["ensemble_tap"] == "fc6"
+    assert set(choices) >= {"alexnet", "efficientnet_lite0"}
