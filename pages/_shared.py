@@ -1,16 +1,23 @@
 """State shared by the pages: the workspace (database + data directory), opened once per server process, and who
-is working in this browser session."""
+is working in this browser session (a logged-in account, or a named local reviewer when no login is required)."""
 
 from __future__ import annotations
+
+import os
+import sys
+import time
 
 import streamlit as st
 
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
+from cadx.workflows.accounts import authenticate, can, login_required
 
-__all__ = ["workspace", "current_user", "reviewer_sidebar", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+__all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
+           "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
+_NO_LOGIN_ROLE = "reviewer"  # no accounts yet: the local, single-lab demo (the app then listens on localhost only)
 
 
 @st.cache_resource(show_spinner=False)
@@ -22,17 +29,91 @@ def _open() -> Workspace:
     return ws
 
 
+def mark_routed() -> None:
+    """Called by app.py: this browser session runs under the app's navigation."""
+    st.session_state["_cadx_routed"] = True
+
+
 def workspace() -> Workspace:
-    """The workspace of this server (``$CADX_DATA_DIR``)."""
+    """The workspace of this server (``$CADX_DATA_DIR``).
+
+    A page opened by a direct link on a freshly started server runs without app.py (Streamlit's automatic
+    ``pages/`` routing); it then hands over to app.py, which opens the same page under the app's navigation.
+    """
+    if not st.session_state.get("_cadx_routed"):
+        page = sys._getframe(1).f_globals.get("__file__")
+        if page:
+            st.session_state["_cadx_deep_link"] = f"pages/{os.path.basename(page)}"
+        st.switch_page("app.py")
     return _open()
+
+
+def _session_hours() -> float:
+    """How long a sign-in lasts (``CADX_SESSION_HOURS``, default 8)."""
+    return float(os.environ.get("CADX_SESSION_HOURS", "8"))
+
+
+def _account() -> dict | None:
+    account = st.session_state.get("_cadx_account")
+    if account and time.time() - account["since"] > _session_hours() * 3600:
+        st.session_state.pop("_cadx_account", None)  # session expired: log in again
+        st.session_state["_cadx_expired"] = True
+        return None
+    return account
+
+
+def sign_in(ws: Workspace) -> None:
+    """Ask for a login when the app requires one (see cadx.workflows.accounts); stops the page until then."""
+    if not login_required(ws) or _account() is not None:
+        return
+    st.title("cadx — sign in")
+    if st.session_state.pop("_cadx_expired", False):
+        st.info(f"Your session expired after {_session_hours():g} hours; please sign in again.")
+    with st.form("sign_in", clear_on_submit=True):  # never keep a password in the page
+        username = st.text_input("User name")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        user = authenticate(ws, username.strip(), password)
+        if user is None:
+            st.error("Wrong user name or password (or the account is disabled).")
+        else:
+            st.session_state["_cadx_account"] = {"username": user.username, "role": user.role, "since": time.time()}
+            st.rerun()
+    st.stop()
 
 
 def current_user() -> str:
     """Who is working in this browser session (recorded with every change)."""
+    account = _account()
+    if account is not None:
+        return account["username"]
     return st.session_state.get("reviewer", "").strip() or "local user"
 
 
+def current_role() -> str | None:
+    account = _account()
+    if account is not None:
+        return account["role"]
+    return None if login_required(_open()) else _NO_LOGIN_ROLE
+
+
+def allowed(action: str) -> bool:
+    """Whether this session may ``action`` (upload, review, run, delete); says so on the page when it may not."""
+    if can(current_role(), action):
+        return True
+    st.info(f"Your role ({current_role() or 'none'}) cannot {action} here; ask an admin for the reviewer role.")
+    return False
+
+
 def reviewer_sidebar() -> None:
-    """The sidebar field naming the reviewer; every upload, flag and job records it."""
+    """The sidebar: who is signed in (with sign-out), or the reviewer-name field when no login is required."""
+    account = _account()
+    if account is not None:
+        st.sidebar.markdown(f"Signed in as **{account['username']}** ({account['role']})")
+        if st.sidebar.button("Sign out"):
+            st.session_state.pop("_cadx_account", None)
+            st.rerun()
+        return
     st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user",
                           help="Recorded with every upload, review decision and job you start.")

@@ -10,7 +10,8 @@ import streamlit as st
 from cadx.errors import CadxInputError
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.workflows.experiments import experiment_summary
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+from cadx.workflows.accounts import can
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_role, current_user, workspace
 
 ws = workspace()
 
@@ -98,9 +99,9 @@ rename, remove = st.columns(2)
 with rename:
     st.markdown("**Rename**")
     new_name = st.text_input("New name", value=e["name"], key=f"exp_new_name_{experiment_id}")
-    if st.button("Rename", key="exp_rename"):
+    if st.button("Rename", key="exp_rename", disabled=not can(current_role(), "run")):
         try:
-            rename_experiment(ws, experiment_id, new_name)
+            rename_experiment(ws, experiment_id, new_name, user=current_user())
         except CadxInputError as exc:
             st.error(str(exc))
         else:
@@ -110,8 +111,11 @@ with remove:
     st.markdown("**Delete**")
     st.caption("Deletes the experiment and its per-ROI predictions. ROIs, features and review history stay.")
     sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{e['name']}”", key=f"exp_confirm_{experiment_id}")
-    if st.button("Delete experiment", type="primary", disabled=not sure, key="exp_delete"):
-        n = delete_experiment(ws, experiment_id)
+    may_delete = can(current_role(), "delete")
+    if not may_delete:
+        st.caption("Deleting experiments needs the admin role.")
+    if st.button("Delete experiment", type="primary", disabled=not (sure and may_delete), key="exp_delete"):
+        n = delete_experiment(ws, experiment_id, user=current_user())
         st.session_state.pop("cadx_experiment", None)
         st.session_state["experiments_message"] = f"Experiment #{experiment_id} deleted ({n} predictions)."
         st.rerun()

@@ -18,7 +18,8 @@ from cadx.workflows import (
     roi_outline_image,
     roi_thumbnail,
 )
-from pages._shared import SYNTHETIC_BADGE, current_user, workspace
+from cadx.workflows.accounts import can
+from pages._shared import SYNTHETIC_BADGE, current_role, current_user, workspace
 
 REASONS = {"compression_paddle": "compression paddle", "location_marker": "location marker",
            "other": "other (say what in the note)"}
@@ -33,6 +34,10 @@ state.setdefault("review_open", None)  # the ROI shown on the right
 # ---------------------------------------------------------------------------------------------- actions ---
 # Decisions run as widget callbacks, before the page is drawn again, so every count below is already fresh.
 def _decide(action: str, ids: list[int], reason: str | None = None, note: str | None = None) -> None:
+    if not can(current_role(), "review"):
+        state["review_flash"] = ("error", f"Your role ({current_role()}) cannot flag ROIs; ask an admin for the "
+                                          "reviewer role.")
+        return
     try:
         if action == "exclude":
             exclude_rois(ws, ids, reason=reason, user=current_user(), note=note)

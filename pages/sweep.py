@@ -10,7 +10,8 @@ import streamlit as st
 
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_user, workspace
+from cadx.workflows.accounts import can
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_role, current_user, workspace
 
 ws = workspace()
 WEIGHTS = {"default": "Pretrained (ImageNet)", "random": "Random (untrained)"}
@@ -96,7 +97,10 @@ with st.expander("Start a sweep", expanded=not experiments):
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="sweep_seed")
     analytic = c3.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
     name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
-    if st.button("Start sweep", type="primary", key="sweep_start"):
+    may_run = can(current_role(), "run")
+    if not may_run:
+        st.caption("Starting a sweep needs the reviewer role.")
+    if st.button("Start sweep", type="primary", key="sweep_start", disabled=not may_run):
         if not taps:
             st.error("Choose at least one tap.")
         else:
@@ -130,7 +134,7 @@ def job_panel() -> None:
                         f"by {job.created_by}")
             fraction = (job.progress_done / job.progress_total) if job.progress_total else 0.0
             st.progress(min(max(fraction, 0.0), 1.0), text=job.message or job.status)
-            if st.button("Cancel", key=f"cancel_job_{job.id}"):
+            if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not can(current_role(), "run")):
                 cancel_job(ws, job.id, user=current_user())
                 st.rerun()
     for job_id in reversed(st.session_state.get("sweep_jobs", [])[-3:]):

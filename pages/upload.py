@@ -20,7 +20,7 @@ from cadx.workflows import (
     upload_patients,
 )
 from cadx.workflows.browse import MAX_IMAGE_BYTES
-from pages._shared import current_user, workspace
+from pages._shared import allowed, current_user, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
 FROM_FILE = "From the DICOM file (pseudonym)"
@@ -70,6 +70,8 @@ def _show_report() -> None:
 
 
 st.title("Upload case")
+if not allowed("upload"):
+    st.stop()
 st.info(
     "Files are **de-identified on ingest**: only technical header fields are kept; names, IDs, dates, UIDs, "
     "institutions, private tags and sequences are dropped, the patient becomes a keyed pseudonym and the stored "

@@ -190,8 +190,8 @@ def test_sweep_page_overlays_experiments_for_comparison(use, experiment_dir):
         assert "relative depth" in spec["layout"]["xaxis"]["title"]["text"]
     finally:
         ws = open_workspace(data)
-        delete_experiment(ws, same)
-        delete_experiment(ws, other)
+        delete_experiment(ws, same, user="tester")
+        delete_experiment(ws, other, user="tester")
         ws.engine.dispose()
 
 

@@ -207,15 +207,15 @@ def test_sweep_table_and_experiment_list(demo):
 def test_rename_and_delete(demo):
     keep = _make_experiment(demo, name="keep")
     scratch = _make_experiment(demo, name="scratch")
-    rename_experiment(demo, scratch, "  renamed  ")
+    rename_experiment(demo, scratch, "  renamed  ", user="tester")
     with demo.sessions() as session:
         assert session.get(Experiment, scratch).name == "renamed"
     with pytest.raises(CadxInputError, match="empty"):
-        rename_experiment(demo, scratch, "   ")
+        rename_experiment(demo, scratch, "   ", user="tester")
     with pytest.raises(CadxInputError, match="at most 128"):
-        rename_experiment(demo, scratch, "x" * 129)
+        rename_experiment(demo, scratch, "x" * 129, user="tester")
     with pytest.raises(CadxInputError, match="no such experiment"):
-        rename_experiment(demo, 999, "name")
+        rename_experiment(demo, 999, "name", user="tester")
 
     with demo.sessions.begin() as session:
         job = Job(kind="experiment", params={}, status="done", created_by="tester", experiment_id=scratch)
@@ -223,7 +223,7 @@ def test_rename_and_delete(demo):
         session.flush()
         job_id = job.id
     n_rois = len(roi_records(demo))
-    assert delete_experiment(demo, scratch) == n_rois
+    assert delete_experiment(demo, scratch, user="tester") == n_rois
     with demo.sessions() as session:
         assert session.get(Experiment, scratch) is None
         assert session.scalar(select(func.count()).select_from(Prediction)
@@ -233,7 +233,15 @@ def test_rename_and_delete(demo):
         assert session.scalar(select(func.count()).select_from(Prediction)
                               .where(Prediction.experiment_id == keep)) == n_rois
     with pytest.raises(CadxInputError, match="no such experiment"):
-        delete_experiment(demo, scratch)
+        delete_experiment(demo, scratch, user="tester")
+    # the audit trail keeps what was renamed and deleted, and by whom
+    from cadx.workflows.accounts import audit_events
+
+    trail = {(e.action, e.target): e for e in audit_events(demo)}
+    assert trail[("experiment_rename", f"experiment {scratch}")].detail == {"from": "scratch", "to": "renamed"}
+    deleted = trail[("experiment_delete", f"experiment {scratch}")]
+    assert deleted.user == "tester" and deleted.detail["name"] == "renamed" and deleted.detail["config_sha256"]
+    assert ("experiment_run", f"experiment {keep}") in trail
 
 
 def test_roi_overlay_draws_the_true_outline_of_a_phantom(demo):

@@ -30,6 +30,7 @@ from cadx.workflows.features import (
     extract_cnn_features,
     roi_records,
 )
+from cadx.workflows.accounts import record_audit
 from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
@@ -184,6 +185,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         )
         session.add(experiment)
         session.flush()
+        record_audit(session, user=user, action="experiment_run", target=f"experiment {experiment.id}",
+                     detail={"name": name, "config_sha256": config_sha, "code_version": version})
         b = methods.get("B")
         session.add_all(
             Prediction(

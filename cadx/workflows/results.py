@@ -21,6 +21,7 @@ from cadx import stats
 from cadx.errors import CadxInputError
 from cadx.roi import decode_png16
 from cadx.workflows.experiments import _comparisons, _jsonable, _method_stats
+from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
 
@@ -109,7 +110,7 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
     return rows
 
 
-def rename_experiment(workspace: Workspace, experiment_id: int, name: str) -> None:
+def rename_experiment(workspace: Workspace, experiment_id: int, name: str, *, user: str) -> None:
     """Give an experiment a new name (its config and numbers never change)."""
     name = (name or "").strip()
     if not name:
@@ -117,13 +118,23 @@ def rename_experiment(workspace: Workspace, experiment_id: int, name: str) -> No
     if len(name) > _NAME_MAX:
         raise CadxInputError("name", f"the name has {len(name)} characters", f"use at most {_NAME_MAX}")
     with workspace.sessions.begin() as session:
-        _experiment(session, experiment_id).name = name
+        experiment = _experiment(session, experiment_id)
+        record_audit(session, user=user, action="experiment_rename", target=f"experiment {experiment_id}",
+                     detail={"from": experiment.name, "to": name})
+        experiment.name = name
 
 
-def delete_experiment(workspace: Workspace, experiment_id: int) -> int:
-    """Delete an experiment and its predictions (features and ROIs stay); returns how many predictions went."""
+def delete_experiment(workspace: Workspace, experiment_id: int, *, user: str) -> int:
+    """Delete an experiment and its predictions (features and ROIs stay); returns how many predictions went.
+
+    The audit trail keeps what was deleted: name, config hash, code version and the headline AUCs.
+    """
     with workspace.sessions.begin() as session:
-        _experiment(session, experiment_id)
+        experiment = _experiment(session, experiment_id)
+        record_audit(session, user=user, action="experiment_delete", target=f"experiment {experiment_id}",
+                     detail={"name": experiment.name, "config_sha256": experiment.config_sha256,
+                             "code_version": experiment.code_version, "created_by": experiment.created_by,
+                             "aucs": {m: r.get("auc_mean") for m, r in experiment.results.get("methods", {}).items()}})
         n = session.execute(delete(Prediction).where(Prediction.experiment_id == experiment_id)).rowcount
         session.execute(update(Job).where(Job.experiment_id == experiment_id).values(experiment_id=None))
         session.execute(delete(Experiment).where(Experiment.id == experiment_id))

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadx.errors import CadxInputError
+from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import EXCLUSION_REASONS, ReviewEvent, Roi
 
@@ -91,5 +92,11 @@ def _record(workspace: Workspace, roi_ids: Iterable[int], *, action: str, reason
             roi.included = action == "include"
             roi.exclusion_reason = reason
             events.append(event)
+        record_audit(session, user=user.strip(), action=action, target=_targets(ids),
+                     detail={"roi_ids": ids, "reason": reason, "note": note})
         session.flush()
     return events
+
+
+def _targets(ids: list[int]) -> str:
+    return f"roi {ids[0]}" if len(ids) == 1 else f"{len(ids)} rois"
