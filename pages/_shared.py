@@ -10,14 +10,14 @@ import time
 import streamlit as st
 
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
-from cadx.workflows.accounts import authenticate, can, login_required
+from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
 __all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
            "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
-_NO_LOGIN_ROLE = "reviewer"  # no accounts yet: the local, single-lab demo (the app then listens on localhost only)
+_NO_LOGIN_ROLE = "admin"  # no accounts yet: the local owner of the data (the app then listens on localhost only)
 
 
 @st.cache_resource(show_spinner=False)
@@ -62,13 +62,36 @@ def _account() -> dict | None:
     return account
 
 
+def _oidc_configured() -> bool:
+    """Whether an OpenID Connect provider is configured for st.login (an ``[auth]`` section in secrets.toml)."""
+    try:
+        return "auth" in st.secrets
+    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
+        return False
+
+
+def _oidc_account(ws: Workspace) -> dict | None:
+    """The account of a user signed in through the OIDC provider: the local account with the same name (their
+    e-mail) gives the role, otherwise they may only view."""
+    if not (_oidc_configured() and st.user.get("is_logged_in", False)):
+        return None
+    name = str(st.user.get("email") or st.user.get("name") or "sso user")
+    roles = {u.username: u.role for u in list_users(ws) if not u.disabled}
+    return {"username": name, "role": roles.get(name, "viewer"), "since": time.time(), "sso": True}
+
+
 def sign_in(ws: Workspace) -> None:
     """Ask for a login when the app requires one (see cadx.workflows.accounts); stops the page until then."""
-    if not login_required(ws) or _account() is not None:
+    if _account() is None and (account := _oidc_account(ws)) is not None:
+        st.session_state["_cadx_account"] = account
+    if not (login_required(ws) or _oidc_configured()) or _account() is not None:
         return
     st.title("cadx — sign in")
     if st.session_state.pop("_cadx_expired", False):
         st.info(f"Your session expired after {_session_hours():g} hours; please sign in again.")
+    if _oidc_configured():
+        st.button("Sign in with your institution (single sign-on)", on_click=st.login, type="primary")
+        st.caption("Or with a local cadx account:")
     with st.form("sign_in", clear_on_submit=True):  # never keep a password in the page
         username = st.text_input("User name")
         password = st.text_input("Password", type="password")
@@ -113,6 +136,8 @@ def reviewer_sidebar() -> None:
         st.sidebar.markdown(f"Signed in as **{account['username']}** ({account['role']})")
         if st.sidebar.button("Sign out"):
             st.session_state.pop("_cadx_account", None)
+            if account.get("sso"):
+                st.logout()
             st.rerun()
         return
     st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user",

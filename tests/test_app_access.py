@@ -72,3 +72,16 @@ def test_sessions_expire(data_dir, monkeypatch):
     fresh.session_state["_cadx_account"] = {**signed_in_long_ago, "since": time.time()}
     fresh.run()
     assert fresh.title[0].value != "cadx — sign in"
+
+
+def test_single_sign_on_is_offered_only_when_configured(data_dir):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not [b for b in at.button if "single sign-on" in b.label]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "cadx", "client_secret": "s",
+                          "server_metadata_url": "https://sso.example.org/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception
+    assert [b for b in at.button if "single sign-on" in b.label]
+    assert at.title[0].value == "cadx — sign in"

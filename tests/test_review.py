@@ -160,6 +160,43 @@ def test_concurrent_overlapping_bulk_decisions_do_not_deadlock(demo):
         assert len(_assert_state_is_last_event(demo, roi_id)) == 12
 
 
+def _review_in_another_process(data_dir: str, database_url: str, worker: int, rounds: int, start_at: float) -> None:
+    """One reviewer process: its own interpreter, engine and connections, like a second app server or the CLI."""
+    import time as _time
+
+    from cadx.workflows import exclude_roi as _exclude, include_roi as _include, open_workspace as _open
+
+    ws = _open(data_dir, database_url)
+    _time.sleep(max(0.0, start_at - _time.time()))  # all processes start writing at the same moment
+    for k in range(rounds):
+        if (worker + k) % 2:
+            _exclude(ws, 1, reason="location_marker", user=f"process-{worker}", note=f"round {k}")
+        else:
+            _include(ws, 1, user=f"process-{worker}", note=f"round {k}")
+    ws.engine.dispose()
+
+
+def test_several_processes_writing_at_once_lose_no_review_event(demo):
+    """Separate processes (not threads) deciding on one ROI at once: every event is there, the state is the last."""
+    import multiprocessing
+    import time as _time
+
+    n_processes, rounds = 4, 5
+    url = demo.engine.url.render_as_string(hide_password=False)
+    start_at = _time.time() + 8.0  # after every process has imported cadx and opened the database
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_review_in_another_process,
+                                 args=(str(demo.data_dir), url, i, rounds, start_at)) for i in range(n_processes)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+    assert [p.exitcode for p in processes] == [0] * n_processes
+    events = _assert_state_is_last_event(demo, 1)
+    assert sorted((e.user, e.note) for e in events) == sorted(
+        (f"process-{i}", f"round {k}") for i in range(n_processes) for k in range(rounds))
+
+
 # -------------------------------------------------------------------------------------------- browsing ---
 def test_browse_filters_and_paging(demo):
     everything = browse_rois(demo, page_size=1000)
