@@ -3,6 +3,7 @@ is working in this browser session (a logged-in account, or a named local review
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
 __all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
-           "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "pick_experiment", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -142,3 +143,43 @@ def reviewer_sidebar() -> None:
         return
     st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user",
                           help="Recorded with every upload, review decision and job you start.")
+
+
+def pick_experiment(key: str, *, purpose: str) -> dict:
+    """The experiment chooser shared by the result pages (remembered across them), with its data badges.
+
+    Stops the page with a pointer to the Layer sweep page when there is no finished experiment yet.
+    """
+    from cadx.workflows import list_experiments
+
+    experiments = [e for e in list_experiments(workspace()) if e["auc_A"] is not None]
+    if not experiments:
+        st.info(f"No experiment yet. Start one on the Layer sweep page; its {purpose} appear here.")
+        st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon=":material/show_chart:")
+        st.stop()
+    by_id = {e["id"]: e for e in experiments}
+    ids = list(by_id)
+    remembered = st.session_state.get("cadx_experiment")
+    experiment_id = st.selectbox(
+        "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key=key,
+        format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
+                              f"{by_id[i]['n_rois']} ROIs, {by_id[i]['created_at']:%Y-%m-%d %H:%M})")
+    st.session_state["cadx_experiment"] = experiment_id
+    experiment = by_id[experiment_id]
+    badges = [b for b, on in ((SYNTHETIC_BADGE, experiment["uses_synthetic_data"]),
+                              (RANDOM_WEIGHTS_BADGE, experiment["uses_random_weights"])) if on]
+    if badges:
+        st.markdown(" ".join(badges))
+    return experiment
+
+
+def figure_downloads(fig, stem: str, *, width: int = 1000, height: int = 600) -> None:
+    """Server-side PNG/SVG buttons for a plotly figure when kaleido is installed (the chart's own camera button
+    downloads it in any case)."""
+    if importlib.util.find_spec("kaleido") is None:
+        return
+    png, svg = st.columns(2)
+    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=width, height=height, scale=2),
+                        file_name=f"{stem}.png", mime="image/png", on_click="ignore")
+    svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=width, height=height),
+                        file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")

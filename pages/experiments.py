@@ -26,7 +26,7 @@ if message := st.session_state.pop("experiments_message", None):
 experiments = list_experiments(ws)
 if not experiments:
     st.info("No experiment yet. Start one on the Layer sweep page.")
-    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon=":material/show_chart:")
     st.stop()
 
 history = pd.DataFrame([{

@@ -72,7 +72,7 @@ if running:
 recent = list_experiments(ws, limit=5)
 if not recent:
     st.info("No experiment yet: start a layer sweep to reproduce the paper's Fig. 3.")
-    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
+    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon=":material/show_chart:")
 else:
     if any(e["uses_synthetic_data"] for e in recent) or any(e["uses_random_weights"] for e in recent):
         st.markdown(" ".join(b for b, on in (
@@ -90,4 +90,4 @@ else:
         **{c: st.column_config.NumberColumn(format="%.3f")
            for c in ("best tap AUC", "SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
     })
-    st.page_link("pages/experiments.py", label="All experiments", icon="🗂️")
+    st.page_link("pages/experiments.py", label="All experiments", icon=":material/history:")

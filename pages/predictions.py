@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cadx.workflows import lesion_predictions, list_experiments, roi_overlay, roi_predictions
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
+from pages._shared import pick_experiment, workspace
 
 ws = workspace()
 LEVELS = {"roi": "Per ROI", "lesion": "Per lesion (mean of its ROIs)"}
@@ -23,25 +23,8 @@ st.caption("Out-of-fold probabilities of malignancy: p1 from SVM1 (CNN features)
            "features), p3 = (p1 + p2) / 2 from the ensemble. Each case was predicted by the classifier trained on "
            "the other folds. Right or wrong at a threshold of 0.5.")
 
-experiments = [e for e in list_experiments(ws) if e["auc_A"] is not None]
-if not experiments:
-    st.info("No experiment yet. Start one on the Layer sweep page; its predictions appear here.")
-    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
-    st.stop()
-
-by_id = {e["id"]: e for e in experiments}
-ids = list(by_id)
-remembered = st.session_state.get("cadx_experiment")
-experiment_id = st.selectbox(
-    "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key="pred_experiment",
-    format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
-                          f"{by_id[i]['n_rois']} ROIs)")
-st.session_state["cadx_experiment"] = experiment_id
-experiment = by_id[experiment_id]
-badges = [b for b, on in ((SYNTHETIC_BADGE, experiment["uses_synthetic_data"]),
-                          (RANDOM_WEIGHTS_BADGE, experiment["uses_random_weights"])) if on]
-if badges:
-    st.markdown(" ".join(badges))
+experiment = pick_experiment("pred_experiment", purpose="predictions")
+experiment_id = experiment["id"]
 
 left, middle, right = st.columns([2, 3, 2])
 level = left.radio("Level", list(LEVELS), format_func=LEVELS.get, key="pred_level")

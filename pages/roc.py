@@ -3,14 +3,13 @@ significance tests, at ROI or lesion level."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cadx.workflows import comparison_table, experiment_results, list_experiments, method_table, roc_curve_table
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+from cadx.workflows import comparison_table, experiment_results, method_table, roc_curve_table
+from pages._shared import figure_downloads, pick_experiment, workspace
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
@@ -29,30 +28,9 @@ st.caption("The paper's Fig. 4 and Table 1: SVM1 on CNN features (Method A), SVM
            "(Method B) and their soft-voting ensemble p3 = (p1 + p2) / 2, from out-of-fold probabilities of "
            "cross-validation by lesion.")
 
-experiments = [e for e in list_experiments(ws) if e["auc_A"] is not None]
-if not experiments:
-    st.info("No experiment yet. Start one on the Layer sweep page; its ROC curves appear here.")
-    st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon="📈")
-    st.stop()
-
-by_id = {e["id"]: e for e in experiments}
-ids = list(by_id)
-remembered = st.session_state.get("cadx_experiment")
-experiment_id = st.selectbox(
-    "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key="roc_experiment",
-    format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
-                          f"{by_id[i]['n_rois']} ROIs, {by_id[i]['created_at']:%Y-%m-%d %H:%M})")
-st.session_state["cadx_experiment"] = experiment_id
-experiment = by_id[experiment_id]
+experiment = pick_experiment("roc_experiment", purpose="ROC curves")
+experiment_id = experiment["id"]
 level = st.radio("Level", list(LEVELS), format_func=LEVELS.get, horizontal=True, key="roc_level")
-
-badges = []
-if experiment["uses_synthetic_data"]:
-    badges.append(SYNTHETIC_BADGE)
-if experiment["uses_random_weights"]:
-    badges.append(RANDOM_WEIGHTS_BADGE)
-if badges:
-    st.markdown(" ".join(badges))
 
 results = _results(ws, str(ws.data_dir), experiment_id, experiment["config_sha256"],
                    experiment["created_at"].isoformat(), level)
@@ -100,12 +78,7 @@ st.caption(f"Download the figure as {fmt} with the camera icon at the top right 
 st.plotly_chart(fig, key="roc_chart", config={
     "displaylogo": False, "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000,
                                                    "height": 800, "scale": 2 if fmt == "PNG" else 1}})
-if importlib.util.find_spec("kaleido") is not None:
-    png, svg = st.columns(2)
-    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=1000, height=800, scale=2),
-                        file_name=f"{stem}.png", mime="image/png", on_click="ignore")
-    svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=1000, height=800),
-                        file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")
+figure_downloads(fig, stem, height=800)
 
 # -------------------------------------------------------------------------------------------------- Table 1 ---
 st.subheader("Performance (Table 1)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,7 +10,14 @@ import streamlit as st
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
 from cadx.workflows.accounts import can
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_role, current_user, workspace
+from pages._shared import (
+    RANDOM_WEIGHTS_BADGE,
+    SYNTHETIC_BADGE,
+    current_role,
+    current_user,
+    figure_downloads,
+    workspace,
+)
 
 ws = workspace()
 WEIGHTS = {"default": "Pretrained (ImageNet)", "random": "Random (untrained)"}
@@ -43,16 +49,6 @@ def _figure_config(stem: str, key: str) -> dict:
     return {"displaylogo": False,
             "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000, "height": 600,
                                      "scale": 2 if fmt == "PNG" else 1}}
-
-
-def _server_side_downloads(fig: go.Figure, stem: str) -> None:
-    if importlib.util.find_spec("kaleido") is None:
-        return
-    png, svg = st.columns(2)
-    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=1000, height=600, scale=2),
-                        file_name=f"{stem}.png", mime="image/png", on_click="ignore")
-    svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=1000, height=600),
-                        file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")
 
 
 st.title("Layer sweep")
@@ -205,7 +201,7 @@ if warning:
     fig.update_layout(title_font_color="#c0392b")
 config = _figure_config("cadx-layer-sweep", "sweep_fig_format")
 st.plotly_chart(fig, config=config, key="sweep_chart")
-_server_side_downloads(fig, "cadx-layer-sweep")
+figure_downloads(fig, "cadx-layer-sweep")
 
 st.subheader("Feature lengths and time per tap")
 st.caption("Feature length: the tap's flattened output. After zero-variance removal: features that vary across "

@@ -76,7 +76,7 @@ st.info(
     "Files are **de-identified on ingest**: only technical header fields are kept; names, IDs, dates, UIDs, "
     "institutions, private tags and sequences are dropped, the patient becomes a keyed pseudonym and the stored "
     "file name is opaque. Research use only.",
-    icon="🔒",
+    icon=":material/lock:",
 )
 _show_report()
 
