@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cadx.errors import CadxError, CadxInputError
+from cadx.errors import CadxError
 from cadx.workflows import (
     ImportReport,
     Workspace,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 

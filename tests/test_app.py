@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from cadx.workflows import import_demo, open_workspace
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.apptest_support import open_page, point_app_at
 
 
 @pytest.fixture
 def demo_data_dir(tmp_path, monkeypatch):
     data = tmp_path / "data"
     import_demo(open_workspace(data), n_lesions=4, seed=1)
-    monkeypatch.setenv("CADX_DATA_DIR", str(data))
-    monkeypatch.delenv("CADX_DATABASE_URL", raising=False)
-    return data
+    return point_app_at(data, monkeypatch)
 
 
 def _run(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if page is not None:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(page)
 
 
 def test_overview_shows_counts_and_says_synthetic(demo_data_dir):

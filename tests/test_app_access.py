@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import streamlit as st
@@ -12,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from cadx.workflows import import_demo, open_workspace
 from cadx.workflows.accounts import add_user
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.apptest_support import APP, point_app_at
 PASSWORD = "a long enough secret"
 
 
@@ -23,11 +22,8 @@ def data_dir(tmp_path, monkeypatch):
     import_demo(workspace, n_lesions=2, seed=1)
     add_user(workspace, "vera", PASSWORD, role="viewer", by="setup")
     add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
-    monkeypatch.setenv("CADX_DATA_DIR", str(data))
-    monkeypatch.delenv("CADX_DATABASE_URL", raising=False)
     monkeypatch.delenv("CADX_AUTH", raising=False)
-    st.cache_resource.clear()  # the app caches one workspace per process
-    yield data
+    yield point_app_at(data, monkeypatch)
     st.cache_resource.clear()
 
 

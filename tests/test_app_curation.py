@@ -17,7 +17,7 @@ from cadx.workflows import import_demo, open_workspace
 from db.models import Image, ReviewEvent, Roi
 from tests.dicom_factory import disk_image, write_mammogram
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.apptest_support import open_page, point_app_at
 
 
 @pytest.fixture
@@ -26,19 +26,12 @@ def demo_data_dir(tmp_path, monkeypatch):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=4, seed=1)
     ws.engine.dispose()
-    monkeypatch.setenv("CADX_DATA_DIR", str(data))
-    monkeypatch.delenv("CADX_DATABASE_URL", raising=False)
-    st.cache_resource.clear()  # the app caches its workspace per process: open this test's
-    yield data
+    yield point_app_at(data, monkeypatch)
     st.cache_resource.clear()
 
 
 def _page(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(page)
 
 
 def _as(at: AppTest, reviewer: str) -> AppTest:

@@ -18,7 +18,7 @@ from cadx.workflows.experiments import ExperimentSettings, experiment_summary, r
 from cadx.workflows.features import resolve_backbone
 from db.models import Experiment, Job, Prediction
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.apptest_support import open_page, point_app_at
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,7 @@ def use(monkeypatch):
     """Point the app at a data directory (and forget the workspace another test opened)."""
 
     def use(data: Path) -> Path:
-        st.cache_resource.clear()
-        st.cache_data.clear()
-        monkeypatch.setenv("CADX_DATA_DIR", str(data))
-        monkeypatch.delenv("CADX_DATABASE_URL", raising=False)
-        return data
+        return point_app_at(data, monkeypatch)
 
     yield use
     st.cache_resource.clear()
@@ -60,11 +56,7 @@ def use(monkeypatch):
 
 
 def _run(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(page, timeout=120)
 
 
 def _text(at: AppTest) -> str:

@@ -10,7 +10,6 @@ from sqlalchemy import select
 from cadx.errors import CadxInputError
 from cadx.workflows import exclude_roi, import_demo, open_workspace
 from cadx.workflows.backup import backup_workspace, restore_workspace
-from db.models import Base
 from tests.test_import_files import _snapshot
 
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from alembic.migration import MigrationContext
-from sqlalchemy import DateTime, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
@@ -44,7 +44,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(value: Any, column) -> Any:
+def _decode(value: Any) -> Any:
     if isinstance(value, dict) and "__datetime__" in value:
         return datetime.fromisoformat(value["__datetime__"])
     if isinstance(value, dict) and "__bytes__" in value:
@@ -143,7 +143,7 @@ def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any
         path.write_bytes(data)
     with workspace.engine.begin() as connection:
         for table in Base.metadata.sorted_tables:
-            rows = [{column.name: _decode(row.get(column.name), column) for column in table.columns}
+            rows = [{column.name: _decode(row.get(column.name)) for column in table.columns}
                     for row in tables.get(table.name, [])]
             if rows:
                 connection.execute(insert(table), rows)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from cadx import io as cadx_io
 from cadx import roi as cadx_roi
-from cadx.errors import CadxInputError, ImageReadError, ManifestError
+from cadx.errors import CadxInputError, ImageReadError
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi

@@ -155,7 +155,7 @@ def test_two_reviewers_flag_the_same_roi_at_once(app_server, browser):
         for button in buttons:  # both clicks go out before either page has redrawn
             button.click(no_wait_after=True)
         for page, name in zip(pages, ["Reviewer A", "Reviewer B"]):
-            page.get_by_text(f"ROI #5 flagged as").wait_for()
+            page.get_by_text("ROI #5 flagged as").wait_for()
             page.get_by_text(f"by {name}.").wait_for()
             wait_for_app(page)
         screenshot(pages[1], "review-two-reviewers")
