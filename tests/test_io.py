@@ -534,3 +534,19 @@ def test_mammogram_is_frozen(tmp_path: Path, img12: np.ndarray) -> None:
         m.view = "CC"  # type: ignore[misc]
     with pytest.raises(ValueError):
         m.pixels[0, 0] = 1
+
+
+def test_palette_png(tmp_path: Path) -> None:
+    """A colour palette is refused; a grey palette reads as the grey values it maps to."""
+    indices = np.arange(30, dtype=np.uint8).reshape(6, 5)
+    colour = Image.fromarray(indices).convert("P")
+    colour.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
+    colour.save(tmp_path / "palette.png")
+    with pytest.raises(ImageReadError) as exc_info:
+        read_image(tmp_path / "palette.png", pixel_spacing_mm=0.1)
+    assert_read_error(exc_info, "palette.png")
+    grey = Image.fromarray(indices).convert("P")
+    grey.putpalette([v for i in range(256) for v in (255 - i,) * 3])  # an inverted grey ramp
+    grey.save(tmp_path / "grey_palette.png")
+    m = read_image(tmp_path / "grey_palette.png", pixel_spacing_mm=0.1)
+    np.testing.assert_array_equal(m.pixels, 255 - indices.astype(np.float32))
