@@ -61,6 +61,11 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     for p in predictions:
         folds_by_lesion.setdefault(p.lesion_id, set()).add(p.fold)
     assert all(len(f) == 1 for f in folds_by_lesion.values())
+    from cadx.workflows.accounts import audit_events
+
+    runs = [e for e in audit_events(demo) if e.action == "experiment_run"]
+    assert [(e.target, e.user, e.detail["config_sha256"]) for e in runs] == [
+        (f"experiment {first}", "tester", a["config_sha256"]), (f"experiment {second}", "tester", a["config_sha256"])]
     comparisons = a["results"]["comparisons"]
     assert [c["comparison"] for c in comparisons] == ["C vs A", "C vs B", "A vs B"]
     for c in comparisons:
