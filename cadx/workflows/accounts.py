@@ -4,8 +4,9 @@ Roles: ``viewer`` (read only), ``reviewer`` (also uploads, review decisions, job
 deleting experiments). Passwords are stored only as Argon2id hashes (argon2-cffi).
 
 Login policy (``CADX_AUTH``): ``auto`` (default) asks for a login as soon as one account exists, and runs without
-login — everyone acting as ``local user`` with the admin role, as the owner of the data — while none does, which keeps the one-command
-local demo (the app then listens on localhost only); ``required`` always asks; ``off`` never asks.
+login while none does — everyone acting as ``local user`` with the admin role, as the owner of the data — which
+keeps the one-command local demo (the app then listens on localhost only); ``required`` always asks; ``off`` never
+asks.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
 
-__all__ = ["ExperimentSettings", "run_experiment", "experiment_summary", "code_version"]
+__all__ = ["ExperimentSettings", "run_experiment", "experiment_summary", "code_version", "method_statistics",
+           "compare_methods", "json_safe"]
 
 _CURVE_POINTS = 101
 
@@ -160,26 +161,26 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         "comparisons": [],
     }
     scores = {"A": method_a.proba}
-    results["methods"]["A"] = _method_stats(f"SVM1 (CNN {backbone} {ensemble_tap})", method_a.proba, method_a, y,
-                                            lesions, settings.seed, sweep.layers[ensemble_tap].seconds)
+    results["methods"]["A"] = method_statistics(f"SVM1 (CNN {backbone} {ensemble_tap})", method_a.proba, method_a,
+                                                y, lesions, settings.seed, sweep.layers[ensemble_tap].seconds)
     if settings.analytic:
         b = methods["B"]
         scores["B"] = b.proba
         scores["C"] = p3
-        results["methods"]["B"] = _method_stats("SVM2 (analytic features)", b.proba, b, y, lesions, settings.seed,
-                                                b.seconds)
+        results["methods"]["B"] = method_statistics("SVM2 (analytic features)", b.proba, b, y, lesions,
+                                                    settings.seed, b.seconds)
         results["methods"]["B"]["segmentation_quality"] = {q: quality.count(q) for q in sorted(set(quality))}
         fold_c = np.array([stats.auc(y[method_a.fold == k], p3[method_a.fold == k])
                            for k in range(settings.n_folds)])
-        results["methods"]["C"] = _method_stats("Ensemble (p1 + p2) / 2", p3, None, y, lesions, settings.seed,
-                                                method_a.seconds + b.seconds, fold_aucs=fold_c)
-        results["comparisons"] = _comparisons(results["methods"], scores, y, method_a.fold, settings.n_folds)
+        results["methods"]["C"] = method_statistics("Ensemble (p1 + p2) / 2", p3, None, y, lesions,
+                                                    settings.seed, method_a.seconds + b.seconds, fold_aucs=fold_c)
+        results["comparisons"] = compare_methods(results["methods"], scores, y, method_a.fold, settings.n_folds)
     seconds = time.perf_counter() - started
     report(4, 4, "saving the experiment")
     with workspace.sessions.begin() as session:
         experiment = Experiment(
             name=name, kind="sweep" if len(sweep_taps) > 1 else "evaluate", config=config, config_sha256=config_sha,
-            code_version=version, results=_jsonable(results), seconds=seconds,
+            code_version=version, results=json_safe(results), seconds=seconds,
             uses_synthetic_data=any(r.is_synthetic for r in records),
             uses_random_weights=loaded.weights.source == "random", created_by=user,
         )
@@ -214,8 +215,11 @@ def _check_dataset(records, n_folds: int) -> None:
             f"import more cases (at least {n_folds} lesions of each label) or include excluded ROIs")
 
 
-def _method_stats(title: str, proba: np.ndarray, result, y: np.ndarray, lesions: np.ndarray, seed: int,
-                  seconds: float, *, fold_aucs: np.ndarray | None = None) -> dict[str, Any]:
+def method_statistics(title: str, proba: np.ndarray, result, y: np.ndarray, lesions: np.ndarray, seed: int,
+                      seconds: float, *, fold_aucs: np.ndarray | None = None) -> dict[str, Any]:
+    """Table-1 statistics of one classifier's out-of-fold probabilities (``result``: its CvResult, or None for the
+    ensemble): fold AUC mean/SD/SE, pooled AUC with DeLong CI, lesion-level AUC, clustered bootstrap CI, ROC points,
+    binormal fit."""
     fold_aucs = result.fold_auc if fold_aucs is None else fold_aucs
     summary = stats.fold_auc_summary(fold_aucs)
     delong = stats.delong_ci(y, proba)
@@ -259,7 +263,8 @@ def _bootstrap(y, proba, lesions, seed) -> list[float] | None:
     return [ci.lower, ci.upper]
 
 
-def _comparisons(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int) -> list[dict]:
+def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int) -> list[dict]:
+    """C vs A, C vs B, A vs B: DeLong, fold-wise paired t and Nadeau-Bengio p-values, each Bonferroni-adjusted."""
     pairs = [("C", "A"), ("C", "B"), ("A", "B")]
     n_test = int(round(len(y) / n_folds))  # the folds' average test size, as Nadeau & Bengio's ratio needs
     rows = []
@@ -283,17 +288,18 @@ def _comparisons(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, 
     return rows
 
 
-def _jsonable(value):
+def json_safe(value):
+    """``value`` with numpy scalars/arrays turned into plain JSON types and non-finite floats into None."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return None if not np.isfinite(value) else float(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return json_safe(value.tolist())
     return value
 
 

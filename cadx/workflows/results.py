@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from cadx import stats
 from cadx.errors import CadxInputError
 from cadx.roi import decode_png16
-from cadx.workflows.experiments import _comparisons, _jsonable, _method_stats
+from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
@@ -208,14 +208,14 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         s = lesions[column].to_numpy(dtype=float)
         fold_aucs = np.array([_fold_auc(y[folds == k], s[folds == k]) for k in range(n_folds)])
         fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
-        methods[key] = _method_stats(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
-                                     stored.get("seconds", 0.0), fold_aucs=fold_aucs)
+        methods[key] = method_statistics(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
+                                         stored.get("seconds", 0.0), fold_aucs=fold_aucs)
         scores[key] = s
     comparisons = []
     if {"A", "B", "C"} <= methods.keys():
-        comparisons = _comparisons(methods, scores, y, folds, n_folds)
+        comparisons = compare_methods(methods, scores, y, folds, n_folds)
     return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
-            "methods": _jsonable(methods), "comparisons": _jsonable(comparisons)}
+            "methods": json_safe(methods), "comparisons": json_safe(comparisons)}
 
 
 def _fold_auc(y: np.ndarray, s: np.ndarray) -> float:
