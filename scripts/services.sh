@@ -16,7 +16,7 @@ if ! pg_lsclusters -h | grep -q "^$version main"; then
 fi
 # Listen on loopback only.
 sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/" "/etc/postgresql/$version/main/postgresql.conf"
-pg_ctlcluster "$version" main start 2>/dev/null || true
+pg_ctlcluster "$version" main start >/dev/null 2>&1 || true  # already running is fine
 for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cadx'\"" | grep -q 1 \
   || su postgres -c "psql -qc \"CREATE ROLE cadx LOGIN CREATEDB PASSWORD 'cadx'\""

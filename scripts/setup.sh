@@ -10,7 +10,15 @@ stamp=.venv/.cadx-requirements.sha256
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cadx: installing dependencies into .venv (first time: a few minutes; torch is large)" >&2
-  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+  log=$(mktemp)
+  # pip's output minus the notes about package-index folders this machine's pip.conf names but lacks
+  if ! .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2 || true
+    echo "cadx: installing the requirements failed (see above)" >&2
+    exit 1
+  fi
+  grep -v "^WARNING: Location" "$log" >&2 || true
+  rm -f "$log"
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
