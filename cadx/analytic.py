@@ -842,34 +842,27 @@ def _background_level(roi, level) -> float | None:
     return number
 
 
-def _check_positive(value, name: str) -> float:
+def _as_number(value, name: str, *, ok, allowed: str) -> float:
+    """``value`` as a float when ``ok(number)``; otherwise a clear error naming ``name`` and what is allowed."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if isinstance(value, bool) or not (number > 0 and math.isfinite(number)):
-        raise CadxInputError(name, f"{value!r} is not a positive number", f"give {name} > 0")
+    if isinstance(value, bool) or not ok(number):
+        raise CadxInputError(name, f"{value!r} is not {allowed}", f"give {name} as {allowed}")
     return number
+
+
+def _check_positive(value, name: str) -> float:
+    return _as_number(value, name, ok=lambda x: x > 0 and math.isfinite(x), allowed="a number > 0")
 
 
 def _check_finite(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise CadxInputError(name, f"{value!r} is not a finite number", f"give {name} as a number")
-    return number
+    return _as_number(value, name, ok=math.isfinite, allowed="a finite number")
 
 
 def _check_fraction(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not 0 < number <= 1:
-        raise CadxInputError(name, f"{value!r} is not in (0, 1]", f"give {name} in (0, 1]")
-    return number
+    return _as_number(value, name, ok=lambda x: 0 < x <= 1, allowed="a number in (0, 1]")
 
 
 def _check_centre(centre, shape) -> tuple[float, float]:

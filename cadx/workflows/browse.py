@@ -36,7 +36,8 @@ from sqlalchemy import String, and_, case, cast, func, or_, select
 from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
-from cadx.workflows.importing import LOCAL_SOURCE, _write_once
+from cadx.workflows.importing import LOCAL_SOURCE
+from cadx.workflows.storage import write_once
 from cadx.workflows.workspace import Workspace
 from db.models import EXCLUSION_REASONS, LABELS, Image, Lesion, Patient, ReviewEvent, Roi, Segmentation
 
@@ -332,7 +333,7 @@ def roi_thumbnail(workspace: Workspace, roi: RoiRow, *, size: int = 128) -> Path
             image.resize((size, size), PILImage.Resampling.BOX).save(buffer, format="PNG")
             return buffer.getvalue()
 
-        _write_once(path, encode)
+        write_once(path, encode)
     return path
 
 

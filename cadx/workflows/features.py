@@ -6,19 +6,18 @@ features.
 
 from __future__ import annotations
 
-import io as _io
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy import select
 
 from cadx.errors import WeightsUnavailableError
 from cadx.roi import decode_png16
-from cadx.workflows.importing import Progress, _write_once
+from cadx.workflows.importing import Progress
+from cadx.workflows.storage import encode_mask_png, write_once
 from cadx.workflows.workspace import Workspace
 from db.models import Image, Lesion, Roi, Segmentation
 
@@ -198,7 +197,7 @@ def compute_analytic_features(workspace: Workspace, *, progress: Progress | None
         mask_file = None
         if segmentation.mask is not None and segmentation.mask.any():
             mask_file = f"segmentations/{record.sha256[:2]}/{record.sha256}-{FEATURES_VERSION}.png"
-            _write_once(workspace.path(mask_file), lambda m=segmentation.mask: _encode_mask(m))
+            write_once(workspace.path(mask_file), lambda m=segmentation.mask: encode_mask_png(m))
         n_failed += segmentation.quality == "failed"
         pending.append(Segmentation(
             roi_sha256=record.sha256, version=FEATURES_VERSION, quality=segmentation.quality,
@@ -213,12 +212,6 @@ def compute_analytic_features(workspace: Workspace, *, progress: Progress | None
     if progress is not None:
         progress(len(todo), len(todo), "analytic features done")
     return AnalyticReport(FEATURES_VERSION, len(unique), len(todo), n_failed, time.perf_counter() - start)
-
-
-def _encode_mask(mask: np.ndarray) -> bytes:
-    buffer = _io.BytesIO()
-    PILImage.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray, list[str], list[str]]:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,6 +26,7 @@ from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
 from cadx.workflows.accounts import record_audit
+from cadx.workflows.storage import encode_mask_png, write_once
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi
 
@@ -150,37 +148,13 @@ def store_roi_png(data_dir: Path, pixels: np.ndarray) -> tuple[str, str, bool]:
     """
     sha = cadx_roi.roi_sha256(pixels)
     relative = f"rois/{sha[:2]}/{sha}.png"
-    created = _write_once(data_dir / relative, lambda: cadx_roi.encode_png16(pixels))
+    created = write_once(data_dir / relative, lambda: cadx_roi.encode_png16(pixels))
     return relative, sha, created
 
 
 def _store_truth_png(data_dir: Path, roi_sha: str, mask: np.ndarray) -> tuple[str, bool]:
     relative = f"truth/{roi_sha[:2]}/{roi_sha}.png"
-
-    def encode() -> bytes:
-        import io as _io
-
-        buffer = _io.BytesIO()
-        PILImage.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    return relative, _write_once(data_dir / relative, encode)
-
-
-def _write_once(path: Path, encode: Callable[[], bytes]) -> bool:
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename, so a crash never leaves a half-written ROI under its final name.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
+    return relative, write_once(data_dir / relative, lambda: encode_mask_png(mask))
 
 
 def _metadata_only(image: cadx_io.Mammogram) -> cadx_io.Mammogram:
