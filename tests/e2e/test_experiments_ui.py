@@ -100,18 +100,19 @@ def test_start_a_sweep_and_read_its_results(server, page):
     page.get_by_text(re.compile(r"finished: experiment #\d+")).wait_for(timeout=JOB_TIMEOUT_MS)
     page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
     wait_for_app(page)
-    body = page.locator("body").inner_text()
-    assert "AUC per tap" in body and "e2e sweep" in body
-    assert "RANDOM (UNTRAINED) CNN WEIGHTS" in body and "SYNTHETIC DEMO DATA" in body
-    assert "fc6" in body and "fc8" in body  # the table of taps
+    # expect() retries: the progress fragment may still be redrawing the page when the chart first appears
+    body = page.locator("body")
+    for text in ("AUC per tap", "e2e sweep", "RANDOM (UNTRAINED) CNN WEIGHTS", "SYNTHETIC DEMO DATA",
+                 "fc6", "fc8"):  # fc6/fc8: the table of taps
+        expect(body).to_contain_text(text, timeout=30_000)
     time.sleep(1)  # let plotly finish drawing
     _shot(page, "experiments-ui-04-sweep")
 
     _open(page, f"{url}/roc")
     page.get_by_text("Performance (Table 1)").wait_for()
     page.get_by_test_id("stPlotlyChart").first.wait_for()
-    body = page.locator("body").inner_text()
-    assert "Significance tests" in body and "RANDOM (UNTRAINED) CNN WEIGHTS" in body
+    for text in ("Significance tests", "RANDOM (UNTRAINED) CNN WEIGHTS"):
+        expect(page.locator("body")).to_contain_text(text, timeout=30_000)
     time.sleep(1)
     _shot(page, "experiments-ui-05-roc")
     page.get_by_text("Lesion level (mean of its ROIs' probabilities)").click()
@@ -123,8 +124,8 @@ def test_start_a_sweep_and_read_its_results(server, page):
     _open(page, f"{url}/predictions")
     page.get_by_text("Open an ROI").wait_for()
     page.get_by_test_id("stImage").first.wait_for()
-    body = page.locator("body").inner_text()
-    assert "p1 SVM1 (CNN)" in body and "Segmentation:" in body
+    for text in ("p1 SVM1 (CNN)", "Segmentation:"):
+        expect(page.locator("body")).to_contain_text(text, timeout=30_000)
     _shot(page, "experiments-ui-07-predictions")
 
     _open(page, f"{url}/experiments")
