@@ -7,6 +7,7 @@ Without /usr/bin/chromium these tests skip with the reason, except under ``CI=tr
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -87,13 +88,38 @@ def browser(chromium_path):
         browser.close()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"_cadx_report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def page(browser):
+def page(browser, request):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     yield page
+    report = getattr(request.node, "_cadx_report_call", None)
+    if report is not None and report.failed:
+        _record_failure(request, page)
     context.close()
+
+
+def _record_failure(request, page) -> None:
+    """A failed browser test leaves what the browser showed and what the server said, for whoever reads the CI log."""
+    name = re.sub(r"[^\w.-]", "_", request.node.name)
+    try:
+        shot = screenshot(page, f"FAILED-{name}")
+        print(f"\nscreenshot of the page at failure: {shot} (URL {page.url})")
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not mask the failure itself
+        print(f"\nno screenshot at failure: {exc}")
+    if "app_server" in request.fixturenames:
+        log = request.getfixturevalue("app_server")[1] / "streamlit.log"
+        if log.exists():
+            print(f"--- last lines of the app's log {log} ---")
+            print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
 
 
 def screenshot(page, name: str) -> Path:
@@ -105,7 +131,12 @@ def screenshot(page, name: str) -> Path:
 
 
 def wait_for_app(page) -> None:
-    """Wait until Streamlit has finished running the page's script."""
-    page.wait_for_selector("[data-testid='stApp']")
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    """Wait until the browser is connected and Streamlit has finished running the page's script.
+
+    Reads the script state that Streamlit's frontend puts on the app root (its own end-to-end tests wait on the same
+    attributes): unlike the "Running..." status widget, which appears only after a delay, it says ``rerunRequested``
+    from the moment a widget change is sent, so a wait right after a key press cannot slip through before the rerun.
+    """
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']")
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+    page.wait_for_timeout(100)  # let the last delta batch paint

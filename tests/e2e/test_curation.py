@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from cadx.workflows import display_to_image_rc, open_workspace
@@ -73,6 +74,11 @@ def test_upload_dicom_and_click_the_lesion_centre(app_server, page, tmp_path):
     _set_reviewer(page, "E2E Uploader")
     page.get_by_text("de-identified on ingest").wait_for()
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(dicom))
+    chip = page.get_by_test_id("stFileChip").filter(has_text="study-1.dcm")
+    chip.wait_for()
+    expect(chip.get_by_test_id("stFileChipIconSpinner")).to_have_count(0)  # the upload has finished ...
+    assert chip.get_by_test_id("stFileChipIconError").count() == 0, chip.inner_text()  # ... and was accepted
+    wait_for_app(page)
     page.get_by_text("study-1.dcm: DICOM, 1200 × 900 pixels").wait_for()
     frame = page.frame_locator("iframe[title*='streamlit_image_coordinates']")
     image = frame.locator("#image")
