@@ -282,14 +282,14 @@ def features_command(data_dir: DataDir = None,
         _out.print("segmentation quality: " + ", ".join(f"{q}: {quality.count(q)}" for q in sorted(set(quality))))
 
 
-def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, analytic, n_jobs, json_path,
+def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
                 data_dir, user) -> None:
     from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 
     workspace = _workspace(data_dir)
     loaded, note = _load_backbone(backbone, weights, weights_path)
-    settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, analytic=analytic,
-                                  n_jobs=n_jobs)
+    settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, repeats=repeats,
+                                  analytic=analytic, n_jobs=n_jobs)
     with _ProgressBar() as bar:
         experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
                                                     weights_note=note, progress=bar))
@@ -335,10 +335,21 @@ def _print_experiment(summary: dict) -> None:
                           f"{row['paired_t_p_bonferroni']:.3g}", f"{row['nadeau_bengio_p']:.3g}",
                           f"{row['nadeau_bengio_p_bonferroni']:.3g}")
         _out.print(table)
+    if "repeats" in results:
+        seeds = results["repeats"]["seeds"]
+        table = Table(title=f"Repeated cross-validation: fold-mean AUC under seeds {seeds[0]}..{seeds[-1]}")
+        for column in ("classifier", "mean over seeds", "SD between seeds", "per seed"):
+            table.add_column(column)
+        for row in results["repeats"]["methods"].values():
+            table.add_row(row["title"], f"{row['auc_mean']:.3f}", f"{row['auc_sd_between_seeds']:.3f}",
+                          " ".join(f"{a:.3f}" for a in row["auc_mean_by_seed"]))
+        _out.print(table)
 
 
 Folds = Annotated[int, typer.Option(help="Cross-validation folds (by lesion).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
+Repeats = Annotated[int, typer.Option(help="Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to 20): "
+                                           "the sweep averages over them; Table 1 stays the first seed's.")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config and results as JSON here.")]
 
@@ -348,23 +359,25 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
                   backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                   taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
                   tap: Annotated[Optional[str], typer.Option(help="Tap for SVM1 and the ensemble (default fc6).")] = None,
-                  folds: Folds = 5, seed: Seed = 0, jobs: Jobs = 1, json_path: JsonPath = None,
+                  folds: Folds = 5, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                  json_path: JsonPath = None,
                   no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
                   data_dir: DataDir = None, user: User = None) -> None:
     """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
     tap_list = tuple(taps.split(",")) if taps else None
-    _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, not no_analytic, jobs, json_path,
-                data_dir, user)
+    _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, repeats, not no_analytic, jobs,
+                json_path, data_dir, user)
 
 
 @app.command("evaluate")
 def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "evaluation",
                      backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                      tap: Annotated[Optional[str], typer.Option(help="CNN tap for SVM1 (default fc6).")] = None,
-                     folds: Folds = 5, seed: Seed = 0, jobs: Jobs = 1, json_path: JsonPath = None,
-                     data_dir: DataDir = None, user: User = None) -> None:
+                     folds: Folds = 5, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                     json_path: JsonPath = None, data_dir: DataDir = None, user: User = None) -> None:
     """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""
-    _experiment(name, backbone, weights, weights_path, (), tap, folds, seed, True, jobs, json_path, data_dir, user)
+    _experiment(name, backbone, weights, weights_path, (), tap, folds, seed, repeats, True, jobs, json_path, data_dir,
+                user)
 
 
 @app.command("worker")

@@ -32,7 +32,7 @@ if not experiments:
 history = pd.DataFrame([{
     "id": e["id"], "name": e["name"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
     "backbone": e["backbone"], "weights": e["weights"], "taps": ", ".join(e["taps"]), "SVM1 tap": e["ensemble_tap"],
-    "folds": e["n_folds"], "seed": e["seed"], "ROIs": e["n_rois"], "excluded": e["n_excluded"],
+    "folds": e["n_folds"], "seed": e["seed"], "repeats": e["repeats"], "ROIs": e["n_rois"], "excluded": e["n_excluded"],
     "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"],
     "synthetic data": e["uses_synthetic_data"], "random weights": e["uses_random_weights"],
     "seconds": e["seconds"], "code version": e["code_version"],
@@ -78,7 +78,9 @@ reproducibility = pd.DataFrame([
     ("SVM1 / ensemble tap", config.get("ensemble_tap")),
     ("analytic features", config.get("analytic_version") or "not run"),
     ("folds (outer / inner)", f"{config.get('n_folds')} / {config.get('n_inner')}"),
-    ("seed", str(config.get("seed"))),
+    ("seed", str(config.get("seed")) if config.get("repeats", 1) == 1
+     else f"{config.get('seed')} to {config.get('seed') + config['repeats'] - 1} ({config['repeats']} repeats; "
+          "Table 1 and predictions from the first)"),
     ("grid", json.dumps(config.get("grid")) if not isinstance(config.get("grid"), str) else config.get("grid")),
     ("cross-validation groups", config.get("cv_groups")),
     ("ROIs used", f"{len(config.get('roi_ids', []))} ({summary['results'].get('n_lesions')} lesions, "

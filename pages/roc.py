@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cadx.workflows import comparison_table, experiment_results, method_table, roc_curve_table
+from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from pages._shared import figure_downloads, pick_experiment, workspace
 
 ws = workspace()
@@ -39,6 +39,9 @@ unit = "ROIs" if level == "roi" else "lesions"
 st.markdown(f"**{n_cases} {unit}** ({n_pos} malignant, {n_cases - n_pos} benign), {experiment['n_folds']}-fold "
             f"cross-validation by lesion, seed {experiment['seed']}; CNN: {experiment['backbone']} "
             f"{experiment['ensemble_tap']} ({experiment['weights']}).")
+if experiment["repeats"] > 1:
+    st.caption(f"Cross-validation was repeated with {experiment['repeats']} seeds: the curves, Table 1 and the "
+               "tests are the first seed's; the spread over all seeds is under *Repeated cross-validation*.")
 if not experiment["analytic"]:
     st.info("This experiment ran SVM1 only (no analytic features): no SVM2, ensemble or comparisons.")
 
@@ -102,6 +105,14 @@ with st.expander("AUC of each fold"):
                           for row in table.itertuples()}).T
     folds.columns = [f"fold {k + 1}" for k in folds.columns]
     st.dataframe(folds, column_config={c: st.column_config.NumberColumn(format=THREE) for c in folds.columns})
+
+repeats = repeats_table(results)
+if not repeats.empty:
+    st.subheader("Repeated cross-validation")
+    st.caption("Each classifier's AUC (mean of the fold AUCs, ROI level) under every seed of the fold assignment: "
+               "the SD between seeds shows how much of a difference comes from one particular split.")
+    st.dataframe(repeats, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format=THREE) for c in repeats.columns if c != "classifier"})
 
 # ---------------------------------------------------------------------------------------------- tests ---
 st.subheader("Significance tests")

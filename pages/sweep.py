@@ -86,11 +86,14 @@ with st.expander("Start a sweep", expanded=not experiments):
     ensemble_tap = st.selectbox("Tap for SVM1 and the ensemble", info["taps"],
                                 index=info["taps"].index(info["ensemble_tap"]), key=f"sweep_ensemble_{backbone}",
                                 help="The paper used AlexNet's fc6. This tap is always part of the sweep.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10, value=5, step=1,
                               key="sweep_folds")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="sweep_seed")
-    analytic = c3.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
+    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=20, value=1, step=1, key="sweep_repeats",
+                              help="Repeat the cross-validation with seeds seed, seed+1, …: the chart averages "
+                                   "over them; the time grows in proportion.")
+    analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
     name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
     may_run = can(current_role(), "run")
     if not may_run:
@@ -101,7 +104,7 @@ with st.expander("Start a sweep", expanded=not experiments):
         else:
             params = {"backbone": backbone, "weights": weights, "taps": [t for t in info["taps"] if t in taps],
                       "ensemble_tap": ensemble_tap, "analytic": analytic, "n_folds": int(n_folds),
-                      "seed": int(seed), "name": name.strip() or f"{backbone} sweep"}
+                      "seed": int(seed), "repeats": int(repeats), "name": name.strip() or f"{backbone} sweep"}
             job_id = submit_job(ws, "experiment", params, user=current_user())
             ensure_worker(ws)
             st.session_state.setdefault("sweep_jobs", []).append(job_id)
@@ -204,12 +207,14 @@ figure_downloads(fig, "cadx-layer-sweep")
 
 st.subheader("Feature lengths and time per tap")
 st.caption("Feature length: the tap's flattened output. After zero-variance removal: features that vary across "
-           "the ROIs (the SVM's input, as in the paper's Fig. 2). Seconds: cross-validation of that tap's SVM.")
+           "the ROIs (the SVM's input, as in the paper's Fig. 2). Seconds: cross-validation of that tap's SVM. "
+           "With several seeds, AUC is the mean over all their folds and SD/SE are averaged over the seeds.")
 shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_features": "feature length",
                               "n_features_nonconstant": "after zero-variance removal", "auc_mean": "AUC",
-                              "auc_sd": "AUC.SD", "auc_se": "SE", "seconds": "seconds", "n_folds": "folds"})
+                              "auc_sd": "AUC.SD", "auc_se": "SE", "seconds": "seconds", "n_folds": "folds",
+                              "repeats": "seeds"})
 shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "AUC.SD", "SE",
-               "folds", "seconds"]]
+               "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
     "AUC": st.column_config.NumberColumn(format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),

@@ -200,6 +200,7 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
     at.multiselect(key="sweep_taps_alexnet").set_value(["fc8"]).run()
     at.selectbox(key="sweep_ensemble_alexnet").select("fc8").run()
     at.number_input(key="sweep_folds").set_value(4).run()
+    at.number_input(key="sweep_repeats").set_value(3).run()
     at.text_input(key="sweep_name_alexnet").input("queued from the page").run()
     at.button(key="sweep_start").click().run()
     assert not at.exception, at.exception
@@ -210,7 +211,8 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
             job = session.scalars(select(Job).order_by(Job.id.desc())).first()
         assert job.status == "queued" and job.kind == "experiment"
         assert job.params == {"backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8",
-                              "analytic": True, "n_folds": 4, "seed": 0, "name": "queued from the page"}
+                              "analytic": True, "n_folds": 4, "seed": 0, "repeats": 3,
+                              "name": "queued from the page"}
         assert any(f"Job {job.id}" in m.value for m in at.markdown)
         at.button(key=f"cancel_job_{job.id}").click().run()
         with ws.sessions() as session:
@@ -344,3 +346,36 @@ def test_experiments_page_shows_reproducibility_and_renames_and_deletes(use, exp
             assert session.get(Experiment, experiment_id).name == "small sweep"
     finally:
         ws.engine.dispose()
+
+
+def test_pages_show_a_repeated_cross_validation(use, tmp_path):
+    data = tmp_path / "data"
+    ws = open_workspace(data)
+    import_demo(ws, n_lesions=12, seed=2)
+    loaded, note = resolve_backbone("alexnet", weights="random")
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", seed=5,
+                                                                  repeats=2),
+                                   name="two seeds", user="tester", weights_note=note)
+    ws.engine.dispose()
+    use(data)
+    repeats = _summary(data, experiment_id)["results"]["repeats"]
+
+    at = _run("pages/roc.py")
+    assert not at.exception, at.exception
+    assert "repeated with 2 seeds" in _text(at) and "Repeated cross-validation" in _text(at)
+    shown = next(d.value for d in at.dataframe if "SD between seeds" in d.value.columns)
+    assert list(shown.columns) == ["classifier", "mean over seeds", "SD between seeds", "seed 5", "seed 6"]
+    for (_, row), key in zip(shown.iterrows(), "ABC", strict=True):
+        assert [row["seed 5"], row["seed 6"]] == pytest.approx(repeats["methods"][key]["auc_mean_by_seed"])
+        assert row["SD between seeds"] == pytest.approx(repeats["methods"][key]["auc_sd_between_seeds"])
+    assert "SD between seeds" not in at.dataframe[-1].value.columns  # the tests table still comes last
+
+    at = _run("pages/sweep.py")
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "seeds" in d.value.columns)
+    assert table["seeds"].tolist() == [2]
+
+    at = _run("pages/experiments.py")
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["repeats"].tolist() == [2]
+    assert any("5 to 6 (2 repeats" in str(v) for d in at.dataframe for v in d.value.get("value", []))

@@ -46,3 +46,31 @@ def test_unknown_exclusion_reason_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["exclude", "1", "--reason", "blurry", "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 2
     assert "unknown exclusion reason" in result.output
+
+
+def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["demo", "--lesions", "12", "--seed", "2", "--data-dir", str(data)]).exit_code == 0
+    common = ["--backbone", "alexnet", "--weights", "random", "--data-dir", str(data), "--user", "tester"]
+
+    sweep_json = tmp_path / "sweep.json"
+    result = runner.invoke(app, ["sweep", "--taps", "fc7,fc8", "--tap", "fc8", "--no-analytic", "--json",
+                                 str(sweep_json), *common])
+    assert result.exit_code == 0, result.output
+    assert "Layer sweep: AUC per tap" in result.output and "RANDOM (UNTRAINED) WEIGHTS" in result.output
+    sweep = json.loads(sweep_json.read_text())
+    assert list(sweep["results"]["sweep"]) == ["fc7", "fc8"] and list(sweep["results"]["methods"]) == ["A"]
+    assert sweep["uses_synthetic_data"] and sweep["config"]["repeats"] == 1
+
+    evaluate_json = tmp_path / "evaluate.json"
+    result = runner.invoke(app, ["evaluate", "--tap", "fc8", "--seed", "1", "--repeats", "2", "--json",
+                                 str(evaluate_json), *common])
+    assert result.exit_code == 0, result.output
+    assert "Repeated cross-validation" in result.output and "Comparisons" in result.output
+    results = json.loads(evaluate_json.read_text())["results"]
+    assert results["repeats"]["seeds"] == [1, 2] and set(results["repeats"]["methods"]) == {"A", "B", "C"}
+    # the first seed's SVM1 is the Table-1 row
+    assert results["repeats"]["methods"]["A"]["auc_mean_by_seed"][0] == results["methods"]["A"]["auc_mean"]
+
+    result = runner.invoke(app, ["evaluate", "--tap", "fc8", "--repeats", "0", *common])
+    assert result.exit_code == 2 and "repeats" in result.output and "whole number from 1" in result.output

@@ -116,3 +116,53 @@ def test_a_failing_job_records_its_error(workspace):
         submit_job(workspace, "mine bitcoin", {}, user="alice")
     with workspace.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_random):
+    """Two seeds in one experiment give exactly what two one-seed experiments give: the sweep averages their folds,
+    Table 1 and the Predictions page stay the first seed's, every seed's predictions are stored."""
+    from cadx.workflows import roi_predictions
+
+    settings = ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", n_folds=5, seed=3)
+    single = [experiment_summary(demo, run_experiment(demo, alexnet_random, ExperimentSettings(
+        taps=settings.taps, ensemble_tap="fc8", seed=seed), name=f"seed {seed}", user="tester"))["results"]
+        for seed in (3, 4)]
+    repeated_id = run_experiment(demo, alexnet_random, ExperimentSettings(
+        taps=settings.taps, ensemble_tap="fc8", seed=3, repeats=2), name="two seeds", user="tester")
+    summary = experiment_summary(demo, repeated_id)
+    results = summary["results"]
+    assert summary["config"]["seed"] == 3 and summary["config"]["repeats"] == 2
+
+    for tap in ("fc7", "fc8"):
+        both = single[0]["sweep"][tap]["fold_aucs"] + single[1]["sweep"][tap]["fold_aucs"]
+        assert results["sweep"][tap]["auc_mean"] == pytest.approx(np.mean(both), abs=1e-12)
+        assert results["sweep"][tap]["fold_aucs_by_seed"] == [single[0]["sweep"][tap]["fold_aucs"],
+                                                               single[1]["sweep"][tap]["fold_aucs"]]
+    for method in ("A", "B", "C"):
+        assert results["methods"][method]["fold_aucs"] == pytest.approx(single[0]["methods"][method]["fold_aucs"],
+                                                                         abs=1e-12)
+        row = results["repeats"]["methods"][method]
+        first, second = (s["methods"][method]["auc_mean"] for s in single)
+        assert row["auc_mean_by_seed"] == pytest.approx([first, second], abs=1e-12)
+        assert row["auc_sd_between_seeds"] == pytest.approx(abs(first - second) / np.sqrt(2), abs=1e-12)
+    assert results["repeats"]["seeds"] == [3, 4]
+
+    n_rois = results["n_rois"]
+    with demo.sessions() as session:
+        stored = session.scalars(select(Prediction).where(Prediction.experiment_id == repeated_id)
+                                 .order_by(Prediction.repeat, Prediction.roi_id)).all()
+        second_seed = session.scalars(select(Prediction).join(Experiment).where(Experiment.name == "seed 4")
+                                      .order_by(Prediction.roi_id)).all()
+    assert len(stored) == 2 * n_rois
+    assert [(p.p1, p.p2, p.p3, p.fold) for p in stored[n_rois:]] == [(p.p1, p.p2, p.p3, p.fold) for p in second_seed]
+    assert len(roi_predictions(demo, repeated_id)) == n_rois  # one row per ROI: the first seed
+
+
+@pytest.mark.parametrize("repeats", [0, 21, 1.5])
+def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random, repeats):
+    with pytest.raises(CadxInputError, match="repeats.*whole number from 1"):
+        run_experiment(demo, alexnet_random, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", repeats=repeats),
+                       name="bad", user="tester")
+    with demo.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Experiment)) == 0
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 0

@@ -36,7 +36,7 @@ from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
 
 __all__ = ["ExperimentSettings", "run_experiment", "experiment_summary", "code_version", "method_statistics",
-           "compare_methods", "json_safe"]
+           "compare_methods", "repeated_cv_summary", "json_safe"]
 
 _CURVE_POINTS = 101
 
@@ -46,6 +46,10 @@ class ExperimentSettings:
     """What the user chooses; the backbone and its weights come already loaded (see ``resolve_backbone``).
 
     ``taps=None`` sweeps every default tap of the backbone; ``taps=()`` runs no sweep, only the ensemble tap.
+    ``repeats > 1`` repeats the whole cross-validation with seeds ``seed, seed+1, ...``: the sweep averages over all
+    of them, and the results gain a ``repeats`` table (each classifier's AUC per seed and its spread between seeds);
+    Table 1, the ROC curves, the tests and the Predictions page stay those of the first seed, so one experiment
+    always has one set of out-of-fold predictions per ROI to show (every seed's are stored, with their fold ids).
     """
 
     taps: tuple[str, ...] | None = None
@@ -54,6 +58,7 @@ class ExperimentSettings:
     n_folds: int = 5
     n_inner: int = 5
     seed: int = 0
+    repeats: int = 1
     grid: dict[str, list] | None = None
     n_jobs: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,10 +81,11 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
                    name: str, user: str, weights_note: str = "", progress: Progress | None = None) -> int:
     """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id."""
     from cadx.cnn import PREPROCESSING_VERSION
-    from cadx.svm import cross_validate_by_lesion, soft_vote, sweep_layers
+    from cadx.svm import cross_validate_by_lesion, fold_auc, soft_vote, sweep_layers
 
     report = progress or (lambda done, total, message: None)
     started = time.perf_counter()
+    _check_repeats(settings.repeats)
     records = roi_records(workspace)
     _check_dataset(records, settings.n_folds)
     hashes = [r.sha256 for r in records]
@@ -116,6 +122,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         "n_folds": settings.n_folds,
         "n_inner": settings.n_inner,
         "seed": settings.seed,
+        "repeats": settings.repeats,
         "grid": settings.grid or "cadx.svm.default_grid",
         "cv_groups": "patient (a patient's lesions stay together; each lesion's ROIs always do)",
         "roi_ids": [r.id for r in records],
@@ -127,17 +134,20 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
     common = dict(patients=patients, n_folds=settings.n_folds, n_inner=settings.n_inner, grid=settings.grid,
-                  seed=settings.seed, n_jobs=settings.n_jobs)
+                  seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
     sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes) for tap in sweep_taps}
     sweep = sweep_layers(sources, y, lesions, progress=lambda d, t, m: report(2, 4, f"sweep {d}/{t}: {m}"),
                          **common)
-    method_a = sweep.layers[ensemble_tap].results[0]
-    methods: dict[str, Any] = {"A": method_a}
+    runs_a = list(sweep.layers[ensemble_tap].results)  # one CvResult per seed; the first is the primary
+    method_a = runs_a[0]
+    runs_b, runs_p3 = [], []
     if settings.analytic:
         report(3, 4, "Method B: analytic-feature SVM")
         X_b, _names, quality = analytic_matrix(workspace, hashes)
-        methods["B"] = cross_validate_by_lesion(X_b, y, lesions, **common)
-        p3 = soft_vote(methods["A"], methods["B"])
+        runs_b = cross_validate_by_lesion(X_b, y, lesions, **common)
+        runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
+        runs_p3 = [soft_vote(a, b) for a, b in zip(runs_a, runs_b, strict=True)]  # same seed, same folds
+        p3 = runs_p3[0]
     results = {
         "n_rois": len(records),
         "n_lesions": int(len(set(lesions))),
@@ -153,6 +163,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
                 "auc_sd": layer.auc_sd,
                 "auc_se": layer.auc_se,
                 "fold_aucs": [float(a) for a in layer.results[0].fold_auc],
+                **({"fold_aucs_by_seed": [[float(a) for a in r.fold_auc] for r in layer.results]}
+                   if settings.repeats > 1 else {}),
                 "seconds": layer.seconds,
             }
             for tap, layer in sweep.layers.items()
@@ -164,17 +176,19 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     results["methods"]["A"] = method_statistics(f"SVM1 (CNN {backbone} {ensemble_tap})", method_a.proba, method_a,
                                                 y, lesions, settings.seed, sweep.layers[ensemble_tap].seconds)
     if settings.analytic:
-        b = methods["B"]
+        b = runs_b[0]
         scores["B"] = b.proba
         scores["C"] = p3
         results["methods"]["B"] = method_statistics("SVM2 (analytic features)", b.proba, b, y, lesions,
                                                     settings.seed, b.seconds)
         results["methods"]["B"]["segmentation_quality"] = {q: quality.count(q) for q in sorted(set(quality))}
-        fold_c = np.array([stats.auc(y[method_a.fold == k], p3[method_a.fold == k])
-                           for k in range(settings.n_folds)])
+        fold_c = fold_auc(p3, y, method_a.fold)
         results["methods"]["C"] = method_statistics("Ensemble (p1 + p2) / 2", p3, None, y, lesions,
                                                     settings.seed, method_a.seconds + b.seconds, fold_aucs=fold_c)
         results["comparisons"] = compare_methods(results["methods"], scores, y, method_a.fold, settings.n_folds)
+    if settings.repeats > 1:
+        results["repeats"] = repeated_cv_summary(results["methods"], runs_a, runs_b, runs_p3, y,
+                                                 seeds=[r.seed for r in runs_a])
     seconds = time.perf_counter() - started
     report(4, 4, "saving the experiment")
     with workspace.sessions.begin() as session:
@@ -188,19 +202,50 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         session.flush()
         record_audit(session, user=user, action="experiment_run", target=f"experiment {experiment.id}",
                      detail={"name": name, "config_sha256": config_sha, "code_version": version})
-        b = methods.get("B")
-        session.add_all(
-            Prediction(
-                experiment_id=experiment.id, roi_id=r.id, roi_sha256=r.sha256, lesion_id=r.lesion_id, truth=r.label,
-                repeat=0, fold=int(method_a.fold[i]), decision1=float(method_a.decision[i]),
-                p1=float(method_a.proba[i]),
-                decision2=None if b is None else float(b.decision[i]),
-                p2=None if b is None else float(b.proba[i]),
-                p3=None if b is None else float(p3[i]),
+        for repeat, a in enumerate(runs_a):
+            b = runs_b[repeat] if runs_b else None
+            p3_r = runs_p3[repeat] if runs_p3 else None
+            session.add_all(
+                Prediction(
+                    experiment_id=experiment.id, roi_id=r.id, roi_sha256=r.sha256, lesion_id=r.lesion_id,
+                    truth=r.label, repeat=repeat, fold=int(a.fold[i]), decision1=float(a.decision[i]),
+                    p1=float(a.proba[i]),
+                    decision2=None if b is None else float(b.decision[i]),
+                    p2=None if b is None else float(b.proba[i]),
+                    p3=None if p3_r is None else float(p3_r[i]),
+                )
+                for i, r in enumerate(records)
             )
-            for i, r in enumerate(records)
-        )
         return experiment.id
+
+
+_MAX_REPEATS = 20
+
+
+def _check_repeats(repeats: int) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or not 1 <= repeats <= _MAX_REPEATS:
+        raise CadxInputError("repeats", f"got {repeats!r}",
+                             f"give a whole number from 1 (one cross-validation) to {_MAX_REPEATS} (seeds)")
+
+
+def repeated_cv_summary(methods: dict, runs_a: list, runs_b: list, runs_p3: list, y: np.ndarray, *,
+                        seeds: list[int]) -> dict[str, Any]:
+    """Each classifier's fold-mean AUC under every seed of a repeated cross-validation, with the mean and SD over
+    seeds: how much of a difference between classifiers is the luck of one fold assignment."""
+    from cadx.svm import fold_auc
+
+    per_seed: dict[str, list[float]] = {"A": [float(np.mean(r.fold_auc)) for r in runs_a]}
+    if runs_b:
+        per_seed["B"] = [float(np.mean(r.fold_auc)) for r in runs_b]
+        per_seed["C"] = [float(np.mean(fold_auc(p3, y, a.fold))) for a, p3 in zip(runs_a, runs_p3)]
+    return {
+        "seeds": list(seeds),
+        "methods": {
+            key: {"title": methods[key]["title"], "auc_mean_by_seed": aucs, "auc_mean": float(np.mean(aucs)),
+                  "auc_sd_between_seeds": float(np.std(aucs, ddof=1))}
+            for key, aucs in per_seed.items()
+        },
+    }
 
 
 def _check_dataset(records, n_folds: int) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "list_experiments",
     "method_table",
     "rename_experiment",
+    "repeats_table",
     "roc_curve_table",
     "roi_overlay",
     "roi_predictions",
@@ -92,6 +93,7 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
                 "n_folds": config.get("n_folds"),
                 "n_inner": config.get("n_inner"),
                 "seed": config.get("seed"),
+                "repeats": config.get("repeats", 1),
                 "n_rois": results.get("n_rois", len(config.get("roi_ids", []))),
                 "n_lesions": results.get("n_lesions"),
                 "n_patients": results.get("n_patients"),
@@ -146,7 +148,8 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
     """Fig. 3 as rows: one per (experiment, tap), taps in network order, with feature lengths and time.
 
     Columns: experiment_id, experiment, backbone, weights_source, depth (0 = first tap, 1 = last), order, tap,
-    n_features, n_features_nonconstant, auc_mean, auc_sd, auc_se, seconds, n_folds.
+    n_features, n_features_nonconstant, auc_mean, auc_sd, auc_se, seconds, n_folds, repeats (seeds; with several,
+    the AUC is the mean over all their folds and SD/SE are averaged over seeds).
     """
     rows = []
     with workspace.sessions() as session:
@@ -170,9 +173,10 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
                     "auc_se": layer.get("auc_se"),
                     "seconds": layer.get("seconds"),
                     "n_folds": len(layer.get("fold_aucs", [])),
+                    "repeats": e.config.get("repeats", 1),
                 })
     columns = ["experiment_id", "experiment", "backbone", "weights_source", "depth", "order", "tap", "n_features",
-               "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "seconds", "n_folds"]
+               "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "seconds", "n_folds", "repeats"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -180,8 +184,9 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
 def experiment_results(workspace: Workspace, experiment_id: int, level: Level = "roi") -> dict[str, Any]:
     """Methods A/B/C and their comparisons at ROI level (as stored) or lesion level (computed here).
 
-    Returns ``{"level", "n_cases", "n_positive", "methods": {key: ...}, "comparisons": [...]}`` with the layout of
-    ``Experiment.results`` (see ``cadx.workflows.experiments``). At lesion level a lesion's score is the mean of
+    Returns ``{"level", "n_cases", "n_positive", "methods": {key: ...}, "comparisons": [...], "repeats": ...}`` with
+    the layout of ``Experiment.results`` (see ``cadx.workflows.experiments``); ``repeats`` (ROI level, as stored;
+    None without repeated cross-validation) is the same at both levels. At lesion level a lesion's score is the mean of
     its ROIs' out-of-fold probabilities; every lesion lies in one fold, so fold AUCs, DeLong, the binormal fit,
     the paired and Nadeau-Bengio t-tests are all computed on lesions.
     """
@@ -192,7 +197,8 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         results, config = e.results, e.config
     if level == "roi":
         return {"level": "roi", "n_cases": results.get("n_rois"), "n_positive": results.get("n_malignant_rois"),
-                "methods": results.get("methods", {}), "comparisons": results.get("comparisons", [])}
+                "methods": results.get("methods", {}), "comparisons": results.get("comparisons", []),
+                "repeats": results.get("repeats")}
     lesions = lesion_predictions(workspace, experiment_id)
     y = lesions["truth"].to_numpy(dtype=int)
     folds = lesions["fold"].to_numpy(dtype=int)
@@ -215,7 +221,7 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
     if {"A", "B", "C"} <= methods.keys():
         comparisons = compare_methods(methods, scores, y, folds, n_folds)
     return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
-            "methods": json_safe(methods), "comparisons": json_safe(comparisons)}
+            "methods": json_safe(methods), "comparisons": json_safe(comparisons), "repeats": results.get("repeats")}
 
 
 def _fold_auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -250,6 +256,19 @@ def method_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "classifier", "detail", "AUC", "AUC.SD", "SE", "pooled AUC",
                                        "CI95 low", "CI95 high", "lesion AUC", "binormal AUC", "binormal a",
                                        "binormal b", "time (s)"])
+
+
+def repeats_table(results: dict[str, Any]) -> pd.DataFrame:
+    """The repeated cross-validation of ``experiment_results``: per classifier, the fold-mean AUC under each seed,
+    their mean and SD between seeds (empty without repeats)."""
+    repeats = results.get("repeats") or {}
+    seeds = repeats.get("seeds", [])
+    rows = [{"classifier": METHOD_NAMES.get(key, key), "mean over seeds": m["auc_mean"],
+             "SD between seeds": m["auc_sd_between_seeds"],
+             **{f"seed {s}": a for s, a in zip(seeds, m["auc_mean_by_seed"], strict=True)}}
+            for key, m in repeats.get("methods", {}).items()]
+    return pd.DataFrame(rows, columns=["classifier", "mean over seeds", "SD between seeds",
+                                       *(f"seed {s}" for s in seeds)])
 
 
 def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
