@@ -122,12 +122,13 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         "n_folds": settings.n_folds,
         "n_inner": settings.n_inner,
         "seed": settings.seed,
-        "repeats": settings.repeats,
         "grid": settings.grid or "cadx.svm.default_grid",
         "cv_groups": "patient (a patient's lesions stay together; each lesion's ROIs always do)",
         "roi_ids": [r.id for r in records],
         "roi_sha256": hashes,
         "excluded_roi_ids": excluded,
+        # a single cross-validation keeps the config (and its SHA-256) of the records made before repeats existed
+        **({"repeats": settings.repeats} if settings.repeats > 1 else {}),
         **settings.extra,
     }
     version = code_version()
