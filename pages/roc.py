@@ -127,10 +127,13 @@ else:
         c: st.column_config.NumberColumn(format=FOUR) for c in tests.columns if c != "comparison"})
 
 st.subheader("Downloads")
-d1, d2, d3 = st.columns(3)
+d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Table 1 (CSV)", table.to_csv(index=False).encode(), file_name=f"{stem}-table1.csv",
                    mime="text/csv", on_click="ignore", key="roc_table_csv")
 d2.download_button("Significance tests (CSV)", tests.to_csv(index=False).encode(), file_name=f"{stem}-tests.csv",
                    mime="text/csv", on_click="ignore", key="roc_tests_csv", disabled=tests.empty)
 d3.download_button("Curve points (CSV)", roc_curve_table(results).to_csv(index=False).encode(),
                    file_name=f"{stem}-curves.csv", mime="text/csv", on_click="ignore", key="roc_curves_csv")
+d4.download_button("Repeated CV (CSV)", repeats.to_csv(index=False).encode(), file_name=f"{stem}-repeats.csv",
+                   mime="text/csv", on_click="ignore", key="roc_repeats_csv", disabled=repeats.empty,
+                   help=None if not repeats.empty else "This experiment ran one cross-validation (one seed).")

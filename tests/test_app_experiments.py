@@ -258,6 +258,7 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     assert "RANDOM (UNTRAINED) CNN WEIGHTS" in spec["layout"]["title"]["text"]
     labels = [b.label for b in at.get("download_button")]
     assert {"Table 1 (CSV)", "Significance tests (CSV)", "Curve points (CSV)"} <= set(labels)
+    assert next(b for b in at.get("download_button") if b.label == "Repeated CV (CSV)").disabled  # one seed
 
 
 def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experiment_dir):
@@ -369,6 +370,8 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path):
         assert [row["seed 5"], row["seed 6"]] == pytest.approx(repeats["methods"][key]["auc_mean_by_seed"])
         assert row["SD between seeds"] == pytest.approx(repeats["methods"][key]["auc_sd_between_seeds"])
     assert "SD between seeds" not in at.dataframe[-1].value.columns  # the tests table still comes last
+    button = next(b for b in at.get("download_button") if b.label == "Repeated CV (CSV)")
+    assert not button.disabled
 
     at = _run("pages/sweep.py")
     assert not at.exception, at.exception
