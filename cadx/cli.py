@@ -394,13 +394,19 @@ def worker_command(data_dir: DataDir = None,
 @app.command("backup")
 def backup_command(target: Annotated[Path, typer.Argument(help="The backup file to write (.tar).")],
                    with_features: Annotated[bool, typer.Option(help="Also copy the CNN feature store.")] = False,
+                   without_pseudonym_key: Annotated[bool, typer.Option(
+                       "--without-pseudonym-key",
+                       help="Leave out the key behind DICOM patient pseudonyms (for a copy that leaves the lab; a "
+                            "workspace restored from it cannot match new DICOMs to its patients).")] = False,
                    data_dir: DataDir = None) -> None:
-    """Back up the database and the stored files, with a SHA-256 for each."""
+    """Back up the database, the stored files and the pseudonym key, with a SHA-256 for each."""
     from cadx.workflows.backup import backup_workspace
 
-    manifest = _run(lambda: backup_workspace(_workspace(data_dir), target, include_features=with_features))
+    manifest = _run(lambda: backup_workspace(_workspace(data_dir), target, include_features=with_features,
+                                             include_pseudonym_key=not without_pseudonym_key))
     rows = sum(t["rows"] for t in manifest["tables"].values())
-    _out.print(f"{rows} rows and {len(manifest['files'])} files backed up to {target}")
+    key = "the pseudonym key" if "pseudonym_key_sha256" in manifest else "no pseudonym key"
+    _out.print(f"{rows} rows, {len(manifest['files'])} files and {key} backed up to {target}")
 
 
 @app.command("restore")
@@ -412,6 +418,10 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
     manifest = _run(lambda: restore_workspace(_workspace(data_dir), source))
     rows = sum(t["rows"] for t in manifest["tables"].values())
     _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
+    if not manifest["pseudonym_key_restored"]:
+        _console.print("[bold orange1]Warning:[/] the backup has no pseudonym key, so this workspace has a new one: "
+                       "a DICOM of a patient already here will get a new pseudonym (a second patient). Copy the "
+                       "original installation's pseudonym.key into the data directory before importing DICOMs.")
 
 
 user_app = typer.Typer(help="Local accounts and roles (viewer, reviewer, admin).", no_args_is_help=True)

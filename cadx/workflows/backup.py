@@ -3,8 +3,11 @@
 A backup is a tar archive holding ``manifest.json`` (format version, schema revision, row counts, the SHA-256 of
 every file), ``tables/<table>.jsonl`` (every row, engine-neutral, so a SQLite workspace restores into PostgreSQL and
 back) and ``files/...`` (ROIs, true outlines, segmentation masks; the CNN feature store only when asked, as it can
-be re-extracted). Restore refuses a non-empty target, checks every hash before writing anything, and writes the
-rows in one transaction.
+be re-extracted) and ``secrets/pseudonym.key``: the installation's key for DICOM patient pseudonyms, without which
+a restored workspace would give the next DICOM of a known patient a new pseudonym, i.e. make them a second patient
+(and put one woman's views on both sides of a patient-grouped split). Leave it out (``include_pseudonym_key=False``)
+only for a copy that leaves the lab. Restore refuses a non-empty target, checks every hash before writing anything,
+and writes the rows in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import base64
 import hashlib
 import io
 import json
+import os
 import tarfile
+import tempfile
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +27,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, insert, select, text
 
 from cadx.errors import CadxInputError
-from cadx.workflows.workspace import Workspace
+from cadx.workflows.workspace import PSEUDONYM_KEY_BYTES, Workspace
 from db.models import Base
 
 __all__ = ["backup_workspace", "restore_workspace", "BACKUP_FORMAT"]
@@ -30,6 +35,7 @@ __all__ = ["backup_workspace", "restore_workspace", "BACKUP_FORMAT"]
 BACKUP_FORMAT = 1
 _FILE_DIRS = ("rois", "truth", "segmentations")
 _FEATURE_DIR = "features"
+_KEY_MEMBER = "secrets/pseudonym.key"
 
 
 def _sha256(data: bytes) -> str:
@@ -57,7 +63,8 @@ def _revision(workspace: Workspace) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def backup_workspace(workspace: Workspace, target: str | Path, *, include_features: bool = False) -> dict[str, Any]:
+def backup_workspace(workspace: Workspace, target: str | Path, *, include_features: bool = False,
+                     include_pseudonym_key: bool = True) -> dict[str, Any]:
     """Write a verified backup archive of ``workspace`` to ``target`` (a ``.tar`` file); returns its manifest."""
     target = Path(target)
     if target.exists():
@@ -83,6 +90,10 @@ def backup_workspace(workspace: Workspace, target: str | Path, *, include_featur
                     relative = path.relative_to(workspace.data_dir).as_posix()
                     _add(archive, f"files/{relative}", data)
                     manifest["files"][relative] = _sha256(data)
+        if include_pseudonym_key:
+            key = workspace.pseudonym_key()
+            _add(archive, _KEY_MEMBER, key)
+            manifest["pseudonym_key_sha256"] = _sha256(key)
         _add(archive, "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
     partial.rename(target)
     return manifest
@@ -95,7 +106,11 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any]:
-    """Restore a backup into an EMPTY workspace, verifying every table and file hash first."""
+    """Restore a backup into an EMPTY workspace, verifying every table and file hash first.
+
+    The backup's pseudonym key, when it has one, replaces the new workspace's (nothing was pseudonymised with that
+    yet: the workspace is empty). Returns the manifest; ``manifest["pseudonym_key_restored"]`` says which happened.
+    """
     source = Path(source)
     with workspace.sessions() as session:
         if any(session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables):
@@ -136,7 +151,18 @@ def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any
             if _sha256(data) != digest:
                 raise CadxInputError(str(source), f"file {relative} fails its checksum", "the backup is damaged")
             files[relative] = data
+        key = None
+        if "pseudonym_key_sha256" in manifest:
+            key = read(_KEY_MEMBER)
+            if _sha256(key) != manifest["pseudonym_key_sha256"] or len(key) != PSEUDONYM_KEY_BYTES:
+                raise CadxInputError(str(source), "the pseudonym key fails its checksum", "the backup is damaged")
     # Everything verified: now write files, then all rows in one transaction.
+    if key is not None:
+        fd, staged = tempfile.mkstemp(dir=workspace.data_dir, prefix=".tmp-key-")  # private (0600), then renamed
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        os.replace(staged, workspace.pseudonym_key_path)
+    manifest["pseudonym_key_restored"] = key is not None
     for relative, data in files.items():
         path = workspace.data_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cadx import config
+from cadx.errors import CadxInputError
 from db.session import create_db_engine, init_db, session_factory
 
 __all__ = ["Workspace", "open_workspace"]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
+PSEUDONYM_KEY_BYTES = 32
 
 
 @dataclass
@@ -31,17 +33,46 @@ class Workspace:
         return self.data_dir / relative
 
     def pseudonym_key(self) -> bytes:
-        """This installation's secret for pseudonymising DICOM patient ids (created on first use, never exported).
+        """This installation's secret for pseudonymising DICOM patient ids (created on first use; copied only into
+        backups, see :mod:`cadx.workflows.backup`).
 
         A keyed hash instead of a plain one, so a pseudonym cannot be reversed by hashing candidate patient ids.
         """
-        path = self.data_dir / _PSEUDONYM_KEY_FILE
+        path = self.pseudonym_key_path
         if not path.exists():
-            key = secrets.token_bytes(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(key)
-        return path.read_bytes()
+            _create_key_file(path)
+        key = path.read_bytes()
+        if len(key) != PSEUDONYM_KEY_BYTES:
+            raise CadxInputError(str(path), f"the pseudonym key has {len(key)} bytes, not {PSEUDONYM_KEY_BYTES}",
+                                 "put back this installation's key from a backup (`cadx restore` brings it); with "
+                                 "another key, DICOM patients no longer match the pseudonyms already stored")
+        return key
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        """Where :meth:`pseudonym_key` lives (inside the data directory, readable by its owner only)."""
+        return self.data_dir / _PSEUDONYM_KEY_FILE
+
+
+def _create_key_file(path: Path) -> None:
+    """Create a new random key at ``path`` unless another process gets there first.
+
+    The key is written whole to a private temporary file and then hard-linked into place: the link is atomic and
+    fails if ``path`` exists, so concurrent first starts (app, worker, CLI) all end up with one complete key, and
+    nobody ever reads a half-written one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(PSEUDONYM_KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def open_workspace(data_dir: str | Path | None = None, database_url: str | None = None) -> Workspace:
