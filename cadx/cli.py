@@ -50,7 +50,7 @@ ReportPath = Annotated[Optional[Path], typer.Option("--report", help="Also write
 
 
 def _workspace(data_dir: Path | None) -> Workspace:
-    return open_workspace(data_dir)
+    return _run(lambda: open_workspace(data_dir))
 
 
 def _user(user: str | None) -> str:

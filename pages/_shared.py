@@ -10,6 +10,7 @@ import time
 
 import streamlit as st
 
+from cadx.errors import CadxError
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
@@ -46,7 +47,11 @@ def workspace() -> Workspace:
         if page:
             st.session_state["_cadx_deep_link"] = f"pages/{os.path.basename(page)}"
         st.switch_page("app.py")
-    return _open()
+    try:
+        return _open()
+    except CadxError as exc:  # e.g. a database upgraded by a newer cadx: say so instead of a stack trace
+        st.error(str(exc), icon=":material/database:")
+        st.stop()
 
 
 def _session_hours() -> float:

@@ -97,3 +97,57 @@ def test_upgrade_from_the_first_revision_keeps_the_data(database_url):
     command.downgrade(config, "0001")  # every migration can be undone
     assert "experiments" not in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def _open_and_count_tables(args: tuple[str, str]) -> int:
+    from cadx.workflows import open_workspace
+
+    data_dir, url = args
+    workspace = open_workspace(data_dir, url)
+    try:
+        return len(inspect(workspace.engine).get_table_names())
+    finally:
+        workspace.engine.dispose()
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_path):
+    """The app, its worker and a CLI command may all start on a new database at the same moment: the schema is
+    created once, by one of them, and none fails (before the migration lock, 3 of 30 such opens failed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from alembic.script import ScriptDirectory
+
+    from db.session import alembic_config, create_db_engine
+
+    with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
+        counts = list(pool.map(_open_and_count_tables, [(str(tmp_path / "data"), database_url)] * 6))
+    assert len(set(counts)) == 1 and counts[0] >= len(Base.metadata.tables)
+    engine = create_db_engine(database_url)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert current == ScriptDirectory.from_config(alembic_config()).get_current_head() and diff == []
+
+
+def test_a_database_from_a_newer_cadx_is_refused_untouched(workspace):
+    from sqlalchemy import text
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.workflows import open_workspace
+
+    with workspace.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    url = workspace.engine.url.render_as_string(hide_password=False)
+    with pytest.raises(CadxInputError, match=r"schema revision '0099_from_the_future' is newer than this cadx knows "
+                                             r"\(newest '0003.*'\); nothing was changed\. Fix: open it with"):
+        open_workspace(workspace.data_dir, url)
+    result = CliRunner().invoke(app, ["stats", "--data-dir", str(workspace.data_dir)],
+                                env={"CADX_DATABASE_URL": url})
+    assert result.exit_code == 2 and "newer than this cadx knows" in result.output and "Traceback" not in result.output
+    with workspace.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            "0099_from_the_future"]
+        assert "patients" in inspect(connection).get_table_names()

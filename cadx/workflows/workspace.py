@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cadx import config
 from cadx.errors import CadxInputError
-from db.session import create_db_engine, init_db, session_factory
+from db.session import SchemaNewerThanCodeError, create_db_engine, init_db, session_factory
 
 __all__ = ["Workspace", "open_workspace"]
 
@@ -84,7 +84,14 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
         directory.mkdir(parents=True, exist_ok=True)
     url = database_url or os.environ.get("CADX_DATABASE_URL") or f"sqlite:///{directory / 'cadx.sqlite'}"
     engine = create_db_engine(url)
-    init_db(engine)
+    try:
+        init_db(engine)
+    except SchemaNewerThanCodeError as exc:
+        engine.dispose()
+        raise CadxInputError(engine.url.render_as_string(hide_password=True),
+                             f"its schema revision {exc.revision!r} is newer than this cadx knows (newest "
+                             f"{exc.head!r}); nothing was changed",
+                             "open it with the cadx version that last upgraded it, or upgrade cadx") from exc
     workspace = Workspace(data_dir=directory.resolve(), engine=engine, sessions=session_factory(engine))
     workspace.pseudonym_key()  # created with the workspace, not by whichever import first needs it
     return workspace
