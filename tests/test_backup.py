@@ -72,7 +72,7 @@ def test_damaged_backup_is_refused_and_writes_nothing(workspace, tmp_path, membe
     with pytest.raises(CadxInputError, match=message):
         restore_workspace(fresh, damaged)
     rows, files = _snapshot(fresh)
-    assert all(not table_rows for table_rows in rows.values()) and files == ["pseudonym.key"]
+    assert all(not table_rows for table_rows in rows.values()) and files == [".import.lock", "pseudonym.key"]
     assert fresh.pseudonym_key() == own_key
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from cadx.errors import WeightsUnavailableError
 from cadx.roi import decode_png16
@@ -206,12 +207,28 @@ def compute_analytic_features(workspace: Workspace, *, progress: Progress | None
             seconds=time.perf_counter() - began,
         ))
         if len(pending) >= _BATCH_COMMIT or index == len(todo) - 1:
-            with workspace.sessions.begin() as session:
-                session.add_all(pending)
+            _store_new_segmentations(workspace, pending, FEATURES_VERSION)
             pending = []
     if progress is not None:
         progress(len(todo), len(todo), "analytic features done")
     return AnalyticReport(FEATURES_VERSION, len(unique), len(todo), n_failed, time.perf_counter() - start)
+
+
+def _store_new_segmentations(workspace: Workspace, rows: list[Segmentation], version: str) -> None:
+    """Insert the rows that no other process (e.g. a `cadx features` beside the app's worker) stored meanwhile.
+
+    Segmentation is deterministic for a features version, so a row stored by someone else is the same result.
+    """
+    for attempt in range(3):
+        try:
+            with workspace.sessions.begin() as session:
+                stored = set(session.scalars(select(Segmentation.roi_sha256).where(
+                    Segmentation.version == version, Segmentation.roi_sha256.in_([r.roi_sha256 for r in rows]))))
+                session.add_all([r for r in rows if r.roi_sha256 not in stored])
+            return
+        except IntegrityError:  # stored by another process between our check and our insert: check again
+            if attempt == 2:  # (the rolled-back rows are transient again, ready for the next try)
+                raise
 
 
 def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray, list[str], list[str]]:

@@ -6,6 +6,11 @@ content-addressed ROI store; nothing touches the database. Then one transaction 
 fails is reported with its reason; unless ``skip_errors`` is set, any failure rolls the whole import back and
 removes the ROI files it created, so a bad file never leaves partial rows. Importing the same data twice adds
 nothing: images are identified by their file's SHA-256, and an image's ROI for a lesion exists at most once.
+
+Imports running at once (two reviewers uploading the same case, the app and the CLI) take turns for the second
+phase under the workspace's import lock. Because ROI files are named by content, two imports can share one: a
+failed import therefore removes a file it created only when no committed row points at it, and an import whose
+file was removed that way before it committed reports it and writes nothing (run it again).
 """
 
 from __future__ import annotations
@@ -202,36 +207,44 @@ def run_import(
         if progress is not None:
             progress(total_images or 0, total_images, "writing to the database")
         if report.errors and not skip_errors:
-            _remove(created_files)
+            _remove_unreferenced(workspace, created_files)
             return report
-        try:
-            with workspace.sessions.begin() as session:
-                for item in prepared:
-                    _write_rows(session, item, report)
-                if report.errors and not skip_errors:
-                    raise _Rollback
-                n_imported = sum(i.status == "imported" for i in report.items)
-                session.add(
-                    ImportRun(kind=kind, source=source, user=user, n_imported=n_imported, n_skipped=report.n_skipped,
-                              report={"items": [dataclasses.asdict(i) for i in report.items]})
-                )
-                record_audit(session, user=user, action="upload" if kind == "upload" else "import",
-                             target=f"{kind} {source}"[:128],
-                             detail={"imported": n_imported, "skipped": report.n_skipped, "errors": report.n_errors,
-                                     "roi_ids": [i.roi_id for i in report.items if i.status == "imported"]})
-        except _Rollback:
-            _remove(created_files)
-            for item in report.items:
-                if item.status == "imported":
-                    item.roi_id = None
-            return report
-        except IntegrityError as exc:
-            # Another import wrote the same rows at the same moment: nothing of ours was kept.
-            _remove(created_files)
-            report.add(source, "error", f"the database refused the rows ({exc.orig}); nothing was written — run the import again")
-            return report
+        with workspace.import_lock():
+            prepared = _with_files_present(workspace, prepared, report)
+            if report.errors and not skip_errors:
+                _remove_unreferenced(workspace, created_files)
+                return report
+            try:
+                with workspace.sessions.begin() as session:
+                    for item in prepared:
+                        _write_rows(session, item, report)
+                    if report.errors and not skip_errors:
+                        raise _Rollback
+                    n_imported = sum(i.status == "imported" for i in report.items)
+                    session.add(
+                        ImportRun(kind=kind, source=source, user=user, n_imported=n_imported,
+                                  n_skipped=report.n_skipped,
+                                  report={"items": [dataclasses.asdict(i) for i in report.items]})
+                    )
+                    record_audit(session, user=user, action="upload" if kind == "upload" else "import",
+                                 target=f"{kind} {source}"[:128],
+                                 detail={"imported": n_imported, "skipped": report.n_skipped,
+                                         "errors": report.n_errors,
+                                         "roi_ids": [i.roi_id for i in report.items if i.status == "imported"]})
+            except _Rollback:
+                _remove_unreferenced(workspace, created_files)
+                for item in report.items:
+                    if item.status == "imported":
+                        item.roi_id = None
+                return report
+            except IntegrityError as exc:
+                # Another writer (not an import: they take turns) wrote the same rows: nothing of ours was kept.
+                _remove_unreferenced(workspace, created_files)
+                report.add(source, "error",
+                           f"the database refused the rows ({exc.orig}); nothing was written — run the import again")
+                return report
     except BaseException:
-        _remove(created_files)
+        _remove_unreferenced(workspace, created_files)
         raise
     report.committed = True
     return report
@@ -241,9 +254,38 @@ class _Rollback(Exception):
     pass
 
 
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+def _with_files_present(workspace: Workspace, prepared: list[_Prepared], report: ImportReport) -> list[_Prepared]:
+    """The prepared items whose ROI (and truth) files are still there; the others are reported as errors.
+
+    A file can vanish between the two phases only when a concurrent import that created the same content-named
+    file failed and, seeing no row pointing at it yet, removed it.
+    """
+    kept = []
+    for item in prepared:
+        files = [item.roi_file] + ([item.truth_file] if item.truth_file else [])
+        if all(workspace.path(f).exists() for f in files):
+            kept.append(item)
+        else:
+            report.add(item.finding.name, "error", "its ROI file was removed by another import of the same image "
+                                                   "that failed at the same moment. Fix: run the import again")
+    return kept
+
+
+def _remove_unreferenced(workspace: Workspace, paths: list[Path]) -> None:
+    """Remove files this import created, except those a committed row (of another import) points at now."""
+    if not paths:
+        return
+    relative = {path.relative_to(workspace.data_dir).as_posix(): path for path in paths}
+    with workspace.import_lock():
+        try:
+            with workspace.sessions() as session:
+                used = set(session.scalars(select(Roi.file).where(Roi.file.in_(relative))))
+                used |= set(session.scalars(select(Roi.truth_mask_file).where(Roi.truth_mask_file.in_(relative))))
+        except Exception:  # noqa: BLE001 - cannot tell which files are in use: keep them all (an unused file is harmless)
+            return
+        for name, path in relative.items():
+            if name not in used:
+                path.unlink(missing_ok=True)
 
 
 def _prepare_image(
@@ -376,6 +418,11 @@ def _write_rows(session: Session, item: _Prepared, report: ImportReport) -> None
     if image_row is not None and patient is None:
         report.add(finding.name, "error",
                    f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+        return
+    if image_row is not None and lesion is not None and session.scalar(
+            select(Roi.id).where(Roi.image_id == image_row.id, Roi.lesion_id == lesion.id)) is not None:
+        # committed by an import that ran at the same time (the first phase did not see it yet)
+        report.add(finding.name, "skipped", "already imported (same image file and lesion)")
         return
     if patient is None:
         patient = Patient(source=finding.patient_source, key=patient_key, is_synthetic=finding.is_synthetic)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +21,7 @@ from db.session import SchemaNewerThanCodeError, create_db_engine, init_db, sess
 __all__ = ["Workspace", "open_workspace"]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
+_IMPORT_LOCK_FILE = ".import.lock"  # created with the workspace, so it is there before any import
 PSEUDONYM_KEY_BYTES = 32
 
 
@@ -47,6 +52,23 @@ class Workspace:
                                  "put back this installation's key from a backup (`cadx restore` brings it); with "
                                  "another key, DICOM patients no longer match the pseudonyms already stored")
         return key
+
+    @contextlib.contextmanager
+    def import_lock(self, *, timeout_s: float = 600.0) -> Iterator[None]:
+        """Hold the workspace's import lock: imports take turns to check their files and write their rows.
+
+        Re-entrant in one thread; other threads and processes wait (at most ``timeout_s``, then a clear error).
+        """
+        lock = FileLock(self.data_dir / _IMPORT_LOCK_FILE, is_singleton=True)
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout as exc:
+            raise CadxInputError(str(self.data_dir), f"another import has been writing for over {timeout_s:.0f} s",
+                                 "try again when it has finished") from exc
+        try:
+            yield
+        finally:
+            lock.release()
 
     @property
     def pseudonym_key_path(self) -> Path:
@@ -94,4 +116,5 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
                              "open it with the cadx version that last upgraded it, or upgrade cadx") from exc
     workspace = Workspace(data_dir=directory.resolve(), engine=engine, sessions=session_factory(engine))
     workspace.pseudonym_key()  # created with the workspace, not by whichever import first needs it
+    (workspace.data_dir / _IMPORT_LOCK_FILE).touch(exist_ok=True)
     return workspace
