@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
