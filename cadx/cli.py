@@ -402,8 +402,10 @@ def backup_command(target: Annotated[Path, typer.Argument(help="The backup file 
     """Back up the database, the stored files and the pseudonym key, with a SHA-256 for each."""
     from cadx.workflows.backup import backup_workspace
 
-    manifest = _run(lambda: backup_workspace(_workspace(data_dir), target, include_features=with_features,
-                                             include_pseudonym_key=not without_pseudonym_key))
+    workspace = _workspace(data_dir)
+    with _ProgressBar() as bar:
+        manifest = _run(lambda: backup_workspace(workspace, target, include_features=with_features,
+                                                 include_pseudonym_key=not without_pseudonym_key, progress=bar))
     rows = sum(t["rows"] for t in manifest["tables"].values())
     key = "the pseudonym key" if "pseudonym_key_sha256" in manifest else "no pseudonym key"
     _out.print(f"{rows} rows, {len(manifest['files'])} files and {key} backed up to {target}")
@@ -415,7 +417,9 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
     """Restore a backup into an empty workspace, verifying every hash before writing."""
     from cadx.workflows.backup import restore_workspace
 
-    manifest = _run(lambda: restore_workspace(_workspace(data_dir), source))
+    workspace = _workspace(data_dir)
+    with _ProgressBar() as bar:
+        manifest = _run(lambda: restore_workspace(workspace, source, progress=bar))
     rows = sum(t["rows"] for t in manifest["tables"].values())
     _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
     if not manifest["pseudonym_key_restored"]:

@@ -32,11 +32,15 @@ def test_backup_restores_every_row_and_file(workspace, tmp_path):
 
         roi_id = session.scalars(select(Roi.id)).first()
     exclude_roi(workspace, roi_id, reason="location_marker", user="alice")
-    manifest = backup_workspace(workspace, tmp_path / "b.tar")
+    backed_up, restored_steps = [], []
+    manifest = backup_workspace(workspace, tmp_path / "b.tar", progress=lambda *step: backed_up.append(step))
     assert manifest["tables"]["review_events"]["rows"] == 1 and manifest["files"]
+    n_files = len(manifest["files"])
+    assert (n_files, n_files, "backing up stored files") in backed_up  # progress reaches the end
 
     restored = open_workspace(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.sqlite'}")
-    restore_workspace(restored, tmp_path / "b.tar")
+    restore_workspace(restored, tmp_path / "b.tar", progress=lambda *step: restored_steps.append(step))
+    assert [s for s in restored_steps if s[2] == "writing stored files"][-1][:2] == (n_files, n_files)
     rows_before, files_before = _snapshot(workspace)
     rows_after, files_after = _snapshot(restored)
     assert rows_after == rows_before

@@ -27,6 +27,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, insert, select, text
 
 from cadx.errors import CadxInputError
+from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import PSEUDONYM_KEY_BYTES, Workspace
 from db.models import Base
 
@@ -64,8 +65,11 @@ def _revision(workspace: Workspace) -> str | None:
 
 
 def backup_workspace(workspace: Workspace, target: str | Path, *, include_features: bool = False,
-                     include_pseudonym_key: bool = True) -> dict[str, Any]:
-    """Write a verified backup archive of ``workspace`` to ``target`` (a ``.tar`` file); returns its manifest."""
+                     include_pseudonym_key: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+    """Write a verified backup archive of ``workspace`` to ``target`` (a ``.tar`` file); returns its manifest.
+
+    ``progress(done, total, message)`` is called per table and per stored file.
+    """
     target = Path(target)
     if target.exists():
         raise CadxInputError(str(target), "already exists", "choose a new file name; backups never overwrite")
@@ -81,15 +85,20 @@ def backup_workspace(workspace: Workspace, target: str | Path, *, include_featur
                                   for row in rows).encode()
                 _add(archive, f"tables/{table.name}.jsonl", payload)
                 manifest["tables"][table.name] = {"rows": len(rows), "sha256": _sha256(payload)}
+                _report(progress, len(manifest["tables"]), len(Base.metadata.sorted_tables), f"table {table.name}")
         folders = _FILE_DIRS + ((_FEATURE_DIR,) if include_features else ())
-        for folder in folders:
-            root = workspace.data_dir / folder
-            for path in sorted(root.rglob("*")) if root.exists() else []:
-                if path.is_file() and not path.name.startswith(".tmp"):
-                    data = path.read_bytes()
-                    relative = path.relative_to(workspace.data_dir).as_posix()
-                    _add(archive, f"files/{relative}", data)
-                    manifest["files"][relative] = _sha256(data)
+        paths = [path for folder in folders if (workspace.data_dir / folder).exists()
+                 for path in sorted((workspace.data_dir / folder).rglob("*"))
+                 if path.is_file() and not path.name.startswith(".tmp")]
+        for done, path in enumerate(paths, start=1):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # removed meanwhile by a failed import: no row of the snapshot uses it
+                continue
+            relative = path.relative_to(workspace.data_dir).as_posix()
+            _add(archive, f"files/{relative}", data)
+            manifest["files"][relative] = _sha256(data)
+            _report(progress, done, len(paths), "backing up stored files")
         if include_pseudonym_key:
             key = workspace.pseudonym_key()
             _add(archive, _KEY_MEMBER, key)
@@ -99,13 +108,19 @@ def backup_workspace(workspace: Workspace, target: str | Path, *, include_featur
     return manifest
 
 
+def _report(progress: Progress | None, done: int, total: int, message: str) -> None:
+    if progress is not None:
+        progress(done, total, message)
+
+
 def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     archive.addfile(info, io.BytesIO(data))
 
 
-def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any]:
+def restore_workspace(workspace: Workspace, source: str | Path, *, progress: Progress | None = None
+                      ) -> dict[str, Any]:
     """Restore a backup into an EMPTY workspace, verifying every table and file hash first.
 
     The backup's pseudonym key, when it has one, replaces the new workspace's (nothing was pseudonymised with that
@@ -146,11 +161,12 @@ def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any
                 raise CadxInputError(str(source), f"table {name} fails its checksum", "the backup is damaged")
             tables[name] = [json.loads(line) for line in payload.decode().splitlines() if line]
         files = {}
-        for relative, digest in manifest["files"].items():
+        for done, (relative, digest) in enumerate(manifest["files"].items(), start=1):
             data = read(f"files/{relative}")
             if _sha256(data) != digest:
                 raise CadxInputError(str(source), f"file {relative} fails its checksum", "the backup is damaged")
             files[relative] = data
+            _report(progress, done, len(manifest["files"]), "checking stored files")
         key = None
         if "pseudonym_key_sha256" in manifest:
             key = read(_KEY_MEMBER)
@@ -163,10 +179,12 @@ def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any
             handle.write(key)
         os.replace(staged, workspace.pseudonym_key_path)
     manifest["pseudonym_key_restored"] = key is not None
-    for relative, data in files.items():
+    for done, (relative, data) in enumerate(files.items(), start=1):
         path = workspace.data_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        _report(progress, done, len(files), "writing stored files")
+    _report(progress, 0, 1, "writing the database rows")
     with workspace.engine.begin() as connection:
         for table in Base.metadata.sorted_tables:
             rows = [{column.name: _decode(row.get(column.name)) for column in table.columns}
@@ -178,4 +196,5 @@ def restore_workspace(workspace: Workspace, source: str | Path) -> dict[str, Any
                 connection.execute(text(
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
                     f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"))
+    _report(progress, 1, 1, "database rows written")
     return manifest
