@@ -106,6 +106,12 @@ def _run(action):
     except CadxError as exc:
         _console.print(f"[bold red]Error:[/] {exc}")
         raise typer.Exit(2) from exc
+    except OSError as exc:  # disk full, permissions, a vanished mount: the workflows have rolled back by now
+        where = f" {exc.filename}" if exc.filename else ""
+        _console.print(f"[bold red]Error:[/] could not read or write{where}: {exc.strerror or exc}. Nothing was "
+                       "half-written. Fix: check the free space and permissions of the data directory and the inputs, "
+                       "then run the command again.")
+        raise typer.Exit(1) from exc
 
 
 @import_app.command("mias")

@@ -74,3 +74,31 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
 
     result = runner.invoke(app, ["evaluate", "--tap", "fc8", "--repeats", "0", *common])
     assert result.exit_code == 2 and "repeats" in result.output and "whole number from 1" in result.output
+
+
+def test_a_full_disk_during_an_import_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import cadx.workflows.importing as importing
+    from tests.test_import_files import _snapshot
+    from cadx.workflows import open_workspace
+
+    data = tmp_path / "data"
+    workspace = open_workspace(data)
+    before = _snapshot(workspace)
+    written = []
+
+    def store_until_full(data_dir, pixels):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(data_dir / "rois" / "x.png"))
+        written.append(True)
+        return real_store(data_dir, pixels)
+
+    real_store = importing.store_roi_png
+    monkeypatch.setattr(importing, "store_roi_png", store_until_full)
+    result = runner.invoke(app, ["demo", "--lesions", "3", "--data-dir", str(data)])
+    assert written and result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "Nothing was half-written" in result.output
+    assert result.exception is not None and "Traceback" not in result.output
+    assert _snapshot(workspace) == before  # the one ROI file written before the disk filled is gone again
+    workspace.engine.dispose()
