@@ -5,14 +5,14 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cadx.errors import CadxError
+from cadx.errors import CadxError, CadxInputError
 from cadx.workflows import (
     ImportReport,
     Workspace,
@@ -100,12 +100,16 @@ def _finish(report: ImportReport, report_path: Path | None) -> None:
         raise typer.Exit(2 if not report.committed else 1)
 
 
+def _fail(error: CadxError) -> NoReturn:
+    _console.print(f"[bold red]Error:[/] {error}")
+    raise typer.Exit(2) from error
+
+
 def _run(action):
     try:
         return action()
     except CadxError as exc:
-        _console.print(f"[bold red]Error:[/] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     except OSError as exc:  # disk full, permissions, a vanished mount: the workflows have rolled back by now
         where = f" {exc.filename}" if exc.filename else ""
         _console.print(f"[bold red]Error:[/] could not read or write{where}: {exc.strerror or exc}. Nothing was "
@@ -384,6 +388,55 @@ def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")]
     """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""
     _experiment(name, backbone, weights, weights_path, (), tap, folds, seed, repeats, True, jobs, json_path, data_dir,
                 user)
+
+
+@app.command("experiments")
+def experiments_command(json_path: JsonPath = None, data_dir: DataDir = None) -> None:
+    """List the experiments, newest first: what ran on which data, and its AUCs."""
+    from cadx.workflows import list_experiments
+
+    experiments = _run(lambda: list_experiments(_workspace(data_dir)))
+    table = Table(title=f"{len(experiments)} experiments (newest first)")
+    for column in ("id", "experiment", "set-up", "AUC SVM1 / SVM2 / ensemble"):
+        table.add_column(column, overflow="fold")
+    for e in experiments:
+        auc = " / ".join("–" if e[k] is None else f"{e[k]:.3f}" for k in ("auc_A", "auc_B", "auc_C"))
+        flags = [f for f, on in (("SYNTHETIC DATA", e["uses_synthetic_data"]),
+                                 ("RANDOM WEIGHTS", e["uses_random_weights"])) if on]
+        table.add_row(str(e["id"]),
+                      f"{e['name']}\n{e['created_at']:%Y-%m-%d %H:%M} by {e['created_by']}",
+                      f"{e['backbone']} {e['ensemble_tap']}\n{e['n_folds']} folds × {e['repeats']} seed(s)\n"
+                      f"{e['n_rois']} ROIs ({e['n_excluded']} excluded)",
+                      auc + "".join(f"\n[bold red]{f}[/]" for f in flags))
+    _out.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(experiments, indent=2, default=str))
+        _out.print(f"written to {json_path}")
+
+
+@app.command("predictions")
+def predictions_command(
+    experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
+    csv_path: Annotated[Path, typer.Option("--csv", help="The CSV file to write.")],
+    level: Annotated[str, typer.Option(help="roi (every view) or lesion (mean of its ROIs).")] = "roi",
+    all_seeds: Annotated[bool, typer.Option("--all-seeds", help="Every seed of a repeated cross-validation "
+                                                                "(ROI level; adds a repeat column).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Export an experiment's out-of-fold predictions (p1, p2, p3, truth, fold, right or wrong) as CSV."""
+    from cadx.workflows import lesion_predictions, roi_predictions
+
+    if level not in ("roi", "lesion"):
+        _fail(CadxInputError("--level", f"got {level!r}", "use roi or lesion"))
+    if all_seeds and level != "roi":
+        _fail(CadxInputError("--all-seeds", "needs --level roi", "export the ROI rows and average them per lesion"))
+    workspace = _workspace(data_dir)
+    if level == "roi":
+        frame = _run(lambda: roi_predictions(workspace, experiment_id, repeat=None if all_seeds else 0))
+    else:
+        frame = _run(lambda: lesion_predictions(workspace, experiment_id))
+    frame.to_csv(csv_path, index=False)
+    _out.print(f"{len(frame)} rows ({level} level) written to {csv_path}")
 
 
 @app.command("worker")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 from typer.testing import CliRunner
@@ -74,6 +75,34 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
 
     result = runner.invoke(app, ["evaluate", "--tap", "fc8", "--repeats", "0", *common])
     assert result.exit_code == 2 and "repeats" in result.output and "whole number from 1" in result.output
+
+
+    # the experiments and their out-of-fold predictions, for batch work
+    listing = tmp_path / "experiments.json"
+    result = runner.invoke(app, ["experiments", "--json", str(listing), "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    experiments = json.loads(listing.read_text())
+    assert [(e["kind"], e["repeats"]) for e in experiments] == [("evaluate", 2), ("sweep", 1)]
+    assert "SYNTHETIC DATA" in result.output and "5 folds × 2 seed(s)" in result.output
+    evaluate_id, n_rois = experiments[0]["id"], experiments[0]["n_rois"]
+    for name, args, rows, seeds in (("roi", ["--level", "roi"], n_rois, None),
+                                    ("seeds", ["--all-seeds"], 2 * n_rois, [0, 1]),
+                                    ("lesion", ["--level", "lesion"], experiments[0]["n_lesions"], None)):
+        out = tmp_path / f"predictions-{name}.csv"
+        result = runner.invoke(app, ["predictions", str(evaluate_id), "--csv", str(out), *args, "--data-dir",
+                                     str(data)])
+        assert result.exit_code == 0, result.output
+        with out.open() as handle:
+            table = list(csv.DictReader(handle))
+        assert len(table) == rows and {"truth", "fold", "p1", "p2", "p3"} <= set(table[0])
+        if seeds is not None:
+            assert sorted({int(r["repeat"]) for r in table}) == seeds
+    # seed 0 of --all-seeds is the one-seed export, row for row
+    with (tmp_path / "predictions-roi.csv").open() as a, (tmp_path / "predictions-seeds.csv").open() as b:
+        first_seed = [r for r in csv.DictReader(b) if r.pop("repeat") == "0"]
+        assert first_seed == list(csv.DictReader(a))
+    result = runner.invoke(app, ["predictions", "999", "--csv", str(tmp_path / "x.csv"), "--data-dir", str(data)])
+    assert result.exit_code == 2 and "`cadx experiments`" in result.output and not (tmp_path / "x.csv").exists()
 
 
 def test_a_full_disk_during_an_import_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch):

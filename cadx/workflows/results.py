@@ -310,9 +310,13 @@ def roc_curve_table(results: dict[str, Any]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ predictions ---
-def roi_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
+def roi_predictions(workspace: Workspace, experiment_id: int, *, repeat: int | None = 0) -> pd.DataFrame:
     """One row per ROI: out-of-fold p1 (CNN), p2 (analytic), p3 (ensemble), truth, fold, |p1 - p2| and whether
-    each classifier is right at a 0.5 threshold (None where a classifier did not run)."""
+    each classifier is right at a 0.5 threshold (None where a classifier did not run).
+
+    ``repeat`` picks the seed of a repeated cross-validation (0: the first, as on every page); ``None`` gives every
+    seed's rows with a ``repeat`` column.
+    """
     query = (
         select(Prediction.roi_id, Prediction.lesion_id, Lesion.key.label("lesion_key"),
                Patient.key.label("patient_key"), Image.view, Image.laterality, Prediction.fold, Prediction.truth,
@@ -322,16 +326,22 @@ def roi_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
         .join(Lesion, Prediction.lesion_id == Lesion.id)
         .join(Patient, Lesion.patient_id == Patient.id)
         .join(Image, Roi.image_id == Image.id)
-        .where(Prediction.experiment_id == experiment_id, Prediction.repeat == 0)
-        .order_by(Prediction.roi_id)
+        .add_columns(Prediction.repeat)
+        .where(Prediction.experiment_id == experiment_id)
+        .order_by(Prediction.repeat, Prediction.roi_id)
     )
+    if repeat is not None:
+        query = query.where(Prediction.repeat == repeat)
     with workspace.sessions() as session:
         _experiment(session, experiment_id)
         rows = session.execute(query).all()
     frame = pd.DataFrame([r._asdict() for r in rows],
                          columns=["roi_id", "lesion_id", "lesion_key", "patient_key", "view", "laterality", "fold",
-                                  "truth", "p1", "p2", "p3", "decision1", "decision2", "roi_sha256", "included"])
+                                  "truth", "p1", "p2", "p3", "decision1", "decision2", "roi_sha256", "included",
+                                  "repeat"])
     frame = frame.rename(columns={"included": "included_now"})
+    if repeat is not None:
+        frame = frame.drop(columns="repeat")
     return _add_outcomes(frame)
 
 
