@@ -199,6 +199,8 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         return {"level": "roi", "n_cases": results.get("n_rois"), "n_positive": results.get("n_malignant_rois"),
                 "methods": results.get("methods", {}), "comparisons": results.get("comparisons", []),
                 "repeats": results.get("repeats")}
+    from cadx.svm import fold_auc  # loaded only here: the pages that never need it start faster
+
     lesions = lesion_predictions(workspace, experiment_id)
     y = lesions["truth"].to_numpy(dtype=int)
     folds = lesions["fold"].to_numpy(dtype=int)
@@ -212,7 +214,7 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         if stored is None or lesions[column].isna().any():
             continue
         s = lesions[column].to_numpy(dtype=float)
-        fold_aucs = np.array([_fold_auc(y[folds == k], s[folds == k]) for k in range(n_folds)])
+        fold_aucs = fold_auc(s, y, folds)
         fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
         methods[key] = method_statistics(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
                                          stored.get("seconds", 0.0), fold_aucs=fold_aucs)
@@ -222,12 +224,6 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         comparisons = compare_methods(methods, scores, y, folds, n_folds)
     return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
             "methods": json_safe(methods), "comparisons": json_safe(comparisons), "repeats": results.get("repeats")}
-
-
-def _fold_auc(y: np.ndarray, s: np.ndarray) -> float:
-    if len(set(y.tolist())) < 2:
-        return float("nan")
-    return stats.auc(y, s)
 
 
 def method_table(results: dict[str, Any]) -> pd.DataFrame:
