@@ -33,8 +33,9 @@ app = typer.Typer(help="cadx: breast-lesion CADx from mammograms (Huynh, Li & Gi
 import_app = typer.Typer(help="Import images and lesions into the database.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 
-_console = Console(stderr=True)
-_out = Console()
+# soft_wrap: an error is one line whatever the terminal width, so it can be read, grepped and copied whole
+_console = Console(stderr=True, soft_wrap=True)
+_out = Console(soft_wrap=True)
 
 DataDir = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")

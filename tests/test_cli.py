@@ -131,3 +131,14 @@ def test_a_full_disk_during_an_import_is_a_clear_error_and_writes_nothing(tmp_pa
     assert result.exception is not None and "Traceback" not in result.output
     assert _snapshot(workspace) == before  # the one ROI file written before the disk filled is gone again
     workspace.engine.dispose()
+
+
+def test_an_error_is_one_unwrapped_line_in_a_narrow_terminal(tmp_path, monkeypatch):
+    # A 20-column terminal: rich used to fold the message mid-sentence, so tests and users could not find it whole.
+    import cadx.cli as cli
+
+    monkeypatch.setattr(cli._console, "_width", 20)
+    result = runner.invoke(app, ["exclude", "1", "--reason", "blurry", "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    error_line = next(line for line in result.output.splitlines() if line.startswith("Error:"))
+    assert "unknown exclusion reason" in error_line and len(error_line) > 20
