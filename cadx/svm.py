@@ -66,7 +66,6 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy.linalg.blas import dsyrk
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 from sklearn import config_context
@@ -78,6 +77,8 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroup
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+
+from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
 
 __all__ = [
     "CvResult",
@@ -263,6 +264,9 @@ class CvResult:
         Wall-clock time of the whole cross-validation.
     seed : int
     engine : str
+    gram_engine : str
+        Where the Gram engine's matrix products ran (:func:`cadx.gram.resolve_gram_engine`); ``"numpy"`` for the
+        plain engine.
     """
 
     decision: np.ndarray
@@ -286,6 +290,7 @@ class CvResult:
     seconds: float
     seed: int
     engine: str
+    gram_engine: str = "numpy"
 
     @property
     def n_folds(self) -> int:
@@ -560,18 +565,8 @@ def _standardize(rows: np.ndarray, mean: np.ndarray, inv: np.ndarray, has_nan: b
     return out
 
 
-def _syrk_into(G: np.ndarray, Z: np.ndarray) -> None:
-    """``G[upper] += Z Zᵀ`` in place (``G`` Fortran-ordered n×n, ``Z`` C-ordered n×b)."""
-    dsyrk(1.0, Z.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
-
-
-def _symmetrize(G: np.ndarray) -> np.ndarray:
-    upper = np.triu(G)
-    return np.ascontiguousarray(upper + np.triu(upper, 1).T)
-
-
 def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Sequence[tuple[np.ndarray, np.ndarray]],
-                *, block_columns: int = _DEFAULT_BLOCK_COLUMNS):
+                *, block_columns: int = _DEFAULT_BLOCK_COLUMNS, gram_engine: str = "numpy"):
     """The standardised Grams of one outer fold, streaming ``X`` in column blocks.
 
     Parameters
@@ -584,6 +579,9 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
         Inner (train, validation) ROI indices, subsets of ``train``.
     block_columns : int
         Columns per block; memory is about ``4 · n_rois · block_columns`` float64 plus the Grams.
+    gram_engine : str
+        Where the rank-k updates run (:func:`cadx.gram.resolve_gram_engine`); the statistics and the
+        standardisation are the same numpy code for every engine.
 
     Returns
     -------
@@ -607,8 +605,8 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
     partition = (np.array_equal(np.sort(np.concatenate(inner_val)), np.arange(n_tr))
                  and all(len(np.union1d(f, v)) == len(f) + len(v) == n_tr
                          for f, v in zip(inner_fit, inner_val, strict=True)))
-    G_outer = np.zeros((n_all, n_all), order="F")
-    G_inner = [np.zeros((n_tr, n_tr), order="F") for _ in inner]
+    G_outer = GramAccumulator(n_all, gram_engine)
+    G_inner = [GramAccumulator(n_tr, gram_engine) for _ in inner]
     n_kept = n_nonconstant = 0
     p = X.shape[1]
     b = max(1, int(block_columns))
@@ -636,18 +634,18 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
             keep, mean, inv = _fit_scaler(XT, has_nan)
         n_kept += int(keep.sum())
         if keep.any():
-            _syrk_into(G_outer, _standardize(Xb, mean, inv, has_nan, out))
+            G_outer.add(_standardize(Xb, mean, inv, has_nan, out))
         for k, (G, fit_pos) in enumerate(zip(G_inner, inner_fit, strict=True)):
             if fast:
                 keep, mean, inv = _scaler_from_moments(moments, np.arange(len(inner_val)) != k)
             else:
                 keep, mean, inv = _fit_scaler(XT[fit_pos], has_nan)
             if keep.any():
-                _syrk_into(G, _standardize(XT, mean, inv, has_nan, outT))
-    if not (np.isfinite(G_outer).all() and all(np.isfinite(G).all() for G in G_inner)):
+                G.add(_standardize(XT, mean, inv, has_nan, outT))
+    if not (G_outer.finite() and all(G.finite() for G in G_inner)):
         raise ValueError("features contain infinite values (or overflow float64 after standardisation); "
                          "allowed are finite numbers and NaN (missing, imputed)")
-    return _symmetrize(G_outer), [_symmetrize(G) for G in G_inner], n_kept, n_nonconstant
+    return G_outer.result(), [G.result() for G in G_inner], n_kept, n_nonconstant
 
 
 def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
@@ -768,11 +766,12 @@ class _FoldOutput:
     gram_seconds: float
     svm_seconds: float
     seconds: float
+    gram_engine: str = "numpy"
 
 
 def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
               inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list], engine: str,
-              block_columns: int, name: str = "X") -> _FoldOutput:
+              block_columns: int, name: str = "X", gram_engine: str | None = None) -> _FoldOutput:
     """One outer fold: inner grid search, refit on the outer training set, decision values for its test set."""
     t0 = time.perf_counter()
     _, candidates = _check_grid(grid)
@@ -782,7 +781,9 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     inner_pos = [(position[a], position[b]) for a, b in inner]
     y_tr = y[train]
     if engine == "gram":
-        G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns)
+        gram_engine = resolve_gram_engine(gram_engine)  # here, in the worker: its own CUDA device, if any
+        G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns,
+                                                              gram_engine=gram_engine)
         t1 = time.perf_counter()
         scores, oof = _grid_search_gram(G_inner, inner_pos, y_tr, candidates)
         best = _best_index(scores)
@@ -815,7 +816,8 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     t2 = time.perf_counter()
     return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
                        scores=scores, platt=platt, n_kept=n_kept, n_nonconstant=n_nonconstant,
-                       gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0)
+                       gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
+                       gram_engine=gram_engine if engine == "gram" else "numpy")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -901,12 +903,16 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         svm_seconds=np.array([o.svm_seconds for o in outputs]),
         fold_seconds=np.array([o.seconds for o in outputs]),
         seconds=seconds, seed=seed, engine=engine,
+        gram_engine="+".join(sorted({o.gram_engine for o in outputs})),
     )
 
 
-def _check_common(engine: str, block_columns: int) -> None:
+def _check_common(engine: str, block_columns: int, gram_engine: str | None = None) -> None:
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {list(_ENGINES)}; got {engine!r}")
+    if gram_engine is not None and str(gram_engine).strip().lower() not in ("auto", *GRAM_ENGINES):
+        raise ValueError(f"gram_engine must be one of {['auto', *GRAM_ENGINES]} (or None: $CADX_GRAM_ENGINE); "
+                         f"got {gram_engine!r}")
     if isinstance(block_columns, bool) or not isinstance(block_columns, (int, np.integer)) or block_columns < 1:
         raise ValueError(f"block_columns must be a positive integer; got {block_columns!r}")
 
@@ -928,7 +934,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
-                             progress: Progress | None = None) -> CvResult | list[CvResult]:
+                             progress: Progress | None = None, gram_engine: str | None = None,
+                             ) -> CvResult | list[CvResult]:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -968,12 +975,15 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         width.
     progress : callable(done, total, message), optional
         Called after each outer fold finishes.
+    gram_engine : {"auto", "numpy", "torch-cpu", "torch-cuda"}, optional
+        Where the Gram engine multiplies (default ``$CADX_GRAM_ENGINE``, else ``auto``: torch on CUDA when torch
+        sees a GPU, numpy otherwise); see :mod:`cadx.gram`. Results agree between engines to rounding.
 
     Returns
     -------
     CvResult, or list of CvResult when ``repeats > 1``
     """
-    _check_common(engine, block_columns)
+    _check_common(engine, block_columns, gram_engine)
     seeds = _seeds(seed, repeats)
     y01 = _check_labels(y)
     cv_groups = _cv_groups(groups, patients, len(y01))
@@ -986,7 +996,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     for s in seeds:
         splits, inner_splits = plans[s]
         for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
-            jobs.append(((s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)), {}))
+            jobs.append(((s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)),
+                         {"gram_engine": gram_engine}))
             labels.append(f"seed {s} fold {k + 1}/{n_folds}" if repeats > 1 else f"fold {k + 1}/{n_folds}")
     outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
     seconds = time.perf_counter() - t0
@@ -1071,7 +1082,8 @@ def soft_vote(p1: CvResult | Any, p2: CvResult | Any, *, folds1: Any = None, fol
 def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: Any, *, patients: Any = None,
                  n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
-                 block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None) -> SweepResult:
+                 block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
+                 gram_engine: str | None = None) -> SweepResult:
     """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
 
     Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
@@ -1084,7 +1096,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
         Tap name -> features of shape (n_rois, n_features_tap): an array, a ``np.memmap`` (workers map the file),
         a path to a ``.npy`` file, or a cheap callable that returns the array (e.g. loads a memmap). With a
         remote Dask cluster, files must be visible to the workers at the same path.
-    y, groups, patients, n_folds, n_inner, seed, repeats, engine, n_jobs, scheduler, block_columns
+    y, groups, patients, n_folds, n_inner, seed, repeats, engine, n_jobs, scheduler, block_columns, gram_engine
         As for :func:`cross_validate_by_lesion`.
     grid : mapping, optional
         One grid for all taps; default :func:`default_grid` of each tap's width.
@@ -1097,7 +1109,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
     """
     if not isinstance(feature_sources, Mapping) or not feature_sources:
         raise ValueError("feature_sources must be a non-empty mapping of tap name -> features")
-    _check_common(engine, block_columns)
+    _check_common(engine, block_columns, gram_engine)
     seeds = _seeds(seed, repeats)
     y01 = _check_labels(y)
     cv_groups = _cv_groups(groups, patients, len(y01))
@@ -1114,7 +1126,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
             splits, inner_splits = plans[s]
             for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
                 jobs.append(((name, s, k), (sources[name], y01, train, test, inner, grids[name], engine,
-                                            int(block_columns), name), {}))
+                                            int(block_columns), name), {"gram_engine": gram_engine}))
                 labels.append(f"{name} fold {k + 1}/{n_folds}" + (f" seed {s}" if repeats > 1 else ""))
     outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
     seconds = time.perf_counter() - t0
