@@ -252,19 +252,39 @@ def _load_backbone(backbone, weights, weights_path):
 def extract_command(backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                     taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
                     batch_size: Annotated[int, typer.Option(help="ROIs per forward pass.")] = 16,
+                    workers: Annotated[int, typer.Option(help="Processes decoding and resizing ROIs ahead of the "
+                                                         "network (0: none).")] = 0,
+                    precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast (stored apart from "
+                                                           "fp32 features).")] = "fp32",
+                    decoded_cache: Annotated[bool, typer.Option("--decoded-cache", help="Decode the ROI PNGs once "
+                                                                "into a memory-mapped uint16 cache and read that."
+                                                                )] = False,
+                    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when "
+                                                                  "available).")] = None,
+                    timings: Annotated[bool, typer.Option("--timings", help="Print seconds per stage (read, "
+                                                          "preprocess, copy, forward, write).")] = False,
                     data_dir: DataDir = None) -> None:
     """Method A: extract CNN features of every ROI not yet in the feature store (all taps in one pass)."""
+    from cadx.cnn import PRECISIONS
     from cadx.workflows.features import extract_cnn_features
 
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"{precision!r} is not one of {', '.join(PRECISIONS)}", param_hint="--precision")
+    if workers < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--workers")
     workspace = _workspace(data_dir)
     loaded, _ = _load_backbone(backbone, weights, weights_path)
     tap_list = taps.split(",") if taps else None
     with _ProgressBar() as bar:
         report = _run(lambda: extract_cnn_features(workspace, loaded, taps=tap_list, batch_size=batch_size,
-                                                   progress=bar))
+                                                   progress=bar, num_workers=workers, precision=precision,
+                                                   decoded_cache=decoded_cache, device=device, timings=timings))
     _out.print(f"{report.n_extracted} of {report.n_rois} ROIs extracted ({report.n_rois - report.n_extracted} "
                f"already stored) with {report.weights_name} [sha256 {report.weights_sha256[:12]}] "
-               f"in {report.seconds:.1f} s")
+               f"in {report.seconds:.1f} s" + ("" if precision == "fp32" else f" ({precision} autocast)"))
+    if timings and report.timings:
+        _out.print("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()
+                                                       if k != "rois"))
 
 
 @app.command("features")

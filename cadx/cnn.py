@@ -65,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import itertools
 import http.client
 import json
 import math
@@ -95,6 +96,7 @@ __all__ = [
     "CAFFE_ALEXNET_SHAPES_227",
     "CAFFE_ALEXNET_SHAPES_256",
     "INPUT_SIZE",
+    "PRECISIONS",
     "PREPROCESSING_VERSION",
     "TORCHVISION_ALEXNET_SHAPES_256",
     "Backbone",
@@ -109,6 +111,7 @@ __all__ = [
     "WeightsSpec",
     "extract_features",
     "extract_to_store",
+    "feature_preprocessing",
     "get_backbone",
     "load_backbone",
     "preprocess_rois",
@@ -128,6 +131,25 @@ pre1: integer ROIs scaled to [0, 1] by their dtype's maximum (uint16 / 65535, ui
 already lie in [0, 1]), bilinear antialiased resize to 256x256 on the CPU (``torch.nn.functional.interpolate``,
 ``antialias=True``), grey replicated to 3 channels, then the weights' own per-channel mean/std.
 """
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Arithmetic of the forward pass: float32, or ``torch.autocast`` to bfloat16 / float16 (features stored float32)."""
+
+
+def feature_preprocessing(precision: str = "fp32") -> str:
+    """The feature-store key (``preprocessing``) of features extracted at ``precision``.
+
+    ``fp32`` keeps :data:`PREPROCESSING_VERSION` (the keys of every store written so far); autocast runs append
+    ``+bf16`` / ``+fp16``, so features of different precisions live in different sets and never mix in a sweep.
+    """
+    return PREPROCESSING_VERSION if _check_precision(precision) == "fp32" else f"{PREPROCESSING_VERSION}+{precision}"
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+    return precision
+
 
 _DOWNLOAD_TIMEOUT_S = 10.0
 _HASH_PREFIX_RE = re.compile(r"-([a-f0-9]{8,64})\.")
@@ -865,15 +887,63 @@ def _extractor(loaded: LoadedBackbone, taps: tuple[str, ...], device: torch.devi
     return loaded._extractors[key]
 
 
-def _batches(rois: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
-    for roi in rois:
-        batch.append(roi)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _prepare(batch: Sequence[np.ndarray], *, mean, std, batch_size: int, start: int) -> torch.Tensor:
+    """The padded network input of one batch (the last batch is zero-padded to ``batch_size``)."""
+    x = preprocess_rois(batch, mean=mean, std=std, start_index=start)
+    if len(batch) < batch_size:
+        x = torch.cat([x, x.new_zeros((batch_size - len(batch), *x.shape[1:]))])
+    return x
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """Batch ``b`` of a sequence of ROIs, read (decoded) and preprocessed in a DataLoader worker process.
+
+    Items are ``(input, n, read seconds, preprocess seconds)``; whole batches, so the preprocessing is the very
+    same call as without workers (bit-identical inputs)."""
+
+    def __init__(self, rois: Sequence[np.ndarray], batch_size: int, mean, std) -> None:
+        self.rois, self.batch_size, self.mean, self.std = rois, batch_size, mean, std
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rois) / self.batch_size)
+
+    def __getitem__(self, b: int):
+        t0 = time.perf_counter()
+        start = b * self.batch_size
+        batch = [np.asarray(self.rois[i]) for i in range(start, min(len(self.rois), start + self.batch_size))]
+        t1 = time.perf_counter()
+        x = _prepare(batch, mean=self.mean, std=self.std, batch_size=self.batch_size, start=start)
+        return x, len(batch), t1 - t0, time.perf_counter() - t1
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one process per core: no oversubscription
+
+
+def _input_batches(rois, *, batch_size: int, mean, std, num_workers: int, pin_memory: bool):
+    """Yield ``(input, n, read s, preprocess s)`` per batch, in order, from this process or from workers."""
+    if num_workers == 0:
+        done = 0
+        it = iter(rois)
+        while True:
+            t0 = time.perf_counter()
+            batch = [np.asarray(r) for r in itertools.islice(it, batch_size)]
+            if not batch:
+                return
+            t1 = time.perf_counter()
+            x = _prepare(batch, mean=mean, std=std, batch_size=batch_size, start=done)
+            if pin_memory:
+                x = x.pin_memory()
+            yield x, len(batch), t1 - t0, time.perf_counter() - t1
+            done += len(batch)
+    if not (hasattr(rois, "__len__") and hasattr(rois, "__getitem__")):
+        raise TypeError("num_workers > 0 needs ROIs that support len() and indexing (a sequence or an array), "
+                        "not a one-pass iterator")
+    loader = torch.utils.data.DataLoader(
+        _BatchDataset(rois, batch_size, tuple(mean), tuple(std)), batch_size=None, shuffle=False,
+        num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_worker_init,
+        prefetch_factor=4, persistent_workers=False)
+    yield from loader
 
 
 def _as_loaded(backbone: LoadedBackbone | str) -> LoadedBackbone:
@@ -902,6 +972,10 @@ def extract_features(
     progress: ProgressCallback | None = None,
     sink: Sink | None = None,
     num_threads: int | None = None,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    pin_memory: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Run ROIs through a backbone once and collect every requested tap, batch by batch.
 
@@ -923,6 +997,19 @@ def extract_features(
         ``sink(rows, {tap: float32 (len(rows), n_features)})`` per batch; nothing is accumulated then.
     num_threads : int, optional
         CPU threads during extraction (results can depend on the thread count).
+    num_workers : int, default=0
+        DataLoader worker processes that read (decode) and preprocess whole batches ahead of the forward pass;
+        0 does it in this process. Inputs are bit-identical either way. Needs ``rois`` with ``len`` and indexing.
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        ``torch.autocast`` of the forward pass to bfloat16/float16 (outputs returned as float32). Store such
+        features under :func:`feature_preprocessing` of the precision (``extract_to_store`` does).
+    pin_memory : bool, optional
+        Page-locked input batches, copied to the GPU without blocking; default on for CUDA.
+    timings : dict, optional
+        Filled with seconds per stage: ``read`` (decoding, summed over workers), ``preprocess`` (resize and
+        normalise, summed over workers), ``wait`` (this process waiting for an input batch), ``copy``
+        (host to device), ``forward``, ``write`` (device to host and the sink), ``total``, and ``rois``.
+        On CUDA each stage is synchronised when timings are asked for.
 
     Returns
     -------
@@ -932,22 +1019,42 @@ def extract_features(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0; got {num_workers!r}")
+    _check_precision(precision)
     loaded = _as_loaded(backbone)
     tap_names = _check_taps(loaded.backbone, taps)
     dev = _resolve_device(device)
+    pin = dev.type == "cuda" if pin_memory is None else bool(pin_memory) and torch.cuda.is_available()
     total = len(rois) if hasattr(rois, "__len__") else 0  # type: ignore[arg-type]
     collected: dict[str, list[np.ndarray]] = {t: [] for t in tap_names}
     done = 0
+    clock = dict.fromkeys(("read", "preprocess", "wait", "copy", "forward", "write"), 0.0)
+    sync = (lambda: torch.cuda.synchronize(dev)) if (timings is not None and dev.type == "cuda") else (lambda: None)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    started = time.perf_counter()
     with _deterministic(dev, num_threads), torch.inference_mode():
         extractor = _extractor(loaded, tap_names, dev)
         fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
-        for batch in _batches(rois, batch_size):
-            n = len(batch)
-            x = preprocess_rois(batch, mean=loaded.spec.mean, std=loaded.spec.std, start_index=done)
-            if n < batch_size:
-                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-            x = x.to(dev).contiguous(memory_format=fmt)
-            out = extractor(x)
+        batches = _input_batches(rois, batch_size=batch_size, mean=loaded.spec.mean, std=loaded.spec.std,
+                                 num_workers=num_workers, pin_memory=pin)
+        t_wait = time.perf_counter()
+        for x, n, read_s, prep_s in batches:
+            n = int(n)
+            t0 = time.perf_counter()
+            clock["wait"] += t0 - t_wait
+            clock["read"] += float(read_s)
+            clock["preprocess"] += float(prep_s)
+            x = x.to(dev, non_blocking=pin).contiguous(memory_format=fmt)
+            sync()
+            t1 = time.perf_counter()
+            if autocast_dtype is None:
+                out = extractor(x)
+            else:
+                with torch.autocast(device_type=dev.type, dtype=autocast_dtype):
+                    out = extractor(x)
+            sync()
+            t2 = time.perf_counter()
             arrays = {t: out[t][:n].reshape(n, -1).float().cpu().numpy() for t in tap_names}
             rows = range(done, done + n)
             if sink is not None:
@@ -956,8 +1063,14 @@ def extract_features(
                 for t in tap_names:
                     collected[t].append(arrays[t])
             done += n
+            t_wait = time.perf_counter()
+            clock["copy"] += t1 - t0
+            clock["forward"] += t2 - t1
+            clock["write"] += t_wait - t2
             if progress is not None:
                 progress(done, total, f"{loaded.name}: {done} ROIs through {len(tap_names)} taps")
+    if timings is not None:
+        timings.update(clock, total=time.perf_counter() - started, rois=float(done))
     if sink is not None:
         return None
     shapes = tap_shapes(loaded.name)
@@ -1178,6 +1291,28 @@ class FeatureStore:
             out[[i for _, i in pairs]] = mm(chunk)[[r for r, _ in pairs]]
         return out
 
+    def open(
+        self,
+        tap: str,
+        roi_hashes: Sequence[str],
+        *,
+        backbone: str,
+        weights_sha256: str,
+        preprocessing: str = PREPROCESSING_VERSION,
+    ):
+        """Stored vectors of one tap as a lazy :class:`cadx.gram.ChunkedMatrix` (n, n_features), rows in the order
+        of ``roi_hashes``: nothing is read until a tile is asked for (``M[:, j0:j1]``), and it pickles as file
+        names, so workers read the chunks from shared storage. ``KeyError`` names the ROIs that are not stored."""
+        from cadx.gram import ChunkedMatrix
+
+        index = self._index(self._set_dir(backbone, weights_sha256, preprocessing), weights_sha256).get(tap, {})
+        absent = [h for h in roi_hashes if h not in index]
+        if absent:
+            raise KeyError(f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})")
+        places = [(index[h][0] / f"{tap}.npy", index[h][1]) for h in roi_hashes]
+        n_features = self._manifests[places[0][0].parent]["taps"][tap] if places else 0
+        return ChunkedMatrix.from_rows(places, int(n_features))
+
     def writer(
         self,
         roi_hashes: Sequence[str],
@@ -1248,6 +1383,10 @@ def extract_to_store(
     progress: ProgressCallback | None = None,
     chunk_rows: int = 1024,
     num_threads: int | None = None,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    pin_memory: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> int:
     """Extract and store the features of the ROIs the store lacks; the number extracted.
 
@@ -1257,8 +1396,8 @@ def extract_to_store(
         ROI SHA-256 -> ROI (H, W) uint16; only missing ROIs are read (a lazy mapping works).
     store : FeatureStore
     backbone : LoadedBackbone or str
-    taps, batch_size, device, progress, num_threads
-        As in :func:`extract_features`.
+    taps, batch_size, device, progress, num_threads, num_workers, precision, pin_memory, timings
+        As in :func:`extract_features`. Features are stored under ``feature_preprocessing(precision)``.
     chunk_rows : int
         ROIs per committed chunk.
 
@@ -1269,7 +1408,8 @@ def extract_to_store(
     """
     loaded = _as_loaded(backbone)
     tap_names = _check_taps(loaded.backbone, taps)
-    key = {"backbone": loaded.name, "weights_sha256": loaded.weights.sha256}
+    key = {"backbone": loaded.name, "weights_sha256": loaded.weights.sha256,
+           "preprocessing": feature_preprocessing(precision)}
     todo = store.missing(rois_by_hash.keys(), taps=tap_names, **key)
     if not todo:
         return 0
@@ -1277,8 +1417,24 @@ def extract_to_store(
     n_features = {t: math.prod(shapes[t]) for t in tap_names}
     with store.writer(todo, n_features, chunk_rows=chunk_rows, **key) as sink:
         extract_features(
-            (rois_by_hash[h] for h in todo), backbone=loaded, taps=tap_names, batch_size=batch_size,
-            device=device, sink=sink, num_threads=num_threads,
+            _Picked(rois_by_hash, todo), backbone=loaded, taps=tap_names, batch_size=batch_size,
+            device=device, sink=sink, num_threads=num_threads, num_workers=num_workers, precision=precision,
+            pin_memory=pin_memory, timings=timings,
             progress=None if progress is None else (lambda d, _t, m: progress(d, len(todo), m)),
         )  # fmt: skip
     return len(todo)
+
+
+class _Picked(Sequence):
+    """``mapping[keys[i]]`` as a sequence (read lazily, in a worker process when there are workers)."""
+
+    def __init__(self, mapping: Mapping[str, np.ndarray], keys: Sequence[str]) -> None:
+        self._mapping, self._keys = mapping, list(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._mapping[self._keys[i]]

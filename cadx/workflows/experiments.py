@@ -62,6 +62,7 @@ class ExperimentSettings:
     grid: dict[str, list] | None = None
     n_jobs: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # CNN forward arithmetic (cadx.cnn.PRECISIONS); keys the features used
 
 
 def code_version() -> str:
@@ -80,7 +81,7 @@ def code_version() -> str:
 def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = ExperimentSettings(), *,
                    name: str, user: str, weights_note: str = "", progress: Progress | None = None) -> int:
     """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id."""
-    from cadx.cnn import PREPROCESSING_VERSION
+    from cadx.cnn import feature_preprocessing
     from cadx.svm import cross_validate_by_lesion, fold_auc, soft_vote, sweep_layers
 
     report = progress or (lambda done, total, message: None)
@@ -102,7 +103,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     sweep_taps = tuple(t for t in loaded.backbone.taps if t in wanted)  # in network order, as in Fig. 3
 
     report(0, 4, "extracting CNN features (only ROIs not in the store)")
-    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps,
+    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision,
                                       progress=lambda d, t, m: report(0, 4, f"extracting {d}/{t}"))
     analytic_version = None
     if settings.analytic:
@@ -115,7 +116,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     config = {
         "backbone": backbone,
         "weights": {"name": loaded.weights.name, "sha256": loaded.weights.sha256, "source": loaded.weights.source},
-        "preprocessing": PREPROCESSING_VERSION,
+        "preprocessing": feature_preprocessing(settings.precision),  # fp32: PREPROCESSING_VERSION itself
         "taps": list(sweep_taps),
         "ensemble_tap": ensemble_tap,
         "analytic_version": analytic_version,
@@ -136,7 +137,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
 
     common = dict(patients=patients, n_folds=settings.n_folds, n_inner=settings.n_inner, grid=settings.grid,
                   seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
-    sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes) for tap in sweep_taps}
+    sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
+               for tap in sweep_taps}
     sweep = sweep_layers(sources, y, lesions, progress=lambda d, t, m: report(2, 4, f"sweep {d}/{t}: {m}"),
                          **common)
     runs_a = list(sweep.layers[ensemble_tap].results)  # one CvResult per seed; the first is the primary

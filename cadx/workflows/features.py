@@ -139,32 +139,56 @@ class ExtractionReport:
     n_rois: int
     n_extracted: int
     seconds: float
+    precision: str = "fp32"
+    n_decoded_into_cache: int = 0
+    timings: dict | None = None  # seconds per stage (cadx.cnn.extract_features), when asked for
+
+
+def decoded_roi_cache(workspace: Workspace):
+    """The decoded-ROI cache of this workspace (uint16 memory maps; safe to delete)."""
+    from cadx.roicache import DecodedRoiCache
+
+    return DecodedRoiCache(workspace.data_dir / "cache" / "decoded-rois")
 
 
 def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16, chunk_rows: int = 64,
-                         progress: Progress | None = None) -> ExtractionReport:
+                         progress: Progress | None = None, num_workers: int = 0, precision: str = "fp32",
+                         decoded_cache: bool = False, device: str | None = None,
+                         timings: bool = False) -> ExtractionReport:
     """Extract the CNN taps of every ROI (included or not) that the store lacks; returns what was done.
 
     Rows are committed to the store every ``chunk_rows`` ROIs, so a killed run resumes from the last chunk.
+    ``num_workers`` processes decode and resize ROIs ahead of the network; ``precision`` (``fp32``, ``bf16``,
+    ``fp16``) selects autocast and keys the store (precisions never mix); ``decoded_cache`` first decodes the
+    ROIs once into the workspace's :func:`decoded_roi_cache` and then reads memory-mapped arrays instead of PNGs;
+    ``timings`` records the seconds per stage in the report.
     """
     from cadx.cnn import extract_to_store
 
     records = roi_records(workspace, included_only=False)
     start = time.perf_counter()
-    n = extract_to_store(_LazyRois(workspace, records), feature_store(workspace), backbone=loaded, taps=taps,
-                         batch_size=batch_size, chunk_rows=chunk_rows, progress=progress)
+    rois: Mapping = _LazyRois(workspace, records)
+    n_cached = 0
+    if decoded_cache:
+        cache = decoded_roi_cache(workspace)
+        n_cached = cache.add([r.sha256 for r in records], rois.__getitem__, progress=progress)
+        rois = cache
+    stages: dict | None = {} if timings else None
+    n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
+                         chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
+                         device=device, timings=stages)
     return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
-                            len({r.sha256 for r in records}), n, time.perf_counter() - start)
+                            len({r.sha256 for r in records}), n, time.perf_counter() - start, precision, n_cached,
+                            stages)
 
 
-def cnn_tap_loader(workspace: Workspace, loaded, tap: str, hashes: list[str]):
-    """A callable loading one tap's (n, features) matrix for ``hashes`` from the store, when the sweep needs it."""
-    store = feature_store(workspace)
+def cnn_tap_loader(workspace: Workspace, loaded, tap: str, hashes: list[str], *, precision: str = "fp32"):
+    """One tap's (n, features) matrix for ``hashes`` as a lazy :class:`cadx.gram.ChunkedMatrix` over the store's
+    files (the classifiers read column tiles; workers open the files from shared storage)."""
+    from cadx.cnn import feature_preprocessing
 
-    def load() -> np.ndarray:
-        return store.load(tap, hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256)
-
-    return load
+    return feature_store(workspace).open(tap, hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256,
+                                         preprocessing=feature_preprocessing(precision))
 
 
 # ---------------------------------------------------------------------------------------------------- Method B ---
