@@ -12,10 +12,17 @@ ImageNet weights are not available offline):
 * peak memory: the process's peak RSS over the run on the CPU (VmHWM, reset before each run), and
   ``torch.cuda.max_memory_allocated`` on CUDA.
 
+* with ``--stages``: the end-to-end path as ``cadx extract`` runs it — ROIs read from 16-bit PNG files or from
+  the decoded-ROI cache (uint16 memory maps), decoded and resized on ``--workers`` DataLoader processes, copied
+  (pinned, non-blocking on CUDA), run at ``--precisions`` (fp32/bf16/fp16 autocast) and written into a real
+  feature store — with the seconds spent per stage (read/decode, preprocess, wait, copy, forward, write).
+
 Usage::
 
     python benchmarks/bench_extract.py                      # CPU, and CUDA when available
     python benchmarks/bench_extract.py --device cpu --n 64 --batch-sizes 8,16,32 --json out.json
+    python benchmarks/bench_extract.py --stages-only --device cuda --n-cuda 4096 --stage-batch 256 \
+        --workers 0,8,16 --precisions fp32,bf16                            # the GPU path, per stage
 
 Targets on the 2-core development CPU: one pass >= 7x faster than per-tap passes; >= 75 % of the measured fp32
 matmul peak at a good batch size. On a shared machine the numbers are indicative only.
@@ -29,6 +36,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +200,108 @@ def _bench_device(dev: torch.device, args: argparse.Namespace) -> dict:
     return result
 
 
+class _PngFiles:
+    """ROIs as stored by cadx: 16-bit PNG files, decoded on access (in a DataLoader worker when there are any)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from cadx.roi import decode_png16
+
+        return decode_png16(self.paths[i].read_bytes())
+
+
+class _ByHash(Mapping):
+    """ROI hash -> pixels of a sequence (read lazily: a PNG is decoded when, and where, it is asked for)."""
+
+    def __init__(self, hashes: list[str], seq) -> None:
+        self._index, self._seq = {h: i for i, h in enumerate(hashes)}, seq
+
+    def __getitem__(self, sha: str) -> np.ndarray:
+        return self._seq[self._index[sha]]
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def _stage_rois(n: int, seed: int = 0) -> np.ndarray:
+    """Mammogram-like smooth ROIs (a blob on a 1/f-ish background): PNG-compressible like real ones."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:512, :512] / 512.0
+    base = np.zeros((512, 512))
+    for k in (2, 4, 8, 16, 32):
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        base += np.sin(2 * np.pi * k * xx + phase[0]) * np.cos(2 * np.pi * k * yy + phase[1]) / k
+    out = np.empty((n, 512, 512), np.uint16)
+    for i in range(n):
+        blob = np.exp(-((yy - 0.5 - 0.01 * (i % 7)) ** 2 + (xx - 0.5) ** 2) / (2 * 0.08**2))
+        img = 0.45 + 0.1 * base + 0.3 * blob + 0.01 * rng.standard_normal((512, 512))
+        out[i] = np.clip(img * 65535, 0, 65535).astype(np.uint16)
+    return out
+
+
+def _bench_stages(dev: torch.device, args: argparse.Namespace) -> list[dict]:
+    """End-to-end extraction with per-stage seconds, from PNG files and from the decoded cache."""
+    import tempfile
+
+    from cadx.roi import encode_png16, roi_sha256
+    from cadx.roicache import DecodedRoiCache
+
+    loaded = cnn.load_backbone("alexnet", "random")
+    n = args.n if dev.type == "cpu" else args.n_cuda
+    rois = _stage_rois(min(n, 64))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cadx-bench-extract-") as tmp:
+        root = Path(tmp)
+        paths, hashes = [], []
+        for i in range(n):  # n files (the 64 distinct images repeat; each is decoded from its own file)
+            pixels = rois[i % len(rois)].copy()
+            pixels[0, 0] = i % 65536  # distinct content, distinct hash
+            pixels[0, 1] = i // 65536
+            path = root / f"roi{i:06d}.png"
+            path.write_bytes(encode_png16(pixels))
+            paths.append(path)
+            hashes.append(roi_sha256(pixels))
+        png = _PngFiles(paths)
+        cache = DecodedRoiCache(root / "cache")
+        t0 = time.perf_counter()
+        cache.add(hashes, lambda sha, lookup=dict(zip(hashes, range(n))): png[lookup[sha]])
+        cache_build = time.perf_counter() - t0
+        print(f"\n== stages on {dev}: {n} ROIs, AlexNet 11 taps, batch {args.stage_batch}; decoded cache built "
+              f"in {cache_build:.1f} s ({n / cache_build:.0f} ROIs/s, one process)")
+        print(f"{'source':>6} {'workers':>7} {'prec':>5} {'ROIs/s':>8}   seconds per 1000 ROIs: "
+              "read+decode preprocess | wait copy forward write")
+        for source in args.sources:
+            for workers in args.workers:
+                for precision in args.precisions:
+                    store = cnn.FeatureStore(root / f"store-{source}-{workers}-{precision}")
+                    lookup = _ByHash(hashes, png) if source == "png" else cache
+                    timings: dict = {}
+                    t0 = time.perf_counter()
+                    cnn.extract_to_store(lookup, store, backbone=loaded, batch_size=args.stage_batch, device=dev,
+                                         num_workers=workers, precision=precision, timings=timings,
+                                         chunk_rows=max(1024, args.stage_batch))
+                    _sync(dev)
+                    seconds = time.perf_counter() - t0
+                    row = {"source": source, "workers": workers, "precision": precision, "n": n,
+                           "rois_per_s": n / seconds, "seconds": seconds,
+                           **{f"{k}_s": v for k, v in timings.items() if k != "rois"}}
+                    rows.append(row)
+                    per_k = {k: 1000 * timings[k] / n for k in ("read", "preprocess", "wait", "copy", "forward",
+                                                                "write")}
+                    print(f"{source:>6} {workers:>7} {precision:>5} {row['rois_per_s']:>8.1f}   "
+                          f"{per_k['read']:>11.2f} {per_k['preprocess']:>10.2f} | {per_k['wait']:.2f} "
+                          f"{per_k['copy']:.2f} {per_k['forward']:.2f} {per_k['write']:.2f}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns (and optionally writes) the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -204,7 +314,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--matmul-n", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the CPU runs")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--stages", action="store_true", help="also run the end-to-end per-stage measurement")
+    parser.add_argument("--stages-only", action="store_true", help="only the per-stage measurement")
+    parser.add_argument("--stage-batch", type=int, default=32)
+    parser.add_argument("--workers", default="0,2", help="DataLoader worker counts for --stages")
+    parser.add_argument("--precisions", default="fp32,bf16", help="for --stages")
+    parser.add_argument("--sources", default="png,cache", help="for --stages: png and/or cache")
     args = parser.parse_args(argv)
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.precisions = args.precisions.split(",")
+    args.sources = args.sources.split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.batch_sizes_cuda = [int(b) for b in args.batch_sizes_cuda.split(",")]
     args.default_threads = torch.get_num_threads()
@@ -214,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     results = {"torch": torch.__version__, "preprocessing": cnn.PREPROCESSING_VERSION,
-               "runs": [_bench_device(d, args) for d in devices]}  # fmt: skip
+               "runs": [] if args.stages_only else [_bench_device(d, args) for d in devices]}  # fmt: skip
+    if args.stages or args.stages_only:
+        results["stages"] = [row for d in devices for row in _bench_stages(d, args)]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

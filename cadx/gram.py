@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ _ENV = "CADX_GRAM_ENGINE"
 
 
 def _cuda_available() -> bool:
+    if sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia*")):
+        return False  # no NVIDIA device nodes: no CUDA, and no need to import torch (≈0.3 GB per worker)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a cadx dependency

@@ -127,3 +127,34 @@ def test_decoded_roi_cache_round_trip_and_hash_check(alexnet_random, tmp_path):
         other.add([roi_sha256(rois[0])], lambda sha: bad)
     assert len(DecodedRoiCache(tmp_path / "other")) == 0
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "other").iterdir())
+
+
+def test_cli_extract_with_workers_bf16_and_the_decoded_cache(tmp_path):
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.workflows import open_workspace
+    from cadx.workflows.features import decoded_roi_cache, feature_store, roi_records
+
+    runner = CliRunner()
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["demo", "--lesions", "3", "--seed", "1", "--data-dir", str(data)]).exit_code == 0
+    common = ["--backbone", "alexnet", "--weights", "random", "--taps", "fc8", "--batch-size", "4",
+              "--data-dir", str(data), "--device", "cpu"]
+    bad = runner.invoke(app, ["extract", *common, "--precision", "int8"])
+    assert bad.exit_code == 2 and "int8" in bad.output
+    result = runner.invoke(app, ["extract", *common, "--workers", "1", "--precision", "bf16", "--decoded-cache",
+                                 "--timings"])
+    assert result.exit_code == 0, result.output
+    assert "bf16 autocast" in result.output and "seconds per stage" in " ".join(result.output.split())
+    workspace = open_workspace(data)
+    records = roi_records(workspace, included_only=False)
+    hashes = list(dict.fromkeys(r.sha256 for r in records))
+    assert set(decoded_roi_cache(workspace)) == set(hashes)  # every ROI decoded once into the cache
+    store = feature_store(workspace)
+    loaded = cnn.load_backbone("alexnet", "random")
+    key = {"backbone": "alexnet", "weights_sha256": loaded.weights.sha256}
+    assert store.missing(hashes, taps=["fc8"], **key) == hashes  # fp32 untouched
+    assert store.missing(hashes, taps=["fc8"], preprocessing=cnn.feature_preprocessing("bf16"), **key) == []
+    again = runner.invoke(app, ["extract", *common, "--precision", "bf16"])
+    assert again.exit_code == 0 and "0 of" in again.output  # nothing left to extract at bf16
