@@ -130,11 +130,23 @@ def gram_flops(n_all: int, n_tr: int, width: int, n_inner: int = N_INNER) -> flo
     return float(width) * (n_all * (n_all + 1) + n_inner * n_tr * (n_tr + 1))
 
 
+class _FirstColumns:
+    """The first ``width`` columns of a lazily read matrix (tiles pass through)."""
+
+    def __init__(self, X, width: int) -> None:
+        self._X, self.shape, self.dtype = X, (X.shape[0], width), X.dtype
+
+    def __getitem__(self, key):
+        rows, cols = key
+        start, stop, _ = cols.indices(self.shape[1])
+        return self._X[rows, start:stop]
+
+
 def run_child(n: int, args) -> dict:
     from sklearn.svm import SVC
 
     import cadx.svm as svm
-    from cadx.gram import column_scaler, iter_gram_strips, resolve_gram_engine
+    from cadx.gram import column_scaler, iter_gram_strips, resolve_gram_engine, streaming_gram
 
     engine = resolve_gram_engine(args.gram_engine)
     width = args.width
@@ -155,7 +167,7 @@ def run_child(n: int, args) -> dict:
         need = 8.0 * (n_all**2 + N_INNER * n_tr**2 + 4 * n_all * args.block_columns)
         out["gram_memory_gib"] = need / 2**30
         out["gram_flops"] = flops
-        if need <= args.memory_gib * 2**30:
+        if need <= args.memory_gib * 2**30 and n < args.stream_from:
             t0 = time.perf_counter()
             G_outer, G_inner, _, _ = svm._fold_grams(X, train, test, inner, block_columns=args.block_columns,
                                                       gram_engine=engine)
@@ -194,6 +206,26 @@ def run_child(n: int, args) -> dict:
                                 f"{measured:.1f} s, rest extrapolated)")
             out["gram_strip_measured_s"] = measured
             out["gram_strip_flops"] = 2.0 * width * done_cost
+            fit_rows = len(inner[0][0])
+            if n <= args.svm_max_n and 8.0 * fit_rows**2 * 3 <= args.memory_gib * 2**30:
+                # the SVM unit does not depend on the width (precomputed kernel): measure it on the first
+                # --svm-width columns (labelled in the table), standardised with inner split 1's training rows
+                fit, val = inner[0]
+                w = min(width, args.svm_width)
+                cols = _FirstColumns(X, w)
+                m_fit, s_fit = column_scaler(cols, rows=fit, block_columns=args.block_columns)
+                rows_fv = np.concatenate([fit, val])
+                G = streaming_gram(cols, rows=rows_fv, mean=m_fit, inv_scale=s_fit, block_rows=len(rows_fv),
+                                   block_columns=args.block_columns, engine=engine)
+                nf = len(fit)
+                t0 = time.perf_counter()
+                K = svm._poly(np.ascontiguousarray(G[:nf, :nf]), 1.0 / w, 1.0, 2)
+                model = SVC(kernel="precomputed").fit(K, y01[fit])
+                model.decision_function(svm._poly(np.ascontiguousarray(G[nf:, :nf]), 1.0 / w, 1.0, 2))
+                out["svm_unit_s"] = time.perf_counter() - t0
+                out["svm_fit_rows"] = nf
+                out["svm_width"] = w
+                del G, K
         if args.full_cv and n <= args.full_cv_max:
             t0 = time.perf_counter()
             res = svm.cross_validate_by_lesion(X, y, lesions, gram_engine=engine, block_columns=args.block_columns)
@@ -227,7 +259,7 @@ def extrapolate(rows: list[dict], peak64: float) -> None:
             r["gram_gflops"] = r["gram_strip_flops"] / r["gram_strip_measured_s"] / 1e9
         else:
             r["gram_gflops"] = r["gram_flops"] / r["gram_s"] / 1e9
-        r["gram_share_fp64_peak"] = r["gram_gflops"] * 1e9 / peak64
+        r["gram_share_fp64_peak"] = r["gram_gflops"] / r.get("peak_fp64_gflops", peak64 / 1e9)
         r["sweep_gram_s"] = N_FOLDS * r["gram_s"] * total_width / r["width"]
         r["sweep_svm_s"] = len(widths) * FITS_PER_CV * unit * factor
         r["sweep_s_extrapolated"] = r["sweep_gram_s"] + r["sweep_svm_s"]
@@ -249,7 +281,8 @@ def table(rows: list[dict]) -> str:
             "full fc6 CV (measured) | peak RSS | full 11-tap sweep (extrapolated) |\n|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        svm_cell = (f"{r['svm_unit_s']:.3g} s ({r['svm_fit_rows']} rows)" if "svm_unit_s" in r
+        svm_cell = (f"{r['svm_unit_s']:.3g} s ({r['svm_fit_rows']} rows"
+                    + (f", first {r['svm_width']} columns)" if "svm_width" in r else ")") if "svm_unit_s" in r
                     else f"≈{_fmt_s(r['svm_unit_s_extrapolated'])} (extrapolated)")
         gram_cell = f"{_fmt_s(r['gram_s'])} — {r['gram_mode']}"
         cv = _fmt_s(r["cv_s"]) + f" (AUC {r['cv_auc']:.3f})" if "cv_s" in r else "—"
@@ -318,7 +351,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gram-engine", default=None, help="auto|numpy|torch-cpu|torch-cuda (default $CADX_GRAM_ENGINE/auto)")
     parser.add_argument("--memory-gib", type=float, default=24.0, help="budget above which the Grams stream")
     parser.add_argument("--block-columns", type=int, default=1024)
-    parser.add_argument("--block-rows", type=int, default=2048, help="rows per streamed Gram strip")
+    parser.add_argument("--block-rows", type=int, default=512, help="rows per streamed Gram strip")
+    parser.add_argument("--stream-from", type=int, default=10**9,
+                        help="stream (strips, extrapolated) from this n on even when the Grams would fit")
+    parser.add_argument("--svm-max-n", type=int, default=10_000, help="largest streamed n given a measured SVM fit")
+    parser.add_argument("--svm-width", type=int, default=512, help="columns used for a streamed n's SVM fit")
+    parser.add_argument("--rows", default=None, help="JSON files of earlier runs' rows to include in the table")
     parser.add_argument("--strips", type=int, default=2, help="streamed strips measured before extrapolating")
     parser.add_argument("--full-cv-max", type=int, default=2500, help="largest n given a complete fc6 CV")
     parser.add_argument("--workdir", default=None, help="where the synthetic feature store goes (temp dir)")
@@ -351,10 +389,13 @@ def main(argv=None) -> int:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; matmul peak fp32 {peak32 / 1e9:.1f} GFLOP/s, "
           f"fp64 {peak64 / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
+    for extra in (args.rows.split(",") if args.rows else []):
+        rows += [r for r in json.loads(Path(extra).read_text())["rows"] if r["n"] not in sizes]
     for n in sizes:
         cmd = [sys.executable, __file__, "--child", str(n), "--width", str(args.width), "--memory-gib",
                str(args.memory_gib), "--block-columns", str(args.block_columns), "--block-rows", str(args.block_rows),
-               "--strips", str(args.strips), "--full-cv-max", str(args.full_cv_max)]
+               "--strips", str(args.strips), "--full-cv-max", str(args.full_cv_max), "--stream-from",
+               str(args.stream_from), "--svm-max-n", str(args.svm_max_n), "--svm-width", str(args.svm_width)]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--gram-engine", args.gram_engine] if args.gram_engine else []
@@ -366,8 +407,11 @@ def main(argv=None) -> int:
             return proc.returncode
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["child_wall_s"] = time.perf_counter() - t0
+        row["peak_fp64_gflops"], row["peak_fp32_gflops"] = peak64 / 1e9, peak32 / 1e9
+        row["load_average"] = os.getloadavg()[0]
         rows.append(row)
         print(f"n={n}: {json.dumps(row)}", flush=True)
+    rows.sort(key=lambda r: r["n"])
     extrapolate(rows, peak64)
     load_after = os.getloadavg()
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads or os.cpu_count(),
