@@ -211,6 +211,12 @@ def stats_command(data_dir: DataDir = None,
         _out.print(table)
     if stats["excluded_by_reason"]:
         _out.print("excluded by reason: " + ", ".join(f"{k}: {v}" for k, v in stats["excluded_by_reason"].items()))
+    if stats["lesions_by_type"]:
+        _out.print("lesions by type: " + ", ".join(f"{k}: {v}" for k, v in stats["lesions_by_type"].items()))
+    lost = stats["findings_without_roi"]
+    if lost["count"]:
+        _out.print(f"findings that could not become ROIs: {lost['count']} ("
+                   + "; ".join(f"{reason}: {n}" for reason, n in lost["by_reason"].items()) + ")")
 
 
 @app.command("exclude")
@@ -239,6 +245,27 @@ Weights = Annotated[str, typer.Option(help="'default' (ImageNet) or 'random' (un
 WeightsPath = Annotated[Optional[Path], typer.Option(help="A weights file to use (its checksum is verified).")]
 
 
+CohortOption = Annotated[Optional[str], typer.Option(
+    "--cohort", help="The ROIs to use: a preset (paper: masses only, excluded out, 5 folds; all) or a cohort saved "
+                     "with `cadx cohort create`. Default: all (real data only when real data exists).")]
+
+
+def _cohort_records(workspace, cohort: str | None):
+    """The ROIs of a cohort, with its counts printed (for extract and features)."""
+    from cadx.workflows.cohorts import resolve_cohort
+
+    resolved = _run(lambda: resolve_cohort(workspace, cohort))
+    _console.print(f"[cyan]Cohort {resolved.name}: {_counts_line(resolved)}[/]")
+    return resolved.records
+
+
+def _counts_line(resolved) -> str:
+    by_label = ", ".join(f"{k} {v}" for k, v in resolved.rois_by_label.items()) or "none"
+    lesions = ", ".join(f"{k} {v}" for k, v in resolved.lesions_by_label.items()) or "none"
+    return (f"{resolved.patients} patients, {resolved.lesions} lesions ({lesions}), {resolved.rois} ROIs "
+            f"({by_label}); ROI set {resolved.roi_set_sha256[:12]}")
+
+
 def _load_backbone(backbone, weights, weights_path):
     from cadx.workflows.features import resolve_backbone
 
@@ -263,6 +290,8 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
                                                                   "available).")] = None,
                     timings: Annotated[bool, typer.Option("--timings", help="Print seconds per stage (read, "
                                                           "preprocess, copy, forward, write).")] = False,
+                    cohort: Annotated[Optional[str], typer.Option(
+                        "--cohort", help="Only this cohort's ROIs (default: every ROI in the database).")] = None,
                     data_dir: DataDir = None) -> None:
     """Method A: extract CNN features of every ROI not yet in the feature store (all taps in one pass)."""
     from cadx.cnn import PRECISIONS
@@ -273,11 +302,12 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
     if workers < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--workers")
     workspace = _workspace(data_dir)
+    records = _cohort_records(workspace, cohort) if cohort else None
     loaded, _ = _load_backbone(backbone, weights, weights_path)
     tap_list = taps.split(",") if taps else None
     with _ProgressBar() as bar:
         report = _run(lambda: extract_cnn_features(workspace, loaded, taps=tap_list, batch_size=batch_size,
-                                                   progress=bar, num_workers=workers, precision=precision,
+                                                   records=records, progress=bar, num_workers=workers, precision=precision,
                                                    decoded_cache=decoded_cache, device=device, timings=timings))
     _out.print(f"{report.n_extracted} of {report.n_rois} ROIs extracted ({report.n_rois - report.n_extracted} "
                f"already stored) with {report.weights_name} [sha256 {report.weights_sha256[:12]}] "
@@ -290,21 +320,27 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
 @app.command("features")
 def features_command(data_dir: DataDir = None,
                      report: Annotated[bool, typer.Option("--report", help="Print each feature's benign-vs-"
-                                                          "malignant AUC over the included ROIs.")] = False) -> None:
+                                                          "malignant AUC over the cohort's ROIs.")] = False,
+                     cohort: Annotated[Optional[str], typer.Option(
+                         "--cohort", help="Only this cohort's ROIs (default: every ROI; the report uses the "
+                                          "default cohort, all).")] = None) -> None:
     """Method B: segment every ROI from its centre and compute analytic features (only ROIs not done yet)."""
     from cadx.analytic import FEATURE_NAMES, feature_aucs
-    from cadx.workflows.features import analytic_matrix, compute_analytic_features, roi_records
+
+    from cadx.workflows.features import analytic_matrix, compute_analytic_features
 
     workspace = _workspace(data_dir)
+    chosen = _cohort_records(workspace, cohort) if cohort or report else None
     with _ProgressBar() as bar:
-        result = _run(lambda: compute_analytic_features(workspace, progress=bar))
+        result = _run(lambda: compute_analytic_features(workspace, records=chosen if cohort else None,
+                                                        progress=bar))
     _out.print(f"{result.n_computed} of {result.n_rois} ROIs analysed ({result.n_failed} failed segmentations) "
                f"with features {result.version} in {result.seconds:.1f} s")
     if report:
-        records = roi_records(workspace)
+        records = chosen
         X, names, quality = analytic_matrix(workspace, [r.sha256 for r in records])
         aucs = feature_aucs({name: X[:, j] for j, name in enumerate(names)}, [r.label for r in records])
-        table = Table(title=f"Benign vs malignant AUC per feature ({len(records)} included ROIs)")
+        table = Table(title=f"Benign vs malignant AUC per feature ({len(records)} ROIs of the cohort)")
         table.add_column("feature")
         table.add_column("AUC", justify="right")
         for name in FEATURE_NAMES:
@@ -314,13 +350,22 @@ def features_command(data_dir: DataDir = None,
 
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
-                data_dir, user) -> None:
+                data_dir, user, cohort=None, min_lesions=None) -> None:
+    from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD
+    from cadx.workflows.cohorts import resolve_cohort
     from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 
     workspace = _workspace(data_dir)
+    minimum = MIN_LESIONS_PER_CLASS_PER_FOLD if min_lesions is None else min_lesions
+    resolved = _run(lambda: resolve_cohort(workspace, cohort))
+    _console.print(f"[cyan]Cohort {resolved.name} ({resolved.definition.summary()}): {_counts_line(resolved)}[/]")
+    for note in resolved.notes:
+        _console.print(f"[orange1]{note}[/]")
+    _run(lambda: resolved.check(n_folds=folds, minimum_per_fold=minimum))  # the guard rails, before any work
     loaded, note = _load_backbone(backbone, weights, weights_path)
     settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, repeats=repeats,
-                                  analytic=analytic, n_jobs=n_jobs)
+                                  analytic=analytic, n_jobs=n_jobs, cohort=resolved.name,
+                                  min_lesions_per_class_per_fold=minimum)
     with _ProgressBar() as bar:
         experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
                                                     weights_note=note, progress=bar))
@@ -339,6 +384,10 @@ def _print_experiment(summary: dict) -> None:
     if summary["uses_random_weights"]:
         flags.append("[red]RANDOM (UNTRAINED) WEIGHTS[/]")
     _out.print(f"Experiment {summary['id']} '{summary['name']}' ({summary['seconds']:.1f} s) {' '.join(flags)}")
+    cohort = summary["config"].get("cohort")
+    if cohort:
+        _out.print(f"cohort {cohort['name']}: {results['n_rois']} ROIs, {results['n_lesions']} lesions, "
+                   f"{results['n_patients']} patients; ROI set sha256 {cohort['roi_set_sha256'][:16]}")
     if len(results["sweep"]) > 1:
         table = Table(title="Layer sweep: AUC per tap (5-fold CV by lesion)")
         for column in ("tap", "length", "non-constant", "AUC", "SD", "SE", "seconds"):
@@ -377,7 +426,10 @@ def _print_experiment(summary: dict) -> None:
         _out.print(table)
 
 
-Folds = Annotated[int, typer.Option(help="Cross-validation folds (by lesion).")]
+Folds = Annotated[Optional[int], typer.Option(help="Cross-validation folds (by lesion). Default: the cohort's (5).")]
+MinLesions = Annotated[Optional[int], typer.Option(
+    "--min-lesions-per-fold", help="Guard rail: refuse a cohort with fewer lesions of a class than this per fold "
+                                   "(default 5). Lower it only to try the pipeline on a tiny set; the record keeps it.")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
 Repeats = Annotated[int, typer.Option(help="Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to 20): "
                                            "the sweep averages over them; Table 1 stays the first seed's.")]
@@ -390,25 +442,27 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
                   backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                   taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
                   tap: Annotated[Optional[str], typer.Option(help="Tap for SVM1 and the ensemble (default fc6).")] = None,
-                  folds: Folds = 5, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                  folds: Folds = None, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
                   json_path: JsonPath = None,
                   no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
+                  cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
                   data_dir: DataDir = None, user: User = None) -> None:
     """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
     tap_list = tuple(taps.split(",")) if taps else None
     _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, repeats, not no_analytic, jobs,
-                json_path, data_dir, user)
+                json_path, data_dir, user, cohort, min_lesions_per_fold)
 
 
 @app.command("evaluate")
 def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "evaluation",
                      backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                      tap: Annotated[Optional[str], typer.Option(help="CNN tap for SVM1 (default fc6).")] = None,
-                     folds: Folds = 5, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
-                     json_path: JsonPath = None, data_dir: DataDir = None, user: User = None) -> None:
+                     folds: Folds = None, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                     json_path: JsonPath = None, cohort: CohortOption = None,
+                     min_lesions_per_fold: MinLesions = None, data_dir: DataDir = None, user: User = None) -> None:
     """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""
     _experiment(name, backbone, weights, weights_path, (), tap, folds, seed, repeats, True, jobs, json_path, data_dir,
-                user)
+                user, cohort, min_lesions_per_fold)
 
 
 @app.command("experiments")
@@ -427,7 +481,8 @@ def experiments_command(json_path: JsonPath = None, data_dir: DataDir = None) ->
         table.add_row(str(e["id"]),
                       f"{e['name']}\n{e['created_at']:%Y-%m-%d %H:%M} by {e['created_by']}",
                       f"{e['backbone']} {e['ensemble_tap']}\n{e['n_folds']} folds × {e['repeats']} seed(s)\n"
-                      f"{e['n_rois']} ROIs ({e['n_excluded']} excluded)",
+                      f"{e['n_rois']} ROIs ({e['n_excluded']} excluded)\n"
+                      f"cohort {e['cohort'] or '(before cohorts)'} · ROI set {(e['roi_set_sha256'] or '')[:12]}",
                       auc + "".join(f"\n[bold red]{f}[/]" for f in flags))
     _out.print(table)
     if json_path is not None:
@@ -506,6 +561,120 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
         _console.print("[bold orange1]Warning:[/] the backup has no pseudonym key, so this workspace has a new one: "
                        "a DICOM of a patient already here will get a new pseudonym (a second patient). Copy the "
                        "original installation's pseudonym.key into the data directory before importing DICOMs.")
+
+
+cohort_app = typer.Typer(help="Cohorts: named, saved selections of the ROIs an experiment uses.", no_args_is_help=True)
+app.add_typer(cohort_app, name="cohort")
+Many = Optional[list[str]]
+
+
+@cohort_app.command("create")
+def cohort_create_command(
+    name: Annotated[str, typer.Argument(help="The cohort's name (letters, digits, spaces, _.+-).")],
+    source: Annotated[Many, typer.Option("--source", help="Dataset: mias, cbis-ddsm, local, demo (repeat).")] = None,
+    synthetic: Annotated[str, typer.Option(help="auto (real only when real data exists), real, synthetic, or both "
+                                                "(pool real and synthetic: explicit only).")] = "auto",
+    lesion_type: Annotated[Many, typer.Option("--lesion-type", help="masses, calcifications, or a type: CIRC, SPIC, "
+                                              "MISC, CALC, ARCH, ASYM, mass, calcification, unknown (repeat).")] = None,
+    label: Annotated[Many, typer.Option("--label", help="benign or malignant (repeat).")] = None,
+    view: Annotated[Many, typer.Option("--view", help="CC, MLO, ... (repeat).")] = None,
+    laterality: Annotated[Many, typer.Option("--laterality", help="L or R.")] = None,
+    qc: Annotated[str, typer.Option(help="any, or unflagged (only ROIs without QC flags).")] = "any",
+    exclude_qc_flag: Annotated[Many, typer.Option("--exclude-qc-flag", help="Leave out ROIs with this QC flag "
+                                                  "(repeat).")] = None,
+    review: Annotated[str, typer.Option(help="included (default), excluded, or all.")] = "included",
+    import_run: Annotated[Optional[list[int]], typer.Option("--import-run", help="Only ROIs of this import run "
+                                                            "(repeat).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds by lesion for experiments on it.")] = 5,
+    description: Annotated[str, typer.Option(help="A note for people.")] = "",
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a saved cohort of the same name.")] = False,
+    data_dir: DataDir = None, user: User = None,
+) -> None:
+    """Save a cohort, then print what it selects now (patients, lesions, ROIs by label)."""
+    from cadx.cohorts import CohortDefinition
+    from cadx.workflows.cohorts import save_cohort
+
+    definition = _run(lambda: CohortDefinition(
+        sources=tuple(source or ()), synthetic=synthetic, lesion_types=tuple(lesion_type or ()),
+        labels=tuple(label or ()), views=tuple(view or ()), lateralities=tuple(laterality or ()), qc=qc,
+        exclude_qc_flags=tuple(exclude_qc_flag or ()), review=review, import_runs=tuple(import_run or ()),
+        n_folds=folds, description=description))
+    workspace = _workspace(data_dir)
+    info = _run(lambda: save_cohort(workspace, name, definition, user=_user(user), replace=replace))
+    _out.print(f"cohort {info.name} saved: {info.definition.summary()}")
+    _show_cohort(workspace, info.name)
+
+
+@cohort_app.command("list")
+def cohort_list_command(data_dir: DataDir = None,
+                        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The presets and the saved cohorts, with what each selects now."""
+    from cadx.workflows.cohorts import list_cohorts, resolve_cohort
+
+    workspace = _workspace(data_dir)
+    rows = []
+    for info in _run(lambda: list_cohorts(workspace)):
+        resolved = _run(lambda: resolve_cohort(workspace, info.name))
+        rows.append((info, resolved))
+    if as_json:
+        typer.echo(json.dumps([{"name": i.name, "preset": i.preset, "definition": i.definition.to_dict(),
+                                "counts": r.counts(), "roi_set_sha256": r.roi_set_sha256} for i, r in rows],
+                              indent=2))
+        return
+    table = Table(title=f"{len(rows)} cohorts")
+    for column in ("cohort", "selection", "patients", "lesions (B/M)", "ROIs (B/M)"):
+        table.add_column(column, overflow="fold")
+    for info, r in rows:
+        table.add_row(info.name + (" (preset)" if info.preset else ""), info.definition.summary(), str(r.patients),
+                      f"{r.lesions} ({r.lesions_by_label.get('benign', 0)}/{r.lesions_by_label.get('malignant', 0)})",
+                      f"{r.rois} ({r.rois_by_label.get('benign', 0)}/{r.rois_by_label.get('malignant', 0)})")
+    _out.print(table)
+
+
+def _show_cohort(workspace, name: str, as_json: bool = False) -> None:
+    from cadx.errors import CadxInputError as _InputError
+    from cadx.workflows.cohorts import resolve_cohort
+
+    resolved = _run(lambda: resolve_cohort(workspace, name))
+    try:
+        resolved.check()
+        verdict = f"usable for {resolved.definition.n_folds}-fold cross-validation by lesion"
+    except _InputError as exc:
+        verdict = f"REFUSED for experiments: {exc.problem}. Fix: {exc.fix}"
+    if as_json:
+        typer.echo(json.dumps({"name": resolved.name, "definition": resolved.definition.to_dict(),
+                               "counts": resolved.counts(), "synthetic_used": resolved.synthetic_used,
+                               "roi_set_sha256": resolved.roi_set_sha256, "notes": resolved.notes,
+                               "guard_rails": verdict}, indent=2))
+        return
+    _out.print(f"[bold]{resolved.name}[/]: {resolved.definition.summary()}")
+    if resolved.definition.description:
+        _out.print(resolved.definition.description)
+    _out.print(_counts_line(resolved))
+    _out.print(f"patients by label: " + ", ".join(f"{k} {v}" for k, v in resolved.patients_by_label.items()))
+    _out.print("lesions by type: " + ", ".join(f"{k} {v}" for k, v in resolved.lesions_by_type.items()))
+    _out.print("ROIs by source: " + ", ".join(f"{k} {v}" for k, v in resolved.rois_by_source.items())
+               + f" ({'SYNTHETIC' if resolved.synthetic_used in ('synthetic', 'both') else resolved.synthetic_used})")
+    for note in resolved.notes:
+        _out.print(f"[orange1]{note}[/]")
+    _out.print(verdict)
+
+
+@cohort_app.command("show")
+def cohort_show_command(name: Annotated[str, typer.Argument(help="A preset (paper, all) or a saved cohort.")],
+                        data_dir: DataDir = None,
+                        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """A cohort's definition and what it selects now: counts, ROI-set hash and the guard rails' verdict."""
+    _show_cohort(_workspace(data_dir), name, as_json)
+
+
+@cohort_app.command("delete")
+def cohort_delete_command(name: str, data_dir: DataDir = None, user: User = None) -> None:
+    """Delete a saved cohort (experiments keep their copy of its definition)."""
+    from cadx.workflows.cohorts import delete_cohort
+
+    _run(lambda: delete_cohort(_workspace(data_dir), name, user=_user(user)))
+    _out.print(f"cohort {name} deleted")
 
 
 user_app = typer.Typer(help="Local accounts and roles (viewer, reviewer, admin).", no_args_is_help=True)

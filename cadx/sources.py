@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cadx.errors import ManifestError
+from cadx.errors import CadxInputError, ManifestError
+from cadx.lesion_types import normalise_lesion_type
 
 __all__ = [
     "MIAS_PIXEL_MM",
@@ -26,7 +27,15 @@ __all__ = [
     "parse_manifest",
     "normalise_label",
     "MANIFEST_COLUMNS",
+    "NOT_ROI_REASONS",
 ]
+
+#: Why a truth-table finding can never become an ROI (import-report item codes; ``cadx stats`` counts them).
+NOT_ROI_REASONS = {
+    "no_centre": "no centre given in the truth table",
+    "diffuse_calcifications": "diffuse calcifications (*NOTE 3*): no centre given",
+    "conflicting_pathology": "its views disagree on pathology",
+}
 
 MIAS_PIXEL_MM = 0.2  # the mini-MIAS images were reduced to 200 micron pixels
 MIAS_IMAGE_SIZE = 1024
@@ -91,6 +100,7 @@ class MiasSkip:
     refnum: str
     line: int
     reason: str
+    code: str = ""  # "normal", or a key of NOT_ROI_REASONS
 
 
 _MIAS_ROW = re.compile(r"^(mdb\d{3})\s+(\S+)\s+(\S+)(.*)$")
@@ -123,16 +133,17 @@ def parse_mias_info(path: str | Path) -> tuple[list[MiasFinding], list[MiasSkip]
         where = f"{path}, line {line_number} ({refnum})"
         fields = rest.split()
         if abnormality == "NORM":
-            skipped.append(MiasSkip(refnum, line_number, "normal image: no finding"))
+            skipped.append(MiasSkip(refnum, line_number, "normal image: no finding", "normal"))
             continue
         if not fields:
             raise ManifestError(where, "no severity (B or M) for an abnormal finding", "add the severity column")
         label = normalise_label(fields[0], source=where)
         if "*NOTE" in rest:
-            skipped.append(MiasSkip(refnum, line_number, "diffuse calcifications (*NOTE 3*): no centre given"))
+            skipped.append(MiasSkip(refnum, line_number, NOT_ROI_REASONS["diffuse_calcifications"],
+                                      "diffuse_calcifications"))
             continue
         if len(fields) < 4:
-            skipped.append(MiasSkip(refnum, line_number, "no centre given in the truth table"))
+            skipped.append(MiasSkip(refnum, line_number, NOT_ROI_REASONS["no_centre"], "no_centre"))
             continue
         try:
             x, y = int(fields[1]), int(fields[2])
@@ -253,7 +264,7 @@ MANIFEST_COLUMNS = {
     "pixel_size_mm": "source pixel size in mm. Optional for DICOM files that carry PixelSpacing",
     "view": "CC, MLO, ... Optional for DICOM (ViewPosition)",
     "laterality": "L or R. Optional for DICOM (ImageLaterality)",
-    "lesion_type": "optional: mass, calcification, ...",
+    "lesion_type": "optional: mass, calcification, or a MIAS class (CIRC, SPIC, MISC, CALC, ARCH, ASYM)",
     "lesion_size_mm": "optional: lesion diameter in mm",
 }
 _MANIFEST_REQUIRED = ("image", "lesion", "label", "centre_x", "centre_y")
@@ -313,6 +324,10 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
             centre_y = _number(record, "centre_y", where, minimum=0.0)
             pixel = _number(record, "pixel_size_mm", where, optional=True, minimum=1e-6)
             size = _number(record, "lesion_size_mm", where, optional=True, minimum=1e-6)
+            try:
+                lesion_type = normalise_lesion_type(record.get("lesion_type"), source=f"{where}, column 'lesion_type'")
+            except CadxInputError as exc:
+                raise ManifestError(exc.source, exc.problem, exc.fix) from None
             laterality = (record.get("laterality") or "").upper() or None
             if laterality is not None and laterality not in ("L", "R"):
                 raise ManifestError(f"{where}, column 'laterality'", f"unknown laterality {laterality!r}", "use L or R")
@@ -327,7 +342,7 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
                     pixel_size_mm=pixel,
                     view=(record.get("view") or "").upper() or None,
                     laterality=laterality,
-                    lesion_type=record.get("lesion_type") or None,
+                    lesion_type=lesion_type,
                     lesion_size_mm=size,
                 )
             )

@@ -32,6 +32,7 @@ __all__ = [
     "Job",
     "User",
     "AuditEvent",
+    "Cohort",
     "LABELS",
     "ROLES",
     "EXCLUSION_REASONS",
@@ -95,7 +96,7 @@ class Lesion(Base):
     key: Mapped[str] = mapped_column(String(128))  # e.g. "mdb005#2", "P_00001/LEFT/1", "demo-L0001"
     label: Mapped[str] = mapped_column(String(16))  # one of LABELS
     pathology_source: Mapped[str] = mapped_column(String(128))  # where the label came from
-    lesion_type: Mapped[str | None] = mapped_column(String(64))  # "mass", "calcification", MIAS class, ...
+    lesion_type: Mapped[str | None] = mapped_column(String(64))  # a code of cadx.lesion_types.LESION_TYPES
     size_mm: Mapped[float | None] = mapped_column(Float)  # diameter when known
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
     truth: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # ground truth of synthetic phantoms
@@ -153,6 +154,7 @@ class Roi(Base):
     included: Mapped[bool] = mapped_column(Boolean, default=True)  # current review state
     exclusion_reason: Mapped[str | None] = mapped_column(String(32))
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    import_run_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the import run that created it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
     lesion: Mapped[Lesion] = relationship(back_populates="rois")
@@ -301,3 +303,16 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32), index=True)  # upload, import, exclude, include, ...
     target: Mapped[str] = mapped_column(String(128))  # e.g. "roi 17", "experiment 3"
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Cohort(Base):
+    """A named, saved selection of ROIs (``cadx.cohorts.CohortDefinition`` as versioned JSON)."""
+
+    __tablename__ = "cohorts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)  # cadx.cohorts.COHORT_SCHEMA_VERSION when saved
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)

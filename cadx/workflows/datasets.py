@@ -10,6 +10,7 @@ import numpy as np
 
 from cadx import io as cadx_io
 from cadx.errors import ImageReadError, ManifestError
+from cadx.lesion_types import normalise_lesion_type
 from cadx.sources import (
     MIAS_PIXEL_MM,
     CbisRow,
@@ -40,14 +41,14 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
         if skip.reason.startswith("normal") and skip.refnum in reported_normal:
             continue
         reported_normal.add(skip.refnum)
-        report.add(f"{skip.refnum} (Info.txt line {skip.line})", "skipped", skip.reason)
+        report.add(f"{skip.refnum} (Info.txt line {skip.line})", "skipped", skip.reason, code=skip.code)
     present = []
     for finding in findings:
         if (folder / f"{finding.refnum}.pgm").exists():
             present.append(finding)
         else:
             report.add(f"{finding.refnum} finding {finding.index}", "skipped",
-                       f"image file {finding.refnum}.pgm is not in {folder} (partial copy)")
+                       f"image file {finding.refnum}.pgm is not in {folder} (partial copy)", code="image_absent")
 
     def make(finding) -> Finding:
         path = folder / f"{finding.refnum}.pgm"
@@ -61,7 +62,7 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
             lesion_key=f"{finding.refnum}#{finding.index}",
             label=finding.label,
             pathology_source="MIAS truth table (Info.txt)",
-            lesion_type=f"{finding.abnormality} ({'mass' if finding.abnormality != 'CALC' else 'calcification'})",
+            lesion_type=normalise_lesion_type(finding.abnormality),  # CIRC/SPIC/MISC are masses; see cadx.lesion_types
             lesion_size_mm=finding.diameter_mm,
             centre_rc=finding.centre_rc,
             centre_source=f"Info.txt x={finding.x} y={finding.y} (origin bottom-left; row = 1024 - y)",
@@ -99,7 +100,8 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
         for row in by_lesion[key]:
             report.add(f"{row.csv_name} row {row.line} ({key} {row.view})", "skipped",
                        "its views disagree on pathology ("
-                       + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[key]) + "); not imported")
+                       + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[key]) + "); not imported",
+                       code="conflicting_pathology")
     usable = sorted((r for r in rows if r.lesion_key not in conflicting), key=lambda r: r.image_path)
 
     def make(row: CbisRow) -> Finding:
@@ -114,7 +116,7 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
             lesion_key=row.lesion_key,
             label=row.label,
             pathology_source=f"CBIS-DDSM pathology ({row.pathology})",
-            lesion_type=row.abnormality_type,
+            lesion_type=normalise_lesion_type(row.abnormality_type, source=f"{row.csv_name} row {row.line}"),
             centre_source="centroid of the CBIS-DDSM ROI mask",
             locate=lambda image: _centre_from_mask(folder, row, image, pixel_size_mm),
             view=row.view,
@@ -328,7 +330,7 @@ def _phantom_finding(lesion, view, seed: int) -> Finding:
         lesion_key=lesion.lesion_key,
         label=lesion.label,
         pathology_source="synthetic phantom ground truth",
-        lesion_type=f"synthetic {lesion.morphology} mass",
+        lesion_type="mass",  # every phantom is a mass; its morphology is in the lesion's truth
         lesion_size_mm=float(lesion.diameter_mm),
         centre_rc=tuple(float(c) for c in view.centre_rc),
         centre_source="synthetic phantom: marked centre",

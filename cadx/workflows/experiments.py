@@ -2,8 +2,8 @@
 frozen, reproducible records with per-ROI out-of-fold predictions.
 
 An experiment's config holds everything that determines its numbers: backbone, weights checksum, preprocessing
-and feature versions, taps, grid, folds, seeds, the exact ROI set (hashes, and the ids left out by review) and the
-code version. Running the same config on the same database gives the same numbers.
+and feature versions, taps, grid, folds, seeds, the cohort (its definition) and the exact ROI set it resolved to
+(hashes, their SHA-256, and the ids left out by review) and the code version. Running the same config on the same database gives the same numbers.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from sqlalchemy import select
 
 import cadx
 from cadx import stats
+from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD
 from cadx.errors import CadxInputError
+from cadx.workflows.cohorts import resolve_cohort
 from cadx.workflows.features import (
     DEFAULT_ENSEMBLE_TAP,
     analytic_matrix,
     cnn_tap_loader,
     compute_analytic_features,
     extract_cnn_features,
-    roi_records,
 )
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.importing import Progress
@@ -50,17 +51,24 @@ class ExperimentSettings:
     of them, and the results gain a ``repeats`` table (each classifier's AUC per seed and its spread between seeds);
     Table 1, the ROC curves, the tests and the Predictions page stay those of the first seed, so one experiment
     always has one set of out-of-fold predictions per ROI to show (every seed's are stored, with their fold ids).
+
+    ``cohort`` names the ROIs to use (a preset such as ``"paper"`` or a saved cohort; ``None``: ``"all"``);
+    ``n_folds=None`` takes the cohort's folds (5 for the presets). Before any work the cohort must have both
+    classes and at least ``min_lesions_per_class_per_fold`` lesions of each class per fold (the guard rail; lower it
+    only to exercise the pipeline on a tiny set: the record keeps the value).
     """
 
     taps: tuple[str, ...] | None = None
     ensemble_tap: str | None = None  # default: DEFAULT_ENSEMBLE_TAP[backbone] (fc6 for AlexNet, as in the paper)
     analytic: bool = True
-    n_folds: int = 5
+    n_folds: int | None = None
     n_inner: int = 5
     seed: int = 0
     repeats: int = 1
     grid: dict[str, list] | None = None
     n_jobs: int = 1
+    cohort: str | None = None
+    min_lesions_per_class_per_fold: int = MIN_LESIONS_PER_CLASS_PER_FOLD
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # CNN forward arithmetic (cadx.cnn.PRECISIONS); keys the features used
 
@@ -87,8 +95,11 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     report = progress or (lambda done, total, message: None)
     started = time.perf_counter()
     _check_repeats(settings.repeats)
-    records = roi_records(workspace)
-    _check_dataset(records, settings.n_folds)
+    cohort = resolve_cohort(workspace, settings.cohort)
+    n_folds = settings.n_folds or cohort.definition.n_folds
+    cohort.check(n_folds=n_folds, minimum_per_fold=settings.min_lesions_per_class_per_fold)
+    records = cohort.records
+    _check_dataset(records, n_folds)
     hashes = [r.sha256 for r in records]
     y = np.array([r.label for r in records])
     lesions = np.array([r.lesion_id for r in records])
@@ -103,13 +114,13 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     sweep_taps = tuple(t for t in loaded.backbone.taps if t in wanted)  # in network order, as in Fig. 3
 
     report(0, 4, "extracting CNN features (only ROIs not in the store)")
-    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision,
+    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision, records=records,
                                       progress=lambda d, t, m: report(0, 4, f"extracting {d}/{t}"))
     analytic_version = None
     if settings.analytic:
         report(1, 4, "analytic features (only ROIs not analysed yet)")
         analytic_version = compute_analytic_features(
-            workspace, progress=lambda d, t, m: report(1, 4, f"segmenting {d}/{t}")).version
+            workspace, records=records, progress=lambda d, t, m: report(1, 4, f"segmenting {d}/{t}")).version
 
     with workspace.sessions() as session:
         excluded = sorted(session.scalars(select(Roi.id).where(Roi.included.is_(False))))
@@ -120,22 +131,26 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         "taps": list(sweep_taps),
         "ensemble_tap": ensemble_tap,
         "analytic_version": analytic_version,
-        "n_folds": settings.n_folds,
+        "n_folds": n_folds,
         "n_inner": settings.n_inner,
         "seed": settings.seed,
         "grid": settings.grid or "cadx.svm.default_grid",
         "cv_groups": "patient (a patient's lesions stay together; each lesion's ROIs always do)",
+        "cohort": cohort.to_record(),
+        "roi_set_sha256": cohort.roi_set_sha256,
         "roi_ids": [r.id for r in records],
         "roi_sha256": hashes,
         "excluded_roi_ids": excluded,
         # a single cross-validation keeps the config (and its SHA-256) of the records made before repeats existed
         **({"repeats": settings.repeats} if settings.repeats > 1 else {}),
+        **({"min_lesions_per_class_per_fold": settings.min_lesions_per_class_per_fold}
+           if settings.min_lesions_per_class_per_fold != MIN_LESIONS_PER_CLASS_PER_FOLD else {}),
         **settings.extra,
     }
     version = code_version()
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
-    common = dict(patients=patients, n_folds=settings.n_folds, n_inner=settings.n_inner, grid=settings.grid,
+    common = dict(patients=patients, n_folds=n_folds, n_inner=settings.n_inner, grid=settings.grid,
                   seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
     sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
                for tap in sweep_taps}
@@ -156,6 +171,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         "n_lesions": int(len(set(lesions))),
         "n_patients": int(len(set(patients))),
         "n_malignant_rois": int(y.sum()),
+        "cohort": cohort.name,
+        "roi_set_sha256": cohort.roi_set_sha256,
         "weights_note": weights_note,
         "extraction": asdict(extraction),
         "sweep": {
@@ -188,7 +205,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         fold_c = fold_auc(p3, y, method_a.fold)
         results["methods"]["C"] = method_statistics("Ensemble (p1 + p2) / 2", p3, None, y, lesions,
                                                     settings.seed, method_a.seconds + b.seconds, fold_aucs=fold_c)
-        results["comparisons"] = compare_methods(results["methods"], scores, y, method_a.fold, settings.n_folds)
+        results["comparisons"] = compare_methods(results["methods"], scores, y, method_a.fold, n_folds)
     if settings.repeats > 1:
         results["repeats"] = repeated_cv_summary(results["methods"], runs_a, runs_b, runs_p3, y,
                                                  seeds=[r.seed for r in runs_a])

@@ -152,10 +152,12 @@ def decoded_roi_cache(workspace: Workspace):
 
 
 def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16, chunk_rows: int = 64,
+                         records: list[RoiRecord] | None = None,
                          progress: Progress | None = None, num_workers: int = 0, precision: str = "fp32",
                          decoded_cache: bool = False, device: str | None = None,
                          timings: bool = False) -> ExtractionReport:
-    """Extract the CNN taps of every ROI (included or not) that the store lacks; returns what was done.
+    """Extract the CNN taps of every ROI (included or not; or of ``records``, e.g. a cohort's) that the store
+    lacks; returns what was done.
 
     Rows are committed to the store every ``chunk_rows`` ROIs, so a killed run resumes from the last chunk.
     ``num_workers`` processes decode and resize ROIs ahead of the network; ``precision`` (``fp32``, ``bf16``,
@@ -165,7 +167,7 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
     """
     from cadx.cnn import extract_to_store
 
-    records = roi_records(workspace, included_only=False)
+    records = roi_records(workspace, included_only=False) if records is None else records
     start = time.perf_counter()
     rois: Mapping = _LazyRois(workspace, records)
     n_cached = 0
@@ -201,11 +203,13 @@ class AnalyticReport:
     seconds: float
 
 
-def compute_analytic_features(workspace: Workspace, *, progress: Progress | None = None) -> AnalyticReport:
-    """Segment every ROI not yet analysed with the current feature version and store masks and features."""
+def compute_analytic_features(workspace: Workspace, *, records: list[RoiRecord] | None = None,
+                              progress: Progress | None = None) -> AnalyticReport:
+    """Segment every ROI (or every one of ``records``, e.g. a cohort's) not yet analysed with the current feature
+    version and store masks and features."""
     from cadx.analytic import FEATURES_VERSION, analyse_roi
 
-    records = roi_records(workspace, included_only=False)
+    records = roi_records(workspace, included_only=False) if records is None else records
     unique = list({r.sha256: r for r in records}.values())
     with workspace.sessions() as session:
         done = set(session.scalars(select(Segmentation.roi_sha256).where(Segmentation.version == FEATURES_VERSION)))

@@ -50,6 +50,7 @@ class ImportItem:
     status: str  # "imported" | "skipped" | "error"
     reason: str = ""
     roi_id: int | None = None
+    code: str = ""  # for skipped findings: a key of cadx.sources.NOT_ROI_REASONS, "normal", "image_absent", ...
 
 
 @dataclass
@@ -61,8 +62,8 @@ class ImportReport:
     items: list[ImportItem] = field(default_factory=list)
     committed: bool = False
 
-    def add(self, name: str, status: str, reason: str = "") -> ImportItem:
-        item = ImportItem(name, status, reason)
+    def add(self, name: str, status: str, reason: str = "", *, code: str = "") -> ImportItem:
+        item = ImportItem(name, status, reason, code=code)
         self.items.append(item)
         return item
 
@@ -216,16 +217,16 @@ def run_import(
                 return report
             try:
                 with workspace.sessions.begin() as session:
+                    run = ImportRun(kind=kind, source=source, user=user, n_imported=0, n_skipped=0, report={})
+                    session.add(run)
+                    session.flush()  # its id goes on every ROI it creates (cohorts select by import run)
                     for item in prepared:
-                        _write_rows(session, item, report)
+                        _write_rows(session, item, report, run.id)
                     if report.errors and not skip_errors:
                         raise _Rollback
                     n_imported = sum(i.status == "imported" for i in report.items)
-                    session.add(
-                        ImportRun(kind=kind, source=source, user=user, n_imported=n_imported,
-                                  n_skipped=report.n_skipped,
-                                  report={"items": [dataclasses.asdict(i) for i in report.items]})
-                    )
+                    run.n_imported, run.n_skipped = n_imported, report.n_skipped
+                    run.report = {"items": [dataclasses.asdict(i) for i in report.items]}
                     record_audit(session, user=user, action="upload" if kind == "upload" else "import",
                                  target=f"{kind} {source}"[:128],
                                  detail={"imported": n_imported, "skipped": report.n_skipped,
@@ -391,7 +392,7 @@ def _existing_lesion_keys(workspace: Workspace, image_sha: str) -> set[str]:
         )
 
 
-def _write_rows(session: Session, item: _Prepared, report: ImportReport) -> None:
+def _write_rows(session: Session, item: _Prepared, report: ImportReport, import_run_id: int) -> None:
     """Add one ROI with its patient, lesion and image; validate everything before adding anything."""
     finding, image = item.finding, item.image
     patient_key = finding.patient_key or image.patient_key
@@ -479,6 +480,7 @@ def _write_rows(session: Session, item: _Prepared, report: ImportReport) -> None
         qc_flags=list(crop.flags),
         truth_mask_file=item.truth_file,
         is_synthetic=finding.is_synthetic,
+        import_run_id=import_run_id,
     )
     session.add(roi)
     session.flush()

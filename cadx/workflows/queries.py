@@ -6,10 +6,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from cadx.sources import NOT_ROI_REASONS
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi
 
-__all__ = ["dataset_stats"]
+__all__ = ["dataset_stats", "findings_without_roi"]
 
 
 def dataset_stats(workspace: Workspace) -> dict[str, Any]:
@@ -24,6 +25,9 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
             .join(Image, Roi.image_id == Image.id)
         ).all()
         n_imports = session.scalar(select(func.count(ImportRun.id))) or 0
+        lesions_by_type = dict(session.execute(
+            select(Lesion.lesion_type, func.count(Lesion.id)).group_by(Lesion.lesion_type)).all())
+        reports = session.execute(select(ImportRun.kind, ImportRun.report)).all()
     by_label: dict[str, dict[str, int]] = {}
     by_view: dict[str, dict[str, int]] = {}
     by_reason: dict[str, int] = {}
@@ -50,5 +54,26 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
         "rois_by_view": dict(sorted(by_view.items())),
         "excluded_by_reason": dict(sorted(by_reason.items())),
         "rois_by_qc_flag": dict(sorted(by_flag.items())),
+        "lesions_by_type": {(k or "unknown"): v for k, v in sorted(lesions_by_type.items(), key=lambda kv: str(kv[0]))},
         "imports": n_imports,
+        "findings_without_roi": findings_without_roi(reports),
     }
+
+
+def findings_without_roi(reports) -> dict[str, Any]:
+    """Findings of the imported truth tables that can never become ROIs (e.g. MIAS mdb059 and the *NOTE 3*
+    calcification clusters have no centre), counted once however often their dataset was imported.
+
+    ``reports``: (kind, report JSON) of the import runs. Returns ``{"count": n, "by_reason": {reason: n}}``; no
+    names (a finding's name may come from a clinical file).
+    """
+    seen: dict[tuple[str, str], str] = {}
+    for kind, report in reports:
+        for item in (report or {}).get("items", []):
+            code = item.get("code") or ""
+            if item.get("status") == "skipped" and code in NOT_ROI_REASONS:
+                seen[(kind, item.get("name", ""))] = NOT_ROI_REASONS[code]
+    by_reason: dict[str, int] = {}
+    for reason in seen.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {"count": len(seen), "by_reason": dict(sorted(by_reason.items()))}

@@ -98,6 +98,8 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
                 "n_lesions": results.get("n_lesions"),
                 "n_patients": results.get("n_patients"),
                 "n_excluded": len(config.get("excluded_roi_ids", [])),
+                "cohort": (config.get("cohort") or {}).get("name"),  # None: recorded before cohorts existed
+                "roi_set_sha256": config.get("roi_set_sha256"),
                 "best_tap": best_tap,
                 "best_tap_auc": None if best_tap is None else sweep[best_tap].get("auc_mean"),
                 "auc_A": methods.get("A", {}).get("auc_mean"),
