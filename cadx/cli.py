@@ -351,12 +351,11 @@ def features_command(data_dir: DataDir = None,
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
                 data_dir, user, cohort=None, min_lesions=None) -> None:
-    from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD
     from cadx.workflows.cohorts import resolve_cohort
     from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 
     workspace = _workspace(data_dir)
-    minimum = MIN_LESIONS_PER_CLASS_PER_FOLD if min_lesions is None else min_lesions
+    minimum = min_lesions
     resolved = _run(lambda: resolve_cohort(workspace, cohort))
     _console.print(f"[cyan]Cohort {resolved.name} ({resolved.definition.summary()}): {_counts_line(resolved)}[/]")
     for note in resolved.notes:

@@ -224,14 +224,20 @@ def check_cohort_name(name: str) -> str:
 
 
 def check_cohort_size(lesions_by_label: Mapping[str, int], *, n_folds: int, cohort: str = "cohort",
-                      minimum_per_fold: int = MIN_LESIONS_PER_CLASS_PER_FOLD) -> None:
-    """Refuse a cohort with one class only, or with fewer than ``minimum_per_fold`` lesions of a class per fold.
+                      minimum_per_fold: int | None = None) -> None:
+    """Refuse a cohort with one class only, or with fewer than ``minimum_per_fold`` lesions of a class per fold
+    (default :data:`MIN_LESIONS_PER_CLASS_PER_FOLD`, 5).
 
     Raises
     ------
     CohortTooSmallError
         Stating the counts and what to change.
     """
+    if minimum_per_fold is None:
+        minimum_per_fold = MIN_LESIONS_PER_CLASS_PER_FOLD
+    if isinstance(minimum_per_fold, bool) or not isinstance(minimum_per_fold, int) or minimum_per_fold < 1:
+        raise CadxInputError("minimum lesions per class per fold", f"got {minimum_per_fold!r}",
+                             f"give a whole number of at least 1 (default {MIN_LESIONS_PER_CLASS_PER_FOLD})")
     counts = {label: int(lesions_by_label.get(label, 0)) for label in LABELS}
     shown = f"{counts['benign']} benign and {counts['malignant']} malignant lesions"
     if min(counts.values()) == 0:

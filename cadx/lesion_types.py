@@ -66,7 +66,6 @@ MASS_TYPES: frozenset[str] = LESION_TYPE_GROUPS["masses"]
 # Other spellings accepted from manifests and found in databases written before the registry (see migration 0004).
 _ALIASES = {
     "masses": "mass",
-    "calc": "calcification",
     "calcifications": "calcification",
     "circumscribed mass": "CIRC",
     "spiculated mass": "SPIC",
@@ -80,7 +79,7 @@ _LEGACY_SYNTHETIC = re.compile(r"^synthetic \w[\w-]* mass$")
 def normalise_lesion_type(value: str | None, *, source: str = "lesion_type") -> str | None:
     """The registry code of ``value`` (``None`` stays ``None``: type not recorded).
 
-    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calc``, ``spiculated mass``)
+    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calcifications``, ``spiculated mass``)
     and the strings cadx stored before the registry (``"ARCH (mass)"``, ``"synthetic spiculated mass"``).
 
     Raises

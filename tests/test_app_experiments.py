@@ -28,7 +28,8 @@ def experiment_dir(tmp_path_factory):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8"),
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8",
+                                                                  min_lesions_per_class_per_fold=1),
                                    name="small sweep", user="tester", weights_note=note)
     ws.engine.dispose()
     return data, experiment_id
@@ -355,7 +356,7 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path):
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
     experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", seed=5,
-                                                                  repeats=2),
+                                                                  repeats=2, min_lesions_per_class_per_fold=1),
                                    name="two seeds", user="tester", weights_note=note)
     ws.engine.dispose()
     use(data)

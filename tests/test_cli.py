@@ -52,7 +52,8 @@ def test_unknown_exclusion_reason_is_a_clear_error(tmp_path):
 def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
     data = tmp_path / "data"
     assert runner.invoke(app, ["demo", "--lesions", "12", "--seed", "2", "--data-dir", str(data)]).exit_code == 0
-    common = ["--backbone", "alexnet", "--weights", "random", "--data-dir", str(data), "--user", "tester"]
+    common = ["--backbone", "alexnet", "--weights", "random", "--data-dir", str(data), "--user", "tester",
+              "--min-lesions-per-fold", "1"]  # 12 demo lesions: the guard rail (5 per class per fold) lowered
 
     sweep_json = tmp_path / "sweep.json"
     result = runner.invoke(app, ["sweep", "--taps", "fc7,fc8", "--tap", "fc8", "--no-analytic", "--json",

@@ -16,6 +16,13 @@ from db.models import Experiment, Job, Prediction, Segmentation
 SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _tiny_cohorts(monkeypatch):
+    """These tests exercise the machinery on 12 demo lesions: the cohort guard rail (5 lesions of each class per
+    fold, see test_cohorts.py) is lowered to 1 for them."""
+    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)
+
+
 @pytest.fixture
 def demo(workspace):
     import_demo(workspace, n_lesions=12, seed=5)
@@ -84,7 +91,8 @@ def test_excluded_rois_leave_later_experiments(demo, alexnet_random):
 
 def test_too_few_lesions_is_a_clear_error(workspace, alexnet_random):
     import_demo(workspace, n_lesions=4, seed=1)
-    with pytest.raises(CadxInputError, match="too few for 5-fold"):
+    with pytest.raises(CadxInputError, match="2 benign and 2 malignant lesions: fewer than 1 benign and malignant "
+                                             "lesions per fold for 5-fold"):
         run_experiment(workspace, alexnet_random, SETTINGS, name="tiny", user="tester")
 
 
@@ -111,7 +119,7 @@ def test_a_failing_job_records_its_error(workspace):
                                                   "ensemble_tap": "fc8"}, user="alice")
     run_next_job(workspace)
     job = get_job(workspace, job_id)
-    assert job.status == "failed" and "too few for 5-fold" in job.error
+    assert job.status == "failed" and "lesions per fold for 5-fold" in job.error
     with pytest.raises(CadxInputError, match="unknown job kind"):
         submit_job(workspace, "mine bitcoin", {}, user="alice")
     with workspace.sessions() as session:

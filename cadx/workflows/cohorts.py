@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 
 from cadx.cohorts import (
     DEFAULT_COHORT,
-    MIN_LESIONS_PER_CLASS_PER_FOLD,
     PRESETS,
     CohortDefinition,
     check_cohort_name,
@@ -73,8 +72,7 @@ class ResolvedCohort:
     rois_by_source: dict[str, int]
     notes: list[str] = field(default_factory=list)
 
-    def check(self, *, n_folds: int | None = None,
-              minimum_per_fold: int = MIN_LESIONS_PER_CLASS_PER_FOLD) -> None:
+    def check(self, *, n_folds: int | None = None, minimum_per_fold: int | None = None) -> None:
         """The guard rails: refuse one class only, or fewer than ``minimum_per_fold`` lesions of a class per fold."""
         check_cohort_size(self.lesions_by_label, n_folds=n_folds or self.definition.n_folds,
                           cohort=f"cohort {self.name!r}", minimum_per_fold=minimum_per_fold)

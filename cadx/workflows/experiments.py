@@ -68,7 +68,7 @@ class ExperimentSettings:
     grid: dict[str, list] | None = None
     n_jobs: int = 1
     cohort: str | None = None
-    min_lesions_per_class_per_fold: int = MIN_LESIONS_PER_CLASS_PER_FOLD
+    min_lesions_per_class_per_fold: int | None = None  # None: cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD (5)
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # CNN forward arithmetic (cadx.cnn.PRECISIONS); keys the features used
 
@@ -144,7 +144,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         # a single cross-validation keeps the config (and its SHA-256) of the records made before repeats existed
         **({"repeats": settings.repeats} if settings.repeats > 1 else {}),
         **({"min_lesions_per_class_per_fold": settings.min_lesions_per_class_per_fold}
-           if settings.min_lesions_per_class_per_fold != MIN_LESIONS_PER_CLASS_PER_FOLD else {}),
+           if settings.min_lesions_per_class_per_fold not in (None, MIN_LESIONS_PER_CLASS_PER_FOLD) else {}),
         **settings.extra,
     }
     version = code_version()

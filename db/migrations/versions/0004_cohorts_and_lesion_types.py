@@ -28,7 +28,7 @@ depends_on = None
 _MIAS = re.compile(r"^(CALC|CIRC|SPIC|MISC|ARCH|ASYM) \((mass|calcification)\)$")
 _SYNTHETIC = re.compile(r"^synthetic \w[\w-]* mass$")
 _PLAIN = {"mass": "mass", "masses": "mass", "calcification": "calcification", "calcifications": "calcification",
-          "calc": "calcification", "circ": "CIRC", "spic": "SPIC", "misc": "MISC", "arch": "ARCH", "asym": "ASYM"}
+          "calc": "CALC", "circ": "CIRC", "spic": "SPIC", "misc": "MISC", "arch": "ARCH", "asym": "ASYM"}
 
 _lesions = sa.table("lesions", sa.column("id", sa.Integer), sa.column("lesion_type", sa.String),
                     sa.column("is_synthetic", sa.Boolean), sa.column("truth", sa.JSON))
