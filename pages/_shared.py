@@ -150,6 +150,10 @@ def reviewer_sidebar() -> None:
                           help="Recorded with every upload, review decision and job you start.")
 
 
+_ALL_COHORTS = "all cohorts"
+_NO_COHORT = "(before cohorts)"
+
+
 def pick_experiment(key: str, *, purpose: str) -> dict:
     """The experiment chooser shared by the result pages (remembered across them), with its data badges.
 
@@ -162,13 +166,19 @@ def pick_experiment(key: str, *, purpose: str) -> dict:
         st.info(f"No experiment yet. Start one on the Layer sweep page; its {purpose} appear here.")
         st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon=":material/show_chart:")
         st.stop()
+    cohorts = sorted({e["cohort"] or _NO_COHORT for e in experiments})
+    if len(cohorts) > 1:  # a filter by cohort once experiments ran on several
+        chosen = st.selectbox("Cohort", [_ALL_COHORTS, *cohorts], key=f"{key}_cohort")
+        if chosen != _ALL_COHORTS:
+            experiments = [e for e in experiments if (e["cohort"] or _NO_COHORT) == chosen]
     by_id = {e["id"]: e for e in experiments}
     ids = list(by_id)
     remembered = st.session_state.get("cadx_experiment")
     experiment_id = st.selectbox(
         "Experiment", ids, index=ids.index(remembered) if remembered in ids else 0, key=key,
         format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['backbone']} {by_id[i]['ensemble_tap']}, "
-                              f"{by_id[i]['n_rois']} ROIs, {by_id[i]['created_at']:%Y-%m-%d %H:%M})")
+                              f"cohort {by_id[i]['cohort'] or '–'}, {by_id[i]['n_rois']} ROIs, "
+                              f"{by_id[i]['created_at']:%Y-%m-%d %H:%M})")
     st.session_state["cadx_experiment"] = experiment_id
     experiment = by_id[experiment_id]
     badges = [b for b, on in ((SYNTHETIC_BADGE, experiment["uses_synthetic_data"]),

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from cadx.cohorts import CohortDefinition
 from cadx.errors import CadxInputError
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.workflows.experiments import experiment_summary
@@ -14,6 +15,14 @@ from cadx.workflows.accounts import can
 from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_role, current_user, workspace
 
 ws = workspace()
+
+
+def _cohort_summary(definition: dict) -> str:
+    try:
+        return CohortDefinition.from_dict(definition).summary()
+    except CadxInputError:
+        return json.dumps(definition)
+
 
 st.title("Experiments")
 st.caption("Every experiment is a frozen record: its config (backbone, weights checksum, taps, folds, seed, the "
@@ -28,10 +37,16 @@ if not experiments:
     st.info("No experiment yet. Start one on the Layer sweep page.")
     st.page_link("pages/sweep.py", label="Go to the Layer sweep page", icon=":material/show_chart:")
     st.stop()
+cohort_names = sorted({e["cohort"] or "(before cohorts)" for e in experiments})
+if len(cohort_names) > 1:
+    shown_cohort = st.selectbox("Cohort", ["all cohorts", *cohort_names], key="exp_cohort_filter")
+    if shown_cohort != "all cohorts":
+        experiments = [e for e in experiments if (e["cohort"] or "(before cohorts)") == shown_cohort]
 
 history = pd.DataFrame([{
     "id": e["id"], "name": e["name"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
     "backbone": e["backbone"], "weights": e["weights"], "taps": ", ".join(e["taps"]), "SVM1 tap": e["ensemble_tap"],
+    "cohort": e["cohort"], "ROI set": (e["roi_set_sha256"] or "")[:12],
     "folds": e["n_folds"], "seed": e["seed"], "repeats": e["repeats"], "ROIs": e["n_rois"], "excluded": e["n_excluded"],
     "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"],
     "synthetic data": e["uses_synthetic_data"], "random weights": e["uses_random_weights"],
@@ -83,6 +98,9 @@ reproducibility = pd.DataFrame([
           "Table 1 and predictions from the first)"),
     ("grid", json.dumps(config.get("grid")) if not isinstance(config.get("grid"), str) else config.get("grid")),
     ("cross-validation groups", config.get("cv_groups")),
+    ("cohort", (f"{config['cohort']['name']}: " + _cohort_summary(config["cohort"]["definition"]))
+     if config.get("cohort") else "recorded before cohorts existed (every included ROI)"),
+    ("ROI set SHA-256", config.get("roi_set_sha256") or "not recorded"),
     ("ROIs used", f"{len(config.get('roi_ids', []))} ({summary['results'].get('n_lesions')} lesions, "
                   f"{summary['results'].get('n_patients')} patients)"),
     ("ROIs excluded by review", f"{len(excluded)}" + (f": {', '.join(map(str, excluded))}" if excluded else "")),

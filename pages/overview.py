@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from cadx.lesion_types import lesion_type_title
 from cadx.workflows import backbone_status, dataset_stats, list_experiments
 from cadx.workflows.jobs import list_jobs
 from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
@@ -39,6 +40,16 @@ with by_label:
 with by_view:
     st.subheader("ROIs by view")
     st.dataframe(pd.DataFrame(stats["rois_by_view"]).T.rename_axis("view"))
+
+st.subheader("Lesions by type")
+st.caption("MIAS classes are their own types (CIRC, SPIC, MISC are masses; CALC, ARCH, ASYM are not); the paper's "
+           "protocol, cohort *paper*, uses masses only.")
+st.dataframe(pd.DataFrame([{lesion_type_title(t if t != "unknown" else None): n
+                            for t, n in stats["lesions_by_type"].items()}]), hide_index=True)
+lost = stats["findings_without_roi"]
+if lost["count"]:
+    st.markdown(f"**{lost['count']} findings could not become ROIs** (they are in the truth tables but not in the "
+                "database): " + "; ".join(f"{reason}: {n}" for reason, n in lost["by_reason"].items()) + ".")
 
 st.subheader("Excluded ROIs by reason")
 if stats["excluded_by_reason"]:

@@ -19,6 +19,7 @@ from cadx.workflows import (
     roi_thumbnail,
 )
 from cadx.workflows.accounts import can
+from cadx.workflows.cohorts import list_cohorts
 from pages._shared import SYNTHETIC_BADGE, current_role, current_user, workspace
 
 REASONS = {"compression_paddle": "compression paddle", "location_marker": "location marker",
@@ -122,10 +123,13 @@ with st.container(border=True):
     flags = f5.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any")
     synthetic = f6.selectbox("Data", ["all", "synthetic only", "real only"], key="review_f_synthetic")
     lesion_text = f7.text_input("Lesion key contains", key="review_f_lesion")
+    cohort = st.selectbox("Cohort", ["any", *[c.name for c in list_cohorts(ws)]], key="review_f_cohort",
+                          help="Only the ROIs this cohort selects (whatever their review status: the Status "
+                               "filter decides that).")
     page_size = f8.selectbox("ROIs per page", [24, 48, 96], index=1, key="review_page_size")
 filters = RoiFilters(labels=tuple(labels), views=tuple(views), status=status, reasons=tuple(reasons),
                      qc_flags=tuple(flags), synthetic={"all": None, "synthetic only": True, "real only": False}[synthetic],
-                     lesion=lesion_text)
+                     lesion=lesion_text, cohort=None if cohort == "any" else cohort)
 page_key = f"review_page_{abs(hash((filters, page_size)))}"  # new filters start again at page 1
 listing = browse_rois(ws, filters, page=state.get(page_key, 1), page_size=page_size)
 

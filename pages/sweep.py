@@ -9,6 +9,7 @@ import streamlit as st
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
 from cadx.workflows.accounts import can
+from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
     SYNTHETIC_BADGE,
@@ -94,17 +95,20 @@ with st.expander("Start a sweep", expanded=not experiments):
                               help="Repeat the cross-validation with seeds seed, seed+1, …: the chart averages "
                                    "over them; the time grows in proportion.")
     analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
+    cohort = cohort_picker("sweep_cohort", n_folds=int(n_folds))
+    cohort_editor("sweep_cohort")
     name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
     may_run = can(current_role(), "run")
     if not may_run:
         st.caption("Starting a sweep needs the reviewer role.")
-    if st.button("Start sweep", type="primary", key="sweep_start", disabled=not may_run):
+    if st.button("Start sweep", type="primary", key="sweep_start", disabled=not may_run or bool(cohort["refused"])):
         if not taps:
             st.error("Choose at least one tap.")
         else:
             params = {"backbone": backbone, "weights": weights, "taps": [t for t in info["taps"] if t in taps],
                       "ensemble_tap": ensemble_tap, "analytic": analytic, "n_folds": int(n_folds),
-                      "seed": int(seed), "repeats": int(repeats), "name": name.strip() or f"{backbone} sweep"}
+                      "seed": int(seed), "repeats": int(repeats), "name": name.strip() or f"{backbone} sweep",
+                      "cohort": cohort["name"]}
             job_id = submit_job(ws, "experiment", params, user=current_user())
             ensure_worker(ws)
             st.session_state.setdefault("sweep_jobs", []).append(job_id)
@@ -159,8 +163,8 @@ if not swept:
     st.stop()
 
 labels = {e["id"]: f"#{e['id']} {e['name']} ({e['backbone']}, "
-                   f"{'random weights' if e['uses_random_weights'] else e['weights']}, {e['n_rois']} ROIs, "
-                   f"{e['n_excluded']} excluded)" for e in swept}
+                   f"{'random weights' if e['uses_random_weights'] else e['weights']}, cohort {e['cohort'] or '–'}, "
+                   f"{e['n_rois']} ROIs, {e['n_excluded']} excluded)" for e in swept}
 selected = st.multiselect("Experiments (choose two or more to compare, e.g. before/after exclusions or two "
                           "backbones)", list(labels), default=[swept[0]["id"]], format_func=labels.get,
                           key="sweep_selected")

@@ -194,6 +194,7 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
     data = use(experiment_dir[0])
     started = []
     monkeypatch.setattr(jobs, "ensure_worker", lambda ws: started.append(ws.data_dir) or True)
+    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)  # 12 demo lesions (see test_app_cohorts)
     at = _run("pages/sweep.py")
     at.selectbox(key="sweep_backbone").select("alexnet").run()
     at.radio(key="sweep_weights").set_value("random").run()
@@ -213,7 +214,7 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
         assert job.status == "queued" and job.kind == "experiment"
         assert job.params == {"backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8",
                               "analytic": True, "n_folds": 4, "seed": 0, "repeats": 3,
-                              "name": "queued from the page"}
+                              "name": "queued from the page", "cohort": "all"}
         assert any(f"Job {job.id}" in m.value for m in at.markdown)
         at.button(key=f"cancel_job_{job.id}").click().run()
         with ws.sessions() as session:

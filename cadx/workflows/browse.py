@@ -18,6 +18,8 @@ Upload
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import io as _io
@@ -96,6 +98,7 @@ class RoiFilters:
     synthetic: bool | None = None  # True: synthetic only; False: real only
     lesion: str = ""  # lesion key contains (case-insensitive)
     lesion_id: int | None = None
+    cohort: str | None = None  # a preset or saved cohort: its ROIs whatever their review status (``status`` decides)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,11 @@ def browse_rois(workspace: Workspace, filters: RoiFilters | None = None, *, page
     if page_size < 1:
         raise CadxInputError("page size", f"{page_size} is not a positive number", "show at least one ROI per page")
     where = _conditions(filters)
+    if filters.cohort:
+        from cadx.workflows.cohorts import get_cohort, resolve_cohort
+
+        definition = dataclasses.replace(get_cohort(workspace, filters.cohort).definition, review="all")
+        where.append(Roi.id.in_(sorted({r.id for r in resolve_cohort(workspace, definition).records})))
     with workspace.sessions() as session:
         total = session.scalar(_joined(select(func.count(Roi.id)).select_from(Roi)).where(*where)) or 0
         n_pages = max(1, -(-total // page_size))

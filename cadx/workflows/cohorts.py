@@ -39,6 +39,7 @@ __all__ = [
     "resolve_cohort",
     "cohort_options",
     "cohort_roi_ids",
+    "cohort_preview",
 ]
 
 
@@ -270,3 +271,18 @@ def cohort_options(workspace: Workspace) -> dict[str, list]:
         "import_runs": [{"id": r.id, "kind": r.kind, "source": r.source, "n_imported": r.n_imported}
                         for r in runs if r.n_imported],
     }
+
+
+def cohort_preview(workspace: Workspace, cohort: str | None, *, n_folds: int | None = None) -> dict[str, Any]:
+    """What a page shows before anything runs: the cohort's selection, counts, notes and the guard rails' verdict
+    (``refused``: the reason and the fix, or None when an experiment may start with ``n_folds`` folds)."""
+    resolved = resolve_cohort(workspace, cohort)
+    try:
+        resolved.check(n_folds=n_folds)
+        refused = None
+    except CadxInputError as exc:
+        refused = f"{exc.problem}. Fix: {exc.fix}"
+    return {"name": resolved.name, "summary": resolved.definition.summary(),
+            "description": resolved.definition.description, "n_folds": resolved.definition.n_folds,
+            "counts": resolved.counts(), "synthetic_used": resolved.synthetic_used,
+            "roi_set_sha256": resolved.roi_set_sha256, "notes": list(resolved.notes), "refused": refused}

@@ -1,0 +1,90 @@
+"""The cohort picker in the app (AppTest): counts and the guard rails' verdict shown before anything runs, a cohort
+saved from the sweep page, the job it queues, and the review page's cohort filter."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from sqlalchemy import select
+
+from cadx.workflows import import_demo, open_workspace
+from db.models import Job
+from tests.apptest_support import open_page, point_app_at
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    data = tmp_path_factory.mktemp("app-cohorts") / "data"
+    ws = open_workspace(data)
+    import_demo(ws, n_lesions=12, seed=2)
+    ws.engine.dispose()
+    return data
+
+
+@pytest.fixture
+def app_data(demo_dir, monkeypatch):
+    import cadx.workflows.jobs as jobs
+
+    point_app_at(demo_dir, monkeypatch)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
+    yield demo_dir
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_the_sweep_page_shows_the_cohort_and_refuses_one_too_small_before_anything_runs(app_data, monkeypatch):
+    at = open_page("pages/sweep.py", timeout=120)
+    assert at.selectbox(key="sweep_cohort").value == "all"
+    metrics = _metrics(at)
+    assert metrics["Lesions (benign / malignant)"] == "12 (6 / 6)" and metrics["Patients"] == "10"  # demo patients have several lesions
+    assert any("SYNTHETIC DEMO DATA" in m.value for m in at.markdown)  # no real data: the phantoms, said so
+    errors = " ".join(e.value for e in at.error)
+    assert "cannot be used" in errors and "6 benign and 6 malignant lesions: fewer than 5" in errors
+    assert at.button(key="sweep_start").disabled
+
+    # a cohort saved on the page is chosen at once, with its own verdict
+    at.text_input(key="cohort_new_name").input("benign only").run()
+    at.multiselect(key="cohort_new_labels").set_value(["benign"]).run()
+    at.button(key="cohort_new_save").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sweep_cohort").value == "benign only"
+    assert _metrics(at)["ROIs (benign / malignant)"].endswith("/ 0)")
+    assert any("one class only" in e.value for e in at.error)
+
+    # the same name again: a clear error, nothing saved twice
+    at.text_input(key="cohort_new_name").input("benign only").run()
+    at.button(key="cohort_new_save").click().run()
+    assert any("exists already" in e.value for e in at.error)
+
+    # with the guard rail lowered (12 lesions), the sweep starts and its job names the cohort
+    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)
+    at.selectbox(key="sweep_cohort").select("paper").run()
+    assert not at.button(key="sweep_start").disabled
+    at.button(key="sweep_start").click().run()
+    ws = open_workspace(app_data)
+    try:
+        with ws.sessions() as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert job.params["cohort"] == "paper" and job.status == "queued"
+    finally:
+        ws.engine.dispose()
+
+
+def test_the_review_page_filters_by_cohort(app_data):
+    ws = open_workspace(app_data)
+    try:
+        from cadx.cohorts import CohortDefinition
+        from cadx.workflows.cohorts import resolve_cohort, save_cohort
+
+        save_cohort(ws, "malignant CC", CohortDefinition(labels=["malignant"], views=["CC"]), user="tester")
+        expected = resolve_cohort(ws, "malignant CC").rois
+    finally:
+        ws.engine.dispose()
+    at = open_page("pages/review.py", timeout=120)
+    at.selectbox(key="review_f_cohort").select("malignant CC").run()
+    assert not at.exception, at.exception
+    assert _metrics(at)["Matching the filters"] == str(expected) and 0 < expected < 30
