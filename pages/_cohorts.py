@@ -73,7 +73,7 @@ def cohort_editor(picker_key: str) -> None:
     ws = workspace()
     with st.expander("Create a cohort"):
         options = cohort_options(ws)
-        name = st.text_input("Name", key="cohort_new_name", placeholder="e.g. MIAS masses")
+        name = st.text_input("Cohort name", key="cohort_new_name", placeholder="e.g. MIAS masses")
         c1, c2, c3 = st.columns(3)
         sources = c1.multiselect("Datasets", options["sources"], key="cohort_new_sources", placeholder="any")
         synthetic = c2.selectbox("Real / synthetic", SYNTHETIC_CHOICES, format_func=_SYNTHETIC.get,

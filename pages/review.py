@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from cadx.errors import CadxInputError
+from cadx.lesion_types import lesion_type_title
 from cadx.workflows import (
     RoiFilters,
     browse_rois,
@@ -221,7 +222,7 @@ with detail_side:
             st.caption("No review decision yet: included since import.")
 
         lesion = lesion_view(ws, roi.lesion_id)
-        st.markdown(f"**Lesion {lesion.key}**: {lesion.label}, {lesion.lesion_type or 'type not recorded'}"
+        st.markdown(f"**Lesion {lesion.key}**: {lesion.label}, {lesion_type_title(lesion.lesion_type)}"
                     + (f", {lesion.size_mm:.1f} mm" if lesion.size_mm else "")
                     + f" · {len(lesion.rois)} ROI(s) · label from {lesion.pathology_source}")
         views_grid = st.grid(columns=3, gap="xsmall")

@@ -27,6 +27,12 @@ def test_import_mias_then_stats_json(tmp_path, mias_dir):
     assert stats["rois"] == report["imported"] and stats["rois_included"] == stats["rois"]
     assert stats["rois_by_view"] == {"MLO": {"included": stats["rois"], "excluded": 0}}
     assert sum(stats["lesions_by_label"].values()) == stats["lesions"] == stats["rois"]
+    # issue 12.7: mdb059 and the three *NOTE 3* clusters have no centre
+    assert stats["findings_without_roi"] == {"count": 4, "by_reason": {
+        "diffuse calcifications (*NOTE 3*): no centre given": 3, "no centre given in the truth table": 1}}
+    assert set(stats["lesions_by_type"]) == {"ARCH", "ASYM", "CALC", "CIRC", "MISC", "SPIC"}
+    text = " ".join(runner.invoke(app, ["stats", "--data-dir", str(data)]).output.split())
+    assert "findings that could not become ROIs: 4 (diffuse calcifications (*NOTE 3*): no centre given: 3; " in text
 
     result = runner.invoke(app, ["exclude", "1", "--reason", "location_marker", "--data-dir", str(data),
                                  "--user", "tester"])

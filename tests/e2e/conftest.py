@@ -46,7 +46,9 @@ def chromium_path() -> Path:
 def app_server(tmp_path_factory):
     """The app on a free loopback port over a small synthetic demo set; yields (base URL, data directory)."""
     data = tmp_path_factory.mktemp("e2e") / "data"
-    import_demo(open_workspace(data), n_lesions=12, seed=2)
+    # 20 lesions (10 benign, 10 malignant): the fewest a cohort needs for 2-fold cross-validation (5 of each class
+    # per fold), so the browser tests can start a sweep
+    import_demo(open_workspace(data), n_lesions=20, seed=2)
     port = _free_port()
     env = dict(os.environ, CADX_DATA_DIR=str(data))
     env.pop("CADX_DATABASE_URL", None)
