@@ -628,6 +628,12 @@ def cohort_list_command(data_dir: DataDir = None,
                       f"{r.lesions} ({r.lesions_by_label.get('benign', 0)}/{r.lesions_by_label.get('malignant', 0)})",
                       f"{r.rois} ({r.rois_by_label.get('benign', 0)}/{r.rois_by_label.get('malignant', 0)})")
     _out.print(table)
+    from cadx.workflows.cohorts import cohort_options
+
+    runs = cohort_options(workspace)["import_runs"]
+    if runs:
+        _out.print("import runs (for --import-run): " + "; ".join(
+            f"{r['id']}: {r['kind']} {r['source']} ({r['n_imported']} ROIs)" for r in runs))
 
 
 def _show_cohort(workspace, name: str, as_json: bool = False) -> None:

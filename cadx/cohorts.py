@@ -141,7 +141,7 @@ class CohortDefinition:
         for run in _strings(self.import_runs, source="cohort import runs"):
             if not run.isdigit() or int(run) < 1:
                 raise CadxInputError("cohort import runs", f"{run!r} is not an import run id",
-                                     "give the ids shown by `cadx stats --json` (imports) as whole numbers")
+                                     "give the import run ids that `cadx cohort list` shows, as whole numbers")
             runs.add(int(run))
         put("import_runs", tuple(sorted(runs)))
         if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, int) or not 2 <= self.n_folds <= _MAX_FOLDS:
@@ -182,7 +182,7 @@ class CohortDefinition:
         parts = []
         if self.sources:
             parts.append("sources " + "/".join(self.sources))
-        parts.append({"auto": "real data only (synthetic when there is no real data)", "real": "real data only",
+        parts.append({"auto": "real data only (synthetic only if it selects no real ROI)", "real": "real data only",
                       "synthetic": "SYNTHETIC only", "both": "real AND SYNTHETIC pooled"}[self.synthetic])
         parts.append("lesion types " + "/".join(self.lesion_types) if self.lesion_types else "all lesion types")
         for title, values in (("labels", self.labels), ("views", self.views), ("sides", self.lateralities)):

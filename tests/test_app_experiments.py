@@ -327,6 +327,11 @@ def test_experiments_page_shows_reproducibility_and_renames_and_deletes(use, exp
     assert details["weights SHA-256"] == summary["config"]["weights"]["sha256"]
     assert details["seed"] == "0" and details["folds (outer / inner)"] == "5 / 5"
     assert details["ROIs used"].startswith("28 ") and details["ROIs excluded by review"] == "0"
+    # the cohort and the exact ROI set it resolved to
+    assert details["cohort"].startswith("all: ") and "real data only" in details["cohort"]
+    assert details["ROI set SHA-256"] == summary["config"]["roi_set_sha256"]
+    row = history.loc[history["id"] == experiment_id].iloc[0]
+    assert row["cohort"] == "all" and row["ROI set"] == summary["config"]["roi_set_sha256"][:12]
 
     scratch = _copy_experiment(data, experiment_id, "scratch copy")
     at = _run("pages/experiments.py")

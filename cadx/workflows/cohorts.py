@@ -209,7 +209,7 @@ def resolve_cohort(workspace: Workspace, cohort: str | CohortDefinition | None =
         missing = sorted(set(definition.import_runs) - known)
         if missing:
             raise CadxInputError(f"cohort {label!r}", f"names import runs {missing} that do not exist",
-                                 "see the import runs in `cadx stats --json` and edit the cohort")
+                                 "see the import runs that `cadx cohort list` shows, and edit the cohort")
     types = definition.lesion_type_codes
     selected = [row for row in _rows(workspace) if _matches(row, definition, types)]
     notes = []
