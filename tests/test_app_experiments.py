@@ -228,6 +228,7 @@ def test_sweep_page_refuses_no_taps(use, experiment_dir, monkeypatch):
 
     use(experiment_dir[0])
     monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
+    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)  # 12 demo lesions (see test_app_cohorts)
     at = _run("pages/sweep.py")
     backbone = at.selectbox(key="sweep_backbone").value
     at.multiselect(key=f"sweep_taps_{backbone}").set_value([]).run()
