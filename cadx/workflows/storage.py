@@ -11,17 +11,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from cadx.workflows.workspace import make_private_dirs
+
 __all__ = ["write_once", "encode_mask_png"]
 
 
 def write_once(path: Path, encode: Callable[[], bytes]) -> bool:
     """Write ``encode()`` to ``path`` unless it exists (names are content-derived); True when written.
 
-    A temporary file renamed into place, so a crash never leaves a half-written file under its final name.
+    A temporary file renamed into place, so a crash never leaves a half-written file under its final name. The file
+    is readable by its owner only (0600, from ``mkstemp``), and so are the folders made for it (0700).
     """
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -1,0 +1,308 @@
+"""Security and bad-input corpus for storage (issue 10, items 1, 5, 6, 8, 10): restore never writes outside the
+target, backups are tamper-evident, the audit trail is a verified hash chain, no user file or folder name is stored,
+manifests with contradictory or malformed values are refused clearly, and orphan files are collected."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from typer.testing import CliRunner
+
+from cadx.cli import app
+from cadx.errors import CadxInputError
+from cadx.workflows import import_demo, open_workspace
+from cadx.workflows.accounts import add_user, record_audit
+from cadx.workflows.backup import backup_key_id, backup_workspace, restore_workspace
+from db.models import AuditEvent, Lesion
+from tests.test_import_files import _snapshot
+
+runner = CliRunner()
+KEY = bytes(range(32))  # a fixed test backup key
+
+
+# ------------------------------------------------------------------------------------------- crafted backups ---
+def _members(backup: Path) -> dict[str, bytes]:
+    with tarfile.open(backup) as archive:
+        return {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+
+
+def _write_tar(target: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
+    with tarfile.open(target, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra:
+            archive.addfile(info)
+    return target
+
+
+def _resigned(members: dict[str, bytes], manifest: dict, key: bytes = KEY) -> dict[str, bytes]:
+    """The members with ``manifest`` written and signed by ``key``: what an attacker holding a key could make."""
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    members = dict(members)
+    members["manifest.json"] = data
+    members["manifest.hmac"] = json.dumps({"algorithm": "HMAC-SHA256", "key_id": backup_key_id(key),
+                                           "hmac": hmac.new(key, data, hashlib.sha256).hexdigest()}).encode()
+    return members
+
+
+def _fresh(tmp_path: Path, name: str = "fresh"):
+    return open_workspace(tmp_path / name, f"sqlite:///{tmp_path / (name + '.sqlite')}")
+
+
+def _assert_untouched(workspace) -> None:
+    rows, files = _snapshot(workspace)
+    assert all(not table_rows for table_rows in rows.values())
+    assert files == [".import.lock", "pseudonym.key"]
+
+
+@pytest.fixture
+def backup(workspace, tmp_path) -> Path:
+    import_demo(workspace, n_lesions=2, seed=4)
+    backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
+    return tmp_path / "b.tar"
+
+
+@pytest.mark.parametrize("relative", ["/tmp/cadx-escape-abs.png", "rois/../../cadx-escape-dotdot.png",
+                                      "../cadx-escape-up.png", "rois//cadx-escape-empty.png", "cadx.sqlite",
+                                      "backup.key", "rois/a\\..\\..\\x.png"])
+def test_restore_never_writes_outside_the_target(backup, tmp_path, relative):
+    # The manifest names a stored file outside the data directory (tar member files//abs/path and friends), with
+    # every hash recomputed and the manifest signed: the path check alone must stop it.
+    members = _members(backup)
+    manifest = json.loads(members["manifest.json"])
+    payload = b"\x89PNG written by an attacker"
+    manifest["files"][relative] = hashlib.sha256(payload).hexdigest()
+    members[f"files/{relative}"] = payload
+    crafted = _write_tar(tmp_path / "crafted.tar", _resigned(members, manifest))
+    fresh = _fresh(tmp_path)
+    with pytest.raises(CadxInputError, match=r"(stored file|archive member) .* (is|resolves)"):
+        restore_workspace(fresh, crafted, key=KEY)
+    _assert_untouched(fresh)
+    assert not Path("/tmp/cadx-escape-abs.png").exists()
+    assert not list(tmp_path.rglob("cadx-escape-*")) and not (tmp_path / "x.png").exists()
+
+
+def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize("member, what", [
+    (_special("files/rois/00/link.png", tarfile.SYMTYPE, "/etc/passwd"), "a symbolic link"),
+    (_special("files/rois/00/hard.png", tarfile.LNKTYPE, "manifest.json"), "a hard link"),
+    (_special("files/rois/00/dev.png", tarfile.CHRTYPE), "a device"),
+    (_special("files/rois/00/fifo.png", tarfile.FIFOTYPE), "a FIFO"),
+])
+def test_links_devices_and_fifos_in_a_backup_are_refused(backup, tmp_path, member, what):
+    crafted = _write_tar(tmp_path / "crafted.tar", _members(backup), extra=[member])
+    fresh = _fresh(tmp_path)
+    with pytest.raises(CadxInputError, match=f"archive member .* is {what}"):
+        restore_workspace(fresh, crafted, key=KEY)
+    _assert_untouched(fresh)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.7, 0.98])
+def test_a_truncated_backup_is_a_clear_error_on_the_command_line(backup, tmp_path, cut):
+    data = backup.read_bytes()
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(data[: int(len(data) * cut)])
+    (tmp_path / "key").write_text(KEY.hex())
+    target = tmp_path / "target"
+    result = runner.invoke(app, ["restore", str(truncated), "--data-dir", str(target), "--key-file",
+                                 str(tmp_path / "key")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "truncated or corrupt" in result.output or "is missing" in result.output
+    restored = open_workspace(target)
+    try:
+        _assert_untouched(restored)
+    finally:
+        restored.engine.dispose()
+
+
+# --------------------------------------------------------------------------------------- tamper evidence ---
+def _tampered(backup: Path, tmp_path: Path, edit, key: bytes | None = None) -> Path:
+    """A copy of ``backup`` whose tables were edited by ``edit(tables)``, every SHA-256 recomputed; signed with
+    ``key`` when given, else with the old signature left in place (the attacker does not hold the key)."""
+    members = _members(backup)
+    manifest = json.loads(members["manifest.json"])
+    tables = {name[len("tables/"):-len(".jsonl")]: [json.loads(line) for line in data.decode().splitlines()]
+              for name, data in members.items() if name.startswith("tables/")}
+    edit(tables)
+    for name, rows in tables.items():
+        payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+        members[f"tables/{name}.jsonl"] = payload
+        manifest["tables"][name] = {"rows": len(rows), "sha256": hashlib.sha256(payload).hexdigest()}
+    if key is not None:
+        members = _resigned(members, manifest, key)
+    else:
+        members["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    return _write_tar(tmp_path / "tampered.tar", members)
+
+
+def _flip_labels(tables):
+    for row in tables["lesions"]:
+        row["label"] = "benign" if row["label"] == "malignant" else "malignant"
+
+
+def _add_admin(tables):
+    tables["users"].append({"id": 99, "username": "mallory", "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$x$y",
+                            "role": "admin", "disabled": False, "created_at": {"__datetime__": "2026-01-01T00:00:00"
+                                                                                              "+00:00"},
+                            "last_login_at": None})
+
+
+def _delete_audit(tables):
+    del tables["audit_events"][0]
+
+
+@pytest.mark.parametrize("edit", [_flip_labels, _add_admin, _delete_audit])
+def test_a_tampered_backup_with_recomputed_hashes_is_refused(backup, tmp_path, edit):
+    tampered = _tampered(backup, tmp_path, edit)
+    fresh = _fresh(tmp_path)
+    with pytest.raises(CadxInputError, match=r"fails its authentication \(HMAC\)"):
+        restore_workspace(fresh, tampered, key=KEY)
+    _assert_untouched(fresh)
+
+
+def test_a_backup_signed_with_another_key_or_restored_without_one_is_refused(backup, tmp_path):
+    fresh = _fresh(tmp_path)
+    with pytest.raises(CadxInputError, match="needs the backup key"):
+        restore_workspace(fresh, backup)
+    other = bytes(reversed(range(32)))
+    with pytest.raises(CadxInputError, match=f"signed with backup key {backup_key_id(KEY)}, and the key given is "
+                                             f"{backup_key_id(other)}"):
+        restore_workspace(fresh, backup, key=other)
+    _assert_untouched(fresh)
+    restore_workspace(fresh, backup, key=KEY)  # the right key restores it
+
+
+def test_deleted_audit_events_are_found_even_when_the_manifest_is_re_signed(workspace, tmp_path):
+    # Someone holding the backup key (or editing the database directly) deletes an event: the chain shows where.
+    for n in range(4):
+        with workspace.sessions.begin() as session:
+            record_audit(session, user="alice", action="exclude", target=f"roi {n}", detail={"n": n})
+    backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
+    with workspace.sessions() as session:
+        ids = list(session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)))
+
+    def delete_second(tables):
+        del tables["audit_events"][1]
+
+    tampered = _tampered(tmp_path / "b.tar", tmp_path, delete_second, key=KEY)
+    fresh = _fresh(tmp_path)
+    with pytest.raises(CadxInputError, match=f"audit trail breaks at audit event {ids[2]}"):
+        restore_workspace(fresh, tampered, key=KEY)
+    _assert_untouched(fresh)
+
+
+def _break_chain(workspace, sql: str) -> None:
+    """Edit the audit table behind cadx's back, as a database administrator could (triggers lifted)."""
+    with workspace.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+            connection.execute(text(sql))
+            connection.execute(text("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_events_no_update"))
+            connection.execute(text("DROP TRIGGER audit_events_no_delete"))
+            connection.execute(text(sql))
+
+
+@pytest.mark.parametrize("sql, broken_index", [
+    ("DELETE FROM audit_events WHERE id = {ids[1]}", 2),
+    ("UPDATE audit_events SET target = 'roi 99' WHERE id = {ids[2]}", 2),
+    ("UPDATE audit_events SET \"user\" = 'mallory' WHERE id = {ids[0]}", 0),
+])
+def test_audit_verify_names_the_first_broken_event(workspace, sql, broken_index):
+    for n in range(4):
+        with workspace.sessions.begin() as session:
+            record_audit(session, user="alice", action="exclude", target=f"roi {n}", detail={"n": n, "x": 0.25})
+    data_dir = str(workspace.data_dir)
+    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False)}
+    result = runner.invoke(app, ["audit", "verify", "--data-dir", data_dir], env=env)
+    assert result.exit_code == 0 and "4 audit events, hash chain intact" in result.output, result.output
+    with workspace.sessions() as session:
+        ids = list(session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)))
+    _break_chain(workspace, sql.format(ids=ids))
+    result = runner.invoke(app, ["audit", "verify", "--data-dir", data_dir], env=env)
+    assert result.exit_code == 1, result.output
+    assert f"broken at audit event {ids[broken_index]}" in " ".join(result.output.split())
+
+
+def test_concurrent_audit_events_form_one_chain(workspace):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cadx.workflows.audit import verify_audit_chain
+
+    def write(n: int) -> None:
+        with workspace.sessions.begin() as session:
+            record_audit(session, user="alice", action="exclude", target=f"roi {n}")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(write, range(24)))
+    assert verify_audit_chain(workspace) == (24, None)
+
+
+def test_backups_database_and_stored_files_are_owner_only(tmp_path):
+    workspace = open_workspace(tmp_path / "data")  # the default SQLite file inside the data directory
+    try:
+        import_demo(workspace, n_lesions=1, seed=1)
+        backup_workspace(workspace, tmp_path / "b.tar")
+        modes = {path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode)
+                 for path in [tmp_path / "data", *(tmp_path / "data").rglob("*"), tmp_path / "b.tar"]}
+    finally:
+        workspace.engine.dispose()
+    assert "data/cadx.sqlite" in modes and "data/backup.key" in modes and any("rois/" in p for p in modes)
+    loose = {path: oct(mode) for path, mode in modes.items()
+             if mode != (0o700 if (tmp_path / path).is_dir() else 0o600)}
+    assert not loose
+
+
+def test_restored_files_are_owner_only_and_the_cli_round_trip_works(backup, tmp_path):
+    (tmp_path / "key").write_text(KEY.hex() + "\n")
+    target = tmp_path / "target"
+    result = runner.invoke(app, ["restore", str(backup), "--data-dir", str(target), "--key-file", str(tmp_path / "key")])
+    assert result.exit_code == 0, result.output
+    restored = [p for p in target.rglob("*") if "rois" in p.parts]
+    assert restored and all(stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600) for p in restored)
+
+
+def test_an_upgraded_database_has_its_existing_audit_events_chained(database_url, tmp_path):
+    from alembic import command
+
+    from cadx.workflows.audit import verify_audit_chain
+    from db.session import alembic_config, create_db_engine
+
+    engine = create_db_engine(database_url)
+    command.upgrade(alembic_config(engine), "0003")
+    with engine.begin() as connection:
+        for n, target in enumerate(["manifest Doe_Jane_cases.csv", "roi 1", "dicom Smith_John_2024"]):
+            connection.execute(text(
+                "INSERT INTO audit_events (at, \"user\", action, target, detail) VALUES "
+                "(:at, 'alice', :action, :target, '{}')"),
+                {"at": f"2026-11-2{n} 10:00:00.12345{n}", "action": "import" if n != 1 else "exclude",
+                 "target": target})
+    engine.dispose()
+    workspace = open_workspace(tmp_path / "upgraded", database_url)
+    try:
+        assert verify_audit_chain(workspace) == (3, None)
+        with workspace.sessions() as session:
+            targets = list(session.scalars(select(AuditEvent.target).order_by(AuditEvent.id)))
+        assert targets == ["manifest (name removed)", "roi 1", "dicom (name removed)"]
+        add_user(workspace, "alice", "a long passphrase", role="admin", by="cli")  # new events join the chain
+        assert verify_audit_chain(workspace) == (4, None)
+    finally:
+        workspace.engine.dispose()
