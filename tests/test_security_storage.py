@@ -306,3 +306,77 @@ def test_an_upgraded_database_has_its_existing_audit_events_chained(database_url
         assert verify_audit_chain(workspace) == (4, None)
     finally:
         workspace.engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------ no PHI in names ---
+NAMES = ["Wojcik_Halina_1958", "Ndlovu-Thandiwe-MRN8831", "Kowalczyk_Study_Folder", "Okonkwo_cases",
+         "Papadopoulou_labels", "Lindqvist_Upload_2024", "Fitzgerald_MIAS_copy"]
+
+
+def _every_trace(workspace, backup: Path | None = None) -> str:
+    """Everything stored: every row, every file's name and content in the data directory, and a backup."""
+    rows, _ = _snapshot(workspace)
+    text = json.dumps(rows, default=str)
+    for path in workspace.data_dir.rglob("*"):
+        text += "\n" + str(path.relative_to(workspace.data_dir))
+        if path.is_file():
+            text += path.read_bytes().decode("latin-1")
+    if backup is not None:
+        text += backup.read_bytes().decode("latin-1")
+    return text
+
+
+def test_no_file_or_folder_name_a_user_gave_is_stored(workspace, tmp_path, mias_dir):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from cadx.workflows import import_dicom_folder, import_manifest, import_mias, import_upload
+    from tests.dicom_factory import disk_image, write_mammogram
+    from tests.test_import_files import _write_csv
+
+    # A manifest of PNGs, in folders and files named after patients.
+    study = tmp_path / NAMES[2]
+    study.mkdir()
+    image = np.zeros((600, 700), dtype=np.uint16)
+    image[200:260, 300:360] = 40000
+    PILImage.fromarray(image).save(study / f"{NAMES[0]}.png")
+    manifest = _write_csv(study / f"{NAMES[3]}.csv", [
+        {"image": f"{NAMES[0]}.png", "patient": "P1", "lesion": "L1", "label": "benign", "centre_x": 329.5,
+         "centre_y": 229.5, "pixel_size_mm": 0.2},
+        {"image": "absent_file.png", "patient": "P1", "lesion": "L2", "label": "benign", "centre_x": 10,
+         "centre_y": 10, "pixel_size_mm": 0.2},
+    ])
+    assert import_manifest(workspace, manifest, user="ana", skip_errors=True).n_imported == 1
+    # A DICOM folder with a labels file; one file not listed.
+    dicoms = tmp_path / f"{NAMES[1]}"
+    write_mammogram(dicoms / f"{NAMES[1]}.dcm", disk_image((400, 400), (200, 200), 30), pixel_spacing=(0.1, 0.1))
+    write_mammogram(dicoms / f"{NAMES[0]}_unlisted.dcm", disk_image((400, 400), (190, 200), 30))
+    labels = _write_csv(tmp_path / f"{NAMES[4]}.csv", [
+        {"file": f"{NAMES[1]}.dcm", "lesion": "L9", "label": "malignant", "centre_x": 200, "centre_y": 200}])
+    assert import_dicom_folder(workspace, dicoms, labels, user="ana").n_imported == 1
+    # A browser upload named after the patient.
+    data = write_mammogram(tmp_path / "up.dcm", disk_image((420, 400), (210, 200), 25)).read_bytes()
+    assert import_upload(workspace, data, filename=f"study.zip/{NAMES[5]}/1.dcm", patient="P7", lesion="L1",
+                         label="benign", centre_rc=(210.0, 200.0), user="ana").committed
+    # A partial MIAS copy in a folder named after a person (rows for absent images are reported as skipped).
+    mias = tmp_path / NAMES[6]
+    mias.mkdir()
+    (mias / "Info.txt").write_bytes((mias_dir / "Info.txt").read_bytes())
+    (mias / "mdb001.pgm").symlink_to(mias_dir / "mdb001.pgm")
+    assert import_mias(workspace, mias, user="ana").n_imported == 1
+
+    backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
+    stored = _every_trace(workspace, tmp_path / "b.tar")
+    for name in NAMES + [str(tmp_path), "absent_file", "up.dcm"]:
+        assert name not in stored, f"{name!r} is stored"
+    # Nor an unkeyed hash of a name (reversible by hashing candidate names), in any of the usual forms.
+    for name in [f"{NAMES[0]}.png", f"{NAMES[1]}.dcm", f"{NAMES[0]}_unlisted.dcm", "1.dcm", f"{NAMES[3]}.csv",
+                 NAMES[1], NAMES[2], NAMES[6]]:
+        digest = hashlib.sha256(name.encode()).hexdigest()
+        assert digest[:12] not in stored, f"an unkeyed hash of {name!r} is stored"
+    # The names are keyed pseudonyms of this installation: the same name gives the same pseudonym here only.
+    with workspace.sessions() as session:
+        sources = set(session.scalars(text("SELECT source FROM import_runs")))
+        lesion_sources = set(session.scalars(select(Lesion.pathology_source)))
+    assert len(sources) == 4 and all(s.startswith(("file-", "folder-")) for s in sources), sources
+    assert any(s.startswith("manifest file-") for s in lesion_sources), lesion_sources
