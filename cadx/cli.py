@@ -52,7 +52,11 @@ ReportPath = Annotated[Optional[Path], typer.Option("--report", help="Also write
 
 
 def _workspace(data_dir: Path | None) -> Workspace:
-    return _run(lambda: open_workspace(data_dir))
+    workspace = _run(lambda: open_workspace(data_dir))
+    if workspace.collected is not None and workspace.collected.removed:
+        _console.print(f"[orange1]Removed {len(workspace.collected.removed)} orphan file(s) left by an interrupted "
+                       "import or sweep (no committed row used them).[/]")
+    return workspace
 
 
 def _user(user: str | None) -> str:
@@ -523,6 +527,25 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
         _console.print("[bold orange1]Warning:[/] the backup has no pseudonym key, so this workspace has a new one: "
                        "a DICOM of a patient already here will get a new pseudonym (a second patient). Copy the "
                        "original installation's pseudonym.key into the data directory before importing DICOMs.")
+
+
+@app.command("gc")
+def gc_command(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+               data_dir: DataDir = None, user: User = None) -> None:
+    """Remove stored ROI, outline and segmentation files that no committed row uses (left by a killed import or
+    sweep); files in use, and files a running import is writing, are never touched."""
+    from cadx.workflows.gc import collect_garbage
+
+    report = _run(lambda: collect_garbage(_workspace(data_dir), dry_run=dry_run, user=_user(user)))
+    if report.busy:
+        _console.print("[bold red]Busy:[/] an import or sweep is writing files right now. Fix: run `cadx gc` again "
+                       "when it has finished.")
+        raise typer.Exit(1)
+    for relative in report.orphans + report.temporaries:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {relative}")  # one line each, never wrapped
+    verb = "would be removed" if dry_run else "removed"
+    _out.print(f"{len(report.orphans)} orphan file(s) and {len(report.temporaries)} temporary file(s) {verb}; "
+               f"{report.in_use} file(s) in use kept")
 
 
 user_app = typer.Typer(help="Local accounts and roles (viewer, reviewer, admin).", no_args_is_help=True)

@@ -380,3 +380,121 @@ def test_no_file_or_folder_name_a_user_gave_is_stored(workspace, tmp_path, mias_
         lesion_sources = set(session.scalars(select(Lesion.pathology_source)))
     assert len(sources) == 4 and all(s.startswith(("file-", "folder-")) for s in sources), sources
     assert any(s.startswith("manifest file-") for s in lesion_sources), lesion_sources
+
+
+# ------------------------------------------------------------------------------------------- orphan files ---
+def _plant_orphans(workspace) -> list[str]:
+    orphans = ["rois/ff/" + "f" * 64 + ".png", "truth/ee/" + "e" * 64 + ".png",
+               "segmentations/dd/" + "d" * 64 + "-v1.png", "rois/ff/.tmp-killed"]
+    for relative in orphans:
+        path = workspace.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left behind by a killed import")
+    return orphans
+
+
+def _committed_files(workspace) -> dict[str, bytes]:
+    from db.models import Roi, Segmentation
+
+    with workspace.sessions() as session:
+        names = set(session.scalars(select(Roi.file))) | set(session.scalars(select(Roi.truth_mask_file)))
+        names |= set(session.scalars(select(Segmentation.mask_file)))
+    names.discard(None)
+    return {name: (workspace.data_dir / name).read_bytes() for name in sorted(names)}
+
+
+def test_gc_removes_only_orphans_and_reports_them(workspace):
+    from db.models import Roi, Segmentation
+
+    import_demo(workspace, n_lesions=2, seed=3)
+    with workspace.sessions.begin() as session:  # a committed segmentation mask, as a sweep stores it
+        sha = session.scalars(select(Roi.sha256)).first()
+        mask = f"segmentations/{sha[:2]}/{sha}-test.png"
+        (workspace.data_dir / mask).parent.mkdir(parents=True, exist_ok=True)
+        (workspace.data_dir / mask).write_bytes(b"mask")
+        session.add(Segmentation(roi_sha256=sha, version="test", quality="ok", mask_file=mask, features={}))
+    committed = _committed_files(workspace)
+    assert any(n.startswith("truth/") for n in committed) and mask in committed
+    orphans = _plant_orphans(workspace)
+    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False)}
+    data_dir = str(workspace.data_dir)
+
+    result = runner.invoke(app, ["gc", "--dry-run", "--data-dir", data_dir], env=env)
+    assert result.exit_code == 0, result.output
+    assert "3 orphan file(s) and 1 temporary file(s) would be removed" in " ".join(result.output.split())
+    assert all((workspace.data_dir / o).exists() for o in orphans)  # a dry run removes nothing
+
+    result = runner.invoke(app, ["gc", "--data-dir", data_dir, "--user", "admin"], env=env)
+    assert result.exit_code == 0, result.output
+    text_out = " ".join(result.output.split())
+    assert all(f"removed {o}" in text_out for o in orphans)
+    assert f"{len(committed)} file(s) in use kept" in text_out
+    assert not any((workspace.data_dir / o).exists() for o in orphans)
+    assert _committed_files(workspace) == committed  # every committed file is still there, unchanged
+    with workspace.sessions() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "gc")).one()
+    assert event.user == "admin" and event.detail == {"orphans": 3, "temporaries": 1}
+
+
+def test_gc_never_touches_the_files_of_a_running_import(workspace):
+    from cadx.workflows.gc import collect_garbage
+    from cadx.workflows.importing import store_roi_png
+    from cadx.workflows.storage import writing_files
+    import numpy as np
+
+    with writing_files(workspace.data_dir):  # an import between writing its ROI file and committing its rows
+        relative, _, _ = store_roi_png(workspace.data_dir, np.full((512, 512), 7, np.uint16))
+        report = collect_garbage(workspace)
+        assert report.busy and not report.removed
+        assert (workspace.data_dir / relative).exists()
+    assert collect_garbage(workspace).removed == [relative]  # once it is gone without committing: an orphan
+
+
+_KILLED_IMPORT = """
+import os, sys
+from cadx.workflows import import_manifest, open_workspace
+workspace = open_workspace(sys.argv[1], sys.argv[2])
+def progress(done, total, message):
+    if message == "writing to the database":  # every ROI file written, no row committed yet
+        os._exit(9)
+import_manifest(workspace, sys.argv[3], user="ana", progress=progress)
+"""
+
+
+def test_files_of_a_killed_import_are_removed_at_the_next_start(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from tests.test_import_files import _write_csv
+
+    import_demo(workspace, n_lesions=1, seed=2)
+    committed = _committed_files(workspace)
+    image = np.zeros((600, 700), dtype=np.uint16)
+    image[200:260, 300:360] = 40000
+    PILImage.fromarray(image).save(tmp_path / "a.png")
+    manifest = _write_csv(tmp_path / "m.csv", [
+        {"image": "a.png", "patient": "P1", "lesion": "L1", "label": "benign", "centre_x": 329.5, "centre_y": 229.5,
+         "pixel_size_mm": 0.2}])
+    url = workspace.engine.url.render_as_string(hide_password=False)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IMPORT, str(workspace.data_dir), url, str(manifest)],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr
+    rois = sorted(p.relative_to(workspace.data_dir).as_posix() for p in (workspace.data_dir / "rois").rglob("*.png"))
+    orphan = [r for r in rois if r not in committed]
+    assert len(orphan) == 1  # the killed import's ROI file, used by no row
+
+    reopened = open_workspace(workspace.data_dir, url)  # the next start: a cheap check finds the dead writer
+    try:
+        assert reopened.collected is not None and reopened.collected.removed == orphan
+        assert not (workspace.data_dir / orphan[0]).exists()
+        assert _committed_files(reopened) == committed
+        assert not os.listdir(workspace.data_dir / ".writers")
+        again = open_workspace(workspace.data_dir, url)
+        assert again.collected is None  # nothing to do: no dead writer
+        again.engine.dispose()
+    finally:
+        reopened.engine.dispose()

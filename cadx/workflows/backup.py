@@ -42,6 +42,7 @@ from sqlalchemy import func, insert, select, text
 
 from cadx.errors import CadxInputError
 from cadx.workflows.importing import Progress
+from cadx.workflows.storage import writing_files
 from cadx.workflows.workspace import PSEUDONYM_KEY_BYTES, Workspace, _create_key_file, make_private_dirs
 from db.audit_chain import first_break
 from db.models import Base
@@ -256,12 +257,19 @@ def restore_workspace(workspace: Workspace, source: str | Path, *, key: bytes | 
         raise CadxInputError(str(source), f"the backup is truncated or corrupt ({exc})",
                              "use an intact copy of the backup (compare its size with the original)") from None
     # Everything verified: now write the key and the files (owner-only), then all rows in one transaction.
+    with writing_files(workspace.data_dir):
+        _write_restored(workspace, tables, files, pseudonym_key, progress)
+    manifest["pseudonym_key_restored"] = pseudonym_key is not None
+    return manifest
+
+
+def _write_restored(workspace: Workspace, tables: dict[str, list[dict[str, Any]]], files: dict[Path, bytes],
+                    pseudonym_key: bytes | None, progress: Progress | None) -> None:
     if pseudonym_key is not None:
         fd, staged = tempfile.mkstemp(dir=workspace.data_dir, prefix=".tmp-key-")  # private (0600), then renamed
         with os.fdopen(fd, "wb") as handle:
             handle.write(pseudonym_key)
         os.replace(staged, workspace.pseudonym_key_path)
-    manifest["pseudonym_key_restored"] = pseudonym_key is not None
     for done, (path, data) in enumerate(files.items(), start=1):
         make_private_dirs(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -281,7 +289,6 @@ def restore_workspace(workspace: Workspace, source: str | Path, *, key: bytes | 
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
                     f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"))
     _report(progress, 1, 1, "database rows written")
-    return manifest
 
 
 def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Progress | None):

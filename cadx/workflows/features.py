@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from cadx.errors import WeightsUnavailableError
 from cadx.roi import decode_png16
 from cadx.workflows.importing import Progress
-from cadx.workflows.storage import encode_mask_png, write_once
+from cadx.workflows.storage import encode_mask_png, write_once, writing_files
 from cadx.workflows.workspace import Workspace
 from db.models import Image, Lesion, Roi, Segmentation
 
@@ -203,6 +203,11 @@ class AnalyticReport:
 
 def compute_analytic_features(workspace: Workspace, *, progress: Progress | None = None) -> AnalyticReport:
     """Segment every ROI not yet analysed with the current feature version and store masks and features."""
+    with writing_files(workspace.data_dir):  # mask files are written before their rows: `cadx gc` waits
+        return _compute_analytic_features(workspace, progress)
+
+
+def _compute_analytic_features(workspace: Workspace, progress: Progress | None) -> AnalyticReport:
     from cadx.analytic import FEATURES_VERSION, analyse_roi
 
     records = roi_records(workspace, included_only=False)

@@ -31,7 +31,7 @@ from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
 from cadx.workflows.accounts import record_audit
-from cadx.workflows.storage import encode_mask_png, write_once
+from cadx.workflows.storage import encode_mask_png, write_once, writing_files
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi
 
@@ -195,6 +195,15 @@ def run_import(
     total_images, progress : progress reporting, ``progress(done, total, message)`` per image.
     """
     report = report or ImportReport(kind=kind, source=source)
+    with writing_files(workspace.data_dir):  # until committed or cleaned up: `cadx gc` leaves our files alone
+        return _run_import(workspace, findings, kind=kind, source=source, user=user, report=report,
+                           skip_errors=skip_errors, allow_burned_in=allow_burned_in, total_images=total_images,
+                           progress=progress)
+
+
+def _run_import(workspace: Workspace, findings: Iterable[Finding], *, kind: str, source: str, user: str,
+                report: ImportReport, skip_errors: bool, allow_burned_in: bool, total_images: int | None,
+                progress: Progress | None) -> ImportReport:
     prepared: list[_Prepared] = []
     created_files: list[Path] = []
     seen_sha: dict[str, tuple[str, str]] = {}  # file hash -> (image key, first item name)

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import Engine
@@ -31,6 +32,7 @@ class Workspace:
     data_dir: Path
     engine: Engine
     sessions: sessionmaker[Session]
+    collected: Any = None  # the GcReport of the clean-up after a killed import or sweep done at opening, if any
 
     def path(self, relative: str) -> Path:
         """Absolute path of a file stored under the data directory."""
@@ -130,6 +132,10 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
     workspace = Workspace(data_dir=directory.resolve(), engine=engine, sessions=session_factory(engine))
     workspace.pseudonym_key()  # created with the workspace, not by whichever import first needs it
     (workspace.data_dir / _IMPORT_LOCK_FILE).touch(mode=0o600, exist_ok=True)
+    make_private_dirs(workspace.data_dir / ".writers")  # see cadx.workflows.storage.writing_files
+    from cadx.workflows.gc import collect_after_crash  # (gc needs this module)
+
+    workspace.collected = collect_after_crash(workspace)  # one directory listing unless a writer was killed
     return workspace
 
 
