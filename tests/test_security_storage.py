@@ -498,3 +498,112 @@ def test_files_of_a_killed_import_are_removed_at_the_next_start(workspace, tmp_p
         again.engine.dispose()
     finally:
         reopened.engine.dispose()
+
+
+# ------------------------------------------------------------------------------ contradictory or bad input ---
+def _png(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    image = np.zeros((600, 700), dtype=np.uint16)
+    image[200:260, 300:360] = 40000
+    PILImage.fromarray(image).save(path)
+    return path
+
+
+def _row(**changes) -> dict:
+    return {"image": "a.png", "patient": "P1", "lesion": "L1", "label": "benign", "centre_x": 329.5,
+            "centre_y": 229.5, "pixel_size_mm": 0.2, **changes}
+
+
+def test_one_image_with_two_pixel_sizes_is_an_error(workspace, tmp_path):
+    from cadx.workflows import import_manifest
+    from tests.test_import_files import _write_csv
+
+    _png(tmp_path / "a.png")
+    manifest = _write_csv(tmp_path / "m.csv", [_row(), _row(lesion="L2", pixel_size_mm=0.1)])
+    with pytest.raises(CadxInputError, match=r"m.csv, row 3, column 'pixel_size_mm'.*0.1 mm.*row 2 gives 0.2 mm"):
+        import_manifest(workspace, manifest, user="ana")
+    # the same size written differently is one size
+    manifest = _write_csv(tmp_path / "m2.csv", [_row(), _row(lesion="L2", pixel_size_mm="0.20")])
+    assert import_manifest(workspace, manifest, user="ana").n_imported == 2
+
+
+def _dicom_bits(path: Path, *, bits_stored: int, extra_bytes: int = 0) -> Path:
+    import pydicom
+
+    from tests.dicom_factory import disk_image, write_mammogram
+
+    write_mammogram(path, disk_image((300, 300), (150, 150), 30), extra={"BitsStored": bits_stored,
+                                                                        "HighBit": bits_stored - 1})
+    if extra_bytes:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = ds.PixelData + b"\0" * extra_bytes
+        ds.save_as(path)
+    return path
+
+
+def test_pixel_values_beyond_bits_stored_are_an_error(tmp_path):
+    from cadx import io as cadx_io
+    from cadx.errors import ImageReadError
+
+    # values up to 3000 (12 bits) declared as 4-bit and 8-bit data: reading them masked would give a flat image
+    for bits in (4, 8):
+        with pytest.raises(ImageReadError, match=f"values up to 3000 do not fit the file's BitsStored {bits}"):
+            cadx_io.read_image(_dicom_bits(tmp_path / f"b{bits}.dcm", bits_stored=bits))
+    assert cadx_io.read_image(_dicom_bits(tmp_path / "b12.dcm", bits_stored=12)).value_range == (0.0, 4095.0)
+
+
+def test_over_long_pixel_data_is_an_error(tmp_path):
+    from cadx import io as cadx_io
+    from cadx.errors import ImageReadError
+
+    with pytest.raises(ImageReadError, match=r"pixel data is too long: 181000 bytes, but 300 rows x 300 columns x "
+                                             r"16 bits need 180000"):
+        cadx_io.read_image(_dicom_bits(tmp_path / "long.dcm", bits_stored=12, extra_bytes=1000))
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("lesion", "L" * 129, "the lesion key has 129 characters; at most 128"),
+    ("patient", "P" * 65, "the patient key has 65 characters; at most 64"),
+    ("lesion", "L1\x07", r"the lesion key contains a control character \(U\+0007\)"),
+    ("patient", "P\u200b1", r"the patient key contains a control character \(U\+200B\)"),
+    ("lesion_type", "mass\x1b[31m", r"the lesion type contains a control character \(U\+001B\)"),
+    ("view", "V" * 17, "the view has 17 characters; at most 16"),
+])
+def test_overlong_keys_and_control_characters_are_clear_errors(workspace, tmp_path, column, value, problem):
+    from cadx.workflows import import_manifest
+    from tests.test_import_files import _write_csv
+
+    _png(tmp_path / "a.png")
+    manifest = _write_csv(tmp_path / "m.csv", [_row(**{column: value})])
+    before = _snapshot(workspace)
+    report = import_manifest(workspace, manifest, user="ana")
+    assert not report.committed and [i.name for i in report.errors][0].endswith("row 2")
+    assert __import__("re").search(problem, report.errors[0].reason), report.errors[0].reason
+    assert "Fix:" in report.errors[0].reason and _snapshot(workspace) == before
+
+
+def test_a_folder_given_as_an_image_says_it_is_a_folder(workspace, tmp_path):
+    from cadx.workflows import import_manifest
+    from tests.test_import_files import _write_csv
+
+    (tmp_path / "scans").mkdir()
+    manifest = _write_csv(tmp_path / "m.csv", [_row(image="scans")])
+    report = import_manifest(workspace, manifest, user="ana")
+    assert "is a folder, not an image file" in report.errors[0].reason
+
+
+def test_a_long_manifest_shows_progress_while_it_is_checked(workspace, tmp_path):
+    from cadx.workflows import import_manifest
+
+    lines = ["image,patient,lesion,label,centre_x,centre_y,pixel_size_mm"]
+    lines += [f"a{n}.png,P{n},L1,benign,10,10,0.1" for n in range(30000)]
+    lines.append("last.png,P,L1,not-a-label,10,10,0.1")  # found only at the end
+    (tmp_path / "long.csv").write_text("\n".join(lines) + "\n")
+    steps = []
+    with pytest.raises(CadxInputError, match="row 30002, column 'label'"):
+        import_manifest(workspace, tmp_path / "long.csv", user="ana", progress=lambda *s: steps.append(s))
+    assert steps[0][2] == "checking the manifest" and steps[0][0] == 0
+    checked = [s[0] for s in steps if s[2] == "checking the manifest"]
+    assert len(checked) >= 3 and checked == sorted(checked) and checked[-1] >= 20000

@@ -181,7 +181,7 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
 def import_manifest(workspace: Workspace, manifest: str | Path, *, user: str, skip_errors: bool = False,
                     allow_burned_in: bool = False, progress: Progress | None = None) -> ImportReport:
     """Import a cadx CSV manifest: one row per ROI (see ``cadx.sources.MANIFEST_COLUMNS``)."""
-    rows = parse_manifest(manifest)
+    rows = parse_manifest(manifest, progress=progress)
     source = _opaque_name(workspace.pseudonym_key(), Path(manifest).name)
     return _import_rows(workspace, rows, kind="manifest", source=source, user=user,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
@@ -197,7 +197,7 @@ def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | 
     the labels file does not mention are reported as skipped.
     """
     folder = Path(folder)
-    rows = parse_manifest(labels, image_column="file", base_dir=folder)
+    rows = parse_manifest(labels, image_column="file", base_dir=folder, progress=progress)
     key = workspace.pseudonym_key()
     source = _opaque_name(key, folder.name, prefix="folder")
     report = ImportReport(kind="dicom", source=source)
@@ -240,6 +240,9 @@ def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, so
 
 
 def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
+    if row.image.is_dir():
+        raise ImageReadError(str(row.image), "this is a folder, not an image file",
+                             "give the path of an image file in the folder (relative to the manifest)")
     if not row.image.is_file():
         raise ImageReadError(str(row.image), "file not found", "check the image path (relative to the manifest)")
     image = cadx_io.read_image(row.image, pseudonym_key=key)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +339,10 @@ def _prepare_image(
     existing = _existing_lesion_keys(workspace, image.source_sha256)
     threshold = None
     for finding in group:
+        problem = _text_problem(finding)
+        if problem is not None:
+            report.add(finding.name, "error", problem)
+            continue
         if finding.lesion_key in existing:
             report.add(finding.name, "skipped", "already imported (same image file and lesion)")
             continue
@@ -382,6 +387,41 @@ def _prepare_image(
             lesion_size_mm=size_mm,
             centre_rc=(float(centre[0]), float(centre[1])),
         )
+
+
+# Text a finding carries into the database: (attribute, what to call it, the column it goes to).
+_TEXT_FIELDS = (
+    ("patient_key", "the patient key", Patient.__table__.c.key),
+    ("lesion_key", "the lesion key", Lesion.__table__.c.key),
+    ("lesion_type", "the lesion type", Lesion.__table__.c.lesion_type),
+    ("view", "the view", Image.__table__.c.view),
+    ("laterality", "the laterality", Image.__table__.c.laterality),
+    ("pathology_source", "the pathology source", Lesion.__table__.c.pathology_source),
+    ("centre_source", "the centre source", Roi.__table__.c.centre_source),
+    ("image_name", "the image name", Image.__table__.c.source_name),
+)
+
+
+def _text_problem(finding: Finding) -> str | None:
+    """Why a finding's text cannot be stored as given (too long for its column, or a control character), or None.
+
+    Checked here, before anything is written, so SQLite (which would store it) and PostgreSQL (which would refuse
+    the whole transaction with a driver error) give the same clear answer.
+    """
+    for attribute, what, column in _TEXT_FIELDS:
+        value = getattr(finding, attribute)
+        if value is None:
+            continue
+        value = str(value)
+        limit = column.type.length
+        if limit is not None and len(value) > limit:
+            return (f"{what} has {len(value)} characters; at most {limit} fit the database. Fix: shorten it (keys "
+                    "are short opaque codes, never descriptions)")
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            return (f"{what} contains a control character (U+{ord(bad):04X}). Fix: remove it; keys and labels are "
+                    "plain printable text")
+    return None
 
 
 def _reason(exc: CadxInputError) -> str:
