@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -51,7 +52,11 @@ ReportPath = Annotated[Optional[Path], typer.Option("--report", help="Also write
 
 
 def _workspace(data_dir: Path | None) -> Workspace:
-    return _run(lambda: open_workspace(data_dir))
+    workspace = _run(lambda: open_workspace(data_dir))
+    if workspace.collected is not None and workspace.collected.removed:
+        _console.print(f"[orange1]Removed {len(workspace.collected.removed)} orphan file(s) left by an interrupted "
+                       "import or sweep (no committed row used them).[/]")
+    return workspace
 
 
 def _user(user: str | None) -> str:
@@ -525,6 +530,11 @@ def worker_command(data_dir: DataDir = None,
     run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit)
 
 
+KeyFile = Annotated[Optional[Path], typer.Option(
+    "--key-file", envvar="CADX_BACKUP_KEY_FILE",
+    help="The backup key file (default: backup.key in the data directory of the installation that backs up).")]
+
+
 @app.command("backup")
 def backup_command(target: Annotated[Path, typer.Argument(help="The backup file to write (.tar).")],
                    with_features: Annotated[bool, typer.Option(help="Also copy the CNN feature store.")] = False,
@@ -532,28 +542,39 @@ def backup_command(target: Annotated[Path, typer.Argument(help="The backup file 
                        "--without-pseudonym-key",
                        help="Leave out the key behind DICOM patient pseudonyms (for a copy that leaves the lab; a "
                             "workspace restored from it cannot match new DICOMs to its patients).")] = False,
-                   data_dir: DataDir = None) -> None:
-    """Back up the database, the stored files and the pseudonym key, with a SHA-256 for each."""
-    from cadx.workflows.backup import backup_workspace
+                   key_file: KeyFile = None, data_dir: DataDir = None) -> None:
+    """Back up the database, the stored files and the pseudonym key, with a SHA-256 for each, authenticated with
+    the backup key (created in the data directory on the first backup unless --key-file is given)."""
+    from cadx.workflows.backup import BACKUP_KEY_FILE, backup_workspace, load_backup_key
 
     workspace = _workspace(data_dir)
+    new_key = key_file is None and not (workspace.data_dir / BACKUP_KEY_FILE).exists() and not os.environ.get(
+        "CADX_BACKUP_KEY_FILE")
+    key = _run(lambda: load_backup_key(key_file)) if key_file is not None else None
     with _ProgressBar() as bar:
         manifest = _run(lambda: backup_workspace(workspace, target, include_features=with_features,
-                                                 include_pseudonym_key=not without_pseudonym_key, progress=bar))
+                                                 include_pseudonym_key=not without_pseudonym_key, key=key,
+                                                 progress=bar))
     rows = sum(t["rows"] for t in manifest["tables"].values())
-    key = "the pseudonym key" if "pseudonym_key_sha256" in manifest else "no pseudonym key"
-    _out.print(f"{rows} rows, {len(manifest['files'])} files and {key} backed up to {target}")
+    pseudonym = "the pseudonym key" if "pseudonym_key_sha256" in manifest else "no pseudonym key"
+    _out.print(f"{rows} rows, {len(manifest['files'])} files and {pseudonym} backed up to {target}, signed with "
+               f"backup key {manifest['key_id']}")
+    if new_key:
+        _console.print(f"[bold orange1]New backup key:[/] {workspace.data_dir / BACKUP_KEY_FILE}. Restoring needs "
+                       "it (`cadx restore --key-file`): keep a copy away from the backups and this machine, e.g. in "
+                       "the lab's password manager.")
 
 
 @app.command("restore")
 def restore_command(source: Annotated[Path, typer.Argument(help="A file made by `cadx backup`.")],
-                    data_dir: DataDir = None) -> None:
-    """Restore a backup into an empty workspace, verifying every hash before writing."""
-    from cadx.workflows.backup import restore_workspace
+                    key_file: KeyFile = None, data_dir: DataDir = None) -> None:
+    """Restore a backup into an empty workspace, verifying its backup-key signature and every hash before writing."""
+    from cadx.workflows.backup import load_backup_key, restore_workspace
 
     workspace = _workspace(data_dir)
+    key = _run(lambda: load_backup_key(key_file)) if key_file is not None else None
     with _ProgressBar() as bar:
-        manifest = _run(lambda: restore_workspace(workspace, source, progress=bar))
+        manifest = _run(lambda: restore_workspace(workspace, source, key=key, progress=bar))
     rows = sum(t["rows"] for t in manifest["tables"].values())
     _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
     if not manifest["pseudonym_key_restored"]:
@@ -680,6 +701,23 @@ def cohort_delete_command(name: str, data_dir: DataDir = None, user: User = None
 
     _run(lambda: delete_cohort(_workspace(data_dir), name, user=_user(user)))
     _out.print(f"cohort {name} deleted")
+@app.command("gc")
+def gc_command(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+               data_dir: DataDir = None, user: User = None) -> None:
+    """Remove stored ROI, outline and segmentation files that no committed row uses (left by a killed import or
+    sweep); files in use, and files a running import is writing, are never touched."""
+    from cadx.workflows.gc import collect_garbage
+
+    report = _run(lambda: collect_garbage(_workspace(data_dir), dry_run=dry_run, user=_user(user)))
+    if report.busy:
+        _console.print("[bold red]Busy:[/] an import or sweep is writing files right now. Fix: run `cadx gc` again "
+                       "when it has finished.")
+        raise typer.Exit(1)
+    for relative in report.orphans + report.temporaries:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {relative}")  # one line each, never wrapped
+    verb = "would be removed" if dry_run else "removed"
+    _out.print(f"{len(report.orphans)} orphan file(s) and {len(report.temporaries)} temporary file(s) {verb}; "
+               f"{report.in_use} file(s) in use kept")
 
 
 user_app = typer.Typer(help="Local accounts and roles (viewer, reviewer, admin).", no_args_is_help=True)
@@ -745,6 +783,20 @@ def audit_export_command(target: Annotated[Path, typer.Argument(help="CSV file t
 
     count = export_audit_csv(_workspace(data_dir), target)
     _out.print(f"{count} audit events written to {target}")
+
+
+@audit_app.command("verify")
+def audit_verify_command(data_dir: DataDir = None) -> None:
+    """Check the audit trail's hash chain; exits 1 naming the first event where it breaks."""
+    from cadx.workflows.audit import verify_audit_chain
+
+    count, broken = _run(lambda: verify_audit_chain(_workspace(data_dir)))
+    if broken is not None:
+        _console.print(f"[bold red]The audit trail is broken at audit event {broken[0]}:[/] {broken[1]}. "
+                       f"Events before it ({count} checked) are intact. Fix: compare with a backup "
+                       "(`cadx restore` into a new data directory checks its trail too) and find out who changed it.")
+        raise typer.Exit(1)
+    _out.print(f"{count} audit events, hash chain intact")
 
 
 if __name__ == "__main__":

@@ -1108,7 +1108,7 @@ class _ChunkWriter:
 
     def _open(self) -> None:
         size = min(self._chunk_rows, len(self._hashes) - self._start)
-        self._chunks.mkdir(parents=True, exist_ok=True)
+        self._chunks.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(dir=self._chunks, prefix=".tmp-"))
         self._maps = {
             tap: np.lib.format.open_memmap(self._tmp / f"{tap}.npy", mode="w+", dtype=np.float32, shape=(size, n))
@@ -1200,7 +1200,7 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._manifests: dict[Path, dict] = {}
 
     def _set_dir(self, backbone: str, weights_sha256: str, preprocessing: str) -> Path:

@@ -13,7 +13,7 @@ _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 def data_dir() -> Path:
     """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx``. Created when missing."""
     path = Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when cadx creates it
     return path
 
 
@@ -28,5 +28,5 @@ def database_url() -> str:
 def roi_dir() -> Path:
     """Where ROI images are stored (content-addressed 16-bit PNGs)."""
     path = data_dir() / "rois"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path

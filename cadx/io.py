@@ -768,6 +768,36 @@ def _check_native_length(ds: object, source: str, n_frames: int, corrupt_fix: st
             f"{need} (the file is truncated or corrupt)",
             corrupt_fix,
         )
+    if have > need + (need % 2):  # one pad byte to an even length is part of the format
+        raise ImageReadError(
+            source,
+            f"the pixel data is too long: {have} bytes, but {rows} rows x {cols} columns x {bits} bits need "
+            f"{need}; the header's image size does not match the data, so the image cannot be trusted",
+            corrupt_fix,
+        )
+    _check_stored_bits(ds, source, need, bits, corrupt_fix)
+
+
+def _check_stored_bits(ds: object, source: str, need: int, bits_allocated: int, corrupt_fix: str) -> None:
+    """Raise when unsigned pixel values use bits above BitsStored: decoders mask them away, which would silently
+    turn the image into another one (e.g. 12-bit data declared as 4-bit becomes nearly flat)."""
+    try:
+        stored = int(ds.BitsStored)  # type: ignore[attr-defined]
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return
+    dtype = {8: "u1", 16: "<u2", 32: "<u4"}.get(bits_allocated)
+    if signed or dtype is None or not 1 <= stored < bits_allocated:
+        return  # signed data may sign-extend into the unused bits
+    raw = np.frombuffer(ds.PixelData, dtype=dtype, count=need // np.dtype(dtype).itemsize)  # type: ignore[attr-defined]
+    high = int(raw.max()) if raw.size else 0
+    if high >> stored:
+        raise ImageReadError(
+            source,
+            f"pixel values up to {high} do not fit the file's BitsStored {stored} (at most {2**stored - 1}); "
+            "the header does not describe the data",
+            "correct BitsStored/HighBit in the file, or export it again from the original source",
+        )
 
 
 def _stored_probe(ds: object) -> np.ndarray:

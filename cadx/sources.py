@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,6 +269,7 @@ MANIFEST_COLUMNS = {
     "lesion_size_mm": "optional: lesion diameter in mm",
 }
 _MANIFEST_REQUIRED = ("image", "lesion", "label", "centre_x", "centre_y")
+_PROGRESS_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ class ManifestRow:
     lesion_size_mm: float | None
 
 
-def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: Path | None = None) -> list[ManifestRow]:
+def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: Path | None = None,
+                   progress: Callable[[int, int | None, str], None] | None = None) -> list[ManifestRow]:
     """Parse a cadx CSV manifest (columns: see ``MANIFEST_COLUMNS``).
 
     Parameters
@@ -295,10 +298,17 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
     path : path of the CSV file.
     image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use ``"file"``).
     base_dir : folder the image paths are relative to (default: the manifest's folder).
+    progress : called as ``progress(rows checked, None, "checking the manifest")`` at the start and every
+        ``_PROGRESS_ROWS`` rows, so a manifest of a million rows shows progress from the start.
+
+    Rows naming the same image must agree on its pixel size (an image has one).
     """
     path = Path(path)
     base = Path(base_dir) if base_dir is not None else path.parent
     rows: list[ManifestRow] = []
+    pixel_sizes: dict[Path, tuple[int, float]] = {}  # image -> (first row, its pixel size)
+    if progress is not None:
+        progress(0, None, "checking the manifest")
     with _open_csv(path) as handle:
         reader = csv.DictReader(handle)
         fields = [f.strip() for f in (reader.fieldnames or [])]
@@ -309,6 +319,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
             raise ManifestError(str(path), f"missing columns {missing} (found {fields})",
                                 "add the columns: " + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
         for line, record in enumerate(reader, start=2):
+            if progress is not None and line % _PROGRESS_ROWS == 0:
+                progress(line - 1, None, "checking the manifest")
             where = f"{path.name}, row {line}"
             record = {k: (v or "").strip() for k, v in record.items() if k is not None}
             if not any(record.values()):
@@ -331,10 +343,17 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
             laterality = (record.get("laterality") or "").upper() or None
             if laterality is not None and laterality not in ("L", "R"):
                 raise ManifestError(f"{where}, column 'laterality'", f"unknown laterality {laterality!r}", "use L or R")
+            resolved = (base / image).resolve()
+            if pixel is not None:
+                first = pixel_sizes.setdefault(resolved, (line, pixel))
+                if not math.isclose(first[1], pixel, rel_tol=1e-6):
+                    raise ManifestError(f"{where}, column 'pixel_size_mm'",
+                                        f"{pixel:g} mm for an image that row {first[0]} gives {first[1]:g} mm",
+                                        "give one pixel size per image: an image has one, whichever lesion it shows")
             rows.append(
                 ManifestRow(
                     line=line,
-                    image=(base / image).resolve(),
+                    image=resolved,
                     patient=record.get("patient") or None,
                     lesion=lesion,
                     label=label,

@@ -303,6 +303,9 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32), index=True)  # upload, import, exclude, include, ...
     target: Mapped[str] = mapped_column(String(128))  # e.g. "roi 17", "experiment 3"
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The hash chain (db.audit_chain): the predecessor's hash and this event's own; NULL only in a damaged trail.
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Cohort(Base):

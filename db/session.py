@@ -90,7 +90,7 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    with FileLock(f"{database}.migrate-lock", timeout=120):
+    with FileLock(f"{database}.migrate-lock", timeout=120, mode=0o600):
         yield
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cadx.cli import app
 from cadx.errors import CadxInputError
 from cadx.workflows import exclude_roi, import_demo, import_upload, open_workspace
-from cadx.workflows.backup import backup_workspace, restore_workspace
+from cadx.workflows.backup import backup_workspace, restore_workspace, workspace_backup_key
 from db.models import Patient, Roi
 from tests.dicom_factory import disk_image, write_mammogram
 from tests.test_import_files import _snapshot
@@ -39,17 +39,20 @@ def test_backup_restores_every_row_and_file(workspace, tmp_path):
     assert (n_files, n_files, "backing up stored files") in backed_up  # progress reaches the end
 
     restored = open_workspace(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.sqlite'}")
-    restore_workspace(restored, tmp_path / "b.tar", progress=lambda *step: restored_steps.append(step))
+    key = workspace_backup_key(workspace)  # created by the first backup; never inside the backup
+    with tarfile.open(tmp_path / "b.tar") as archive:
+        assert not [name for name in archive.getnames() if "backup" in name]
+    restore_workspace(restored, tmp_path / "b.tar", key=key, progress=lambda *step: restored_steps.append(step))
     assert [s for s in restored_steps if s[2] == "writing stored files"][-1][:2] == (n_files, n_files)
     rows_before, files_before = _snapshot(workspace)
     rows_after, files_after = _snapshot(restored)
     assert rows_after == rows_before
-    assert files_after == files_before  # the pseudonym key included
+    assert files_after == [f for f in files_before if f != "backup.key"]  # the pseudonym key included
     assert restored.pseudonym_key() == workspace.pseudonym_key()
     for relative in manifest["files"]:
         assert (restored.data_dir / relative).read_bytes() == (workspace.data_dir / relative).read_bytes()
     with pytest.raises(CadxInputError, match="not empty"):
-        restore_workspace(restored, tmp_path / "b.tar")
+        restore_workspace(restored, tmp_path / "b.tar", key=key)
     with pytest.raises(CadxInputError, match="already exists"):
         backup_workspace(workspace, tmp_path / "b.tar")
 
@@ -74,7 +77,7 @@ def test_damaged_backup_is_refused_and_writes_nothing(workspace, tmp_path, membe
     fresh = open_workspace(tmp_path / "fresh", f"sqlite:///{tmp_path / 'fresh.sqlite'}")
     own_key = fresh.pseudonym_key()
     with pytest.raises(CadxInputError, match=message):
-        restore_workspace(fresh, damaged)
+        restore_workspace(fresh, damaged, key=workspace_backup_key(workspace))
     rows, files = _snapshot(fresh)
     assert all(not table_rows for table_rows in rows.values()) and files == [".import.lock", "pseudonym.key"]
     assert fresh.pseudonym_key() == own_key
@@ -94,7 +97,8 @@ def test_a_restored_workspace_recognises_the_patients_of_new_dicoms(workspace, t
     before = _import_dicom_of_one_patient(workspace, tmp_path, "L1")
     backup_workspace(workspace, tmp_path / "b.tar")
     restored = open_workspace(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.sqlite'}")
-    assert restore_workspace(restored, tmp_path / "b.tar")["pseudonym_key_restored"]
+    assert restore_workspace(restored, tmp_path / "b.tar", key=workspace_backup_key(workspace))[
+        "pseudonym_key_restored"]
     # The next view of the same woman joins her, instead of becoming a second patient.
     assert _import_dicom_of_one_patient(restored, tmp_path, "L2") == before
     with restored.sessions() as session:
@@ -108,7 +112,8 @@ def test_a_backup_without_the_key_says_so_on_restore(workspace, tmp_path):
     with tarfile.open(tmp_path / "b.tar") as archive:
         assert not [m for m in archive.getnames() if "pseudonym" in m]
     data = tmp_path / "restored"
-    result = runner.invoke(app, ["restore", str(tmp_path / "b.tar"), "--data-dir", str(data)])
+    result = runner.invoke(app, ["restore", str(tmp_path / "b.tar"), "--data-dir", str(data), "--key-file",
+                                 str(workspace.data_dir / "backup.key")])
     assert result.exit_code == 0, result.output
     assert "has no pseudonym key" in result.output and "a second patient" in result.output
     restored = open_workspace(data)

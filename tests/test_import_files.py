@@ -157,8 +157,11 @@ def test_bad_item_names_the_problem_and_writes_nothing(workspace, tmp_path, kind
     assert report.n_errors >= 1
     message = " ".join(item.reason for item in report.errors)
     assert expect.lower() in message.lower(), message
-    # the row locates the file (rows are read in path order, so the duplicate is found at the good file's row)
-    assert ("manifest.csv row 2" if kind == "duplicate" else "manifest.csv row 3") in [i.name for i in report.errors]
+    # the row locates the file (rows are read in path order, so the duplicate is found at the good file's row); the
+    # manifest is named by its keyed pseudonym, never by its file name
+    row = "row 2" if kind == "duplicate" else "row 3"
+    assert [i.name for i in report.errors if i.name.startswith("manifest file-") and i.name.endswith(f".csv {row}")]
+    assert not [i.name for i in report.items if "manifest.csv" in i.name]
     assert "Fix:" in message, message
     assert _snapshot(workspace) == before
 

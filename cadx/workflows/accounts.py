@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
+from db.audit_chain import append_event
 from db.models import ROLES, AuditEvent, User
 
 __all__ = ["ROLES", "add_user", "set_password", "set_role", "authenticate", "list_users", "login_required",
@@ -58,7 +59,7 @@ def _check_password(password: str) -> None:
 
 def record_audit(session: Session, *, user: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
     """Append an audit event in the caller's transaction (so it exists exactly when the change does)."""
-    session.add(AuditEvent(user=user, action=action, target=target, detail=detail or {}))
+    append_event(session, AuditEvent(user=user, action=action, target=target, detail=detail or {}))
 
 
 def add_user(workspace: Workspace, username: str, password: str, *, role: str, by: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -35,7 +35,8 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
     """
     folder = Path(folder)
     findings, skips = parse_mias_info(folder / "Info.txt")
-    report = ImportReport(kind="mias", source=folder.name)
+    source = _opaque_name(workspace.pseudonym_key(), folder.name, prefix="folder")
+    report = ImportReport(kind="mias", source=source)
     reported_normal: set[str] = set()
     for skip in skips:
         if skip.reason.startswith("normal") and skip.refnum in reported_normal:
@@ -48,7 +49,7 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
             present.append(finding)
         else:
             report.add(f"{finding.refnum} finding {finding.index}", "skipped",
-                       f"image file {finding.refnum}.pgm is not in {folder} (partial copy)", code="image_absent")
+                       f"image file {finding.refnum}.pgm is not in the folder (partial copy)", code="image_absent")
 
     def make(finding) -> Finding:
         path = folder / f"{finding.refnum}.pgm"
@@ -72,7 +73,7 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
         )
 
     images = {f.refnum for f in present}
-    return run_import(workspace, (make(f) for f in present), kind="mias", source=folder.name, user=user,
+    return run_import(workspace, (make(f) for f in present), kind="mias", source=source, user=user,
                       report=report, skip_errors=skip_errors, total_images=len(images), progress=progress)
 
 
@@ -91,14 +92,16 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
     rows: list[CbisRow] = []
     for csv_path in csv_paths:
         rows.extend(parse_cbis_csv(csv_path))
-    report = ImportReport(kind="cbis-ddsm", source=", ".join(Path(p).name for p in csv_paths))
+    key = workspace.pseudonym_key()
+    csv_names = {Path(p).name: _opaque_name(key, Path(p).name) for p in csv_paths}
+    report = ImportReport(kind="cbis-ddsm", source=", ".join(csv_names.values()))
     by_lesion: dict[str, list[CbisRow]] = {}
     for row in rows:
         by_lesion.setdefault(row.lesion_key, []).append(row)
     conflicting = {key for key, group in by_lesion.items() if len({r.label for r in group}) > 1}
     for key in sorted(conflicting):
         for row in by_lesion[key]:
-            report.add(f"{row.csv_name} row {row.line} ({key} {row.view})", "skipped",
+            report.add(f"{csv_names[row.csv_name]} row {row.line} ({key} {row.view})", "skipped",
                        "its views disagree on pathology ("
                        + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[key]) + "); not imported",
                        code="conflicting_pathology")
@@ -107,7 +110,7 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
     def make(row: CbisRow) -> Finding:
         image_dir = folder / Path(row.image_path).parts[0]
         return Finding(
-            name=f"{row.csv_name} row {row.line} ({row.lesion_key} {row.view})",
+            name=f"{csv_names[row.csv_name]} row {row.line} ({row.lesion_key} {row.view})",
             image_key=row.image_path,
             load_image=lambda: _read_dicom_with_fallback(_single_dicom(image_dir, row), pixel_size_mm),
             image_name=f"{Path(row.image_path).parts[0]}.dcm",
@@ -180,8 +183,9 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
 def import_manifest(workspace: Workspace, manifest: str | Path, *, user: str, skip_errors: bool = False,
                     allow_burned_in: bool = False, progress: Progress | None = None) -> ImportReport:
     """Import a cadx CSV manifest: one row per ROI (see ``cadx.sources.MANIFEST_COLUMNS``)."""
-    rows = parse_manifest(manifest)
-    return _import_rows(workspace, rows, kind="manifest", source=Path(manifest).name, user=user,
+    rows = parse_manifest(manifest, progress=progress)
+    source = _opaque_name(workspace.pseudonym_key(), Path(manifest).name)
+    return _import_rows(workspace, rows, kind="manifest", source=source, user=user,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
 
 
@@ -195,13 +199,15 @@ def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | 
     the labels file does not mention are reported as skipped.
     """
     folder = Path(folder)
-    rows = parse_manifest(labels, image_column="file", base_dir=folder)
-    report = ImportReport(kind="dicom", source=folder.name)
+    rows = parse_manifest(labels, image_column="file", base_dir=folder, progress=progress)
+    key = workspace.pseudonym_key()
+    source = _opaque_name(key, folder.name, prefix="folder")
+    report = ImportReport(kind="dicom", source=source)
     listed = {row.image for row in rows}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.resolve() not in listed and path.resolve() != Path(labels).resolve():
-            report.add(_deidentified_name(path), "skipped", "not listed in the labels file")
-    return _import_rows(workspace, rows, kind="dicom", source=folder.name, user=user, report=report,
+            report.add(_opaque_name(key, path.name), "skipped", "not listed in the labels file")
+    return _import_rows(workspace, rows, kind="dicom", source=source, user=user, report=report,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress)
 
 
@@ -213,10 +219,10 @@ def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, so
 
     def make(row: ManifestRow) -> Finding:
         return Finding(
-            name=f"{source} row {row.line}",
+            name=f"{'labels' if kind == 'dicom' else kind} {source} row {row.line}",
             image_key=str(row.image),
             load_image=lambda: _read_row_image(row, key),
-            image_name=_deidentified_name(row.image),
+            image_name=_opaque_name(key, row.image.name),
             patient_source=LOCAL_SOURCE,
             patient_key=row.patient,
             lesion_key=row.lesion,
@@ -236,6 +242,9 @@ def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, so
 
 
 def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
+    if row.image.is_dir():
+        raise ImageReadError(str(row.image), "this is a folder, not an image file",
+                             "give the path of an image file in the folder (relative to the manifest)")
     if not row.image.is_file():
         raise ImageReadError(str(row.image), "file not found", "check the image path (relative to the manifest)")
     image = cadx_io.read_image(row.image, pseudonym_key=key)
@@ -256,10 +265,18 @@ def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
     return image
 
 
-def _deidentified_name(path: Path) -> str:
-    # File names of clinical exports often hold names or ids: store an opaque name, never the original.
-    digest = hashlib.sha256(path.name.encode("utf-8")).hexdigest()[:12]
-    return f"file-{digest}{path.suffix.lower()}"
+_KNOWN_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff", ".pgm", ".csv", ".txt")
+
+
+def _opaque_name(key: bytes, name: str, *, prefix: str = "file") -> str:
+    """The name a user's file or folder is stored under: a keyed pseudonym (this installation's HMAC key, as for
+    patients), never the name, nor an unkeyed hash of it, which anyone could reverse by hashing candidate names.
+
+    File and folder names of clinical exports often hold patient names or ids. The same name gives the same
+    pseudonym in one installation, so reports still tell items apart; a common suffix is kept.
+    """
+    suffix = Path(name).suffix.lower()
+    return f"{prefix}-{cadx_io.pseudonymise(name, key=key)}{suffix if suffix in _KNOWN_SUFFIXES else ''}"
 
 
 def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: str | None, lesion: str, label: str,
@@ -268,7 +285,7 @@ def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: 
                   allow_burned_in: bool = False) -> ImportReport:
     """Import one uploaded image (DICOM, PNG, TIFF, PGM bytes) with its lesion centre, as the app's upload page does."""
     key = workspace.pseudonym_key()
-    image_name = _deidentified_name(Path(filename))
+    image_name = _opaque_name(key, PurePosixPath(filename.replace("\\", "/")).name)
 
     def load() -> cadx_io.Mammogram:
         image = cadx_io.read_image_bytes(data, name=image_name, pseudonym_key=key)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from cadx.errors import WeightsUnavailableError
 from cadx.roi import decode_png16
 from cadx.workflows.importing import Progress
-from cadx.workflows.storage import encode_mask_png, write_once
+from cadx.workflows.storage import encode_mask_png, write_once, writing_files
 from cadx.workflows.workspace import Workspace
 from db.models import Image, Lesion, Roi, Segmentation
 
@@ -207,6 +207,12 @@ def compute_analytic_features(workspace: Workspace, *, records: list[RoiRecord] 
                               progress: Progress | None = None) -> AnalyticReport:
     """Segment every ROI (or every one of ``records``, e.g. a cohort's) not yet analysed with the current feature
     version and store masks and features."""
+    with writing_files(workspace.data_dir):  # mask files are written before their rows: `cadx gc` waits
+        return _compute_analytic_features(workspace, records, progress)
+
+
+def _compute_analytic_features(workspace: Workspace, records: list[RoiRecord] | None,
+                               progress: Progress | None) -> AnalyticReport:
     from cadx.analytic import FEATURES_VERSION, analyse_roi
 
     records = roi_records(workspace, included_only=False) if records is None else records

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
 from cadx.workflows.accounts import record_audit
-from cadx.workflows.storage import encode_mask_png, write_once
+from cadx.workflows.storage import encode_mask_png, write_once, writing_files
 from cadx.workflows.workspace import Workspace
 from db.models import Image, ImportRun, Lesion, Patient, Roi
 
@@ -196,6 +197,15 @@ def run_import(
     total_images, progress : progress reporting, ``progress(done, total, message)`` per image.
     """
     report = report or ImportReport(kind=kind, source=source)
+    with writing_files(workspace.data_dir):  # until committed or cleaned up: `cadx gc` leaves our files alone
+        return _run_import(workspace, findings, kind=kind, source=source, user=user, report=report,
+                           skip_errors=skip_errors, allow_burned_in=allow_burned_in, total_images=total_images,
+                           progress=progress)
+
+
+def _run_import(workspace: Workspace, findings: Iterable[Finding], *, kind: str, source: str, user: str,
+                report: ImportReport, skip_errors: bool, allow_burned_in: bool, total_images: int | None,
+                progress: Progress | None) -> ImportReport:
     prepared: list[_Prepared] = []
     created_files: list[Path] = []
     seen_sha: dict[str, tuple[str, str]] = {}  # file hash -> (image key, first item name)
@@ -330,6 +340,10 @@ def _prepare_image(
     existing = _existing_lesion_keys(workspace, image.source_sha256)
     threshold = None
     for finding in group:
+        problem = _text_problem(finding)
+        if problem is not None:
+            report.add(finding.name, "error", problem)
+            continue
         if finding.lesion_key in existing:
             report.add(finding.name, "skipped", "already imported (same image file and lesion)")
             continue
@@ -374,6 +388,41 @@ def _prepare_image(
             lesion_size_mm=size_mm,
             centre_rc=(float(centre[0]), float(centre[1])),
         )
+
+
+# Text a finding carries into the database: (attribute, what to call it, the column it goes to).
+_TEXT_FIELDS = (
+    ("patient_key", "the patient key", Patient.__table__.c.key),
+    ("lesion_key", "the lesion key", Lesion.__table__.c.key),
+    ("lesion_type", "the lesion type", Lesion.__table__.c.lesion_type),
+    ("view", "the view", Image.__table__.c.view),
+    ("laterality", "the laterality", Image.__table__.c.laterality),
+    ("pathology_source", "the pathology source", Lesion.__table__.c.pathology_source),
+    ("centre_source", "the centre source", Roi.__table__.c.centre_source),
+    ("image_name", "the image name", Image.__table__.c.source_name),
+)
+
+
+def _text_problem(finding: Finding) -> str | None:
+    """Why a finding's text cannot be stored as given (too long for its column, or a control character), or None.
+
+    Checked here, before anything is written, so SQLite (which would store it) and PostgreSQL (which would refuse
+    the whole transaction with a driver error) give the same clear answer.
+    """
+    for attribute, what, column in _TEXT_FIELDS:
+        value = getattr(finding, attribute)
+        if value is None:
+            continue
+        value = str(value)
+        limit = column.type.length
+        if limit is not None and len(value) > limit:
+            return (f"{what} has {len(value)} characters; at most {limit} fit the database. Fix: shorten it (keys "
+                    "are short opaque codes, never descriptions)")
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            return (f"{what} contains a control character (U+{ord(bad):04X}). Fix: remove it; keys and labels are "
+                    "plain printable text")
+    return None
 
 
 def _reason(exc: CadxInputError) -> str:

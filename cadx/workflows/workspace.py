@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import Engine
@@ -17,7 +18,7 @@ from cadx import config
 from cadx.errors import CadxInputError
 from db.session import SchemaNewerThanCodeError, create_db_engine, init_db, session_factory
 
-__all__ = ["Workspace", "open_workspace"]
+__all__ = ["Workspace", "open_workspace", "make_private_dirs"]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
 _IMPORT_LOCK_FILE = ".import.lock"  # created with the workspace, so it is there before any import
@@ -31,6 +32,7 @@ class Workspace:
     data_dir: Path
     engine: Engine
     sessions: sessionmaker[Session]
+    collected: Any = None  # the GcReport of the clean-up after a killed import or sweep done at opening, if any
 
     def path(self, relative: str) -> Path:
         """Absolute path of a file stored under the data directory."""
@@ -58,7 +60,7 @@ class Workspace:
 
         Re-entrant in one thread; other threads and processes wait (at most ``timeout_s``, then a clear error).
         """
-        lock = FileLock(self.data_dir / _IMPORT_LOCK_FILE, is_singleton=True)
+        lock = FileLock(self.data_dir / _IMPORT_LOCK_FILE, is_singleton=True, mode=0o600)
         try:
             lock.acquire(timeout=timeout_s)
         except Timeout as exc:
@@ -75,8 +77,21 @@ class Workspace:
         return self.data_dir / _PSEUDONYM_KEY_FILE
 
 
-def _create_key_file(path: Path) -> None:
-    """Create a new random key at ``path`` unless another process gets there first.
+def make_private_dirs(path: Path) -> None:
+    """Create the folder ``path`` and any missing parents readable by their owner only (0700)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it meanwhile
+            pass
+
+
+def _create_key_file(path: Path, content: bytes | None = None) -> None:
+    """Create a new random key (or ``content``) at ``path`` unless another process gets there first.
 
     The key is written whole to a private temporary file and then hard-linked into place: the link is atomic and
     fails if ``path`` exists, so concurrent first starts (app, worker, CLI) all end up with one complete key, and
@@ -86,7 +101,7 @@ def _create_key_file(path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(PSEUDONYM_KEY_BYTES))
+            handle.write(secrets.token_bytes(PSEUDONYM_KEY_BYTES) if content is None else content)
             handle.flush()
             os.fsync(handle.fileno())
         os.link(tmp, path)
@@ -102,8 +117,9 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
         directory = config.data_dir()
     else:
         directory = Path(data_dir).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(directory)
     url = database_url or os.environ.get("CADX_DATABASE_URL") or f"sqlite:///{directory / 'cadx.sqlite'}"
+    _private_sqlite_file(url)
     engine = create_db_engine(url)
     try:
         init_db(engine)
@@ -115,5 +131,27 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
                              "open it with the cadx version that last upgraded it, or upgrade cadx") from exc
     workspace = Workspace(data_dir=directory.resolve(), engine=engine, sessions=session_factory(engine))
     workspace.pseudonym_key()  # created with the workspace, not by whichever import first needs it
-    (workspace.data_dir / _IMPORT_LOCK_FILE).touch(exist_ok=True)
+    (workspace.data_dir / _IMPORT_LOCK_FILE).touch(mode=0o600, exist_ok=True)
+    make_private_dirs(workspace.data_dir / ".writers")  # see cadx.workflows.storage.writing_files
+    from cadx.workflows.gc import collect_after_crash  # (gc needs this module)
+
+    workspace.collected = collect_after_crash(workspace)  # one directory listing unless a writer was killed
     return workspace
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file owner-only (0600; SQLite gives its -wal and -shm files the same mode), and
+    take group and world access away from an existing one."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    make_private_dirs(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for sibling in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if sibling.stat().st_mode & 0o077:
+                sibling.chmod(0o600)

@@ -10,8 +10,8 @@
 - import reports: skipped findings that can never become ROIs get a ``code`` (``no_centre``,
   ``diffuse_calcifications``, ``conflicting_pathology``) so ``cadx stats`` can count them.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 """
 import re
@@ -20,8 +20,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
