@@ -568,7 +568,7 @@ def test_over_long_pixel_data_is_an_error(tmp_path):
     ("patient", "P" * 65, "the patient key has 65 characters; at most 64"),
     ("lesion", "L1\x07", r"the lesion key contains a control character \(U\+0007\)"),
     ("patient", "P\u200b1", r"the patient key contains a control character \(U\+200B\)"),
-    ("lesion_type", "mass\x1b[31m", r"the lesion type contains a control character \(U\+001B\)"),
+    ("view", "MLO\x1b[31m", r"the view contains a control character \(U\+001B\)"),  # lesion types: a closed list
     ("view", "V" * 17, "the view has 17 characters; at most 16"),
 ])
 def test_overlong_keys_and_control_characters_are_clear_errors(workspace, tmp_path, column, value, problem):
