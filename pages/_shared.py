@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 import time
 
 import streamlit as st
@@ -15,7 +16,7 @@ from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
 __all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
-           "pick_experiment", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "pick_experiment", "ensure_demo_data", "sidebar_menu", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -24,11 +25,42 @@ _NO_LOGIN_ROLE = "admin"  # no accounts yet: the local owner of the data (the ap
 
 @st.cache_resource(show_spinner=False)
 def _open() -> Workspace:
-    ws = open_workspace()
-    if dataset_stats(ws)["rois"] == 0:
-        with st.spinner("Empty database: creating the synthetic demo data (about 100 lesion phantoms)…"):
-            import_demo(ws)
-    return ws
+    return open_workspace()
+
+
+_DEMO_LOCK = threading.Lock()  # one session creates the demo data; the others wait for it
+
+
+@st.cache_resource(show_spinner=False)
+def _demo_state() -> dict:
+    return {"ready": False}
+
+
+def ensure_demo_data(ws: Workspace) -> None:
+    """On an empty database, create the synthetic demo data, showing its progress (n of 100 lesions)."""
+    state = _demo_state()
+    if state["ready"]:
+        return
+    with _DEMO_LOCK:
+        if not state["ready"] and dataset_stats(ws)["rois"] == 0:
+            bar = st.progress(0.0, text="Empty database: creating the synthetic demo data…")
+
+            def progress(done: int, total: int | None, message: str) -> None:
+                bar.progress(min(1.0, done / total) if total else 0.0, text=f"Empty database: {message}")
+
+            import_demo(ws, progress=progress)
+            bar.empty()
+        state["ready"] = True
+
+
+def sidebar_menu(pages: dict) -> None:
+    """The app's menu in the sidebar (Streamlit's own sidebar navigation is switched off in .streamlit/config.toml,
+    which also keeps its list of the ``pages/`` files from ever showing)."""
+    with st.sidebar:
+        for section, section_pages in pages.items():
+            st.caption(section)
+            for page in section_pages:
+                st.page_link(page, label=page.title, icon=page.icon)
 
 
 def mark_routed() -> None:
