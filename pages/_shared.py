@@ -15,7 +15,7 @@ from cadx.errors import CadxError
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
-__all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
+__all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
            "pick_experiment", "ensure_demo_data", "sidebar_menu", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
@@ -142,6 +142,11 @@ def sign_in(ws: Workspace) -> None:
             st.session_state["_cadx_account"] = {"username": user.username, "role": user.role, "since": time.time()}
             st.rerun()
     st.stop()
+
+
+def signed_in() -> bool:
+    """Whether this session is signed in to an account (else the sidebar asks for a reviewer name)."""
+    return _account() is not None
 
 
 def current_user() -> str:
