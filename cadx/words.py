@@ -21,6 +21,7 @@ __all__ = [
     "SEGMENTATION_QUALITIES",
     "AUC_NAMES",
     "PAPER_AUC",
+    "AUC_COLUMNS",
     "word",
     "meaning",
     "with_code",
@@ -70,6 +71,18 @@ AUC_NAMES: dict[str, tuple[str, str]] = {
 #: One sentence that every page and export uses to say which AUC to quote.
 PAPER_AUC = ("The AUC to quote is the paper's: the mean of the per-fold AUCs ± SE (SE = SD / √folds). Pooled AUC "
              "(one ROC over all folds' predictions) and binormal-fit AUC (the fitted curve) are labelled as such.")
+
+#: Plain names for the AUC columns of Table 1 (cadx.workflows.results.method_table) on pages and in CSV exports.
+AUC_COLUMNS: dict[str, str] = {
+    "AUC": "AUC (paper: mean of fold AUCs)",
+    "AUC.SD": "SD of fold AUCs",
+    "SE": "SE of the mean (SD/√folds)",
+    "pooled AUC": "pooled AUC (one ROC, all folds)",
+    "CI95 low": "pooled AUC 95% CI low",
+    "CI95 high": "pooled AUC 95% CI high",
+    "lesion AUC": "lesion-level pooled AUC",
+    "binormal AUC": "binormal-fit AUC",
+}
 
 _REGISTRIES = (EXCLUSION_REASONS, QC_FLAGS, SEGMENTATION_QUALITIES, AUC_NAMES)
 

@@ -37,7 +37,8 @@ def _demo_state() -> dict:
 
 
 def ensure_demo_data(ws: Workspace) -> None:
-    """On an empty database, create the synthetic demo data, showing its progress (n of 100 lesions)."""
+    """On an empty database, create the synthetic demo data, showing its progress (n of 100 lesions;
+    ``CADX_DEMO_LESIONS`` sets another number)."""
     state = _demo_state()
     if state["ready"]:
         return
@@ -48,7 +49,7 @@ def ensure_demo_data(ws: Workspace) -> None:
             def progress(done: int, total: int | None, message: str) -> None:
                 bar.progress(min(1.0, done / total) if total else 0.0, text=f"Empty database: {message}")
 
-            import_demo(ws, progress=progress)
+            import_demo(ws, n_lesions=int(os.environ.get("CADX_DEMO_LESIONS", "100")), progress=progress)
             bar.empty()
         state["ready"] = True
 

@@ -263,7 +263,7 @@ def _workbench(filters: RoiFilters) -> None:
     top.metric("Excluded", live["excluded"], width="content")
     top.metric("Matching the filters", listing.total, width="content")
     top.segmented_control("Thumbnails", list(THUMBNAILS), default="medium", key="review_thumbs")
-    top.selectbox("ROIs per page", [48, 96, 144], key="review_page_size", width=110)
+    top.selectbox("ROIs per page", [24, 48, 96, 144], index=1, key="review_page_size", width=110)
     if flash is not None:
         {"success": st.success, "info": st.info}.get(flash[0], st.error)(flash[1])
 

@@ -53,7 +53,7 @@ def _figure_config(stem: str, key: str) -> dict:
 st.title("Layer sweep")
 st.caption("The paper's Fig. 3: for every tap (layer) of the CNN, an SVM on that tap's features, evaluated by "
            "cross-validation by lesion. Points are the mean of the fold AUCs, error bars their standard error "
-           "(SD / √folds).")
+           "(SD / √folds): the paper's AUC, the one to quote.")
 
 # ------------------------------------------------------------------------------------------- start a sweep ---
 status = _backbone_status()
@@ -216,7 +216,7 @@ shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_featu
 shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "AUC.SD", "SE",
                "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
-    "AUC": st.column_config.NumberColumn(format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })
 st.download_button("Table (CSV)", table.to_csv(index=False).encode(), file_name="cadx-layer-sweep.csv",
