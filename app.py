@@ -1,15 +1,22 @@
 """cadx app: routes the pages, opens the shared workspace and asks for a login when accounts exist.
 Run with ``bash scripts/app.sh``.
 
-The navigation is declared before anything slow (opening the database, creating the demo data) and before the
-sign-in screen, so the browser never falls back to Streamlit's list of the ``pages/`` files. The menu itself is
-drawn by ``sidebar_menu`` (Streamlit's own is off: ``client.showSidebarNavigation = false``) and only for a
-signed-in session.
+The navigation is declared before anything slow (creating the demo data); the menu is drawn by ``sidebar_menu``
+(Streamlit's own is off: ``client.showSidebarNavigation = false``, so its list of the ``pages/`` files never shows,
+not on the sign-in screen either) and only for a signed-in session. The sign-in screen comes first (no page runs
+before it); the page a link asked for is opened once signed in.
 """
 
 import streamlit as st
 
-from pages._shared import ensure_demo_data, mark_routed, reviewer_sidebar, sidebar_menu, sign_in, workspace
+from pages._shared import (
+    ensure_demo_data,
+    mark_routed,
+    page_asked_before_sign_in,
+    reviewer_sidebar,
+    sidebar_menu,
+    workspace,
+)
 
 st.set_page_config(page_title="cadx", page_icon="🩻", layout="wide")
 mark_routed()
@@ -27,13 +34,12 @@ PAGES = {
         st.Page("pages/experiments.py", title="Experiments", icon=":material/history:"),
     ],
 }
-navigation = st.navigation(PAGES, position="hidden")  # first: the URL's page is known from here on
-ws = workspace()  # opens the database (fast)
-sign_in(ws)  # stops here until signed in, when accounts exist; the page asked for stays the current one
+ws = workspace()  # opens the database (fast) and asks for the sign-in when accounts exist (stops until then)
+navigation = st.navigation(PAGES, position="hidden")  # before any slow work
 sidebar_menu(PAGES)
 reviewer_sidebar()
 ensure_demo_data(ws)  # on an empty database: creates the synthetic demo data with a progress bar
-deep_link = st.session_state.pop("_cadx_deep_link", None)
+deep_link = st.session_state.pop("_cadx_deep_link", None) or page_asked_before_sign_in(PAGES, navigation)
 if deep_link is not None:
-    st.switch_page(deep_link)  # a page opened by a direct link before app.py ever ran (see pages/_shared.py)
+    st.switch_page(deep_link)  # a page opened by a direct link before app.py ran, or before the sign-in
 navigation.run()

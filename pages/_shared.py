@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 
 import streamlit as st
 
@@ -16,7 +17,7 @@ from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
 __all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
-           "pick_experiment", "ensure_demo_data", "sidebar_menu", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -81,10 +82,23 @@ def workspace() -> Workspace:
             st.session_state["_cadx_deep_link"] = f"pages/{os.path.basename(page)}"
         st.switch_page("app.py")
     try:
-        return _open()
+        ws = _open()
     except CadxError as exc:  # e.g. a database upgraded by a newer cadx: say so instead of a stack trace
         st.error(str(exc), icon=":material/database:")
         st.stop()
+    sign_in(ws)  # every page, however it was routed to, asks for the sign-in first when one is needed
+    return ws
+
+
+def page_asked_before_sign_in(pages: dict, navigation) -> object | None:
+    """The page whose link (``/upload``) was opened when the sign-in screen came up, once signed in; else None."""
+    path = st.session_state.pop("_cadx_after_sign_in", None)
+    if not path:
+        return None
+    for page in (p for section in pages.values() for p in section):
+        if page.url_path and page.url_path == path and page.url_path != navigation.url_path:
+            return page
+    return None
 
 
 def _session_hours() -> float:
@@ -125,6 +139,12 @@ def sign_in(ws: Workspace) -> None:
         st.session_state["_cadx_account"] = account
     if not (login_required(ws) or _oidc_configured()) or _account() is not None:
         return
+    if "_cadx_after_sign_in" not in st.session_state:  # where the link pointed: opened after the sign-in
+        try:
+            path = urllib.parse.urlparse(st.context.url or "").path.rstrip("/")
+        except Exception:  # noqa: BLE001 - no browser URL (e.g. under AppTest): stay on the default page
+            path = ""
+        st.session_state["_cadx_after_sign_in"] = path.rsplit("/", 1)[-1]
     st.title("cadx — sign in")
     if st.session_state.pop("_cadx_expired", False):
         st.info(f"Your session expired after {_session_hours():g} hours; please sign in again.")

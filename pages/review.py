@@ -5,6 +5,7 @@ Selection, flagging, paging and moving between ROIs rerun only the grid-and-deta
 keyboard shortcuts drive the common moves. Every decision is recorded with who and when.
 """
 
+import threading
 import time
 
 import pandas as pd
@@ -32,11 +33,12 @@ from cadx.workflows.browse import (
     neighbour_roi,
     roi_image_header,
     roi_page_number,
+    warm_thumbnails,
 )
 from pages._shared import SYNTHETIC_BADGE, current_role, current_user, signed_in, workspace
 
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
-THUMBNAILS = {"small": 84, "medium": 104, "large": 150}  # minimum grid column width, px
+THUMBNAILS = {"small": 64, "medium": 80, "large": 120}  # minimum grid column width, px: 7-9 columns at 1440 px
 # key -> (button key clicked, what it does); the same table drives the handler and the help text
 SHORTCUTS = {"j": ("review_next", "next ROI"), "k": ("review_prev", "previous ROI"),
              "f": ("review_flag", "flag with the reason shown (the last one used)"), "u": ("review_unflag", "unflag"),
@@ -255,6 +257,7 @@ def _workbench(filters: RoiFilters) -> None:
     listing = browse_rois(ws, filters, page=state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)),
                           page_size=page_size)
     live = review_counts(ws)
+    mixed = 0 < live["synthetic"] < live["rois"]  # say "synthetic" per ROI only when real ones are there too
     flash = state.pop("review_flash", None)
 
     top = st.container(horizontal=True, vertical_alignment="bottom", gap="medium")
@@ -316,7 +319,7 @@ def _workbench(filters: RoiFilters) -> None:
                                   args=(roi.id,), type="primary" if current else "tertiary",
                                   help=f"Show ROI #{roi.id} beside the grid")
                     st.caption(f"{roi.label} · {roi.view or '?'} {roi.laterality or ''}"
-                               + (" · synthetic" if roi.is_synthetic else ""))
+                               + (" · synthetic" if roi.is_synthetic and mixed else ""))
                     if not roi.included:
                         _reason_badge(roi.exclusion_reason)
                     for flag in roi.qc_flags:
@@ -325,6 +328,19 @@ def _workbench(filters: RoiFilters) -> None:
     with detail_side, st.container(key="review_detail"):
         _detail(filters, page_key, page_size)
     state["_review_fragment_s"] = time.perf_counter() - start
+    _prefetch(filters, listing, THUMBNAILS[state.get("review_thumbs") or "medium"])
+
+
+def _prefetch(filters: RoiFilters, listing, size: int) -> None:
+    """Thumbnails of the next and previous grid pages, made in the background while the reviewer looks at this one."""
+    thread = state.get("_review_prefetch")
+    if thread is not None and thread.is_alive():
+        return
+    thread = threading.Thread(target=warm_thumbnails, args=(ws, filters), daemon=True, kwargs={
+        "pages": (listing.page + 1, listing.page - 1), "page_size": listing.page_size,
+        "size": 128 if size <= 110 else 192})
+    thread.start()
+    state["_review_prefetch"] = thread
 
 
 def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
@@ -403,11 +419,10 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
     if not others:
         st.caption("This lesion has no other view.")
     else:
-        views_grid = st.grid(columns=3, gap="xsmall")
-        for view_roi in others:
+        for view_roi, cell in zip(others, st.columns(max(2, len(others)), gap="small")):
             image, _ = roi_outline_image(ws, view_roi, size=160, window=window)
             state_text = "included" if view_roi.included else f"excluded ({words.word(view_roi.exclusion_reason)})"
-            with views_grid.cell():
+            with cell:
                 st.image(image, width="stretch",
                          caption=f"#{view_roi.id} {view_roi.view or '?'} {view_roi.laterality or ''}: {state_text}")
                 st.button("Show", key=f"review_view_{view_roi.id}", on_click=_open, args=(view_roi.id,),

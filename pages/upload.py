@@ -160,10 +160,10 @@ with left:
     view_key = f"upload_viewc_{sha}"
     st.session_state.setdefault(view_key, centre or ((rows - 1) / 2, (cols - 1) / 2))
     windows = display_windows(image.header)
-    z1, z2, z3 = st.columns([3, 3, 2], vertical_alignment="bottom")
-    zoom = z1.segmented_control("Zoom", list(ZOOMS), default="fit", key=f"upload_zoom_{sha}",
+    zoom = st.segmented_control("Zoom", list(ZOOMS), default="fit", key=f"upload_zoom_{sha}",
                                 help="Screen pixels per image pixel. Zoom in to mark the centre at full resolution: "
                                      "a click on the zoomed view lands on the image pixel under it.") or "fit"
+    z2, z3 = st.columns([3, 1], vertical_alignment="bottom")
     window_name = z2.selectbox("Window / level", list(windows), key=f"upload_window_{sha}",
                                help="Display only: the stored ROI keeps the file's own presentation values.")
     window = windows.get(window_name)

@@ -73,6 +73,7 @@ __all__ = [
     "matching_roi_ids",
     "neighbour_roi",
     "roi_page_number",
+    "warm_thumbnails",
     "upload_patients",
     "patient_lesions",
     "MAX_IMAGE_BYTES",
@@ -351,13 +352,16 @@ def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None
                 value_range: tuple[float, float] = (0.0, 65535.0)) -> np.ndarray:
     """uint8 display version of image or ROI pixels.
 
-    ``window=None`` stretches the contrast between the 0.5th and 99.5th percentiles; ``window=(low, high)``
+    ``window=None`` stretches the contrast between the 0.5th and 99.5th percentiles (minimum and maximum when
+    those are equal); ``window=(low, high)``
     maps those fractions of ``value_range`` (the presentation range: 0..65535 for a stored ROI, the image's own
     range for an upload) to black and white, as :func:`display_windows` gives them.
     """
     pixels = np.asarray(pixels, dtype=np.float32)
     if window is None:
         lo, hi = np.percentile(pixels, (0.5, 99.5))
+        if hi <= lo:  # mostly flat (a small bright lesion on a uniform field): stretch min to max instead
+            lo, hi = float(pixels.min()), float(pixels.max())
     else:
         span = float(value_range[1]) - float(value_range[0])
         lo, hi = (float(value_range[0]) + float(f) * span for f in window)
@@ -439,6 +443,25 @@ def roi_thumbnail(workspace: Workspace, roi: RoiRow, *, size: int = 128) -> Path
 
         write_once(path, encode)
     return path
+
+
+def warm_thumbnails(workspace: Workspace, filters: RoiFilters | None, *, pages: Iterable[int], page_size: int,
+                    size: int = 128) -> int:
+    """Make the thumbnails of grid ``pages`` ahead of time (the review page runs this in a background thread for
+    the pages beside the one shown, so that turning the page finds them made); returns how many were made."""
+    made = 0
+    for page in pages:
+        if page < 1:
+            continue
+        listing = browse_rois(workspace, filters, page=page, page_size=page_size)
+        if listing.page != page:  # beyond the last page
+            continue
+        for roi in listing.rows:
+            path = workspace.path(f"thumbs/{size}/{roi.sha256[:2]}/{roi.sha256}.png")
+            if not path.exists():
+                roi_thumbnail(workspace, roi, size=size)
+                made += 1
+    return made
 
 
 _OUTLINE_COLOURS = {"segmentation": (255, 220, 0), "truth": (0, 220, 255)}

@@ -36,9 +36,10 @@ def _menu(page, title: str):
 
 
 def _goto(page, url: str, title: str) -> None:
-    page.goto(url)
-    wait_for_app(page)
-    _menu(page, title).click()
+    """Straight to a page by its link (a first request of a fresh server too: see test_navigation.py), without
+    drawing Overview first, whose backbone check is slow on a loaded machine."""
+    page.set_default_timeout(180_000)
+    page.goto(url + "/" + {"Upload case": "upload", "Review ROIs": "review"}[title])
     page.get_by_role("heading", name=title).first.wait_for()
     wait_for_app(page)
 
@@ -55,7 +56,7 @@ def test_first_visit_shows_a_progress_bar_and_never_the_file_list(tmp_path, brow
     with serve_app(data, CADX_DEMO_LESIONS="20") as url:
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = context.new_page()
-        page.set_default_timeout(120_000)
+        page.set_default_timeout(180_000)
         try:
             page.goto(url)
             bar = page.locator("[data-testid='stProgress']")
@@ -89,6 +90,7 @@ def accounts_server(tmp_path_factory):
 
 def test_a_deep_link_survives_the_sign_in_screen_which_shows_no_file_list(accounts_server, page):
     url, _data = accounts_server
+    page.set_default_timeout(180_000)
     page.goto(url + "/upload")  # the first request of a fresh server, and nobody is signed in
     wait_for_app(page)
     page.get_by_role("heading", name="cadx — sign in").wait_for()
@@ -104,6 +106,7 @@ def test_a_deep_link_survives_the_sign_in_screen_which_shows_no_file_list(accoun
 
 def test_a_viewer_sees_the_review_actions_disabled_with_the_reason(accounts_server, page):
     url, _data = accounts_server
+    page.set_default_timeout(180_000)
     page.goto(url + "/review")
     wait_for_app(page)
     _sign_in(page, "vera")
@@ -144,7 +147,7 @@ def demo_server(tmp_path_factory):
 
 
 def _key(page, key: str) -> None:
-    page.locator("[data-testid='stMain']").click(position={"x": 5, "y": 5})  # focus off any field
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # focus off any field
     page.keyboard.press(key)
     page.wait_for_timeout(300)
     wait_for_app(page)
