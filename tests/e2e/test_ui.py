@@ -147,6 +147,10 @@ def demo_server(tmp_path_factory):
 
 
 def _key(page, key: str) -> None:
+    page.wait_for_function("() => window.__cadxReviewKeysInstalled === true")  # the page's key handler is there
+    button = {"j": "review_next", "k": "review_prev", "f": "review_flag", "u": "review_unflag",
+              "x": "review_toggle"}[key]
+    page.wait_for_selector(f".st-key-{button} button")  # drawn (not a placeholder still)
     page.evaluate("() => document.activeElement && document.activeElement.blur()")  # focus off any field
     page.keyboard.press(key)
     page.wait_for_timeout(300)
@@ -203,7 +207,7 @@ def test_mark_the_centre_on_a_zoomed_view_to_half_a_source_pixel(demo_server, pa
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(dicom))
     page.get_by_text("zoom.dcm: DICOM, 1200 × 900 pixels").wait_for()
     wait_for_app(page)
-    page.get_by_role("button", name="4×", exact=True).click()
+    page.get_by_text("4×", exact=True).click()  # the zoom control
     wait_for_app(page)
     caption = page.get_by_text(re.compile(r"Showing rows \d+–\d+ and columns \d+–\d+ of 900 × 1200, magnified 4×"))
     caption.wait_for()
