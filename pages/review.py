@@ -203,10 +203,6 @@ def _keyboard() -> None:
 </script>""", unsafe_allow_javascript=True)
 
 
-def _reason_badge(code: str | None):
-    st.badge(words.word(code), color="red", help=words.meaning(code))
-
-
 # ------------------------------------------------------------------------------------------------- page ---
 st.html("""<style>
 .st-key-review_detail { position: sticky; top: 3.75rem; align-self: flex-start; }
@@ -320,10 +316,11 @@ def _workbench(filters: RoiFilters) -> None:
                                   help=f"Show ROI #{roi.id} beside the grid")
                     st.caption(f"{roi.label} · {roi.view or '?'} {roi.laterality or ''}"
                                + (" · synthetic" if roi.is_synthetic and mixed else ""))
-                    if not roi.included:
-                        _reason_badge(roi.exclusion_reason)
+                    if not roi.included:  # words that wrap (a badge would cut them off), the code in the tooltip
+                        st.caption(f":red[excluded: {words.word(roi.exclusion_reason)}]",
+                                   help=words.meaning(roi.exclusion_reason))
                     for flag in roi.qc_flags:
-                        st.badge(words.word(flag), color="gray", help=words.meaning(flag))
+                        st.caption(words.word(flag), help=words.meaning(flag))
 
     with detail_side, st.container(key="review_detail"):
         _detail(filters, page_key, page_size)
