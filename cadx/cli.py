@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cadx import words
 from cadx.errors import CadxError, CadxInputError
 from cadx.workflows import (
     ImportReport,
@@ -93,7 +94,9 @@ def _finish(report: ImportReport, report_path: Path | None) -> None:
     table.add_column("reason / QC flags")
     colours = {"imported": "green", "skipped": "yellow", "error": "red"}
     for item in report.items:
-        table.add_row(item.name, f"[{colours[item.status]}]{item.status}[/]", item.reason)
+        reason = (", ".join(words.with_code(f.strip()) for f in item.reason.split(",")) if item.status == "imported"
+                  and item.reason else item.reason)  # QC flags in words, with their codes
+        table.add_row(item.name, f"[{colours[item.status]}]{item.status}[/]", reason)
     _out.print(table)
     if report_path is not None:
         report_path.write_text(json.dumps(report.to_dict(), indent=2))
@@ -215,7 +218,8 @@ def stats_command(data_dir: DataDir = None,
             table.add_row(name, str(counts["included"]), str(counts["excluded"]))
         _out.print(table)
     if stats["excluded_by_reason"]:
-        _out.print("excluded by reason: " + ", ".join(f"{k}: {v}" for k, v in stats["excluded_by_reason"].items()))
+        _out.print("excluded by reason: " + ", ".join(f"{words.with_code(k)}: {v}"
+                                                      for k, v in stats["excluded_by_reason"].items()))
     if stats["lesions_by_type"]:
         _out.print("lesions by type: " + ", ".join(f"{k}: {v}" for k, v in stats["lesions_by_type"].items()))
     lost = stats["findings_without_roi"]
@@ -225,12 +229,13 @@ def stats_command(data_dir: DataDir = None,
 
 
 @app.command("exclude")
-def exclude_command(roi_id: int, reason: Annotated[str, typer.Option(help="compression_paddle, location_marker, other")],
+def exclude_command(roi_id: int, reason: Annotated[str, typer.Option(help="; ".join(
+                        f"{code} ({words.word(code)})" for code in words.EXCLUSION_REASONS))],
                     note: Annotated[Optional[str], typer.Option(help="Why (required for 'other').")] = None,
                     data_dir: DataDir = None, user: User = None) -> None:
     """Exclude an artifact ROI from experiments (a review event; the ROI is kept)."""
     event = _run(lambda: exclude_roi(_workspace(data_dir), roi_id, reason=reason, user=_user(user), note=note))
-    _out.print(f"ROI {roi_id} excluded ({event.reason}) by {event.user}")
+    _out.print(f"ROI {roi_id} excluded ({words.with_code(event.reason)}) by {event.user}")
 
 
 @app.command("include")

@@ -18,6 +18,8 @@ from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from cadx import words as _words
+
 __all__ = [
     "Base",
     "Patient",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 LABELS = ("benign", "malignant")
-EXCLUSION_REASONS = ("compression_paddle", "location_marker", "other")
+EXCLUSION_REASONS = tuple(_words.EXCLUSION_REASONS)  # the codes; their words live in cadx.words
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 ROLES = ("viewer", "reviewer", "admin")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 import time
+import urllib.parse
 
 import streamlit as st
 
@@ -14,8 +16,8 @@ from cadx.errors import CadxError
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
 from cadx.workflows.accounts import authenticate, can, list_users, login_required
 
-__all__ = ["workspace", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
-           "pick_experiment", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+__all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
+           "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -24,11 +26,43 @@ _NO_LOGIN_ROLE = "admin"  # no accounts yet: the local owner of the data (the ap
 
 @st.cache_resource(show_spinner=False)
 def _open() -> Workspace:
-    ws = open_workspace()
-    if dataset_stats(ws)["rois"] == 0:
-        with st.spinner("Empty database: creating the synthetic demo data (about 100 lesion phantoms)…"):
-            import_demo(ws)
-    return ws
+    return open_workspace()
+
+
+_DEMO_LOCK = threading.Lock()  # one session creates the demo data; the others wait for it
+
+
+@st.cache_resource(show_spinner=False)
+def _demo_state() -> dict:
+    return {"ready": False}
+
+
+def ensure_demo_data(ws: Workspace) -> None:
+    """On an empty database, create the synthetic demo data, showing its progress (n of 100 lesions;
+    ``CADX_DEMO_LESIONS`` sets another number)."""
+    state = _demo_state()
+    if state["ready"]:
+        return
+    with _DEMO_LOCK:
+        if not state["ready"] and dataset_stats(ws)["rois"] == 0:
+            bar = st.progress(0.0, text="Empty database: creating the synthetic demo data…")
+
+            def progress(done: int, total: int | None, message: str) -> None:
+                bar.progress(min(1.0, done / total) if total else 0.0, text=f"Empty database: {message}")
+
+            import_demo(ws, n_lesions=int(os.environ.get("CADX_DEMO_LESIONS", "100")), progress=progress)
+            bar.empty()
+        state["ready"] = True
+
+
+def sidebar_menu(pages: dict) -> None:
+    """The app's menu in the sidebar (Streamlit's own sidebar navigation is switched off in .streamlit/config.toml,
+    which also keeps its list of the ``pages/`` files from ever showing)."""
+    with st.sidebar:
+        for section, section_pages in pages.items():
+            st.caption(section)
+            for page in section_pages:
+                st.page_link(page, label=page.title, icon=page.icon)
 
 
 def mark_routed() -> None:
@@ -48,10 +82,23 @@ def workspace() -> Workspace:
             st.session_state["_cadx_deep_link"] = f"pages/{os.path.basename(page)}"
         st.switch_page("app.py")
     try:
-        return _open()
+        ws = _open()
     except CadxError as exc:  # e.g. a database upgraded by a newer cadx: say so instead of a stack trace
         st.error(str(exc), icon=":material/database:")
         st.stop()
+    sign_in(ws)  # every page, however it was routed to, asks for the sign-in first when one is needed
+    return ws
+
+
+def page_asked_before_sign_in(pages: dict, navigation) -> object | None:
+    """The page whose link (``/upload``) was opened when the sign-in screen came up, once signed in; else None."""
+    path = st.session_state.pop("_cadx_after_sign_in", None)
+    if not path:
+        return None
+    for page in (p for section in pages.values() for p in section):
+        if page.url_path and page.url_path == path and page.url_path != navigation.url_path:
+            return page
+    return None
 
 
 def _session_hours() -> float:
@@ -92,6 +139,12 @@ def sign_in(ws: Workspace) -> None:
         st.session_state["_cadx_account"] = account
     if not (login_required(ws) or _oidc_configured()) or _account() is not None:
         return
+    if "_cadx_after_sign_in" not in st.session_state:  # where the link pointed: opened after the sign-in
+        try:
+            path = urllib.parse.urlparse(st.context.url or "").path.rstrip("/")
+        except Exception:  # noqa: BLE001 - no browser URL (e.g. under AppTest): stay on the default page
+            path = ""
+        st.session_state["_cadx_after_sign_in"] = path.rsplit("/", 1)[-1]
     st.title("cadx — sign in")
     if st.session_state.pop("_cadx_expired", False):
         st.info(f"Your session expired after {_session_hours():g} hours; please sign in again.")
@@ -110,6 +163,11 @@ def sign_in(ws: Workspace) -> None:
             st.session_state["_cadx_account"] = {"username": user.username, "role": user.role, "since": time.time()}
             st.rerun()
     st.stop()
+
+
+def signed_in() -> bool:
+    """Whether this session is signed in to an account (else the sidebar asks for a reviewer name)."""
+    return _account() is not None
 
 
 def current_user() -> str:

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from cadx import words
 from cadx.cohorts import CohortDefinition
 from cadx.errors import CadxInputError
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
@@ -43,20 +44,26 @@ if len(cohort_names) > 1:
     if shown_cohort != "all cohorts":
         experiments = [e for e in experiments if (e["cohort"] or "(before cohorts)") == shown_cohort]
 
+AUC_HEADERS = {"auc_A": "SVM1 AUC (mean of folds)", "auc_B": "SVM2 AUC (mean of folds)",
+               "auc_C": "ensemble AUC (mean of folds)"}  # the paper's AUC; the CSV keeps these names
 history = pd.DataFrame([{
-    "id": e["id"], "name": e["name"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
-    "backbone": e["backbone"], "weights": e["weights"], "taps": ", ".join(e["taps"]), "SVM1 tap": e["ensemble_tap"],
-    "cohort": e["cohort"], "ROI set": (e["roi_set_sha256"] or "")[:12],
-    "folds": e["n_folds"], "seed": e["seed"], "repeats": e["repeats"], "ROIs": e["n_rois"], "excluded": e["n_excluded"],
-    "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"],
+    "id": e["id"], "name": e["name"], **{AUC_HEADERS[k]: e[k] for k in AUC_HEADERS},
+    "ROIs": e["n_rois"], "excluded": e["n_excluded"], "cohort": e["cohort"], "ROI set": (e["roi_set_sha256"] or "")[:12],
+    "SVM1 tap": e["ensemble_tap"], "backbone": e["backbone"],
+    "weights": e["weights"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
+    "taps": ", ".join(e["taps"]), "folds": e["n_folds"], "seed": e["seed"], "repeats": e["repeats"],
     "synthetic data": e["uses_synthetic_data"], "random weights": e["uses_random_weights"],
     "seconds": e["seconds"], "code version": e["code_version"],
 } for e in experiments])
-st.dataframe(history, hide_index=True, column_config={
+st.caption(words.PAPER_AUC)
+st.dataframe(history, hide_index=True, width="stretch", column_config={
+    "id": st.column_config.NumberColumn(pinned=True, width="small"),
+    "name": st.column_config.TextColumn(pinned=True, width="medium"),
     "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-    "SVM1 AUC": st.column_config.NumberColumn(format="%.3f"),
-    "SVM2 AUC": st.column_config.NumberColumn(format="%.3f"),
-    "ensemble AUC": st.column_config.NumberColumn(format="%.3f"),
+    **{h: st.column_config.NumberColumn(h.replace(" (mean of folds)", ""), format="%.3f", width="small",
+                                        help=words.AUC_NAMES["fold_mean"][1]) for h in AUC_HEADERS.values()},
+    "taps": st.column_config.TextColumn(width="small"),
+    "code version": st.column_config.TextColumn(width="small"),
     "seconds": st.column_config.NumberColumn(format="%.1f"),
 })
 st.download_button("History (CSV)", history.to_csv(index=False).encode(), file_name="cadx-experiments.csv",

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from cadx import words
 from cadx.lesion_types import lesion_type_title
 from cadx.workflows import backbone_status, dataset_stats, list_experiments
 from cadx.workflows.jobs import list_jobs
@@ -51,17 +52,26 @@ if lost["count"]:
     st.markdown(f"**{lost['count']} findings could not become ROIs** (they are in the truth tables but not in the "
                 "database): " + "; ".join(f"{reason}: {n}" for reason, n in lost["by_reason"].items()) + ".")
 
-st.subheader("Excluded ROIs by reason")
-if stats["excluded_by_reason"]:
-    st.dataframe(pd.DataFrame([stats["excluded_by_reason"]]), hide_index=True)
-else:
-    st.write("No ROI has been excluded.")
 
-st.subheader("Quality-control flags")
-if stats["rois_by_qc_flag"]:
-    st.dataframe(pd.DataFrame([stats["rois_by_qc_flag"]]), hide_index=True)
-else:
-    st.write("No ROI is flagged.")
+def _coded_counts(counts: dict[str, int]) -> None:
+    """One row of counts whose columns are stored codes: the words as headers, the code in each tooltip."""
+    st.dataframe(pd.DataFrame([counts]), hide_index=True, column_config={
+        code: st.column_config.NumberColumn(words.word(code), help=words.meaning(code)) for code in counts})
+
+
+reasons_side, flags_side = st.columns(2)
+with reasons_side:
+    st.subheader("Excluded ROIs by reason")
+    if stats["excluded_by_reason"]:
+        _coded_counts(stats["excluded_by_reason"])
+    else:
+        st.write("No ROI has been excluded.")
+with flags_side:
+    st.subheader("Quality-control flags")
+    if stats["rois_by_qc_flag"]:
+        _coded_counts(stats["rois_by_qc_flag"])
+    else:
+        st.write("No ROI is flagged.")
 
 st.subheader("CNN backbone in use")
 status = _backbone_status()
@@ -90,15 +100,20 @@ else:
             (SYNTHETIC_BADGE, any(e["uses_synthetic_data"] for e in recent)),
             (RANDOM_WEIGHTS_BADGE, any(e["uses_random_weights"] for e in recent))) if on)
             + " among the experiments below (see the columns).")
+    st.caption(words.PAPER_AUC)
     st.dataframe(pd.DataFrame([{
-        "id": e["id"], "name": e["name"], "created": e["created_at"], "backbone": e["backbone"],
-        "weights": e["weights"], "taps": len(e["taps"]), "ROIs": e["n_rois"], "excluded": e["n_excluded"],
-        "best tap": e["best_tap"], "best tap AUC": e["best_tap_auc"], "SVM1 AUC": e["auc_A"],
-        "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"], "synthetic data": e["uses_synthetic_data"],
+        "id": e["id"], "name": e["name"], "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"],
+        "ensemble AUC": e["auc_C"], "best tap": e["best_tap"], "best tap AUC": e["best_tap_auc"],
+        "ROIs": e["n_rois"], "excluded": e["n_excluded"], "backbone": e["backbone"], "weights": e["weights"],
+        "taps": len(e["taps"]), "created": e["created_at"], "synthetic data": e["uses_synthetic_data"],
         "random weights": e["uses_random_weights"],
-    } for e in recent]), hide_index=True, column_config={
+    } for e in recent]), hide_index=True, width="stretch", column_config={
+        "id": st.column_config.NumberColumn(pinned=True, width="small"),
+        "name": st.column_config.TextColumn(pinned=True, width="medium"),
         "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-        **{c: st.column_config.NumberColumn(format="%.3f")
+        **{c: st.column_config.NumberColumn(c, format="%.3f", width="small",
+                                            help=words.AUC_NAMES["fold_mean"][1])
            for c in ("best tap AUC", "SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
+        **{c: st.column_config.CheckboxColumn(c, width="small") for c in ("synthetic data", "random weights")},
     })
     st.page_link("pages/experiments.py", label="All experiments", icon=":material/history:")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cadx import words
+
 from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
 from pages._shared import pick_experiment, workspace
 
@@ -21,7 +23,7 @@ PROBABILITY = "%.3f"
 st.title("Predictions")
 st.caption("Out-of-fold probabilities of malignancy: p1 from SVM1 (CNN features), p2 from SVM2 (analytic "
            "features), p3 = (p1 + p2) / 2 from the ensemble. Each case was predicted by the classifier trained on "
-           "the other folds. Right or wrong at a threshold of 0.5.")
+           "the other folds. Right or wrong at a threshold of 0.5. " + words.PAPER_AUC)
 
 experiment = pick_experiment("pred_experiment", purpose="predictions")
 experiment_id = experiment["id"]
@@ -134,7 +136,8 @@ with details:
     if info["segmentation_quality"] is None:
         st.caption("No Method B segmentation stored for this ROI.")
     else:
-        st.markdown(f"Segmentation: **{info['segmentation_quality']}**"
-                    + (f" — {info['segmentation_reason']}" if info["segmentation_reason"] else ""))
+        st.markdown(f"Segmentation: **{words.word(info['segmentation_quality'])}**"
+                    + (f" — {info['segmentation_reason']}" if info["segmentation_reason"] else ""),
+                    help=words.meaning(info["segmentation_quality"]))
     if not row["included_now"]:
         st.warning("This ROI has been excluded by review since the experiment ran.")

@@ -1,9 +1,17 @@
-"""Review ROIs: a filtered, paged thumbnail grid; flag ROIs with artifacts (one or many at once) and unflag them;
-one ROI's lesion outline, lesion views and review history. Every decision is recorded with who and when."""
+"""Review ROIs: a dense, filtered, paged thumbnail grid; flag ROIs with artifacts (one, a range or many at once) and
+unflag them; the current ROI beside the grid with its outline, window/level, lesion views and review history.
+
+Selection, flagging, paging and moving between ROIs rerun only the grid-and-detail fragment (``@st.fragment``);
+keyboard shortcuts drive the common moves. Every decision is recorded with who and when.
+"""
+
+import threading
+import time
 
 import pandas as pd
 import streamlit as st
 
+from cadx import words
 from cadx.errors import CadxInputError
 from cadx.lesion_types import lesion_type_title
 from cadx.workflows import (
@@ -21,24 +29,50 @@ from cadx.workflows import (
 )
 from cadx.workflows.accounts import can
 from cadx.workflows.cohorts import list_cohorts
-from pages._shared import SYNTHETIC_BADGE, current_role, current_user, workspace
+from cadx.workflows.browse import (
+    display_windows,
+    matching_roi_ids,
+    neighbour_roi,
+    roi_image_header,
+    roi_page_number,
+    warm_thumbnails,
+)
+from pages._shared import SYNTHETIC_BADGE, current_role, current_user, signed_in, workspace
 
-REASONS = {"compression_paddle": "compression paddle", "location_marker": "location marker",
-           "other": "other (say what in the note)"}
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
+THUMBNAILS = {"small": 64, "medium": 80, "large": 120}  # minimum grid column width, px: 7-9 columns at 1440 px
+# key -> (button key clicked, what it does); the same table drives the handler and the help text
+SHORTCUTS = {"j": ("review_next", "next ROI"), "k": ("review_prev", "previous ROI"),
+             "f": ("review_flag", "flag with the reason shown (the last one used)"), "u": ("review_unflag", "unflag"),
+             "x": ("review_toggle", "select / deselect"), "o": ("review_enlarge", "open large")}
 
 ws = workspace()
 state = st.session_state
 state.setdefault("review_selected", set())  # ROI ids picked for a bulk decision (kept across grid pages)
-state.setdefault("review_open", None)  # the ROI shown on the right
+state.setdefault("review_open", None)  # the current ROI, shown beside the grid
+state.setdefault("review_anchor", None)  # the last ROI ticked: the start of a range selection
+state.setdefault("review_reason", "compression_paddle")  # the last reason used: "f" flags with it
+MAY_REVIEW = can(current_role(), "review")
+WHY_NOT = (None if MAY_REVIEW else
+           f"Your role ({current_role() or 'none'}) can look at ROIs but not flag them; ask an admin for the "
+           "reviewer role.")
 
 
 # ---------------------------------------------------------------------------------------------- actions ---
-# Decisions run as widget callbacks, before the page is drawn again, so every count below is already fresh.
+# Decisions run as widget callbacks, before the fragment is drawn again, so every count in it is already fresh.
+def _timed(fn):
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state["_review_callback_s"] = time.perf_counter() - start
+    return run
+
+
 def _decide(action: str, ids: list[int], reason: str | None = None, note: str | None = None) -> None:
-    if not can(current_role(), "review"):
-        state["review_flash"] = ("error", f"Your role ({current_role()}) cannot flag ROIs; ask an admin for the "
-                                          "reviewer role.")
+    if not MAY_REVIEW:  # the buttons are disabled; a forged request still changes nothing
+        state["review_flash"] = ("error", WHY_NOT)
         return
     try:
         if action == "exclude":
@@ -49,29 +83,34 @@ def _decide(action: str, ids: list[int], reason: str | None = None, note: str | 
         state["review_flash"] = ("error", str(exc))
         return
     what = f"ROI #{ids[0]}" if len(ids) == 1 else f"{len(ids)} ROIs"
-    done = f"flagged as {REASONS[reason].split(' (')[0]}" if action == "exclude" else "included again"
-    state["review_flash"] = ("success", f"{what} {done} by {current_user()}.")
+    done = f"flagged: {words.word(reason)}" if action == "exclude" else "included again"
+    state["review_flash"] = ("success", f"{what} {done} (by {current_user()}).")
 
 
+@_timed
 def _flag_open() -> None:
-    _decide("exclude", [state["review_open"]], state.get("review_reason"), state.get("review_note"))
-    state["review_note"] = ""
+    if state["review_open"] is not None:
+        _decide("exclude", [state["review_open"]], state.get("review_reason"), state.get("review_note"))
+        state["review_note"] = ""
 
 
+@_timed
 def _unflag_open() -> None:
-    _decide("include", [state["review_open"]], note=state.get("review_note"))
-    state["review_note"] = ""
+    if state["review_open"] is not None:
+        _decide("include", [state["review_open"]], note=state.get("review_note"))
+        state["review_note"] = ""
 
 
 def _clear_selection() -> None:
     state["review_selected"] = set()
+    state["review_anchor"] = None
     for key in [k for k in state if str(k).startswith("review_sel_")]:
         del state[key]
 
 
 def _flag_selected() -> None:
-    ids = sorted(state["review_selected"])
-    _decide("exclude", ids, state.get("review_bulk_reason"), state.get("review_bulk_note"))
+    _decide("exclude", sorted(state["review_selected"]), state.get("review_bulk_reason"),
+            state.get("review_bulk_note"))
     if state["review_flash"][0] == "success":
         _clear_selection()
 
@@ -82,155 +121,323 @@ def _unflag_selected() -> None:
         _clear_selection()
 
 
-def _toggle(roi_id: int) -> None:
-    if state[f"review_sel_{roi_id}"]:
-        state["review_selected"].add(roi_id)
-    else:
-        state["review_selected"].discard(roi_id)
-
-
-def _select_page(ids: list[int]) -> None:
-    state["review_selected"].update(ids)
+def _select(ids: list[int], on: bool = True) -> None:
     for roi_id in ids:
-        state[f"review_sel_{roi_id}"] = True
+        (state["review_selected"].add if on else state["review_selected"].discard)(roi_id)
+        state[f"review_sel_{roi_id}"] = on
+
+
+@_timed
+def _toggle(roi_id: int, filters: RoiFilters) -> None:
+    on = bool(state[f"review_sel_{roi_id}"])
+    anchor = state["review_anchor"]
+    if on and state.get("review_range_mode") and anchor is not None and anchor != roi_id:
+        _select(matching_roi_ids(ws, filters, from_id=anchor, to_id=roi_id))  # shift-like: the whole run
+    else:
+        _select([roi_id], on)
+    state["review_anchor"] = roi_id if on else state["review_anchor"]
+
+
+def _select_range(filters: RoiFilters) -> None:
+    lo, hi = state.get("review_range_from"), state.get("review_range_to")
+    if lo is None or hi is None:
+        state["review_flash"] = ("error", "Give both ends of the range (ROI numbers).")
+        return
+    ids = matching_roi_ids(ws, filters, from_id=lo, to_id=hi)
+    _select(ids)
+    state["review_flash"] = ("success", f"Selected {len(ids)} ROIs from #{min(lo, hi)} to #{max(lo, hi)} "
+                                        "that match the filters.")
+
+
+def _toggle_open() -> None:
+    roi_id = state["review_open"]
+    if roi_id is not None:
+        _select([roi_id], roi_id not in state["review_selected"])
+        state["review_anchor"] = roi_id
 
 
 def _open(roi_id: int | None) -> None:
     state["review_open"] = roi_id
 
 
+@_timed
+def _step(filters: RoiFilters, page_key: str, page_size: int, step: int) -> None:
+    """Next/previous ROI in the grid's order, turning the grid page when it leaves this one."""
+    current = state["review_open"]
+    if current is None:
+        first = browse_rois(ws, filters, page=state.get(page_key, 1), page_size=page_size).rows
+        target = first[0].id if first else None
+    else:
+        target = neighbour_roi(ws, filters, current, step=step)
+    if target is None:
+        state["review_flash"] = ("info", "No more ROIs in this direction (with these filters).")
+        return
+    state["review_open"] = target
+    page = roi_page_number(ws, filters, target, page_size=page_size)
+    if page != state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)):  # turn the grid page: a new pagination widget starting on that page
+        state.pop(page_key, None)
+        state["review_page_gen"] = state.get("review_page_gen", 0) + 1
+        state["review_page_defaults"] = {_page_key(filters, page_size): page}
+
+
+def _keyboard() -> None:
+    """Single-key shortcuts (ignored while typing in a field): each clicks the button of that name."""
+    mapping = {key: button for key, (button, _) in SHORTCUTS.items()}
+    st.html(f"""<script>
+(() => {{
+  const doc = window.parent ? window.parent.document : document;
+  const win = doc.defaultView;
+  win.__cadxReviewKeys = {mapping!r};
+  if (win.__cadxReviewKeysInstalled) return;
+  win.__cadxReviewKeysInstalled = true;
+  doc.addEventListener('keydown', (e) => {{
+    if (e.ctrlKey || e.altKey || e.metaKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return;
+    const key = (win.__cadxReviewKeys || {{}})[e.key.toLowerCase()];
+    if (!key) return;
+    const button = doc.querySelector(`.st-key-${{key}} button`);
+    if (!button || button.disabled) return;
+    e.preventDefault();
+    button.click();
+  }});
+}})();
+</script>""", unsafe_allow_javascript=True)
+
+
 # ------------------------------------------------------------------------------------------------- page ---
+st.html("""<style>
+.st-key-review_detail { position: sticky; top: 3.75rem; align-self: flex-start; }
+.st-key-review_grid img { image-rendering: auto; }
+.st-key-review_grid [data-testid="stCheckbox"] label { min-height: 0; }
+</style>""")
 st.title("Review ROIs")
 counts = review_counts(ws)
 if counts["synthetic"]:
     st.markdown(f"{SYNTHETIC_BADGE} {counts['synthetic']} of {counts['rois']} ROIs are synthetic lesion phantoms "
                 "generated by cadx, not patient images.")
-st.caption(f"Flag ROIs showing an artifact (compression paddle, location marker, …) to leave them out of "
+who = f"you are **{current_user()}**" + ("" if signed_in() else " (set your name under *Reviewer name* in the "
+                                                                   "sidebar)")
+st.caption("Flag ROIs showing an artifact (compression paddle, location marker, …) to leave them out of "
            f"experiments; nothing is deleted and a flag can be undone. Every decision is recorded with who and when: "
-           f"you are **{current_user()}** (set your name in the sidebar).")
-flash = state.pop("review_flash", None)
-if flash is not None:
-    (st.success if flash[0] == "success" else st.error)(flash[1])
+           f"{who}. Keys: " + ", ".join(f"**{k}** {what}" for k, (_, what) in SHORTCUTS.items()) + ".")
+if WHY_NOT:
+    st.info(WHY_NOT, icon=":material/visibility:")
 
 options = filter_options(ws)
-with st.container(border=True):
-    f1, f2, f3, f4 = st.columns(4)
+with st.expander("Filters", expanded=True):
+    f1, f2, f3, f4, f5, f6, f7 = st.columns([3, 3, 2, 3, 3, 2, 2])
     labels = f1.multiselect("Label", options["labels"], key="review_f_label", placeholder="any")
     views = f2.multiselect("View", options["views"], key="review_f_view", placeholder="any")
     status = f3.selectbox("Status", ["all", "included", "excluded"], key="review_f_status")
     reasons = f4.multiselect("Exclusion reason", options["reasons"], key="review_f_reason", placeholder="any",
-                             format_func=lambda r: REASONS[r].split(" (")[0])
-    f5, f6, f7, f8 = st.columns(4)
-    flags = f5.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any")
+                             format_func=words.word)
+    flags = f5.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any",
+                           format_func=words.word)
     synthetic = f6.selectbox("Data", ["all", "synthetic only", "real only"], key="review_f_synthetic")
     lesion_text = f7.text_input("Lesion key contains", key="review_f_lesion")
     cohort = st.selectbox("Cohort", ["any", *[c.name for c in list_cohorts(ws)]], key="review_f_cohort",
                           help="Only the ROIs this cohort selects (whatever their review status: the Status "
                                "filter decides that).")
-    page_size = f8.selectbox("ROIs per page", [24, 48, 96], index=1, key="review_page_size")
 filters = RoiFilters(labels=tuple(labels), views=tuple(views), status=status, reasons=tuple(reasons),
                      qc_flags=tuple(flags), synthetic={"all": None, "synthetic only": True, "real only": False}[synthetic],
                      lesion=lesion_text, cohort=None if cohort == "any" else cohort)
-page_key = f"review_page_{abs(hash((filters, page_size)))}"  # new filters start again at page 1
-listing = browse_rois(ws, filters, page=state.get(page_key, 1), page_size=page_size)
+_keyboard()
 
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("ROIs", counts["rois"])
-m2.metric("Included", counts["included"])
-m3.metric("Excluded", counts["excluded"])
-m4.metric("Matching the filters", listing.total)
 
-grid_side, detail_side = st.columns([3, 2], gap="large")
-with grid_side:
-    selected = state["review_selected"]
-    with st.container(border=True):
-        st.markdown(f"**{len(selected)} selected** for a bulk decision")
-        b1, b2 = st.columns([1, 2])
-        b1.selectbox("Reason", list(REASONS), format_func=REASONS.get, key="review_bulk_reason")
-        b2.text_input("Note (needed for 'other')", key="review_bulk_note")
-        with st.container(horizontal=True):
-            st.button("Flag selected", on_click=_flag_selected, disabled=not selected, type="primary",
-                      key="review_bulk_flag")
-            st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected, key="review_bulk_unflag")
-            st.button("Select this page", on_click=_select_page, args=([r.id for r in listing.rows],),
-                      disabled=not listing.rows, key="review_select_page")
-            st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
+def _page_key(filters: RoiFilters, page_size: int) -> str:
+    """The pagination widget's key: new for new filters (back to page 1) and when j/k turn the page."""
+    return f"review_page_{abs(hash((filters, page_size)))}_{state.get('review_page_gen', 0)}"
 
-    if not listing.rows:
-        st.info("No ROI matches these filters.")
-    else:
-        shown_page = st.pagination(listing.n_pages, key=page_key, max_visible_pages=9)
-        if shown_page != listing.page:  # fewer pages than before (e.g. after a decision): follow the widget
-            listing = browse_rois(ws, filters, page=shown_page, page_size=page_size)
-        first = (listing.page - 1) * listing.page_size + 1
-        st.caption(f"ROIs {first}–{first + len(listing.rows) - 1} of {listing.total} (page {listing.page} of "
-                   f"{listing.n_pages}); contrast stretched for display.")
-        grid = st.grid(columns="auto", min_column_width=150, gap="small", border=True)
-        for roi in listing.rows:
-            with grid.cell():
-                st.image(str(roi_thumbnail(ws, roi)), width="stretch")
-                status_badge = (":green-badge[included]" if roi.included
-                                else f":red-badge[excluded: {(roi.exclusion_reason or '').replace('_', ' ')}]")
-                st.markdown(f"**#{roi.id}** {roi.label} · {roi.view or '?'} {roi.laterality or ''}  \n"
-                            f"{status_badge}" + (f" {SYNTHETIC}" if roi.is_synthetic else "")
-                            + "".join(f" :gray-badge[{flag}]" for flag in roi.qc_flags))
-                key = f"review_sel_{roi.id}"
-                if key not in state:
-                    state[key] = roi.id in selected
-                with st.container(horizontal=True, gap="small", vertical_alignment="center"):
-                    st.checkbox("Select", key=key, on_change=_toggle, args=(roi.id,))
-                    st.button("Open", key=f"review_open_{roi.id}", on_click=_open, args=(roi.id,), type="tertiary")
 
-with detail_side:
-    st.number_input("Open ROI number", min_value=1, step=1, value=None, key="review_goto",
-                    on_change=lambda: _open(state["review_goto"]))
+@st.fragment
+def _workbench(filters: RoiFilters) -> None:
+    start = time.perf_counter()
+    page_size = state.get("review_page_size", 48)
+    page_key = _page_key(filters, page_size)  # new filters start again at page 1
+    listing = browse_rois(ws, filters, page=state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)),
+                          page_size=page_size)
+    live = review_counts(ws)
+    mixed = 0 < live["synthetic"] < live["rois"]  # say "synthetic" per ROI only when real ones are there too
+    flash = state.pop("review_flash", None)
+
+    top = st.container(horizontal=True, vertical_alignment="bottom", gap="medium")
+    top.metric("ROIs", live["rois"], width="content")
+    top.metric("Included", live["included"], width="content")
+    top.metric("Excluded", live["excluded"], width="content")
+    top.metric("Matching the filters", listing.total, width="content")
+    top.segmented_control("Thumbnails", list(THUMBNAILS), default="medium", key="review_thumbs")
+    top.selectbox("ROIs per page", [24, 48, 96, 144], index=1, key="review_page_size", width=110)
+    if flash is not None:
+        {"success": st.success, "info": st.info}.get(flash[0], st.error)(flash[1])
+
+    grid_side, detail_side = st.columns([5, 2], gap="medium")
+    with grid_side:
+        selected = state["review_selected"]
+        with st.container(border=True):
+            s1, s2, s3, s4 = st.columns([2, 3, 4, 4], vertical_alignment="bottom")
+            s1.markdown(f"**{len(selected)} selected**")
+            s2.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_bulk_reason")
+            s3.text_input("Note (needed for 'other')", key="review_bulk_note")
+            s4.toggle("Range select", key="review_range_mode",
+                      help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) between "
+                           "it and the last one ticked.")
+            with st.container(horizontal=True, vertical_alignment="bottom"):
+                st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
+                          type="primary", key="review_bulk_flag", help=WHY_NOT)
+                st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected or not MAY_REVIEW,
+                          key="review_bulk_unflag", help=WHY_NOT)
+                st.button("Select this page", on_click=_select, args=([r.id for r in listing.rows],),
+                          disabled=not listing.rows, key="review_select_page")
+                st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
+                st.number_input("From ROI #", min_value=1, step=1, value=None, key="review_range_from", width=120)
+                st.number_input("to ROI #", min_value=1, step=1, value=None, key="review_range_to", width=120)
+                st.button("Select range", on_click=_select_range, args=(filters,), key="review_select_range")
+
+        if not listing.rows:
+            st.info("No ROI matches these filters.")
+        else:
+            shown_page = st.pagination(listing.n_pages, key=page_key, max_visible_pages=9,
+                                       default=min(listing.page, listing.n_pages))
+            if shown_page != listing.page:  # fewer pages than before (e.g. after a decision): follow the widget
+                listing = browse_rois(ws, filters, page=shown_page, page_size=page_size)
+            first = (listing.page - 1) * listing.page_size + 1
+            st.caption(f"ROIs {first}–{first + len(listing.rows) - 1} of {listing.total} (page {listing.page} of "
+                       f"{listing.n_pages}); contrast stretched for display. Tick to select, ▸ to show it beside the "
+                       "grid.")
+            size = THUMBNAILS[state.get("review_thumbs") or "medium"]
+            grid = st.grid(columns="auto", min_column_width=size, gap="xsmall", border=True, key="review_grid")
+            for roi in listing.rows:
+                with grid.cell():
+                    current = roi.id == state["review_open"]
+                    st.image(str(roi_thumbnail(ws, roi, size=128 if size <= 110 else 192)), width="stretch")
+                    key = f"review_sel_{roi.id}"
+                    if key not in state:
+                        state[key] = roi.id in selected
+                    with st.container(horizontal=True, gap="xxsmall", vertical_alignment="center"):
+                        st.checkbox(f"#{roi.id}", key=key, on_change=_toggle, args=(roi.id, filters))
+                        st.button("▸" if not current else "◉", key=f"review_open_{roi.id}", on_click=_open,
+                                  args=(roi.id,), type="primary" if current else "tertiary",
+                                  help=f"Show ROI #{roi.id} beside the grid")
+                    st.caption(f"{roi.label} · {roi.view or '?'} {roi.laterality or ''}"
+                               + (" · synthetic" if roi.is_synthetic and mixed else ""))
+                    if not roi.included:  # words that wrap (a badge would cut them off), the code in the tooltip
+                        st.caption(f":red[excluded: {words.word(roi.exclusion_reason)}]",
+                                   help=words.meaning(roi.exclusion_reason))
+                    for flag in roi.qc_flags:
+                        st.caption(words.word(flag), help=words.meaning(flag))
+
+    with detail_side, st.container(key="review_detail"):
+        _detail(filters, page_key, page_size)
+    state["_review_fragment_s"] = time.perf_counter() - start
+    _prefetch(filters, listing, THUMBNAILS[state.get("review_thumbs") or "medium"])
+
+
+def _prefetch(filters: RoiFilters, listing, size: int) -> None:
+    """Thumbnails of the next and previous grid pages, made in the background while the reviewer looks at this one."""
+    thread = state.get("_review_prefetch")
+    if thread is not None and thread.is_alive():
+        return
+    thread = threading.Thread(target=warm_thumbnails, args=(ws, filters), daemon=True, kwargs={
+        "pages": (listing.page + 1, listing.page - 1), "page_size": listing.page_size,
+        "size": 128 if size <= 110 else 192})
+    thread.start()
+    state["_review_prefetch"] = thread
+
+
+def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
+    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+        st.button("◀ k", key="review_prev", on_click=_step, args=(filters, page_key, page_size, -1),
+                  help="Previous ROI (key k)")
+        st.button("j ▶", key="review_next", on_click=_step, args=(filters, page_key, page_size, 1),
+                  help="Next ROI (key j)")
+        st.number_input("Open ROI number", min_value=1, step=1, value=None, key="review_goto", width=150,
+                        on_change=lambda: _open(state["review_goto"]))
     roi = get_roi(ws, state["review_open"]) if state["review_open"] is not None else None
     if state["review_open"] is not None and roi is None:
         st.warning(f"There is no ROI #{state['review_open']}.")
     if roi is None:
-        st.info("Open an ROI from the grid to see its outline, its lesion, its history, and to flag it.")
-    else:
-        st.subheader(f"ROI #{roi.id}")
-        overlay, outline = roi_outline_image(ws, roi, size=384)
-        st.image(overlay, width="stretch", caption=(outline.description if outline is not None
-                                             else "No outline: the Method-B segmentation is not computed yet."))
-        if roi.is_synthetic:
-            st.markdown(f"{SYNTHETIC} a cadx lesion phantom, not a patient image.")
-        st.markdown(
-            f"Lesion **{roi.lesion_key}** ({roi.label}) of patient `{roi.patient_key}` · view {roi.view or '?'} "
-            f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}  \n"
-            f"QC flags: {', '.join(roi.qc_flags) or 'none'}  \n"
-            + ("Status: :green-badge[included]" if roi.included
-               else f"Status: :red-badge[excluded] ({REASONS.get(roi.exclusion_reason, roi.exclusion_reason)})"))
-        with st.container(border=True):
-            if roi.included:
-                st.selectbox("Artifact", list(REASONS), format_func=REASONS.get, key="review_reason")
-            st.text_input("Note", key="review_note", placeholder="optional, except for 'other'")
-            if roi.included:
-                st.button("Flag as artifact", on_click=_flag_open, type="primary", key="review_flag")
-            else:
-                st.button("Unflag (include again)", on_click=_unflag_open, key="review_unflag")
+        st.info("Pick an ROI with ▸ in the grid (or key j) to see its outline, its lesion and its history, and to "
+                "flag it.")
+        return
+    st.subheader(f"ROI #{roi.id}")
+    windows = display_windows(roi_image_header(ws, roi))
+    window_name = st.selectbox("Window / level", list(windows), key="review_window",
+                               help="Display only: the stored ROI and the experiments are not changed.")
+    window = windows.get(window_name)
+    if window_name not in windows:
+        window = None
+    if st.toggle("Manual window", key="review_manual_window"):
+        low, high = st.slider("Window (% of the grey range)", 0, 100, (0, 100), key="review_manual_range")
+        window = (low / 100, max(high, low + 1) / 100)
+    overlay, outline = roi_outline_image(ws, roi, size=384, window=window)
+    st.image(overlay, width="stretch", caption=(outline.description if outline is not None
+                                                else "No outline: the Method-B segmentation is not computed yet."))
+    status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
+    st.markdown(
+        f"Lesion **{roi.lesion_key}** ({roi.label}) of patient `{roi.patient_key}` · view {roi.view or '?'} "
+        f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}"
+        + (f"  \n{SYNTHETIC} a cadx lesion phantom, not a patient image." if roi.is_synthetic else ""))
+    with st.container(horizontal=True, gap="xsmall"):
+        st.badge(status, color="green" if roi.included else "red",
+                 help=None if roi.included else words.meaning(roi.exclusion_reason))
+        for flag in roi.qc_flags:
+            st.badge(words.word(flag), color="gray", help=words.meaning(flag))
+    with st.container(border=True):
+        st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
+                     disabled=not MAY_REVIEW, help=WHY_NOT)
+        st.text_input("Note", key="review_note", placeholder="optional, except for 'other'",
+                      disabled=not MAY_REVIEW)
+        with st.container(horizontal=True, gap="small"):
+            st.button("Flag (f)", on_click=_flag_open, type="primary", key="review_flag",
+                      disabled=not (MAY_REVIEW and roi.included), help=WHY_NOT or "Flag with the artifact above")
+            st.button("Unflag (u)", on_click=_unflag_open, key="review_unflag",
+                      disabled=not (MAY_REVIEW and not roi.included), help=WHY_NOT or "Include it again")
+            st.button("Deselect (x)" if roi.id in state["review_selected"] else "Select (x)", key="review_toggle",
+                      on_click=_toggle_open)
+            st.button("Open large (o)", key="review_enlarge", on_click=_open, args=(roi.id,))
+    if state.get("review_enlarge"):
+        _large(roi.id, window)
 
+    history = roi_history(ws, roi.id)
+    if history:
         st.markdown("**Review history**")
-        history = roi_history(ws, roi.id)
-        if history:
-            st.dataframe(
-                pd.DataFrame([{"when (UTC)": h.at.strftime("%Y-%m-%d %H:%M:%S"), "who": h.user, "decision": h.action,
-                               "reason": h.reason or "", "note": h.note or ""} for h in history]),
-                hide_index=True, width="stretch")
-        else:
-            st.caption("No review decision yet: included since import.")
+        st.dataframe(
+            pd.DataFrame([{"when (UTC)": h.at.strftime("%Y-%m-%d %H:%M"), "who": h.user,
+                           "decision": {"exclude": "flagged", "include": "included"}.get(h.action, h.action),
+                           "reason": words.word(h.reason), "note": h.note or ""} for h in history]),
+            hide_index=True, width="stretch", column_config={
+                "note": st.column_config.TextColumn(width="medium"),
+                "reason": st.column_config.TextColumn(help="Exclusion reason in words (stored codes: "
+                                                           + ", ".join(words.EXCLUSION_REASONS) + ")")})
+    else:
+        st.caption("No review decision yet: included since import.")
 
-        lesion = lesion_view(ws, roi.lesion_id)
-        st.markdown(f"**Lesion {lesion.key}**: {lesion.label}, {lesion_type_title(lesion.lesion_type)}"
-                    + (f", {lesion.size_mm:.1f} mm" if lesion.size_mm else "")
-                    + f" · {len(lesion.rois)} ROI(s) · label from {lesion.pathology_source}")
-        views_grid = st.grid(columns=3, gap="xsmall")
-        for view_roi in lesion.rois:
-            image, view_outline = roi_outline_image(ws, view_roi, size=192)
-            status_text = "included" if view_roi.included else f"excluded ({view_roi.exclusion_reason})"
-            kind = {"segmentation": "segmentation", "truth": "phantom truth"}.get(getattr(view_outline, "kind", None),
-                                                                              "no outline")
-            views_grid.image(image, width="stretch",
-                             caption=f"#{view_roi.id} {view_roi.view or '?'} {view_roi.laterality or ''}: "
-                                     f"{status_text}; outline: {kind}")
+    lesion = lesion_view(ws, roi.lesion_id)
+    others = [r for r in lesion.rois if r.id != roi.id]  # the current ROI is shown above: never twice
+    st.markdown(f"**Lesion {lesion.key}**: {lesion.label}, {lesion_type_title(lesion.lesion_type)}"
+                + (f", {lesion.size_mm:.1f} mm" if lesion.size_mm else "")
+                + f" · {len(lesion.rois)} view(s) · label from {lesion.pathology_source}")
+    if not others:
+        st.caption("This lesion has no other view.")
+    else:
+        for view_roi, cell in zip(others, st.columns(max(2, len(others)), gap="small")):
+            image, _ = roi_outline_image(ws, view_roi, size=160, window=window)
+            state_text = "included" if view_roi.included else f"excluded ({words.word(view_roi.exclusion_reason)})"
+            with cell:
+                st.image(image, width="stretch",
+                         caption=f"#{view_roi.id} {view_roi.view or '?'} {view_roi.laterality or ''}: {state_text}")
+                st.button("Show", key=f"review_view_{view_roi.id}", on_click=_open, args=(view_roi.id,),
+                          type="tertiary")
+
+
+@st.dialog("ROI", width="large")
+def _large(roi_id: int, window) -> None:
+    roi = get_roi(ws, roi_id)
+    st.markdown(f"**ROI #{roi.id}** · lesion {roi.lesion_key} ({roi.label}) · {roi.view or '?'} "
+                f"{roi.laterality or ''} · 51.2 mm at 0.1 mm per pixel")
+    overlay, outline = roi_outline_image(ws, roi, size=512, window=window)
+    st.image(overlay, width="stretch", caption=outline.description if outline is not None else "No outline.")
+
+
+_workbench(filters)

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cadx import words
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from pages._shared import figure_downloads, pick_experiment, workspace
 
@@ -26,7 +27,7 @@ def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created
 st.title("ROC curves")
 st.caption("The paper's Fig. 4 and Table 1: SVM1 on CNN features (Method A), SVM2 on analytic features "
            "(Method B) and their soft-voting ensemble p3 = (p1 + p2) / 2, from out-of-fold probabilities of "
-           "cross-validation by lesion.")
+           "cross-validation by lesion. " + words.PAPER_AUC)
 
 experiment = pick_experiment("roc_experiment", purpose="ROC curves")
 experiment_id = experiment["id"]
@@ -55,11 +56,11 @@ for key, m in results["methods"].items():
     binormal = m.get("binormal", {})
     if show_binormal and "fpr" in binormal:
         fig.add_trace(go.Scatter(x=binormal["fpr"], y=binormal["tpr"], mode="lines",
-                                 name=f"{name}: binormal AUC {binormal['auc']:.3f}",
+                                 name=f"{name}: binormal-fit AUC {binormal['auc']:.3f}",
                                  line={"color": COLOURS.get(key), "width": 3}))
     if show_empirical:
         fig.add_trace(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines",
-                                 name=f"{name}: empirical AUC {m['pooled_auc']:.3f}",
+                                 name=f"{name}: pooled empirical AUC {m['pooled_auc']:.3f}",
                                  line={"color": COLOURS.get(key), "dash": "dot", "shape": "hv", "width": 1.5}))
     if show_binormal and "error" in binormal:
         st.caption(f"{name}: no binormal fit ({binormal['error']}).")
@@ -94,10 +95,17 @@ shown = table.assign(**{"95 % CI": [f"{lo:.3f}–{hi:.3f}" if lo is not None els
                                     zip(table["CI95 low"], table["CI95 high"])]})
 shown = shown[["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC", "binormal AUC",
                "time (s)", "detail"]]
-st.dataframe(shown, hide_index=True, column_config={
-    **{c: st.column_config.NumberColumn(format=THREE)
-       for c in ("AUC", "AUC.SD", "SE", "pooled AUC", "lesion AUC", "binormal AUC")},
+st.dataframe(shown, hide_index=True, column_config={  # short headers; the full name of each AUC in its tooltip
+    "classifier": st.column_config.TextColumn(pinned=True),
+    "AUC": st.column_config.NumberColumn("AUC (paper)", format=THREE, help=words.AUC_NAMES["fold_mean"][1]),
+    "AUC.SD": st.column_config.NumberColumn(format=THREE, help="SD of the fold AUCs"),
+    "SE": st.column_config.NumberColumn(format=THREE, help="SE of the fold mean: SD / √folds"),
+    "pooled AUC": st.column_config.NumberColumn(format=THREE, help=words.AUC_NAMES["pooled"][1]),
+    "lesion AUC": st.column_config.NumberColumn(format=THREE, help=words.AUC_NAMES["lesion"][1]),
+    "binormal AUC": st.column_config.NumberColumn("binormal-fit AUC", format=THREE,
+                                                  help=words.AUC_NAMES["binormal"][1]),
     "time (s)": st.column_config.NumberColumn(format="%.2f"),
+    "detail": st.column_config.TextColumn(width="large"),
 })
 
 with st.expander("AUC of each fold"):
@@ -123,12 +131,17 @@ else:
     st.caption("DeLong: paired test of the pooled AUCs. Paired t: on the fold AUCs (k − 1 df). Nadeau–Bengio: "
                "the paired t with the variance corrected for overlapping training sets. Bonferroni: p × 3 "
                "(three comparisons), capped at 1.")
-    st.dataframe(tests, hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format=FOUR) for c in tests.columns if c != "comparison"})
+    short = {"AUC difference": "ΔAUC", "DeLong CI95 low": "CI low", "DeLong CI95 high": "CI high",
+             "DeLong p (Bonferroni)": "DeLong p×3", "paired t p (Bonferroni)": "paired t p×3",
+             "Nadeau-Bengio p": "N–B p", "Nadeau-Bengio p (Bonferroni)": "N–B p×3"}
+    st.dataframe(tests, hide_index=True, width="stretch", column_config={
+        "comparison": st.column_config.TextColumn(pinned=True),
+        **{c: st.column_config.NumberColumn(short.get(c, c), format=FOUR, help=c, width="small")
+           for c in tests.columns if c != "comparison"}})
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("Table 1 (CSV)", table.to_csv(index=False).encode(), file_name=f"{stem}-table1.csv",
+d1.download_button("Table 1 (CSV)", table.rename(columns=words.AUC_COLUMNS).to_csv(index=False).encode(), file_name=f"{stem}-table1.csv",
                    mime="text/csv", on_click="ignore", key="roc_table_csv")
 d2.download_button("Significance tests (CSV)", tests.to_csv(index=False).encode(), file_name=f"{stem}-tests.csv",
                    mime="text/csv", on_click="ignore", key="roc_tests_csv", disabled=tests.empty)

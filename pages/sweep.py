@@ -6,6 +6,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from cadx import words
+
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
 from cadx.workflows.accounts import can
@@ -54,7 +56,7 @@ def _figure_config(stem: str, key: str) -> dict:
 st.title("Layer sweep")
 st.caption("The paper's Fig. 3: for every tap (layer) of the CNN, an SVM on that tap's features, evaluated by "
            "cross-validation by lesion. Points are the mean of the fold AUCs, error bars their standard error "
-           "(SD / √folds).")
+           "(SD / √folds): the paper's AUC, the one to quote.")
 
 # ------------------------------------------------------------------------------------------- start a sweep ---
 status = _backbone_status()
@@ -220,8 +222,9 @@ shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_featu
 shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "AUC.SD", "SE",
                "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
-    "AUC": st.column_config.NumberColumn(format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })
-st.download_button("Table (CSV)", table.to_csv(index=False).encode(), file_name="cadx-layer-sweep.csv",
+st.download_button("Table (CSV)", table.rename(columns={"auc_mean": words.AUC_COLUMNS["AUC"]}).to_csv(index=False)
+                   .encode(), file_name="cadx-layer-sweep.csv",
                    mime="text/csv", on_click="ignore", key="sweep_csv")

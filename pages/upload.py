@@ -6,6 +6,7 @@ from functools import partial
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
+from cadx import words
 from cadx.errors import CadxInputError
 from cadx.workflows import (
     display_image,
@@ -19,10 +20,11 @@ from cadx.workflows import (
     unpack_upload,
     upload_patients,
 )
-from cadx.workflows.browse import MAX_IMAGE_BYTES
+from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, zoom_region
 from pages._shared import allowed, current_user, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
+ZOOMS = {"fit": None, "½×": 0.5, "1:1": 1.0, "2×": 2.0, "4×": 4.0, "8×": 8.0}  # screen pixels per image pixel
 FROM_FILE = "From the DICOM file (pseudonym)"
 NEW_PATIENT = "New patient…"
 NEW_LESION = "New lesion…"
@@ -41,17 +43,30 @@ def _read(data_dir: str, sha256: str, _upload):
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _display(data_dir: str, sha256: str, centre_rc, pixel_size_mm, _image):
+def _display(data_dir: str, sha256: str, centre_rc, pixel_size_mm, region, window, _image):
     spacing = None if pixel_size_mm is None else (pixel_size_mm, pixel_size_mm)
-    return display_image(_image, centre_rc=centre_rc, pixel_spacing_mm=spacing)
+    return display_image(_image, centre_rc=centre_rc, pixel_spacing_mm=spacing, region=region, window=window)
 
 
-def _on_click(click_key: str, row_key: str, col_key: str, shape: tuple[int, int]) -> None:
-    """A click on the shown image sets the centre (in image pixels) before the page is drawn again."""
+def _on_click(click_key: str, row_key: str, col_key: str, view_key: str, shape: tuple[int, int], region) -> None:
+    """A click on the shown image (or on its zoomed region) sets the centre in image pixels before the page is drawn
+    again; on the whole image it also moves the zoom view there."""
     click = st.session_state.get(click_key)
     if click:
-        st.session_state[row_key], st.session_state[col_key] = display_to_image_rc(
-            click["x"], click["y"], display_size=(click["width"], click["height"]), image_shape=shape)
+        row, col = display_to_image_rc(click["x"], click["y"], display_size=(click["width"], click["height"]),
+                                       image_shape=shape, region=region)
+        st.session_state[row_key], st.session_state[col_key] = row, col
+        if region is None:
+            st.session_state[view_key] = (row, col)
+
+
+def _pan(view_key: str, d_row: float, d_col: float) -> None:
+    row, col = st.session_state[view_key]
+    st.session_state[view_key] = (row + d_row, col + d_col)
+
+
+def _centre_view(view_key: str, centre) -> None:
+    st.session_state[view_key] = centre
 
 
 def _show_report() -> None:
@@ -61,7 +76,7 @@ def _show_report() -> None:
     name, report = saved
     for item in report.items:
         if item.status == "imported" and report.committed:
-            flags = f" (QC flags: {item.reason})" if item.reason else ""
+            flags = f" (QC flags: {', '.join(words.word(f.strip()) for f in item.reason.split(','))})" if item.reason else ""
             st.success(f"Saved **{name}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
         elif item.status == "skipped":
             st.info(f"**{name}** was not saved: {item.reason}.")
@@ -142,13 +157,38 @@ if st.session_state[row_key] is not None and st.session_state[col_key] is not No
 
 with left:
     st.subheader("Click the lesion centre")
-    shown = _display(str(ws.data_dir), upload.sha256, centre, pixel_size, image)
-    width, height = shown.size
-    st.caption(f"Shown at {width} × {height} (downsampled from {cols} × {rows}); the red cross is the centre and "
-               "the yellow box the 51.2 mm field the ROI will cover.")
-    streamlit_image_coordinates(shown.pixels, key=click_key, image_format="JPEG", jpeg_quality=90,
-                                cursor="crosshair",
-                                on_click=partial(_on_click, click_key, row_key, col_key, (rows, cols)))
+    view_key = f"upload_viewc_{sha}"
+    st.session_state.setdefault(view_key, centre or ((rows - 1) / 2, (cols - 1) / 2))
+    windows = display_windows(image.header)
+    zoom = st.segmented_control("Zoom", list(ZOOMS), default="fit", key=f"upload_zoom_{sha}",
+                                help="Screen pixels per image pixel. Zoom in to mark the centre at full resolution: "
+                                     "a click on the zoomed view lands on the image pixel under it.") or "fit"
+    z2, z3 = st.columns([3, 1], vertical_alignment="bottom")
+    window_name = z2.selectbox("Window / level", list(windows), key=f"upload_window_{sha}",
+                               help="Display only: the stored ROI keeps the file's own presentation values.")
+    window = windows.get(window_name)
+    if z3.toggle("Manual", key=f"upload_manual_{sha}", help="Set the window yourself"):
+        low, high = st.slider("Window (% of the grey range)", 0, 100, (0, 100), key=f"upload_manual_range_{sha}")
+        window = (low / 100, max(high, low + 1) / 100)
+    scale = ZOOMS[zoom]
+    region = None
+    if scale is not None:
+        region = zoom_region((rows, cols), centre_rc=st.session_state[view_key], scale=scale)
+        r0, c0, rh, rw = region
+        with st.container(horizontal=True, gap="small"):
+            st.button("◀", key="upload_pan_left", on_click=_pan, args=(view_key, 0, -rw / 2), help="Pan left")
+            st.button("▲", key="upload_pan_up", on_click=_pan, args=(view_key, -rh / 2, 0), help="Pan up")
+            st.button("▼", key="upload_pan_down", on_click=_pan, args=(view_key, rh / 2, 0), help="Pan down")
+            st.button("▶", key="upload_pan_right", on_click=_pan, args=(view_key, 0, rw / 2), help="Pan right")
+            st.button("Centre the view on the mark", key="upload_pan_mark", on_click=_centre_view,
+                      args=(view_key, centre), disabled=centre is None)
+    shown = _display(str(ws.data_dir), upload.sha256, centre, pixel_size, region, window, image)
+    st.caption(f"{shown.describe()}. The red cross is the centre and the yellow box the 51.2 mm field the ROI "
+               "will cover.")
+    streamlit_image_coordinates(shown.pixels, key=click_key, image_format="JPEG" if scale is None else "PNG",
+                                jpeg_quality=90, cursor="crosshair",
+                                on_click=partial(_on_click, click_key, row_key, col_key, view_key, (rows, cols),
+                                                 region))
 
 with right:
     st.subheader("Patient and lesion")
@@ -203,8 +243,8 @@ with right:
             st.error(str(exc))
             missing.append("fix the centre")
         else:
-            flags = ", ".join(crop.flags) or "none"
-            st.image(roi_display(crop.pixels), width=256,
+            flags = ", ".join(words.word(f) for f in crop.flags) or "none"
+            st.image(roi_display(crop.pixels, window=window), width=256,
                      caption=f"51.2 mm at 0.1 mm, centred at row {centre[0]:.1f}, column {centre[1]:.1f}. "
                              f"QC flags: {flags}. Padded: {crop.padded_fraction:.0%}.")
     if missing:

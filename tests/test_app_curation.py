@@ -93,14 +93,14 @@ def test_flag_and_unflag_through_the_ui_reach_the_database_and_counts(demo_data_
     assert not at.exception
     metrics = _metrics(at)
     assert metrics["Excluded"] == "1"
-    assert any("flagged as location marker by Dr Ada" in s.value for s in at.success)
+    assert any("flagged: location marker (by Dr Ada)" in s.value for s in at.success)
     with _db(demo_data_dir).sessions() as session:
         roi = session.get(Roi, 1)
         assert not roi.included and roi.exclusion_reason == "location_marker"
         (event,) = session.scalars(select(ReviewEvent).where(ReviewEvent.roi_id == 1)).all()
         assert (event.user, event.action, event.note) == ("Dr Ada", "exclude", "marker at the edge")
     history = at.dataframe[0].value
-    assert list(history["who"]) == ["Dr Ada"] and list(history["reason"]) == ["location_marker"]
+    assert list(history["who"]) == ["Dr Ada"] and list(history["reason"]) == ["location marker"]  # words
 
     _as(at, "Dr Ada").button(key="review_unflag").click().run()
     assert _metrics(at)["Excluded"] == "0"

@@ -69,6 +69,13 @@ __all__ = [
     "display_to_image_rc",
     "preview_roi",
     "roi_display",
+    "display_windows",
+    "roi_image_header",
+    "zoom_region",
+    "matching_roi_ids",
+    "neighbour_roi",
+    "roi_page_number",
+    "warm_thumbnails",
     "upload_patients",
     "patient_lesions",
     "MAX_IMAGE_BYTES",
@@ -214,6 +221,37 @@ def browse_rois(workspace: Workspace, filters: RoiFilters | None = None, *, page
     return RoiPage(rows=[_to_row(r) for r in rows], total=total, page=page, page_size=page_size)
 
 
+def matching_roi_ids(workspace: Workspace, filters: RoiFilters | None = None, *, from_id: int,
+                     to_id: int) -> list[int]:
+    """Ids of the ROIs matching ``filters`` from ROI ``from_id`` to ROI ``to_id`` (both included, either order),
+    ascending: a range selection in the review grid's order."""
+    lo, hi = sorted((int(from_id), int(to_id)))
+    with workspace.sessions() as session:
+        return list(session.scalars(_joined(select(Roi.id).select_from(Roi))
+                                    .where(*_conditions(filters or RoiFilters()), Roi.id >= lo, Roi.id <= hi)
+                                    .order_by(Roi.id)))
+
+
+def neighbour_roi(workspace: Workspace, filters: RoiFilters | None, roi_id: int, *, step: int) -> int | None:
+    """The ROI after (``step=1``) or before (``step=-1``) ``roi_id`` in the grid's order (by id) among those
+    matching ``filters``; None at either end."""
+    if step not in (1, -1):
+        raise CadxInputError("step", f"{step!r} is neither 1 nor -1", "use 1 (next) or -1 (previous)")
+    order = Roi.id if step == 1 else Roi.id.desc()
+    beyond = Roi.id > roi_id if step == 1 else Roi.id < roi_id
+    with workspace.sessions() as session:
+        return session.scalar(_joined(select(Roi.id).select_from(Roi))
+                              .where(*_conditions(filters or RoiFilters()), beyond).order_by(order).limit(1))
+
+
+def roi_page_number(workspace: Workspace, filters: RoiFilters | None, roi_id: int, *, page_size: int) -> int:
+    """The grid page (1-based) on which ROI ``roi_id`` is shown with ``filters`` and ``page_size``."""
+    with workspace.sessions() as session:
+        before = session.scalar(_joined(select(func.count(Roi.id)).select_from(Roi))
+                                .where(*_conditions(filters or RoiFilters()), Roi.id < roi_id)) or 0
+    return before // max(1, int(page_size)) + 1
+
+
 def get_roi(workspace: Workspace, roi_id: int) -> RoiRow | None:
     """The ROI ``roi_id``, or None when there is no such ROI."""
     with workspace.sessions() as session:
@@ -318,13 +356,83 @@ def roi_history(workspace: Workspace, roi_id: int) -> list[HistoryEntry]:
 
 
 # ========================================================================================== review: images ===
-def roi_display(pixels: np.ndarray) -> np.ndarray:
-    """uint8 display version of ROI pixels: contrast stretched between the 0.5th and 99.5th percentiles."""
+def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None,
+                value_range: tuple[float, float] = (0.0, 65535.0)) -> np.ndarray:
+    """uint8 display version of image or ROI pixels.
+
+    ``window=None`` stretches the contrast between the 0.5th and 99.5th percentiles (minimum and maximum when
+    those are equal); ``window=(low, high)``
+    maps those fractions of ``value_range`` (the presentation range: 0..65535 for a stored ROI, the image's own
+    range for an upload) to black and white, as :func:`display_windows` gives them.
+    """
     pixels = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(pixels, (0.5, 99.5))
+    if window is None:
+        lo, hi = np.percentile(pixels, (0.5, 99.5))
+        if hi <= lo:  # mostly flat (a small bright lesion on a uniform field): stretch min to max instead
+            lo, hi = float(pixels.min()), float(pixels.max())
+    else:
+        span = float(value_range[1]) - float(value_range[0])
+        lo, hi = (float(value_range[0]) + float(f) * span for f in window)
     if hi <= lo:
         hi = lo + 1.0
     return np.rint(np.clip((pixels - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+AUTO_WINDOW = "auto contrast (0.5–99.5 %)"
+FULL_WINDOW = "full range"
+
+
+def _numbers(value) -> list[float]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = value
+    else:
+        items = str(value).replace("\\", ",").strip("[]").split(",")
+    out = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            continue
+    return [v for v in out if np.isfinite(v)]
+
+
+def display_windows(header: dict | None) -> dict[str, tuple[float, float] | None]:
+    """Display windows (window/level presets) for an image, as (low, high) fractions of its presentation range.
+
+    Always "auto contrast" (None: percentile stretch) and "full range" (0, 1). A DICOM's pixels are read through
+    its first WindowCenter/WindowWidth already (:mod:`cadx.io`), which spans the presentation range; each further
+    window in the file becomes a preset, mapped through that first window's linear function (DICOM PS3.3
+    C.11.2.1.2: ``(x - (c - 0.5)) / (w - 1) + 0.5``), inverted for MONOCHROME1.
+    """
+    windows: dict[str, tuple[float, float] | None] = {AUTO_WINDOW: None, FULL_WINDOW: (0.0, 1.0)}
+    header = header or {}
+    centres, widths = _numbers(header.get("WindowCenter")), _numbers(header.get("WindowWidth"))
+    pairs = [(c, w) for c, w in zip(centres, widths) if w >= 1]
+    if not pairs:
+        return windows
+    c1, w1 = pairs[0]
+    invert = str(header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+    def fraction(x: float) -> float:
+        f = (x - (c1 - 0.5)) / max(w1 - 1, 1e-9) + 0.5
+        return 1.0 - f if invert else f
+
+    windows[f"DICOM window 1 (centre {c1:g}, width {w1:g})"] = (0.0, 1.0)
+    for k, (c, w) in enumerate(pairs[1:], start=2):
+        lo, hi = sorted((fraction(c - w / 2), fraction(c + w / 2)))
+        lo, hi = max(0.0, lo), min(1.0, hi)
+        if hi > lo:
+            windows[f"DICOM window {k} (centre {c:g}, width {w:g})"] = (lo, hi)
+    return windows
+
+
+def roi_image_header(workspace: Workspace, roi: RoiRow) -> dict:
+    """The de-identified header of the image an ROI was cut from (window presets, photometric)."""
+    with workspace.sessions() as session:
+        header = session.scalar(select(Image.header).join(Roi, Roi.image_id == Image.id).where(Roi.id == roi.id))
+    return dict(header or {})
 
 
 def _load_roi(workspace: Workspace, roi: RoiRow) -> np.ndarray:
@@ -345,12 +453,33 @@ def roi_thumbnail(workspace: Workspace, roi: RoiRow, *, size: int = 128) -> Path
     return path
 
 
+def warm_thumbnails(workspace: Workspace, filters: RoiFilters | None, *, pages: Iterable[int], page_size: int,
+                    size: int = 128) -> int:
+    """Make the thumbnails of grid ``pages`` ahead of time (the review page runs this in a background thread for
+    the pages beside the one shown, so that turning the page finds them made); returns how many were made."""
+    made = 0
+    for page in pages:
+        if page < 1:
+            continue
+        listing = browse_rois(workspace, filters, page=page, page_size=page_size)
+        if listing.page != page:  # beyond the last page
+            continue
+        for roi in listing.rows:
+            path = workspace.path(f"thumbs/{size}/{roi.sha256[:2]}/{roi.sha256}.png")
+            if not path.exists():
+                roi_thumbnail(workspace, roi, size=size)
+                made += 1
+    return made
+
+
 _OUTLINE_COLOURS = {"segmentation": (255, 220, 0), "truth": (0, 220, 255)}
 
 
-def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512) -> tuple[np.ndarray, Outline | None]:
-    """The ROI as RGB uint8 (``size`` px) with its outline drawn (yellow: segmentation, cyan: phantom truth)."""
-    grey = roi_display(_load_roi(workspace, roi))
+def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512,
+                      window: tuple[float, float] | None = None) -> tuple[np.ndarray, Outline | None]:
+    """The ROI as RGB uint8 (``size`` px) with its outline drawn (yellow: segmentation, cyan: phantom truth), shown
+    through ``window`` (see :func:`roi_display`)."""
+    grey = roi_display(_load_roi(workspace, roi), window=window)
     outline = roi_outline(workspace, roi)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if outline is not None:
@@ -486,15 +615,48 @@ def read_upload(workspace: Workspace, image: UploadedImage,
 
 @dataclass(frozen=True)
 class DisplayImage:
-    """A downsampled RGB version of an image for the browser; ``pixels`` is (h, w, 3) uint8."""
+    """An RGB version of (a region of) an image for the browser; ``pixels`` is (h, w, 3) uint8.
+
+    ``region`` is the part of the source image shown, ``(first row, first column, rows, columns)`` in source
+    pixels: the whole image unless zoomed.
+    """
 
     pixels: np.ndarray
     image_shape: tuple[int, int]  # (rows, columns) of the source image
+    region: tuple[int, int, int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) in display pixels."""
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    @property
+    def shown(self) -> tuple[int, int, int, int]:
+        """The region shown (the whole image when ``region`` is None)."""
+        return self.region or (0, 0, *self.image_shape)
+
+    @property
+    def scale(self) -> float:
+        """Display pixels per source pixel (below 1: downsampled; above 1: magnified)."""
+        return self.size[0] / self.shown[3]
+
+    def describe(self) -> str:
+        """One line saying what is shown, for a caption."""
+        r0, c0, h, w = self.shown
+        rows, cols = self.image_shape
+        width, height = self.size
+        if (h, w) == (rows, cols):
+            what = f"the whole image ({cols} × {rows} pixels)"
+        else:
+            what = f"rows {r0}–{r0 + h - 1} and columns {c0}–{c0 + w - 1} of {cols} × {rows}"
+        scale = self.scale
+        if abs(scale - 1) < 1e-9:
+            how = "at full resolution (one screen pixel per image pixel)"
+        elif scale < 1:
+            how = f"downsampled to {width} × {height} ({1 / scale:.3g} image pixels per screen pixel)"
+        else:
+            how = f"magnified {scale:.3g}× ({scale:.3g} screen pixels per image pixel)"
+        return f"Showing {what}, {how}"
 
 
 def _display_shape(shape: tuple[int, int], max_width: int, max_height: int) -> tuple[int, int]:
@@ -503,30 +665,62 @@ def _display_shape(shape: tuple[int, int], max_width: int, max_height: int) -> t
     return max(1, round(rows * scale)), max(1, round(cols * scale))
 
 
+def zoom_region(image_shape: tuple[int, int], *, centre_rc: tuple[float, float], scale: float,
+                max_width: int = 640, max_height: int = 800) -> tuple[int, int, int, int]:
+    """The region ``(first row, first column, rows, columns)`` that fills a ``max_width`` x ``max_height`` view at
+    ``scale`` screen pixels per image pixel, centred on ``centre_rc`` as far as the image edges allow."""
+    rows, cols = image_shape
+    if not scale > 0:
+        raise CadxInputError("zoom", f"{scale!r} is not a positive scale", "choose a zoom level")
+    h = max(1, min(rows, int(max_height // scale)))
+    w = max(1, min(cols, int(max_width // scale)))
+    r0 = int(np.clip(round(centre_rc[0] - h / 2), 0, rows - h))
+    c0 = int(np.clip(round(centre_rc[1] - w / 2), 0, cols - w))
+    return r0, c0, h, w
+
+
 def display_image(image: cadx_io.Mammogram, *, max_width: int = 640, max_height: int = 800,
                   centre_rc: tuple[float, float] | None = None,
-                  pixel_spacing_mm: tuple[float, float] | None = None) -> DisplayImage:
-    """The image downsampled (area average) to fit ``max_width`` x ``max_height``, contrast stretched.
+                  pixel_spacing_mm: tuple[float, float] | None = None,
+                  region: tuple[int, int, int, int] | None = None,
+                  window: tuple[float, float] | None = None) -> DisplayImage:
+    """The image (or its ``region``) fitted to ``max_width`` x ``max_height``, shown through ``window``.
 
-    With ``centre_rc``, a red cross marks the centre and, when the pixel size is known, a box shows the 51.2 mm
-    field that the ROI will cover.
+    A region smaller than the view is magnified by whole pixel replication when it fits a whole number of times
+    (nearest neighbour otherwise), so each image pixel stays a visible square; a larger one is area averaged.
+    ``window`` is a pair of fractions of the image's presentation range (:func:`display_windows`); None stretches
+    the contrast of the region shown. With ``centre_rc``, a red cross marks the centre and, when the pixel size is
+    known, a box shows the 51.2 mm field that the ROI will cover.
     """
     rows, cols = image.pixels.shape
-    h, w = _display_shape((rows, cols), max_width, max_height)
-    small = np.asarray(PILImage.fromarray(np.asarray(image.pixels, dtype=np.float32), mode="F")
-                       .resize((w, h), PILImage.Resampling.BOX))
-    grey = roi_display(small)
+    r0, c0, rh, rw = region or (0, 0, rows, cols)
+    if not (0 <= r0 and 0 <= c0 and rh >= 1 and rw >= 1 and r0 + rh <= rows and c0 + rw <= cols):
+        raise CadxInputError("zoom region", f"{region!r} is not inside the {cols} x {rows} image",
+                             "zoom out and choose the region again")
+    source = np.asarray(image.pixels[r0:r0 + rh, c0:c0 + rw], dtype=np.float32)
+    scale = min(max_width / rw, max_height / rh)
+    if scale >= 1:
+        scale = float(int(scale)) if scale >= 2 or region is not None else 1.0
+        h, w = max(1, round(rh * scale)), max(1, round(rw * scale))
+        resample = PILImage.Resampling.NEAREST
+    else:
+        h, w = _display_shape((rh, rw), max_width, max_height)
+        resample = PILImage.Resampling.BOX
+    small = source if (h, w) == (rh, rw) else np.asarray(
+        PILImage.fromarray(source, mode="F").resize((w, h), resample))
+    grey = roi_display(small, window=window, value_range=image.value_range)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if centre_rc is not None:
-        sy, sx = h / rows, w / cols
-        # source pixel centre c (edges at c +- 0.5) -> display coordinate (c + 0.5) * scale - 0.5
-        y = (centre_rc[0] + 0.5) * sy - 0.5
-        x = (centre_rc[1] + 0.5) * sx - 0.5
+        sy, sx = h / rh, w / rw
+        # source pixel centre c (edges at c +- 0.5) -> display coordinate (c - origin + 0.5) * scale - 0.5
+        y = (centre_rc[0] - r0 + 0.5) * sy - 0.5
+        x = (centre_rc[1] - c0 + 0.5) * sx - 0.5
         red = (255, 40, 40)
         arm = max(6, round(min(h, w) * 0.03))
         yi, xi = int(round(y)), int(round(x))
-        rgb[max(0, yi - 1):yi + 2, max(0, xi - arm):xi + arm + 1] = red
-        rgb[max(0, yi - arm):yi + arm + 1, max(0, xi - 1):xi + 2] = red
+        if -arm <= yi < h + arm and -arm <= xi < w + arm:
+            rgb[max(0, yi - 1):max(0, yi + 2), max(0, xi - arm):max(0, xi + arm + 1)] = red
+            rgb[max(0, yi - arm):max(0, yi + arm + 1), max(0, xi - 1):max(0, xi + 2)] = red
         spacing = pixel_spacing_mm or image.pixel_spacing_mm
         if spacing is not None:
             half_r = cadx_roi.ROI_FIELD_MM / 2 / spacing[0] * sy
@@ -540,23 +734,26 @@ def display_image(image: cadx_io.Mammogram, *, max_width: int = 640, max_height:
             for c in (left, right):
                 if 0 <= c < w:
                     rgb[max(0, top):max(0, min(h, bottom + 1)), c] = yellow
-    return DisplayImage(pixels=rgb, image_shape=(rows, cols))
+    return DisplayImage(pixels=rgb, image_shape=(rows, cols), region=None if region is None else (r0, c0, rh, rw))
 
 
 def display_to_image_rc(x: float, y: float, *, display_size: tuple[float, float],
-                        image_shape: tuple[int, int]) -> tuple[float, float]:
+                        image_shape: tuple[int, int],
+                        region: tuple[int, int, int, int] | None = None) -> tuple[float, float]:
     """Map a click at display pixel (``x``, ``y``) (origin top-left of the shown image) to image (row, col).
 
-    ``display_size`` is the (width, height) the image was shown at. Display pixel ``x`` spans the source interval
-    ``[x, x + 1] * columns / width`` (pixel edges), so its centre is at source column
-    ``(x + 0.5) * columns / width - 0.5`` (pixel centres at integers, as in :mod:`cadx.roi`). Clipped to the image.
+    ``display_size`` is the (width, height) the image (or its ``region``, ``(row, column, rows, columns)``, when
+    zoomed) was shown at. Display pixel ``x`` spans the source interval ``c0 - 0.5 + [x, x + 1] * columns / width``
+    (pixel edges), so its centre is at source column ``c0 + (x + 0.5) * columns / width - 0.5`` (pixel centres at
+    integers, as in :mod:`cadx.roi`). Clipped to the image.
     """
     width, height = display_size
     rows, cols = image_shape
+    r0, c0, rh, rw = region or (0, 0, rows, cols)
     if width <= 0 or height <= 0:
         raise CadxInputError("image click", "the displayed image has no size", "reload the page and click again")
-    row = (float(y) + 0.5) * rows / float(height) - 0.5
-    col = (float(x) + 0.5) * cols / float(width) - 0.5
+    row = r0 + (float(y) + 0.5) * rh / float(height) - 0.5
+    col = c0 + (float(x) + 0.5) * rw / float(width) - 0.5
     return float(np.clip(row, 0, rows - 1)), float(np.clip(col, 0, cols - 1))
 
 

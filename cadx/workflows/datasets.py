@@ -305,17 +305,27 @@ def import_upload(workspace: Workspace, data: bytes, *, filename: str, patient: 
 # ---------------------------------------------------------------------------------------------------- demo ---
 def import_demo(workspace: Workspace, *, n_lesions: int = 100, seed: int = 0, user: str = "cadx demo",
                 progress: Progress | None = None) -> ImportReport:
-    """Generate the SYNTHETIC lesion-phantom set and import it, marked synthetic in every row."""
+    """Generate the SYNTHETIC lesion-phantom set and import it, marked synthetic in every row.
+
+    ``progress(done, total, message)`` is called once per lesion (``total`` = ``n_lesions``: "lesion 12 of 100"),
+    then once with ``done == total`` before the rows are written.
+    """
     from cadx import phantoms  # only the demo needs the phantom generator
 
     def findings() -> Iterator[Finding]:
-        for lesion in phantoms.demo_dataset(n_lesions=n_lesions, seed=seed):
+        for k, lesion in enumerate(phantoms.demo_dataset(n_lesions=n_lesions, seed=seed)):
+            if progress is not None:
+                progress(k, n_lesions, f"creating synthetic lesion {k + 1} of {n_lesions}")
             for view in lesion.views:
                 yield _phantom_finding(lesion, view, seed)
 
+    def per_lesion(done: int, total: int | None, message: str) -> None:
+        if progress is not None and not message.startswith("reading"):  # the per-image calls say nothing new here
+            progress(n_lesions, n_lesions, message)
+
     report = ImportReport(kind="demo", source=f"synthetic phantoms (seed {seed}, {n_lesions} lesions)")
     return run_import(workspace, findings(), kind="demo", source=report.source, user=user, report=report,
-                      total_images=None, progress=progress)
+                      total_images=None, progress=per_lesion)
 
 
 def _phantom_finding(lesion, view, seed: int) -> Finding:

@@ -6,6 +6,7 @@ Without /usr/bin/chromium these tests skip with the reason, except under ``CI=tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -42,15 +43,13 @@ def chromium_path() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory):
-    """The app on a free loopback port over a small synthetic demo set; yields (base URL, data directory)."""
-    data = tmp_path_factory.mktemp("e2e") / "data"
-    # 20 lesions (10 benign, 10 malignant): the fewest a cohort needs for 2-fold cross-validation (5 of each class
-    # per fold), so the browser tests can start a sweep
-    import_demo(open_workspace(data), n_lesions=20, seed=2)
+@contextlib.contextmanager
+def serve_app(data: Path, **env_vars: str):
+    """The app served by Streamlit on a free loopback port over the data directory ``data`` (with extra environment
+    variables); yields its base URL and stops it afterwards."""
+    data.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = dict(os.environ, CADX_DATA_DIR=str(data))
+    env = dict(os.environ, CADX_DATA_DIR=str(data), **env_vars)
     env.pop("CADX_DATABASE_URL", None)
     log = open(data / "streamlit.log", "wb")
     process = subprocess.Popen(
@@ -60,24 +59,37 @@ def app_server(tmp_path_factory):
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError((data / "streamlit.log").read_text())
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError("the app did not start in 60 s: " + (data / "streamlit.log").read_text())
-    yield url, data
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError((data / "streamlit.log").read_text()) from None
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the app did not start in 60 s: " + (data / "streamlit.log").read_text())
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """The app on a free loopback port over a small synthetic demo set; yields (base URL, data directory)."""
+    data = tmp_path_factory.mktemp("e2e") / "data"
+    # 20 lesions (10 benign, 10 malignant): the fewest a cohort needs for 2-fold cross-validation (5 of each class
+    # per fold), so the browser tests can start a sweep
+    import_demo(open_workspace(data), n_lesions=20, seed=2)
+    with serve_app(data) as url:
+        yield url, data
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +142,21 @@ def screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def full_screenshot(page, name: str) -> Path:
+    """A screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport is first made
+    as tall as that container's content (at the viewport's width), then put back."""
+    size = dict(page.viewport_size)
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+        "[data-testid='stMain'], [data-testid='stAppViewContainer'], [data-testid='stSidebarContent']")]
+        .map(e => e.scrollHeight), document.body.scrollHeight)""")
+    page.set_viewport_size({"width": size["width"], "height": min(max(int(height) + 40, size["height"]), 8000)})
+    page.wait_for_timeout(500)
+    try:
+        return screenshot(page, name)
+    finally:
+        page.set_viewport_size(size)
 
 
 def wait_for_app(page) -> None:

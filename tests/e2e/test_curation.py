@@ -128,16 +128,16 @@ def test_flag_and_unflag_an_roi(app_server, page):
     page.get_by_text("SYNTHETIC DEMO DATA").first.wait_for()
     _open_roi(page, 3)
     _choose(page, "Artifact", "location marker")
-    page.get_by_role("button", name="Flag as artifact").click()
-    page.get_by_text("ROI #3 flagged as location marker by E2E Reviewer").wait_for()
+    page.get_by_role("button", name="Flag (f)").click()
+    page.get_by_text("ROI #3 flagged: location marker (by E2E Reviewer)").wait_for()
     wait_for_app(page)
     screenshot(page, "review-page")
     included, reason, events = _events(data, 3)
     assert (included, reason) == (False, "location_marker")
     assert events == [("E2E Reviewer", "exclude", "location_marker")]
 
-    page.get_by_role("button", name="Unflag (include again)").click()
-    page.get_by_text("ROI #3 included again by E2E Reviewer").wait_for()
+    page.get_by_role("button", name="Unflag (u)").click()
+    page.get_by_text("ROI #3 included again (by E2E Reviewer)").wait_for()
     wait_for_app(page)
     included, reason, events = _events(data, 3)
     assert (included, reason) == (True, None)
@@ -155,14 +155,14 @@ def test_two_reviewers_flag_the_same_roi_at_once(app_server, browser):
             _set_reviewer(page, name)
             _open_roi(page, 5)
             _choose(page, "Artifact", reason)
-        buttons = [page.get_by_role("button", name="Flag as artifact") for page in pages]
+        buttons = [page.get_by_role("button", name="Flag (f)") for page in pages]
         for button in buttons:
             button.wait_for()
         for button in buttons:  # both clicks go out before either page has redrawn
             button.click(no_wait_after=True)
         for page, name in zip(pages, ["Reviewer A", "Reviewer B"]):
-            page.get_by_text("ROI #5 flagged as").wait_for()
-            page.get_by_text(f"by {name}.").wait_for()
+            page.get_by_text("ROI #5 flagged:").wait_for()
+            page.get_by_text(f"(by {name}).").wait_for()
             wait_for_app(page)
         screenshot(pages[1], "review-two-reviewers")
     finally:
