@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+# The app under test (AppTest) runs as `bash scripts/app.sh` serves it: on loopback only, where no accounts means
+# no sign-in. Tests of a server reachable from the network set server.address themselves (see
+# tests/test_app_access.py). Set before Streamlit first reads its configuration.
+os.environ.setdefault("STREAMLIT_SERVER_ADDRESS", "127.0.0.1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CADX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
