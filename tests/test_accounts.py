@@ -17,8 +17,8 @@ from cadx.workflows.accounts import (
     audit_events,
     authenticate,
     can,
+    access_mode,
     export_audit_csv,
-    login_required,
     set_password,
     set_role,
 )
@@ -62,14 +62,14 @@ def test_roles_allow_what_they_should():
 
 def test_login_is_required_once_an_account_exists(workspace, monkeypatch):
     monkeypatch.delenv("CADX_AUTH", raising=False)
-    assert not login_required(workspace)
+    assert access_mode(workspace, server_address="127.0.0.1") == "open"
     add_user(workspace, "alice", PASSWORD, role="admin", by="setup")
-    assert login_required(workspace)
+    assert access_mode(workspace, server_address="127.0.0.1") == "sign_in"
     monkeypatch.setenv("CADX_AUTH", "off")
-    assert not login_required(workspace)
+    assert access_mode(workspace, server_address="127.0.0.1") == "open"
     monkeypatch.setenv("CADX_AUTH", "sometimes")
     with pytest.raises(CadxInputError, match="CADX_AUTH"):
-        login_required(workspace)
+        access_mode(workspace, server_address="127.0.0.1")
 
 
 def test_audit_trail_is_append_only_and_exports_to_csv(workspace, tmp_path):
