@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -43,7 +44,7 @@ def _signed_in_as(at: AppTest) -> str | None:
 
 
 def test_accounts_mean_everyone_signs_in(data_dir):
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     assert at.title[0].value == "cadx — sign in"
     assert not at.metric  # nothing of the data is shown before signing in
     _sign_in(at, "rex", "wrong password")
@@ -55,7 +56,7 @@ def test_accounts_mean_everyone_signs_in(data_dir):
 
 
 def test_a_viewer_cannot_upload(data_dir):
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     _sign_in(at, "vera", PASSWORD)
     at.switch_page("pages/upload.py").run()
     assert not at.exception
@@ -65,19 +66,19 @@ def test_a_viewer_cannot_upload(data_dir):
 
 def test_sessions_expire(data_dir):
     workspace = open_workspace(data_dir)
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=180)
     at.session_state["_cadx_token"] = start_session(workspace, "rex", hours=8,
                                                     now=datetime(2020, 1, 1, tzinfo=timezone.utc))
     at.run()
     assert at.title[0].value == "cadx — sign in"
     assert "expired after 8 hours" in at.info[0].value
 
-    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh = AppTest.from_file(APP, default_timeout=180)
     fresh.session_state["_cadx_token"] = start_session(workspace, "rex", hours=8)
     fresh.run()
     assert fresh.title[0].value != "cadx — sign in"
     # a forged or unknown token is nobody
-    forged = AppTest.from_file(APP, default_timeout=60)
+    forged = AppTest.from_file(APP, default_timeout=180)
     forged.session_state["_cadx_token"] = "x" * 43
     forged.run()
     assert forged.title[0].value == "cadx — sign in"
@@ -87,24 +88,24 @@ def test_a_refresh_keeps_the_sign_in_through_the_session_cookie(data_dir, monkey
     """A refresh is a new browser session whose only memory is the HttpOnly cookie (serve.py sets it)."""
     import pages._shared as shared
 
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     _sign_in(at, "rex", PASSWORD)
     token = at.session_state["_cadx_token"]
     assert len(token) >= 40
-    refreshed = AppTest.from_file(APP, default_timeout=60)
+    refreshed = AppTest.from_file(APP, default_timeout=180)
     monkeypatch.setattr(shared, "_cookie_token", lambda: token)
     refreshed.run()
     assert not refreshed.exception
     assert _signed_in_as(refreshed) == "Signed in as **rex** (reviewer)"
     # without the cookie (before this change: always), a refresh asks to sign in again
     monkeypatch.setattr(shared, "_cookie_token", lambda: None)
-    assert AppTest.from_file(APP, default_timeout=60).run().title[0].value == "cadx — sign in"
+    assert AppTest.from_file(APP, default_timeout=180).run().title[0].value == "cadx — sign in"
 
 
 @pytest.mark.parametrize("change", ["demote", "disable", "password"])
 def test_revoking_access_takes_effect_at_the_next_rerun(data_dir, change):
     workspace = open_workspace(data_dir)
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     _sign_in(at, "rex", PASSWORD)
     assert _signed_in_as(at) == "Signed in as **rex** (reviewer)"
     if change == "demote":
@@ -129,7 +130,7 @@ def test_revoking_access_takes_effect_at_the_next_rerun(data_dir, change):
 
 def test_sign_out_ends_the_server_side_session(data_dir):
     workspace = open_workspace(data_dir)
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     _sign_in(at, "rex", PASSWORD)
     token = at.session_state["_cadx_token"]
     at.sidebar.button[0].click().run()
@@ -151,11 +152,11 @@ def empty_data_dir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("address", [None, "0.0.0.0", "192.168.1.20", "::"])
 def test_an_exposed_server_without_accounts_shows_only_the_first_run_setup(empty_data_dir, address, capfd):
     with patch_config_options({"server.address": address}):
-        at = AppTest.from_file(APP, default_timeout=60).run()
+        at = AppTest.from_file(APP, default_timeout=180).run()
         assert not at.exception
         assert at.title[0].value == "cadx — first-run setup"
         assert not at.metric and not at.get("file_uploader")
-        other = AppTest.from_file(APP, default_timeout=60).run()
+        other = AppTest.from_file(APP, default_timeout=180).run()
         other.switch_page("pages/upload.py").run()  # nothing else is reachable
         assert other.title[0].value == "cadx — first-run setup" and not other.get("file_uploader")
         token = setup_token()
@@ -179,7 +180,7 @@ def test_an_exposed_server_without_accounts_shows_only_the_first_run_setup(empty
 @pytest.mark.parametrize("address", ["127.0.0.1", "localhost", "::1"])
 def test_a_loopback_server_without_accounts_needs_no_sign_in(empty_data_dir, address):
     with patch_config_options({"server.address": address}):
-        at = AppTest.from_file(APP, default_timeout=60).run()
+        at = AppTest.from_file(APP, default_timeout=180).run()
         assert not at.exception
         assert at.title[0].value not in ("cadx — sign in", "cadx — first-run setup")
         assert at.metric  # the overview's numbers
@@ -188,7 +189,7 @@ def test_a_loopback_server_without_accounts_needs_no_sign_in(empty_data_dir, add
 def test_auth_off_is_refused_on_an_exposed_server(empty_data_dir, monkeypatch):
     monkeypatch.setenv("CADX_AUTH", "off")
     with patch_config_options({"server.address": "0.0.0.0"}):
-        at = AppTest.from_file(APP, default_timeout=60).run()
+        at = AppTest.from_file(APP, default_timeout=180).run()
         assert not at.metric
         assert "anyone who can reach the port would be admin" in at.error[0].value
 
@@ -199,16 +200,16 @@ def test_admin_password_file_creates_the_first_admin(empty_data_dir, tmp_path, m
     monkeypatch.setenv("CADX_ADMIN_PASSWORD_FILE", str(secret))
     monkeypatch.setenv("CADX_ADMIN_USER", "root-admin")
     with patch_config_options({"server.address": "0.0.0.0"}):
-        at = AppTest.from_file(APP, default_timeout=60).run()
+        at = AppTest.from_file(APP, default_timeout=180).run()
         assert at.title[0].value == "cadx — sign in"
         _sign_in(at, "root-admin", PASSWORD)
         assert _signed_in_as(at) == "Signed in as **root\\-admin** (admin)"
 
 
 def test_single_sign_on_is_offered_only_when_configured(data_dir):
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     assert not [b for b in at.button if "single sign-on" in b.label]
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=180)
     at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
                           "client_id": "cadx", "client_secret": "s",
                           "server_metadata_url": "https://sso.example.org/.well-known/openid-configuration"}
@@ -216,3 +217,49 @@ def test_single_sign_on_is_offered_only_when_configured(data_dir):
     assert not at.exception
     assert [b for b in at.button if "single sign-on" in b.label]
     assert at.title[0].value == "cadx — sign in"
+
+
+EVIL_KEY = "![x](http://evil.example/pixel.png) [click](http://evil.example) <img src=x onerror=alert(1)> :red[!]"
+
+
+def test_user_text_is_shown_as_plain_text(empty_data_dir):
+    """A lesion key with markdown rendered a link and fetched an external image; now every user string is
+    escaped before it reaches markdown (lesion and patient keys, reviewer names, notes, experiment names)."""
+    from sqlalchemy import select, update
+
+    from db.models import Lesion, Roi
+
+    workspace = open_workspace(empty_data_dir)
+    with workspace.sessions.begin() as session:
+        roi = session.scalars(select(Roi).order_by(Roi.id)).first()
+        roi_id, lesion_id = roi.id, roi.lesion_id
+        session.execute(update(Lesion).where(Lesion.id == lesion_id).values(key=EVIL_KEY))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["review_open"] = roi_id
+    at.session_state["reviewer"] = "**boss** [me](http://evil.example)"
+    at.run()
+    at.switch_page("pages/review.py").run()
+    assert not at.exception
+    texts = [e.value for kind in ("markdown", "caption", "info", "success", "error", "warning")
+             for e in getattr(at, kind)]
+    shown = [t for t in texts if "evil" in t]
+    assert len(shown) >= 3, texts  # the lesion key twice (ROI and lesion panels) and the reviewer name
+    for text in shown:
+        assert "](" not in text and "<img" not in text and ":red[" not in text and "**boss**" not in text
+    assert any(r"\!\[x\]\(http\:" in t for t in shown)
+
+
+@pytest.mark.parametrize("payload", [
+    "[click](http://evil.example)", "![x](http://evil.example/p.png)", "<img src=x onerror=alert(1)>",
+    ":red[alarm]", ":material/lock:", "$x^2$", "`code`", "**bold** _it_", "a\n# Heading", "<http://evil.example>",
+    "&lt;script&gt;",
+])
+def test_plain_escapes_every_markdown_construct(payload):
+    from pages._shared import plain
+
+    escaped = plain(payload)
+    assert "\n" not in escaped
+    # every markdown-significant character is backslash-escaped; unescaping gives the text back (one line)
+    assert re.sub(r"\\(.)", r"\1", escaped) == " ".join(payload.split())
+    for special in "[]()<>`*_:$#&!":
+        assert re.search(r"(?<!\\)" + re.escape(special), escaped) is None, (special, escaped)
