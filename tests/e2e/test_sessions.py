@@ -19,12 +19,12 @@ from tests.e2e.conftest import REPO, _free_port, screenshot, wait_for_app
 PASSWORD = "a long enough secret"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def _serve(tmp_path_factory, *, with_account: bool):
     data = tmp_path_factory.mktemp("e2e-sessions") / "data"
     workspace = open_workspace(data)
     import_demo(workspace, n_lesions=4, seed=3)
-    add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
+    if with_account:
+        add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
     port = _free_port()
     env = dict(os.environ, CADX_DATA_DIR=str(data), PYTHONPATH=str(REPO))
     env.pop("CADX_DATABASE_URL", None)
@@ -55,6 +55,11 @@ def served(tmp_path_factory):
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    yield from _serve(tmp_path_factory, with_account=True)
 
 
 def _sign_in(page) -> None:
@@ -112,3 +117,13 @@ def test_signing_out_ends_the_session_for_good(served, page):
     page.reload()
     wait_for_app(page)
     page.get_by_role("heading", name="cadx — sign in").wait_for()
+
+
+def test_the_local_demo_on_loopback_needs_no_sign_in(tmp_path_factory, page):
+    """`bash scripts/app.sh` (serve.py on localhost, no account): the app opens at once, as before."""
+    for url, _ in _serve(tmp_path_factory, with_account=False):
+        page.goto(url)
+        wait_for_app(page)
+        page.get_by_role("heading", name="cadx — lesion database").wait_for()
+        page.locator("[data-testid='stSidebar']").get_by_text("Reviewer name").wait_for()
+        assert page.get_by_role("heading", name="cadx — sign in").count() == 0
