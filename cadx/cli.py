@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 from pathlib import Path
@@ -42,7 +41,8 @@ _out = Console(soft_wrap=True)
 DataDir = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")
 ]
-User = Annotated[Optional[str], typer.Option("--user", help="Who does this (recorded). Default: login name.")]
+User = Annotated[Optional[str], typer.Option("--user", help="Who does this (recorded together with the OS account "
+                                                             "that runs the command). Default: the OS account.")]
 SkipErrors = Annotated[
     bool,
     typer.Option("--skip-errors", help="Write the good items even when some fail (default: any error writes nothing)."),
@@ -61,12 +61,10 @@ def _workspace(data_dir: Path | None) -> Workspace:
 
 
 def _user(user: str | None) -> str:
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "cli"
+    """Who is recorded: ``--user`` together with the OS account that ran the command (see ``cli_actor``)."""
+    from cadx.workflows.accounts import cli_actor
+
+    return cli_actor(user)
 
 
 class _ProgressBar:
@@ -520,7 +518,9 @@ def predictions_command(
         frame = _run(lambda: roi_predictions(workspace, experiment_id, repeat=None if all_seeds else 0))
     else:
         frame = _run(lambda: lesion_predictions(workspace, experiment_id))
-    frame.to_csv(csv_path, index=False)
+    from cadx.csvsafe import write_frame_csv
+
+    write_frame_csv(frame, csv_path)
     _out.print(f"{len(frame)} rows ({level} level) written to {csv_path}")
 
 
@@ -769,6 +769,35 @@ def user_role_command(username: str, role: str, data_dir: DataDir = None, user: 
 
     _run(lambda: set_role(_workspace(data_dir), username, role, by=_user(user)))
     _out.print(f"{username} is now {role}")
+
+
+@user_app.command("disable")
+def user_disable_command(username: str, data_dir: DataDir = None, user: User = None) -> None:
+    """Disable an account: it cannot sign in, and its open sessions end at once."""
+    from cadx.workflows.accounts import set_disabled
+
+    _run(lambda: set_disabled(_workspace(data_dir), username, True, by=_user(user)))
+    _out.print(f"{username} is disabled and signed out everywhere")
+
+
+@user_app.command("enable")
+def user_enable_command(username: str, data_dir: DataDir = None, user: User = None) -> None:
+    """Enable a disabled account again."""
+    from cadx.workflows.accounts import set_disabled
+
+    _run(lambda: set_disabled(_workspace(data_dir), username, False, by=_user(user)))
+    _out.print(f"{username} is enabled")
+
+
+@user_app.command("logout-all")
+def user_logout_all_command(username: Annotated[Optional[str], typer.Argument(
+                                help="The account (default: every account).")] = None,
+                            data_dir: DataDir = None, user: User = None) -> None:
+    """End the open sign-in sessions of an account (or of everyone): they sign in again."""
+    from cadx.workflows.accounts import logout_all
+
+    n = _run(lambda: logout_all(_workspace(data_dir), username, by=_user(user)))
+    _out.print(f"{n} session(s) ended")
 
 
 @user_app.command("list")

@@ -30,7 +30,9 @@ from cadx.errors import ImageReadError
 
 __all__ = [
     "DEIDENTIFIED_TAGS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "Mammogram",
+    "max_image_pixels",
     "pseudonymise",
     "read_dicom",
     "read_image",
@@ -100,6 +102,13 @@ _SPACING_FIX = "pass the pixel size in mm, e.g. --pixel-size-mm 0.1 (pixel_spaci
 # subclasses such as pyo3's PanicException (raised by the Rust RLE decoder on corrupt data).
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: Decompression-bomb guard: the most pixels (Rows x Columns x frames x samples) an image may declare, checked from
+#: its header before anything is decoded. The largest real mammograms (DDSM film scans at 43.5 um, about
+#: 7000 x 5000) have under 40 million; ``CADX_MAX_IMAGE_PIXELS`` raises or lowers it.
+DEFAULT_MAX_IMAGE_PIXELS = 80_000_000
+_MAX_BYTES_PER_PIXEL = 2  # the budget in bytes is max_image_pixels x 2 (16-bit samples)
+_DEFLATE_HEADER_BYTES = 8 * 1024**2  # how much of a deflated dataset is inflated to find Rows/Columns
+_DEFLATE_SLACK_BYTES = 16 * 1024**2  # what a deflated dataset may hold besides its pixel data
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -430,6 +439,111 @@ def read_raster(path: _PathLike, *, pixel_spacing_mm: float | tuple[float, float
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Decompression bombs
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``CADX_MAX_IMAGE_PIXELS`` or :data:`DEFAULT_MAX_IMAGE_PIXELS`."""
+    raw = os.environ.get("CADX_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"CADX_MAX_IMAGE_PIXELS must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def _too_large(source: str, what: str, n_pixels: int, limit: int) -> ImageReadError:
+    return ImageReadError(
+        source,
+        f"the image declares {what} = {n_pixels / 1e6:.1f} million pixels, over the limit of {limit / 1e6:g} million "
+        "(checked before decoding: a decompression bomb, or far larger than any mammogram)",
+        f"if the image is genuine, raise the limit with the environment variable CADX_MAX_IMAGE_PIXELS (now {limit}; "
+        f"e.g. CADX_MAX_IMAGE_PIXELS={2 * limit}) and run again; decoding needs about 15 bytes of memory per pixel",
+    )
+
+
+def _check_pixels(source: str, rows: int, cols: int, *, frames: int = 1, samples: int = 1,
+                  bytes_per_sample: int = 1) -> None:
+    """Refuse an image whose header declares more pixels (or decoded bytes) than the limit, before decoding."""
+    limit = max_image_pixels()
+    n_pixels = max(rows, 0) * max(cols, 0) * max(frames, 1) * max(samples, 1)
+    what = f"{rows} rows x {cols} columns" + (f" x {frames} frames" if frames > 1 else "") + (
+        f" x {samples} samples" if samples > 1 else "")
+    if n_pixels > limit or n_pixels * max(bytes_per_sample, 1) > limit * _MAX_BYTES_PER_PIXEL:
+        raise _too_large(source, what, n_pixels, limit)
+
+
+def _int_attr(ds: object, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword)  # type: ignore[attr-defined]
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _check_dicom_size(data: bytes, source: str) -> None:
+    """Read only the DICOM header (inflating at most a few MiB of a Deflated dataset) and refuse images larger
+    than the limit; for Deflated files also refuse a dataset that inflates to far more than its pixels need."""
+    import zlib
+
+    import pydicom
+    from pydicom import uid as pd_uid
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, force=True)
+        file_meta = _read_file_meta_info(fp)
+        tsuid = file_meta.get("TransferSyntaxUID")
+        start = fp.tell()
+    except _FATAL:
+        raise
+    except BaseException:  # noqa: BLE001 - not parseable here: the full reader reports it properly
+        return
+    deflated = tsuid == pd_uid.DeflatedExplicitVRLittleEndian
+    try:
+        if deflated:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            head = inflater.decompress(data[start:], _DEFLATE_HEADER_BYTES)
+            ds = read_dataset(io.BytesIO(head), False, True, stop_when=_at_pixel_data)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except _FATAL:
+        raise
+    except BaseException:  # noqa: BLE001 - a header that cannot be parsed is reported by the full reader
+        if deflated:
+            raise ImageReadError(source, "the deflated DICOM dataset cannot be read", "copy or export the file "
+                                 "again from the original source (PACS)") from None
+        return
+    rows, cols = _int_attr(ds, "Rows", 0), _int_attr(ds, "Columns", 0)
+    frames, samples = _int_attr(ds, "NumberOfFrames", 1), _int_attr(ds, "SamplesPerPixel", 1)
+    bits = _int_attr(ds, "BitsAllocated", 16)
+    bytes_per_sample = max((bits + 7) // 8, 1)
+    _check_pixels(source, rows, cols, frames=frames, samples=samples, bytes_per_sample=bytes_per_sample)
+    if deflated:
+        if not (rows and cols):
+            raise ImageReadError(source, f"no Rows/Columns in the first {_DEFLATE_HEADER_BYTES // 1024**2} MiB of "
+                                 "the deflated DICOM dataset", "export the file again (uncompressed or JPEG)")
+        bound = rows * cols * max(frames, 1) * max(samples, 1) * bytes_per_sample + _DEFLATE_SLACK_BYTES
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        pending, total = data[start:], 0
+        while pending:  # count the inflated size in 1 MiB steps, never holding it
+            total += len(inflater.decompress(pending, 1024**2))
+            pending = inflater.unconsumed_tail
+            if total > bound:
+                raise ImageReadError(
+                    source, f"the deflated DICOM dataset inflates to over {bound / 1024**2:.0f} MiB, more than its "
+                    f"{rows} x {cols} pixels need (a decompression bomb)", "export the file again from the original "
+                    "source (PACS)")
+            if inflater.eof:
+                break
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Input handling
 
 
@@ -592,6 +706,7 @@ def _dicom_from_bytes(
     if not data:
         raise _empty_error(source)
     corrupt_fix = "the file is damaged or incomplete: copy or export it again from the original source (PACS)"
+    _check_dicom_size(data, source)  # before anything is decoded or inflated
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -996,6 +1111,7 @@ def _pgm_header(data: bytes, source: str) -> tuple[int, int, int, int]:
 
 def _parse_pgm(data: bytes, source: str) -> tuple[np.ndarray, int]:
     width, height, maxval, offset = _pgm_header(data, source)
+    _check_pixels(source, height, width, bytes_per_sample=2 if maxval > 255 else 1)
     count = width * height
     if data[:2] == b"P5":
         dtype = np.dtype(np.uint8) if maxval < 256 else np.dtype(">u2")
@@ -1035,8 +1151,13 @@ def _read_pil(data: bytes, source: str, fmt: str) -> tuple[np.ndarray, tuple[flo
 
     name = fmt.upper()
     bits_declared: tuple[int, ...] = ()
+    if fmt == "png" and len(data) >= 26 and data[12:16] == b"IHDR":  # before PIL's own (larger) guard
+        _check_pixels(source, int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"))
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = im.size
+        bands = len(im.getbands())
+        _check_pixels(source, height, width, samples=bands, bytes_per_sample=2 if "16" in im.mode else 1)
         n_frames = int(getattr(im, "n_frames", 1))
         if fmt == "tiff":
             bps = im.tag_v2.get(258)
@@ -1045,7 +1166,11 @@ def _read_pil(data: bytes, source: str, fmt: str) -> tuple[np.ndarray, tuple[flo
         im.load()
     except _FATAL:
         raise
-    except BaseException as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own, larger guard
+        raise _too_large(source, "more than PIL's own limit", Image.MAX_IMAGE_PIXELS * 2, max_image_pixels()) from None
+    except BaseException as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
         raise ImageReadError(
             source, f"the {name} file is corrupt or truncated ({_short(exc)})", "copy or export the image again"
         ) from None

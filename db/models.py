@@ -35,6 +35,8 @@ __all__ = [
     "User",
     "AuditEvent",
     "Cohort",
+    "AuthSession",
+    "SignInAttempt",
     "LABELS",
     "ROLES",
     "EXCLUSION_REASONS",
@@ -292,6 +294,36 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuthSession(Base):
+    """A signed-in browser: a random token kept by the browser (a cookie), stored here only as its SHA-256.
+
+    Valid while not revoked, not expired and its account is enabled; the account's role is read again on every
+    page run. Disabling an account, changing its password or ``cadx user logout-all`` revokes its sessions.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SignInAttempt(Base):
+    """One sign-in attempt, for throttling: the account (its name when it exists, else a keyed hash of what was
+    typed) and the client (a keyed hash of its address); never the password or an unknown name in clear."""
+
+    __tablename__ = "sign_in_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    account: Mapped[str] = mapped_column(String(128), index=True)
+    client: Mapped[str] = mapped_column(String(64), index=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
 
 
 class AuditEvent(Base):

@@ -4,29 +4,51 @@ is working in this browser session (a logged-in account, or a named local review
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import sys
 import threading
 import time
 import urllib.parse
 
 import streamlit as st
+from streamlit import config as st_config
 
+from cadx.csvsafe import frame_csv_bytes
 from cadx.errors import CadxError
 from cadx.workflows import Workspace, dataset_stats, import_demo, open_workspace
-from cadx.workflows.accounts import authenticate, can, list_users, login_required
+from cadx.workflows.accounts import (
+    SESSION_COOKIE,
+    SignInThrottled,
+    access_mode,
+    authenticate,
+    bootstrap_admin_from_env,
+    can,
+    create_first_admin,
+    end_session,
+    issue_cookie_handoff,
+    list_users,
+    session_account,
+    session_hours,
+    setup_token,
+    start_session,
+)
 
-__all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar", "mark_routed",
-           "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in", "figure_downloads", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+__all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar",
+           "mark_routed", "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in",
+           "figure_downloads", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
-_NO_LOGIN_ROLE = "admin"  # no accounts yet: the local owner of the data (the app then listens on localhost only)
+_NO_LOGIN_ROLE = "admin"  # no accounts yet and the server on loopback only: the local owner of the data
 
 
 @st.cache_resource(show_spinner=False)
 def _open() -> Workspace:
-    return open_workspace()
+    ws = open_workspace()
+    bootstrap_admin_from_env(ws)  # CADX_ADMIN_PASSWORD_FILE (containers): the first admin, before anyone connects
+    return ws
 
 
 _DEMO_LOCK = threading.Lock()  # one session creates the demo data; the others wait for it
@@ -101,18 +123,36 @@ def page_asked_before_sign_in(pages: dict, navigation) -> object | None:
     return None
 
 
-def _session_hours() -> float:
-    """How long a sign-in lasts (``CADX_SESSION_HOURS``, default 8)."""
-    return float(os.environ.get("CADX_SESSION_HOURS", "8"))
+def plain(text: object) -> str:
+    """``text`` (user data: lesion keys, user names, notes, experiment names, file names) escaped so that the
+    markdown of st.markdown / st.caption / st.info / widget labels shows it literally: no link, image, HTML,
+    colour directive, emoji shortcode or formula is interpreted, and it stays on one line."""
+    value = " ".join(str(text).split())
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
 
 
-def _account() -> dict | None:
-    account = st.session_state.get("_cadx_account")
-    if account and time.time() - account["since"] > _session_hours() * 3600:
-        st.session_state.pop("_cadx_account", None)  # session expired: log in again
-        st.session_state["_cadx_expired"] = True
+_MD_SPECIAL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~:$=&\"']")
+
+
+def _server_address() -> str | None:
+    """The address this Streamlit server listens on, as the running server sees it (None: every interface)."""
+    return st_config.get_option("server.address")
+
+
+def _client() -> str | None:
+    """The browser's address (None when it connects through localhost)."""
+    try:
+        return st.context.ip_address
+    except Exception:  # noqa: BLE001 - no client context (e.g. tests)
         return None
-    return account
+
+
+def _cookie_token() -> str | None:
+    try:
+        token = st.context.cookies.get(SESSION_COOKIE)
+    except Exception:  # noqa: BLE001 - no client context (e.g. tests)
+        return None
+    return token if isinstance(token, str) else None
 
 
 def _oidc_configured() -> bool:
@@ -129,16 +169,88 @@ def _oidc_account(ws: Workspace) -> dict | None:
     if not (_oidc_configured() and st.user.get("is_logged_in", False)):
         return None
     name = str(st.user.get("email") or st.user.get("name") or "sso user")
-    roles = {u.username: u.role for u in list_users(ws) if not u.disabled}
-    return {"username": name, "role": roles.get(name, "viewer"), "since": time.time(), "sso": True}
+    users = {u.username: u for u in list_users(ws)}
+    if name in users and users[name].disabled:
+        return None
+    return {"username": name, "role": users[name].role if name in users else "viewer", "sso": True}
+
+
+def _account() -> dict | None:
+    """The account signed in in this browser session, checked against the database at every call (so a page run
+    on its own, without app.py, sees a revoked session or a changed role as well)."""
+    state = st.session_state
+    if (account := state.get("_cadx_sso_account")) is not None:
+        return account
+    token = state.get("_cadx_token")
+    if not token:
+        return None
+    account = session_account(_open(), token)
+    if account is None:
+        state.pop("_cadx_token", None)
+        state["_cadx_expired"] = True
+        return None
+    return {"username": account.username, "role": account.role}
+
+
+_COOKIE_SCRIPT = ("<script>fetch(new URL('api/cadx/session', document.baseURI), {method: '%s', "
+                  "credentials: 'same-origin', headers: {'Content-Type': 'text/plain'}, body: %s}).catch(() => {});"
+                  "</script>")
+
+
+def _push_cookie() -> None:
+    """After a sign-in: have the browser trade the one-time code for the HttpOnly session cookie (``serve.py``);
+    after a sign-out or a revoked session: have it clear the cookie. The token itself never enters the page."""
+    code = st.session_state.pop("_cadx_cookie_code", None)
+    if code is not None:
+        st.html(_COOKIE_SCRIPT % ("POST", json.dumps(code)), unsafe_allow_javascript=True)
+    if st.session_state.pop("_cadx_cookie_clear", False):
+        st.html(_COOKIE_SCRIPT % ("DELETE", "null"), unsafe_allow_javascript=True)
+
+
+def _begin_session(ws: Workspace, username: str) -> None:
+    token = start_session(ws, username)
+    st.session_state["_cadx_token"] = token
+    st.session_state["_cadx_cookie_code"] = issue_cookie_handoff(token)
+    st.session_state.pop("_cadx_signed_out", None)
 
 
 def sign_in(ws: Workspace) -> None:
-    """Ask for a login when the app requires one (see cadx.workflows.accounts); stops the page until then."""
-    if _account() is None and (account := _oidc_account(ws)) is not None:
-        st.session_state["_cadx_account"] = account
-    if not (login_required(ws) or _oidc_configured()) or _account() is not None:
+    """Decide who works in this browser session, on every page run; stops the page until someone may.
+
+    No sign-in while :func:`cadx.workflows.accounts.access_mode` says ``open`` (no account, server on loopback
+    only); the first-run setup while it says ``setup``; otherwise a valid session (from this browser session or
+    its cookie, checked against the database now: revoked, expired, disabled or demoted accounts take effect at
+    once) or the sign-in form.
+    """
+    state = st.session_state
+    state.pop("_cadx_sso_account", None)
+    state["_cadx_open"] = False
+    try:
+        mode = access_mode(ws, server_address=_server_address())
+    except CadxError as exc:
+        st.title("cadx")
+        st.error(str(exc), icon=":material/lock:")
+        st.stop()
+    if (account := _oidc_account(ws)) is not None:
+        state["_cadx_sso_account"] = account
         return
+    if mode == "open" and not _oidc_configured():
+        state["_cadx_open"] = True
+        return
+    token = state.get("_cadx_token") or (None if state.get("_cadx_signed_out") else _cookie_token())
+    if token:
+        account = session_account(ws, token)
+        if account is not None:
+            state["_cadx_token"] = token
+            _push_cookie()
+            return
+        if state.pop("_cadx_token", None) is not None:
+            state["_cadx_expired"] = True
+        state["_cadx_cookie_clear"] = True
+    _push_cookie()
+    if mode == "setup":
+        _first_run_setup(ws)
+        st.stop()
     if "_cadx_after_sign_in" not in st.session_state:  # where the link pointed: opened after the sign-in
         try:
             path = urllib.parse.urlparse(st.context.url or "").path.rstrip("/")
@@ -146,8 +258,9 @@ def sign_in(ws: Workspace) -> None:
             path = ""
         st.session_state["_cadx_after_sign_in"] = path.rsplit("/", 1)[-1]
     st.title("cadx — sign in")
-    if st.session_state.pop("_cadx_expired", False):
-        st.info(f"Your session expired after {_session_hours():g} hours; please sign in again.")
+    if state.pop("_cadx_expired", False):
+        st.info(f"Your session ended: it expired after {session_hours():g} hours, or it was signed out, or your "
+                "account was changed by an admin. Please sign in again.")
     if _oidc_configured():
         st.button("Sign in with your institution (single sign-on)", on_click=st.login, type="primary")
         st.caption("Or with a local cadx account:")
@@ -156,11 +269,15 @@ def sign_in(ws: Workspace) -> None:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        user = authenticate(ws, username.strip(), password)
+        try:
+            user = authenticate(ws, username.strip(), password, client=_client())
+        except SignInThrottled as exc:
+            st.error(f"Too many failed sign-ins: try again in {exc.wait_s:.0f} s.")
+            st.stop()
         if user is None:
             st.error("Wrong user name or password (or the account is disabled).")
         else:
-            st.session_state["_cadx_account"] = {"username": user.username, "role": user.role, "since": time.time()}
+            _begin_session(ws, user.username)
             st.rerun()
     st.stop()
 
@@ -170,19 +287,49 @@ def signed_in() -> bool:
     return _account() is not None
 
 
+def _first_run_setup(ws: Workspace) -> None:
+    """No account yet on a server reachable from the network: only this form, which creates the first admin
+    with the one-time token printed in the server log."""
+    setup_token()  # printed to the server log the first time
+    st.title("cadx — first-run setup")
+    address = _server_address() or "every network interface"
+    st.info(f"No account exists yet and this server listens on {plain(address)}, so anyone who can reach it could "
+            "act as admin. Nothing is shown until the first admin account exists. Enter the one-time setup token "
+            "printed in the server's log (the terminal running the app, or `docker logs CONTAINER`), or create "
+            "the admin with `cadx user add NAME --role admin` (or CADX_ADMIN_PASSWORD_FILE in Docker).")
+    with st.form("first_run_setup", clear_on_submit=True):
+        token = st.text_input("One-time setup token (from the server log)", type="password")
+        username = st.text_input("Admin user name")
+        password = st.text_input("Password (at least 10 characters)", type="password")
+        again = st.text_input("Password again", type="password")
+        submitted = st.form_submit_button("Create the admin account")
+    if not submitted:
+        return
+    if password != again:
+        st.error("The two passwords differ.")
+        return
+    try:
+        user = create_first_admin(ws, username.strip(), password, token=token, client=_client())
+    except CadxError as exc:
+        st.error(str(exc))
+        return
+    _begin_session(ws, user.username)
+    st.rerun()
+
+
 def current_user() -> str:
     """Who is working in this browser session (recorded with every change)."""
     account = _account()
     if account is not None:
         return account["username"]
-    return st.session_state.get("reviewer", "").strip() or "local user"
+    return st.session_state.get("reviewer", "").strip()[:64] or "local user"
 
 
 def current_role() -> str | None:
     account = _account()
     if account is not None:
         return account["role"]
-    return None if login_required(_open()) else _NO_LOGIN_ROLE
+    return _NO_LOGIN_ROLE if st.session_state.get("_cadx_open") else None
 
 
 def allowed(action: str) -> bool:
@@ -193,18 +340,24 @@ def allowed(action: str) -> bool:
     return False
 
 
+def _sign_out(sso: bool) -> None:
+    """End this browser's session on the server (a copied cookie is then useless) and clear its cookie."""
+    end_session(_open(), st.session_state.pop("_cadx_token", None))
+    st.session_state.pop("_cadx_sso_account", None)
+    st.session_state["_cadx_signed_out"] = True
+    st.session_state["_cadx_cookie_clear"] = True
+    if sso:
+        st.logout()
+
+
 def reviewer_sidebar() -> None:
     """The sidebar: who is signed in (with sign-out), or the reviewer-name field when no login is required."""
     account = _account()
     if account is not None:
-        st.sidebar.markdown(f"Signed in as **{account['username']}** ({account['role']})")
-        if st.sidebar.button("Sign out"):
-            st.session_state.pop("_cadx_account", None)
-            if account.get("sso"):
-                st.logout()
-            st.rerun()
+        st.sidebar.markdown(f"Signed in as **{plain(account['username'])}** ({account['role']})")
+        st.sidebar.button("Sign out", on_click=_sign_out, args=(bool(account.get("sso")),))
         return
-    st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user",
+    st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user", max_chars=64,
                           help="Recorded with every upload, review decision and job you start.")
 
 
@@ -244,6 +397,12 @@ def pick_experiment(key: str, *, purpose: str) -> dict:
     if badges:
         st.markdown(" ".join(badges))
     return experiment
+
+
+def csv_download(label: str, frame, file_name: str, **kwargs) -> None:
+    """A CSV download button; cells that a spreadsheet would read as formulas are neutralised (cadx.csvsafe)."""
+    st.download_button(label, frame_csv_bytes(frame), file_name=file_name, mime="text/csv", on_click="ignore",
+                       **kwargs)
 
 
 def figure_downloads(fig, stem: str, *, width: int = 1000, height: int = 600) -> None:

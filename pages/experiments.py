@@ -13,7 +13,15 @@ from cadx.errors import CadxInputError
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.workflows.experiments import experiment_summary
 from cadx.workflows.accounts import can
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, current_role, current_user, workspace
+from pages._shared import (
+    RANDOM_WEIGHTS_BADGE,
+    SYNTHETIC_BADGE,
+    csv_download,
+    current_role,
+    current_user,
+    plain,
+    workspace,
+)
 
 ws = workspace()
 
@@ -66,8 +74,7 @@ st.dataframe(history, hide_index=True, width="stretch", column_config={
     "code version": st.column_config.TextColumn(width="small"),
     "seconds": st.column_config.NumberColumn(format="%.1f"),
 })
-st.download_button("History (CSV)", history.to_csv(index=False).encode(), file_name="cadx-experiments.csv",
-                   mime="text/csv", on_click="ignore", key="exp_csv")
+csv_download("History (CSV)", history, "cadx-experiments.csv", key="exp_csv")
 
 # --------------------------------------------------------------------------------------------------- details ---
 st.subheader("Details")
@@ -85,7 +92,7 @@ badges = [b for b, on in ((SYNTHETIC_BADGE, e["uses_synthetic_data"]),
 if badges:
     st.markdown(" ".join(badges))
 if summary["results"].get("weights_note"):
-    st.caption(f"Weights: {summary['results']['weights_note']}")
+    st.caption(f"Weights: {plain(summary['results']['weights_note'])}")
 
 st.markdown("**Reproducibility**")
 excluded = config.get("excluded_roi_ids", [])
@@ -130,14 +137,14 @@ with rename:
         try:
             rename_experiment(ws, experiment_id, new_name, user=current_user())
         except CadxInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
-            st.session_state["experiments_message"] = f"Experiment #{experiment_id} renamed to “{new_name.strip()}”."
+            st.session_state["experiments_message"] = f"Experiment #{experiment_id} renamed to “{plain(new_name.strip())}”."
             st.rerun()
 with remove:
     st.markdown("**Delete**")
     st.caption("Deletes the experiment and its per-ROI predictions. ROIs, features and review history stay.")
-    sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{e['name']}”", key=f"exp_confirm_{experiment_id}")
+    sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{plain(e['name'])}”", key=f"exp_confirm_{experiment_id}")
     may_delete = can(current_role(), "delete")
     if not may_delete:
         st.caption("Deleting experiments needs the admin role.")

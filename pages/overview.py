@@ -7,7 +7,7 @@ from cadx import words
 from cadx.lesion_types import lesion_type_title
 from cadx.workflows import backbone_status, dataset_stats, list_experiments
 from cadx.workflows.jobs import list_jobs
-from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, workspace
+from pages._shared import RANDOM_WEIGHTS_BADGE, SYNTHETIC_BADGE, plain, workspace
 
 
 @st.cache_data(ttl=600, show_spinner="Checking which CNN backbone and weights are available…")
@@ -89,7 +89,7 @@ st.subheader("Recent experiments")
 running = [j for j in list_jobs(ws, limit=20) if j.status in ("queued", "running")]
 if running:
     st.info(f"{len(running)} job(s) queued or running: "
-            + "; ".join(f"job {j.id} ({j.kind}, {j.status}: {j.message})" for j in running))
+            + "; ".join(f"job {j.id} ({j.kind}, {j.status}: {plain(j.message)})" for j in running))
 recent = list_experiments(ws, limit=5)
 if not recent:
     st.info("No experiment yet: start a layer sweep to reproduce the paper's Fig. 3.")

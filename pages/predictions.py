@@ -8,7 +8,7 @@ import streamlit as st
 from cadx import words
 
 from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
-from pages._shared import pick_experiment, workspace
+from pages._shared import csv_download, pick_experiment, plain, workspace
 
 ws = workspace()
 LEVELS = {"roi": "Per ROI", "lesion": "Per lesion (mean of its ROIs)"}
@@ -75,9 +75,8 @@ event = st.dataframe(frame[columns], hide_index=True, key=f"pred_table_{level}",
     "right_p3": st.column_config.CheckboxColumn("ensemble right"),
     "included_now": st.column_config.CheckboxColumn("included now", help="Excluded by review since the run?"),
 })
-st.download_button(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)",
-                   frame.to_csv(index=False).encode(), file_name=f"cadx-predictions-experiment{experiment_id}-"
-                   f"{level}.csv", mime="text/csv", on_click="ignore", key="pred_csv")
+csv_download(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)", frame,
+             f"cadx-predictions-experiment{experiment_id}-{level}.csv", key="pred_csv")
 
 # ------------------------------------------------------------------------------------------------ open an ROI ---
 st.subheader("Open an ROI")
@@ -125,7 +124,7 @@ if info["has_truth_outline"]:
     caption += " · cyan: true outline of the synthetic phantom"
 picture.image(image, caption=caption, width=512)
 with details:
-    st.markdown(f"**ROI {roi_id}** · lesion {row['lesion_key']} · patient {row['patient_key']} · "
+    st.markdown(f"**ROI {roi_id}** · lesion {plain(row['lesion_key'])} · patient {plain(row['patient_key'])} · "
                 f"{row['view'] or 'view unknown'} {row['laterality'] or ''}")
     st.markdown(f"Truth: **{'malignant' if row['truth'] == 1 else 'benign'}** · fold {int(row['fold']) + 1}")
     for column, name in (("p1", "p1 SVM1 (CNN)"), ("p2", "p2 SVM2 (analytic)"), ("p3", "p3 ensemble")):
@@ -137,7 +136,7 @@ with details:
         st.caption("No Method B segmentation stored for this ROI.")
     else:
         st.markdown(f"Segmentation: **{words.word(info['segmentation_quality'])}**"
-                    + (f" — {info['segmentation_reason']}" if info["segmentation_reason"] else ""),
+                    + (f" — {plain(info['segmentation_reason'])}" if info["segmentation_reason"] else ""),
                     help=words.meaning(info["segmentation_quality"]))
     if not row["included_now"]:
         st.warning("This ROI has been excluded by review since the experiment ran.")

@@ -10,6 +10,7 @@ import streamlit as st
 
 from cadx import words
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
+from cadx.csvsafe import frame_csv_bytes
 from pages._shared import figure_downloads, pick_experiment, workspace
 
 ws = workspace()
@@ -141,12 +142,12 @@ else:
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("Table 1 (CSV)", table.rename(columns=words.AUC_COLUMNS).to_csv(index=False).encode(), file_name=f"{stem}-table1.csv",
+d1.download_button("Table 1 (CSV)", frame_csv_bytes(table.rename(columns=words.AUC_COLUMNS)), file_name=f"{stem}-table1.csv",
                    mime="text/csv", on_click="ignore", key="roc_table_csv")
-d2.download_button("Significance tests (CSV)", tests.to_csv(index=False).encode(), file_name=f"{stem}-tests.csv",
+d2.download_button("Significance tests (CSV)", frame_csv_bytes(tests), file_name=f"{stem}-tests.csv",
                    mime="text/csv", on_click="ignore", key="roc_tests_csv", disabled=tests.empty)
-d3.download_button("Curve points (CSV)", roc_curve_table(results).to_csv(index=False).encode(),
+d3.download_button("Curve points (CSV)", frame_csv_bytes(roc_curve_table(results)),
                    file_name=f"{stem}-curves.csv", mime="text/csv", on_click="ignore", key="roc_curves_csv")
-d4.download_button("Repeated CV (CSV)", repeats.to_csv(index=False).encode(), file_name=f"{stem}-repeats.csv",
+d4.download_button("Repeated CV (CSV)", frame_csv_bytes(repeats), file_name=f"{stem}-repeats.csv",
                    mime="text/csv", on_click="ignore", key="roc_repeats_csv", disabled=repeats.empty,
                    help=None if not repeats.empty else "This experiment ran one cross-validation (one seed).")

@@ -15,9 +15,11 @@ from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
     SYNTHETIC_BADGE,
+    csv_download,
     current_role,
     current_user,
     figure_downloads,
+    plain,
     workspace,
 )
 
@@ -134,8 +136,8 @@ def job_panel() -> None:
         ensure_worker(ws)  # e.g. after a server restart
     for job in jobs:
         with st.container(border=True):
-            st.markdown(f"**Job {job.id}** · {job.params.get('name', '')} · {job.status} · "
-                        f"by {job.created_by}")
+            st.markdown(f"**Job {job.id}** · {plain(job.params.get('name', ''))} · {job.status} · "
+                        f"by {plain(job.created_by)}")
             fraction = (job.progress_done / job.progress_total) if job.progress_total else 0.0
             st.progress(min(max(fraction, 0.0), 1.0), text=job.message or job.status)
             if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not can(current_role(), "run")):
@@ -146,11 +148,11 @@ def job_panel() -> None:
         if job is None or job.status in ACTIVE:
             continue
         if job.status == "done":
-            st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{job.params.get('name', '')}”.")
+            st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{plain(job.params.get('name', ''))}”.")
         elif job.status == "failed":
-            st.error(f"Job {job.id} failed: {job.error}")
+            st.error(f"Job {job.id} failed: {plain(job.error)}")
         else:
-            st.warning(f"Job {job.id} {job.status}: {job.message}")
+            st.warning(f"Job {job.id} {job.status}: {plain(job.message)}")
     if active_at_start and not jobs:
         st.rerun()  # a job finished: redraw the page with its results
 
@@ -225,6 +227,5 @@ st.dataframe(shown, hide_index=True, column_config={
     "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })
-st.download_button("Table (CSV)", table.rename(columns={"auc_mean": words.AUC_COLUMNS["AUC"]}).to_csv(index=False)
-                   .encode(), file_name="cadx-layer-sweep.csv",
-                   mime="text/csv", on_click="ignore", key="sweep_csv")
+csv_download("Table (CSV)", table.rename(columns={"auc_mean": words.AUC_COLUMNS["AUC"]}), "cadx-layer-sweep.csv",
+             key="sweep_csv")

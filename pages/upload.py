@@ -21,7 +21,7 @@ from cadx.workflows import (
     upload_patients,
 )
 from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, zoom_region
-from pages._shared import allowed, current_user, workspace
+from pages._shared import allowed, current_user, plain, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
 ZOOMS = {"fit": None, "½×": 0.5, "1:1": 1.0, "2×": 2.0, "4×": 4.0, "8×": 8.0}  # screen pixels per image pixel
@@ -77,11 +77,11 @@ def _show_report() -> None:
     for item in report.items:
         if item.status == "imported" and report.committed:
             flags = f" (QC flags: {', '.join(words.word(f.strip()) for f in item.reason.split(','))})" if item.reason else ""
-            st.success(f"Saved **{name}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
+            st.success(f"Saved **{plain(name)}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
         elif item.status == "skipped":
-            st.info(f"**{name}** was not saved: {item.reason}.")
+            st.info(f"**{plain(name)}** was not saved: {plain(item.reason)}.")
         elif item.status == "error":
-            st.error(f"**{name}** was not saved. {item.reason}")
+            st.error(f"**{plain(name)}** was not saved. {plain(item.reason)}")
 
 
 st.title("Upload case")
@@ -108,7 +108,7 @@ if not files:
 
 unpacked = _unpack(tuple(f.file_id for f in files), files)
 for name, reason in unpacked.refused:
-    st.error(f"**{name}** refused: {reason}.")
+    st.error(f"**{plain(name)}** refused: {plain(reason)}.")
 if not unpacked.images:
     st.stop()
 
@@ -121,7 +121,7 @@ upload = unpacked.images[index]
 try:
     image = _read(str(ws.data_dir), upload.sha256, upload)
 except CadxInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 
 sha = upload.sha256[:16]
@@ -133,7 +133,7 @@ rows, cols = image.pixels.shape
 left, right = st.columns([3, 2], gap="large")
 with right:
     st.subheader("Image")
-    st.write(f"{upload.name}: {image.source_format.upper()}, {rows} × {cols} pixels")
+    st.markdown(f"{plain(upload.name)}: {image.source_format.upper()}, {rows} × {cols} pixels")
     if image.pixel_spacing_mm is None:
         pixel_size = st.number_input("Pixel size (mm)", min_value=0.01, max_value=2.0, value=None, step=0.005,
                                      format="%.3f", key=f"upload_pixel_{sha}",
@@ -216,7 +216,7 @@ with right:
         label = st.radio("Pathology", filter_options(ws)["labels"], index=None, horizontal=True, key="upload_label")
     else:
         lesion, label = lesion_choice, lesions[lesion_choice].label
-        st.caption(f"Pathology: {label} (recorded with the lesion).")
+        st.caption(f"Pathology: {plain(label)} (recorded with the lesion).")
 
     view_default = VIEWS.index(image.view) if image.view in VIEWS else None
     view = st.selectbox("View", VIEWS, index=view_default, key=f"upload_view_{sha}", placeholder="unknown")
@@ -240,7 +240,7 @@ with right:
         try:
             crop = preview_roi(image, centre, pixel_size_mm=pixel_size, name=upload.name)
         except CadxInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             missing.append("fix the centre")
         else:
             flags = ", ".join(words.word(f) for f in crop.flags) or "none"
@@ -258,9 +258,9 @@ with right:
                 view=view, laterality=laterality,
             )
         except CadxInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         except Exception as exc:  # an unexpected failure: say it plainly, never a stack trace
-            st.error(f"Saving failed: {type(exc).__name__}: {exc}. Nothing was written.")
+            st.error(f"Saving failed: {type(exc).__name__}: {plain(exc)}. Nothing was written.")
         else:
             st.session_state["upload_report"] = (upload.name, report)
             st.rerun()

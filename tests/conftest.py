@@ -8,6 +8,7 @@ Tests that need them use the ``shared_data`` fixture: outside this workplace the
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ def _require(path: Path) -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason + " - under CI=true a missing data folder is a failure, not a skip")
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _app_served_on_loopback():
+    """The app under test (AppTest) runs as `bash scripts/app.sh` serves it: on loopback only, where no account
+    means no sign-in. Tests of a server reachable from the network patch server.address themselves (see
+    tests/test_app_access.py)."""
+    if "streamlit.testing.v1" not in sys.modules:  # not an app test module: leave Streamlit unloaded
+        yield
+        return
+    from streamlit.testing.v1.util import patch_config_options
+
+    with patch_config_options({"server.address": "127.0.0.1"}):
+        yield
 
 
 @pytest.fixture(scope="session")

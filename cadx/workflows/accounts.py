@@ -1,44 +1,98 @@
-"""Local accounts, roles and the audit trail.
+"""Local accounts, roles, sign-in sessions, sign-in throttling and the audit trail.
 
 Roles: ``viewer`` (read only), ``reviewer`` (also uploads, review decisions, jobs), ``admin`` (also accounts and
 deleting experiments). Passwords are stored only as Argon2id hashes (argon2-cffi).
 
-Login policy (``CADX_AUTH``): ``auto`` (default) asks for a login as soon as one account exists, and runs without
-login while none does — everyone acting as ``local user`` with the admin role, as the owner of the data — which
-keeps the one-command local demo (the app then listens on localhost only); ``required`` always asks; ``off`` never
-asks.
+Who may use the app without signing in (:func:`access_mode`, policy ``CADX_AUTH``):
+
+- ``auto`` (default): while no account exists *and the server listens on loopback only* (127.0.0.1, ::1,
+  localhost: the one-command local demo), everyone acts as ``local user`` with the admin role, as the owner of the
+  data. Once an account exists, everyone signs in. A server reachable from the network (``0.0.0.0``, a LAN
+  address, or no ``server.address`` at all) with no account shows only a first-run setup that creates the first
+  admin with a one-time token printed in the server log (as Jupyter does), or ``CADX_ADMIN_PASSWORD_FILE``
+  creates it at start.
+- ``required``: everyone always signs in (first-run setup while no account exists).
+- ``off``: nobody signs in; refused unless the server listens on loopback only.
+
+A sign-in is a server-side session (:class:`db.models.AuthSession`): a random token the browser keeps in an
+HttpOnly, SameSite=Strict cookie, stored here only as its SHA-256, expiring after ``CADX_SESSION_HOURS`` (8).
+Every page run checks it again (:func:`session_account`): the account's current role applies at once, and
+disabling an account, changing its password or ``cadx user logout-all`` revokes its sessions.
+
+Failed sign-ins are throttled per account and per client (a growing wait after a few failures, audited) and
+audited without ever storing what was typed as a user name unless it is an existing account (a password typed
+into the name field is recorded only as a keyed hash).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import hmac
+import ipaddress
 import json
+import logging
+import math
 import os
 import re
-from datetime import datetime, timezone
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from cadx.csvsafe import write_rows_csv
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
 from db.audit_chain import append_event
-from db.models import ROLES, AuditEvent, User
+from db.models import ROLES, AuditEvent, AuthSession, SignInAttempt, User
 
-__all__ = ["ROLES", "add_user", "set_password", "set_role", "authenticate", "list_users", "login_required",
-           "can", "record_audit", "export_audit_csv", "audit_events"]
+__all__ = ["ROLES", "SESSION_COOKIE", "Account", "SignInThrottled", "add_user", "set_password", "set_role",
+           "set_disabled", "logout_all", "authenticate", "list_users", "access_mode", "is_loopback", "can",
+           "record_audit", "export_audit_csv", "audit_events", "start_session", "session_account", "end_session",
+           "setup_token", "create_first_admin", "bootstrap_admin_from_env", "session_hours", "cli_actor",
+           "issue_cookie_handoff", "redeem_cookie_handoff"]
 
+_LOG = logging.getLogger("cadx.accounts")
 _HASHER = PasswordHasher()  # Argon2id with argon2-cffi's current recommended parameters
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{2,64}$")
 _MIN_PASSWORD = 10
+_MAX_PASSWORD = 1024
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 #: the least role allowed to do each action
 _NEEDS = {"view": "viewer", "upload": "reviewer", "review": "reviewer", "run": "reviewer", "delete": "admin",
           "accounts": "admin"}
+#: name of the browser cookie holding the session token
+SESSION_COOKIE = "cadx_session"
+#: failures allowed before waiting, per account and per client; the wait then doubles from 1 s up to the cap
+_FREE_FAILURES_ACCOUNT = 3
+_FREE_FAILURES_CLIENT = 10
+_MAX_WAIT_S = 900.0
+_THROTTLE_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who a valid session belongs to, as the database says now."""
+
+    username: str
+    role: str
+
+
+class SignInThrottled(CadxInputError):
+    """Too many failed sign-ins for this account or from this client: wait before trying again."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__("sign-in", f"too many failed sign-ins; the next try is accepted in {math.ceil(wait_s)} s",
+                         "wait, then sign in with the right password (an admin can set a new one with "
+                         "`cadx user passwd`)")
 
 
 def can(role: str | None, action: str) -> bool:
@@ -46,52 +100,131 @@ def can(role: str | None, action: str) -> bool:
     return role in _RANK and _RANK[role] >= _RANK[_NEEDS[action]]
 
 
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise CadxInputError("role", f"unknown role {role!r}", f"use one of {list(ROLES)}")
 
 
-def _check_password(password: str) -> None:
+def _check_username(username: str) -> None:
+    if not _USERNAME.match(username or ""):
+        raise CadxInputError("username", f"{username!r} is not a valid user name",
+                             "use 2-64 letters, digits, dots, dashes, underscores or @")
+
+
+def _check_password(password: str, *, username: str | None = None) -> None:
+    """The password rule: 10 to 1024 characters, not only blanks, not the user name."""
     if len(password) < _MIN_PASSWORD:
         raise CadxInputError("password", f"shorter than {_MIN_PASSWORD} characters",
                              f"choose a password of at least {_MIN_PASSWORD} characters")
+    if len(password) > _MAX_PASSWORD:
+        raise CadxInputError("password", f"longer than {_MAX_PASSWORD} characters", "choose a shorter password")
+    if not password.strip():
+        raise CadxInputError("password", "only blanks", "choose a password with letters, digits or symbols")
+    if username is not None and password.strip().lower() == username.lower():
+        raise CadxInputError("password", "the same as the user name", "choose a password that is not the user name")
 
 
 def record_audit(session: Session, *, user: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
     """Append an audit event in the caller's transaction (so it exists exactly when the change does)."""
-    append_event(session, AuditEvent(user=user, action=action, target=target, detail=detail or {}))
+    append_event(session, AuditEvent(user=user[:128], action=action, target=target[:128], detail=detail or {}))
+
+
+def cli_actor(user: str | None) -> str:
+    """Who a command line run is recorded as: ``--user`` together with the OS account that ran it.
+
+    ``--user`` is a claim (shell users are trusted, but a claim is not an identity), so the operating-system
+    account is always recorded beside it: ``alice (os user bob)``; without ``--user``, the OS account alone.
+    """
+    try:
+        os_user = _os_user()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        os_user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "cli"
+    claimed = (user or "").strip()
+    if not claimed or claimed == os_user:
+        return os_user[:128]
+    return f"{claimed[:80]} (os user {os_user[:40]})"
+
+
+def _os_user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 def add_user(workspace: Workspace, username: str, password: str, *, role: str, by: str) -> None:
     """Create an account."""
-    if not _USERNAME.match(username or ""):
-        raise CadxInputError("username", f"{username!r} is not a valid user name",
-                             "use 2-64 letters, digits, dots, dashes, underscores or @")
-    _check_role(role)
-    _check_password(password)
     with workspace.sessions.begin() as session:
-        if session.scalar(select(User.id).where(User.username == username)) is not None:
-            raise CadxInputError("username", f"{username!r} already exists", "choose another name, or change its "
-                                 "password with `cadx user passwd`")
-        session.add(User(username=username, password_hash=_HASHER.hash(password), role=role))
-        record_audit(session, user=by, action="user_add", target=f"user {username}", detail={"role": role})
+        _add_user(session, username, password, role=role, by=by)
+
+
+def _add_user(session: Session, username: str, password: str, *, role: str, by: str) -> User:
+    _check_username(username)
+    _check_role(role)
+    _check_password(password, username=username)
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise CadxInputError("username", f"{username!r} already exists", "choose another name, or change its "
+                             "password with `cadx user passwd`")
+    user = User(username=username, password_hash=_HASHER.hash(password), role=role)
+    session.add(user)
+    record_audit(session, user=by, action="user_add", target=f"user {username}", detail={"role": role})
+    session.flush()
+    return user
+
+
+def _revoke(session: Session, user_id: int) -> int:
+    """Revoke every open session of an account; returns how many."""
+    result = session.execute(update(AuthSession).where(AuthSession.user_id == user_id,
+                                                       AuthSession.revoked_at.is_(None)).values(revoked_at=_now()))
+    return int(result.rowcount or 0)
 
 
 def set_password(workspace: Workspace, username: str, password: str, *, by: str) -> None:
-    _check_password(password)
+    """Set an account's password; its open sessions end (everyone signs in again with the new one)."""
+    _check_password(password, username=username)
     with workspace.sessions.begin() as session:
         user = _get(session, username)
         user.password_hash = _HASHER.hash(password)
-        record_audit(session, user=by, action="user_passwd", target=f"user {username}")
+        revoked = _revoke(session, user.id)
+        record_audit(session, user=by, action="user_passwd", target=f"user {username}",
+                     detail={"sessions_revoked": revoked})
 
 
 def set_role(workspace: Workspace, username: str, role: str, *, by: str) -> None:
+    """Change an account's role; open sessions get the new role at their next page run."""
     _check_role(role)
     with workspace.sessions.begin() as session:
         user = _get(session, username)
         previous, user.role = user.role, role
         record_audit(session, user=by, action="user_role", target=f"user {username}",
                      detail={"from": previous, "to": role})
+
+
+def set_disabled(workspace: Workspace, username: str, disabled: bool, *, by: str) -> None:
+    """Disable (no sign-in, open sessions end at once) or enable an account."""
+    with workspace.sessions.begin() as session:
+        user = _get(session, username)
+        user.disabled = bool(disabled)
+        revoked = _revoke(session, user.id) if disabled else 0
+        record_audit(session, user=by, action="user_disable" if disabled else "user_enable",
+                     target=f"user {username}", detail={"sessions_revoked": revoked})
+
+
+def logout_all(workspace: Workspace, username: str | None = None, *, by: str) -> int:
+    """End every open session of ``username`` (of everyone when None); returns how many."""
+    with workspace.sessions.begin() as session:
+        if username is None:
+            result = session.execute(update(AuthSession).where(AuthSession.revoked_at.is_(None))
+                                     .values(revoked_at=_now()))
+            revoked = int(result.rowcount or 0)
+        else:
+            revoked = _revoke(session, _get(session, username).id)
+        record_audit(session, user=by, action="logout_all", target=f"user {username}" if username else "all users",
+                     detail={"sessions_revoked": revoked})
+        return revoked
 
 
 def _get(session: Session, username: str) -> User:
@@ -101,10 +234,62 @@ def _get(session: Session, username: str) -> User:
     return user
 
 
-def authenticate(workspace: Workspace, username: str, password: str) -> User | None:
-    """The account when the password is right (and the account enabled), else None; every attempt is audited."""
+# --------------------------------------------------------------------------------------------------- sign-in ---
+def _keyed(workspace: Workspace, purpose: str, value: str) -> str:
+    """A keyed hash (HMAC-SHA256 with the installation's secret) of ``value``: comparable, not reversible by
+    hashing guesses without the key."""
+    digest = hmac.new(workspace.pseudonym_key(), f"{purpose}\x00{value}".encode("utf-8", "surrogatepass"),
+                      hashlib.sha256).hexdigest()
+    return digest[:32]
+
+
+def _client_key(workspace: Workspace, client: str | None) -> str:
+    return "local" if not client else "c-" + _keyed(workspace, "sign-in client", client)
+
+
+def _wait_for(session: Session, column, key: str, free: int, now: datetime) -> float:
+    """Seconds still to wait before the next attempt for ``key`` (0 when none)."""
+    since = now - _THROTTLE_WINDOW
+    last_ok = session.scalar(select(func.max(SignInAttempt.at)).where(column == key, SignInAttempt.ok.is_(True)))
+    if last_ok is not None and last_ok > since:
+        since = last_ok
+    failures = session.execute(select(func.count(SignInAttempt.id), func.max(SignInAttempt.at))
+                               .where(column == key, SignInAttempt.ok.is_(False), SignInAttempt.at > since)).one()
+    n, last = int(failures[0] or 0), failures[1]
+    if n < free or last is None:
+        return 0.0
+    delay = min(2.0 ** (n - free), _MAX_WAIT_S)
+    return max(0.0, delay - (now - last).total_seconds())
+
+
+def authenticate(workspace: Workspace, username: str, password: str, *, client: str | None = None,
+                 now: datetime | None = None) -> User | None:
+    """The account when the password is right (and the account enabled), else None.
+
+    Every attempt is audited: by the account's name when it exists, else by a keyed hash of what was typed (a
+    password typed into the name field never reaches the audit trail). After a few failures for one account or
+    from one client (``client``: its address), further attempts wait a doubling delay (1 s, 2 s, ... 15 min):
+    :class:`SignInThrottled`, audited as ``login_throttled``.
+    """
+    now = now or _now()
+    username = (username or "")[:256]
     with workspace.sessions.begin() as session:
-        user = session.scalar(select(User).where(User.username == username))
+        user = session.scalar(select(User).where(User.username == username)) if username else None
+        account_key = user.username if user is not None else "unknown-" + _keyed(workspace, "sign-in name", username)
+        client_key = _client_key(workspace, client)
+        wait = max(_wait_for(session, SignInAttempt.account, account_key, _FREE_FAILURES_ACCOUNT, now),
+                   _wait_for(session, SignInAttempt.client, client_key, _FREE_FAILURES_CLIENT, now))
+        if wait > 0:
+            record_audit(session, user=account_key, action="login_throttled", target="app",
+                         detail={"client": client_key, "wait_s": round(wait, 1)})
+            _LOG.warning("sign-in throttled for %s from %s: %.0f s to wait", account_key, client_key, wait)
+            throttled = SignInThrottled(wait)
+        else:
+            throttled = None
+    if throttled is not None:
+        raise throttled  # the audit event above is committed
+    with workspace.sessions.begin() as session:
+        user = session.scalar(select(User).where(User.username == username)) if username else None
         ok = False
         if user is not None and not user.disabled:
             try:
@@ -117,12 +302,15 @@ def authenticate(workspace: Workspace, username: str, password: str) -> User | N
                 _HASHER.verify(_DUMMY_HASH, password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 pass
-        record_audit(session, user=username[:128], action="login" if ok else "login_failed", target="app")
+        session.add(SignInAttempt(at=now, account=account_key, client=client_key, ok=ok))
+        record_audit(session, user=account_key, action="login" if ok else "login_failed", target="app",
+                     detail={"client": client_key})
         if not ok:
+            _LOG.info("failed sign-in for %s from %s", account_key, client_key)
             return None
         if _HASHER.check_needs_rehash(user.password_hash):
             user.password_hash = _HASHER.hash(password)
-        user.last_login_at = datetime.now(timezone.utc)
+        user.last_login_at = now
         session.flush()
         session.expunge(user)
         return user
@@ -131,20 +319,226 @@ def authenticate(workspace: Workspace, username: str, password: str) -> User | N
 _DUMMY_HASH = _HASHER.hash("not a password of anyone")
 
 
-def list_users(workspace: Workspace) -> list[User]:
+# -------------------------------------------------------------------------------------------------- sessions ---
+def session_hours() -> float:
+    """How long a sign-in lasts (``CADX_SESSION_HOURS``, default 8)."""
+    raw = os.environ.get("CADX_SESSION_HOURS", "8")
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = float("nan")
+    if not (math.isfinite(hours) and 0 < hours <= 24 * 30):
+        raise CadxInputError("CADX_SESSION_HOURS", f"got {raw!r}", "give a number of hours between 0 and 720")
+    return hours
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(workspace: Workspace, username: str, *, hours: float | None = None,
+                  now: datetime | None = None) -> str:
+    """Open a session for ``username``; returns its token (to keep in the browser; stored only hashed)."""
+    now = now or _now()
+    token = secrets.token_urlsafe(32)
+    with workspace.sessions.begin() as session:
+        user = _get(session, username)
+        session.add(AuthSession(token_sha256=_token_hash(token), user_id=user.id, created_at=now,
+                                expires_at=now + timedelta(hours=hours if hours is not None else session_hours())))
+    return token
+
+
+def session_account(workspace: Workspace, token: str | None, *, now: datetime | None = None) -> Account | None:
+    """The account of a session token as it is now, or None when the token is unknown, expired or revoked, or
+    its account is disabled or gone."""
+    if not isinstance(token, str) or not token or len(token) > 256:
+        return None
+    now = now or _now()
     with workspace.sessions() as session:
-        return list(session.scalars(select(User).order_by(User.username)))
+        row = session.execute(select(AuthSession.expires_at, AuthSession.revoked_at, User.username, User.role,
+                                     User.disabled)
+                              .join(User, User.id == AuthSession.user_id)
+                              .where(AuthSession.token_sha256 == _token_hash(token))).first()
+    if row is None or row.revoked_at is not None or row.disabled or row.expires_at <= now:
+        return None
+    return Account(row.username, row.role)
 
 
-def login_required(workspace: Workspace) -> bool:
-    """Whether the app must ask for a login (see the module docstring for ``CADX_AUTH``)."""
+def end_session(workspace: Workspace, token: str | None) -> None:
+    """Sign out: revoke this session."""
+    if not token:
+        return
+    with workspace.sessions.begin() as session:
+        session.execute(update(AuthSession).where(AuthSession.token_sha256 == _token_hash(token),
+                                                  AuthSession.revoked_at.is_(None)).values(revoked_at=_now()))
+
+
+_HANDOFF_LOCK = threading.Lock()
+_HANDOFFS: dict[str, tuple[str, float]] = {}  # sha256(code) -> (session token, deadline), this process only
+_HANDOFF_SECONDS = 60.0
+
+
+def issue_cookie_handoff(token: str) -> str:
+    """A one-time code (valid 60 s, this server process only) that the browser trades for an HttpOnly cookie
+    holding ``token`` (``serve.py``'s ``/api/cadx/session`` route), so the token itself never appears in the page.
+    """
+    import time
+
+    code = secrets.token_urlsafe(24)
+    with _HANDOFF_LOCK:
+        now = time.monotonic()
+        for key in [k for k, (_, deadline) in _HANDOFFS.items() if deadline < now]:
+            del _HANDOFFS[key]
+        _HANDOFFS[_token_hash(code)] = (token, now + _HANDOFF_SECONDS)
+    return code
+
+
+def redeem_cookie_handoff(code: str) -> str | None:
+    """The session token of a one-time code from :func:`issue_cookie_handoff` (None when unknown or stale)."""
+    import time
+
+    with _HANDOFF_LOCK:
+        entry = _HANDOFFS.pop(_token_hash(code or ""), None)
+    if entry is None or entry[1] < time.monotonic():
+        return None
+    return entry[0]
+
+
+# ----------------------------------------------------------------------------------------- who may get in ---
+def is_loopback(address: str | None) -> bool:
+    """Whether a server bound to ``address`` is reachable from this machine only.
+
+    None or empty (Streamlit then listens on every interface), ``0.0.0.0``, ``::`` and any other address or host
+    name count as exposed; ``localhost``, ``127.0.0.0/8`` and ``::1`` as loopback.
+    """
+    text = (address or "").strip().strip("[]")
+    if not text:
+        return False
+    if text.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+def _auth_mode() -> str:
     mode = os.environ.get("CADX_AUTH", "auto").lower()
     if mode not in ("auto", "required", "off"):
         raise CadxInputError("CADX_AUTH", f"unknown value {mode!r}", "use auto, required or off")
-    if mode != "auto":
-        return mode == "required"
+    return mode
+
+
+def access_mode(workspace: Workspace, *, server_address: str | None) -> str:
+    """How the app lets people in: ``"open"`` (no sign-in: the local owner, admin), ``"sign_in"`` or ``"setup"``
+    (no account yet on a server that is not loopback-only: only the first-run setup with the one-time token).
+
+    ``server_address`` is the address the running server listens on (Streamlit's ``server.address``).
+    """
+    mode = _auth_mode()
+    exposed = not is_loopback(server_address)
+    if mode == "off":
+        if exposed:
+            raise CadxInputError("CADX_AUTH", f"'off' while the app listens on {server_address or 'every interface'}"
+                                 ": anyone who can reach the port would be admin",
+                                 "listen on loopback only (--server.address 127.0.0.1), or create an account "
+                                 "(`cadx user add NAME --role admin`) and use CADX_AUTH=auto")
+        return "open"
     with workspace.sessions() as session:
-        return (session.scalar(select(func.count(User.id))) or 0) > 0
+        has_accounts = (session.scalar(select(func.count(User.id))) or 0) > 0
+    if has_accounts:
+        return "sign_in"
+    if mode == "required" or exposed:
+        return "setup"
+    return "open"
+
+
+_SETUP_LOCK = threading.Lock()
+_SETUP_TOKEN: str | None = None
+
+
+def setup_token(*, announce=None) -> str:
+    """This server process's one-time first-run setup token, printed to the server log once when created."""
+    global _SETUP_TOKEN
+    with _SETUP_LOCK:
+        if _SETUP_TOKEN is None:
+            _SETUP_TOKEN = secrets.token_urlsafe(24)
+            message = ("cadx: no account exists and this server is reachable from the network. To create the "
+                       f"first admin, open the app and enter this one-time setup token:\n\n    {_SETUP_TOKEN}\n")
+            (announce or (lambda text: print(text, file=sys.stderr, flush=True)))(message)
+            _LOG.warning("first-run setup token printed to the server log")
+        return _SETUP_TOKEN
+
+
+def _forget_setup_token() -> None:
+    global _SETUP_TOKEN
+    with _SETUP_LOCK:
+        _SETUP_TOKEN = None
+
+
+def create_first_admin(workspace: Workspace, username: str, password: str, *, token: str,
+                       client: str | None = None, now: datetime | None = None) -> User:
+    """Create the first admin through the first-run setup, given the one-time token from the server log.
+
+    Throttled like a sign-in (the token is what is guessed); refused once any account exists.
+    """
+    now = now or _now()
+    client_key = _client_key(workspace, client)
+    with workspace.sessions.begin() as session:
+        wait = max(_wait_for(session, SignInAttempt.account, "first-run setup", _FREE_FAILURES_ACCOUNT, now),
+                   _wait_for(session, SignInAttempt.client, client_key, _FREE_FAILURES_CLIENT, now))
+        if wait > 0:
+            record_audit(session, user="first-run setup", action="login_throttled", target="setup",
+                         detail={"client": client_key, "wait_s": round(wait, 1)})
+    if wait > 0:
+        raise SignInThrottled(wait)
+    expected = setup_token()
+    if not hmac.compare_digest((token or "").strip().encode(), expected.encode()):
+        with workspace.sessions.begin() as session:
+            session.add(SignInAttempt(at=now, account="first-run setup", client=client_key, ok=False))
+            record_audit(session, user="first-run setup", action="setup_failed", target="setup",
+                         detail={"client": client_key})
+        raise CadxInputError("setup token", "wrong one-time setup token",
+                             "copy the token printed in the server's log (e.g. `docker logs CONTAINER`)")
+    with workspace.sessions.begin() as session:
+        if (session.scalar(select(func.count(User.id))) or 0) > 0:
+            raise CadxInputError("setup", "an account exists already", "sign in with it")
+        user = _add_user(session, username, password, role="admin", by="first-run setup")
+        session.add(SignInAttempt(at=now, account=username, client=client_key, ok=True))
+        session.expunge(user)
+    _forget_setup_token()
+    return user
+
+
+def bootstrap_admin_from_env(workspace: Workspace) -> str | None:
+    """Create the first admin from ``CADX_ADMIN_PASSWORD_FILE`` (name ``CADX_ADMIN_USER``, default ``admin``)
+    when no account exists yet; returns the name created, or None. For containers: ``docker run -e
+    CADX_ADMIN_PASSWORD_FILE=/run/secrets/cadx_admin ...``."""
+    path = os.environ.get("CADX_ADMIN_PASSWORD_FILE")
+    if not path:
+        return None
+    with workspace.sessions() as session:
+        if (session.scalar(select(func.count(User.id))) or 0) > 0:
+            return None
+    try:
+        password = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise CadxInputError("CADX_ADMIN_PASSWORD_FILE", f"cannot read {path} ({exc.strerror or exc})",
+                             "mount the file with the admin password there, or unset the variable") from None
+    username = os.environ.get("CADX_ADMIN_USER", "admin")
+    try:
+        with workspace.sessions.begin() as session:
+            if (session.scalar(select(func.count(User.id))) or 0) > 0:
+                return None
+            _add_user(session, username, password, role="admin", by="CADX_ADMIN_PASSWORD_FILE")
+    except CadxInputError as exc:
+        raise CadxInputError("CADX_ADMIN_PASSWORD_FILE", exc.problem, exc.fix) from None
+    return username
+
+
+def list_users(workspace: Workspace) -> list[User]:
+    with workspace.sessions() as session:
+        return list(session.scalars(select(User).order_by(User.username)))
 
 
 def audit_events(workspace: Workspace, *, limit: int | None = None) -> list[AuditEvent]:
@@ -156,12 +550,8 @@ def audit_events(workspace: Workspace, *, limit: int | None = None) -> list[Audi
 
 
 def export_audit_csv(workspace: Workspace, target: str | Path) -> int:
-    """Write the whole audit trail to a CSV file; returns the number of events."""
+    """Write the whole audit trail to a CSV file (formula-like cells neutralised); returns the number of events."""
     events = audit_events(workspace)
-    with Path(target).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "at_utc", "user", "action", "target", "detail"])
-        for event in events:
-            writer.writerow([event.id, event.at.isoformat(), event.user, event.action, event.target,
-                             json.dumps(event.detail, sort_keys=True, default=str)])
-    return len(events)
+    return write_rows_csv(target, ["id", "at_utc", "user", "action", "target", "detail"],
+                          ([e.id, e.at.isoformat(), e.user, e.action, e.target,
+                            json.dumps(e.detail, sort_keys=True, default=str)] for e in events))

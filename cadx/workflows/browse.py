@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import io as _io
+import os
 import stat
 import zipfile
 from collections.abc import Iterable
@@ -86,7 +87,7 @@ __all__ = [
 
 UNKNOWN_VIEW = "unknown"
 MAX_IMAGE_BYTES = 200 * 1024**2  # one image (a full-field DICOM mammogram is 10-60 MB)
-MAX_UPLOAD_BYTES = 1024**3  # everything unpacked from one upload together
+MAX_UPLOAD_BYTES = 1024**3  # everything unpacked from one upload together (CADX_MAX_UPLOAD_MB overrides)
 MAX_ZIP_ENTRIES = 500
 MAX_COMPRESSION_RATIO = 100  # images compress 2-10x; a zip entry inflating far more is refused as a zip bomb
 _RATIO_FLOOR_BYTES = 1024**2  # small entries may compress well (flat test images); the ratio applies above this
@@ -529,8 +530,21 @@ def _unsafe_name(name: str) -> str | None:
     return None
 
 
+def _max_upload_bytes() -> int:
+    raw = os.environ.get("CADX_MAX_UPLOAD_MB", "").strip()
+    if not raw:
+        return MAX_UPLOAD_BYTES
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise CadxInputError("CADX_MAX_UPLOAD_MB", f"got {raw!r}", "give a positive number of megabytes")
+    return int(value * 1024**2)
+
+
 def unpack_upload(files: Iterable[tuple[str, bytes]], *, max_image_bytes: int = MAX_IMAGE_BYTES,
-                  max_total_bytes: int = MAX_UPLOAD_BYTES, max_entries: int = MAX_ZIP_ENTRIES,
+                  max_total_bytes: int | None = None, max_entries: int = MAX_ZIP_ENTRIES,
                   max_ratio: float = MAX_COMPRESSION_RATIO) -> UnpackedUpload:
     """The images in uploaded files: plain files as they are, zips (of a study) unpacked in memory.
 
@@ -539,7 +553,14 @@ def unpack_upload(files: Iterable[tuple[str, bytes]], *, max_image_bytes: int = 
     absolute path or ``..`` (path traversal), links, entries that inflate more than ``max_ratio`` times (zip
     bombs), zips inside zips, encrypted or corrupt entries. Folders, ``DICOMDIR`` and macOS metadata are skipped
     silently; whether a file is an image is decided later, by :func:`read_upload`.
+
+    A zip's total is checked twice: from its central directory before anything is unpacked (the whole zip is
+    refused when its entries together exceed ``max_total_bytes`` (``CADX_MAX_UPLOAD_MB``, default 1024) or
+    inflate more than ``max_ratio`` times in all, however small each entry), and while unpacking, since a
+    directory can lie.
     """
+    if max_total_bytes is None:
+        max_total_bytes = _max_upload_bytes()
     out = UnpackedUpload()
     total = 0
     for name, data in files:
@@ -565,6 +586,18 @@ def unpack_upload(files: Iterable[tuple[str, bytes]], *, max_image_bytes: int = 
             out.refused.append((name, f"the zip holds {len(entries)} entries, over the limit of {max_entries}; "
                                       "zip one study (a few images) at a time"))
             continue
+        files_in_zip = [i for i in entries if not i.is_dir()]
+        declared = sum(i.file_size for i in files_in_zip)
+        packed = sum(i.compress_size for i in files_in_zip)
+        if total + declared > max_total_bytes:
+            out.refused.append((name, f"the zip unpacks to {_mb(declared)} in all (its directory says), over the "
+                                      f"{_mb(max_total_bytes)} limit for one upload; zip fewer images, or raise "
+                                      "CADX_MAX_UPLOAD_MB"))
+            continue
+        if declared > _RATIO_FLOOR_BYTES and declared > max_ratio * max(packed, 1):
+            out.refused.append((name, f"the zip inflates {declared / max(packed, 1):.0f}x in all (over "
+                                      f"{max_ratio:.0f}x): refused as a possible zip bomb"))
+            continue
         for info in entries:
             entry = f"{name}/{info.filename}"
             base = PurePosixPath(info.filename.replace("\\", "/")).name
@@ -586,9 +619,10 @@ def unpack_upload(files: Iterable[tuple[str, bytes]], *, max_image_bytes: int = 
             if reason is not None:
                 out.refused.append((entry, reason))
                 continue
+            room = min(max_image_bytes, max_total_bytes - total, info.file_size)
             try:
                 with archive.open(info) as handle:
-                    content = handle.read(max_image_bytes + 1)  # never trust the declared size alone
+                    content = handle.read(room + 1)  # never trust the declared size alone
             except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
                 out.refused.append((entry, f"the entry cannot be unpacked ({exc})"))
                 continue
