@@ -375,7 +375,7 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
                                                 else "No outline: the Method-B segmentation is not computed yet."))
     status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
     st.markdown(
-        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · view {plain(roi.view or "?")} "
+        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · view {plain(roi.view or '?')} "
         f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}"
         + (f"  \n{SYNTHETIC} a cadx lesion phantom, not a patient image." if roi.is_synthetic else ""))
     with st.container(horizontal=True, gap="xsmall"):
