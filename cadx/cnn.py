@@ -114,6 +114,7 @@ __all__ = [
     "feature_preprocessing",
     "get_backbone",
     "load_backbone",
+    "network_input",
     "preprocess_rois",
     "tap_shapes",
 ]
@@ -828,16 +829,41 @@ def preprocess_rois(
     """
     units = [torch.from_numpy(_to_unit(roi, start_index + i)) for i, roi in enumerate(rois)]
     if units and all(u.shape == units[0].shape for u in units):  # one call for the batch
-        out = torch.stack(units)[:, None]
-        if out.shape[-2:] != (size, size):
-            out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    else:
-        out = torch.empty((len(units), 1, size, size), dtype=torch.float32)
-        for i, unit in enumerate(units):
-            unit = unit[None, None]
-            if unit.shape[-2:] != (size, size):
-                unit = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out[i] = unit[0]
+        return network_input(torch.stack(units)[:, None], mean=mean, std=std, size=size)
+    out = torch.empty((len(units), 3, size, size), dtype=torch.float32)
+    for i, unit in enumerate(units):
+        out[i] = network_input(unit[None, None], mean=mean, std=std, size=size)[0]
+    return out
+
+
+def network_input(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                  size: int = INPUT_SIZE) -> torch.Tensor:
+    """Resize and normalise images already in [0, 1]: the one path from pixels to every backbone's input.
+
+    ROIs come here through :func:`preprocess_rois` as one grey channel, which is replicated to three *after* the
+    resize (the same numbers as resizing three equal channels); colour pictures (e.g. the ImageNet sanity check of
+    ``tests/test_cnn.py``) come as RGB. Bilinear, antialiased resize to ``size`` x ``size`` (none when already that
+    size), then ``(x - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    images : torch.Tensor of shape (n, 1, H, W) or (n, 3, H, W), float32 in [0, 1]
+        Grey (replicated to three channels) or RGB, channels in RGB order.
+    mean, std : sequence of float
+        Per-channel normalisation of the weights, shape (3,), for inputs in [0, 1] (see :class:`WeightsSpec`).
+    size : int
+        Side of the output.
+
+    Returns
+    -------
+    torch.Tensor
+        (n, 3, size, size) float32.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, 1 or 3, H, W); got {tuple(images.shape)}")
+    out = images.to(torch.float32)
+    if out.shape[-2:] != (size, size):
+        out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (out.expand(-1, 3, -1, -1) - m) / s

@@ -82,12 +82,12 @@ else:
     st.dataframe(pd.DataFrame([{
         "id": e["id"], "name": e["name"], "created": e["created_at"], "backbone": e["backbone"],
         "weights": e["weights"], "taps": len(e["taps"]), "ROIs": e["n_rois"], "excluded": e["n_excluded"],
-        "best tap": e["best_tap"], "best tap AUC": e["best_tap_auc"], "SVM1 AUC": e["auc_A"],
+        "highest-AUC tap (± SD over seeds)": e["best_tap_text"], "SVM1 AUC": e["auc_A"],
         "SVM2 AUC": e["auc_B"], "ensemble AUC": e["auc_C"], "synthetic data": e["uses_synthetic_data"],
         "random weights": e["uses_random_weights"],
     } for e in recent]), hide_index=True, column_config={
         "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         **{c: st.column_config.NumberColumn(format="%.3f")
-           for c in ("best tap AUC", "SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
+           for c in ("SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
     })
     st.page_link("pages/experiments.py", label="All experiments", icon=":material/history:")

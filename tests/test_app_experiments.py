@@ -28,7 +28,7 @@ def experiment_dir(tmp_path_factory):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8"),
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", repeats=1),
                                    name="small sweep", user="tester", weights_note=note)
     ws.engine.dispose()
     return data, experiment_id

@@ -13,7 +13,7 @@ from cadx.workflows.features import compute_analytic_features, extract_cnn_featu
 from cadx.workflows.jobs import cancel_job, get_job, list_jobs, run_next_job, submit_job
 from db.models import Experiment, Job, Prediction, Segmentation
 
-SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0)
+SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0, repeats=1)
 
 
 @pytest.fixture
@@ -67,8 +67,10 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     assert [(e.target, e.user, e.detail["config_sha256"]) for e in runs] == [
         (f"experiment {first}", "tester", a["config_sha256"]), (f"experiment {second}", "tester", a["config_sha256"])]
     comparisons = a["results"]["comparisons"]
-    assert [c["comparison"] for c in comparisons] == ["C vs A", "C vs B", "A vs B"]
-    for c in comparisons:
+    assert [(c["comparison"], c["family"]) for c in comparisons] == [
+        ("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper"),
+        ("Z vs C", "added"), ("Z vs A", "added"), ("Z vs B", "added")]
+    for c in comparisons:  # Bonferroni within each family of three
         assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
 
 
@@ -91,7 +93,8 @@ def test_too_few_lesions_is_a_clear_error(workspace, alexnet_random):
 def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
     features = submit_job(demo, "features", {}, user="alice")
     experiment = submit_job(demo, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
-                                                 "ensemble_tap": "fc8", "name": "from a job"}, user="alice")
+                                                 "ensemble_tap": "fc8", "name": "from a job", "repeats": 1},
+                            user="alice")
     cancelled = submit_job(demo, "extract", {"backbone": "alexnet", "weights": "random"}, user="alice")
     assert cancel_job(demo, cancelled, user="bob")
     assert run_next_job(demo) == features
@@ -108,7 +111,7 @@ def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
 def test_a_failing_job_records_its_error(workspace):
     import_demo(workspace, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
-                                                  "ensemble_tap": "fc8"}, user="alice")
+                                                  "ensemble_tap": "fc8", "repeats": 1}, user="alice")
     run_next_job(workspace)
     job = get_job(workspace, job_id)
     assert job.status == "failed" and "too few for 5-fold" in job.error
@@ -125,7 +128,7 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
 
     settings = ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", n_folds=5, seed=3)
     single = [experiment_summary(demo, run_experiment(demo, alexnet_random, ExperimentSettings(
-        taps=settings.taps, ensemble_tap="fc8", seed=seed), name=f"seed {seed}", user="tester"))["results"]
+        taps=settings.taps, ensemble_tap="fc8", seed=seed, repeats=1), name=f"seed {seed}", user="tester"))["results"]
         for seed in (3, 4)]
     repeated_id = run_experiment(demo, alexnet_random, ExperimentSettings(
         taps=settings.taps, ensemble_tap="fc8", seed=3, repeats=2), name="two seeds", user="tester")

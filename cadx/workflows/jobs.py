@@ -137,7 +137,8 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter) -> tuple[str, 
     settings = ExperimentSettings(
         taps=None if params.get("taps") is None else tuple(params["taps"]),
         ensemble_tap=params.get("ensemble_tap"), analytic=params.get("analytic", True),
-        n_folds=params.get("n_folds", 5), seed=params.get("seed", 0), repeats=params.get("repeats", 1),
+        n_folds=params.get("n_folds", 5), seed=params.get("seed", 0),
+        repeats=params.get("repeats", ExperimentSettings.repeats),  # the one default (DEFAULT_REPEATS)
     )
     experiment_id = run_experiment(workspace, loaded, settings, name=params.get("name") or f"job {job.id}",
                                    user=job.created_by, weights_note=note, progress=progress)
