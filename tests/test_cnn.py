@@ -412,8 +412,8 @@ def test_the_roi_path_is_the_checked_path() -> None:
     roi = _synthetic_rois(1)[0]
     unit = torch.from_numpy(roi.astype(np.float32) / 65535.0)[None, None]
     grey3 = unit.expand(-1, 3, -1, -1)
-    assert torch.equal(cnn.preprocess_rois([roi], mean=spec.mean, std=spec.std),
-                       cnn.network_input(unit, mean=spec.mean, std=spec.std))
+    assert torch.allclose(cnn.preprocess_rois([roi], mean=spec.mean, std=spec.std),
+                          cnn.network_input(unit, mean=spec.mean, std=spec.std), atol=1e-6)
     assert torch.allclose(cnn.network_input(unit, mean=spec.mean, std=spec.std),
                           cnn.network_input(grey3, mean=spec.mean, std=spec.std), atol=1e-6)
     # TF's EfficientNet-Lite constants: (x - 127) / 128 on 0..255 pixels

@@ -338,7 +338,7 @@ def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
             "Nadeau-Bengio p": c.get("nadeau_bengio_p"),
             "Nadeau-Bengio p (Bonferroni)": c.get("nadeau_bengio_p_bonferroni"),
         })
-    return pd.DataFrame(rows, columns=["comparison", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
+    return pd.DataFrame(rows, columns=["comparison", "family", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
                                        "DeLong p", "DeLong p (Bonferroni)", "paired t p",
                                        "paired t p (Bonferroni)", "Nadeau-Bengio p",
                                        "Nadeau-Bengio p (Bonferroni)"])
