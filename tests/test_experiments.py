@@ -56,6 +56,18 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     p1 = np.array([p.p1 for p in predictions])
     p2 = np.array([p.p2 for p in predictions])
     assert np.allclose([p.p3 for p in predictions], (p1 + p2) / 2)
+    # the z-scored ensemble, by hand from the stored decision values and each fold's inner standardisation
+    cal = {k: a["results"]["methods"][k]["calibration"] for k in ("A", "B")}
+    for k in ("A", "B"):
+        assert cal[k]["n_folds"] == 5 and len(cal[k]["slope"][0]) == 5
+        assert cal[k]["n_clamped"] == sum(cal[k]["clamped"][0])
+        for slope, used, clamped in zip(cal[k]["slope"][0], cal[k]["slope_used"][0], cal[k]["clamped"][0]):
+            assert (slope == used > 0) if not clamped else (slope < used and used > 0)
+    folds = [p.fold for p in predictions]
+    z1 = [(p.decision1 - cal["A"]["inner_mean"][0][f]) / cal["A"]["inner_sd"][0][f] for p, f in zip(predictions, folds)]
+    z2 = [(p.decision2 - cal["B"]["inner_mean"][0][f]) / cal["B"]["inner_sd"][0][f] for p, f in zip(predictions, folds)]
+    assert np.allclose([p.pz for p in predictions], (np.array(z1) + np.array(z2)) / 2)
+    assert a["results"]["methods"]["Z"]["title"].startswith("Ensemble (z1 + z2) / 2")
     # no lesion in two folds
     folds_by_lesion: dict[int, set] = {}
     for p in predictions:
@@ -141,7 +153,12 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
         assert results["sweep"][tap]["auc_mean"] == pytest.approx(np.mean(both), abs=1e-12)
         assert results["sweep"][tap]["fold_aucs_by_seed"] == [single[0]["sweep"][tap]["fold_aucs"],
                                                                single[1]["sweep"][tap]["fold_aucs"]]
-    for method in ("A", "B", "C"):
+    for tap in ("fc7", "fc8"):  # the seed SD beside every tap's AUC
+        first, second = (s["sweep"][tap]["auc_mean"] for s in single)
+        assert results["sweep"][tap]["auc_mean_by_seed"] == pytest.approx([first, second], abs=1e-12)
+        assert results["sweep"][tap]["auc_sd_between_seeds"] == pytest.approx(abs(first - second) / np.sqrt(2),
+                                                                               abs=1e-12)
+    for method in ("A", "B", "C", "Z"):
         assert results["methods"][method]["fold_aucs"] == pytest.approx(single[0]["methods"][method]["fold_aucs"],
                                                                          abs=1e-12)
         row = results["repeats"]["methods"][method]
@@ -149,6 +166,9 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
         assert row["auc_mean_by_seed"] == pytest.approx([first, second], abs=1e-12)
         assert row["auc_sd_between_seeds"] == pytest.approx(abs(first - second) / np.sqrt(2), abs=1e-12)
     assert results["repeats"]["seeds"] == [3, 4]
+    for key in ("A", "B"):  # every seed's calibration is recorded
+        assert results["methods"][key]["calibration"]["seeds"] == [3, 4]
+        assert results["methods"][key]["calibration"]["n_folds"] == 10
 
     n_rois = results["n_rois"]
     with demo.sessions() as session:
@@ -169,3 +189,68 @@ def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random
     with demo.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Experiment)) == 0
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(workspace):
+    """Repeated cross-validation by default (issue 12, point 4): ExperimentSettings, the CLI options and the job
+    runner share DEFAULT_REPEATS (the page's widget is checked in tests/test_app_experiments.py)."""
+    import inspect
+
+    from cadx import cli
+    from cadx.workflows.experiments import DEFAULT_REPEATS
+
+    assert DEFAULT_REPEATS == 5 and ExperimentSettings().repeats == DEFAULT_REPEATS
+    for command in (cli.sweep_command, cli.evaluate_command):
+        assert inspect.signature(command).parameters["repeats"].default == DEFAULT_REPEATS
+    import_demo(workspace, n_lesions=20, seed=3)
+    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
+                                                  "ensemble_tap": "fc8", "analytic": False}, user="alice")
+    run_next_job(workspace)
+    job = get_job(workspace, job_id)
+    assert job.status == "done", job.error
+    summary = experiment_summary(workspace, job.experiment_id)
+    assert summary["config"]["repeats"] == DEFAULT_REPEATS
+    assert len(summary["results"]["sweep"]["fc8"]["auc_mean_by_seed"]) == DEFAULT_REPEATS
+
+
+def test_the_random_control_keeps_the_default_architecture_and_says_so(monkeypatch, tmp_path):
+    """``--weights random`` without ``--backbone`` controls the default run: EfficientNet-Lite0 when AlexNet's weights
+    are missing, AlexNet when they are there; the note never calls random weights ImageNet weights."""
+    import cadx.cnn as cnn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-cache"))  # no AlexNet weights here
+    loaded, note = resolve_backbone(None, weights="random", download=False)
+    assert loaded.name == "efficientnet_lite0" and loaded.weights.source == "random"
+    assert note.startswith("EfficientNet-Lite0 with random (untrained) weights") and "control" in note
+    assert "ImageNet weights (random)" not in note
+    default, default_note = resolve_backbone(None, download=False)
+    assert default.name == loaded.name and default.weights.source == "package"
+
+    real = cnn.load_backbone
+
+    def alexnet_available(name, weights="default", **kwargs):  # as if the torch cache held AlexNet's file
+        return real(name, "random" if name == "alexnet" else weights, **{k: v for k, v in kwargs.items()
+                                                                          if k == "seed"})
+
+    monkeypatch.setattr(cnn, "load_backbone", alexnet_available)
+    loaded, note = resolve_backbone(None, weights="random", download=False)
+    assert loaded.name == "alexnet" and loaded.weights.source == "random"
+    assert note.startswith("AlexNet with random (untrained) weights") and "ImageNet weights (random)" not in note
+    loaded, note = resolve_backbone("vgg16", weights="random")
+    assert note.startswith("VGG16 with random (untrained) weights")
+
+
+def test_tap_help_names_each_backbones_own_default_tap():
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.cnn import BACKBONES
+    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+
+    assert set(DEFAULT_ENSEMBLE_TAP) == set(BACKBONES)
+    assert all(tap in BACKBONES[name].taps for name, tap in DEFAULT_ENSEMBLE_TAP.items())
+    for command in ("sweep", "evaluate"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+        text = " ".join(result.output.replace("│", " ").split())
+        assert "pool for efficientnet_lite0" in text and "fc6 for alexnet" in text and "avgpool for resnet50" in text
+        assert "default fc6)" not in text
