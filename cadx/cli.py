@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
+from cadx.workflows.experiments import DEFAULT_REPEATS
 from cadx.workflows import (
     ImportReport,
     Workspace,
@@ -248,8 +249,9 @@ def include_command(roi_id: int, note: Annotated[Optional[str], typer.Option()] 
 Backbone = Annotated[Optional[str], typer.Option(
     help="alexnet, vgg16, resnet50 or efficientnet_lite0. Default: AlexNet when its ImageNet weights are available, "
          "else EfficientNet-Lite0 (offline ImageNet weights).")]
-Weights = Annotated[str, typer.Option(help="'default' (ImageNet) or 'random' (untrained: for tests only; every "
-                                           "record says so).")]
+Weights = Annotated[str, typer.Option(help="'default' (ImageNet) or 'random' (untrained: a control; every record "
+                                           "says so). Without --backbone, 'random' keeps the architecture the "
+                                           "default run would use.")]
 WeightsPath = Annotated[Optional[Path], typer.Option(help="A weights file to use (its checksum is verified).")]
 
 
@@ -395,29 +397,48 @@ def _print_experiment(summary: dict) -> None:
     if cohort:
         _out.print(f"cohort {cohort['name']}: {results['n_rois']} ROIs, {results['n_lesions']} lesions, "
                    f"{results['n_patients']} patients; ROI set sha256 {cohort['roi_set_sha256'][:16]}")
+    from cadx.workflows.results import best_tap_text, calibration_notes
+
+    seeds = summary["config"].get("repeats", 1)
+    by_seed = (results.get("repeats") or {}).get("methods", {})
     if len(results["sweep"]) > 1:
-        table = Table(title="Layer sweep: AUC per tap (5-fold CV by lesion)")
-        for column in ("tap", "length", "non-constant", "AUC", "SD", "SE", "seconds"):
+        spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "one seed: no spread measured"
+        table = Table(title=f"Layer sweep: AUC per tap (5-fold CV by lesion; {spread})")
+        for column in ("tap", "length", "non-constant", "AUC", "seed SD", "fold SD", "SE", "seconds"):
             table.add_column(column, justify="right" if column != "tap" else "left")
         for tap, row in results["sweep"].items():
+            seed_sd = row.get("auc_sd_between_seeds")
             table.add_row(tap, str(row["n_features"]), str(row["n_features_nonconstant"]), f"{row['auc_mean']:.3f}",
-                          f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}", f"{row['seconds']:.1f}")
+                          "–" if seed_sd is None else f"±{seed_sd:.3f}", f"{row['auc_sd']:.3f}",
+                          f"{row['auc_se']:.3f}", f"{row['seconds']:.1f}")
         _out.print(table)
-    table = Table(title="Classifiers (Table 1)")
-    for column in ("classifier", "AUC", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC", "seconds"):
+        best = max(results["sweep"], key=lambda t: results["sweep"][t]["auc_mean"])
+        _out.print(best_tap_text(best, results["sweep"][best], seeds))
+    table = Table(title="Classifiers (Table 1; first seed" + (f", seed SD over {seeds} seeds)" if seeds > 1 else ")"))
+    for column in ("classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC",
+                   "degenerate folds", "seconds"):
         table.add_column(column)
-    for row in results["methods"].values():
+    for key, row in results["methods"].items():
         lo, hi = row["pooled_ci95"]
-        table.add_row(row["title"], f"{row['auc_mean']:.3f}", f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}",
+        seed_sd = (by_seed.get(key) or {}).get("auc_sd_between_seeds")
+        calibration = row.get("calibration")
+        table.add_row(row["title"], f"{row['auc_mean']:.3f}", "–" if seed_sd is None else f"±{seed_sd:.3f}",
+                      f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}",
                       f"{row['pooled_auc']:.3f} [{lo:.3f}, {hi:.3f}]", f"{row['lesion_auc']:.3f}",
+                      f"{calibration['n_clamped']}/{calibration['n_folds']}" if calibration else "",
                       f"{row['seconds']:.1f}")
     _out.print(table)
+    for note in calibration_notes(results):
+        _out.print(f"[yellow]{note}[/]")
     if results["comparisons"]:
-        table = Table(title="Comparisons (p-values; Bonferroni over the 3 comparisons)")
-        for column in ("comparison", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p", "adj."):
+        table = Table(title="Comparisons (p-values; Bonferroni within each family of 3: the paper's, the "
+                            "z-ensemble's)")
+        for column in ("comparison", "family", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p",
+                       "adj."):
             table.add_column(column)
         for row in results["comparisons"]:
-            table.add_row(row["comparison"], f"{row['auc_difference']:+.3f}", f"{row['delong_p']:.3g}",
+            table.add_row(row["comparison"], row.get("family", "paper"), f"{row['auc_difference']:+.3f}",
+                          f"{row['delong_p']:.3g}",
                           f"{row['delong_p_bonferroni']:.3g}", f"{row['paired_t_p']:.3g}",
                           f"{row['paired_t_p_bonferroni']:.3g}", f"{row['nadeau_bengio_p']:.3g}",
                           f"{row['nadeau_bengio_p_bonferroni']:.3g}")
@@ -437,9 +458,21 @@ Folds = Annotated[Optional[int], typer.Option(help="Cross-validation folds (by l
 MinLesions = Annotated[Optional[int], typer.Option(
     "--min-lesions-per-fold", help="Guard rail: refuse a cohort with fewer lesions of a class than this per fold "
                                    "(default 5). Lower it only to try the pipeline on a tiny set; the record keeps it.")]
+
+
+def _default_taps_help() -> str:
+    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+
+    return ", ".join(f"{tap} for {backbone}" for backbone, tap in DEFAULT_ENSEMBLE_TAP.items())
+
+
+_TAP_DEFAULTS = _default_taps_help()
+Tap = Annotated[Optional[str], typer.Option(
+    help=f"CNN tap for SVM1 and the ensembles. Default: the backbone's own ({_TAP_DEFAULTS}).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
 Repeats = Annotated[int, typer.Option(help="Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to 20): "
-                                           "the sweep averages over them; Table 1 stays the first seed's.")]
+                                           "the sweep averages over them and shows the SD between seeds; Table 1 "
+                                           "stays the first seed's. 1 = a single split (faster, but luck).")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config and results as JSON here.")]
 
@@ -448,8 +481,8 @@ JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config a
 def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "layer sweep",
                   backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                   taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
-                  tap: Annotated[Optional[str], typer.Option(help="Tap for SVM1 and the ensemble (default fc6).")] = None,
-                  folds: Folds = None, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                  tap: Tap = None,
+                  folds: Folds = None, seed: Seed = 0, repeats: Repeats = DEFAULT_REPEATS, jobs: Jobs = 1,
                   json_path: JsonPath = None,
                   no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
                   cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
@@ -463,8 +496,8 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
 @app.command("evaluate")
 def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "evaluation",
                      backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
-                     tap: Annotated[Optional[str], typer.Option(help="CNN tap for SVM1 (default fc6).")] = None,
-                     folds: Folds = None, seed: Seed = 0, repeats: Repeats = 1, jobs: Jobs = 1,
+                     tap: Tap = None,
+                     folds: Folds = None, seed: Seed = 0, repeats: Repeats = DEFAULT_REPEATS, jobs: Jobs = 1,
                      json_path: JsonPath = None, cohort: CohortOption = None,
                      min_lesions_per_fold: MinLesions = None, data_dir: DataDir = None, user: User = None) -> None:
     """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""

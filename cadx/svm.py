@@ -42,6 +42,15 @@ map cannot reorder ROIs, so the AUC of the probabilities equals the AUC of the d
 piecewise constant, creates ties and changes the AUC; ``SVC(probability=True)`` was rejected: it runs its own
 random internal cross-validation and its sigmoid may have either sign.
 
+The floor has a price. Where the inner cross-validated decision values carry no signal, the free maximum-likelihood
+slope is ``<= 0`` and the fitted slope sits at ``A_min``: the fold's probabilities are then nearly flat (within
+about ``A_min`` of one value), and the soft vote ``(p1 + p2) / 2`` ranks that fold's ROIs by the other classifier
+alone, while the pooled AUC of the probabilities reflects the differences between fold intercepts. Each result
+therefore records the free slope and the folds where the floor was active (:attr:`CvResult.platt_free_slope`,
+:attr:`CvResult.platt_clamped`), and :func:`z_vote` offers an ensemble that does not go through the sigmoid:
+each classifier's decision values z-scored with the mean and SD of its inner cross-validated decision values on
+the training fold, then averaged.
+
 Default grid
 ------------
 ``gamma = a ∈ {0.1, 1, 10} / p``, ``coef0 = c ∈ {0, 1}``, ``degree = d ∈ {1, 2, 3}`` (18 candidates, ``C = 1``),
@@ -91,6 +100,7 @@ __all__ = [
     "make_svm_pipeline",
     "soft_vote",
     "sweep_layers",
+    "z_vote",
 ]
 
 Progress = Callable[[int, int, str], None]
@@ -250,6 +260,15 @@ class CvResult:
         Every candidate's AUC in every inner split.
     platt : ndarray of shape (n_folds, 2)
         Sigmoid ``(A, B)`` per fold, ``A > 0``.
+    platt_free_slope : ndarray of shape (n_folds,)
+        Per fold, the maximum-likelihood Platt slope *without* the floor ``A_min`` (decision-value units): ``<= 0``
+        where the inner cross-validated decision values carried no signal (or the wrong sign).
+    platt_clamped : ndarray of bool, shape (n_folds,)
+        Folds where the floor was active: ``proba`` is (nearly) flat there, so a probability average with another
+        classifier ranks by the other classifier alone in those folds (a *degenerate* fold).
+    inner_decision_mean, inner_decision_sd : ndarray of shape (n_folds,)
+        Mean and SD of the inner cross-validated decision values of the chosen parameters on each outer training
+        set: the standardisation of :attr:`decision_z` (no test data involved).
     n_features : int
         Raw width of the feature matrix.
     n_features_kept : ndarray of shape (n_folds,)
@@ -291,11 +310,28 @@ class CvResult:
     seed: int
     engine: str
     gram_engine: str = "numpy"
+    platt_free_slope: np.ndarray | None = None
+    platt_clamped: np.ndarray | None = None
+    inner_decision_mean: np.ndarray | None = None
+    inner_decision_sd: np.ndarray | None = None
 
     @property
     def n_folds(self) -> int:
         """Number of outer folds."""
         return len(self.splits)
+
+    @property
+    def decision_z(self) -> np.ndarray:
+        """Out-of-fold decision values standardised per fold with :attr:`inner_decision_mean` and
+        :attr:`inner_decision_sd` (statistics of the training fold only)."""
+        if self.inner_decision_mean is None or self.inner_decision_sd is None:
+            raise ValueError("this result has no inner decision statistics (made before they were recorded)")
+        return (self.decision - self.inner_decision_mean[self.fold]) / self.inner_decision_sd[self.fold]
+
+    @property
+    def n_degenerate(self) -> int:
+        """Folds whose Platt slope was held at the floor (see :attr:`platt_clamped`)."""
+        return 0 if self.platt_clamped is None else int(np.sum(self.platt_clamped))
 
     @property
     def auc_mean(self) -> float:
@@ -750,8 +786,44 @@ def _fit_platt(f: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return a / sd, b - a * mu / sd
 
 
+def _calibrate(f: np.ndarray, y: np.ndarray) -> tuple[float, float, float, bool]:
+    """Platt's sigmoid of :func:`_fit_platt` plus what the slope floor hid.
+
+    Returns ``(A, B, A_free, clamped)``: the sigmoid used (``A >= A_min``), the maximum-likelihood slope without
+    the floor (in decision-value units; ``<= 0`` when the inner cross-validated decision values rank the classes
+    the wrong way round or not at all) and whether the floor was active. The negative log-likelihood is convex in
+    ``(A, B)``, so when the bounded optimum lies inside the bound it is the free optimum and ``A_free = A``.
+    """
+    a, b = _fit_platt(f, y)
+    f = np.asarray(f, dtype=np.float64)
+    sd = float(np.std(f))
+    sd = sd if np.isfinite(sd) and sd > 0 else 1.0
+    clamped = bool(a * sd <= _PLATT_MIN_SLOPE * (1.0 + 1e-6))
+    if not clamped:
+        return a, b, a, False
+    u = (f - float(np.mean(f))) / sd
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+    def nll(theta):
+        z = theta[0] * u + theta[1]
+        r = 0.5 * (1.0 + np.tanh(0.5 * z)) - t
+        return np.sum(np.logaddexp(0.0, z) - t * z), np.array([np.dot(r, u), np.sum(r)])
+
+    res = minimize(nll, x0=np.array([0.0, math.log((n_pos + 1.0) / (n_neg + 1.0))]), jac=True, method="L-BFGS-B")
+    return a, b, float(res.x[0]) / sd, True
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def _zscore_params(f: np.ndarray) -> tuple[float, float]:
+    """Mean and SD (ddof=0) of a classifier's inner cross-validated decision values on one training fold (SD 1 when
+    they are constant), the standardisation of :func:`z_vote`."""
+    f = np.asarray(f, dtype=np.float64)
+    sd = float(np.std(f))
+    return float(np.mean(f)), sd if np.isfinite(sd) and sd > 0 else 1.0
 
 
 @dataclass
@@ -761,6 +833,10 @@ class _FoldOutput:
     best_index: int
     scores: np.ndarray
     platt: tuple[float, float]
+    platt_free_slope: float
+    platt_clamped: bool
+    inner_mean: float
+    inner_sd: float
     n_kept: int
     n_nonconstant: int
     gram_seconds: float
@@ -811,11 +887,13 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
             warnings.simplefilter("ignore", RuntimeWarning)
             n_nonconstant = int((np.nanmax(Xf, 0) > np.nanmin(Xf, 0)).sum())
         t1 = t_load
-    platt = _fit_platt(oof_best, y_tr)
-    proba = _sigmoid(platt[0] * decision + platt[1])
+    a, b, free_slope, clamped = _calibrate(oof_best, y_tr)
+    proba = _sigmoid(a * decision + b)
+    inner_mean, inner_sd = _zscore_params(oof_best)
     t2 = time.perf_counter()
     return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
-                       scores=scores, platt=platt, n_kept=n_kept, n_nonconstant=n_nonconstant,
+                       scores=scores, platt=(a, b), platt_free_slope=free_slope, platt_clamped=clamped,
+                       inner_mean=inner_mean, inner_sd=inner_sd, n_kept=n_kept, n_nonconstant=n_nonconstant,
                        gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
                        gram_engine=gram_engine if engine == "gram" else "numpy")
 
@@ -896,6 +974,10 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         best_inner_score=np.array([np.average(o.scores, axis=1)[o.best_index] for o in outputs]),
         inner_scores=np.stack([o.scores for o in outputs]),
         platt=np.array([o.platt for o in outputs]),
+        platt_free_slope=np.array([o.platt_free_slope for o in outputs]),
+        platt_clamped=np.array([o.platt_clamped for o in outputs], dtype=bool),
+        inner_decision_mean=np.array([o.inner_mean for o in outputs]),
+        inner_decision_sd=np.array([o.inner_sd for o in outputs]),
         n_features=n_features,
         n_features_kept=np.array([o.n_kept for o in outputs]),
         splits=splits, inner_splits=inner_splits,
@@ -1077,6 +1159,40 @@ def soft_vote(p1: CvResult | Any, p2: CvResult | Any, *, folds1: Any = None, fol
     if not (np.all((a >= 0) & (a <= 1)) and np.all((b >= 0) & (b <= 1))):
         raise ValueError("probabilities must lie in [0, 1] (NaN not allowed)")
     return (a + b) / 2.0
+
+
+def z_vote(r1: CvResult, r2: CvResult) -> np.ndarray:
+    """Ensemble of standardised decision values: ``(z1 + z2) / 2``.
+
+    Each classifier's out-of-fold decision values are z-scored with the mean and SD of *its own inner
+    cross-validated decision values on the training fold* (:attr:`CvResult.decision_z`), then averaged. Unlike
+    :func:`soft_vote` it does not pass through Platt's sigmoid, so a classifier whose calibration slope was held at
+    the floor still counts with equal weight instead of silently dropping out of the ranking.
+
+    Parameters
+    ----------
+    r1, r2 : CvResult
+        Two results on the same folds (same groups, labels and seed).
+
+    Returns
+    -------
+    ndarray of shape (n_rois,)
+        Unbounded scores (not probabilities): larger means more likely malignant.
+
+    Raises
+    ------
+    ValueError
+        If the folds or labels differ, or a result lacks the inner decision statistics.
+    """
+    for name, r in (("r1", r1), ("r2", r2)):
+        if not isinstance(r, CvResult):
+            raise ValueError(f"{name} must be a CvResult (its folds and inner decision statistics are needed)")
+    if r1.fold.shape != r2.fold.shape or not np.array_equal(r1.fold, r2.fold):
+        raise ValueError("the two classifiers were cross-validated on different folds; run both with the same "
+                         "groups, labels and seed")
+    if not np.array_equal(r1.y, r2.y):
+        raise ValueError("the two results have different labels y; they are not from the same ROIs")
+    return (r1.decision_z + r2.decision_z) / 2.0
 
 
 def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: Any, *, patients: Any = None,

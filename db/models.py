@@ -238,7 +238,7 @@ class Experiment(Base):
 
 
 class Prediction(Base):
-    """Out-of-fold predictions for one ROI in one experiment: SVM1 (CNN), SVM2 (analytic), ensemble."""
+    """Out-of-fold predictions for one ROI in one experiment: SVM1 (CNN), SVM2 (analytic), the two ensembles."""
 
     __tablename__ = "predictions"
     __table_args__ = (UniqueConstraint("experiment_id", "roi_id", "repeat", name="uq_prediction_roi"),)
@@ -256,6 +256,8 @@ class Prediction(Base):
     decision2: Mapped[float | None] = mapped_column(Float)
     p2: Mapped[float | None] = mapped_column(Float)
     p3: Mapped[float | None] = mapped_column(Float)
+    # (z1 + z2) / 2: decision values z-scored on the training fold, averaged (cadx.methods "Z"); not a probability
+    pz: Mapped[float | None] = mapped_column(Float)
 
     experiment: Mapped[Experiment] = relationship(back_populates="predictions")
 

@@ -103,7 +103,7 @@ else:
     st.caption(words.PAPER_AUC)
     st.dataframe(pd.DataFrame([{
         "id": e["id"], "name": e["name"], "SVM1 AUC": e["auc_A"], "SVM2 AUC": e["auc_B"],
-        "ensemble AUC": e["auc_C"], "best tap": e["best_tap"], "best tap AUC": e["best_tap_auc"],
+        "ensemble AUC": e["auc_C"], "highest-AUC tap (± SD over seeds)": e["best_tap_text"],
         "ROIs": e["n_rois"], "excluded": e["n_excluded"], "backbone": e["backbone"], "weights": e["weights"],
         "taps": len(e["taps"]), "created": e["created_at"], "synthetic data": e["uses_synthetic_data"],
         "random weights": e["uses_random_weights"],
@@ -113,7 +113,7 @@ else:
         "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         **{c: st.column_config.NumberColumn(c, format="%.3f", width="small",
                                             help=words.AUC_NAMES["fold_mean"][1])
-           for c in ("best tap AUC", "SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
+           for c in ("SVM1 AUC", "SVM2 AUC", "ensemble AUC")},
         **{c: st.column_config.CheckboxColumn(c, width="small") for c in ("synthetic data", "random weights")},
     })
     st.page_link("pages/experiments.py", label="All experiments", icon=":material/history:")

@@ -49,16 +49,16 @@ else:
 if only_wrong:
     frame = frame[frame[right_column] == False]  # noqa: E712  (None = classifier not run)
 
-n_right = {c: int((frame[f"right_{c}"] == True).sum()) for c in ("p1", "p2", "p3")}  # noqa: E712
+n_right = {c: int((frame[f"right_{c}"] == True).sum()) for c in ("p1", "p2", "p3", "pz")}  # noqa: E712
 unit = "ROIs" if level == "roi" else "lesions"
 st.markdown(f"**{len(frame)} {unit}** shown · right at 0.5: SVM1 {n_right['p1']}, SVM2 {n_right['p2']}, "
-            f"ensemble {n_right['p3']}")
+            f"ensemble {n_right['p3']}, z-ensemble (at 0) {n_right['pz']}")
 
 columns = {
-    "roi": ["roi_id", "lesion_key", "view", "truth", "fold", "p1", "p2", "p3", "disagreement", "right_p1",
-            "right_p2", "right_p3", "patient_key", "laterality", "included_now"],
-    "lesion": ["lesion_id", "lesion_key", "n_rois", "truth", "fold", "p1", "p2", "p3", "disagreement", "right_p1",
-               "right_p2", "right_p3", "patient_key"],
+    "roi": ["roi_id", "lesion_key", "view", "truth", "fold", "p1", "p2", "p3", "pz", "disagreement", "right_p1",
+            "right_p2", "right_p3", "right_pz", "patient_key", "laterality", "included_now"],
+    "lesion": ["lesion_id", "lesion_key", "n_rois", "truth", "fold", "p1", "p2", "p3", "pz", "disagreement",
+               "right_p1", "right_p2", "right_p3", "right_pz", "patient_key"],
 }[level]
 st.caption("Click a row to open it below; click a column header to sort.")
 event = st.dataframe(frame[columns], hide_index=True, key=f"pred_table_{level}", on_select="rerun",
@@ -69,10 +69,12 @@ event = st.dataframe(frame[columns], hide_index=True, key=f"pred_table_{level}",
     "p1": st.column_config.NumberColumn("p1 (SVM1, CNN)", format=PROBABILITY),
     "p2": st.column_config.NumberColumn("p2 (SVM2, analytic)", format=PROBABILITY),
     "p3": st.column_config.NumberColumn("p3 (ensemble)", format=PROBABILITY),
+    "pz": st.column_config.NumberColumn("pz (z-scored ensemble; not a probability)", format="%.3f"),
     "disagreement": st.column_config.NumberColumn("|p1 − p2|", format=PROBABILITY),
     "right_p1": st.column_config.CheckboxColumn("SVM1 right"),
     "right_p2": st.column_config.CheckboxColumn("SVM2 right"),
     "right_p3": st.column_config.CheckboxColumn("ensemble right"),
+    "right_pz": st.column_config.CheckboxColumn("z-ensemble right (pz ≥ 0)"),
     "included_now": st.column_config.CheckboxColumn("included now", help="Excluded by review since the run?"),
 })
 csv_download(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)", frame,

@@ -9,13 +9,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cadx import words
-from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from cadx.csvsafe import frame_csv_bytes
+from cadx.methods import METHODS
+from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
+from cadx.workflows.results import calibration_notes
 from pages._shared import figure_downloads, pick_experiment, workspace
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
-COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728"}
+COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "Z": "#9467bd"}
 FOUR = "%.4f"
 THREE = "%.3f"
 
@@ -28,7 +30,9 @@ def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created
 st.title("ROC curves")
 st.caption("The paper's Fig. 4 and Table 1: SVM1 on CNN features (Method A), SVM2 on analytic features "
            "(Method B) and their soft-voting ensemble p3 = (p1 + p2) / 2, from out-of-fold probabilities of "
-           "cross-validation by lesion. " + words.PAPER_AUC)
+           "cross-validation by lesion; beside them (not in the paper) the z-scored ensemble: each SVM's decision "
+           "values standardised with its training fold's inner cross-validated values, then averaged. "
+           + words.PAPER_AUC)
 
 experiment = pick_experiment("roc_experiment", purpose="ROC curves")
 experiment_id = experiment["id"]
@@ -46,6 +50,8 @@ if experiment["repeats"] > 1:
                "tests are the first seed's; the spread over all seeds is under *Repeated cross-validation*.")
 if not experiment["analytic"]:
     st.info("This experiment ran SVM1 only (no analytic features): no SVM2, ensemble or comparisons.")
+for note in calibration_notes(results):
+    st.warning(note)
 
 # --------------------------------------------------------------------------------------------------- Fig. 4 ---
 show_left, show_right = st.columns(2)
@@ -53,7 +59,7 @@ show_binormal = show_left.toggle("Fitted binormal curves", value=True, key="roc_
 show_empirical = show_right.toggle("Empirical curves", value=True, key="roc_empirical")
 fig = go.Figure()
 for key, m in results["methods"].items():
-    name = {"A": "SVM1 (CNN)", "B": "SVM2 (analytic)", "C": "Ensemble"}.get(key, key)
+    name = METHODS[key].short if key in METHODS else key
     binormal = m.get("binormal", {})
     if show_binormal and "fpr" in binormal:
         fig.add_trace(go.Scatter(x=binormal["fpr"], y=binormal["tpr"], mode="lines",
@@ -90,15 +96,19 @@ st.subheader("Performance (Table 1)")
 st.caption("AUC: mean of the fold AUCs; AUC.SD: their standard deviation; SE: SD / √folds. Pooled AUC: one ROC "
            "over all out-of-fold predictions, with its DeLong 95 % CI. Lesion AUC: ROIs averaged per lesion. "
            "Binormal: maximum-likelihood fit of the curve above (a, b). Time: cross-validation of the classifier "
-           "(feature extraction not included).")
+           "(feature extraction not included). Seed SD: SD of the AUC between the seeds of a repeated "
+           "cross-validation (ROI level). Degenerate folds: folds (over all seeds) where the SVM's Platt slope was "
+           "held at its floor, so its probabilities are flat and p3 ranks by the other SVM alone.")
 table = method_table(results)
 shown = table.assign(**{"95 % CI": [f"{lo:.3f}–{hi:.3f}" if lo is not None else "" for lo, hi in
                                     zip(table["CI95 low"], table["CI95 high"])]})
-shown = shown[["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC", "binormal AUC",
-               "time (s)", "detail"]]
+shown = shown[["classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC",
+               "binormal AUC", "degenerate folds", "time (s)", "detail"]]
 st.dataframe(shown, hide_index=True, column_config={  # short headers; the full name of each AUC in its tooltip
     "classifier": st.column_config.TextColumn(pinned=True),
     "AUC": st.column_config.NumberColumn("AUC (paper)", format=THREE, help=words.AUC_NAMES["fold_mean"][1]),
+    "seed SD": st.column_config.NumberColumn(format=THREE, help="SD of the AUC between the seeds of a repeated "
+                                                              "cross-validation"),
     "AUC.SD": st.column_config.NumberColumn(format=THREE, help="SD of the fold AUCs"),
     "SE": st.column_config.NumberColumn(format=THREE, help="SE of the fold mean: SD / √folds"),
     "pooled AUC": st.column_config.NumberColumn(format=THREE, help=words.AUC_NAMES["pooled"][1]),
@@ -127,18 +137,19 @@ if not repeats.empty:
 st.subheader("Significance tests")
 tests = comparison_table(results)
 if tests.empty:
-    st.info("No comparisons: they need SVM1, SVM2 and the ensemble.")
+    st.info("No comparisons: they need SVM1, SVM2 and the ensembles.")
 else:
     st.caption("DeLong: paired test of the pooled AUCs. Paired t: on the fold AUCs (k − 1 df). Nadeau–Bengio: "
-               "the paired t with the variance corrected for overlapping training sets. Bonferroni: p × 3 "
-               "(three comparisons), capped at 1.")
+               "the paired t with the variance corrected for overlapping training sets (training and test sizes "
+               "counted in lesions). Bonferroni: p × 3 within each family (the paper's three comparisons; the "
+               "z-scored ensemble's three), capped at 1.")
     short = {"AUC difference": "ΔAUC", "DeLong CI95 low": "CI low", "DeLong CI95 high": "CI high",
              "DeLong p (Bonferroni)": "DeLong p×3", "paired t p (Bonferroni)": "paired t p×3",
              "Nadeau-Bengio p": "N–B p", "Nadeau-Bengio p (Bonferroni)": "N–B p×3"}
     st.dataframe(tests, hide_index=True, width="stretch", column_config={
         "comparison": st.column_config.TextColumn(pinned=True),
         **{c: st.column_config.NumberColumn(short.get(c, c), format=FOUR, help=c, width="small")
-           for c in tests.columns if c != "comparison"}})
+           for c in tests.columns if c != "comparison" and pd.api.types.is_numeric_dtype(tests[c])}})
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)

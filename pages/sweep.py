@@ -9,6 +9,8 @@ import streamlit as st
 from cadx import words
 
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
+from cadx.workflows.experiments import DEFAULT_REPEATS
+from cadx.workflows.results import best_tap_text
 from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
 from cadx.workflows.accounts import can
 from pages._cohorts import cohort_editor, cohort_picker
@@ -57,8 +59,9 @@ def _figure_config(stem: str, key: str) -> dict:
 
 st.title("Layer sweep")
 st.caption("The paper's Fig. 3: for every tap (layer) of the CNN, an SVM on that tap's features, evaluated by "
-           "cross-validation by lesion. Points are the mean of the fold AUCs, error bars their standard error "
-           "(SD / √folds): the paper's AUC, the one to quote.")
+           "cross-validation by lesion. Points are the mean of the fold AUCs over all seeds (the paper's AUC, the "
+           "one to quote); error bars the SD between seeds of a repeated cross-validation (with one seed, the SE of "
+           "the fold AUCs, SD / √folds).")
 
 # ------------------------------------------------------------------------------------------- start a sweep ---
 status = _backbone_status()
@@ -95,9 +98,11 @@ with st.expander("Start a sweep", expanded=not experiments):
     n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10, value=5, step=1,
                               key="sweep_folds")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="sweep_seed")
-    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=20, value=1, step=1, key="sweep_repeats",
+    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=20, value=DEFAULT_REPEATS, step=1,
+                              key="sweep_repeats",
                               help="Repeat the cross-validation with seeds seed, seed+1, …: the chart averages "
-                                   "over them; the time grows in proportion.")
+                                   "over them and shows the SD between seeds; the time grows in proportion. One "
+                                   "seed is one split's luck.")
     analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
     cohort = cohort_picker("sweep_cohort", n_folds=int(n_folds))
     cohort_editor("sweep_cohort")
@@ -186,10 +191,13 @@ fig = go.Figure()
 for experiment_id in selected:
     rows = table[table["experiment_id"] == experiment_id]
     x = rows["tap"] if same_backbone else rows["depth"]
+    seeded = rows["auc_sd_between_seeds"].notna().all() and len(rows) > 0
     fig.add_trace(go.Scatter(
         x=x, y=rows["auc_mean"], mode="lines+markers", name=labels[experiment_id], text=rows["tap"],
-        error_y={"type": "data", "array": rows["auc_se"], "visible": True},
-        hovertemplate="%{text}: AUC %{y:.3f} ± %{error_y.array:.3f}<extra></extra>",
+        error_y={"type": "data", "array": rows["auc_sd_between_seeds" if seeded else "auc_se"], "visible": True},
+        hovertemplate="%{text}: AUC %{y:.3f} ± %{error_y.array:.3f} "
+                      + (f"(SD over {int(rows['repeats'].iloc[0])} seeds)" if seeded else "(SE of folds, one seed)")
+                      + "<extra></extra>",
     ))
 fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance", annotation_position="bottom right")
 if same_backbone:
@@ -198,7 +206,7 @@ if same_backbone:
     fig.update_xaxes(title="tap (network order)", type="category", categoryorder="array", categoryarray=present)
 else:
     fig.update_xaxes(title="relative depth of the tap (first tap 0, last tap 1; hover for its name)")
-fig.update_yaxes(title="AUC (mean of fold AUCs) ± SE", range=[0, 1.05])
+fig.update_yaxes(title="AUC (mean of fold AUCs) ± SD over seeds (one seed: ± SE)", range=[0, 1.05])
 warning = []
 if any(e["uses_synthetic_data"] for e in chosen):
     warning.append("SYNTHETIC DEMO DATA")
@@ -213,18 +221,28 @@ config = _figure_config("cadx-layer-sweep", "sweep_fig_format")
 st.plotly_chart(fig, config=config, key="sweep_chart")
 figure_downloads(fig, "cadx-layer-sweep")
 
+for experiment_id in selected:
+    rows = table[table["experiment_id"] == experiment_id]
+    if not rows.empty:
+        top = rows.loc[rows["auc_mean"].idxmax()]
+        text = best_tap_text(top["tap"], {"auc_mean": top["auc_mean"],
+                                          "auc_sd_between_seeds": top["auc_sd_between_seeds"]}, int(top["repeats"]))
+        st.markdown(f"#{experiment_id}: {text}")
+
 st.subheader("Feature lengths and time per tap")
 st.caption("Feature length: the tap's flattened output. After zero-variance removal: features that vary across "
            "the ROIs (the SVM's input, as in the paper's Fig. 2). Seconds: cross-validation of that tap's SVM. "
-           "With several seeds, AUC is the mean over all their folds and SD/SE are averaged over the seeds.")
+           "With several seeds, AUC is the mean over all their folds, seed SD the SD between the seeds' fold-mean "
+           "AUCs, and AUC.SD/SE (between folds) are averaged over the seeds.")
 shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_features": "feature length",
                               "n_features_nonconstant": "after zero-variance removal", "auc_mean": "AUC",
                               "auc_sd": "AUC.SD", "auc_se": "SE", "seconds": "seconds", "n_folds": "folds",
-                              "repeats": "seeds"})
-shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "AUC.SD", "SE",
-               "folds", "seeds", "seconds"]]
+                              "repeats": "seeds", "auc_sd_between_seeds": "seed SD"})
+shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "seed SD", "AUC.SD",
+               "SE", "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
     "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "seed SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })
 csv_download("Table (CSV)", table.rename(columns={"auc_mean": words.AUC_COLUMNS["AUC"]}), "cadx-layer-sweep.csv",

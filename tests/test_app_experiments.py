@@ -28,7 +28,7 @@ def experiment_dir(tmp_path_factory):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8",
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", repeats=1,
                                                                   min_lesions_per_class_per_fold=1),
                                    name="small sweep", user="tester", weights_note=note)
     ws.engine.dispose()
@@ -196,6 +196,9 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
     monkeypatch.setattr(jobs, "ensure_worker", lambda ws: started.append(ws.data_dir) or True)
     monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)  # 12 demo lesions (see test_app_cohorts)
     at = _run("pages/sweep.py")
+    from cadx.workflows.experiments import DEFAULT_REPEATS
+
+    assert at.number_input(key="sweep_repeats").value == DEFAULT_REPEATS == 5  # repeated CV by default
     at.selectbox(key="sweep_backbone").select("alexnet").run()
     at.radio(key="sweep_weights").set_value("random").run()
     assert any("RANDOM (UNTRAINED) CNN WEIGHTS" in m.value for m in at.markdown)
@@ -245,8 +248,9 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     assert "SYNTHETIC DEMO DATA" in text and "RANDOM (UNTRAINED) CNN WEIGHTS" in text
     assert "28 ROIs" in text
     table = at.dataframe[0].value
-    assert list(table["classifier"]) == ["SVM1 (CNN features)", "SVM2 (analytic features)", "Ensemble (SVM1 + SVM2)"]
-    for (_, row), key in zip(table.iterrows(), "ABC"):
+    assert list(table["classifier"]) == ["SVM1 (CNN features)", "SVM2 (analytic features)", "Ensemble (SVM1 + SVM2)",
+                                         "Ensemble of z-scored decision values"]
+    for (_, row), key in zip(table.iterrows(), "ABCZ"):
         assert row["AUC"] == pytest.approx(methods[key]["auc_mean"])
         assert row["AUC.SD"] == pytest.approx(methods[key]["auc_sd"])
         assert row["SE"] == pytest.approx(methods[key]["auc_se"])
@@ -254,14 +258,42 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
         assert row["lesion AUC"] == pytest.approx(methods[key]["lesion_auc"])
         assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
     tests = at.dataframe[-1].value
-    assert len(tests) == 3 and "DeLong p (Bonferroni)" in tests.columns and "Nadeau-Bengio p" in tests.columns
+    assert len(tests) == 6 and "DeLong p (Bonferroni)" in tests.columns and "Nadeau-Bengio p" in tests.columns
+    assert tests["family"].tolist() == ["paper"] * 3 + ["added"] * 3
     spec = _plotly(at)
     names = [t["name"] for t in spec["data"]]
-    assert sum("binormal" in n for n in names) == 3 and sum("empirical" in n for n in names) == 3
+    assert sum("binormal" in n for n in names) + sum("no binormal" in c.value for c in at.caption) == 4
+    assert sum("empirical" in n for n in names) == 4 and any(n.startswith("z-ensemble") for n in names)
     assert "RANDOM (UNTRAINED) CNN WEIGHTS" in spec["layout"]["title"]["text"]
     labels = [b.label for b in at.get("download_button")]
     assert {"Table 1 (CSV)", "Significance tests (CSV)", "Curve points (CSV)"} <= set(labels)
     assert next(b for b in at.get("download_button") if b.label == "Repeated CV (CSV)").disabled  # one seed
+
+
+def test_roc_page_warns_about_degenerate_folds(use, tmp_path, experiment_dir):
+    """A stored record whose SVM1 slope was floored in 15 of 25 folds: the page says so above Table 1, whose row
+    carries "15/25"."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(experiment_dir[0], data)
+    ws = open_workspace(data)
+    try:
+        with ws.sessions.begin() as session:
+            e = session.get(Experiment, experiment_dir[1])
+            methods = dict(e.results["methods"])
+            clamped = [[5 * s + k < 15 for k in range(5)] for s in range(5)]
+            methods["A"] = {**methods["A"], "calibration": {**methods["A"]["calibration"], "seeds": list(range(5)),
+                                                            "clamped": clamped, "n_clamped": 15, "n_folds": 25}}
+            e.results = {**e.results, "methods": methods}
+    finally:
+        ws.engine.dispose()
+    use(data)
+    at = _run("pages/roc.py")
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("SVM1 carried no signal in 15/25 folds") and "equals SVM2 there" in w for w in warnings)
+    assert at.dataframe[0].value["degenerate folds"].tolist()[0] == "15/25"
 
 
 def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experiment_dir):
@@ -276,7 +308,7 @@ def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experimen
     finally:
         ws.engine.dispose()
     table = at.dataframe[0].value
-    for (_, row), key in zip(table.iterrows(), "ABC"):
+    for (_, row), key in zip(table.iterrows(), "ABCZ"):
         assert row["pooled AUC"] == pytest.approx(expected[key]["pooled_auc"])
         assert row["AUC"] == pytest.approx(expected[key]["auc_mean"])
     spec = _plotly(at)
@@ -374,7 +406,7 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path):
     assert "repeated with 2 seeds" in _text(at) and "Repeated cross-validation" in _text(at)
     shown = next(d.value for d in at.dataframe if "SD between seeds" in d.value.columns)
     assert list(shown.columns) == ["classifier", "mean over seeds", "SD between seeds", "seed 5", "seed 6"]
-    for (_, row), key in zip(shown.iterrows(), "ABC", strict=True):
+    for (_, row), key in zip(shown.iterrows(), "ABCZ", strict=True):
         assert [row["seed 5"], row["seed 6"]] == pytest.approx(repeats["methods"][key]["auc_mean_by_seed"])
         assert row["SD between seeds"] == pytest.approx(repeats["methods"][key]["auc_sd_between_seeds"])
     assert "SD between seeds" not in at.dataframe[-1].value.columns  # the tests table still comes last
@@ -385,6 +417,10 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path):
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "seeds" in d.value.columns)
     assert table["seeds"].tolist() == [2]
+    sweep = _summary(data, experiment_id)["results"]["sweep"]["fc8"]
+    assert table["seed SD"].tolist() == pytest.approx([sweep["auc_sd_between_seeds"]])
+    best = f"best tap fc8: {sweep['auc_mean']:.3f} ± {sweep['auc_sd_between_seeds']:.3f} (SD over 2 seeds)"
+    assert best in _text(at)
 
     at = _run("pages/experiments.py")
     assert not at.exception, at.exception

@@ -62,8 +62,8 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
               "--min-lesions-per-fold", "1"]  # 12 demo lesions: the guard rail (5 per class per fold) lowered
 
     sweep_json = tmp_path / "sweep.json"
-    result = runner.invoke(app, ["sweep", "--taps", "fc7,fc8", "--tap", "fc8", "--no-analytic", "--json",
-                                 str(sweep_json), *common])
+    result = runner.invoke(app, ["sweep", "--taps", "fc7,fc8", "--tap", "fc8", "--no-analytic", "--repeats", "1",
+                                 "--json", str(sweep_json), *common])
     assert result.exit_code == 0, result.output
     assert "Layer sweep: AUC per tap" in result.output and "RANDOM (UNTRAINED) WEIGHTS" in result.output
     sweep = json.loads(sweep_json.read_text())
@@ -76,7 +76,7 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Repeated cross-validation" in result.output and "Comparisons" in result.output
     results = json.loads(evaluate_json.read_text())["results"]
-    assert results["repeats"]["seeds"] == [1, 2] and set(results["repeats"]["methods"]) == {"A", "B", "C"}
+    assert results["repeats"]["seeds"] == [1, 2] and set(results["repeats"]["methods"]) == {"A", "B", "C", "Z"}
     # the first seed's SVM1 is the Table-1 row
     assert results["repeats"]["methods"]["A"]["auc_mean_by_seed"][0] == results["methods"]["A"]["auc_mean"]
 

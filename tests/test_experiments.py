@@ -13,7 +13,7 @@ from cadx.workflows.features import compute_analytic_features, extract_cnn_featu
 from cadx.workflows.jobs import cancel_job, get_job, list_jobs, run_next_job, submit_job
 from db.models import Experiment, Job, Prediction, Segmentation
 
-SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0)
+SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0, repeats=1)
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,18 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     p1 = np.array([p.p1 for p in predictions])
     p2 = np.array([p.p2 for p in predictions])
     assert np.allclose([p.p3 for p in predictions], (p1 + p2) / 2)
+    # the z-scored ensemble, by hand from the stored decision values and each fold's inner standardisation
+    cal = {k: a["results"]["methods"][k]["calibration"] for k in ("A", "B")}
+    for k in ("A", "B"):
+        assert cal[k]["n_folds"] == 5 and len(cal[k]["slope"][0]) == 5
+        assert cal[k]["n_clamped"] == sum(cal[k]["clamped"][0])
+        for slope, used, clamped in zip(cal[k]["slope"][0], cal[k]["slope_used"][0], cal[k]["clamped"][0]):
+            assert (slope == used > 0) if not clamped else (slope < used and used > 0)
+    folds = [p.fold for p in predictions]
+    z1 = [(p.decision1 - cal["A"]["inner_mean"][0][f]) / cal["A"]["inner_sd"][0][f] for p, f in zip(predictions, folds)]
+    z2 = [(p.decision2 - cal["B"]["inner_mean"][0][f]) / cal["B"]["inner_sd"][0][f] for p, f in zip(predictions, folds)]
+    assert np.allclose([p.pz for p in predictions], (np.array(z1) + np.array(z2)) / 2)
+    assert a["results"]["methods"]["Z"]["title"].startswith("Ensemble (z1 + z2) / 2")
     # no lesion in two folds
     folds_by_lesion: dict[int, set] = {}
     for p in predictions:
@@ -74,8 +86,10 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     assert [(e.target, e.user, e.detail["config_sha256"]) for e in runs] == [
         (f"experiment {first}", "tester", a["config_sha256"]), (f"experiment {second}", "tester", a["config_sha256"])]
     comparisons = a["results"]["comparisons"]
-    assert [c["comparison"] for c in comparisons] == ["C vs A", "C vs B", "A vs B"]
-    for c in comparisons:
+    assert [(c["comparison"], c["family"]) for c in comparisons] == [
+        ("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper"),
+        ("Z vs C", "added"), ("Z vs A", "added"), ("Z vs B", "added")]
+    for c in comparisons:  # Bonferroni within each family of three
         assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
 
 
@@ -99,7 +113,8 @@ def test_too_few_lesions_is_a_clear_error(workspace, alexnet_random):
 def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
     features = submit_job(demo, "features", {}, user="alice")
     experiment = submit_job(demo, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
-                                                 "ensemble_tap": "fc8", "name": "from a job"}, user="alice")
+                                                 "ensemble_tap": "fc8", "name": "from a job", "repeats": 1},
+                            user="alice")
     cancelled = submit_job(demo, "extract", {"backbone": "alexnet", "weights": "random"}, user="alice")
     assert cancel_job(demo, cancelled, user="bob")
     assert run_next_job(demo) == features
@@ -116,7 +131,7 @@ def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
 def test_a_failing_job_records_its_error(workspace):
     import_demo(workspace, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
-                                                  "ensemble_tap": "fc8"}, user="alice")
+                                                  "ensemble_tap": "fc8", "repeats": 1}, user="alice")
     run_next_job(workspace)
     job = get_job(workspace, job_id)
     assert job.status == "failed" and "lesions per fold for 5-fold" in job.error
@@ -133,7 +148,7 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
 
     settings = ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", n_folds=5, seed=3)
     single = [experiment_summary(demo, run_experiment(demo, alexnet_random, ExperimentSettings(
-        taps=settings.taps, ensemble_tap="fc8", seed=seed), name=f"seed {seed}", user="tester"))["results"]
+        taps=settings.taps, ensemble_tap="fc8", seed=seed, repeats=1), name=f"seed {seed}", user="tester"))["results"]
         for seed in (3, 4)]
     repeated_id = run_experiment(demo, alexnet_random, ExperimentSettings(
         taps=settings.taps, ensemble_tap="fc8", seed=3, repeats=2), name="two seeds", user="tester")
@@ -146,7 +161,12 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
         assert results["sweep"][tap]["auc_mean"] == pytest.approx(np.mean(both), abs=1e-12)
         assert results["sweep"][tap]["fold_aucs_by_seed"] == [single[0]["sweep"][tap]["fold_aucs"],
                                                                single[1]["sweep"][tap]["fold_aucs"]]
-    for method in ("A", "B", "C"):
+    for tap in ("fc7", "fc8"):  # the seed SD beside every tap's AUC
+        first, second = (s["sweep"][tap]["auc_mean"] for s in single)
+        assert results["sweep"][tap]["auc_mean_by_seed"] == pytest.approx([first, second], abs=1e-12)
+        assert results["sweep"][tap]["auc_sd_between_seeds"] == pytest.approx(abs(first - second) / np.sqrt(2),
+                                                                               abs=1e-12)
+    for method in ("A", "B", "C", "Z"):
         assert results["methods"][method]["fold_aucs"] == pytest.approx(single[0]["methods"][method]["fold_aucs"],
                                                                          abs=1e-12)
         row = results["repeats"]["methods"][method]
@@ -154,6 +174,9 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
         assert row["auc_mean_by_seed"] == pytest.approx([first, second], abs=1e-12)
         assert row["auc_sd_between_seeds"] == pytest.approx(abs(first - second) / np.sqrt(2), abs=1e-12)
     assert results["repeats"]["seeds"] == [3, 4]
+    for key in ("A", "B"):  # every seed's calibration is recorded
+        assert results["methods"][key]["calibration"]["seeds"] == [3, 4]
+        assert results["methods"][key]["calibration"]["n_folds"] == 10
 
     n_rois = results["n_rois"]
     with demo.sessions() as session:
@@ -174,3 +197,68 @@ def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random
     with demo.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Experiment)) == 0
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(workspace):
+    """Repeated cross-validation by default (issue 12, point 4): ExperimentSettings, the CLI options and the job
+    runner share DEFAULT_REPEATS (the page's widget is checked in tests/test_app_experiments.py)."""
+    import inspect
+
+    from cadx import cli
+    from cadx.workflows.experiments import DEFAULT_REPEATS
+
+    assert DEFAULT_REPEATS == 5 and ExperimentSettings().repeats == DEFAULT_REPEATS
+    for command in (cli.sweep_command, cli.evaluate_command):
+        assert inspect.signature(command).parameters["repeats"].default == DEFAULT_REPEATS
+    import_demo(workspace, n_lesions=20, seed=3)
+    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
+                                                  "ensemble_tap": "fc8", "analytic": False}, user="alice")
+    run_next_job(workspace)
+    job = get_job(workspace, job_id)
+    assert job.status == "done", job.error
+    summary = experiment_summary(workspace, job.experiment_id)
+    assert summary["config"]["repeats"] == DEFAULT_REPEATS
+    assert len(summary["results"]["sweep"]["fc8"]["auc_mean_by_seed"]) == DEFAULT_REPEATS
+
+
+def test_the_random_control_keeps_the_default_architecture_and_says_so(monkeypatch, tmp_path):
+    """``--weights random`` without ``--backbone`` controls the default run: EfficientNet-Lite0 when AlexNet's weights
+    are missing, AlexNet when they are there; the note never calls random weights ImageNet weights."""
+    import cadx.cnn as cnn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-cache"))  # no AlexNet weights here
+    loaded, note = resolve_backbone(None, weights="random", download=False)
+    assert loaded.name == "efficientnet_lite0" and loaded.weights.source == "random"
+    assert note.startswith("EfficientNet-Lite0 with random (untrained) weights") and "control" in note
+    assert "ImageNet weights (random)" not in note
+    default, default_note = resolve_backbone(None, download=False)
+    assert default.name == loaded.name and default.weights.source == "package"
+
+    real = cnn.load_backbone
+
+    def alexnet_available(name, weights="default", **kwargs):  # as if the torch cache held AlexNet's file
+        return real(name, "random" if name == "alexnet" else weights, **{k: v for k, v in kwargs.items()
+                                                                          if k == "seed"})
+
+    monkeypatch.setattr(cnn, "load_backbone", alexnet_available)
+    loaded, note = resolve_backbone(None, weights="random", download=False)
+    assert loaded.name == "alexnet" and loaded.weights.source == "random"
+    assert note.startswith("AlexNet with random (untrained) weights") and "ImageNet weights (random)" not in note
+    loaded, note = resolve_backbone("vgg16", weights="random")
+    assert note.startswith("VGG16 with random (untrained) weights")
+
+
+def test_tap_help_names_each_backbones_own_default_tap():
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.cnn import BACKBONES
+    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+
+    assert set(DEFAULT_ENSEMBLE_TAP) == set(BACKBONES)
+    assert all(tap in BACKBONES[name].taps for name, tap in DEFAULT_ENSEMBLE_TAP.items())
+    for command in ("sweep", "evaluate"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+        text = " ".join(result.output.replace("│", " ").split())
+        assert "pool for efficientnet_lite0" in text and "fc6 for alexnet" in text and "avgpool for resnet50" in text
+        assert "default fc6)" not in text

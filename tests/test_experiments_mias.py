@@ -21,7 +21,7 @@ def test_sweep_runs_end_to_end_on_real_mias(tmp_path, mias_dir):
     report = import_mias(workspace, mias_dir, user="tester")
     loaded, note = resolve_backbone("efficientnet_lite0")
     assert loaded.weights.source == "package"  # real ImageNet weights, installed offline
-    settings = ExperimentSettings(taps=("stage7", "pool"), ensemble_tap="pool", seed=0)
+    settings = ExperimentSettings(taps=("stage7", "pool"), ensemble_tap="pool", seed=0, repeats=1)
     experiment_id = run_experiment(workspace, loaded, settings, name="MIAS", user="tester", weights_note=note)
     summary = experiment_summary(workspace, experiment_id)
     results = summary["results"]

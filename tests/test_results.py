@@ -260,3 +260,104 @@ def test_backbone_choices_list_taps_in_network_order():
     assert choices["alexnet"]["taps"][:2] == ["conv1", "pool1"] and choices["alexnet"]["taps"][-1] == "fc8"
     assert choices["alexnet"]["ensemble_tap"] == "fc6"
     assert set(choices) >= {"alexnet", "efficientnet_lite0"}
+
+
+# ------------------------------------------------------------------------------------------- issue 12 ---
+def test_nadeau_bengio_sizes_count_lesions_not_rois():
+    """10 lesions in 2 folds: fold 0 holds lesions 0-3 with 3 views each (12 ROIs), fold 1 lesions 4-9 with one view
+    each (6 ROIs). Counted in lesions: n_test = (4 + 6) / 2 = 5, n_train = 10 - 5 = 5 (ROIs would say 9 and 9)."""
+    from cadx import stats
+    from cadx.workflows.experiments import compare_methods
+
+    lesions = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9])
+    folds = (lesions >= 4).astype(int)
+    assert stats.cv_unit_sizes(folds, lesions) == (5.0, 5.0)
+    assert stats.cv_unit_sizes(folds, np.arange(18)) == (9.0, 9.0)  # what counting ROIs gave
+    with pytest.raises(ValueError, match="more than one fold"):
+        stats.cv_unit_sizes([0, 1], [7, 7])
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1])
+    rng = np.random.default_rng(3)
+    scores = {k: rng.random(18) for k in "ABC"}
+    methods = {k: {"fold_aucs": list(stats.fold_auc_summary(
+        [_hand_auc(y[folds == f], scores[k][folds == f]) for f in (0, 1)]).aucs)} for k in "ABC"}
+    rows = compare_methods(methods, scores, y, folds, 2, lesions=lesions)
+    assert [r["comparison"] for r in rows] == ["C vs A", "C vs B", "A vs B"]  # no Z: only the paper's family
+    for row in rows:
+        first, second = row["comparison"].split(" vs ")
+        d = np.subtract(methods[first]["fold_aucs"], methods[second]["fold_aucs"])
+        assert (row["nadeau_bengio_n_train"], row["nadeau_bengio_n_test"]) == (5.0, 5.0)
+        # by hand: var = (1/2 + 5/5) * s^2, t = mean / sqrt(var), 1 df
+        s2 = float(np.var(d, ddof=1))
+        t = float(np.mean(d)) / np.sqrt(1.5 * s2)
+        assert row["nadeau_bengio_p"] == pytest.approx(2 * (0.5 - np.arctan(abs(t)) / np.pi), rel=1e-9)
+
+
+def _calibration(n_clamped: int, seeds: int = 5) -> dict:
+    clamped = [[i * 5 + k < n_clamped for k in range(5)] for i in range(seeds)]
+    return {"seeds": list(range(seeds)), "slope": [[-0.1 if c else 0.5 for c in row] for row in clamped],
+            "clamped": clamped, "n_clamped": n_clamped, "n_folds": 5 * seeds,
+            "floor": "0.001 / SD of the inner decision values"}
+
+
+def test_degenerate_folds_are_flagged_in_table_1_and_the_notes():
+    from cadx.workflows.results import calibration_notes
+
+    results = {"methods": {
+        "A": {"title": "SVM1 (CNN efficientnet_lite0 pool)", "auc_mean": 0.6, "calibration": _calibration(15)},
+        "B": {"title": "SVM2 (analytic features)", "auc_mean": 0.7, "calibration": _calibration(0)},
+        "C": {"title": "Ensemble (p1 + p2) / 2", "auc_mean": 0.71},
+        "Z": {"title": "Ensemble (z1 + z2) / 2", "auc_mean": 0.66}},
+        "repeats": {"seeds": [0, 1, 2, 3, 4], "methods": {
+            "A": {"auc_sd_between_seeds": 0.02}, "Z": {"auc_sd_between_seeds": 0.03}}}}
+    notes = calibration_notes(results)
+    assert len(notes) == 1
+    assert notes[0].startswith("SVM1 carried no signal in 15/25 folds (5 folds × 5 seeds)")
+    assert "the ensemble (p1 + p2) / 2 equals SVM2 there" in notes[0] and "z-scored ensemble" in notes[0]
+    table = method_table(results)
+    assert table["classifier"].tolist() == ["SVM1 (CNN features)", "SVM2 (analytic features)",
+                                            "Ensemble (SVM1 + SVM2)", "Ensemble of z-scored decision values"]
+    assert table["degenerate folds"].tolist()[:2] == ["15/25", "0/25"] and table["degenerate folds"][2:].isna().all()
+    assert table["seed SD"].tolist()[0] == 0.02 and table["seed SD"].tolist()[3] == 0.03
+    assert np.isnan(table["seed SD"].tolist()[1])
+    assert calibration_notes({"methods": {"A": {"calibration": _calibration(0)}}}) == []
+
+
+def test_best_tap_is_never_named_without_its_spread():
+    from cadx.workflows.results import best_tap_text
+
+    layer = {"auc_mean": 0.8123, "auc_sd_between_seeds": 0.0214}
+    assert best_tap_text("fc6", layer, 5) == "best tap fc6: 0.812 ± 0.021 (SD over 5 seeds)"
+    one = best_tap_text("fc6", {"auc_mean": 0.8123}, 1)
+    assert "best tap" not in one and "one seed" in one and "no spread" in one
+    assert best_tap_text(None, {}, 5) == ""
+
+
+def test_the_z_ensemble_is_a_row_a_curve_a_prediction_and_a_test_at_lesion_level(demo):
+    """An experiment with the z-ensemble stored: its lesion-level row averages each lesion's pz, its predictions are
+    called malignant at pz >= 0, and its comparisons form their own Bonferroni family."""
+    experiment_id = _make_experiment(demo)
+    records = roi_records(demo)
+    pz = {r.id: ((r.id * 0.53) % 1.0) * 4 - 2 for r in records}
+    with demo.sessions.begin() as session:
+        e = session.get(Experiment, experiment_id)
+        methods = dict(e.results["methods"])
+        methods["Z"] = dict(methods["C"], title="Ensemble (z1 + z2) / 2")
+        e.results = {**e.results, "methods": methods}
+        for p in session.scalars(select(Prediction).where(Prediction.experiment_id == experiment_id)):
+            p.pz = pz[p.roi_id]
+    rois = roi_predictions(demo, experiment_id)
+    assert rois["pz"].tolist() == pytest.approx([pz[r.id] for r in records])
+    assert rois["right_pz"].tolist() == [(pz[r.id] >= 0) == (r.label == 1) for r in records]
+    results = experiment_results(demo, experiment_id, "lesion")
+    lesions = lesion_predictions(demo, experiment_id)
+    by_lesion = {}
+    for r in records:
+        by_lesion.setdefault(r.lesion_id, []).append(pz[r.id])
+    assert lesions["pz"].tolist() == pytest.approx([np.mean(by_lesion[k]) for k in lesions["lesion_id"]])
+    assert results["methods"]["Z"]["pooled_auc"] == pytest.approx(
+        _hand_auc(lesions["truth"].tolist(), lesions["pz"].tolist()))
+    families = [(c["comparison"], c["family"]) for c in results["comparisons"]]
+    assert families == [("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper"),
+                        ("Z vs C", "added"), ("Z vs A", "added"), ("Z vs B", "added")]
+    assert set(roc_curve_table(results)["method"]) == {"A", "B", "C", "Z"}
+    assert comparison_table(results)["family"].tolist() == ["paper"] * 3 + ["added"] * 3

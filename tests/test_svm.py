@@ -317,3 +317,71 @@ def test_dask_path_gives_the_same_numbers_as_joblib(tmp_path, monkeypatch):
             np.testing.assert_array_equal(a.proba, other.proba)
             np.testing.assert_array_equal(a.fold, other.fold)
             assert a.best_params == other.best_params
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration floor and the z-scored ensemble (issue 12, point 2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_calibration_reports_the_free_slope_that_the_floor_hides():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal(60)
+    y = (f + 0.8 * rng.standard_normal(60) > 0).astype(int)
+    a, b, free, clamped = svm._calibrate(f, y)
+    assert not clamped and free == a > 0 and (a, b) == svm._fit_platt(f, y)  # interior optimum: the free one
+    # the same scores ranked backwards: the free ML slope is exactly the negative (the likelihood is symmetric
+    # under f -> -f, A -> -A), the slope used sits at the floor, 1e-3 in units of 1 / SD(f)
+    a_bad, _, free_bad, clamped_bad = svm._calibrate(-f, y)
+    assert clamped_bad and a_bad == pytest.approx(1e-3 / np.std(f), rel=1e-6)
+    assert free_bad == pytest.approx(-a, rel=1e-4)
+
+
+def test_cross_validation_records_slopes_clamped_folds_and_inner_standardisation():
+    X, y, lesions = _data(n_lesions=30, p=40, seed=4)
+    good = cross_validate_by_lesion(X, y, lesions, grid=TINY_GRID, seed=1)
+    # pure noise and one candidate (no selection to favour a lucky sign): the inner slopes scatter around 0
+    noise = cross_validate_by_lesion(np.random.default_rng(0).standard_normal(X.shape), y, lesions,
+                                     grid={"gamma": [0.01], "coef0": [1.0], "degree": [1]}, seed=1)
+    for res in (good, noise):
+        assert res.platt_free_slope.shape == res.platt_clamped.shape == (5,)
+        np.testing.assert_array_equal(res.platt_clamped, res.platt_free_slope < res.platt[:, 0] * (1 - 1e-9))
+        np.testing.assert_array_equal(res.platt[res.platt_clamped, 0] > 0, True)
+        assert res.n_degenerate == int(res.platt_clamped.sum())
+        assert (res.inner_decision_sd > 0).all()
+    assert good.n_degenerate == 0 and noise.n_degenerate >= 1  # pure noise: some fold's slope is <= 0
+    # the inner standardisation equals the mean/SD of the chosen candidate's inner out-of-fold decision values
+    train, _ = good.splits[0]
+    pos = {r: i for i, r in enumerate(train)}
+    grid = svm._check_grid(TINY_GRID)[1]
+    G_outer, G_inner, *_ = svm._fold_grams(X, train, good.splits[0][1], good.inner_splits[0])
+    inner_pos = [(np.array([pos[r] for r in a]), np.array([pos[r] for r in v])) for a, v in good.inner_splits[0]]
+    scores, oof = svm._grid_search_gram(G_inner, inner_pos, good.y[train], grid)
+    best = oof[svm._best_index(scores)]
+    assert good.inner_decision_mean[0] == pytest.approx(best.mean()) and good.inner_decision_sd[0] == pytest.approx(
+        best.std())
+
+
+def test_z_vote_standardises_on_the_training_fold_and_keeps_a_flat_classifier():
+    from cadx.svm import z_vote
+
+    y = np.array([0, 1, 0, 1])
+    fold = np.array([0, 0, 1, 1])
+
+    def result(decision, mean, sd, proba):
+        base = _fake_result(fold, np.asarray(proba, float), y)
+        return CvResult(**{**base.__dict__, "decision": np.asarray(decision, float),
+                           "inner_decision_mean": np.asarray(mean, float), "inner_decision_sd": np.asarray(sd, float)})
+
+    # SVM1 separates fold 1 well but its Platt slope was floored there (flat p1); SVM2 ranks fold 1 backwards
+    r1 = result([-1.0, 1.0, -3.0, 5.0], [0.0, 1.0], [1.0, 2.0], [0.2, 0.8, 0.5, 0.5001])
+    r2 = result([-0.5, 0.5, 1.0, -1.0], [0.0, 0.0], [0.5, 1.0], [0.3, 0.7, 0.6, 0.4])
+    # by hand: z1 = [-1, 1, (-3-1)/2, (5-1)/2] = [-1, 1, -2, 2]; z2 = [-1, 1, 1, -1]
+    np.testing.assert_allclose(z_vote(r1, r2), [-1.0, 1.0, -0.5, 0.5])
+    # the probability average follows SVM2 alone in fold 1 (wrong), the z-vote follows the stronger SVM1
+    p3 = soft_vote(r1, r2)
+    assert p3[2] > p3[3] and z_vote(r1, r2)[2] < z_vote(r1, r2)[3]
+    with pytest.raises(ValueError, match="different folds"):
+        z_vote(r1, CvResult(**{**r2.__dict__, "fold": np.array([0, 1, 0, 1])}))
+    with pytest.raises(ValueError, match="inner decision statistics"):
+        z_vote(r1, _fake_result(fold, np.full(4, 0.5), y))

@@ -26,6 +26,7 @@ __all__ = [
     "RoiRecord",
     "ExtractionReport",
     "AnalyticReport",
+    "BACKBONE_LABELS",
     "DEFAULT_ENSEMBLE_TAP",
     "roi_records",
     "load_roi_pixels",
@@ -109,7 +110,8 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
 
     ``name=None`` picks the paper's AlexNet when its ImageNet weights can be had (named file, torch cache or a
     download) and otherwise EfficientNet-Lite0, whose real ImageNet weights install offline with cadx; the
-    returned note says which and why, so the app and the CLI can tell the user.
+    returned note says which and why, so the app and the CLI can tell the user. ``weights="random"`` without a
+    name is the control of that default run: the *same* architecture with random (untrained) weights.
 
     Returns
     -------
@@ -120,14 +122,32 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
 
     if name is not None:
         loaded = load_backbone(name, weights, weights_path=weights_path, download=download)
+        if weights == "random":
+            return loaded, (f"{BACKBONE_LABELS.get(name, name)} with random (untrained) weights, seed 0: a control, "
+                            "not transfer learning")
         return loaded, f"{loaded.weights.name} ({loaded.weights.source})"
     try:
-        loaded = load_backbone("alexnet", weights, weights_path=weights_path, download=download)
-        return loaded, f"AlexNet ImageNet weights ({loaded.weights.source}), as in the paper"
+        default = load_backbone("alexnet", "default", weights_path=weights_path, download=download)
     except WeightsUnavailableError as exc:
+        if weights == "random":
+            return load_backbone("efficientnet_lite0", "random"), (
+                "EfficientNet-Lite0 with random (untrained) weights, seed 0: the control of the default run, which "
+                "uses EfficientNet-Lite0's ImageNet weights because AlexNet's are not available here")
         loaded = load_backbone("efficientnet_lite0", "default")
         return loaded, ("AlexNet's ImageNet weights are not available here, so EfficientNet-Lite0 with its real "
                         f"ImageNet weights is used instead. To use AlexNet as in the paper: {exc}")
+    if weights == "random":
+        return load_backbone("alexnet", "random"), (
+            "AlexNet with random (untrained) weights, seed 0: the control of the default run (AlexNet with ImageNet "
+            "weights, as in the paper)")
+    if weights != "default":
+        default = load_backbone("alexnet", weights, weights_path=weights_path, download=download)
+    return default, f"AlexNet ImageNet weights ({default.weights.source}), as in the paper"
+
+
+#: Display names of the backbones (``cadx.cnn.BACKBONES`` keys).
+BACKBONE_LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet-50",
+                   "efficientnet_lite0": "EfficientNet-Lite0"}
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter) -> tuple[str, 
     settings = ExperimentSettings(
         taps=None if params.get("taps") is None else tuple(params["taps"]),
         ensemble_tap=params.get("ensemble_tap"), analytic=params.get("analytic", True),
-        n_folds=params.get("n_folds"), seed=params.get("seed", 0), repeats=params.get("repeats", 1),
+        n_folds=params.get("n_folds"), seed=params.get("seed", 0), repeats=params.get("repeats", ExperimentSettings.repeats),
         cohort=params.get("cohort"),
         # the app never sets this; tests and scripts may lower the guard rail for tiny sets (the record keeps it)
         min_lesions_per_class_per_fold=params.get("min_lesions_per_class_per_fold"),

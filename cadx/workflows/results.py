@@ -19,7 +19,9 @@ from sqlalchemy import delete, select, update
 
 from cadx import stats
 from cadx.errors import CadxInputError
+from cadx.methods import METHODS
 from cadx.roi import decode_png16
+from cadx.workflows.features import BACKBONE_LABELS
 from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
@@ -30,6 +32,8 @@ __all__ = [
     "Level",
     "backbone_choices",
     "backbone_status",
+    "best_tap_text",
+    "calibration_notes",
     "comparison_table",
     "delete_experiment",
     "experiment_results",
@@ -46,11 +50,9 @@ __all__ = [
 
 Level = Literal["roi", "lesion"]
 
-#: The paper's names of the three classifiers (Table 1, Fig. 4).
-METHOD_NAMES = {"A": "SVM1 (CNN features)", "B": "SVM2 (analytic features)", "C": "Ensemble (SVM1 + SVM2)"}
-_THRESHOLD = 0.5
-_BACKBONE_LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet-50",
-                    "efficientnet_lite0": "EfficientNet-Lite0"}
+#: Table-1 names of the classifiers (from the registry ``cadx.methods.METHODS``).
+METHOD_NAMES = {key: m.name for key, m in METHODS.items()}
+_SCORE_COLUMNS = [m.column for m in METHODS.values()]  # p1, p2, p3, pz
 _NAME_MAX = 128
 
 
@@ -76,6 +78,7 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
             methods = results.get("methods", {})
             sweep = results.get("sweep", {})
             best_tap = max(sweep, key=lambda t: sweep[t].get("auc_mean") or -1.0) if sweep else None
+            best = sweep.get(best_tap, {}) if best_tap else {}
             weights = config.get("weights", {})
             rows.append({
                 "id": e.id,
@@ -101,10 +104,10 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
                 "cohort": (config.get("cohort") or {}).get("name"),  # None: recorded before cohorts existed
                 "roi_set_sha256": config.get("roi_set_sha256"),
                 "best_tap": best_tap,
-                "best_tap_auc": None if best_tap is None else sweep[best_tap].get("auc_mean"),
-                "auc_A": methods.get("A", {}).get("auc_mean"),
-                "auc_B": methods.get("B", {}).get("auc_mean"),
-                "auc_C": methods.get("C", {}).get("auc_mean"),
+                "best_tap_auc": best.get("auc_mean"),
+                "best_tap_sd_between_seeds": best.get("auc_sd_between_seeds"),
+                "best_tap_text": best_tap_text(best_tap, best, config.get("repeats", 1)),
+                **{f"auc_{key}": methods.get(key, {}).get("auc_mean") for key in METHODS},
                 "code_version": e.code_version,
                 "config_sha256": e.config_sha256,
                 "seconds": e.seconds,
@@ -112,6 +115,42 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
                 "uses_random_weights": e.uses_random_weights,
             })
     return rows
+
+
+def best_tap_text(tap: str | None, layer: dict[str, Any], repeats: int) -> str:
+    """The tap with the highest mean AUC, always with its spread between seeds, e.g. ``"best tap fc6: 0.812 ±
+    0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured."""
+    if tap is None or layer.get("auc_mean") is None:
+        return ""
+    if repeats > 1 and layer.get("auc_sd_between_seeds") is not None:
+        return (f"best tap {tap}: {layer['auc_mean']:.3f} ± {layer['auc_sd_between_seeds']:.3f} "
+                f"(SD over {repeats} seeds)")
+    return (f"highest AUC at {tap}: {layer['auc_mean']:.3f} on one seed (no spread measured: repeat over seeds "
+            "before calling a tap best)")
+
+
+def calibration_notes(results: dict[str, Any]) -> list[str]:
+    """One sentence per classifier whose Platt slope was held at its floor in some folds (a *degenerate* fold: its
+    probabilities are flat there, so the probability ensemble ranks by the other classifier alone), e.g. "SVM1
+    carried no signal in 15/25 folds: the ensemble (p1 + p2) / 2 equals SVM2 there"."""
+    methods = results.get("methods", {})
+    notes = []
+    for key, other in (("A", "B"), ("B", "A")):
+        calibration = (methods.get(key) or {}).get("calibration")
+        if not calibration or not calibration.get("n_clamped"):
+            continue
+        short, other_short = METHODS[key].name.split(" ")[0], METHODS[other].name.split(" ")[0]
+        seeds = calibration.get("seeds", [])
+        over = f" (5 folds × {len(seeds)} seeds)" if len(seeds) > 1 else ""
+        note = (f"{short} carried no signal in {calibration['n_clamped']}/{calibration['n_folds']} folds{over}: its "
+                "Platt slope on the inner cross-validated decision values was ≤ 0 (held at the floor "
+                f"{calibration.get('floor', '')}), so its probabilities are flat there")
+        if "C" in methods and other in methods:
+            note += (f" and the ensemble (p1 + p2) / 2 equals {other_short} there. Compare the z-scored ensemble, "
+                     "which weighs both SVMs' decision values equally" if "Z" in methods else
+                     f" and the ensemble (p1 + p2) / 2 equals {other_short} there")
+        notes.append(note + ".")
+    return notes
 
 
 def rename_experiment(workspace: Workspace, experiment_id: int, name: str, *, user: str) -> None:
@@ -150,8 +189,9 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
     """Fig. 3 as rows: one per (experiment, tap), taps in network order, with feature lengths and time.
 
     Columns: experiment_id, experiment, backbone, weights_source, depth (0 = first tap, 1 = last), order, tap,
-    n_features, n_features_nonconstant, auc_mean, auc_sd, auc_se, seconds, n_folds, repeats (seeds; with several,
-    the AUC is the mean over all their folds and SD/SE are averaged over seeds).
+    n_features, n_features_nonconstant, auc_mean, auc_sd, auc_se, auc_sd_between_seeds (SD over seeds of the
+    fold-mean AUC; None with one seed), seconds, n_folds, repeats (seeds; with several, the AUC is the mean over
+    all their folds and SD/SE are averaged over seeds).
     """
     rows = []
     with workspace.sessions() as session:
@@ -173,12 +213,14 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
                     "auc_mean": layer.get("auc_mean"),
                     "auc_sd": layer.get("auc_sd"),
                     "auc_se": layer.get("auc_se"),
+                    "auc_sd_between_seeds": layer.get("auc_sd_between_seeds"),
                     "seconds": layer.get("seconds"),
                     "n_folds": len(layer.get("fold_aucs", [])),
                     "repeats": e.config.get("repeats", 1),
                 })
     columns = ["experiment_id", "experiment", "backbone", "weights_source", "depth", "order", "tap", "n_features",
-               "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "seconds", "n_folds", "repeats"]
+               "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "auc_sd_between_seeds", "seconds", "n_folds",
+               "repeats"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -211,30 +253,36 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
     seed = int(config.get("seed", 0))
     methods: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
-    for key, column in (("A", "p1"), ("B", "p2"), ("C", "p3")):
-        stored = results.get("methods", {}).get(key)
-        if stored is None or lesions[column].isna().any():
+    for key, method in METHODS.items():
+        stored, column = results.get("methods", {}).get(key), method.column
+        if stored is None or column not in lesions or lesions[column].isna().any():
             continue
         s = lesions[column].to_numpy(dtype=float)
         fold_aucs = fold_auc(s, y, folds)
         fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
         methods[key] = method_statistics(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
                                          stored.get("seconds", 0.0), fold_aucs=fold_aucs)
+        if "calibration" in stored:  # a property of the folds, the same at both levels
+            methods[key]["calibration"] = stored["calibration"]
         scores[key] = s
     comparisons = []
     if {"A", "B", "C"} <= methods.keys():
-        comparisons = compare_methods(methods, scores, y, folds, n_folds)
+        comparisons = compare_methods(methods, scores, y, folds, n_folds, lesions=ids)
     return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
             "methods": json_safe(methods), "comparisons": json_safe(comparisons), "repeats": results.get("repeats")}
 
 
 def method_table(results: dict[str, Any]) -> pd.DataFrame:
     """Table 1 from ``experiment_results``: AUC (mean of fold AUCs), AUC.SD, SE, pooled AUC with its DeLong 95 %
-    CI, lesion-level AUC, fitted binormal AUC and time, one row per classifier."""
+    CI, lesion-level AUC, fitted binormal AUC and time, one row per classifier; with repeated cross-validation the
+    SD of the (ROI-level) AUC between seeds; for SVM1 and SVM2 the degenerate folds ("15/25": folds where the Platt
+    slope was held at its floor, over all seeds; see ``calibration_notes``)."""
     rows = []
+    by_seed = (results.get("repeats") or {}).get("methods", {})
     for key, m in results.get("methods", {}).items():
         binormal = m.get("binormal", {})
         ci = m.get("pooled_ci95") or [None, None]
+        calibration = m.get("calibration")
         rows.append({
             "method": key,
             "classifier": METHOD_NAMES.get(key, key),
@@ -242,6 +290,7 @@ def method_table(results: dict[str, Any]) -> pd.DataFrame:
             "AUC": m.get("auc_mean"),
             "AUC.SD": m.get("auc_sd"),
             "SE": m.get("auc_se"),
+            "seed SD": (by_seed.get(key) or {}).get("auc_sd_between_seeds"),
             "pooled AUC": m.get("pooled_auc"),
             "CI95 low": ci[0],
             "CI95 high": ci[1],
@@ -250,10 +299,11 @@ def method_table(results: dict[str, Any]) -> pd.DataFrame:
             "binormal a": binormal.get("a"),
             "binormal b": binormal.get("b"),
             "time (s)": m.get("seconds"),
+            "degenerate folds": (f"{calibration['n_clamped']}/{calibration['n_folds']}" if calibration else None),
         })
-    return pd.DataFrame(rows, columns=["method", "classifier", "detail", "AUC", "AUC.SD", "SE", "pooled AUC",
-                                       "CI95 low", "CI95 high", "lesion AUC", "binormal AUC", "binormal a",
-                                       "binormal b", "time (s)"])
+    return pd.DataFrame(rows, columns=["method", "classifier", "detail", "AUC", "AUC.SD", "SE", "seed SD",
+                                       "pooled AUC", "CI95 low", "CI95 high", "lesion AUC", "binormal AUC",
+                                       "binormal a", "binormal b", "time (s)", "degenerate folds"])
 
 
 def repeats_table(results: dict[str, Any]) -> pd.DataFrame:
@@ -271,13 +321,15 @@ def repeats_table(results: dict[str, Any]) -> pd.DataFrame:
 
 def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
     """The significance tests of ``experiment_results``: DeLong, fold-wise paired t, Nadeau-Bengio corrected t,
-    each with its Bonferroni-adjusted p-value (3 comparisons)."""
+    each with its Bonferroni-adjusted p-value within its family (``paper``: the paper's 3 comparisons; ``added``:
+    the z-scored ensemble's 3)."""
     rows = []
     for c in results.get("comparisons", []):
         first, second = c["comparison"].split(" vs ")
         ci = c.get("delong_ci95") or [None, None]
         rows.append({
             "comparison": f"{METHOD_NAMES.get(first, first)} vs {METHOD_NAMES.get(second, second)}",
+            "family": c.get("family", "paper"),
             "AUC difference": c.get("auc_difference"),
             "DeLong CI95 low": ci[0],
             "DeLong CI95 high": ci[1],
@@ -288,7 +340,7 @@ def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
             "Nadeau-Bengio p": c.get("nadeau_bengio_p"),
             "Nadeau-Bengio p (Bonferroni)": c.get("nadeau_bengio_p_bonferroni"),
         })
-    return pd.DataFrame(rows, columns=["comparison", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
+    return pd.DataFrame(rows, columns=["comparison", "family", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
                                        "DeLong p", "DeLong p (Bonferroni)", "paired t p",
                                        "paired t p (Bonferroni)", "Nadeau-Bengio p",
                                        "Nadeau-Bengio p (Bonferroni)"])
@@ -309,8 +361,9 @@ def roc_curve_table(results: dict[str, Any]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------ predictions ---
 def roi_predictions(workspace: Workspace, experiment_id: int, *, repeat: int | None = 0) -> pd.DataFrame:
-    """One row per ROI: out-of-fold p1 (CNN), p2 (analytic), p3 (ensemble), truth, fold, |p1 - p2| and whether
-    each classifier is right at a 0.5 threshold (None where a classifier did not run).
+    """One row per ROI: out-of-fold p1 (CNN), p2 (analytic), p3 (ensemble), pz (z-scored ensemble), truth, fold,
+    |p1 - p2| and whether each classifier is right at its threshold (0.5 for probabilities, 0 for pz; None where a
+    classifier did not run).
 
     ``repeat`` picks the seed of a repeated cross-validation (0: the first, as on every page); ``None`` gives every
     seed's rows with a ``repeat`` column.
@@ -318,7 +371,7 @@ def roi_predictions(workspace: Workspace, experiment_id: int, *, repeat: int | N
     query = (
         select(Prediction.roi_id, Prediction.lesion_id, Lesion.key.label("lesion_key"),
                Patient.key.label("patient_key"), Image.view, Image.laterality, Prediction.fold, Prediction.truth,
-               Prediction.p1, Prediction.p2, Prediction.p3, Prediction.decision1, Prediction.decision2,
+               *(getattr(Prediction, c) for c in _SCORE_COLUMNS), Prediction.decision1, Prediction.decision2,
                Prediction.roi_sha256, Roi.included)
         .join(Roi, Prediction.roi_id == Roi.id)
         .join(Lesion, Prediction.lesion_id == Lesion.id)
@@ -335,7 +388,7 @@ def roi_predictions(workspace: Workspace, experiment_id: int, *, repeat: int | N
         rows = session.execute(query).all()
     frame = pd.DataFrame([r._asdict() for r in rows],
                          columns=["roi_id", "lesion_id", "lesion_key", "patient_key", "view", "laterality", "fold",
-                                  "truth", "p1", "p2", "p3", "decision1", "decision2", "roi_sha256", "included",
+                                  "truth", *_SCORE_COLUMNS, "decision1", "decision2", "roi_sha256", "included",
                                   "repeat"])
     frame = frame.rename(columns={"included": "included_now"})
     if repeat is not None:
@@ -347,7 +400,7 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
     """One row per lesion: the mean of its ROIs' p1, p2 and p3 (computed with ``cadx.stats.lesion_level_scores``),
     its truth, fold and number of ROIs, |p1 - p2| and right-or-wrong at 0.5."""
     rois = roi_predictions(workspace, experiment_id)
-    columns = ["lesion_id", "lesion_key", "patient_key", "n_rois", "fold", "truth", "p1", "p2", "p3"]
+    columns = ["lesion_id", "lesion_key", "patient_key", "n_rois", "fold", "truth", *_SCORE_COLUMNS]
     if rois.empty:
         return _add_outcomes(pd.DataFrame(columns=columns))
     first = rois.groupby("lesion_id", sort=True).first()
@@ -358,7 +411,7 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
                           "patient_key": first["patient_key"].to_numpy(), "fold": first["fold"].to_numpy()})
     groups = rois["lesion_id"].to_numpy()
     truth = rois["truth"].to_numpy(dtype=int)
-    for column in ("p1", "p2", "p3"):
+    for column in _SCORE_COLUMNS:
         values = rois[column]
         if values.isna().any():
             frame[column] = np.nan
@@ -377,8 +430,9 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
 def _add_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["disagreement"] = (frame["p1"] - frame["p2"]).abs()
-    for column in ("p1", "p2", "p3"):
-        called = frame[column] >= _THRESHOLD
+    for method in METHODS.values():
+        column = method.column
+        called = frame[column] >= method.threshold
         right = called == (frame["truth"] == 1)
         frame[f"right_{column}"] = right.where(frame[column].notna(), None)
     return frame
@@ -459,7 +513,7 @@ def backbone_status(*, download: bool = False) -> dict[str, Any]:
     from cadx.workflows.features import resolve_backbone
 
     loaded, note = resolve_backbone(None, download=download)
-    return {"backbone": loaded.name, "label": _BACKBONE_LABELS.get(loaded.name, loaded.name),
+    return {"backbone": loaded.name, "label": BACKBONE_LABELS.get(loaded.name, loaded.name),
             "weights": loaded.weights.name, "source": loaded.weights.source,
             "sha256": loaded.weights.sha256, "note": note, "fallback": loaded.name != "alexnet",
             "description": loaded.backbone.description}
