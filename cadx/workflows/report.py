@@ -81,15 +81,19 @@ def _records(frame) -> list[dict[str, Any]]:
                       for row in frame.to_dict(orient="records")])
 
 
-def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi") -> dict[str, Any]:
+def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
+                results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the report shows, read from the stored record (nothing recomputed except the lesion level,
-    which ``experiment_results`` computes from the stored predictions)."""
+    which ``experiment_results`` computes from the stored predictions; a caller that has it passes ``results``)."""
     rows = [row for row in list_experiments(workspace) if row["id"] == experiment_id]
     if not rows:
         raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
     experiment = rows[0]
     config = experiment_summary(workspace, experiment_id)["config"]
-    results = experiment_results(workspace, experiment_id, level)  # type: ignore[arg-type]
+    if results is None:
+        results = experiment_results(workspace, experiment_id, level)  # type: ignore[arg-type]
+    elif results.get("level") != level:
+        raise ValueError(f"results are at {results.get('level')!r} level, the report asked for {level!r}")
     roi_set = config.get("roi_set_sha256") or (roi_set_sha256(config["roi_sha256"]) if config.get("roi_sha256")
                                                else None)
     return {
@@ -107,9 +111,10 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi")
     }
 
 
-def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi") -> str:
+def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",
+                results: dict[str, Any] | None = None) -> str:
     """The study report of an experiment as one self-contained HTML string."""
-    return render_report(report_data(workspace, experiment_id, level=level))
+    return render_report(report_data(workspace, experiment_id, level=level, results=results))
 
 
 def chromium_path() -> Path | None:
