@@ -35,7 +35,8 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px s
 text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f2f2f2}
 .banner{background:#c0392b;color:#fff;font-weight:bold;padding:.35rem .6rem;margin:.4rem 0;text-align:center}
 .print-header{display:none}
-.meta{color:#555;font-size:.9rem}.mono{font-family:monospace;font-size:.85rem;word-break:break-all}
+.meta{color:#555;font-size:.9rem}td.mono{font-family:monospace;font-size:.85rem;word-break:break-all;
+text-align:left}
 figure{margin:.5rem 0}figcaption{font-size:.9rem;color:#444}
 section{page-break-inside:auto}
 @media print{
@@ -94,7 +95,7 @@ def roi_set_sha256(roi_hashes: Sequence[str]) -> str:
 def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: str, y_label: str,
                    x_range: tuple[float, float] = (0.0, 1.0), y_range: tuple[float, float] = (0.0, 1.0),
                    x_ticks: Sequence[tuple[float, str]] | None = None, width: int = 640, height: int = 480,
-                   square: bool = False, warning: str = "") -> str:
+                   square: bool = False, warning: str = "", legend_width: int = 190) -> str:
     """An SVG line chart (vector, no fonts or scripts loaded from anywhere).
 
     Parameters
@@ -112,8 +113,10 @@ def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: 
         Equal scales on both axes (for ROC plots).
     warning : str, default=""
         Shown in red under the title (e.g. SYNTHETIC DEMO DATA).
+    legend_width : int, default=190
+        Room on the right for the legend, in pixels.
     """
-    left, right, top, bottom = 64, 190, 54 if warning else 38, 52
+    left, right, top, bottom = 64, legend_width, 54 if warning else 38, 52
     plot_w, plot_h = width - left - right, height - top - bottom
     if square:
         plot_w = plot_h = min(plot_w, plot_h)
@@ -223,7 +226,8 @@ def _roc_svg(methods: Mapping[str, Mapping[str, Any]], unit: str, warning: str) 
                            "step": True})
     series.append({"name": "chance", "x": [0, 1], "y": [0, 1], "colour": "#999", "dash": "6 4", "width": 1})
     return svg_line_chart(series, title=f"Fig. 4 — ROC curves ({unit})", x_label="false-positive fraction",
-                          y_label="true-positive fraction", square=True, width=720, height=520, warning=warning)
+                          y_label="true-positive fraction", square=True, width=760, height=520, warning=warning,
+                          legend_width=260)
 
 
 # --------------------------------------------------------------------------------------------------- methods ---

@@ -74,3 +74,72 @@ def test_fused_features_and_embedding():
     within = max(np.ptp(first[:10], axis=0).max(), np.ptp(first[10:], axis=0).max())
     between = np.linalg.norm(first[:10].mean(axis=0) - first[10:].mean(axis=0))
     assert between > within  # two separate clusters stay apart
+
+
+# ------------------------------------------------------------------------------- on a stored demo experiment ---
+def test_analyses_on_a_stored_experiment(workspace):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from cadx.workflows import exclude_roi, import_demo, lesion_predictions
+    from cadx.workflows.analyses import (
+        agreement_analysis,
+        correlation_analysis,
+        embedding_analysis,
+        experiment_data,
+        fusion_analysis,
+    )
+    from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+    from cadx.workflows.features import analytic_matrix, feature_store, resolve_backbone
+
+    import_demo(workspace, n_lesions=12, seed=5)
+    loaded, _note = resolve_backbone("alexnet", weights="random")
+    settings = ExperimentSettings(taps=("conv5", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0)
+    experiment_id = run_experiment(workspace, loaded, settings, name="analyses", user="tester")
+    summary = experiment_summary(workspace, experiment_id)
+
+    # (a) the 2 x 2 table agrees with the right/wrong columns of the lesion predictions
+    lesions = lesion_predictions(workspace, experiment_id)
+    agreement = agreement_analysis(workspace, experiment_id, level="lesion", top=4)
+    r1, r2 = lesions["right_p1"].astype(bool), lesions["right_p2"].astype(bool)
+    assert agreement["result"].table.tolist() == [[int((r1 & r2).sum()), int((r1 & ~r2).sum())],
+                                                  [int((~r1 & r2).sum()), int((~r1 & ~r2).sum())]]
+    top = agreement["disagreeing"]
+    assert len(top) == 4 and top["disagreement"].is_monotonic_decreasing
+    assert top["disagreement"].iloc[0] == pytest.approx(lesions["disagreement"].max())
+    rois = agreement_analysis(workspace, experiment_id, level="roi")
+    assert rois["result"].n == summary["results"]["n_rois"]
+
+    # (b) PCs x analytic features: each r equals sklearn's PCA scores' correlation, up to the component's sign
+    data = experiment_data(workspace, experiment_id)
+    corr = correlation_analysis(workspace, experiment_id, tap="conv5", n_components=3)
+    X = np.asarray(feature_store(workspace).load("conv5", data.hashes, backbone="alexnet",
+                                                 weights_sha256=loaded.weights.sha256), dtype=np.float64)
+    X = X[:, X.std(axis=0) > 0]
+    scores = PCA(n_components=3, svd_solver="full").fit_transform(StandardScaler().fit_transform(X))
+    F, names, _ = analytic_matrix(workspace, data.hashes)
+    j = names.index("area_mm2")
+    ok = np.isfinite(F[:, j])
+    expected = [abs(np.corrcoef(scores[ok, i], F[ok, j])[0, 1]) for i in range(3)]
+    assert np.abs(corr["frame"]["area_mm2"].to_numpy()) == pytest.approx(expected, abs=1e-8)
+    assert corr["frame"].shape == (3, 21)
+
+    # (c) Method D: the experiment's folds, fused width, tests paired against A, B and C with Bonferroni x 3
+    fusion = fusion_analysis(workspace, experiment_id, tap="fc8")
+    assert fusion["n_features"] == 1000 + 21
+    assert len(fusion["method"]["fold_aucs"]) == 3 and 0.0 <= fusion["method"]["pooled_auc"] <= 1.0
+    assert [c["comparison"] for c in fusion["comparisons"]] == ["D vs A", "D vs B", "D vs C"]
+    for c in fusion["comparisons"]:
+        assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
+    again = fusion_analysis(workspace, experiment_id, tap="fc8")
+    assert np.array_equal(again["proba"], fusion["proba"])  # deterministic for the experiment's seed
+
+    # (d) the embedding: one point per ROI; an ROI excluded after the run shows as such
+    excluded = int(data.predictions["roi_id"].iloc[0])
+    exclude_roi(workspace, excluded, reason="location_marker", user="tester")
+    frame = embedding_analysis(workspace, experiment_id, tap="fc8", perplexity=5)
+    assert len(frame) == summary["results"]["n_rois"] and np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    assert frame.loc[frame["roi_id"] == excluded, "status"].item() == "excluded since"
+    assert set(frame["label"]) == {"benign", "malignant"}
+    with pytest.raises(Exception, match="no tap 'fc6'"):
+        embedding_analysis(workspace, experiment_id, tap="fc6")

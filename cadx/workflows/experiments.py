@@ -311,9 +311,11 @@ def _bootstrap(y, proba, lesions, seed) -> list[float] | None:
     return [ci.lower, ci.upper]
 
 
-def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int) -> list[dict]:
-    """C vs A, C vs B, A vs B: DeLong, fold-wise paired t and Nadeau-Bengio p-values, each Bonferroni-adjusted."""
-    pairs = [("C", "A"), ("C", "B"), ("A", "B")]
+def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int, *,
+                    pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """C vs A, C vs B, A vs B (or the ``pairs`` given): DeLong, fold-wise paired t and Nadeau-Bengio p-values,
+    each Bonferroni-adjusted for the number of pairs."""
+    pairs = [("C", "A"), ("C", "B"), ("A", "B")] if pairs is None else list(pairs)
     n_test = int(round(len(y) / n_folds))  # the folds' average test size, as Nadeau & Bengio's ratio needs
     rows = []
     for first, second in pairs:
