@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OcclusionMap", "occlusion_map", "patch_positions"]
+__all__ = ["OcclusionMap", "heat_overlay", "occlusion_map", "patch_positions"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,17 @@ def occlusion_map(image: np.ndarray, score: Callable[[np.ndarray], np.ndarray], 
         count[r:r + patch, c:c + patch] += 1.0
     return OcclusionMap(sensitivity=total / count, base_score=float(base[0]), scores=scores, positions=positions,
                         patch=patch)
+
+
+def heat_overlay(rgb: np.ndarray, sensitivity: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
+    """``rgb`` (H, W, 3 uint8) with the map blended in: red where hiding a region lowers the score, blue where it
+    raises it, transparent where it does nothing; scaled by the largest |value|."""
+    if rgb.shape[:2] != sensitivity.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and map {sensitivity.shape} differ in size")
+    scale = float(np.abs(sensitivity).max())
+    strength = np.zeros(sensitivity.shape) if scale == 0 else sensitivity / scale
+    colour = np.zeros(rgb.shape, dtype=np.float64)
+    colour[..., 0] = 255.0 * (strength > 0)
+    colour[..., 2] = 255.0 * (strength < 0)
+    weight = alpha * np.abs(strength)[..., None]
+    return np.clip(np.rint(rgb * (1.0 - weight) + colour * weight), 0, 255).astype(np.uint8)

@@ -26,7 +26,7 @@ from cadx.workflows.workspace import Workspace
 from db.models import Roi
 
 __all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlation_analysis", "fusion_analysis",
-           "embedding_analysis"]
+           "embedding_analysis", "occlusion_analysis"]
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,79 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
                        for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"])]
     frame["tap"] = tap
     return frame
+
+
+# ------------------------------------------------------------------------------------------------ occlusion ---
+def _backbone_for(config: dict[str, Any], loaded=None):
+    from cadx.cnn import load_backbone
+
+    weights = config["weights"]
+    if loaded is None:
+        loaded = load_backbone(config["backbone"], "random" if weights.get("source") == "random" else "default",
+                               download=False)
+    if loaded.name != config["backbone"] or loaded.weights.sha256 != weights["sha256"]:
+        raise CadxInputError("weights", f"the loaded {loaded.name} weights ({loaded.weights.sha256[:12]}…) are not "
+                             f"the experiment's ({config['backbone']}, {weights['sha256'][:12]}…)",
+                             "load the experiment's weights (e.g. --weights-path with the same file)")
+    return loaded
+
+
+def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *, patch: int = 64, stride: int = 32,
+                       loaded=None) -> dict[str, Any]:
+    """Occlusion sensitivity of p1 for one ROI of an experiment.
+
+    The fold's SVM1 is refitted from the stored features of the fold's training ROIs with the fold's stored
+    (a, c, d) (the same data and parameters give the same model: its decision value for the ROI is checked against
+    the stored one), and the fold's Platt sigmoid is recovered exactly from the stored (decision value, p1) pairs of
+    the fold's test ROIs. Each occluded copy is run through the backbone to the SVM1 tap and scored.
+
+    Returns a dict with ``map`` (:class:`cadx.occlusion.OcclusionMap`, in p1 units), ``p1_stored``, ``p1``
+    (recomputed), ``decision_stored``, ``decision``, ``fold``, ``tap``, ``patch``, ``stride``.
+    """
+    from cadx.cnn import extract_features
+    from cadx.occlusion import occlusion_map
+    from cadx.roi import decode_png16
+    from cadx.svm import make_svm_pipeline
+
+    data = experiment_data(workspace, experiment_id)
+    config = data.config
+    ids = data.predictions["roi_id"].astype(int).tolist()
+    if int(roi_id) not in ids:
+        raise CadxInputError(f"ROI {roi_id}", f"not in experiment {experiment_id}", "pick an ROI from its predictions")
+    index = ids.index(int(roi_id))
+    fold = int(data.folds[index])
+    results = experiment_summary(workspace, experiment_id)["results"]
+    params = results["methods"]["A"].get("best_params")
+    if not params:
+        raise CadxInputError(f"experiment {experiment_id}", "its record has no per-fold SVM parameters",
+                             "run the experiment again")
+    loaded = _backbone_for(config, loaded)
+    tap, X = _tap_matrix(workspace, data, config["ensemble_tap"])
+    train = data.folds != fold
+    model = make_svm_pipeline(**params[fold]).fit(X[train], data.y[train])
+    test = ~train
+    f_test = data.predictions["decision1"].to_numpy(float)[test]
+    p_test = np.clip(data.predictions["p1"].to_numpy(float)[test], 1e-15, 1 - 1e-15)
+    if np.ptp(f_test) == 0:
+        raise CadxInputError(f"fold {fold}", "its decision values are all equal: no sigmoid to recover",
+                             "use another experiment")
+    slope, intercept = np.polyfit(f_test, np.log(p_test / (1 - p_test)), 1)
+    decision = float(model.decision_function(X[index:index + 1])[0])
+    decision_stored = float(data.predictions["decision1"].iloc[index])
+    if not np.isclose(decision, decision_stored, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(f_test).max())):
+        raise RuntimeError(f"the refitted fold-{fold} SVM gives {decision} for ROI {roi_id}, the record "
+                           f"{decision_stored}: the stored features or parameters do not reproduce the experiment")
+
+    with workspace.sessions() as session:
+        roi_file = session.get(Roi, int(roi_id)).file
+    pixels = decode_png16(workspace.path(roi_file).read_bytes())
+
+    def score(stack: np.ndarray) -> np.ndarray:
+        features = extract_features(stack, backbone=loaded, taps=[tap], batch_size=len(stack))[tap]
+        f = model.decision_function(np.asarray(features, dtype=np.float64))
+        return 1.0 / (1.0 + np.exp(-(slope * f + intercept)))
+
+    result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
+    return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
+            "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
+            "stride": stride}
