@@ -80,3 +80,15 @@ def test_roc_page_offers_the_study_report(use, experiment_dir):
     use(experiment_dir[0])
     at = open_page("pages/roc.py", timeout=300)
     assert any(b.label == "Study report (HTML)" for b in at.get("download_button"))
+
+
+def test_predictions_page_explains_p1_by_occlusion(use, experiment_dir):
+    use(experiment_dir[0])
+    at = open_page("pages/predictions.py", timeout=300)
+    assert len(at.image) == 1
+    at.select_slider(key="occ_patch").set_value(128)
+    at.select_slider(key="occ_stride").set_value(128)
+    at.button(key="occ_run").click().run(timeout=600)
+    assert not at.exception, at.exception
+    assert len(at.image) == 2, "no occlusion map shown"
+    assert not at.error, [e.value for e in at.error]
