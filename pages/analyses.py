@@ -155,11 +155,17 @@ with map_tab:
     colour = mid.radio("Colour by", ["label", "status"], horizontal=True, key="map_colour",
                        format_func={"label": "Label", "status": "Review status"}.get)
     perplexity = right.slider("Perplexity", 5, 50, 30, key="map_perplexity")
+    shown_key = f"map_done_{experiment_id}_{tap_e}_{perplexity}"
+    if not (st.button("Compute the map", key="map_run", icon=":material/scatter_plot:")
+            or st.session_state.get(shown_key)):
+        st.caption("t-SNE of the tap's standardised features (first 50 principal components), one point per ROI.")
+        st.stop()
     try:
         frame = _embedding(*key, tap_e, float(perplexity))
     except CadxError as exc:
         st.error(str(exc))
     else:
+        st.session_state[shown_key] = True
         fig = px.scatter(frame, x="x", y="y", color=colour, custom_data=["roi_id"],
                          hover_data={"roi_id": True, "lesion_key": True, "view": True, "p1": ":.3f",
                                      "qc_flags": True, "x": False, "y": False},

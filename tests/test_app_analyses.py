@@ -61,6 +61,8 @@ def test_open_questions_page_shows_the_four_analyses(use, experiment_dir):
     shown = _frame(at, "SVM2 wrong")
     assert shown.to_numpy().tolist() == agreement["result"].table.tolist()
     assert f"McNemar exact p = {agreement['result'].mcnemar_p:.4g}" in text
+    at.button(key="map_run").click().run(timeout=600)
+    assert not at.exception, at.exception
     charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     heatmap = [s for s in charts.values() if s["data"][0]["type"] == "heatmap"][0]
     assert len(heatmap["data"][0]["x"]) == 21 and len(heatmap["data"][0]["y"]) == len(corr["frame"])

@@ -49,12 +49,15 @@ def test_download_the_study_report_from_the_roc_page(server_with_experiment, pag
 
 def test_open_questions_page_runs_the_analyses(server_with_experiment, page):
     url, _experiment_id = server_with_experiment
+    page.set_default_timeout(300_000)  # the first visit computes the agreement and the principal components
     _open(page, url)
     _open(page, f"{url}/analyses")
-    page.get_by_text("McNemar exact p").wait_for(timeout=120_000)
+    page.get_by_text("McNemar exact p").wait_for()
     page.get_by_role("tab", name="CNN vs analytic features").click()
     page.get_by_text("Strongest correlations").wait_for()
     page.get_by_role("tab", name="Embedding map").click()
+    page.get_by_role("button", name="Compute the map").click()
+    wait_for_app(page)
     page.get_by_text("Click a point to open its ROI").wait_for()
     page.get_by_role("tab", name="Method D: fusion").click()
     page.get_by_role("button", name="Run Method D").click()
