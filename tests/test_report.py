@@ -191,11 +191,11 @@ def test_report_on_demo_has_every_section_the_stored_numbers_and_no_external_res
         assert _value(row[3]) == results["sweep"][tap]["auc_mean"]
         assert int(row[1][0]) == results["sweep"][tap]["n_features"]
     # the tests with their Bonferroni adjustment
+    names = {"A": "SVM1 (CNN features)", "B": "SVM2 (analytic features)", "C": "Ensemble (SVM1 + SVM2)"}
+    assert len(page.cells["tests-table"]) == 1 + 3
     for comparison in results["comparisons"]:
         first, second = comparison["comparison"].split(" vs ")
-        rows = [r for r in page.cells["tests-table"][1:] if r[0][0].startswith(
-            {"A": "SVM1", "B": "SVM2", "C": "Ensemble"}[first]) and f"vs {second}" not in ""]
-        row = [r for r in rows if {"A": "vs SVM1", "B": "vs SVM2"}[second] in r[0][0]][0]
+        row = _row(page, "tests-table", f"{names[first]} vs {names[second]}")
         assert _value(row[2]) == comparison["delong_p"]
         assert _value(row[3]) == comparison["delong_p_bonferroni"]
         assert _value(row[3]) == pytest.approx(min(1.0, 3 * comparison["delong_p"]))
