@@ -283,3 +283,36 @@ def test_report_of_a_real_mias_experiment_is_written_as_a_test_artifact(tmp_path
     assert int(_row(page, "cohort-by-label", "all")[3][0]) == summary["results"]["n_rois"]
     types = {r[0][0] for r in page.cells["cohort-by-type"][1:]}
     assert types and "unknown" not in types  # MIAS gives every lesion a class (CIRC, SPIC, ...)
+
+
+def test_render_an_svm1_only_experiment_without_sweep_or_tests():
+    """An experiment without analytic features: Table 1 has SVM1 only; no tests, no sweep, no repeats; still valid."""
+    from cadx.report import render_report
+
+    method = {"title": "SVM1", "auc_mean": 0.61, "auc_sd": 0.05, "auc_se": 0.02, "pooled_auc": 0.6,
+              "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1]}, "binormal": {"error": "no finite fit"}}
+    cohort = {"patients": 3, "lesions": 4, "rois": 6, "label_names": ["benign", "malignant"],
+              "by_label": {"benign": {"patients": 2, "lesions": 2, "rois": 3},
+                           "malignant": {"patients": 1, "lesions": 2, "rois": 3}},
+              "lesions_by_label": {"benign": 2, "malignant": 2}, "rois_by_view": {"CC": {"benign": 3, "malignant": 3}},
+              "lesions_by_type": {"mass": {"benign": 2, "malignant": 2}}, "excluded_by_reason": {}}
+    data = {"experiment": {"id": 7, "name": "svm1 only", "backbone": "alexnet", "uses_synthetic_data": False,
+                           "uses_random_weights": False, "code_version": "0.1.0", "config_sha256": "ab" * 32},
+            "config": {"weights": {"name": "w", "sha256": "cd" * 32, "source": "file"}, "taps": ["fc6"],
+                       "ensemble_tap": "fc6", "n_folds": 2, "n_inner": 2, "seed": 3, "preprocessing": "pre1",
+                       "grid": {"gamma": [0.5], "coef0": [1.0], "degree": [2]}},
+            "cohort": cohort, "results": {"level": "roi", "n_cases": 6, "n_positive": 3, "methods": {"A": method}},
+            "sweep": [], "table1": [{"classifier": "SVM1 (CNN features)", "AUC": 0.61, "AUC.SD": 0.05, "SE": 0.02,
+                                     "pooled AUC": 0.6, "CI95 low": None, "CI95 high": None, "lesion AUC": None,
+                                     "binormal AUC": None, "time (s)": 1.0}],
+            "tests": [], "repeats": [], "roi_set_sha256": None}
+    text = render_report(data)
+    page = _parse(text)
+    _assert_self_contained(text, page)
+    assert list(page.sections) == list(SECTIONS) and sum(page.banners.values()) == 0
+    assert [r[0][0] for r in page.cells["table1"][1:]] == ["SVM1 (CNN features)"]
+    assert "No comparisons" in page.sections["tests"] and "no layer sweep" in page.sections["fig3"]
+    methods = " ".join(page.sections["methods"].split())
+    assert "gamma ∈ {0.5000}; coef0 ∈ {1.0000}; degree ∈ {2}" in methods and "seed 3" in methods
+    assert "Analytic features" not in methods
+    assert _row(page, "provenance-table", "ROI-set SHA-256")[1][0] == "not recorded"
