@@ -31,6 +31,7 @@ PAGES = {
         st.Page("pages/sweep.py", title="Layer sweep", icon=":material/show_chart:"),
         st.Page("pages/roc.py", title="ROC curves", icon=":material/ssid_chart:"),
         st.Page("pages/predictions.py", title="Predictions", icon=":material/table_view:"),
+        st.Page("pages/analyses.py", title="Open questions", icon=":material/psychology_alt:"),
         st.Page("pages/experiments.py", title="Experiments", icon=":material/history:"),
     ],
 }

@@ -557,6 +557,26 @@ def predictions_command(
     _out.print(f"{len(frame)} rows ({level} level) written to {csv_path}")
 
 
+@app.command("report")
+def report_command(
+    experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write (self-contained).")],
+    pdf: Annotated[Optional[Path], typer.Option("--pdf", help="Also print it to this PDF (headless Chromium).")
+                   ] = None,
+    level: Annotated[str, typer.Option(help="roi (every view) or lesion (mean of its ROIs).")] = "roi",
+    data_dir: DataDir = None,
+) -> None:
+    """Write an experiment's study report: cohort, methods, Fig. 3, Fig. 4, Table 1, tests, provenance."""
+    from cadx.workflows.report import write_report
+
+    if level not in ("roi", "lesion"):
+        _fail(CadxInputError("--level", f"got {level!r}", "use roi or lesion"))
+    workspace = _workspace(data_dir)
+    written = _run(lambda: write_report(workspace, experiment_id, out, level=level, pdf=pdf))
+    for kind, path in written.items():
+        _out.print(f"{kind.upper()} report written to {path}")
+
+
 @app.command("worker")
 def worker_command(data_dir: DataDir = None,
                    once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then stop.")] = False,

@@ -142,3 +142,30 @@ with details:
                     help=words.meaning(info["segmentation_quality"]))
     if not row["included_now"]:
         st.warning("This ROI has been excluded by review since the experiment ran.")
+
+# ------------------------------------------------------------------------------------ why did it say malignant? ---
+with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
+    st.caption("A grey patch slides over the ROI; each occluded copy goes through the CNN to the SVM1 tap and is "
+               "scored by this ROI's fold SVM (refitted from the stored features with the fold's stored "
+               "parameters, checked against the stored decision value). Red: hiding the region lowers p1 "
+               "(it supports the call); blue: hiding it raises p1.")
+    o_left, o_right = st.columns(2)
+    o_patch = o_left.select_slider("Patch (pixels, 0.1 mm each)", [32, 64, 96, 128], value=64, key="occ_patch")
+    o_stride = o_right.select_slider("Stride", [16, 32, 48, 64, 128], value=32, key="occ_stride")
+    if st.button("Compute the occlusion map", key="occ_run", icon=":material/blur_on:"):
+        from cadx.errors import CadxError
+        from cadx.occlusion import heat_overlay
+        from cadx.workflows.analyses import occlusion_analysis
+
+        try:
+            with st.spinner("Occluding and re-scoring (one CNN pass per patch position)…"):
+                occlusion = occlusion_analysis(ws, experiment_id, int(roi_id), patch=int(o_patch),
+                                               stride=int(o_stride))
+        except CadxError as exc:
+            st.error(str(exc))
+        else:
+            sens = occlusion["map"].sensitivity
+            st.image(heat_overlay(image, sens), width=512,
+                     caption=f"p1 {occlusion['p1']:.3f} (stored {occlusion['p1_stored']:.3f}), fold "
+                             f"{occlusion['fold'] + 1}, tap {occlusion['tap']}; largest drop {sens.max():+.4f}, "
+                             f"largest rise {sens.min():+.4f} in p1")

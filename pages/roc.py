@@ -13,6 +13,7 @@ from cadx.csvsafe import frame_csv_bytes
 from cadx.methods import METHODS
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from cadx.workflows.results import calibration_notes
+from cadx.workflows.report import report_html
 from pages._shared import figure_downloads, pick_experiment, workspace
 
 ws = workspace()
@@ -152,6 +153,11 @@ else:
            for c in tests.columns if c != "comparison" and pd.api.types.is_numeric_dtype(tests[c])}})
 
 st.subheader("Downloads")
+st.download_button("Study report (HTML)", lambda: report_html(ws, experiment_id, level=level, results=results).encode(),
+                   file_name=f"{stem}-report.html", mime="text/html", on_click="ignore", key="roc_report_html",
+                   icon=":material/description:",
+                   help="One self-contained page: cohort, methods paragraph, Fig. 3, Fig. 4, Table 1, tests, repeated "
+                        "CV, provenance and disclaimer (print it to PDF from the browser or with `cadx report --pdf`).")
 d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Table 1 (CSV)", frame_csv_bytes(table.rename(columns=words.AUC_COLUMNS)), file_name=f"{stem}-table1.csv",
                    mime="text/csv", on_click="ignore", key="roc_table_csv")

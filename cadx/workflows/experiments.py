@@ -370,18 +370,20 @@ def _bootstrap(y, proba, lesions, seed) -> list[float] | None:
 
 
 def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int, *,
-                    lesions: np.ndarray) -> list[dict]:
+                    lesions: np.ndarray, pairs: list[tuple[str, str]] | None = None) -> list[dict]:
     """DeLong, fold-wise paired t and Nadeau-Bengio p-values, Bonferroni-adjusted within each family of
-    ``cadx.methods.comparison_families``: the paper's (C vs A, C vs B, A vs B) and the added z-ensemble's.
+    ``cadx.methods.comparison_families``: the paper's (C vs A, C vs B, A vs B) and the added z-ensemble's; or, with
+    ``pairs``, those pairs as one family (e.g. Method D against A, B and C).
 
     Nadeau & Bengio's ``n_train``/``n_test`` count lesions (``stats.cv_unit_sizes``), not ROIs: the views of one
     lesion are not independent test cases.
     """
     n_train, n_test = stats.cv_unit_sizes(folds, lesions)
     rows = []
-    for family, pairs in comparison_families(set(scores)).items():
+    families = comparison_families(set(scores)) if pairs is None else {"requested": list(pairs)}
+    for family, family_pairs in families.items():
         block = []
-        for first, second in pairs:
+        for first, second in family_pairs:
             delong = stats.delong_test(y, scores[first], scores[second])
             fa, fb = np.asarray(methods[first]["fold_aucs"]), np.asarray(methods[second]["fold_aucs"])
             paired = stats.paired_t_test(fa, fb)

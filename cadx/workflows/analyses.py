@@ -1,0 +1,247 @@
+"""The open-question analyses (``cadx.analyses``) on a stored experiment: its predictions and its features read
+back (CNN taps from the feature store under the experiment's backbone, weights checksum and preprocessing; analytic
+features of its feature version), in the experiment's ROI order.
+
+Method D (feature-level fusion) is cross-validated here with the experiment's own fold assignment: the same ROIs,
+labels, lesion and patient groups, folds and seed given to ``cadx.svm.cross_validate_by_lesion`` give the same
+folds (checked against the stored ones), so its tests against A, B and C are paired on the same splits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from cadx.analyses import embedding_2d, error_agreement, fused_features, pc_feature_correlation
+from cadx.errors import CadxInputError
+from cadx.workflows.experiments import compare_methods, experiment_summary, json_safe, method_statistics
+from cadx.workflows.features import analytic_matrix, feature_store, roi_records
+from cadx.workflows.results import lesion_predictions, roi_predictions
+from cadx.workflows.workspace import Workspace
+from db.models import Roi
+
+__all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlation_analysis", "fusion_analysis",
+           "embedding_analysis", "occlusion_analysis"]
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """An experiment's ROIs in its own order with what the analyses need."""
+
+    config: dict[str, Any]
+    predictions: pd.DataFrame  # roi_predictions (first seed), in config["roi_ids"] order
+    y: np.ndarray
+    lesions: np.ndarray
+    patients: np.ndarray
+    folds: np.ndarray
+    hashes: list[str]
+
+
+def experiment_data(workspace: Workspace, experiment_id: int) -> ExperimentData:
+    """The experiment's config, first-seed predictions, labels, lesion/patient groups and folds, by ROI."""
+    config = experiment_summary(workspace, experiment_id)["config"]
+    predictions = roi_predictions(workspace, experiment_id)
+    roi_ids = [int(i) for i in config.get("roi_ids", [])]
+    if predictions["roi_id"].astype(int).tolist() != roi_ids:
+        raise CadxInputError(f"experiment {experiment_id}", "its predictions do not cover its ROI set (ROIs deleted "
+                             "since it ran?)", "run the experiment again")
+    patient_of = {r.id: r.patient_id for r in roi_records(workspace, included_only=False)}
+    return ExperimentData(config=config, predictions=predictions,
+                          y=predictions["truth"].to_numpy(dtype=int),
+                          lesions=predictions["lesion_id"].to_numpy(dtype=np.int64),
+                          patients=np.array([patient_of[i] for i in roi_ids], dtype=np.int64),
+                          folds=predictions["fold"].to_numpy(dtype=int), hashes=list(config["roi_sha256"]))
+
+
+def _tap_matrix(workspace: Workspace, data: ExperimentData, tap: str | None) -> tuple[str, np.ndarray]:
+    config = data.config
+    tap = tap or config["ensemble_tap"]
+    if tap not in config.get("taps", []):
+        raise CadxInputError("tap", f"the experiment has no tap {tap!r}", f"use one of {config.get('taps')}")
+    try:
+        X = feature_store(workspace).load(tap, data.hashes, backbone=config["backbone"],
+                                          weights_sha256=config["weights"]["sha256"],
+                                          preprocessing=config["preprocessing"])
+    except KeyError as exc:
+        raise CadxInputError(f"tap {tap}", f"CNN features missing from the store ({exc})",
+                             "run `cadx extract` with the experiment's backbone and weights") from exc
+    return tap, np.asarray(X, dtype=np.float64)
+
+
+def _analytic(workspace: Workspace, data: ExperimentData) -> tuple[np.ndarray, list[str]]:
+    if not data.config.get("analytic_version"):
+        raise CadxInputError("experiment", "it ran without analytic features (Method B)",
+                             "pick an experiment with SVM2")
+    try:
+        X, names, _quality = analytic_matrix(workspace, data.hashes)
+    except KeyError as exc:
+        raise CadxInputError("analytic features", str(exc), "run `cadx features`") from exc
+    return X, names
+
+
+def agreement_analysis(workspace: Workspace, experiment_id: int, *, level: str = "lesion", threshold: float = 0.5,
+                       top: int = 10) -> dict[str, Any]:
+    """Do SVM1 and SVM2 err on the same lesions (or ROIs)? The 2 × 2 table, McNemar, Spearman, and the cases with
+    the largest |p1 − p2|."""
+    frame = (lesion_predictions(workspace, experiment_id) if level == "lesion"
+             else roi_predictions(workspace, experiment_id))
+    if frame.empty or frame["p2"].isna().any():
+        raise CadxInputError(f"experiment {experiment_id}", "no SVM2 probabilities (it ran SVM1 only)",
+                             "pick an experiment with analytic features")
+    result = error_agreement(frame["p1"].to_numpy(float), frame["p2"].to_numpy(float),
+                             frame["truth"].to_numpy(int), threshold=threshold, top=top)
+    columns = [c for c in ("roi_id", "lesion_id", "lesion_key", "patient_key", "view", "truth", "fold", "p1", "p2",
+                           "disagreement", "right_p1", "right_p2") if c in frame.columns]
+    table = pd.DataFrame(result.table, index=["SVM1 right", "SVM1 wrong"], columns=["SVM2 right", "SVM2 wrong"])
+    return {"level": level, "threshold": threshold, "result": result, "table": table,
+            "disagreeing": frame.iloc[result.most_disagreeing][columns].reset_index(drop=True)}
+
+
+def correlation_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None = None,
+                         n_components: int = 10) -> dict[str, Any]:
+    """Pearson r between a tap's top principal components and the 21 analytic features, over the experiment's
+    ROIs."""
+    data = experiment_data(workspace, experiment_id)
+    tap, X = _tap_matrix(workspace, data, tap)
+    F, names = _analytic(workspace, data)
+    result = pc_feature_correlation(X, F, feature_names=names, n_components=n_components)
+    frame = pd.DataFrame(result.correlation, columns=names,
+                         index=[f"PC{i + 1} ({v:.1%})" for i, v in enumerate(result.explained_variance_ratio)])
+    return {"tap": tap, "result": result, "frame": frame}
+
+
+def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None = None,
+                    n_jobs: int = 1) -> dict[str, Any]:
+    """Method D: the tap's CNN features and the analytic features in one SVM, cross-validated with the experiment's
+    folds, seed and grid; its Table-1 statistics and its tests against A, B and C (Bonferroni over the three)."""
+    from cadx.svm import cross_validate_by_lesion
+
+    data = experiment_data(workspace, experiment_id)
+    config = data.config
+    tap, X_cnn = _tap_matrix(workspace, data, tap)
+    X_b, _names = _analytic(workspace, data)
+    grid = config.get("grid")
+    started = time.perf_counter()
+    result = cross_validate_by_lesion(fused_features(X_cnn, X_b), data.y, data.lesions, patients=data.patients,
+                                      n_folds=int(config["n_folds"]), n_inner=int(config["n_inner"]),
+                                      grid=grid if isinstance(grid, dict) else None, seed=int(config["seed"]),
+                                      n_jobs=n_jobs)
+    seconds = time.perf_counter() - started
+    if not np.array_equal(result.fold, data.folds):
+        raise RuntimeError("Method D's folds differ from the experiment's stored folds; its tests would not be paired")
+    seed = int(config["seed"])
+    methods = {"D": method_statistics(f"Fusion (CNN {config['backbone']} {tap} + analytic features)", result.proba,
+                                      result, data.y, data.lesions, seed, seconds)}
+    stored = experiment_summary(workspace, experiment_id)["results"]["methods"]
+    scores = {"D": result.proba}
+    predictions = data.predictions
+    for key, column in (("A", "p1"), ("B", "p2"), ("C", "p3")):
+        if key in stored and not predictions[column].isna().any():
+            methods[key] = stored[key]
+            scores[key] = predictions[column].to_numpy(float)
+    pairs = [("D", k) for k in ("A", "B", "C") if k in scores]
+    comparisons = compare_methods(methods, scores, data.y, data.folds, int(config["n_folds"]), lesions=data.lesions,
+                                  pairs=pairs)
+    return {"tap": tap, "method": json_safe(methods["D"]), "comparisons": json_safe(comparisons),
+            "proba": result.proba, "n_features": int(result.n_features)}
+
+
+def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None = None, perplexity: float = 30.0,
+                       seed: int = 0) -> pd.DataFrame:
+    """A t-SNE map of a tap's features over the experiment's ROIs, with each ROI's label, QC flags, whether it is
+    QC flags, review status now (included / flagged / excluded since), lesion and p1: one row per ROI (columns x, y, roi_id, lesion_key, label, flagged, ...)."""
+    data = experiment_data(workspace, experiment_id)
+    tap, X = _tap_matrix(workspace, data, tap)
+    xy = embedding_2d(X, perplexity=perplexity, seed=seed)
+    with workspace.sessions() as session:
+        flags = dict(session.execute(select(Roi.id, Roi.qc_flags)).all())
+    frame = data.predictions[["roi_id", "lesion_key", "patient_key", "view", "truth", "p1", "included_now"]].copy()
+    frame.insert(0, "y", xy[:, 1])
+    frame.insert(0, "x", xy[:, 0])
+    frame["label"] = np.where(frame["truth"] == 1, "malignant", "benign")
+    frame["qc_flags"] = [", ".join(flags.get(int(i)) or []) for i in frame["roi_id"]]
+    frame["status"] = [("excluded since" if not included else "flagged" if qc else "included")
+                       for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"])]
+    frame["tap"] = tap
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------ occlusion ---
+def _backbone_for(config: dict[str, Any], loaded=None):
+    from cadx.cnn import load_backbone
+
+    weights = config["weights"]
+    if loaded is None:
+        loaded = load_backbone(config["backbone"], "random" if weights.get("source") == "random" else "default",
+                               download=False)
+    if loaded.name != config["backbone"] or loaded.weights.sha256 != weights["sha256"]:
+        raise CadxInputError("weights", f"the loaded {loaded.name} weights ({loaded.weights.sha256[:12]}…) are not "
+                             f"the experiment's ({config['backbone']}, {weights['sha256'][:12]}…)",
+                             "load the experiment's weights (e.g. --weights-path with the same file)")
+    return loaded
+
+
+def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *, patch: int = 64, stride: int = 32,
+                       loaded=None) -> dict[str, Any]:
+    """Occlusion sensitivity of p1 for one ROI of an experiment.
+
+    The fold's SVM1 is refitted from the stored features of the fold's training ROIs with the fold's stored
+    (a, c, d) (the same data and parameters give the same model: its decision value for the ROI is checked against
+    the stored one), and the fold's Platt sigmoid is recovered exactly from the stored (decision value, p1) pairs of
+    the fold's test ROIs. Each occluded copy is run through the backbone to the SVM1 tap and scored.
+
+    Returns a dict with ``map`` (:class:`cadx.occlusion.OcclusionMap`, in p1 units), ``p1_stored``, ``p1``
+    (recomputed), ``decision_stored``, ``decision``, ``fold``, ``tap``, ``patch``, ``stride``.
+    """
+    from cadx.cnn import extract_features
+    from cadx.occlusion import occlusion_map
+    from cadx.roi import decode_png16
+    from cadx.svm import make_svm_pipeline
+
+    data = experiment_data(workspace, experiment_id)
+    config = data.config
+    ids = data.predictions["roi_id"].astype(int).tolist()
+    if int(roi_id) not in ids:
+        raise CadxInputError(f"ROI {roi_id}", f"not in experiment {experiment_id}", "pick an ROI from its predictions")
+    index = ids.index(int(roi_id))
+    fold = int(data.folds[index])
+    results = experiment_summary(workspace, experiment_id)["results"]
+    params = results["methods"]["A"].get("best_params")
+    if not params:
+        raise CadxInputError(f"experiment {experiment_id}", "its record has no per-fold SVM parameters",
+                             "run the experiment again")
+    loaded = _backbone_for(config, loaded)
+    tap, X = _tap_matrix(workspace, data, config["ensemble_tap"])
+    train = data.folds != fold
+    model = make_svm_pipeline(**params[fold]).fit(X[train], data.y[train])
+    test = ~train
+    f_test = data.predictions["decision1"].to_numpy(float)[test]
+    p_test = np.clip(data.predictions["p1"].to_numpy(float)[test], 1e-15, 1 - 1e-15)
+    if np.ptp(f_test) == 0:
+        raise CadxInputError(f"fold {fold}", "its decision values are all equal: no sigmoid to recover",
+                             "use another experiment")
+    slope, intercept = np.polyfit(f_test, np.log(p_test / (1 - p_test)), 1)
+    decision = float(model.decision_function(X[index:index + 1])[0])
+    decision_stored = float(data.predictions["decision1"].iloc[index])
+    if not np.isclose(decision, decision_stored, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(f_test).max())):
+        raise RuntimeError(f"the refitted fold-{fold} SVM gives {decision} for ROI {roi_id}, the record "
+                           f"{decision_stored}: the stored features or parameters do not reproduce the experiment")
+
+    with workspace.sessions() as session:
+        roi_file = session.get(Roi, int(roi_id)).file
+    pixels = decode_png16(workspace.path(roi_file).read_bytes())
+
+    def score(stack: np.ndarray) -> np.ndarray:
+        features = extract_features(stack, backbone=loaded, taps=[tap], batch_size=len(stack))[tap]
+        f = model.decision_function(np.asarray(features, dtype=np.float64))
+        return 1.0 / (1.0 + np.exp(-(slope * f + intercept)))
+
+    result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
+    return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
+            "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
+            "stride": stride}

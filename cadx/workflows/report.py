@@ -1,0 +1,162 @@
+"""Gathering an experiment's study report (``cadx report``, the ROC page's download): the record is read through
+``cadx.workflows.results`` (and ``experiment_summary`` for the config), the cohort counted from the database for the
+experiment's own ROI set, and everything handed to ``cadx.report.render_report``.
+
+PDF: rendered by headless Chromium (``CADX_CHROMIUM`` or ``/usr/bin/chromium``, the browser the end-to-end tests
+use) printing the same HTML; no extra Python package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+import cadx
+from cadx.errors import CadxInputError
+from cadx.report import render_report, roi_set_sha256
+from cadx.workflows.experiments import experiment_summary, json_safe
+from cadx.workflows.results import (
+    comparison_table,
+    experiment_results,
+    list_experiments,
+    method_table,
+    repeats_table,
+    sweep_table,
+)
+from cadx.workflows.workspace import Workspace
+from db.models import Image, Lesion, Roi
+
+__all__ = ["cohort_summary", "report_data", "report_html", "write_report", "html_to_pdf", "chromium_path"]
+
+_LABELS = ("benign", "malignant")
+
+
+def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> dict[str, Any]:
+    """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, and the excluded
+    ROIs by their exclusion reason (the reason recorded now)."""
+    ids = [int(i) for i in roi_ids]
+    rows = []
+    with workspace.sessions() as session:
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            chunk = ids[start:start + 500]
+            rows += session.execute(
+                select(Roi.id, Lesion.id, Lesion.patient_id, Lesion.label, Lesion.lesion_type, Image.view)
+                .join(Lesion, Roi.lesion_id == Lesion.id).join(Image, Roi.image_id == Image.id)
+                .where(Roi.id.in_(chunk))).all()
+        reasons: dict[str, int] = {}
+        for start in range(0, len(excluded_roi_ids), 500):
+            chunk = [int(i) for i in excluded_roi_ids[start:start + 500]]
+            for (reason,) in session.execute(select(Roi.exclusion_reason).where(Roi.id.in_(chunk))).all():
+                reasons[reason or "unspecified"] = reasons.get(reason or "unspecified", 0) + 1
+    missing = len(set(ids)) - len({r[0] for r in rows})
+    labels = sorted({r[3] for r in rows} | set(_LABELS), key=lambda x: (x not in _LABELS, x))
+    by_label = {label: {"patients": len({r[2] for r in rows if r[3] == label}),
+                        "lesions": len({r[1] for r in rows if r[3] == label}),
+                        "rois": sum(1 for r in rows if r[3] == label)} for label in labels}
+    by_view: dict[str, dict[str, int]] = {}
+    for r in rows:
+        view = by_view.setdefault(r[5] or "unknown", dict.fromkeys(labels, 0))
+        view[r[3]] += 1
+    lesion_type = {r[1]: (r[4] or "unknown", r[3]) for r in rows}
+    by_type: dict[str, dict[str, int]] = {}
+    for kind, label in lesion_type.values():
+        by_type.setdefault(kind, dict.fromkeys(labels, 0))[label] += 1
+    return {"patients": len({r[2] for r in rows}), "lesions": len({r[1] for r in rows}), "rois": len(rows),
+            "rois_deleted_since": missing, "label_names": labels, "by_label": by_label,
+            "lesions_by_label": {k: v["lesions"] for k, v in by_label.items()},
+            "rois_by_view": dict(sorted(by_view.items())), "lesions_by_type": dict(sorted(by_type.items())),
+            "excluded_by_reason": dict(sorted(reasons.items()))}
+
+
+def _records(frame) -> list[dict[str, Any]]:
+    return json_safe([{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                      for row in frame.to_dict(orient="records")])
+
+
+def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
+                results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the report shows, read from the stored record (nothing recomputed except the lesion level,
+    which ``experiment_results`` computes from the stored predictions; a caller that has it passes ``results``)."""
+    rows = [row for row in list_experiments(workspace) if row["id"] == experiment_id]
+    if not rows:
+        raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
+    experiment = rows[0]
+    config = experiment_summary(workspace, experiment_id)["config"]
+    if results is None:
+        results = experiment_results(workspace, experiment_id, level)  # type: ignore[arg-type]
+    elif results.get("level") != level:
+        raise ValueError(f"results are at {results.get('level')!r} level, the report asked for {level!r}")
+    roi_set = config.get("roi_set_sha256") or (roi_set_sha256(config["roi_sha256"]) if config.get("roi_sha256")
+                                               else None)
+    return {
+        "experiment": {**experiment, "created_at": str(experiment["created_at"])},
+        "config": config,
+        "cohort": cohort_summary(workspace, config.get("roi_ids", []), config.get("excluded_roi_ids", [])),
+        "results": results,
+        "sweep": _records(sweep_table(workspace, [experiment_id])),
+        "table1": _records(method_table(results)),
+        "tests": _records(comparison_table(results)),
+        "repeats": _records(repeats_table(results)),
+        "roi_set_sha256": roi_set,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generator": f"cadx {cadx.__version__}",
+    }
+
+
+def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",
+                results: dict[str, Any] | None = None) -> str:
+    """The study report of an experiment as one self-contained HTML string."""
+    return render_report(report_data(workspace, experiment_id, level=level, results=results))
+
+
+def chromium_path() -> Path | None:
+    """The Chromium used for PDFs: ``$CADX_CHROMIUM``, else ``/usr/bin/chromium``, else one on PATH; None if none."""
+    for candidate in (os.environ.get("CADX_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def html_to_pdf(html_text: str, out: Path, *, timeout: float = 120.0) -> Path:
+    """Print HTML to PDF with headless Chromium (the print CSS repeats the synthetic banner on every page)."""
+    browser = chromium_path()
+    if browser is None:
+        raise CadxInputError("--pdf", "no Chromium found for printing the PDF",
+                             "apt-get install chromium (or set CADX_CHROMIUM), or write the HTML only")
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="cadx-report-") as tmp:
+        page = Path(tmp) / "report.html"
+        page.write_text(html_text, encoding="utf-8")
+        target = Path(tmp) / "report.pdf"
+        command = [str(browser), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile", "--no-pdf-header-footer",
+                   f"--print-to-pdf={target}", page.as_uri()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not target.exists() or target.stat().st_size == 0:
+            raise CadxInputError("--pdf", f"Chromium could not print the report (exit {done.returncode}): "
+                                 f"{done.stderr.strip()[-300:]}", "write the HTML only and print it from a browser")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, out)
+    return out
+
+
+def write_report(workspace: Workspace, experiment_id: int, out: Path, *, level: str = "roi",
+                 pdf: Path | None = None) -> dict[str, Path]:
+    """Write the HTML report (and optionally its PDF); returns the paths written."""
+    text = report_html(workspace, experiment_id, level=level)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    written = {"html": out}
+    if pdf is not None:
+        written["pdf"] = html_to_pdf(text, pdf)
+    return written

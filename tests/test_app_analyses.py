@@ -1,0 +1,96 @@
+"""The Open questions page and the ROC page's study report with streamlit's AppTest, on a small real experiment
+(12-lesion synthetic demo, AlexNet with random weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+
+from cadx.workflows import import_demo, open_workspace
+from cadx.workflows.analyses import agreement_analysis, correlation_analysis
+from cadx.workflows.experiments import ExperimentSettings, run_experiment
+from cadx.workflows.features import resolve_backbone
+
+from tests.apptest_support import open_page, point_app_at
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory):
+    data = tmp_path_factory.mktemp("app-analyses") / "data"
+    ws = open_workspace(data)
+    import_demo(ws, n_lesions=12, seed=2)
+    loaded, note = resolve_backbone("alexnet", weights="random")
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("conv5", "fc8"), ensemble_tap="fc8",
+                                                                  n_folds=3), name="small", user="tester",
+                                   weights_note=note)
+    ws.engine.dispose()
+    return data, experiment_id
+
+
+@pytest.fixture
+def use(monkeypatch):
+    def use(data: Path) -> Path:
+        return point_app_at(data, monkeypatch)
+
+    yield use
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _frame(at, column: str):
+    """The first table on the page with ``column``."""
+    frames = [d.value for d in at.dataframe if column in d.value.columns]
+    assert frames, f"no table with a column {column!r}"
+    return frames[0]
+
+
+def test_open_questions_page_shows_the_four_analyses(use, experiment_dir):
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    at = open_page("pages/analyses.py", timeout=300)
+    text = "\n".join(m.value for m in at.markdown)
+    assert "SYNTHETIC DEMO DATA" in text
+    ws = open_workspace(data)
+    try:
+        agreement = agreement_analysis(ws, experiment_id, level="lesion")
+        corr = correlation_analysis(ws, experiment_id, tap="fc8", n_components=10)
+    finally:
+        ws.engine.dispose()
+    shown = _frame(at, "SVM2 wrong")
+    assert shown.to_numpy().tolist() == agreement["result"].table.tolist()
+    assert f"McNemar exact p = {agreement['result'].mcnemar_p:.4g}" in text
+    at.button(key="map_run").click().run(timeout=600)
+    assert not at.exception, at.exception
+    charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    heatmap = [s for s in charts.values() if s["data"][0]["type"] == "heatmap"][0]
+    assert len(heatmap["data"][0]["x"]) == 21 and len(heatmap["data"][0]["y"]) == len(corr["frame"])
+    scatter = [s for s in charts.values() if s["data"][0]["type"] == "scatter"][0]
+    assert {t["name"] for t in scatter["data"]} == {"benign", "malignant"}
+    assert "t-SNE of fc8 (28 ROIs)" in scatter["layout"]["title"]["text"]
+    # Method D on request
+    at.button(key="fusion_run").click().run(timeout=600)
+    assert not at.exception, at.exception
+    tests = _frame(at, "AUC difference")
+    assert list(tests["comparison"]) == ["D vs SVM1 (CNN features)", "D vs SVM2 (analytic features)",
+                                         "D vs Ensemble (SVM1 + SVM2)"]
+    assert _frame(at, "features")["features"].item() == 1000 + 21
+
+
+def test_roc_page_offers_the_study_report(use, experiment_dir):
+    use(experiment_dir[0])
+    at = open_page("pages/roc.py", timeout=300)
+    assert any(b.label == "Study report (HTML)" for b in at.get("download_button"))
+
+
+def test_predictions_page_explains_p1_by_occlusion(use, experiment_dir):
+    use(experiment_dir[0])
+    at = open_page("pages/predictions.py", timeout=300)
+    assert len(at.image) == 1
+    at.select_slider(key="occ_patch").set_value(128)
+    at.select_slider(key="occ_stride").set_value(128)
+    at.button(key="occ_run").click().run(timeout=600)
+    assert not at.exception, at.exception
+    assert len(at.image) == 2, "no occlusion map shown"
+    assert not at.error, [e.value for e in at.error]

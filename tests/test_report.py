@@ -1,0 +1,318 @@
+"""The study report: a self-contained HTML page whose sections, numbers and figures are checked by parsing it."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cadx.cli import app
+from cadx.report import SECTIONS, roi_set_sha256, svg_line_chart
+from cadx.workflows import exclude_roi, import_demo, import_mias
+from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+from cadx.workflows.features import resolve_backbone, roi_records
+from cadx.workflows.report import chromium_path, report_data, report_html, write_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+class _Page(HTMLParser):
+    """Collects what the tests check: sections (with their banners), tables' cells, SVGs and every URL."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: dict[str, str] = {}
+        self.banners: dict[str, int] = {}
+        self.cells: dict[str, list[list[tuple[str, str | None]]]] = {}
+        self.svgs = 0
+        self.svg_elements: list[str] = []
+        self.urls: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+        self._section: str | None = None
+        self._table: str | None = None
+        self._cell: list | None = None
+        self._banner = False
+        self._in_svg = 0
+        self.print_header = ""
+        self._print = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("href", "src", "srcset", "action", "poster", "data", "xlink:href") and value is not None:
+                self.urls.append((tag, name, value))
+            if name == "style" and value and "url(" in value:
+                self.urls.append((tag, name, value))
+        if tag == "section":
+            self._section = a["id"]
+            self.sections[self._section] = ""
+            self.banners[self._section] = 0
+        if tag == "div" and a.get("class") == "banner":
+            self._banner = True
+            self.banners[self._section] += 1
+        if tag == "div" and a.get("class") == "print-header":
+            self._print = True
+        if tag == "table":
+            self._table = a.get("id")
+            self.cells[self._table] = []
+        if tag == "tr" and self._table:
+            self.cells[self._table].append([])
+        if tag in ("td", "th") and self._table:
+            self._cell = ["", a.get("data-value")]
+        if tag == "svg":
+            self.svgs += 1
+            self._in_svg += 1
+        if self._in_svg:
+            self.svg_elements.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
+        if tag == "div":
+            self._banner = False
+            self._print = False
+        if tag == "table":
+            self._table = None
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.cells[self._table][-1].append((self._cell[0].strip(), self._cell[1]))
+            self._cell = None
+        if tag == "svg":
+            self._in_svg -= 1
+
+    def handle_data(self, data):
+        if self._section:
+            self.sections[self._section] += data
+        if self._cell is not None:
+            self._cell[0] += data
+        if self._print:
+            self.print_header += data
+
+
+def _parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _assert_self_contained(text: str, page: _Page) -> None:
+    assert page.urls == [], f"external resources: {page.urls}"
+    assert not {"script", "link", "img", "iframe", "object", "embed"} & set(page.tags)
+    assert "@import" not in text and "url(" not in text
+    # the only URL-like string is the SVG namespace, which is a name, not a resource that is fetched
+    assert set(re.findall(r"https?://[^\s\"'<>]+", text)) <= {"http://www.w3.org/2000/svg"}
+
+
+def _row(page: _Page, table: str, first: str) -> list[tuple[str, str | None]]:
+    rows = [r for r in page.cells[table] if r and r[0][0] == first]
+    assert len(rows) == 1, (table, first, page.cells[table])
+    return rows[0]
+
+
+def _value(cell: tuple[str, str | None]) -> float:
+    assert cell[1] is not None, cell
+    return float(cell[1])
+
+
+# ------------------------------------------------------------------------------------------------ pure parts ---
+def test_roi_set_hash_is_order_free_and_known():
+    import hashlib
+
+    assert roi_set_sha256(["b", "a"]) == roi_set_sha256(["a", "b"]) == hashlib.sha256(b"a\nb").hexdigest()
+
+
+def test_svg_line_chart_maps_data_to_the_plot_area():
+    svg = svg_line_chart([{"name": "diag", "x": [0.0, 1.0], "y": [0.0, 1.0], "colour": "#123456"}],
+                         title="t", x_label="x", y_label="y", width=400, height=300)
+    # plot area: left 64, right margin 190, top 38, bottom 52 -> (64, 248) to (210, 38)
+    assert '<polyline points="64.00,248.00 210.00,38.00"' in svg
+    page = _parse(svg)
+    assert page.svgs == 1 and page.urls == []
+    with pytest.raises(ValueError, match="2 x values but 1 y values"):
+        svg_line_chart([{"name": "bad", "x": [0, 1], "y": [0]}], title="t", x_label="x", y_label="y")
+
+
+def test_svg_escapes_text():
+    svg = svg_line_chart([{"name": "<script>alert(1)</script>", "x": [0, 1], "y": [0, 1]}],
+                         title="a & b", x_label="x", y_label="y")
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "a &amp; b" in svg
+
+
+# ------------------------------------------------------------------------------------------ on the demo data ---
+@pytest.fixture(scope="module")
+def alexnet_random():
+    loaded, _note = resolve_backbone("alexnet", weights="random")
+    return loaded
+
+
+@pytest.fixture
+def demo_experiment(workspace, alexnet_random):
+    import_demo(workspace, n_lesions=12, seed=5)
+    excluded = roi_records(workspace)[0].id
+    exclude_roi(workspace, excluded, reason="location_marker", user="tester")
+    settings = ExperimentSettings(taps=("conv5", "fc6", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0, repeats=2)
+    experiment_id = run_experiment(workspace, alexnet_random, settings, name="report <demo>", user="tester")
+    return workspace, experiment_id
+
+
+def test_report_on_demo_has_every_section_the_stored_numbers_and_no_external_resource(demo_experiment):
+    workspace, experiment_id = demo_experiment
+    summary = experiment_summary(workspace, experiment_id)
+    config, results = summary["config"], summary["results"]
+    text = report_html(workspace, experiment_id)
+    page = _parse(text)
+    _assert_self_contained(text, page)
+    assert list(page.sections) == list(SECTIONS)
+    # synthetic data and random weights: said in every section and in the header printed on every page
+    assert all(page.banners[s] == 1 for s in SECTIONS), page.banners
+    assert "SYNTHETIC DATA" in page.print_header and "RANDOM (UNTRAINED) CNN WEIGHTS" in page.print_header
+    assert re.search(r"\.print-header\{display:block;position:fixed", text)
+    # the name is escaped, never markup
+    assert "report &lt;demo&gt;" in text and "<demo>" not in text
+    # two figures, both vector with drawn curves
+    assert page.svgs == 2 and page.svg_elements.count("polyline") >= 3 + 2
+    # Table 1 equals the stored record
+    for key, name in (("A", "SVM1 (CNN features)"), ("B", "SVM2 (analytic features)"),
+                      ("C", "Ensemble (SVM1 + SVM2)")):
+        row = _row(page, "table1", name)
+        stored = results["methods"][key]
+        assert _value(row[1]) == stored["auc_mean"] and _value(row[2]) == stored["auc_sd"]
+        assert _value(row[4]) == stored["pooled_auc"] and _value(row[8]) == stored["binormal"]["auc"]
+        assert row[1][0] == f"{stored['auc_mean']:.3f}"
+    # the sweep table equals the stored sweep, in network order
+    assert [r[0][0] for r in page.cells["sweep-table"][1:]] == ["conv5", "fc6", "fc8"]
+    for tap in ("conv5", "fc6", "fc8"):
+        row = _row(page, "sweep-table", tap)
+        assert _value(row[3]) == results["sweep"][tap]["auc_mean"]
+        assert int(row[1][0]) == results["sweep"][tap]["n_features"]
+    # the tests with their Bonferroni adjustment
+    names = {"A": "SVM1 (CNN features)", "B": "SVM2 (analytic features)", "C": "Ensemble (SVM1 + SVM2)"}
+    assert len(page.cells["tests-table"]) == 1 + 3
+    for comparison in results["comparisons"]:
+        first, second = comparison["comparison"].split(" vs ")
+        row = _row(page, "tests-table", f"{names[first]} vs {names[second]}")
+        assert _value(row[2]) == comparison["delong_p"]
+        assert _value(row[3]) == comparison["delong_p_bonferroni"]
+        assert _value(row[3]) == pytest.approx(min(1.0, 3 * comparison["delong_p"]))
+    # repeated cross-validation: seeds 0 and 1
+    header = [c[0] for c in page.cells["repeats-table"][0]]
+    assert header[-2:] == ["seed 0", "seed 1"]
+    row = _row(page, "repeats-table", "SVM1 (CNN features)")
+    assert _value(row[1]) == results["repeats"]["methods"]["A"]["auc_mean"]
+    # cohort: the experiment's ROI set, one exclusion by its reason
+    lesions = {r.lesion_id for r in roi_records(workspace)}
+    all_row = _row(page, "cohort-by-label", "all")
+    assert [int(c[0]) for c in all_row[1:]] == [len({r.patient_id for r in roi_records(workspace)}), len(lesions),
+                                                 len(config["roi_ids"])]
+    assert _row(page, "cohort-exclusions", "location_marker")[1][0] == "1"
+    # methods paragraph from the config
+    methods = " ".join(page.sections["methods"].split())
+    assert config["weights"]["sha256"] in methods and config["preprocessing"] in methods
+    assert "conv5, fc6, fc8" in methods and "3-fold" in methods and "seeds 0, 1" in methods
+    # provenance
+    provenance = " ".join(page.sections["provenance"].split())
+    for value in (summary["config_sha256"], summary["code_version"], roi_set_sha256(config["roi_sha256"])):
+        assert value in provenance
+    assert "Not a medical device" in page.sections["disclaimer"]
+
+
+def test_report_at_lesion_level_uses_the_lesion_statistics(demo_experiment):
+    workspace, experiment_id = demo_experiment
+    data = report_data(workspace, experiment_id, level="lesion")
+    page = _parse(report_html(workspace, experiment_id, level="lesion"))
+    row = _row(page, "table1", "SVM1 (CNN features)")
+    assert _value(row[1]) == data["results"]["methods"]["A"]["auc_mean"]
+    assert data["results"]["n_cases"] == data["cohort"]["lesions"]
+
+
+def test_cli_report_writes_the_html_and_refuses_an_unknown_experiment(demo_experiment, tmp_path):
+    workspace, experiment_id = demo_experiment
+    if workspace.engine.url.get_backend_name() != "sqlite":
+        pytest.skip("the CLI test runs once, on the SQLite workspace")
+    runner = CliRunner()
+    out = tmp_path / "out" / "report.html"
+    env = {"CADX_DATA_DIR": str(workspace.data_dir), "CADX_DATABASE_URL": str(workspace.engine.url)}
+    result = runner.invoke(app, ["report", str(experiment_id), "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "HTML report written" in result.output
+    assert list(_parse(out.read_text()).sections) == list(SECTIONS)
+    missing = runner.invoke(app, ["report", "999", "--out", str(tmp_path / "x.html")], env=env)
+    assert missing.exit_code == 2 and "no such experiment" in missing.output
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_pdf_is_printed_by_chromium(demo_experiment, tmp_path):
+    workspace, experiment_id = demo_experiment
+    if workspace.engine.url.get_backend_name() != "sqlite":
+        pytest.skip("the PDF test runs once, on the SQLite workspace")
+    if chromium_path() is None:
+        pytest.skip("no Chromium: apt-get install chromium (scripts/services.sh does it as root)")
+    written = write_report(workspace, experiment_id, tmp_path / "r.html", pdf=tmp_path / "r.pdf")
+    data = written["pdf"].read_bytes()
+    assert data.startswith(b"%PDF-") and len(data) > 10_000
+
+
+# ----------------------------------------------------------------------------------------------- on real MIAS ---
+@pytest.mark.slow
+def test_report_of_a_real_mias_experiment_is_written_as_a_test_artifact(tmp_path, mias_dir):
+    from cadx.workflows import open_workspace
+
+    workspace = open_workspace(tmp_path / "data")
+    import_mias(workspace, mias_dir, user="tester")
+    loaded, note = resolve_backbone("efficientnet_lite0")
+    settings = ExperimentSettings(taps=("stage5", "stage7", "pool"), ensemble_tap="pool", seed=0)
+    experiment_id = run_experiment(workspace, loaded, settings, name="MIAS report", user="tester",
+                                   weights_note=note)
+    summary = experiment_summary(workspace, experiment_id)
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = ARTIFACTS / "report-mias.html"
+    write_report(workspace, experiment_id, out)
+    text = out.read_text()
+    page = _parse(text)
+    _assert_self_contained(text, page)
+    assert list(page.sections) == list(SECTIONS)
+    assert sum(page.banners.values()) == 0 and page.print_header == ""  # real data, real weights: no banner
+    assert page.svgs == 2
+    row = _row(page, "table1", "SVM1 (CNN features)")
+    assert _value(row[1]) == summary["results"]["methods"]["A"]["auc_mean"]
+    assert int(_row(page, "cohort-by-label", "all")[3][0]) == summary["results"]["n_rois"]
+    types = {r[0][0] for r in page.cells["cohort-by-type"][1:]}
+    assert types and "unknown" not in types  # MIAS gives every lesion a class (CIRC, SPIC, ...)
+
+
+def test_render_an_svm1_only_experiment_without_sweep_or_tests():
+    """An experiment without analytic features: Table 1 has SVM1 only; no tests, no sweep, no repeats; still valid."""
+    from cadx.report import render_report
+
+    method = {"title": "SVM1", "auc_mean": 0.61, "auc_sd": 0.05, "auc_se": 0.02, "pooled_auc": 0.6,
+              "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1]}, "binormal": {"error": "no finite fit"}}
+    cohort = {"patients": 3, "lesions": 4, "rois": 6, "label_names": ["benign", "malignant"],
+              "by_label": {"benign": {"patients": 2, "lesions": 2, "rois": 3},
+                           "malignant": {"patients": 1, "lesions": 2, "rois": 3}},
+              "lesions_by_label": {"benign": 2, "malignant": 2}, "rois_by_view": {"CC": {"benign": 3, "malignant": 3}},
+              "lesions_by_type": {"mass": {"benign": 2, "malignant": 2}}, "excluded_by_reason": {}}
+    data = {"experiment": {"id": 7, "name": "svm1 only", "backbone": "alexnet", "uses_synthetic_data": False,
+                           "uses_random_weights": False, "code_version": "0.1.0", "config_sha256": "ab" * 32},
+            "config": {"weights": {"name": "w", "sha256": "cd" * 32, "source": "file"}, "taps": ["fc6"],
+                       "ensemble_tap": "fc6", "n_folds": 2, "n_inner": 2, "seed": 3, "preprocessing": "pre1",
+                       "grid": {"gamma": [0.5], "coef0": [1.0], "degree": [2]}},
+            "cohort": cohort, "results": {"level": "roi", "n_cases": 6, "n_positive": 3, "methods": {"A": method}},
+            "sweep": [], "table1": [{"classifier": "SVM1 (CNN features)", "AUC": 0.61, "AUC.SD": 0.05, "SE": 0.02,
+                                     "pooled AUC": 0.6, "CI95 low": None, "CI95 high": None, "lesion AUC": None,
+                                     "binormal AUC": None, "time (s)": 1.0}],
+            "tests": [], "repeats": [], "roi_set_sha256": None}
+    text = render_report(data)
+    page = _parse(text)
+    _assert_self_contained(text, page)
+    assert list(page.sections) == list(SECTIONS) and sum(page.banners.values()) == 0
+    assert [r[0][0] for r in page.cells["table1"][1:]] == ["SVM1 (CNN features)"]
+    assert "No comparisons" in page.sections["tests"] and "no layer sweep" in page.sections["fig3"]
+    methods = " ".join(page.sections["methods"].split())
+    assert "gamma ∈ {0.5000}; coef0 ∈ {1.0000}; degree ∈ {2}" in methods and "seed 3" in methods
+    assert "Analytic features" not in methods
+    assert _row(page, "provenance-table", "ROI-set SHA-256")[1][0] == "not recorded"
