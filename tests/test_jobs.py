@@ -319,3 +319,31 @@ def test_progress_weights_folds_by_their_cost():
     assert reports == sorted(reports)
     meter.advance("sweep", 100.0, "done")
     assert reports[-1] == PROGRESS_SCALE
+
+
+def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkeypatch):
+    import cadx.svm
+
+    real_fold = cadx.svm._run_fold
+    computed = []
+
+    def failing_fold(*args, **kwargs):
+        if len(computed) == 4:
+            raise MemoryError("out of memory in fold 5")
+        computed.append(args[-1])
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", failing_fold)
+    first = submit_job(demo, "experiment", PARAMS, user="alice")
+    run_next_job(demo)
+    failed = get_job(demo, first)
+    assert failed.status == "failed" and "out of memory in fold 5" in failed.error  # the error is kept
+    with demo.sessions() as session:
+        kept = set(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == first)))
+    assert len(kept) == 4
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", lambda *a, **k: computed.append(a[-1]) or real_fold(*a, **k))
+    computed.clear()
+    second = submit_job(demo, "experiment", PARAMS, user="bob")  # the same sweep submitted again
+    assert run_next_job(demo) == second and get_job(demo, second).status == "done"
+    assert len(computed) == len(UNITS) - 4  # the failed job's four folds were restored, not recomputed
