@@ -151,14 +151,15 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
 
 
 def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
-    """Every fold sleeps 5 s, the stale limit is 2 s: only the worker's heartbeat thread keeps the job alive, and
+    """Every fold sleeps 10 s, the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
     this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
-    env = {"CADX_JOB_STALE_SECONDS": "2", "CADX_JOB_HEARTBEAT_SECONDS": "0.3"}
+    env = {"CADX_JOB_STALE_SECONDS": "4", "CADX_JOB_HEARTBEAT_SECONDS": "0.2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(jobs.socket, "gethostname", lambda: "another-host")  # the PID check cannot help here
-    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False}, user="alice")
-    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=5, idle_exit=1)
+    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 3},
+                        user="alice")
+    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=10, idle_exit=1)
     try:
         def finished():
             list_jobs(demo)  # the old code failed the job here: no progress for longer than the stale limit
