@@ -504,6 +504,12 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     path = workspace.data_dir / pid_file
     me = _identity()
     path.write_text(f"{me.pid} {me.started}")
+    # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
+    # a busy machine, which would silence the job's heartbeat thread.
+    import cadx.workflows.experiments  # noqa: F401
+    import cadx.workflows.features  # noqa: F401
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
     idle_since = time.monotonic()
     try:
         while True:
