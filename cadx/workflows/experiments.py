@@ -213,9 +213,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
                   seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
     sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
                for tap in sweep_taps}
-    unit_cost = {tap: _fold_cost(n_train, int(cnn_tap_loader(workspace, loaded, tap, hashes[:1],
-                                                             precision=settings.precision)().shape[1]))
-                 for tap in sweep_taps}
+    unit_cost = {tap: _fold_cost(n_train, int(sources[tap].shape[1])) for tap in sweep_taps}
     meter.set_total("sweep", sum(unit_cost.values()) * settings.repeats * settings.n_folds)
     scope = hashlib.sha256(f"{config_sha} {version}".encode()).hexdigest()  # the numbers depend on both
     sweep_store = None if checkpoints is None else checkpoints.scoped(scope, "sweep")
