@@ -581,11 +581,18 @@ def report_command(
 def worker_command(data_dir: DataDir = None,
                    once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then stop.")] = False,
                    idle_exit: Annotated[Optional[float], typer.Option(
-                       help="Stop after this many seconds without work.")] = None) -> None:
-    """Run background jobs (extraction, features, experiments) queued by the app."""
+                       help="Stop after this many seconds without work.")] = None,
+                   pid_file: Annotated[str, typer.Option(
+                       help="File name (in the data directory) holding this worker's PID.")] = "worker.pid") -> None:
+    """Run background jobs (extraction, features, experiments) queued by the app.
+
+    Jobs run in the order queued, at most CADX_MAX_PARALLEL_JOBS at once over all workers; a job whose worker
+    died is resumed from its checkpoints by the next worker."""
     from cadx.workflows.jobs import run_worker
 
-    run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit)
+    if "/" in pid_file or "\\" in pid_file or pid_file.startswith("."):
+        raise typer.BadParameter("give a plain file name, e.g. worker-2.pid", param_hint="--pid-file")
+    run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit, pid_file=pid_file)
 
 
 KeyFile = Annotated[Optional[Path], typer.Option(

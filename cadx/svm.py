@@ -63,6 +63,7 @@ scikit-learn's default ``SVC(kernel="poly")``. For ``d = 1`` the factor ``a`` pl
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import mmap
 import os
@@ -923,22 +924,78 @@ def _backend(n_jobs: int, scheduler: str | None) -> Iterator[tuple[str, int]]:
         yield "loky", n_jobs
 
 
+_FOLD_ARRAYS = ("decision", "proba", "scores")
+_FOLD_SCALARS = ("best_index", "n_kept", "n_nonconstant", "gram_seconds", "svm_seconds", "seconds")
+
+
+def _encode_fold(out: _FoldOutput) -> bytes:
+    """A fold's output as ``.npz`` bytes (exact float64 values; loaded back without pickle)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(getattr(out, k), dtype=np.float64) for k in _FOLD_ARRAYS},
+             platt=np.asarray(out.platt, dtype=np.float64),
+             **{k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS}, gram_engine=np.str_(out.gram_engine))
+    return buffer.getvalue()
+
+
+def _decode_fold(payload: bytes) -> _FoldOutput:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        return _FoldOutput(
+            decision=data["decision"], proba=data["proba"], scores=data["scores"],
+            platt=(float(data["platt"][0]), float(data["platt"][1])), best_index=int(data["best_index"]),
+            n_kept=int(data["n_kept"]), n_nonconstant=int(data["n_nonconstant"]),
+            gram_seconds=float(data["gram_seconds"]), svm_seconds=float(data["svm_seconds"]),
+            seconds=float(data["seconds"]),
+            gram_engine=str(data["gram_engine"]) if "gram_engine" in data.files else "numpy")
+
+
+def _unit_key(key: Any) -> str:
+    return "/".join(str(part) for part in (key if isinstance(key, tuple) else (key,)))
+
+
+def _check_checkpoint(checkpoint: Any) -> None:
+    if checkpoint is not None and not (callable(getattr(checkpoint, "load", None))
+                                       and callable(getattr(checkpoint, "save", None))):
+        raise TypeError("checkpoint must have load(unit) -> bytes | None and save(unit, payload) methods; got "
+                        f"{type(checkpoint).__name__}")
+
+
 def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler: str | None,
-              progress: Progress | None, labels: Sequence[str]) -> tuple[dict, str]:
-    """Run ``_run_fold`` jobs ``(key, args, kwargs)``; returns ``{key: output}`` and the backend name."""
+              progress: Progress | None, labels: Sequence[str], checkpoint: Any = None) -> tuple[dict, str]:
+    """Run ``_run_fold`` jobs ``(key, args, kwargs)``; returns ``{key: output}`` and the backend name.
+
+    With a ``checkpoint`` store, a unit found there is not computed again; every computed unit is saved to it as
+    soon as it finishes (in the calling process), so a run killed half-way loses at most the units in progress.
+    """
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer))
                                or n_jobs == 0):
         raise ValueError(f"n_jobs must be a non-zero integer (-1 = all cores) or None; got {n_jobs!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable(done, total, message) or None; got {type(progress).__name__}")
+    _check_checkpoint(checkpoint)
     total = len(jobs)
     results: dict = {}
+    if checkpoint is not None:  # restored units first, so progress reports them at once
+        for key, _args, _kwargs in jobs:
+            payload = checkpoint.load(_unit_key(key))
+            if payload is not None:
+                results[key] = _decode_fold(payload)
+        if results and progress is not None:
+            progress(len(results), total, f"{len(results)} of {total} units restored from checkpoints")
+        label_of = dict(zip((j[0] for j in jobs), labels, strict=True))
+        labels = [label_of[j[0]] for j in jobs if j[0] not in results]
+        jobs = [j for j in jobs if j[0] not in results]
+
+    def finished(key, out, label):
+        results[key] = out
+        if checkpoint is not None:
+            checkpoint.save(_unit_key(key), _encode_fold(out))
+        if progress is not None:
+            progress(len(results), total, label)
+
     with _backend(n_jobs, scheduler) as (backend, workers):
         if backend == "sequential":
-            for done, ((key, args, kwargs), label) in enumerate(zip(jobs, labels, strict=True), start=1):
-                results[key] = _run_fold(*args, **kwargs)
-                if progress is not None:
-                    progress(done, total, label)
+            for (key, args, kwargs), label in zip(jobs, labels, strict=True):
+                finished(key, _run_fold(*args, **kwargs), label)
         else:
             def keyed(key, args, kwargs):
                 return key, _run_fold(*args, **kwargs)
@@ -946,10 +1003,8 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
             label_of = dict(zip((j[0] for j in jobs), labels, strict=True))
             parallel = Parallel(n_jobs=workers, return_as="generator_unordered")
             stream = parallel(delayed(keyed)(key, args, kwargs) for key, args, kwargs in jobs)
-            for done, (key, out) in enumerate(stream, start=1):
-                results[key] = out
-                if progress is not None:
-                    progress(done, total, label_of[key])
+            for key, out in stream:
+                finished(key, out, label_of[key])
     return results, backend
 
 
@@ -1017,7 +1072,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
-                             ) -> CvResult | list[CvResult]:
+                             checkpoint: Any = None) -> CvResult | list[CvResult]:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -1060,6 +1115,11 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     gram_engine : {"auto", "numpy", "torch-cpu", "torch-cuda"}, optional
         Where the Gram engine multiplies (default ``$CADX_GRAM_ENGINE``, else ``auto``: torch on CUDA when torch
         sees a GPU, numpy otherwise); see :mod:`cadx.gram`. Results agree between engines to rounding.
+    checkpoint : object with ``load(unit) -> bytes | None`` and ``save(unit, payload)``, optional
+        A store of finished units (one per seed and outer fold, ``unit`` like ``"X/0/3"``): units it holds are
+        restored instead of computed, and each computed unit is saved as soon as it finishes, so an interrupted
+        run resumed with the same store and the same inputs redoes only the missing units and returns exactly
+        the numbers of an uninterrupted run. The caller keys the store by its inputs (data, grid, seeds).
 
     Returns
     -------
@@ -1078,13 +1138,14 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     for s in seeds:
         splits, inner_splits = plans[s]
         for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
-            jobs.append(((s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)),
+            jobs.append((("X", s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)),
                          {"gram_engine": gram_engine}))
             labels.append(f"seed {s} fold {k + 1}/{n_folds}" if repeats > 1 else f"fold {k + 1}/{n_folds}")
-    outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
+    outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
+                           checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     results = [
-        _assemble([outputs[(s, k)] for k in range(n_folds)], y01, cv_groups, *plans[s], candidates, p, s, engine,
+        _assemble([outputs[("X", s, k)] for k in range(n_folds)], y01, cv_groups, *plans[s], candidates, p, s, engine,
                   seconds)
         for s in seeds
     ]
@@ -1199,7 +1260,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
                  n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
                  block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
-                 gram_engine: str | None = None) -> SweepResult:
+                 gram_engine: str | None = None, checkpoint: Any = None) -> SweepResult:
     """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
 
     Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
@@ -1218,6 +1279,9 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
         One grid for all taps; default :func:`default_grid` of each tap's width.
     progress : callable(done, total, message), optional
         Called after each job.
+    checkpoint : object with ``load(unit) -> bytes | None`` and ``save(unit, payload)``, optional
+        As for :func:`cross_validate_by_lesion`; one unit per (tap, seed, outer fold), ``unit`` like
+        ``"fc6/0/3"``.
 
     Returns
     -------
@@ -1244,7 +1308,8 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
                 jobs.append(((name, s, k), (sources[name], y01, train, test, inner, grids[name], engine,
                                             int(block_columns), name), {"gram_engine": gram_engine}))
                 labels.append(f"{name} fold {k + 1}/{n_folds}" + (f" seed {s}" if repeats > 1 else ""))
-    outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels)
+    outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
+                                 checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     layers = {}
     for name in feature_sources:

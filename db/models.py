@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -32,6 +32,7 @@ __all__ = [
     "Experiment",
     "Prediction",
     "Job",
+    "JobCheckpoint",
     "User",
     "AuditEvent",
     "Cohort",
@@ -266,6 +267,7 @@ class Job(Base):
     """A long task (extraction, analytic features, sweep) run by the background worker, with its progress."""
 
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("slot", name="uq_jobs_slot"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -282,6 +284,32 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(64))
+    # liveness: the worker process running the job (host, PID and the process's start time, so a reused PID is
+    # not mistaken for it); its heartbeat thread refreshes heartbeat_at whatever the progress
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_started: Mapped[float | None] = mapped_column(Float)
+    # one of CADX_MAX_PARALLEL_JOBS run slots while running (unique: claiming a slot is atomic across processes)
+    slot: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims so far (> 1: resumed after a dead worker)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class JobCheckpoint(Base):
+    """One finished unit of a job's work (e.g. one outer fold of one tap and seed), so a resumed job redoes only
+    the units without a row. ``scope`` is the SHA-256 of the inputs the unit was computed from (the experiment
+    config: ROI set, weights, taps, grid, folds, seeds); rows of another scope are never used."""
+
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "unit", name="uq_job_checkpoint_unit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    unit: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # numpy .npz, loaded without pickle
+    worker: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class User(Base):

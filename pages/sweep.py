@@ -11,7 +11,15 @@ from cadx import words
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.experiments import DEFAULT_REPEATS
 from cadx.workflows.results import best_tap_text
-from cadx.workflows.jobs import cancel_job, ensure_worker, get_job, list_jobs, submit_job
+from cadx.workflows.jobs import (
+    cancel_job,
+    ensure_worker,
+    get_job,
+    job_history,
+    max_parallel_jobs,
+    retry_job,
+    submit_job,
+)
 from cadx.workflows.accounts import can
 from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
@@ -68,6 +76,89 @@ status = _backbone_status()
 choices = _choices()
 experiments = list_experiments(ws)
 
+# ------------------------------------------------------------------------- jobs: at the top while they run ---
+ACTIVE = ("queued", "running")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _active_jobs() -> list:
+    return [j for j in job_history(ws, limit=50) if j.status in ACTIVE]
+
+
+active_at_start = _active_jobs()
+
+
+@st.fragment(run_every=2 if active_at_start else None)
+def job_panel() -> None:
+    jobs = _active_jobs()
+    if any(j.status == "queued" for j in jobs):
+        ensure_worker(ws)  # e.g. after a server restart
+    for job in sorted(jobs, key=lambda j: j.id):
+        with st.container(border=True):
+            resumed = f" · resumed (attempt {job.attempts})" if job.attempts > 1 else ""
+            st.markdown(f"**Job {job.id}** · {job.kind} · {plain(job.name)} · {job.status}{resumed} · by {plain(job.created_by)}")
+            if job.status == "queued":
+                st.progress(0.0, text=f"queued: number {job.queue_position} in line ({job.message})")
+            else:
+                st.progress(job.fraction, text=f"{job.fraction:.0%} · {job.message}")
+                eta = f" · about {_duration(job.eta_seconds)} left" if job.eta_seconds is not None else \
+                    " · estimating the time left"
+                st.caption(f"elapsed {_duration(job.seconds)}{eta}")
+            if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not can(current_role(), "run")):
+                cancel_job(ws, job.id, user=current_user())
+                st.rerun()
+    for job_id in reversed(st.session_state.get("sweep_jobs", [])[-3:]):
+        job = get_job(ws, job_id)
+        if job is None or job.status in ACTIVE:
+            continue
+        if job.status == "done":
+            st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{plain(job.params.get('name', ''))}”.")
+        elif job.status == "failed":
+            st.error(f"Job {job.id} failed: {plain(job.error)}")
+        else:
+            st.warning(f"Job {job.id} {job.status}: {plain(job.message)}")
+    if active_at_start and not jobs:
+        st.rerun()  # a job finished: redraw the page with its results
+
+
+job_panel()
+if st.session_state.pop("sweep_queued_toast", None):
+    st.toast(st.session_state.get("sweep_last_toast", "Sweep queued."))
+
+with st.expander("Job history (every user's jobs: done, failed with the reason, cancelled)"):
+    history = job_history(ws, limit=50)
+    if not history:
+        st.caption("No jobs yet.")
+    else:
+        st.dataframe(
+            [{"job": h.id, "kind": h.kind, "name": h.name, "status": h.status, "by": h.created_by,
+              "queued at": h.created_at.strftime("%Y-%m-%d %H:%M:%S") if h.created_at else "",
+              "took": _duration(h.seconds), "done": f"{h.fraction:.0%}", "attempts": h.attempts,
+              "experiment": h.experiment_id, "message / error": (h.error or h.message or "")[:300]}
+             for h in history], hide_index=True)
+        stopped = [h for h in history if h.status in ("failed", "cancelled")]
+        if stopped and can(current_role(), "run"):
+            left, right = st.columns([3, 1])
+            chosen = left.selectbox("Queue a failed or cancelled job again (it resumes from its finished folds)",
+                                    [h.id for h in stopped], key="job_retry_choice",
+                                    format_func=lambda i: next(f"job {h.id} · {h.name} · {h.status}"
+                                                               for h in stopped if h.id == i))
+            if right.button("Retry", key="job_retry"):
+                if retry_job(ws, chosen, user=current_user()):
+                    ensure_worker(ws)
+                    st.rerun()
+                st.error(f"Job {chosen} cannot be queued again now (it is still stopping); try in a moment.")
+
 with st.expander("Start a sweep", expanded=not experiments):
     if status["fallback"]:
         st.warning("AlexNet's ImageNet weights are missing here, so the default backbone is **EfficientNet-Lite0** "
@@ -110,7 +201,12 @@ with st.expander("Start a sweep", expanded=not experiments):
     may_run = can(current_role(), "run")
     if not may_run:
         st.caption("Starting a sweep needs the reviewer role.")
-    if st.button("Start sweep", type="primary", key="sweep_start", disabled=not may_run or bool(cohort["refused"])):
+    busy = len(active_at_start)
+    if busy:
+        st.info(f"{busy} job(s) queued or running (shown above). A new sweep is queued behind them: jobs run in "
+                f"the order queued, {max_parallel_jobs()} at a time (CADX_MAX_PARALLEL_JOBS).")
+    if st.button("Queue sweep" if busy else "Start sweep", type="primary", key="sweep_start",
+                 disabled=not may_run or bool(cohort["refused"])):
         if not taps:
             st.error("Choose at least one tap.")
         else:
@@ -121,48 +217,9 @@ with st.expander("Start a sweep", expanded=not experiments):
             job_id = submit_job(ws, "experiment", params, user=current_user())
             ensure_worker(ws)
             st.session_state.setdefault("sweep_jobs", []).append(job_id)
-            st.toast(f"Sweep queued as job {job_id}.")
-
-# ------------------------------------------------------------------------------------------------- jobs ---
-ACTIVE = ("queued", "running")
-
-
-def _active_jobs() -> list:
-    return [j for j in list_jobs(ws, limit=20) if j.kind == "experiment" and j.status in ACTIVE]
-
-
-active_at_start = _active_jobs()
-
-
-@st.fragment(run_every=2 if active_at_start else None)
-def job_panel() -> None:
-    jobs = _active_jobs()
-    if any(j.status == "queued" for j in jobs):
-        ensure_worker(ws)  # e.g. after a server restart
-    for job in jobs:
-        with st.container(border=True):
-            st.markdown(f"**Job {job.id}** · {plain(job.params.get('name', ''))} · {job.status} · "
-                        f"by {plain(job.created_by)}")
-            fraction = (job.progress_done / job.progress_total) if job.progress_total else 0.0
-            st.progress(min(max(fraction, 0.0), 1.0), text=job.message or job.status)
-            if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not can(current_role(), "run")):
-                cancel_job(ws, job.id, user=current_user())
-                st.rerun()
-    for job_id in reversed(st.session_state.get("sweep_jobs", [])[-3:]):
-        job = get_job(ws, job_id)
-        if job is None or job.status in ACTIVE:
-            continue
-        if job.status == "done":
-            st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{plain(job.params.get('name', ''))}”.")
-        elif job.status == "failed":
-            st.error(f"Job {job.id} failed: {plain(job.error)}")
-        else:
-            st.warning(f"Job {job.id} {job.status}: {plain(job.message)}")
-    if active_at_start and not jobs:
-        st.rerun()  # a job finished: redraw the page with its results
-
-
-job_panel()
+            st.session_state["sweep_queued_toast"] = True
+            st.session_state["sweep_last_toast"] = f"Sweep queued as job {job_id}."
+            st.rerun()  # the job panel at the top shows it
 
 # ------------------------------------------------------------------------------------------------- chart ---
 st.subheader("AUC per tap")

@@ -226,6 +226,54 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
         ws.engine.dispose()
 
 
+def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_history(use, empty_dir, monkeypatch):
+    import cadx.workflows.jobs as jobs
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    data = use(empty_dir)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
+    ws = open_workspace(data)
+    now = datetime.now(timezone.utc)
+    try:
+        failed = jobs.submit_job(ws, "experiment", {"name": "broken sweep"}, user="bob")
+        running = jobs.submit_job(ws, "experiment", {"name": "long sweep"}, user="carol")
+        queued = jobs.submit_job(ws, "features", {}, user="dave")
+        me = jobs._identity()  # a live worker (this process), so the page leaves the job running
+        with ws.sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == failed).values(
+                status="failed", error="stem tap: out of memory", started_at=now - timedelta(minutes=3),
+                finished_at=now - timedelta(minutes=1)))
+            session.execute(update(Job).where(Job.id == running).values(
+                status="running", slot=0, progress_done=4200, progress_total=10_000, eta_seconds=330.0,
+                message="sweep: 23/55 folds x taps fitted (fc6 fold 3/5)", started_at=now - timedelta(seconds=200),
+                heartbeat_at=now, worker=me.label, worker_host=me.host, worker_pid=me.pid,
+                worker_started=me.started))
+        at = _run("pages/sweep.py")
+        assert not at.exception, at.exception
+        text = _text(at)
+        assert f"**Job {running}** · experiment · long sweep · running · by carol" in text
+        assert f"**Job {queued}** · features · features · queued · by dave" in text
+        import re
+
+        assert re.search(r"elapsed \d+ min \d\d s · about 5 min 30 s left", text), text  # started 200 s ago
+        assert any(p.proto.text.startswith("42% · sweep: 23/55") for p in at.get("progress"))
+        assert at.button(key="sweep_start").label == "Queue sweep"  # queues visibly behind the running job
+        history = next(d.value for d in at.dataframe if "attempts" in d.value.columns)
+        assert list(history["job"]) == [queued, running, failed]
+        row = history[history["job"] == failed].iloc[0]
+        assert row["status"] == "failed" and row["by"] == "bob" and "out of memory" in row["message / error"]
+        assert row["took"] == "2 min 00 s"
+        at.selectbox(key="job_retry_choice").select(failed).run()
+        at.button(key="job_retry").click().run()
+        assert jobs.get_job(ws, failed).status == "queued"
+    finally:
+        with ws.sessions.begin() as session:
+            session.execute(update(Job).values(status="cancelled", slot=None))
+        ws.engine.dispose()
+
+
 def test_sweep_page_refuses_no_taps(use, experiment_dir, monkeypatch):
     import cadx.workflows.jobs as jobs
 

@@ -57,19 +57,23 @@ def test_killed_extraction_resumes_from_the_store(tmp_path):
     assert extract_cnn_features(workspace, loaded, taps=["fc8"]).n_extracted == 0
 
 
-def test_a_job_whose_worker_died_is_failed_and_no_experiment_is_half_written(workspace):
+def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_half_written(workspace):
     import_demo(workspace, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random"}, user="alice")
-    # a worker claimed it, then died without a heartbeat for long
+    # a worker on another machine claimed it, then died: no heartbeat for long
     from datetime import datetime, timedelta, timezone
 
     from sqlalchemy import update
 
-    with workspace.sessions.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
-            status="running", heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1)))
-    list_jobs(workspace)  # any look at the jobs notices the stale one
-    job = get_job(workspace, job_id)
-    assert job.status == "failed" and "submit it again to resume" in job.error
+    for attempt in (1, 2, 3):
+        with workspace.sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(
+                status="running", slot=0, worker="gone:1", worker_host="a-machine-that-is-gone", attempts=attempt,
+                heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+        list_jobs(workspace)  # any look at the jobs notices the dead worker
+        job = get_job(workspace, job_id)
+        if attempt < 3:  # queued again for the next worker, which resumes it from its checkpoints
+            assert job.status == "queued" and "queued again to resume" in job.message and job.slot is None
+    assert job.status == "failed" and "submit it again" in job.error and "stopped 3 times" in job.error
     with workspace.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Experiment)) == 0

@@ -37,7 +37,7 @@ from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
 
-__all__ = ["DEFAULT_REPEATS", "ExperimentSettings", "run_experiment", "calibration_record",
+__all__ = ["DEFAULT_REPEATS", "ExperimentSettings", "run_experiment", "PROGRESS_SCALE", "calibration_record",
            "experiment_summary", "code_version", "method_statistics",
            "compare_methods", "repeated_cv_summary", "json_safe"]
 
@@ -93,9 +93,63 @@ def code_version() -> str:
         return cadx.__version__
 
 
+# Cost model of the progress bar, in seconds of this project's 2-core reference CPU (only ratios matter: the job
+# runner measures the real rate for the ETA). A fold costs about n_train^2 x (tap width + _SVM_WIDTH_EQUIVALENT)
+# multiply-adds (the Gram matrices, then the grid search's SVM fits); the full AlexNet sweep at paper scale
+# (607 ROIs, 55 folds) took 148 s, i.e. _SECONDS_PER_GRAM_UNIT.
+_SECONDS_PER_GRAM_UNIT = 1.6e-10
+_SVM_WIDTH_EQUIVALENT = 20_000
+_SECONDS_PER_EXTRACTED_ROI = 0.011
+_SECONDS_PER_SEGMENTED_ROI = 0.3
+_SECONDS_PER_FOLD = 0.2  # a fold's fixed cost (grid search bookkeeping, Platt fit), whatever its size
+_SECONDS_STATISTICS = 2.0
+PROGRESS_SCALE = 10_000  # progress is reported as (done, PROGRESS_SCALE): parts per ten thousand of the work
+
+
+class _Meter:
+    """Progress by work done: each stage's share of the total is its estimated cost (ROIs to extract or segment,
+    folds x taps weighted by n_train^2 x width); never moves backwards."""
+
+    def __init__(self, report: Progress, parts: dict[str, float]) -> None:
+        self._report = report
+        self.total = dict(parts)
+        self.done = dict.fromkeys(parts, 0.0)
+        self._last = 0
+
+    def set_total(self, part: str, cost: float) -> None:
+        self.total[part] = max(float(cost), 0.0)
+        self.done[part] = min(self.done[part], self.total[part])
+
+    def advance(self, part: str, done_cost: float, message: str) -> None:
+        self.done[part] = min(max(float(done_cost), 0.0), self.total[part])
+        self.emit(message)
+
+    def finish(self, part: str, message: str) -> None:
+        self.total[part] = self.done[part] if self.done[part] > 0 else 0.0
+        self.emit(message)
+
+    def emit(self, message: str) -> None:
+        whole = sum(self.total.values())
+        fraction = sum(self.done.values()) / whole if whole > 0 else 0.0
+        self._last = max(self._last, min(int(fraction * PROGRESS_SCALE), PROGRESS_SCALE))
+        self._report(self._last, PROGRESS_SCALE, message)
+
+
+def _fold_cost(n_train: int, width: int) -> float:
+    return _SECONDS_PER_FOLD + float(n_train) ** 2 * (width + _SVM_WIDTH_EQUIVALENT) * _SECONDS_PER_GRAM_UNIT
+
+
 def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = ExperimentSettings(), *,
-                   name: str, user: str, weights_note: str = "", progress: Progress | None = None) -> int:
-    """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id."""
+                   name: str, user: str, weights_note: str = "", progress: Progress | None = None,
+                   checkpoints: Any = None) -> int:
+    """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id.
+
+    ``progress(done, total, message)`` reports work done as parts of ``PROGRESS_SCALE`` (stages weighted by their
+    estimated cost). ``checkpoints``, when given (the job runner's ``JobCheckpoints``), keeps every finished
+    (tap, seed, fold) of the sweep and of Method B under the SHA-256 of the experiment's config, so a run
+    interrupted and started again redoes only the folds that were not finished and stores exactly the numbers
+    of an uninterrupted run.
+    """
     from cadx.cnn import feature_preprocessing
     from cadx.svm import cross_validate_by_lesion, fold_auc, sweep_layers
 
@@ -120,14 +174,34 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     wanted = {*taps, ensemble_tap}
     sweep_taps = tuple(t for t in loaded.backbone.taps if t in wanted)  # in network order, as in Fig. 3
 
-    report(0, 4, "extracting CNN features (only ROIs not in the store)")
-    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision, records=records,
-                                      progress=lambda d, t, m: report(0, 4, f"extracting {d}/{t}"))
+    n = len(records)
+    n_train = n * (n_folds - 1) / n_folds
+    n_units = len(sweep_taps) * settings.repeats * n_folds
+    meter = _Meter(report, {
+        "extract": n * _SECONDS_PER_EXTRACTED_ROI,
+        "analytic": n * _SECONDS_PER_SEGMENTED_ROI if settings.analytic else 0.0,
+        "sweep": n_units * _fold_cost(n_train, 4096),  # refined once the tap widths are known
+        "B": settings.repeats * n_folds * _fold_cost(n_train, 21) if settings.analytic else 0.0,
+        "statistics": _SECONDS_STATISTICS,
+    })
+
+    def extracting(done: int, total: int, message: str) -> None:
+        meter.set_total("extract", total * _SECONDS_PER_EXTRACTED_ROI)
+        meter.advance("extract", done * _SECONDS_PER_EXTRACTED_ROI, f"extracting CNN features: {done}/{total} ROIs")
+
+    meter.emit("extracting CNN features (only ROIs not in the store)")
+    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision,
+                                      records=records, progress=extracting)
+    meter.finish("extract", "CNN features ready")
     analytic_version = None
     if settings.analytic:
-        report(1, 4, "analytic features (only ROIs not analysed yet)")
-        analytic_version = compute_analytic_features(
-            workspace, records=records, progress=lambda d, t, m: report(1, 4, f"segmenting {d}/{t}")).version
+        def segmenting(done: int, total: int, message: str) -> None:
+            meter.set_total("analytic", total * _SECONDS_PER_SEGMENTED_ROI)
+            meter.advance("analytic", done * _SECONDS_PER_SEGMENTED_ROI, f"analytic features: {done}/{total} ROIs")
+
+        meter.emit("analytic features (only ROIs not analysed yet)")
+        analytic_version = compute_analytic_features(workspace, records=records, progress=segmenting).version
+        meter.finish("analytic", "analytic features ready")
 
     with workspace.sessions() as session:
         excluded = sorted(session.scalars(select(Roi.id).where(Roi.included.is_(False))))
@@ -161,16 +235,34 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
                   seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
     sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
                for tap in sweep_taps}
-    sweep = sweep_layers(sources, y, lesions, progress=lambda d, t, m: report(2, 4, f"sweep {d}/{t}: {m}"),
-                         **common)
+    unit_cost = {tap: _fold_cost(n_train, int(sources[tap].shape[1])) for tap in sweep_taps}
+    meter.set_total("sweep", sum(unit_cost.values()) * settings.repeats * n_folds)
+    scope = hashlib.sha256(f"{config_sha} {version}".encode()).hexdigest()  # the numbers depend on both
+    sweep_store = None if checkpoints is None else checkpoints.scoped(scope, "sweep")
+    restored = 0.0 if sweep_store is None else sum(unit_cost.get(u.split("/")[0], 0.0) for u in sweep_store.units())
+    swept = {"cost": 0.0}
+
+    def sweeping(done: int, total: int, message: str) -> None:
+        if " fold " in message:
+            swept["cost"] += unit_cost.get(message.split(" fold ")[0], 0.0)
+        else:  # the units restored from checkpoints, reported at once
+            swept["cost"] += restored
+        meter.advance("sweep", swept["cost"], f"sweep: {done}/{total} folds x taps fitted ({message})")
+
+    sweep = sweep_layers(sources, y, lesions, progress=sweeping, checkpoint=sweep_store, **common)
+    meter.finish("sweep", "sweep done")
     runs_a = list(sweep.layers[ensemble_tap].results)  # one CvResult per seed; the first is the primary
     method_a = runs_a[0]
     runs_b: list = []
     runs_fused: dict[str, list[np.ndarray]] = {}  # fusion key -> scores per seed
     if settings.analytic:
-        report(3, 4, "Method B: analytic-feature SVM")
+        meter.emit("Method B: analytic-feature SVM")
         X_b, _names, quality = analytic_matrix(workspace, hashes)
-        runs_b = cross_validate_by_lesion(X_b, y, lesions, **common)
+        b_cost = _fold_cost(n_train, X_b.shape[1])
+        runs_b = cross_validate_by_lesion(
+            X_b, y, lesions, checkpoint=None if checkpoints is None else checkpoints.scoped(scope, "B"),
+            progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
+        meter.finish("B", "Method B done")
         runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
         for method in fusions():  # same seed, same folds
             runs_fused[method.key] = [method.combine(a, b) for a, b in zip(runs_a, runs_b, strict=True)]
@@ -224,7 +316,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         results["repeats"] = repeated_cv_summary(results["methods"], runs_a, runs_b, runs_fused, y,
                                                  seeds=[r.seed for r in runs_a])
     seconds = time.perf_counter() - started
-    report(4, 4, "saving the experiment")
+    meter.advance("statistics", _SECONDS_STATISTICS, "saving the experiment")
     with workspace.sessions.begin() as session:
         experiment = Experiment(
             name=name, kind="sweep" if len(sweep_taps) > 1 else "evaluate", config=config, config_sha256=config_sha,

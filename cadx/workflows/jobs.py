@@ -2,9 +2,22 @@
 the app's script runs, and records its progress in the database. A browser refresh, another user or a closed tab
 does not stop it; every page reads the same job rows.
 
-The worker is ``cadx worker``; the app starts one when jobs are queued and none is alive (``ensure_worker``).
-Claiming a job is one conditional UPDATE, so two workers never run the same job. A job whose worker died is marked
-failed; rerunning it resumes from the feature store (finished ROIs are not recomputed).
+The worker is ``cadx worker``; the app starts workers when jobs are queued and too few are alive
+(``ensure_worker``). Jobs run in the order they were queued (FIFO), at most ``CADX_MAX_PARALLEL_JOBS`` (default 1)
+at once: a running job holds one of that many run *slots* (a unique column), so claiming a job is one conditional
+UPDATE that either takes the oldest queued job and a free slot or changes nothing, whatever the number of workers
+and processes, on SQLite and PostgreSQL alike.
+
+**Liveness comes from heartbeats, never from a lack of progress.** While a job runs, a thread of its worker
+process writes a heartbeat to the job row every ``CADX_JOB_HEARTBEAT_SECONDS`` (5), whatever the computation is
+doing; the row also holds the worker's host, PID and process start time. A running job is taken from its worker
+only when the worker is gone: no heartbeat for ``CADX_JOB_STALE_SECONDS`` (300) *and*, on the same host, no
+process with that PID and start time (a reused PID is another process). On another host only the heartbeat counts.
+A job whose worker is gone is queued again and resumed by the next worker (``attempts`` counts the claims): its
+finished units of work are checkpointed in ``job_checkpoints`` (one row per tap, seed and outer fold, see
+``JobCheckpoints``), so only the unfinished ones are computed again and the results equal those of an
+uninterrupted run. After ``_MAX_ATTEMPTS`` claims the job is failed with the reason; submitting the same job
+again (or ``retry_job``) resumes it from its checkpoints.
 """
 
 from __future__ import annotations
@@ -13,34 +26,122 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select, update
+import psutil
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from cadx.errors import CadxError, CadxInputError
 from cadx.workflows.workspace import Workspace
-from db.models import Job
+from db.models import Job, JobCheckpoint
 
-__all__ = ["JOB_KINDS", "submit_job", "cancel_job", "list_jobs", "get_job", "run_next_job", "run_worker",
-           "ensure_worker", "JobCancelled"]
+__all__ = ["JOB_KINDS", "submit_job", "cancel_job", "retry_job", "list_jobs", "get_job", "job_history",
+           "run_next_job", "run_worker", "ensure_worker", "reap_dead_jobs", "max_parallel_jobs", "JobCancelled",
+           "JobCheckpoints", "JobView"]
 
 JOB_KINDS = ("extract", "features", "experiment")
-_HEARTBEAT_S = 2.0
-_STALE_S = 120.0
 _PID_FILE = "worker.pid"
+_MAX_ATTEMPTS = 3
+_PID_START_TOLERANCE_S = 1.0  # process start times are recorded to clock ticks
+_PROGRESS_WRITE_S = 2.0  # progress is written to the job row at most this often (and at the end)
 
 
 class JobCancelled(CadxError):
-    """The job was cancelled by a user while it ran."""
+    """The job was cancelled by a user (or taken over after its worker was thought gone) while it ran."""
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CadxInputError(name, f"not a number: {raw!r}", f"set {name} to a number of seconds, e.g. {default:g}")
+    if value <= 0:
+        raise CadxInputError(name, f"must be positive, got {raw!r}", f"set {name} to e.g. {default:g}")
+    return value
+
+
+def _heartbeat_seconds() -> float:
+    return _env_float("CADX_JOB_HEARTBEAT_SECONDS", 5.0)
+
+
+def _stale_seconds() -> float:
+    return _env_float("CADX_JOB_STALE_SECONDS", 300.0)
+
+
+def max_parallel_jobs() -> int:
+    """``CADX_MAX_PARALLEL_JOBS``: how many jobs may run at once in this workspace (default 1)."""
+    raw = os.environ.get("CADX_MAX_PARALLEL_JOBS", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise CadxInputError("CADX_MAX_PARALLEL_JOBS", f"must be a whole number >= 1, got {raw!r}",
+                             "set it to 1 (one job at a time) or more")
+    return int(raw)
+
+
+# ------------------------------------------------------------------------------------------ worker identity ---
+@dataclass(frozen=True)
+class _Identity:
+    host: str
+    pid: int
+    started: float  # the process's start time (seconds since the epoch)
+
+    @property
+    def label(self) -> str:
+        return f"{self.host[:40]}:{self.pid}"
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError):
+        return None
+
+
+def _identity() -> _Identity:
+    return _Identity(socket.gethostname(), os.getpid(), _process_start(os.getpid()) or 0.0)
+
+
+def _process_alive(pid: int | None, started: float | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs on this host (not a reused PID)."""
+    if not pid:
+        return False
+    start = _process_start(int(pid))
+    if start is None:
+        return False
+    try:
+        if psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.Error:
+        return False
+    return started is None or abs(start - float(started)) <= _PID_START_TOLERANCE_S
+
+
+def _worker_gone(job: Job, now: datetime) -> bool:
+    """A job's worker is gone when its heartbeat is older than the stale limit and, on this host, its process
+    (PID and start time) no longer exists. Elsewhere the heartbeat alone decides."""
+    beat = job.heartbeat_at
+    if beat is not None and beat.tzinfo is None:
+        beat = beat.replace(tzinfo=timezone.utc)
+    if beat is not None and now - beat < timedelta(seconds=_stale_seconds()):
+        return False
+    if job.worker_host == socket.gethostname():
+        return not _process_alive(job.worker_pid, job.worker_started)
+    return True
+
+
+# -------------------------------------------------------------------------------------------------- queries ---
 def submit_job(workspace: Workspace, kind: str, params: dict[str, Any], *, user: str) -> int:
     """Queue a job; returns its id. ``params`` are those of the matching workflow (see ``_run_job``)."""
     if kind not in JOB_KINDS:
@@ -53,11 +154,23 @@ def submit_job(workspace: Workspace, kind: str, params: dict[str, Any], *, user:
 
 
 def cancel_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
-    """Cancel a queued or running job (a running one stops at its next progress report)."""
+    """Cancel a queued or running job (a running one stops at its next progress report; its run slot is freed
+    then, or by ``reap_dead_jobs`` if its worker is gone)."""
     with workspace.sessions.begin() as session:
         result = session.execute(
             update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
-            .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now())
+            .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now(), eta_seconds=None)
+        )
+        return result.rowcount == 1
+
+
+def retry_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
+    """Queue a failed or cancelled job again; it resumes from its checkpoints (finished folds are not redone)."""
+    with workspace.sessions.begin() as session:
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
+            .values(status="queued", message=f"queued again by {user} (resumes from its checkpoints)",
+                    error=None, finished_at=None, attempts=0, eta_seconds=None)
         )
         return result.rowcount == 1
 
@@ -68,59 +181,260 @@ def get_job(workspace: Workspace, job_id: int) -> Job | None:
 
 
 def list_jobs(workspace: Workspace, *, limit: int = 20) -> list[Job]:
-    _fail_stale(workspace)
+    """The newest jobs first (any look at the jobs also requeues those whose worker is gone)."""
+    reap_dead_jobs(workspace)
     with workspace.sessions() as session:
         return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
 
 
-def _fail_stale(workspace: Workspace) -> None:
-    cutoff = _now() - timedelta(seconds=_STALE_S)
-    with workspace.sessions.begin() as session:
-        session.execute(
-            update(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
-            .values(status="failed", finished_at=_now(),
-                    error="the worker stopped while running this job; submit it again to resume "
-                          "(finished ROIs are kept in the feature store)")
-        )
+@dataclass(frozen=True)
+class JobView:
+    """One row of the job history, as every page shows it."""
+
+    id: int
+    kind: str
+    name: str
+    status: str
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None  # running: so far; finished: start to end
+    fraction: float  # work done, 0..1
+    eta_seconds: float | None
+    message: str
+    error: str | None
+    attempts: int
+    experiment_id: int | None
+    queue_position: int | None  # 1 = next to start
 
 
-def _claim(workspace: Workspace, worker: str) -> Job | None:
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = None) -> list[JobView]:
+    """Jobs newest first with who, when, how long, how far, the ETA and, for a failed job, its error."""
+    jobs = list_jobs(workspace, limit=limit)
+    if kind is not None:
+        jobs = [j for j in jobs if j.kind == kind]
+    queued = sorted(j.id for j in jobs if j.status == "queued")
+    now = _now()
+    views = []
+    for j in jobs:
+        started, finished = _aware(j.started_at), _aware(j.finished_at)
+        seconds = None
+        if started is not None:
+            seconds = ((finished or now) - started).total_seconds() if j.status != "queued" else None
+        fraction = 1.0 if j.status == "done" else (j.progress_done / j.progress_total if j.progress_total else 0.0)
+        views.append(JobView(
+            id=j.id, kind=j.kind, name=str((j.params or {}).get("name") or j.kind), status=j.status,
+            created_by=j.created_by, created_at=_aware(j.created_at), started_at=started, finished_at=finished,
+            seconds=seconds, fraction=min(max(fraction, 0.0), 1.0),
+            eta_seconds=j.eta_seconds if j.status == "running" else None, message=j.message, error=j.error,
+            attempts=j.attempts, experiment_id=j.experiment_id,
+            queue_position=queued.index(j.id) + 1 if j.id in queued else None))
+    return views
+
+
+def reap_dead_jobs(workspace: Workspace) -> list[int]:
+    """Requeue running jobs whose worker is gone (failed after ``_MAX_ATTEMPTS`` claims) and free the run slots
+    of stopped jobs whose worker is gone; returns the ids of the jobs taken from dead workers."""
+    now = _now()
+    cutoff = now - timedelta(seconds=_stale_seconds())
     with workspace.sessions() as session:
-        candidate = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
-    if candidate is None:
-        return None
-    with workspace.sessions.begin() as session:
-        claimed = session.execute(
-            update(Job).where(Job.id == candidate, Job.status == "queued")
-            .values(status="running", worker=worker, started_at=_now(), heartbeat_at=_now(), message="started")
-        ).rowcount
-    return get_job(workspace, candidate) if claimed == 1 else None
+        suspects = list(session.scalars(select(Job).where(
+            Job.slot.is_not(None) | (Job.status == "running"),
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))))
+    taken = []
+    for job in suspects:
+        if not _worker_gone(job, now):
+            continue
+        same = (Job.id == job.id, Job.heartbeat_at == job.heartbeat_at if job.heartbeat_at is not None
+                else Job.heartbeat_at.is_(None), Job.status == job.status)
+        with workspace.sessions.begin() as session:
+            if job.status != "running":
+                session.execute(update(Job).where(*same).values(slot=None))
+                continue
+            n_done = session.scalar(select(func.count()).select_from(JobCheckpoint)
+                                    .where(JobCheckpoint.job_id == job.id)) or 0
+            since = "" if job.heartbeat_at is None else \
+                f", no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+            if job.attempts >= _MAX_ATTEMPTS:
+                values = dict(status="failed", finished_at=now, eta_seconds=None, message="failed",
+                              error=f"the worker running this job stopped {job.attempts} times (last: {job.worker}"
+                                    f"{since}); {n_done} finished units are kept: submit it again (Retry) to "
+                                    "resume from them")
+            else:
+                values = dict(status="queued", eta_seconds=None,
+                              message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done} "
+                                      "finished units")
+            changed = session.execute(update(Job).where(*same).values(slot=None, worker=None, **values)).rowcount
+        if changed == 1:
+            taken.append(job.id)
+    return taken
+
+
+def _claim(workspace: Workspace, me: _Identity) -> Job | None:
+    """Take the oldest queued job and a free run slot in one conditional UPDATE (atomic across processes)."""
+    limit = max_parallel_jobs()
+    for _ in range(20):
+        with workspace.sessions() as session:
+            candidate = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
+            used = set(session.scalars(select(Job.slot).where(Job.slot.is_not(None))))
+        if candidate is None:
+            return None
+        free = [k for k in range(limit) if k not in used]
+        if not free:
+            return None
+        now = _now()
+        try:
+            with workspace.sessions.begin() as session:
+                claimed = session.execute(
+                    update(Job).where(Job.id == candidate, Job.status == "queued")
+                    .values(status="running", slot=free[0], worker=me.label, worker_host=me.host,
+                            worker_pid=me.pid, worker_started=me.started, started_at=func.coalesce(Job.started_at, now),
+                            heartbeat_at=now, attempts=Job.attempts + 1, eta_seconds=None,
+                            message="started")
+                ).rowcount
+        except IntegrityError:  # another process took that slot at the same moment: look again
+            continue
+        if claimed == 1:
+            return get_job(workspace, candidate)
+    return None
+
+
+# -------------------------------------------------------------------------------------------- checkpoints ---
+class JobCheckpoints:
+    """The finished units of one job, in ``job_checkpoints``. ``scoped(scope, stage)`` gives the store that
+    ``cadx.svm.sweep_layers`` / ``cross_validate_by_lesion`` read and write (``load(unit)``, ``save(unit, bytes)``,
+    ``units()``). ``scope`` is a SHA-256 of everything the numbers depend on (the experiment config and the code
+    version): a unit is only ever restored into a run with the same scope. Rows of this job with another scope
+    (the data changed since) are deleted; a job submitted again with the same scope also restores the units of
+    earlier unfinished jobs (failed or cancelled), so "submit again to resume" holds."""
+
+    def __init__(self, workspace: Workspace, job_id: int, *, worker: str | None = None) -> None:
+        self._workspace = workspace
+        self.job_id = job_id
+        self._worker = worker
+
+    def scoped(self, scope: str, stage: str) -> _ScopedCheckpoints:
+        with self._workspace.sessions.begin() as session:
+            session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == self.job_id,
+                                                        JobCheckpoint.scope != scope))
+        return _ScopedCheckpoints(self, scope, stage)
+
+
+class _ScopedCheckpoints:
+    def __init__(self, owner: JobCheckpoints, scope: str, stage: str) -> None:
+        self._owner, self._scope, self._prefix = owner, scope, f"{stage}:"
+
+    def _query(self, *columns):
+        reusable = select(Job.id).where(or_(Job.id == self._owner.job_id,
+                                            Job.status.in_(("failed", "cancelled"))))
+        return select(*columns).where(JobCheckpoint.scope == self._scope, JobCheckpoint.job_id.in_(reusable))
+
+    def units(self) -> set[str]:
+        with self._owner._workspace.sessions() as session:
+            rows = session.scalars(self._query(JobCheckpoint.unit)
+                                   .where(JobCheckpoint.unit.startswith(self._prefix, autoescape=True)))
+            return {u[len(self._prefix):] for u in rows}
+
+    def load(self, unit: str) -> bytes | None:
+        with self._owner._workspace.sessions() as session:
+            rows = session.execute(self._query(JobCheckpoint.job_id, JobCheckpoint.payload)
+                                   .where(JobCheckpoint.unit == self._prefix + unit)).all()
+        if not rows:
+            return None
+        own = [p for j, p in rows if j == self._owner.job_id]
+        payload = own[0] if own else rows[0][1]
+        if not own:  # copy it to this job, so this job's rows alone show what it has
+            self.save(unit, payload)
+        return payload
+
+    def save(self, unit: str, payload: bytes) -> None:
+        try:
+            with self._owner._workspace.sessions.begin() as session:
+                session.execute(insert(JobCheckpoint).values(
+                    job_id=self._owner.job_id, scope=self._scope, unit=self._prefix + unit, payload=payload,
+                    worker=self._owner._worker, created_at=_now()))
+        except IntegrityError:  # already saved (the same unit finished twice): keep the first
+            pass
+
+
+# ----------------------------------------------------------------------------------------------- running ---
+class _Heartbeat:
+    """A daemon thread writing the job's heartbeat every few seconds, independent of the job's progress."""
+
+    def __init__(self, workspace: Workspace, job_id: int, me: _Identity) -> None:
+        self._workspace, self._job_id, self._me = workspace, job_id, me
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cadx-heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        interval = _heartbeat_seconds()
+        while not self._stop.wait(interval):
+            try:
+                with self._workspace.sessions.begin() as session:
+                    session.execute(update(Job).where(Job.id == self._job_id, Job.worker == self._me.label)
+                                    .values(heartbeat_at=_now()))
+            except Exception as exc:  # a database hiccup must not kill the thread; the next beat retries
+                print(f"cadx worker: heartbeat of job {self._job_id} failed: {exc}", file=sys.stderr)
 
 
 class _Reporter:
-    """A progress callback that writes to the job row (throttled) and notices cancellation."""
+    """A progress callback that writes to the job row (throttled), estimates the ETA from the measured rate of
+    work and notices cancellation (or the job being taken from this worker)."""
 
-    def __init__(self, workspace: Workspace, job_id: int) -> None:
+    def __init__(self, workspace: Workspace, job_id: int, me: _Identity) -> None:
         self._workspace = workspace
         self._job_id = job_id
-        self._last = 0.0
+        self._me = me
+        self._last_write = 0.0
+        self._last_call: float | None = None
+        self._last_done = 0
+        self._work_seconds = 0.0
+        self._work_done = 0
+
+    def _eta(self, done: int, total: int | None, now: float) -> float | None:
+        if self._last_call is not None and done > self._last_done:
+            dt = now - self._last_call
+            if dt >= 0.05:  # units restored from checkpoints arrive in a burst: not a measure of the rate
+                self._work_seconds += dt
+                self._work_done += done - self._last_done
+        if done != self._last_done or self._last_call is None:
+            self._last_call, self._last_done = now, done
+        if not total or self._work_done <= 0 or self._work_seconds <= 0:
+            return None
+        return max(total - done, 0) * self._work_seconds / self._work_done
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
         now = time.monotonic()
-        if now - self._last < _HEARTBEAT_S and (total is None or done < total):
+        eta = self._eta(int(done), total, now)
+        if now - self._last_write < _PROGRESS_WRITE_S and (total is None or done < total):
             return
-        self._last = now
+        self._last_write = now
         with self._workspace.sessions.begin() as session:
             updated = session.execute(
-                update(Job).where(Job.id == self._job_id, Job.status == "running")
-                .values(progress_done=int(done), progress_total=None if total is None else int(total),
-                        message=message[:250], heartbeat_at=_now())
+                update(Job).where(Job.id == self._job_id, Job.status == "running", Job.worker == self._me.label)
+                .values(progress_done=int(done),
+                        progress_total=None if total is None else int(total),
+                        message=message[:250], heartbeat_at=_now(), eta_seconds=eta)
             ).rowcount
         if updated == 0:
-            raise JobCancelled(f"job {self._job_id} was cancelled")
+            raise JobCancelled(f"job {self._job_id} was cancelled or taken over")
 
 
-def _run_job(workspace: Workspace, job: Job, progress: _Reporter) -> tuple[str, int | None]:
+def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: JobCheckpoints
+             ) -> tuple[str, int | None]:
     from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
 
     params = dict(job.params)
@@ -143,43 +457,66 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter) -> tuple[str, 
         min_lesions_per_class_per_fold=params.get("min_lesions_per_class_per_fold"),
     )
     experiment_id = run_experiment(workspace, loaded, settings, name=params.get("name") or f"job {job.id}",
-                                   user=job.created_by, weights_note=note, progress=progress)
+                                   user=job.created_by, weights_note=note, progress=progress,
+                                   checkpoints=checkpoints)
     return f"experiment {experiment_id} done. {note}", experiment_id
 
 
-def run_next_job(workspace: Workspace, *, worker: str | None = None) -> int | None:
-    """Claim and run the oldest queued job; returns its id (None when the queue is empty)."""
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    job = _claim(workspace, worker)
+def run_next_job(workspace: Workspace) -> int | None:
+    """Claim and run the oldest queued job (when a run slot is free); returns its id (None when none ran)."""
+    me = _identity()
+    job = _claim(workspace, me)
     if job is None:
         return None
-    reporter = _Reporter(workspace, job.id)
+    mine = (Job.id == job.id, Job.worker == me.label)
+    reporter = _Reporter(workspace, job.id, me)
+    checkpoints = JobCheckpoints(workspace, job.id, worker=me.label)
     try:
-        message, experiment_id = _run_job(workspace, job, reporter)
+        with _Heartbeat(workspace, job.id, me):
+            message, experiment_id = _run_job(workspace, job, reporter, checkpoints)
     except JobCancelled:
+        with workspace.sessions.begin() as session:
+            session.execute(update(Job).where(*mine).values(slot=None))
         return job.id
     except Exception as exc:  # a job's failure is recorded on the job, never lost in a worker's log
         detail = str(exc) if isinstance(exc, CadxError) else "".join(traceback.format_exception(exc))[-4000:]
         with workspace.sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
-                            .values(status="failed", error=detail, finished_at=_now(), message="failed"))
+            session.execute(update(Job).where(*mine, Job.status == "running")
+                            .values(status="failed", error=detail, finished_at=_now(), message="failed",
+                                    eta_seconds=None))
+            session.execute(update(Job).where(*mine).values(slot=None))
         return job.id
     with workspace.sessions.begin() as session:
-        session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
-                        .values(status="done", message=message[:250], experiment_id=experiment_id,
-                                finished_at=_now(),
-                                progress_done=func.coalesce(Job.progress_total, Job.progress_done)))
+        finished = session.execute(update(Job).where(*mine, Job.status == "running")
+                                   .values(status="done", message=message[:250], experiment_id=experiment_id,
+                                           finished_at=_now(), eta_seconds=None,
+                                           progress_done=func.coalesce(Job.progress_total, Job.progress_done))
+                                   ).rowcount
+        session.execute(update(Job).where(*mine).values(slot=None))
+        if finished:  # the experiment holds the results now: its checkpoints are no longer needed
+            session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
     return job.id
 
 
-def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_seconds: float | None = None) -> None:
-    """Run queued jobs one after another; with ``idle_exit_seconds``, stop after that long without work."""
-    pid_file = workspace.data_dir / _PID_FILE
-    pid_file.write_text(str(os.getpid()))
+def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_seconds: float | None = None,
+               pid_file: str = _PID_FILE) -> None:
+    """Run queued jobs one after another; with ``idle_exit_seconds``, stop after that long without work.
+
+    Several workers (one per run slot, see ``CADX_MAX_PARALLEL_JOBS``) may serve one workspace; each runs one job
+    at a time."""
+    path = workspace.data_dir / pid_file
+    me = _identity()
+    path.write_text(f"{me.pid} {me.started}")
+    # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
+    # a busy machine, which would silence the job's heartbeat thread.
+    import cadx.workflows.experiments  # noqa: F401
+    import cadx.workflows.features  # noqa: F401
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
     idle_since = time.monotonic()
     try:
         while True:
-            _fail_stale(workspace)
+            reap_dead_jobs(workspace)
             if run_next_job(workspace) is not None:
                 idle_since = time.monotonic()
                 continue
@@ -187,30 +524,47 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
                 return
             time.sleep(poll_seconds)
     finally:
-        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
-            pid_file.unlink(missing_ok=True)
+        if path.exists() and path.read_text().split()[:1] == [str(me.pid)]:
+            path.unlink(missing_ok=True)
 
 
-def _worker_alive(workspace: Workspace) -> bool:
-    pid_file = workspace.data_dir / _PID_FILE
+def _pid_file_name(index: int) -> str:
+    return _PID_FILE if index == 0 else f"worker-{index + 1}.pid"
+
+
+def _worker_alive(workspace: Workspace, index: int = 0) -> bool:
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+        fields = (workspace.data_dir / _pid_file_name(index)).read_text().split()
+        pid = int(fields[0])
+        started = float(fields[1]) if len(fields) > 1 else None
+    except (OSError, ValueError, IndexError):
         return False
-    return True
+    return _process_alive(pid, started)
 
 
 def ensure_worker(workspace: Workspace) -> bool:
-    """Start a background worker for this workspace when none is alive; True when one was started."""
-    if _worker_alive(workspace):
-        return False
-    env = dict(os.environ, CADX_DATA_DIR=str(workspace.data_dir),
-               CADX_DATABASE_URL=workspace.engine.url.render_as_string(hide_password=False))
-    log = open(workspace.data_dir / "worker.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cadx.cli", "worker", "--idle-exit", "600"],
-        env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    (workspace.data_dir / _PID_FILE).write_text(str(process.pid))
-    return True
+    """Start background workers for this workspace while fewer are alive than the jobs queued or running could use
+    (at most ``CADX_MAX_PARALLEL_JOBS``); True when one was started."""
+    limit = max_parallel_jobs()
+    with workspace.sessions() as session:
+        active = session.scalar(select(func.count()).select_from(Job)
+                                .where(Job.status.in_(("queued", "running")))) or 0
+    alive = [k for k in range(limit) if _worker_alive(workspace, k)]
+    wanted = max(min(limit, active), 1)
+    started = False
+    for index in range(limit):
+        if len(alive) >= wanted:
+            break
+        if index in alive:
+            continue
+        env = dict(os.environ, CADX_DATA_DIR=str(workspace.data_dir),
+                   CADX_DATABASE_URL=workspace.engine.url.render_as_string(hide_password=False))
+        log = open(workspace.data_dir / "worker.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cadx.cli", "worker", "--idle-exit", "600", "--pid-file", _pid_file_name(index)],
+            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        (workspace.data_dir / _pid_file_name(index)).write_text(f"{process.pid} {_process_start(process.pid) or ''}")
+        alive.append(index)
+        started = True
+    return started

@@ -26,12 +26,11 @@ def server(app_server):
     directory), so no worker outlives the test."""
     yield app_server
     _url, data = app_server
-    pid_file = data / "worker.pid"
-    if pid_file.exists():
+    for pid_file in [data / "worker.pid", *data.glob("worker-*.pid")]:  # "PID start-time", one per run slot
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int(pid_file.read_text().split()[0])
             os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             pass
 
 

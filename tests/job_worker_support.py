@@ -1,0 +1,50 @@
+"""A ``cadx worker`` for the job tests, run as a subprocess: ``python -m tests.job_worker_support DATA_DIR DB_URL
+[--fold-sleep S] [--save-log FILE] [--idle-exit S]``.
+
+``--fold-sleep`` makes every cross-validation fold sleep that long first (a deliberately slow fold, longer than the
+stale limit the test sets); ``--save-log`` appends the unit of every checkpoint this worker saves, i.e. every unit
+it computed itself. Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data_dir")
+    parser.add_argument("database_url")
+    parser.add_argument("--fold-sleep", type=float, default=0.0)
+    parser.add_argument("--save-log")
+    parser.add_argument("--idle-exit", type=float, default=3.0)
+    parser.add_argument("--pid-file", default="worker.pid")
+    args = parser.parse_args()
+
+    import cadx.svm
+    from cadx.workflows import jobs, open_workspace
+
+    if args.fold_sleep > 0:
+        real_fold = cadx.svm._run_fold
+
+        def slow_fold(*a, **k):
+            time.sleep(args.fold_sleep)
+            return real_fold(*a, **k)
+
+        cadx.svm._run_fold = slow_fold
+    if args.save_log:
+        real_save = jobs._ScopedCheckpoints.save
+
+        def logged_save(self, unit, payload):
+            real_save(self, unit, payload)
+            with open(args.save_log, "a") as log:
+                log.write(f"{self._prefix}{unit}\n")
+
+        jobs._ScopedCheckpoints.save = logged_save
+    workspace = open_workspace(args.data_dir, args.database_url)
+    jobs.run_worker(workspace, poll_seconds=0.2, idle_exit_seconds=args.idle_exit, pid_file=args.pid_file)
+
+
+if __name__ == "__main__":
+    main()

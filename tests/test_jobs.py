@@ -1,0 +1,350 @@
+"""Background jobs that survive a busy machine: liveness from a heartbeat thread and the worker's PID (never from a
+lack of progress), checkpoints per (tap, seed, fold) so a job whose worker was killed resumes where it stopped and
+ends with the numbers of an uninterrupted run, FIFO order, an atomic claim of a run slot across processes, and
+progress by work done with an ETA. Worker subprocesses are the real worker (tests/job_worker_support.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select, update
+
+from cadx.workflows import import_demo, open_workspace
+from cadx.workflows import jobs
+from cadx.workflows.experiments import PROGRESS_SCALE, experiment_summary
+from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
+from cadx.workflows.jobs import (
+    cancel_job,
+    get_job,
+    job_history,
+    list_jobs,
+    reap_dead_jobs,
+    retry_job,
+    run_next_job,
+    submit_job,
+)
+from db.models import Job, JobCheckpoint, Prediction
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = {"backbone": "alexnet", "weights": "random", "taps": ["fc7", "fc8"], "ensemble_tap": "fc8",
+          "n_folds": 5, "seed": 0, "name": "resumable"}
+UNITS = {f"sweep:{tap}/0/{k}" for tap in ("fc7", "fc8") for k in range(5)} | {f"B:X/0/{k}" for k in range(5)}
+
+
+@pytest.fixture
+def demo(workspace):
+    """12 synthetic lesions, CNN (random AlexNet) and analytic features already in the store."""
+    import_demo(workspace, n_lesions=12, seed=5)
+    loaded, _ = resolve_backbone("alexnet", weights="random")
+    extract_cnn_features(workspace, loaded, taps=["fc7", "fc8"])
+    compute_analytic_features(workspace)
+    return workspace
+
+
+def _url(workspace) -> str:
+    return workspace.engine.url.render_as_string(hide_password=False)
+
+
+def _worker(workspace, tmp_path: Path, *, env: dict, name: str, **options) -> subprocess.Popen:
+    args = [sys.executable, "-m", "tests.job_worker_support", str(workspace.data_dir), _url(workspace)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    log = open(tmp_path / f"{name}.log", "wb")
+    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
+
+
+def _wait(predicate, *, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None and not predicate():
+            raise AssertionError(f"the worker exited ({process.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _predictions(workspace, experiment_id: int) -> list[tuple]:
+    with workspace.sessions() as session:
+        rows = session.scalars(select(Prediction).where(Prediction.experiment_id == experiment_id)
+                               .order_by(Prediction.roi_id, Prediction.repeat)).all()
+        return [(p.roi_sha256, p.repeat, p.fold, p.decision1, p.p1, p.decision2, p.p2, p.p3) for p in rows]
+
+
+def _numbers(summary: dict) -> dict:
+    results = summary["results"]
+    return {"sweep": {t: (v["fold_aucs"], v["auc_mean"]) for t, v in results["sweep"].items()},
+            "methods": {k: (m["fold_aucs"], m.get("best_params"), m["pooled_auc"], m["lesion_auc"])
+                        for k, m in results["methods"].items()},
+            "comparisons": results["comparisons"]}
+
+
+# ------------------------------------------------------------------------------------------------- liveness ---
+def _set_running(workspace, job_id: int, **values) -> None:
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", slot=0, **values))
+
+
+def _dead_pid() -> tuple[int, float]:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = jobs._process_start(process.pid)
+    process.wait()
+    return process.pid, started or 0.0
+
+
+def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, monkeypatch):
+    monkeypatch.setenv("CADX_JOB_STALE_SECONDS", "60")
+    me = jobs._identity()
+    old = datetime.now(timezone.utc) - timedelta(hours=1)
+    busy = submit_job(workspace, "features", {}, user="alice")
+    # no heartbeat for an hour, but its worker process (this one: same host, PID and start time) is alive: a busy
+    # machine is not a dead worker
+    _set_running(workspace, busy, worker=me.label, worker_host=me.host, worker_pid=me.pid,
+                 worker_started=me.started, heartbeat_at=old)
+    assert reap_dead_jobs(workspace) == []
+    assert get_job(workspace, busy).status == "running"
+    # the same PID with another start time is another process (a reused PID): the worker is gone
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == busy).values(worker_started=me.started - 1000, attempts=1))
+    assert reap_dead_jobs(workspace) == [busy]
+    job = get_job(workspace, busy)
+    assert job.status == "queued" and job.slot is None and "queued again to resume" in job.message
+
+    dead = submit_job(workspace, "features", {}, user="bob")
+    pid, started = _dead_pid()
+    _set_running(workspace, dead, worker=f"{me.host}:{pid}", worker_host=me.host, worker_pid=pid,
+                 worker_started=started, heartbeat_at=datetime.now(timezone.utc), attempts=1)
+    assert reap_dead_jobs(workspace) == []  # a fresh heartbeat: alive, whatever the PID says
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == dead).values(heartbeat_at=old))
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == busy).values(status="done", slot=None))
+    assert reap_dead_jobs(workspace) == [dead] and get_job(workspace, dead).status == "queued"
+
+    # on another host only the heartbeat counts
+    remote = submit_job(workspace, "features", {}, user="carol")
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == dead).values(status="done"))
+    _set_running(workspace, remote, worker="elsewhere:1", worker_host="elsewhere", worker_pid=me.pid,
+                 worker_started=me.started, heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=30),
+                 attempts=jobs._MAX_ATTEMPTS)
+    assert reap_dead_jobs(workspace) == []
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == remote).values(heartbeat_at=old))
+    assert reap_dead_jobs(workspace) == [remote]
+    job = get_job(workspace, remote)  # claimed too often: failed, with the reason and what to do
+    assert job.status == "failed" and "stopped 3 times" in job.error and "submit it again" in job.error
+    assert retry_job(workspace, remote, user="carol")
+    assert get_job(workspace, remote).status == "queued" and get_job(workspace, remote).error is None
+
+
+def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
+    """Every fold sleeps 10 s, the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
+    this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
+    env = {"CADX_JOB_STALE_SECONDS": "4", "CADX_JOB_HEARTBEAT_SECONDS": "0.2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(jobs.socket, "gethostname", lambda: "another-host")  # the PID check cannot help here
+    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 3},
+                        user="alice")
+    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=10, idle_exit=1)
+    try:
+        def finished():
+            list_jobs(demo)  # the old code failed the job here: no progress for longer than the stale limit
+            job = get_job(demo, job_id)
+            return job.status if job.status in ("done", "failed", "cancelled") else None
+
+        status = _wait(finished, timeout=600, what="the slow job to end", process=worker)
+        job = get_job(demo, job_id)
+        assert status == "done", (job.error, (tmp_path / "slow.log").read_text()[-3000:])
+        assert job.attempts == 1 and job.experiment_id is not None  # never taken from its worker
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_killed_worker_s_job_resumes_redoing_only_unfinished_folds(demo, tmp_path, monkeypatch):
+    env = {"CADX_JOB_STALE_SECONDS": "2", "CADX_JOB_HEARTBEAT_SECONDS": "0.3"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    job_id = submit_job(demo, "experiment", PARAMS, user="alice")
+    first = _worker(demo, tmp_path, env=env, name="first", fold_sleep=1.5, save_log=tmp_path / "first.units")
+
+    def saved():
+        with demo.sessions() as session:
+            return session.execute(select(JobCheckpoint.unit, JobCheckpoint.worker)
+                                   .where(JobCheckpoint.job_id == job_id)).all()
+
+    try:
+        _wait(lambda: len(saved()) >= 3, timeout=600, what="three finished folds", process=first)
+    finally:
+        first.send_signal(signal.SIGKILL)  # mid-tap: fc7 has 5 folds
+        first.wait()
+    before = saved()
+    assert 3 <= len(before) < len(UNITS)
+    killed = get_job(demo, job_id)
+    assert killed.status == "running" and killed.worker_pid == first.pid
+    assert {w for _, w in before} == {killed.worker}
+
+    second = _worker(demo, tmp_path, env=env, name="second", save_log=tmp_path / "second.units", idle_exit=2)
+    try:
+        _wait(lambda: get_job(demo, job_id).status in ("done", "failed"), timeout=600, what="the resumed job",
+              process=second)
+        second.wait(timeout=120)
+    finally:
+        second.kill()
+    job = get_job(demo, job_id)
+    assert job.status == "done", (job.error, (tmp_path / "second.log").read_text()[-3000:])
+    assert job.attempts == 2  # detected dead, queued again, claimed by the second worker
+    restored = {u for u, _ in before}
+    redone = (tmp_path / "second.units").read_text().split()
+    assert len(redone) == len(set(redone))  # each unit once
+    assert set(redone) == UNITS - restored  # only the unfinished units
+    with demo.sessions() as session:  # a finished job keeps no checkpoints
+        assert session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)).first() is None
+
+    # the same job uninterrupted (a new job id: nothing to restore, every unit computed)
+    again = submit_job(demo, "experiment", PARAMS, user="alice")
+    assert run_next_job(demo) == again
+    reference = get_job(demo, again)
+    assert reference.status == "done"
+    a, b = experiment_summary(demo, job.experiment_id), experiment_summary(demo, reference.experiment_id)
+    assert a["config_sha256"] == b["config_sha256"]
+    assert _numbers(a) == _numbers(b)
+    assert _predictions(demo, job.experiment_id) == _predictions(demo, reference.experiment_id)
+
+
+# -------------------------------------------------------------------------------------- order and claiming ---
+def _claim_in_process(data_dir: str, url: str, start_at: float, limit: int) -> tuple[int, int] | None:
+    os.environ["CADX_MAX_PARALLEL_JOBS"] = str(limit)
+    workspace = open_workspace(data_dir, url)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    job = jobs._claim(workspace, jobs._identity())
+    workspace.engine.dispose()
+    return None if job is None else (job.id, job.slot)
+
+
+@pytest.mark.parametrize("n_queued, limit", [(1, 4), (3, 2)])
+def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
+    ids = [submit_job(workspace, "features", {}, user=f"user{k}") for k in range(n_queued)]
+    start_at = time.time() + 4.0
+    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        claims = [c for c in pool.map(_claim_in_process, *zip(*[(str(workspace.data_dir), _url(workspace),
+                                                                  start_at, limit)] * 4)) if c is not None]
+    n_expected = min(n_queued, limit)
+    assert len(claims) == n_expected  # never more than the free slots, never one job twice
+    assert sorted(j for j, _ in claims) == ids[:n_expected]  # the oldest first
+    assert sorted(s for _, s in claims) == list(range(n_expected))
+
+
+def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("CADX_MAX_PARALLEL_JOBS", "1")
+    import_demo(workspace, n_lesions=4, seed=1)
+    ids = [submit_job(workspace, "features", {}, user=user) for user in ("alice", "bob", "carol", "dave")]
+    assert cancel_job(workspace, ids[2], user="carol")
+    workers = [_worker(workspace, tmp_path, env={"CADX_MAX_PARALLEL_JOBS": "1"}, name=f"w{k}", idle_exit=2,
+                       pid_file=f"test-{k}.pid") for k in range(2)]
+    try:
+        for worker in workers:
+            worker.wait(timeout=600)
+    finally:
+        for worker in workers:
+            worker.kill()
+    done = [get_job(workspace, i) for i in ids]
+    assert [j.status for j in done] == ["done", "done", "cancelled", "done"]
+    ran = [j for j in done if j.status == "done"]
+    assert [j.id for j in sorted(ran, key=lambda j: j.started_at)] == [ids[0], ids[1], ids[3]]
+    for earlier, later in zip(ran, ran[1:]):  # one slot: never two at once
+        assert earlier.finished_at <= later.started_at
+    assert all(j.slot is None and j.attempts == 1 for j in ran)
+    history = job_history(workspace)
+    assert [(h.id, h.status, h.created_by) for h in history] == [
+        (ids[3], "done", "dave"), (ids[2], "cancelled", "carol"), (ids[1], "done", "bob"), (ids[0], "done", "alice")]
+    assert all(h.seconds is not None and h.seconds >= 0 for h in history if h.status == "done")
+
+
+# --------------------------------------------------------------------------------------------------- progress ---
+def test_progress_is_by_work_done_monotonic_with_an_eta(demo, monkeypatch):
+    seen = []
+    real = jobs._Reporter.__call__
+
+    def record(self, done, total, message):
+        real(self, done, total, message)
+        job = get_job(demo, self._job_id)
+        seen.append((done, total, message, job.eta_seconds))
+
+    monkeypatch.setattr(jobs._Reporter, "__call__", record)
+    monkeypatch.setattr(jobs, "_PROGRESS_WRITE_S", 0.0)  # write every report
+    job_id = submit_job(demo, "experiment", PARAMS, user="alice")
+    queued = job_history(demo)[0]
+    assert queued.status == "queued" and queued.queue_position == 1
+    assert run_next_job(demo) == job_id
+    done = [d for d, _, _, _ in seen]
+    assert done == sorted(done) and done[-1] == PROGRESS_SCALE
+    assert {t for _, t, _, _ in seen} == {PROGRESS_SCALE}
+    fitted = [m for _, _, m, _ in seen if "folds x taps fitted" in m]
+    assert fitted[-1].startswith("sweep: 10/10 folds x taps fitted")
+    steps = [d - previous for (previous, *_), (d, _, m, _) in zip(seen, seen[1:]) if m in fitted]
+    assert len(steps) == 10 and all(step > 0 for step in steps)  # every fitted fold moves the bar
+    assert any(eta is not None and eta >= 0 for *_, eta in seen)
+    job = job_history(demo)[0]
+    assert job.status == "done" and job.fraction == 1.0 and job.eta_seconds is None and job.seconds > 0
+
+
+def test_progress_weights_folds_by_their_cost():
+    from cadx.workflows.experiments import _fold_cost, _Meter
+
+    # the paper's widths at 607 ROIs: a conv1 fold costs far more than an fc8 fold
+    assert _fold_cost(486, 254_016) > 5 * _fold_cost(486, 1000) > 0
+    reports = []
+    meter = _Meter(lambda d, t, m: reports.append(d), {"extract": 10.0, "sweep": 30.0})
+    meter.advance("extract", 5.0, "half the ROIs")
+    assert reports[-1] == PROGRESS_SCALE // 8
+    meter.finish("extract", "the rest was in the store")  # less work than estimated: the bar jumps, never back
+    assert reports[-1] == PROGRESS_SCALE * 5 // 35
+    meter.set_total("sweep", 100.0)  # a larger estimate later does not move the bar backwards
+    meter.advance("sweep", 0.0, "sweep")
+    assert reports == sorted(reports)
+    meter.advance("sweep", 100.0, "done")
+    assert reports[-1] == PROGRESS_SCALE
+
+
+def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkeypatch):
+    import cadx.svm
+
+    real_fold = cadx.svm._run_fold
+    computed = []
+
+    def failing_fold(*args, **kwargs):
+        if len(computed) == 4:
+            raise MemoryError("out of memory in fold 5")
+        computed.append(args[-1])
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", failing_fold)
+    first = submit_job(demo, "experiment", PARAMS, user="alice")
+    run_next_job(demo)
+    failed = get_job(demo, first)
+    assert failed.status == "failed" and "out of memory in fold 5" in failed.error  # the error is kept
+    with demo.sessions() as session:
+        kept = set(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == first)))
+    assert len(kept) == 4
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", lambda *a, **k: computed.append(a[-1]) or real_fold(*a, **k))
+    computed.clear()
+    second = submit_job(demo, "experiment", PARAMS, user="bob")  # the same sweep submitted again
+    assert run_next_job(demo) == second and get_job(demo, second).status == "done"
+    assert len(computed) == len(UNITS) - 4  # the failed job's four folds were restored, not recomputed
