@@ -925,7 +925,8 @@ def _backend(n_jobs: int, scheduler: str | None) -> Iterator[tuple[str, int]]:
 
 
 _FOLD_ARRAYS = ("decision", "proba", "scores")
-_FOLD_SCALARS = ("best_index", "n_kept", "n_nonconstant", "gram_seconds", "svm_seconds", "seconds")
+_FOLD_SCALARS = ("best_index", "platt_free_slope", "platt_clamped", "inner_mean", "inner_sd", "n_kept", "n_nonconstant",
+                 "gram_seconds", "svm_seconds", "seconds")
 
 
 def _encode_fold(out: _FoldOutput) -> bytes:
@@ -942,6 +943,8 @@ def _decode_fold(payload: bytes) -> _FoldOutput:
         return _FoldOutput(
             decision=data["decision"], proba=data["proba"], scores=data["scores"],
             platt=(float(data["platt"][0]), float(data["platt"][1])), best_index=int(data["best_index"]),
+            platt_free_slope=float(data["platt_free_slope"]), platt_clamped=bool(data["platt_clamped"]),
+            inner_mean=float(data["inner_mean"]), inner_sd=float(data["inner_sd"]),
             n_kept=int(data["n_kept"]), n_nonconstant=int(data["n_nonconstant"]),
             gram_seconds=float(data["gram_seconds"]), svm_seconds=float(data["svm_seconds"]),
             seconds=float(data["seconds"]),

@@ -94,7 +94,7 @@ def test_analyses_on_a_stored_experiment(workspace):
 
     import_demo(workspace, n_lesions=12, seed=5)
     loaded, _note = resolve_backbone("alexnet", weights="random")
-    settings = ExperimentSettings(taps=("conv5", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0)
+    settings = ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("conv5", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0)
     experiment_id = run_experiment(workspace, loaded, settings, name="analyses", user="tester")
     summary = experiment_summary(workspace, experiment_id)
 

@@ -23,7 +23,7 @@ def experiment_dir(tmp_path_factory):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("conv5", "fc8"), ensemble_tap="fc8",
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("conv5", "fc8"), ensemble_tap="fc8",
                                                                   n_folds=3), name="small", user="tester",
                                    weights_note=note)
     ws.engine.dispose()

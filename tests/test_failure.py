@@ -59,7 +59,8 @@ def test_killed_extraction_resumes_from_the_store(tmp_path):
 
 def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_half_written(workspace):
     import_demo(workspace, n_lesions=4, seed=1)
-    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random"}, user="alice")
+    job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random",
+                                                    "min_lesions_per_class_per_fold": 1}, user="alice")
     # a worker on another machine claimed it, then died: no heartbeat for long
     from datetime import datetime, timedelta, timezone
 

@@ -37,7 +37,8 @@ from db.models import Job, JobCheckpoint, Prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"backbone": "alexnet", "weights": "random", "taps": ["fc7", "fc8"], "ensemble_tap": "fc8",
-          "n_folds": 5, "seed": 0, "name": "resumable"}
+          "n_folds": 5, "seed": 0, "repeats": 1, "name": "resumable",
+          "min_lesions_per_class_per_fold": 1}  # 12 demo lesions: below the guard rail of real experiments
 UNITS = {f"sweep:{tap}/0/{k}" for tap in ("fc7", "fc8") for k in range(5)} | {f"B:X/0/{k}" for k in range(5)}
 
 

@@ -83,7 +83,7 @@ def test_occlusion_of_a_stored_experiment_reproduces_p1(workspace):
         pytest.skip("reads the stored record only; runs once, on SQLite")
     import_demo(workspace, n_lesions=12, seed=5)
     loaded, _ = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(workspace, loaded, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8",
+    experiment_id = run_experiment(workspace, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("fc8",), ensemble_tap="fc8",
                                                                          n_folds=3, analytic=False),
                                    name="occlusion", user="tester")
     roi_id = int(experiment_data(workspace, experiment_id).predictions["roi_id"].iloc[3])

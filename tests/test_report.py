@@ -155,7 +155,7 @@ def demo_experiment(workspace, alexnet_random):
     import_demo(workspace, n_lesions=12, seed=5)
     excluded = roi_records(workspace)[0].id
     exclude_roi(workspace, excluded, reason="location_marker", user="tester")
-    settings = ExperimentSettings(taps=("conv5", "fc6", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0, repeats=2)
+    settings = ExperimentSettings(min_lesions_per_class_per_fold=1, taps=("conv5", "fc6", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0, repeats=2)
     experiment_id = run_experiment(workspace, alexnet_random, settings, name="report <demo>", user="tester")
     return workspace, experiment_id
 
@@ -265,7 +265,7 @@ def test_report_of_a_real_mias_experiment_is_written_as_a_test_artifact(tmp_path
     workspace = open_workspace(tmp_path / "data")
     import_mias(workspace, mias_dir, user="tester")
     loaded, note = resolve_backbone("efficientnet_lite0")
-    settings = ExperimentSettings(taps=("stage5", "stage7", "pool"), ensemble_tap="pool", seed=0)
+    settings = ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("stage5", "stage7", "pool"), ensemble_tap="pool", seed=0)
     experiment_id = run_experiment(workspace, loaded, settings, name="MIAS report", user="tester",
                                    weights_note=note)
     summary = experiment_summary(workspace, experiment_id)

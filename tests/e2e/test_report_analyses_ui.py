@@ -19,7 +19,7 @@ def server_with_experiment(app_server):
     url, data = app_server
     ws = open_workspace(data)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("conv5", "fc8"), ensemble_tap="fc8",
+    experiment_id = run_experiment(ws, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("conv5", "fc8"), ensemble_tap="fc8",
                                                                   n_folds=3), name="e2e report", user="tester",
                                    weights_note=note)
     ws.engine.dispose()

@@ -246,7 +246,7 @@ def experiment_server(tmp_path_factory):
     ws = open_workspace(data)
     import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
-    run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8"), name="small sweep",
+    run_experiment(ws, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("fc7", "fc8"), ensemble_tap="fc8"), name="small sweep",
                    user="tester", weights_note=note)
     ws.engine.dispose()
     with serve_app(data) as url:
