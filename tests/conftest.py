@@ -62,3 +62,15 @@ def cbis_csv_dir(shared_data: Path) -> Path:
 
 
 from tests.db_fixtures import database_url, workspace  # noqa: E402,F401  (fixtures shared by the database tests)
+
+
+@pytest.fixture(autouse=True)
+def _main_module_stays_pytest():
+    """Streamlit's AppTest leaves the app script as ``sys.modules["__main__"]``; a process pool started later (spawn)
+    would then run app.py in every child (opening the default workspace). Put pytest's main module back."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
