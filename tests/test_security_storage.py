@@ -433,7 +433,9 @@ def test_gc_removes_only_orphans_and_reports_them(workspace):
     assert _committed_files(workspace) == committed  # every committed file is still there, unchanged
     with workspace.sessions() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "gc")).one()
-    assert event.user == "admin" and event.detail == {"orphans": 3, "temporaries": 1}
+    from cadx.workflows.accounts import cli_actor
+
+    assert event.user == cli_actor("admin") and event.detail == {"orphans": 3, "temporaries": 1}  # + the OS account
 
 
 def test_gc_never_touches_the_files_of_a_running_import(workspace):
