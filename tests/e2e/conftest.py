@@ -44,23 +44,25 @@ def chromium_path() -> Path:
 
 
 @contextlib.contextmanager
-def serve_app(data: Path, **env_vars: str):
+def serve_app(data: Path, *, script: str = "app.py", **env_vars: str):
     """The app served by Streamlit on a free loopback port over the data directory ``data`` (with extra environment
     variables); yields its base URL and stops it afterwards."""
     data.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = dict(os.environ, CADX_DATA_DIR=str(data), **env_vars)
     env.pop("CADX_DATABASE_URL", None)
+    if "CADX_AUTH" not in env_vars:
+        env.pop("CADX_AUTH", None)  # the sign-in policy is the app's default unless a test sets it
     log = open(data / "streamlit.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", str(REPO / script), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(url + "/_stcore/health", timeout=2)
@@ -70,7 +72,7 @@ def serve_app(data: Path, **env_vars: str):
                     raise RuntimeError((data / "streamlit.log").read_text()) from None
                 time.sleep(0.5)
         else:
-            raise RuntimeError("the app did not start in 60 s: " + (data / "streamlit.log").read_text())
+            raise RuntimeError("the app did not start in 90 s: " + (data / "streamlit.log").read_text())
         yield url
     finally:
         process.terminate()

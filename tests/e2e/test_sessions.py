@@ -4,17 +4,12 @@ session lives in an HttpOnly, SameSite=Strict cookie, a refresh keeps the user s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from cadx.workflows import import_demo, open_workspace
 from cadx.workflows.accounts import add_user, set_disabled
-from tests.e2e.conftest import REPO, _free_port, screenshot, wait_for_app
+from tests.e2e.conftest import REPO, screenshot, serve_app, wait_for_app
 
 PASSWORD = "a long enough secret"
 
@@ -25,36 +20,9 @@ def _serve(tmp_path_factory, *, with_account: bool):
     import_demo(workspace, n_lesions=4, seed=3)
     if with_account:
         add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
-    port = _free_port()
-    env = dict(os.environ, CADX_DATA_DIR=str(data), PYTHONPATH=str(REPO))
-    env.pop("CADX_DATABASE_URL", None)
-    env.pop("CADX_AUTH", None)
-    log = open(data / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "serve.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError((data / "streamlit.log").read_text())
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError("the app did not start in 90 s: " + (data / "streamlit.log").read_text())
-    yield url, workspace
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    # serve.py: the app plus the route that sets the HttpOnly session cookie (what scripts/app.sh runs)
+    with serve_app(data, script="serve.py", PYTHONPATH=str(REPO)) as url:
+        yield url, workspace
 
 
 @pytest.fixture(scope="module")
