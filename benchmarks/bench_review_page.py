@@ -114,7 +114,11 @@ def _median(fn, repeats: int) -> float:
 
 def measure(data_dir: Path, repeats: int) -> dict[str, float]:
     import streamlit as st
+    from streamlit import config as st_config
     from streamlit.testing.v1 import AppTest
+
+    # Served as `bash scripts/app.sh` serves it: on loopback only, where no account means no sign-in.
+    st_config.set_option("server.address", "127.0.0.1")
 
     os.environ["CADX_DATA_DIR"] = str(data_dir)
     os.environ.pop("CADX_DATABASE_URL", None)
