@@ -210,6 +210,11 @@ st.html("""<style>
 .st-key-review_detail { position: sticky; top: 3.75rem; align-self: flex-start; }
 .st-key-review_grid img { image-rendering: auto; }
 .st-key-review_grid [data-testid="stCheckbox"] label { min-height: 0; }
+/* Narrow cells: the tick box and the open button stay on one line; words wrap between words, never inside one. */
+.st-key-review_grid [class*="st-key-review_row_"] { flex-wrap: nowrap; }
+.st-key-review_grid [class*="st-key-review_row_"] button { padding: 0 0.2rem; min-height: 0; }
+.st-key-review_grid [data-testid="stCaptionContainer"] { font-size: 0.75rem; line-height: 1.25; overflow: hidden; }
+.st-key-review_grid [data-testid="stCaptionContainer"] * { overflow-wrap: normal; word-break: normal; hyphens: none; }
 </style>""")
 st.title("Review ROIs")
 counts = review_counts(ws)
@@ -226,16 +231,17 @@ if WHY_NOT:
 
 options = filter_options(ws)
 with st.expander("Filters", expanded=True):
-    f1, f2, f3, f4, f5, f6, f7 = st.columns([3, 3, 2, 3, 3, 2, 2])
-    labels = f1.multiselect("Label", options["labels"], key="review_f_label", placeholder="any")
-    views = f2.multiselect("View", options["views"], key="review_f_view", placeholder="any")
-    status = f3.selectbox("Status", ["all", "included", "excluded"], key="review_f_status")
-    reasons = f4.multiselect("Exclusion reason", options["reasons"], key="review_f_reason", placeholder="any",
-                             format_func=words.word)
-    flags = f5.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any",
-                           format_func=words.word)
-    synthetic = f6.selectbox("Data", ["all", "synthetic only", "real only"], key="review_f_synthetic")
-    lesion_text = f7.text_input("Lesion key contains", key="review_f_lesion")
+    # A row of fixed-width filters that wraps on a narrow screen (columns would squeeze each label into a word column).
+    with st.container(horizontal=True, gap="small"):
+        labels = st.multiselect("Label", options["labels"], key="review_f_label", placeholder="any", width=170)
+        views = st.multiselect("View", options["views"], key="review_f_view", placeholder="any", width=170)
+        status = st.selectbox("Status", ["all", "included", "excluded"], key="review_f_status", width=120)
+        reasons = st.multiselect("Exclusion reason", options["reasons"], key="review_f_reason", placeholder="any",
+                                 format_func=words.word, width=200)
+        flags = st.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any",
+                               format_func=words.word, width=200)
+        synthetic = st.selectbox("Data", ["all", "synthetic only", "real only"], key="review_f_synthetic", width=140)
+        lesion_text = st.text_input("Lesion key contains", key="review_f_lesion", width=160)
     cohort = st.selectbox("Cohort", ["any", *[c.name for c in list_cohorts(ws)]], key="review_f_cohort",
                           help="Only the ROIs this cohort selects (whatever their review status: the Status "
                                "filter decides that).")
@@ -275,13 +281,14 @@ def _workbench(filters: RoiFilters) -> None:
     with grid_side:
         selected = state["review_selected"]
         with st.container(border=True):
-            s1, s2, s3, s4 = st.columns([2, 3, 4, 4], vertical_alignment="bottom")
-            s1.markdown(f"**{len(selected)} selected**")
-            s2.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_bulk_reason")
-            s3.text_input("Note (needed for 'other')", key="review_bulk_note")
-            s4.toggle("Range select", key="review_range_mode",
-                      help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) between "
-                           "it and the last one ticked.")
+            with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+                st.markdown(f"**{len(selected)} selected**", width="content")
+                st.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word,
+                             key="review_bulk_reason", width=200)
+                st.text_input("Note (needed for 'other')", key="review_bulk_note", width=200)
+                st.toggle("Range select", key="review_range_mode", width="content",
+                          help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
+                               "between it and the last one ticked.")
             with st.container(horizontal=True, vertical_alignment="bottom"):
                 st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
                           type="primary", key="review_bulk_flag", help=WHY_NOT)
@@ -314,12 +321,13 @@ def _workbench(filters: RoiFilters) -> None:
                     key = f"review_sel_{roi.id}"
                     if key not in state:
                         state[key] = roi.id in selected
-                    with st.container(horizontal=True, gap="xxsmall", vertical_alignment="center"):
+                    with st.container(horizontal=True, gap="xxsmall", vertical_alignment="center",
+                                      key=f"review_row_{roi.id}"):
                         st.checkbox(f"#{roi.id}", key=key, on_change=_toggle, args=(roi.id, filters))
                         st.button("▸" if not current else "◉", key=f"review_open_{roi.id}", on_click=_open,
                                   args=(roi.id,), type="primary" if current else "tertiary",
                                   help=f"Show ROI #{roi.id} beside the grid")
-                    st.caption(f"{roi.label} · {roi.view or '?'} {roi.laterality or ''}"
+                    st.caption(f"{roi.label}  \n{roi.view or '?'} {roi.laterality or ''}"  # two short lines
                                + (" · synthetic" if roi.is_synthetic and mixed else ""))
                     if not roi.included:  # words that wrap (a badge would cut them off), the code in the tooltip
                         st.caption(f":red[excluded: {words.word(roi.exclusion_reason)}]",

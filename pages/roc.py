@@ -3,6 +3,7 @@ significance tests, at ROI or lesion level."""
 
 from __future__ import annotations
 
+import re
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -21,6 +22,8 @@ LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its 
 COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "Z": "#9467bd"}
 FOUR = "%.4f"
 THREE = "%.3f"
+# Long classifier names -> the short ones of the chart legend (for narrow tables).
+_SHORT_NAMES = {re.escape(m.name): m.short for m in METHODS.values()}
 
 
 @st.cache_data(show_spinner="Computing the lesion-level statistics…", max_entries=64)
@@ -104,21 +107,30 @@ table = method_table(results)
 shown = table.assign(**{"95 % CI": [f"{lo:.3f}–{hi:.3f}" if lo is not None else "" for lo, hi in
                                     zip(table["CI95 low"], table["CI95 high"])]})
 shown = shown[["classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC",
-               "binormal AUC", "degenerate folds", "time (s)", "detail"]]
-st.dataframe(shown, hide_index=True, column_config={  # short headers; the full name of each AUC in its tooltip
+               "binormal AUC", "degenerate folds"]]
+# Narrow number columns, so that Table 1 fits a 1440-px screen without scrolling; timing and details sit below.
+st.dataframe(shown, hide_index=True, width="stretch", column_config={  # short headers; each AUC's name in its tooltip
     "classifier": st.column_config.TextColumn(pinned=True),
-    "AUC": st.column_config.NumberColumn("AUC (paper)", format=THREE, help=words.AUC_NAMES["fold_mean"][1]),
-    "seed SD": st.column_config.NumberColumn(format=THREE, help="SD of the AUC between the seeds of a repeated "
-                                                              "cross-validation"),
-    "AUC.SD": st.column_config.NumberColumn(format=THREE, help="SD of the fold AUCs"),
-    "SE": st.column_config.NumberColumn(format=THREE, help="SE of the fold mean: SD / √folds"),
-    "pooled AUC": st.column_config.NumberColumn(format=THREE, help=words.AUC_NAMES["pooled"][1]),
-    "lesion AUC": st.column_config.NumberColumn(format=THREE, help=words.AUC_NAMES["lesion"][1]),
-    "binormal AUC": st.column_config.NumberColumn("binormal-fit AUC", format=THREE,
+    "AUC": st.column_config.NumberColumn("AUC (paper)", format=THREE, width="small",
+                                         help=words.AUC_NAMES["fold_mean"][1]),
+    "seed SD": st.column_config.NumberColumn(format=THREE, width="small",
+                                             help="SD of the AUC between the seeds of a repeated cross-validation"),
+    "AUC.SD": st.column_config.NumberColumn(format=THREE, width="small", help="SD of the fold AUCs"),
+    "SE": st.column_config.NumberColumn(format=THREE, width="small", help="SE of the fold mean: SD / √folds"),
+    "pooled AUC": st.column_config.NumberColumn("pooled", format=THREE, width="small",
+                                                help=words.AUC_NAMES["pooled"][1]),
+    "95 % CI": st.column_config.TextColumn(width="small", help="DeLong 95 % CI of the pooled AUC"),
+    "lesion AUC": st.column_config.NumberColumn("lesion", format=THREE, width="small",
+                                                help=words.AUC_NAMES["lesion"][1]),
+    "binormal AUC": st.column_config.NumberColumn("binormal", format=THREE, width="small",
                                                   help=words.AUC_NAMES["binormal"][1]),
-    "time (s)": st.column_config.NumberColumn(format="%.2f"),
-    "detail": st.column_config.TextColumn(width="large"),
+    "degenerate folds": st.column_config.TextColumn("degenerate", width="small",
+                                                    help="Folds where the SVM's Platt slope was held at its floor"),
 })
+with st.expander("Time and details of each classifier"):
+    st.dataframe(table[["classifier", "time (s)", "detail"]], hide_index=True, width="stretch", column_config={
+        "time (s)": st.column_config.NumberColumn(format="%.2f", width="small"),
+        "detail": st.column_config.TextColumn(width="large")})
 
 with st.expander("AUC of each fold"):
     folds = pd.DataFrame({row.classifier: pd.Series(results["methods"][row.method].get("fold_aucs", []))
@@ -144,13 +156,24 @@ else:
                "the paired t with the variance corrected for overlapping training sets (training and test sizes "
                "counted in lesions). Bonferroni: p × 3 within each family (the paper's three comparisons; the "
                "z-scored ensemble's three), capped at 1.")
-    short = {"AUC difference": "ΔAUC", "DeLong CI95 low": "CI low", "DeLong CI95 high": "CI high",
-             "DeLong p (Bonferroni)": "DeLong p×3", "paired t p (Bonferroni)": "paired t p×3",
-             "Nadeau-Bengio p": "N–B p", "Nadeau-Bengio p (Bonferroni)": "N–B p×3"}
-    st.dataframe(tests, hide_index=True, width="stretch", column_config={
+    short = {"AUC difference": "ΔAUC", "DeLong p": "DeLong p", "DeLong p (Bonferroni)": "DeLong p×3",
+             "paired t p": "t-test p", "paired t p (Bonferroni)": "t-test p×3", "Nadeau-Bengio p": "N–B p",
+             "Nadeau-Bengio p (Bonferroni)": "N–B p×3"}
+    # Short classifier names and one CI column, so that the table fits a 1440-px screen; the CSV keeps every column.
+    shown_tests = tests.assign(
+        comparison=tests["comparison"].replace(_SHORT_NAMES, regex=True),
+        **{"95 % CI": [f"{lo:.3f} to {hi:.3f}" if pd.notna(lo) else "" for lo, hi in
+                       zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"])]})
+    shown_tests = shown_tests[["comparison", "family", "AUC difference", "95 % CI", "DeLong p", "DeLong p (Bonferroni)",
+                               "paired t p", "paired t p (Bonferroni)", "Nadeau-Bengio p",
+                               "Nadeau-Bengio p (Bonferroni)"]]
+    st.dataframe(shown_tests, hide_index=True, width="stretch", column_config={
         "comparison": st.column_config.TextColumn(pinned=True),
-        **{c: st.column_config.NumberColumn(short.get(c, c), format=FOUR, help=c, width="small")
-           for c in tests.columns if c != "comparison" and pd.api.types.is_numeric_dtype(tests[c])}})
+        "family": st.column_config.TextColumn(width="small",
+                                              help="paper: the paper's three comparisons; added: the z-ensemble's"),
+        "95 % CI": st.column_config.TextColumn(width="small", help="DeLong 95 % CI of the AUC difference"),
+        **{c: st.column_config.NumberColumn(short[c], format=FOUR, help=c, width="small")
+           for c in short}})
 
 st.subheader("Downloads")
 st.download_button("Study report (HTML)", lambda: report_html(ws, experiment_id, level=level, results=results).encode(),

@@ -268,6 +268,20 @@ def experiment_server(tmp_path_factory):
         yield url, data
 
 
+# [scrollWidth, clientWidth] of each data frame's scroller on the page
+_TABLE_WIDTHS = """() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] .dvn-scroller'))
+    .map(s => [s.scrollWidth, s.clientWidth])"""
+# per review grid cell: [its text, vertical offset between tick box and open button, label lines ("malignant / CC R")]
+_GRID_CELLS = """() => Array.from(document.querySelectorAll('.st-key-review_grid [class*="st-key-review_row_"]')).map(row => {
+    const box = row.querySelector('[data-testid=stCheckbox]').getBoundingClientRect();
+    const button = row.querySelector('button').getBoundingClientRect();
+    const label = row.parentElement.closest('[data-testid=stVerticalBlock]')
+        .querySelector('[data-testid=stCaptionContainer] p');
+    const lines = label.getBoundingClientRect().height / parseFloat(getComputedStyle(label).lineHeight);
+    return [row.innerText, Math.abs((box.top + box.height / 2) - (button.top + button.height / 2)), lines];
+})"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [(1440, 900), (1024, 768)], ids=["1440x900", "1024x768"])
 def test_screenshots_of_every_page(experiment_server, browser, size):
@@ -288,5 +302,14 @@ def test_screenshots_of_every_page(experiment_server, browser, size):
             assert page.locator("[data-testid='stException']").count() == 0, title
             shot = full_screenshot(page, f"page-{title.lower().replace(' ', '-')}-{size[0]}x{size[1]}")
             assert shot.stat().st_size > 10_000
+            if title == "ROC curves" and size[0] >= 1440:  # Table 1 and the tests fit: no column off to the right
+                widths = page.evaluate(_TABLE_WIDTHS)
+                assert len(widths) >= 2 and all(scroll <= client + 1 for scroll, client in widths), widths
+            if title == "Review ROIs":
+                cells = page.evaluate(_GRID_CELLS)
+                assert cells, "no grid cell measured"
+                for text, row_gap, label_lines in cells:
+                    assert row_gap < 8, f"{text}: the open button wrapped below the tick box ({row_gap:.0f} px)"
+                    assert label_lines <= 2.2, f"{text}: a word broke inside the label ({label_lines:.1f} lines)"
     finally:
         context.close()
