@@ -304,6 +304,8 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
         assert row["SE"] == pytest.approx(methods[key]["auc_se"])
         assert row["pooled AUC"] == pytest.approx(methods[key]["pooled_auc"])
         assert row["lesion AUC"] == pytest.approx(methods[key]["lesion_auc"])
+    timing = at.dataframe[1].value  # the "Time and details" expander
+    for (_, row), key in zip(timing.iterrows(), "ABCZ"):
         assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
     tests = at.dataframe[-1].value
     assert len(tests) == 6 and "DeLong p (Bonferroni)" in tests.columns and "Nadeau-Bengio p" in tests.columns
