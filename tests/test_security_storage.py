@@ -609,3 +609,55 @@ def test_a_long_manifest_shows_progress_while_it_is_checked(workspace, tmp_path)
     assert steps[0][2] == "checking the manifest" and steps[0][0] == 0
     checked = [s[0] for s in steps if s[2] == "checking the manifest"]
     assert len(checked) >= 3 and checked == sorted(checked) and checked[-1] >= 20000
+
+
+# ------------------------------------------------------------------------------ sign-in state stays out ---
+def test_a_backup_carries_no_sign_in_state(workspace, tmp_path):
+    from cadx.workflows.accounts import authenticate, start_session
+
+    import_demo(workspace, n_lesions=2, seed=4)
+    add_user(workspace, "alice", "correct horse battery", role="admin", by="test")
+    token = start_session(workspace, "alice")
+    assert authenticate(workspace, "alice", "wrong password here", client="10.0.0.9") is None
+    with workspace.sessions() as session:  # the state exists in the workspace itself
+        assert session.execute(text("SELECT COUNT(*) FROM auth_sessions")).scalar() == 1
+        assert session.execute(text("SELECT COUNT(*) FROM sign_in_attempts")).scalar() >= 1
+    backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
+    members = _members(tmp_path / "b.tar")
+    manifest = json.loads(members["manifest.json"])
+    assert "users" in manifest["tables"] and "audit_events" in manifest["tables"]
+    assert not {"auth_sessions", "sign_in_attempts"} & set(manifest["tables"])
+    assert not [name for name in members if "auth_sessions" in name or "sign_in_attempts" in name]
+    fresh = _fresh(tmp_path)
+    restore_workspace(fresh, tmp_path / "b.tar", key=KEY)
+    from cadx.workflows.accounts import session_account
+
+    assert session_account(fresh, token) is None  # everyone signs in again on the restored workspace
+    with fresh.sessions() as session:
+        assert session.execute(text("SELECT username FROM users")).scalars().all() == ["alice"]
+
+
+def test_a_session_smuggled_into_a_signed_backup_does_not_sign_anyone_in(workspace, tmp_path):
+    # A backup signed with a key its maker holds (a collaborator's lab), made by an older cadx that still wrote
+    # auth_sessions, or crafted: its session row names a token the maker knows. Restore must not bring it in.
+    from cadx.workflows.accounts import session_account
+
+    import_demo(workspace, n_lesions=2, seed=4)
+    add_user(workspace, "alice", "correct horse battery", role="admin", by="test")
+    backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
+    known_token = "token-the-backup-maker-knows"
+
+    def smuggle(tables):
+        alice = next(u for u in tables["users"] if u["username"] == "alice")
+        tables["auth_sessions"] = [{
+            "id": 1, "token_sha256": hashlib.sha256(known_token.encode()).hexdigest(), "user_id": alice["id"],
+            "created_at": {"__datetime__": "2026-01-01T00:00:00+00:00"},
+            "expires_at": {"__datetime__": "2099-01-01T00:00:00+00:00"}, "revoked_at": None}]
+
+    crafted = _tampered(tmp_path / "b.tar", tmp_path, smuggle, key=KEY)
+    fresh = _fresh(tmp_path)
+    restore_workspace(fresh, crafted, key=KEY)
+    with fresh.sessions() as session:
+        assert session.execute(text("SELECT COUNT(*) FROM auth_sessions")).scalar() == 0
+        assert session.execute(text("SELECT COUNT(*) FROM users")).scalar() == 1  # the rest is restored
+    assert session_account(fresh, known_token) is None

@@ -128,6 +128,16 @@ def _revision(workspace: Workspace) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+# This server's sign-in state (hashes of session tokens, sign-in throttling counters): never written to a backup,
+# and ignored in one made by an older cadx, so that a restored workspace starts with everyone signed out and a
+# backup from elsewhere cannot carry a session whose token its maker knows.
+_SERVER_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts"})
+
+
+def _backed_up_tables() -> list[Any]:
+    return [table for table in Base.metadata.sorted_tables if table.name not in _SERVER_STATE_TABLES]
+
+
 def backup_workspace(workspace: Workspace, target: str | Path, *, include_features: bool = False,
                      include_pseudonym_key: bool = True, key: bytes | None = None,
                      progress: Progress | None = None) -> dict[str, Any]:
@@ -150,13 +160,13 @@ def backup_workspace(workspace: Workspace, target: str | Path, *, include_featur
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as archive:
         # One read transaction for all tables, so the rows are consistent with each other.
         with workspace.engine.connect() as connection, connection.begin():
-            for table in Base.metadata.sorted_tables:
+            for table in _backed_up_tables():
                 rows = connection.execute(select(table).order_by(*table.primary_key.columns)).mappings().all()
                 payload = "".join(json.dumps({k: _encode(v) for k, v in row.items()}, sort_keys=True) + "\n"
                                   for row in rows).encode()
                 _add(archive, f"tables/{table.name}.jsonl", payload)
                 manifest["tables"][table.name] = {"rows": len(rows), "sha256": _sha256(payload)}
-                _report(progress, len(manifest["tables"]), len(Base.metadata.sorted_tables), f"table {table.name}")
+                _report(progress, len(manifest["tables"]), len(_backed_up_tables()), f"table {table.name}")
         folders = _FILE_DIRS + ((_FEATURE_DIR,) if include_features else ())
         paths = [path for folder in folders if (workspace.data_dir / folder).exists()
                  for path in sorted((workspace.data_dir / folder).rglob("*"))
@@ -278,7 +288,7 @@ def _write_restored(workspace: Workspace, tables: dict[str, list[dict[str, Any]]
         _report(progress, done, len(files), "writing stored files")
     _report(progress, 0, 1, "writing the database rows")
     with workspace.engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
+        for table in _backed_up_tables():
             rows = [{column.name: _decode(row.get(column.name)) for column in table.columns}
                     for row in tables.get(table.name, [])]
             if rows:
