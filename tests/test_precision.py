@@ -193,7 +193,7 @@ def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path
     from typer.testing import CliRunner
 
     from cadx.cli import app
-    from cadx.workflows.features import extract_cnn_features, roi_records
+    from cadx.workflows.features import extract_cnn_features, feature_store, roi_records
 
     data = tmp_path / "data"
     assert CliRunner().invoke(app, ["demo", "--lesions", "3", "--seed", "1", "--data-dir", str(data)]).exit_code == 0
@@ -212,4 +212,8 @@ def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path
     skipped = extract_cnn_features(workspace, loaded, precision="fp16", check_sample=0, **kw)
     assert skipped.n_extracted == 0 and skipped.precision_check is None
     with pytest.raises(ValueError, match="check_sample"):
-        extract_cnn_features(workspace, loaded, precision="fp16", check_sample=-1, **kw)
+        extract_cnn_features(workspace, loaded, precision="bf16", check_sample=-1, **kw)
+    hashes = sorted({r.sha256 for r in roi_records(workspace, included_only=False)})
+    assert feature_store(workspace).missing(hashes, taps=["fc8"], backbone="alexnet",
+                                            weights_sha256=loaded.weights.sha256,
+                                            preprocessing=cnn.feature_preprocessing("bf16")) == hashes  # no work done

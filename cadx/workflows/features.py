@@ -193,6 +193,9 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
     """
     from cadx.cnn import extract_to_store
 
+    sample = (16 if precision != "fp32" else 0) if check_sample is None else check_sample
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise ValueError(f"check_sample must be an integer >= 0 (0: no check against fp32); got {check_sample!r}")
     records = roi_records(workspace, included_only=False) if records is None else records
     start = time.perf_counter()
     rois: Mapping = _LazyRois(workspace, records)
@@ -206,9 +209,6 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
                          chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
                          device=device, timings=stages)
     check = None
-    sample = (16 if precision != "fp32" else 0) if check_sample is None else int(check_sample)
-    if sample < 0:
-        raise ValueError(f"check_sample must be >= 0; got {check_sample!r}")
     if precision != "fp32" and sample > 0 and records:
         from cadx.precision import sample_check
 
