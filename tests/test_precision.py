@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from cadx import cnn
-from cadx.precision import AUC_TOLERANCE, feature_agreement, sample_check, sweep_agreement
+from cadx.precision import (
+    AUC_TOLERANCE,
+    feature_agreement,
+    sample_check,
+    sweep_agreement,
+)
 from cadx.sources import parse_mias_info
 from cadx.svm import cross_validate_by_lesion, cross_validate_with_params, sweep_layers
 
@@ -91,7 +96,7 @@ def test_fixed_params_equal_a_one_candidate_grid_on_other_features():
 def sweeps():
     X, y, lesions = _synthetic(seed=4)
     noise = np.random.default_rng(5).standard_normal(X.shape)
-    kw = dict(grid=_grid(X.shape[1]), n_inner=3)
+    kw = {"grid": _grid(X.shape[1]), "n_inner": 3}
     ref = sweep_layers({"t1": X, "t2": X[:, :20]}, y, lesions, seed=0, **kw)
     same = sweep_layers({"t1": X.copy(), "t2": X[:, :20].copy()}, y, lesions, seed=0, **kw)
     noisy = sweep_layers({"t1": X + 3.0 * noise, "t2": X[:, :20]}, y, lesions, seed=0, **kw)
@@ -108,7 +113,7 @@ def test_identical_features_pass_with_zero_difference(sweeps):
 
 
 def test_a_tap_with_noisy_features_fails_and_its_fixed_params_auc_is_reported(sweeps):
-    X, y, lesions, noise, ref, _same, noisy, _other = sweeps
+    X, _y, _lesions, noise, ref, _same, noisy, _other = sweeps
     fixed = {"t1": cross_validate_with_params(X + 3.0 * noise, ref.layers["t1"].results[0])}
     got = sweep_agreement(ref, noisy, fixed=fixed)
     t1, t2 = got.taps
@@ -138,7 +143,6 @@ def test_the_tolerance_is_inclusive_and_applies_to_the_grid_searched_aucs(sweeps
 
 
 def test_sweeps_on_other_folds_or_taps_are_refused(sweeps):
-    X, y, lesions, *_rest = sweeps
     ref, other_seed = sweeps[4], sweeps[7]
     with pytest.raises(ValueError, match="different folds"):
         sweep_agreement(ref, other_seed)
@@ -176,7 +180,7 @@ def test_autocast_features_stay_within_their_measured_error_bounds(mias_patches)
     (fp16) and 0.18 (bf16) on these taps; the test allows about twice that, and fp16 must be >= 3x closer."""
     loaded = cnn.load_backbone("efficientnet_lite0")
     taps = ["stage5", "head", "pool", "classifier"]
-    kw = dict(backbone=loaded, taps=taps, batch_size=4, device="cpu", num_threads=1)
+    kw = {"backbone": loaded, "taps": taps, "batch_size": 4, "device": "cpu", "num_threads": 1}
     fp16 = sample_check(mias_patches, precision="fp16", **kw)
     bf16 = sample_check(mias_patches, precision="bf16", **kw)
     assert all(v.relative_error == 0.0 for v in sample_check(mias_patches[:1], precision="fp32", **kw).values())
@@ -189,17 +193,17 @@ def test_autocast_features_stay_within_their_measured_error_bounds(mias_patches)
 
 
 def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path):
-    from cadx.workflows import open_workspace
     from typer.testing import CliRunner
 
     from cadx.cli import app
+    from cadx.workflows import open_workspace
     from cadx.workflows.features import extract_cnn_features, feature_store, roi_records
 
     data = tmp_path / "data"
     assert CliRunner().invoke(app, ["demo", "--lesions", "3", "--seed", "1", "--data-dir", str(data)]).exit_code == 0
     workspace = open_workspace(data)
     loaded = cnn.load_backbone("alexnet", "random")
-    kw = dict(taps=["pool5", "fc8"], batch_size=4, device="cpu")
+    kw = {"taps": ["pool5", "fc8"], "batch_size": 4, "device": "cpu"}
     fp32 = extract_cnn_features(workspace, loaded, **kw)
     assert fp32.precision == "fp32" and fp32.precision_check is None  # fp32 is the reference: nothing to check
     n_unique = len({r.sha256 for r in roi_records(workspace, included_only=False)})
