@@ -2,7 +2,7 @@
 
 Imports the MIAS distribution from ``../shared/data`` (or ``CADX_SHARED_DATA``) into a workspace, extracts
 EfficientNet-Lite0 features (its real ImageNet weights install offline; AlexNet's do not) of every ROI at fp32,
-bf16 and fp16 (``cadx.cnn.extract_features``, the extraction path of ``cadx extract``; batch 16, CPU) and runs the
+bf16, fp16 and fp16-mixed (``cadx.cnn.extract_features``, the path of ``cadx extract``; batch 16, CPU) and runs the
 same layer sweep (5-fold CV by patient, default grid, seed 0) on each. To separate the two causes of an AUC
 difference it also
 
@@ -79,7 +79,9 @@ def _features(cache: Path, key: str, rois, loaded, *, precision: str, batch_size
 
 def _mixed_features(cache: Path, key: str, rois, loaded, *, dtype_name: str, n_stages: int, batch_size: int,
                     threads: int):
-    """Autocast with the convolutions of the stem and the first ``n_stages`` stages kept in fp32 (bench only)."""
+    """Autocast with the convolutions of the stem and the first ``n_stages`` stages kept in fp32, written here
+    independently of cadx (module forwards patched, the model called directly): ``n_stages=4`` must reproduce
+    cadx's ``fp16-mixed`` bit for bit, ``n_stages=2`` is an ablation."""
     path = cache / f"features-{key}.npz"
     if path.exists():
         with np.load(path) as z:
@@ -199,16 +201,19 @@ def main(argv=None) -> int:
     common = {"device": args.device, "threads": args.threads}
     feats, seconds = {}, {}
     for key, precision, batch in (("fp32", "fp32", args.batch_size), ("bf16", "bf16", args.batch_size),
-                                  ("fp16", "fp16", args.batch_size), ("fp32-batch8", "fp32", 8)):
+                                  ("fp16", "fp16", args.batch_size), ("fp16-mixed", "fp16-mixed", args.batch_size),
+                                  ("fp32-batch8", "fp32", 8)):
         feats[key], seconds[key] = _features(args.cache, f"{key}-{args.device}", rois, loaded, precision=precision,
                                              batch_size=batch, **common)
         if seconds[key] is not None:
             print(f"extracted {key}: {seconds[key]:.0f} s", flush=True)
-    if args.mixed and args.device == "cpu":
+    if args.mixed and args.device == "cpu":  # ablations of fp16-mixed (stem-stage4 in fp32), bench only
         for n_stages in (2, 4):
             feats[f"fp16 (stem-stage{n_stages} convs in fp32)"] = _mixed_features(
                 args.cache, f"fp16-fp32first{n_stages}-{args.device}", rois, loaded, dtype_name="fp16",
                 n_stages=n_stages, batch_size=args.batch_size, threads=args.threads)
+        same = all(np.array_equal(feats["fp16 (stem-stage4 convs in fp32)"][t], feats["fp16-mixed"][t]) for t in TAPS)
+        print(f"fp16-mixed (cadx) bit-identical to the bench's stem-stage4 variant: {same}", flush=True)
     ref = feats["fp32"]
     rng = np.random.default_rng(0)
     for r in (1e-4, 1e-3, 1e-2):

@@ -12,6 +12,7 @@ from PIL import Image
 from cadx import cnn
 from cadx.precision import (
     AUC_TOLERANCE,
+    MIAS_VERDICT,
     feature_agreement,
     sample_check,
     sweep_agreement,
@@ -183,6 +184,7 @@ def test_autocast_features_stay_within_their_measured_error_bounds(mias_patches)
     kw = {"backbone": loaded, "taps": taps, "batch_size": 4, "device": "cpu", "num_threads": 1}
     fp16 = sample_check(mias_patches, precision="fp16", **kw)
     bf16 = sample_check(mias_patches, precision="bf16", **kw)
+    mixed = sample_check(mias_patches, precision="fp16-mixed", **kw)
     assert all(v.relative_error == 0.0 for v in sample_check(mias_patches[:1], precision="fp32", **kw).values())
     for tap in taps:
         assert 0 < fp16[tap].relative_error < 0.04, (tap, fp16[tap])
@@ -190,6 +192,9 @@ def test_autocast_features_stay_within_their_measured_error_bounds(mias_patches)
         assert fp16[tap].relative_error * 3 < bf16[tap].relative_error, tap
         assert fp16[tap].correlation > 0.999 and bf16[tap].correlation > 0.95, tap
         assert fp16[tap].n_rois == 4
+        # fp16-mixed (stem-stage4 in fp32): at most 0.0034 measured; >= 4.7x closer than fp16
+        assert 0 < mixed[tap].relative_error < 0.008 and mixed[tap].relative_error * 2 < fp16[tap].relative_error, tap
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in loaded.model.modules())  # hooks removed
 
 
 def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path):
@@ -221,3 +226,12 @@ def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path
     assert feature_store(workspace).missing(hashes, taps=["fc8"], backbone="alexnet",
                                             weights_sha256=loaded.weights.sha256,
                                             preprocessing=cnn.feature_preprocessing("bf16")) == hashes  # no work done
+
+
+def test_fp16_mixed_is_offered_only_where_it_was_checked():
+    assert cnn.MIXED_FP32_MODULES == {"efficientnet_lite0": ("stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3")}
+    assert cnn.feature_preprocessing("fp16-mixed") == cnn.PREPROCESSING_VERSION + "+fp16-mixed"
+    assert set(MIAS_VERDICT) == set(cnn.PRECISIONS) - {"fp32"}  # every reduced precision says what MIAS showed
+    alexnet = cnn.load_backbone("alexnet", "random")
+    with pytest.raises(ValueError, match="fp16-mixed.*efficientnet_lite0.*alexnet"):
+        cnn.extract_features(np.zeros((1, 64, 64), np.uint16), backbone=alexnet, device="cpu", precision="fp16-mixed")
