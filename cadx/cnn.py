@@ -1514,6 +1514,7 @@ def extract_to_store(
         ROIs extracted (0 when everything was already stored).
     """
     loaded = _as_loaded(backbone)
+    _check_mixed(_check_precision(precision), loaded.name)  # before the store is touched
     tap_names = _check_taps(loaded.backbone, taps)
     key = {"backbone": loaded.name, "weights_sha256": loaded.weights.sha256,
            "preprocessing": feature_preprocessing(precision)}

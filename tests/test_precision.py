@@ -228,10 +228,15 @@ def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path
                                             preprocessing=cnn.feature_preprocessing("bf16")) == hashes  # no work done
 
 
-def test_fp16_mixed_is_offered_only_where_it_was_checked():
+def test_fp16_mixed_is_offered_only_where_it_was_checked(tmp_path):
     assert cnn.MIXED_FP32_MODULES == {"efficientnet_lite0": ("stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3")}
     assert cnn.feature_preprocessing("fp16-mixed") == cnn.PREPROCESSING_VERSION + "+fp16-mixed"
     assert set(MIAS_VERDICT) == set(cnn.PRECISIONS) - {"fp32"}  # every reduced precision says what MIAS showed
     alexnet = cnn.load_backbone("alexnet", "random")
     with pytest.raises(ValueError, match="fp16-mixed.*efficientnet_lite0.*alexnet"):
         cnn.extract_features(np.zeros((1, 64, 64), np.uint16), backbone=alexnet, device="cpu", precision="fp16-mixed")
+    store = cnn.FeatureStore(tmp_path / "features")
+    with pytest.raises(ValueError, match="fp16-mixed"):
+        cnn.extract_to_store({"a" * 64: np.zeros((64, 64), np.uint16)}, store, backbone=alexnet, device="cpu",
+                             precision="fp16-mixed")
+    assert not (tmp_path / "features").exists() or not any((tmp_path / "features").rglob("*.npy"))  # nothing written
