@@ -291,8 +291,9 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
                     batch_size: Annotated[int, typer.Option(help="ROIs per forward pass.")] = 16,
                     workers: Annotated[int, typer.Option(help="Processes decoding and resizing ROIs ahead of the "
                                                          "network (0: none).")] = 0,
-                    precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast (stored apart from "
-                                                           "fp32 features).")] = "fp32",
+                    precision: Annotated[str, typer.Option(help="fp32 (the reference), or bf16/fp16 autocast, or "
+                                                           "fp16-mixed (early layers fp32; EfficientNet-Lite0); "
+                                                           "stored apart from fp32 features.")] = "fp32",
                     decoded_cache: Annotated[bool, typer.Option("--decoded-cache", help="Decode the ROI PNGs once "
                                                                 "into a memory-mapped uint16 cache and read that."
                                                                 )] = False,
@@ -305,6 +306,7 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
                     data_dir: DataDir = None) -> None:
     """Method A: extract CNN features of every ROI not yet in the feature store (all taps in one pass)."""
     from cadx.cnn import PRECISIONS
+    from cadx.precision import MIAS_VERDICT
     from cadx.workflows.features import extract_cnn_features
 
     if precision not in PRECISIONS:
@@ -322,6 +324,13 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
     _out.print(f"{report.n_extracted} of {report.n_rois} ROIs extracted ({report.n_rois - report.n_extracted} "
                f"already stored) with {report.weights_name} [sha256 {report.weights_sha256[:12]}] "
                f"in {report.seconds:.1f} s" + ("" if precision == "fp32" else f" ({precision} autocast)"))
+    if report.precision_check:
+        worst_tap = max(report.precision_check, key=lambda t: report.precision_check[t]["relative_error"])
+        worst = report.precision_check[worst_tap]
+        _console.print(f"[yellow]{precision} against fp32 on a sample of {worst['n_rois']} ROIs: relative feature "
+                       f"error up to {worst['relative_error']:.2%} ({worst_tap}). {precision} "
+                       f"{MIAS_VERDICT.get(precision, 'was not checked on MIAS')} (see the README): fp32 stays the "
+                       f"reference.[/]")
     if timings and report.timings:
         _out.print("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()
                                                        if k != "rois"))

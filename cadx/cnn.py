@@ -120,6 +120,7 @@ __all__ = [
     "CAFFE_ALEXNET_SHAPES_227",
     "CAFFE_ALEXNET_SHAPES_256",
     "INPUT_SIZE",
+    "MIXED_FP32_MODULES",
     "PRECISIONS",
     "PREPROCESSING_VERSION",
     "TORCHVISION_ALEXNET_SHAPES_256",
@@ -157,8 +158,20 @@ already lie in [0, 1]), bilinear antialiased resize to 256x256 on the CPU (``tor
 ``antialias=True``), grey replicated to 3 channels, then the weights' own per-channel mean/std.
 """
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""Arithmetic of the forward pass: float32, or ``torch.autocast`` to bfloat16 / float16 (features stored float32)."""
+PRECISIONS = ("fp32", "bf16", "fp16", "fp16-mixed")
+"""Arithmetic of the forward pass: float32, or ``torch.autocast`` to bfloat16 / float16 (features stored float32).
+
+``fp16-mixed`` is fp16 autocast with the backbone's early layers (:data:`MIXED_FP32_MODULES`) kept in float32:
+on MIAS, plain bf16/fp16 moved the sweep AUCs by up to 0.16 / 0.05, the error starting in the early
+high-resolution layers; with EfficientNet-Lite0's stem and stages 1-4 in fp32 the largest difference was 0.0035
+(``benchmarks/bench_precision_mias.py``, README). Only backbones measured that way offer it.
+"""
+
+MIXED_FP32_MODULES: Mapping[str, tuple[str, ...]] = {
+    "efficientnet_lite0": ("stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3"),
+}
+"""Backbone -> modules whose convolutions stay float32 under ``fp16-mixed`` (41 % of EfficientNet-Lite0's
+multiply-adds at 256x256)."""
 
 
 def feature_preprocessing(precision: str = "fp32") -> str:
@@ -174,6 +187,45 @@ def _check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
     return precision
+
+
+def _check_mixed(precision: str, backbone: str) -> tuple[str, ...]:
+    """The modules kept in fp32 for ``precision`` on ``backbone`` (empty unless ``fp16-mixed``)."""
+    if precision != "fp16-mixed":
+        return ()
+    if backbone not in MIXED_FP32_MODULES:
+        raise ValueError(f"precision 'fp16-mixed' is defined (and was checked against fp32) only for "
+                         f"{sorted(MIXED_FP32_MODULES)}, not {backbone!r}; use fp32 (the reference) or fp16")
+    return MIXED_FP32_MODULES[backbone]
+
+
+@contextmanager
+def _fp32_convolutions(model: nn.Module, prefixes: Sequence[str], device_type: str) -> Iterator[None]:
+    """Run the convolutions under ``prefixes`` (module names) in float32 inside an autocast region.
+
+    Forward pre-hooks leave autocast and cast the input to float32; forward hooks re-enter it. Hooks act on the
+    module instances, so they also act through a ``create_feature_extractor`` graph built on ``model``.
+    """
+    handles = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d) or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        state: dict[str, Any] = {}
+
+        def enter(mod, args, state=state):
+            state["ctx"] = torch.autocast(device_type, enabled=False)
+            state["ctx"].__enter__()
+            return tuple(a.float() if torch.is_tensor(a) else a for a in args)
+
+        def leave(mod, args, out, state=state):
+            state.pop("ctx").__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 _DOWNLOAD_TIMEOUT_S = 10.0
@@ -1004,13 +1056,15 @@ def _as_loaded(backbone: LoadedBackbone | str) -> LoadedBackbone:
 def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray, *, backbone: LoadedBackbone | str, taps: Iterable[str] | None = ...,
     batch_size: int = ..., device: str | torch.device | None = ..., progress: ProgressCallback | None = ...,
-    sink: None = ..., num_threads: int | None = ...,
+    sink: None = ..., num_threads: int | None = ..., num_workers: int = ..., precision: str = ...,
+    pin_memory: bool | None = ..., timings: dict[str, float] | None = ...,
 ) -> dict[str, np.ndarray]: ...  # fmt: skip
 @overload
 def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray, *, backbone: LoadedBackbone | str, taps: Iterable[str] | None = ...,
     batch_size: int = ..., device: str | torch.device | None = ..., progress: ProgressCallback | None = ...,
-    sink: Sink, num_threads: int | None = ...,
+    sink: Sink, num_threads: int | None = ..., num_workers: int = ..., precision: str = ...,
+    pin_memory: bool | None = ..., timings: dict[str, float] | None = ...,
 ) -> None: ...  # fmt: skip
 def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray,
@@ -1050,9 +1104,10 @@ def extract_features(
     num_workers : int, default=0
         DataLoader worker processes that read (decode) and preprocess whole batches ahead of the forward pass;
         0 does it in this process. Inputs are bit-identical either way. Needs ``rois`` with ``len`` and indexing.
-    precision : {"fp32", "bf16", "fp16"}, default="fp32"
-        ``torch.autocast`` of the forward pass to bfloat16/float16 (outputs returned as float32). Store such
-        features under :func:`feature_preprocessing` of the precision (``extract_to_store`` does).
+    precision : {"fp32", "bf16", "fp16", "fp16-mixed"}, default="fp32"
+        ``torch.autocast`` of the forward pass to bfloat16/float16 (outputs returned as float32); ``fp16-mixed``
+        keeps :data:`MIXED_FP32_MODULES` in float32 (only for the backbones listed there). Store such features
+        under :func:`feature_preprocessing` of the precision (``extract_to_store`` does).
     pin_memory : bool, optional
         Page-locked input batches, copied to the GPU without blocking; default on for CUDA.
     timings : dict, optional
@@ -1073,6 +1128,7 @@ def extract_features(
         raise ValueError(f"num_workers must be an integer >= 0; got {num_workers!r}")
     _check_precision(precision)
     loaded = _as_loaded(backbone)
+    fp32_modules = _check_mixed(precision, loaded.name)
     tap_names = _check_taps(loaded.backbone, taps)
     dev = _resolve_device(device)
     pin = dev.type == "cuda" if pin_memory is None else bool(pin_memory) and torch.cuda.is_available()
@@ -1081,9 +1137,10 @@ def extract_features(
     done = 0
     clock = dict.fromkeys(("read", "preprocess", "wait", "copy", "forward", "write"), 0.0)
     sync = (lambda: torch.cuda.synchronize(dev)) if (timings is not None and dev.type == "cuda") else (lambda: None)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16-mixed": torch.float16}.get(precision)
     started = time.perf_counter()
-    with _deterministic(dev, num_threads), torch.inference_mode():
+    with _deterministic(dev, num_threads), torch.inference_mode(), \
+            _fp32_convolutions(loaded.model, fp32_modules, dev.type):
         extractor = _extractor(loaded, tap_names, dev)
         fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
         batches = _input_batches(rois, batch_size=batch_size, mean=loaded.spec.mean, std=loaded.spec.std,
@@ -1457,6 +1514,7 @@ def extract_to_store(
         ROIs extracted (0 when everything was already stored).
     """
     loaded = _as_loaded(backbone)
+    _check_mixed(_check_precision(precision), loaded.name)  # before the store is touched
     tap_names = _check_taps(loaded.backbone, taps)
     key = {"backbone": loaded.name, "weights_sha256": loaded.weights.sha256,
            "preprocessing": feature_preprocessing(precision)}

@@ -70,7 +70,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ __all__ = [
     "LayerSummary",
     "SweepResult",
     "cross_validate_by_lesion",
+    "cross_validate_with_params",
     "default_grid",
     "fold_auc",
     "make_plain_pipeline",
@@ -1153,6 +1154,49 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         for s in seeds
     ]
     return results if repeats > 1 else results[0]
+
+
+def cross_validate_with_params(X: FeatureSource, reference: CvResult, *,
+                               block_columns: int = _DEFAULT_BLOCK_COLUMNS,
+                               gram_engine: str | None = None) -> CvResult:
+    """Re-run ``reference``'s outer folds on other features ``X``, each with the ``(a, c, d)`` it chose there.
+
+    No grid search: outer fold ``k`` is refitted on ``X`` with ``reference.best_params[k]`` (same splits, same
+    standardisation, same Platt calibration on the inner cross-validated decision values). Comparing its
+    :attr:`CvResult.auc_mean` with ``reference``'s separates two effects of a change of features (e.g. a
+    reduced-precision forward pass): the change of the classifier at fixed parameters, and the grid search
+    choosing other parameters.
+
+    Parameters
+    ----------
+    X : feature source
+        As for :func:`cross_validate_by_lesion`, with the rows of ``reference`` (same ROIs, same order).
+    reference : CvResult
+        A result of :func:`cross_validate_by_lesion` / :func:`sweep_layers` (one seed).
+    block_columns, gram_engine
+        As for :func:`cross_validate_by_lesion`.
+
+    Returns
+    -------
+    CvResult
+        With ``best_params`` those of ``reference`` and ``inner_scores`` of the single candidate per fold.
+    """
+    _check_common("gram", block_columns, gram_engine)
+    if not isinstance(reference, CvResult):
+        raise TypeError(f"reference must be a CvResult; got {type(reference).__name__}")
+    y01 = reference.y
+    source = _as_source(X)
+    p = int(_load(source, len(y01)).shape[1])
+    t0 = time.perf_counter()
+    outputs = []
+    for (train, test), inner, params in zip(reference.splits, reference.inner_splits, reference.best_params,
+                                            strict=True):
+        grid = {key: [params[key]] for key in _GRID_KEYS if key in params}
+        outputs.append(_run_fold(source, y01, train, test, inner, grid, "gram", int(block_columns),
+                                 gram_engine=gram_engine))
+    result = _assemble(outputs, y01, reference.groups, reference.splits, reference.inner_splits, [{}], p,
+                       reference.seed, "gram", time.perf_counter() - t0)
+    return replace(result, best_params=tuple(dict(bp) for bp in reference.best_params))
 
 
 def fold_auc(scores: Any, y: Any, folds: Any) -> np.ndarray:

@@ -147,6 +147,7 @@ def test_cli_extract_with_workers_bf16_and_the_decoded_cache(tmp_path):
                                  "--timings"])
     assert result.exit_code == 0, result.output
     assert "bf16 autocast" in result.output and "seconds per stage" in " ".join(result.output.split())
+    assert "bf16 against fp32 on a sample of" in " ".join(result.output.split())  # the loss is shown, not silent
     workspace = open_workspace(data)
     records = roi_records(workspace, included_only=False)
     hashes = list(dict.fromkeys(r.sha256 for r in records))

@@ -162,6 +162,8 @@ class ExtractionReport:
     precision: str = "fp32"
     n_decoded_into_cache: int = 0
     timings: dict | None = None  # seconds per stage (cadx.cnn.extract_features), when asked for
+    # bf16/fp16 only: per tap, the sample's features against fp32 (cadx.precision.FeatureAgreement.to_record())
+    precision_check: dict | None = None
 
 
 def decoded_roi_cache(workspace: Workspace):
@@ -175,7 +177,7 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
                          records: list[RoiRecord] | None = None,
                          progress: Progress | None = None, num_workers: int = 0, precision: str = "fp32",
                          decoded_cache: bool = False, device: str | None = None,
-                         timings: bool = False) -> ExtractionReport:
+                         timings: bool = False, check_sample: int | None = None) -> ExtractionReport:
     """Extract the CNN taps of every ROI (included or not; or of ``records``, e.g. a cohort's) that the store
     lacks; returns what was done.
 
@@ -184,9 +186,16 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
     ``fp16``) selects autocast and keys the store (precisions never mix); ``decoded_cache`` first decodes the
     ROIs once into the workspace's :func:`decoded_roi_cache` and then reads memory-mapped arrays instead of PNGs;
     ``timings`` records the seconds per stage in the report.
+
+    At ``bf16``/``fp16`` the loss is never silent: the first ``check_sample`` ROIs (default 16; 0 skips it) are
+    also run at fp32, in memory, and the report's ``precision_check`` holds each tap's relative error and
+    correlation against fp32 (:func:`cadx.precision.sample_check`), whether or not anything was extracted.
     """
     from cadx.cnn import extract_to_store
 
+    sample = (16 if precision != "fp32" else 0) if check_sample is None else check_sample
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise ValueError(f"check_sample must be an integer >= 0 (0: no check against fp32); got {check_sample!r}")
     records = roi_records(workspace, included_only=False) if records is None else records
     start = time.perf_counter()
     rois: Mapping = _LazyRois(workspace, records)
@@ -199,9 +208,17 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
     n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
                          chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
                          device=device, timings=stages)
+    check = None
+    if precision != "fp32" and sample > 0 and records:
+        from cadx.precision import sample_check
+
+        picked = list(dict.fromkeys(r.sha256 for r in records))[:sample]
+        check = {tap: agreement.to_record() for tap, agreement in sample_check(
+            [rois[sha] for sha in picked], backbone=loaded, precision=precision, taps=taps, batch_size=batch_size,
+            device=device).items()}
     return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
                             len({r.sha256 for r in records}), n, time.perf_counter() - start, precision, n_cached,
-                            stages)
+                            stages, check)
 
 
 def cnn_tap_loader(workspace: Workspace, loaded, tap: str, hashes: list[str], *, precision: str = "fp32"):
