@@ -88,6 +88,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from cadx.foldmodel import FoldModel
 from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
 
 __all__ = [
@@ -271,6 +272,8 @@ class CvResult:
     inner_decision_mean, inner_decision_sd : ndarray of shape (n_folds,)
         Mean and SD of the inner cross-validated decision values of the chosen parameters on each outer training
         set: the standardisation of :attr:`decision_z` (no test data involved).
+    models : tuple of FoldModel, optional
+        Each outer fold's fitted model (:class:`cadx.foldmodel.FoldModel`), when asked for with ``keep_models``.
     n_features : int
         Raw width of the feature matrix.
     n_features_kept : ndarray of shape (n_folds,)
@@ -316,6 +319,7 @@ class CvResult:
     platt_clamped: np.ndarray | None = None
     inner_decision_mean: np.ndarray | None = None
     inner_decision_sd: np.ndarray | None = None
+    models: tuple[FoldModel, ...] | None = None
 
     @property
     def n_folds(self) -> int:
@@ -604,7 +608,8 @@ def _standardize(rows: np.ndarray, mean: np.ndarray, inv: np.ndarray, has_nan: b
 
 
 def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Sequence[tuple[np.ndarray, np.ndarray]],
-                *, block_columns: int = _DEFAULT_BLOCK_COLUMNS, gram_engine: str = "numpy"):
+                *, block_columns: int = _DEFAULT_BLOCK_COLUMNS, gram_engine: str = "numpy",
+                scaler_out: list | None = None):
     """The standardised Grams of one outer fold, streaming ``X`` in column blocks.
 
     Parameters
@@ -620,6 +625,9 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
     gram_engine : str
         Where the rank-k updates run (:func:`cadx.gram.resolve_gram_engine`); the statistics and the
         standardisation are the same numpy code for every engine.
+    scaler_out : list, optional
+        When given, the outer-training scaler of each block is appended to it as ``(keep, mean, inv_scale)``
+        (what a stored fold model needs).
 
     Returns
     -------
@@ -671,6 +679,8 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
         else:
             keep, mean, inv = _fit_scaler(XT, has_nan)
         n_kept += int(keep.sum())
+        if scaler_out is not None:
+            scaler_out.append((keep.copy(), mean.copy(), inv.copy()))
         if keep.any():
             G_outer.add(_standardize(Xb, mean, inv, has_nan, out))
         for k, (G, fit_pos) in enumerate(zip(G_inner, inner_fit, strict=True)):
@@ -845,12 +855,25 @@ class _FoldOutput:
     svm_seconds: float
     seconds: float
     gram_engine: str = "numpy"
+    model: FoldModel | None = None
+
+
+def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict,
+                platt: tuple[float, float], test: np.ndarray, decision: np.ndarray, proba: np.ndarray) -> FoldModel:
+    return FoldModel(keep=np.asarray(keep, dtype=bool), mean=np.where(keep, mean, 0.0).astype(np.float64),
+                     scale=np.where(keep, scale, 1.0).astype(np.float64), support=np.asarray(support, np.int64),
+                     dual_coef=np.asarray(svc.dual_coef_[0], dtype=np.float64), intercept=float(svc.intercept_[0]),
+                     gamma=float(c["gamma"]), coef0=float(c["coef0"]), degree=int(c["degree"]), C=float(c["C"]),
+                     platt_a=float(platt[0]), platt_b=float(platt[1]), test=np.asarray(test, np.int64),
+                     test_decision=np.asarray(decision, np.float64), test_proba=np.asarray(proba, np.float64))
 
 
 def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
               inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list], engine: str,
-              block_columns: int, name: str = "X", gram_engine: str | None = None) -> _FoldOutput:
-    """One outer fold: inner grid search, refit on the outer training set, decision values for its test set."""
+              block_columns: int, name: str = "X", gram_engine: str | None = None,
+              keep_model: bool = False) -> _FoldOutput:
+    """One outer fold: inner grid search, refit on the outer training set, decision values for its test set
+    (and, with ``keep_model``, the fitted model: :class:`cadx.foldmodel.FoldModel`)."""
     t0 = time.perf_counter()
     _, candidates = _check_grid(grid)
     X = _load(source, len(y), name)
@@ -860,8 +883,9 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     y_tr = y[train]
     if engine == "gram":
         gram_engine = resolve_gram_engine(gram_engine)  # here, in the worker: its own CUDA device, if any
+        scalers: list | None = [] if keep_model else None
         G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns,
-                                                              gram_engine=gram_engine)
+                                                              gram_engine=gram_engine, scaler_out=scalers)
         t1 = time.perf_counter()
         scores, oof = _grid_search_gram(G_inner, inner_pos, y_tr, candidates)
         best = _best_index(scores)
@@ -872,6 +896,9 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
         decision = svc.decision_function(
             _poly(np.ascontiguousarray(G_outer[n_tr:, :n_tr]), c["gamma"], c["coef0"], c["degree"]))
         oof_best = oof[best]
+        if keep_model:
+            keep, mean, inv = (np.concatenate(parts) for parts in zip(*scalers, strict=True))
+            fitted = (keep, mean, np.where(keep, 1.0 / np.where(keep, inv, 1.0), 1.0), train[svc.support_], svc, c)
     else:
         t_load = time.perf_counter()
         Xf = np.asarray(X, dtype=np.float64)
@@ -885,6 +912,13 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
                                      method="decision_function")
         keep = VarianceThreshold(0.0).fit(Xf[train]).get_support()
         n_kept = int(keep.sum())
+        if keep_model:
+            pipe = search.best_estimator_
+            keep = pipe.named_steps["variance"].get_support()
+            mean, scale = np.zeros(len(keep)), np.ones(len(keep))
+            mean[keep], scale[keep] = pipe.named_steps["scaler"].mean_, pipe.named_steps["scaler"].scale_
+            fitted = (keep, mean, scale, train[pipe.named_steps["svc"].support_], pipe.named_steps["svc"],
+                      candidates[best])
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             n_nonconstant = int((np.nanmax(Xf, 0) > np.nanmin(Xf, 0)).sum())
@@ -892,12 +926,13 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     a, b, free_slope, clamped = _calibrate(oof_best, y_tr)
     proba = _sigmoid(a * decision + b)
     inner_mean, inner_sd = _zscore_params(oof_best)
+    model = _fold_model(*fitted, (a, b), test, decision, proba) if keep_model else None
     t2 = time.perf_counter()
     return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
                        scores=scores, platt=(a, b), platt_free_slope=free_slope, platt_clamped=clamped,
                        inner_mean=inner_mean, inner_sd=inner_sd, n_kept=n_kept, n_nonconstant=n_nonconstant,
                        gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
-                       gram_engine=gram_engine if engine == "gram" else "numpy")
+                       gram_engine=gram_engine if engine == "gram" else "numpy", model=model)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -935,7 +970,8 @@ def _encode_fold(out: _FoldOutput) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(getattr(out, k), dtype=np.float64) for k in _FOLD_ARRAYS},
              platt=np.asarray(out.platt, dtype=np.float64),
-             **{k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS}, gram_engine=np.str_(out.gram_engine))
+             **{k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS}, gram_engine=np.str_(out.gram_engine),
+             **({} if out.model is None else {"model": np.frombuffer(out.model.to_bytes(), dtype=np.uint8)}))
     return buffer.getvalue()
 
 
@@ -949,7 +985,9 @@ def _decode_fold(payload: bytes) -> _FoldOutput:
             n_kept=int(data["n_kept"]), n_nonconstant=int(data["n_nonconstant"]),
             gram_seconds=float(data["gram_seconds"]), svm_seconds=float(data["svm_seconds"]),
             seconds=float(data["seconds"]),
-            gram_engine=str(data["gram_engine"]) if "gram_engine" in data.files else "numpy")
+            gram_engine=str(data["gram_engine"]) if "gram_engine" in data.files else "numpy",
+            model=FoldModel.from_bytes(data["model"].tobytes(), where="checkpointed fold model")
+            if "model" in data.files else None)
 
 
 def _unit_key(key: Any) -> str:
@@ -982,7 +1020,10 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
         for key, _args, _kwargs in jobs:
             payload = checkpoint.load(_unit_key(key))
             if payload is not None:
-                results[key] = _decode_fold(payload)
+                out = _decode_fold(payload)
+                if out.model is None and _kwargs.get("keep_model"):
+                    continue  # checkpointed before models were kept: this unit is computed again
+                results[key] = out
         if results and progress is not None:
             progress(len(results), total, f"{len(results)} of {total} units restored from checkpoints")
         label_of = dict(zip((j[0] for j in jobs), labels, strict=True))
@@ -1045,6 +1086,7 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         fold_seconds=np.array([o.seconds for o in outputs]),
         seconds=seconds, seed=seed, engine=engine,
         gram_engine="+".join(sorted({o.gram_engine for o in outputs})),
+        models=tuple(o.model for o in outputs) if all(o.model is not None for o in outputs) else None,
     )
 
 
@@ -1076,7 +1118,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
-                             checkpoint: Any = None) -> CvResult | list[CvResult]:
+                             checkpoint: Any = None, keep_models: bool = False) -> CvResult | list[CvResult]:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -1124,6 +1166,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         restored instead of computed, and each computed unit is saved as soon as it finishes, so an interrupted
         run resumed with the same store and the same inputs redoes only the missing units and returns exactly
         the numbers of an uninterrupted run. The caller keys the store by its inputs (data, grid, seeds).
+    keep_models : bool, default=False
+        Keep the first seed's fitted fold models (:attr:`CvResult.models`), e.g. to store them with an experiment.
 
     Returns
     -------
@@ -1143,7 +1187,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         splits, inner_splits = plans[s]
         for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
             jobs.append((("X", s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)),
-                         {"gram_engine": gram_engine}))
+                         {"gram_engine": gram_engine, "keep_model": bool(keep_models) and s == seeds[0]}))
             labels.append(f"seed {s} fold {k + 1}/{n_folds}" if repeats > 1 else f"fold {k + 1}/{n_folds}")
     outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
                            checkpoint=checkpoint)
@@ -1307,7 +1351,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
                  n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
                  block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
-                 gram_engine: str | None = None, checkpoint: Any = None) -> SweepResult:
+                 gram_engine: str | None = None, checkpoint: Any = None, keep_models: bool = False) -> SweepResult:
     """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
 
     Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
@@ -1329,6 +1373,8 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
     checkpoint : object with ``load(unit) -> bytes | None`` and ``save(unit, payload)``, optional
         As for :func:`cross_validate_by_lesion`; one unit per (tap, seed, outer fold), ``unit`` like
         ``"fc6/0/3"``.
+    keep_models : bool, default=False
+        Keep every tap's fitted fold models of the first seed (``layer.results[0].models``).
 
     Returns
     -------
@@ -1353,7 +1399,8 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
             splits, inner_splits = plans[s]
             for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
                 jobs.append(((name, s, k), (sources[name], y01, train, test, inner, grids[name], engine,
-                                            int(block_columns), name), {"gram_engine": gram_engine}))
+                                            int(block_columns), name),
+                             {"gram_engine": gram_engine, "keep_model": bool(keep_models) and s == seeds[0]}))
                 labels.append(f"{name} fold {k + 1}/{n_folds}" + (f" seed {s}" if repeats > 1 else ""))
     outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
                                  checkpoint=checkpoint)

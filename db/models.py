@@ -31,6 +31,7 @@ __all__ = [
     "Segmentation",
     "Experiment",
     "Prediction",
+    "FoldModelRecord",
     "Job",
     "JobCheckpoint",
     "User",
@@ -261,6 +262,22 @@ class Prediction(Base):
     pz: Mapped[float | None] = mapped_column(Float)
 
     experiment: Mapped[Experiment] = relationship(back_populates="predictions")
+
+
+class FoldModelRecord(Base):
+    """One outer fold's fitted classifier of an experiment's first seed (``cadx.foldmodel.FoldModel`` as ``.npz``,
+    loaded without pickle): every swept tap's SVM (``classifier="cnn"``, ``tap`` its name) and Method B's
+    (``classifier="analytic"``, ``tap=""``), with the fold's test rows and their out-of-fold scores."""
+
+    __tablename__ = "fold_models"
+    __table_args__ = (UniqueConstraint("experiment_id", "classifier", "tap", "fold", name="uq_fold_model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    classifier: Mapped[str] = mapped_column(String(16))  # "cnn" | "analytic"
+    tap: Mapped[str] = mapped_column(String(64))
+    fold: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Job(Base):

@@ -40,6 +40,7 @@ class ExperimentData:
     patients: np.ndarray
     folds: np.ndarray
     hashes: list[str]
+    experiment_id: int = 0
 
 
 def experiment_data(workspace: Workspace, experiment_id: int) -> ExperimentData:
@@ -55,7 +56,8 @@ def experiment_data(workspace: Workspace, experiment_id: int) -> ExperimentData:
                           y=predictions["truth"].to_numpy(dtype=int),
                           lesions=predictions["lesion_id"].to_numpy(dtype=np.int64),
                           patients=np.array([patient_of[i] for i in roi_ids], dtype=np.int64),
-                          folds=predictions["fold"].to_numpy(dtype=int), hashes=list(config["roi_sha256"]))
+                          folds=predictions["fold"].to_numpy(dtype=int), hashes=list(config["roi_sha256"]),
+                          experiment_id=int(experiment_id))
 
 
 def _tap_matrix(workspace: Workspace, data: ExperimentData, tap: str | None) -> tuple[str, np.ndarray]:
@@ -186,22 +188,45 @@ def _backbone_for(config: dict[str, Any], loaded=None):
     return loaded
 
 
+def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str):
+    """The fold's stored SVM1 (None for an experiment recorded before fold models were stored): a scorer of raw tap
+    features, the ROI's decision value through it and the fold."""
+    from cadx.workflows.foldmodels import load_fold_models, score_roi
+
+    models = load_fold_models(workspace, data.experiment_id, tap=tap)
+    if models is None:
+        return None
+    config = data.config
+    store = feature_store(workspace)
+
+    def features(rows):
+        return store.load(tap, [data.hashes[int(i)] for i in rows], backbone=config["backbone"],
+                          weights_sha256=config["weights"]["sha256"], preprocessing=config["preprocessing"])
+
+    score = score_roi(models, index, features, tap=tap)
+    model = models[score.fold]
+    support_X = np.asarray(features(model.support), dtype=np.float64)
+    return (lambda X: model.decision_function(X, support_X)), model.proba, score.decision, score.fold
+
+
 def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *, patch: int = 64, stride: int = 32,
                        loaded=None) -> dict[str, Any]:
     """Occlusion sensitivity of p1 for one ROI of an experiment.
 
-    The fold's SVM1 is refitted from the stored features of the fold's training ROIs with the fold's stored
-    (a, c, d) (the same data and parameters give the same model: its decision value for the ROI is checked against
-    the stored one), and the fold's Platt sigmoid is recovered exactly from the stored (decision value, p1) pairs of
-    the fold's test ROIs. Each occluded copy is run through the backbone to the SVM1 tap and scored.
+    The ROI's fold SVM1 is the one stored with the experiment (``cadx.workflows.foldmodels``; it reproduces the
+    ROI's stored decision value to 1e-10). For an experiment recorded before fold models were stored, the fold's
+    SVM1 is refitted from the stored features of the fold's training ROIs with the fold's stored (a, c, d) (checked
+    against the stored decision value) and the fold's Platt sigmoid is recovered exactly from the stored
+    (decision value, p1) pairs of the fold's test ROIs; ``model_source`` says which. Each occluded copy is run
+    through the backbone to the SVM1 tap and scored.
 
     Returns a dict with ``map`` (:class:`cadx.occlusion.OcclusionMap`, in p1 units), ``p1_stored``, ``p1``
-    (recomputed), ``decision_stored``, ``decision``, ``fold``, ``tap``, ``patch``, ``stride``.
+    (recomputed), ``decision_stored``, ``decision``, ``fold``, ``tap``, ``patch``, ``stride``, ``model_source``
+    (``"stored"`` or ``"refit"``).
     """
     from cadx.cnn import extract_features
     from cadx.occlusion import occlusion_map
     from cadx.roi import decode_png16
-    from cadx.svm import make_svm_pipeline
 
     data = experiment_data(workspace, experiment_id)
     config = data.config
@@ -209,14 +234,46 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
     if int(roi_id) not in ids:
         raise CadxInputError(f"ROI {roi_id}", f"not in experiment {experiment_id}", "pick an ROI from its predictions")
     index = ids.index(int(roi_id))
+    loaded = _backbone_for(config, loaded)
+    tap = config["ensemble_tap"]
+    decision_stored = float(data.predictions["decision1"].iloc[index])
+    stored = _stored_scorer(workspace, data, index, tap)
+    if stored is not None:
+        decide, to_p1, decision, fold = stored
+        source = "stored"
+    else:
+        decide, to_p1, decision, fold = _refitted_scorer(workspace, data, index, tap, experiment_id)
+        source = "refit"
+    if not np.isclose(decision, decision_stored, rtol=1e-6, atol=1e-6):
+        raise RuntimeError(f"the fold-{fold} SVM gives {decision} for ROI {roi_id}, the record {decision_stored}: "
+                           "the stored features or parameters do not reproduce the experiment")
+
+    with workspace.sessions() as session:
+        roi_file = session.get(Roi, int(roi_id)).file
+    pixels = decode_png16(workspace.path(roi_file).read_bytes())
+
+    def score(stack: np.ndarray) -> np.ndarray:
+        features = extract_features(stack, backbone=loaded, taps=[tap], batch_size=len(stack))[tap]
+        return to_p1(decide(np.asarray(features, dtype=np.float64)))
+
+    result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
+    return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
+            "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
+            "stride": stride, "model_source": source}
+
+
+def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str, experiment_id: int):
+    """The fallback for experiments without stored fold models: refit the fold's SVM1 with its stored (a, c, d)
+    and recover its sigmoid from the fold's stored (decision value, p1) pairs."""
+    from cadx.svm import make_svm_pipeline
+
     fold = int(data.folds[index])
     results = experiment_summary(workspace, experiment_id)["results"]
     params = results["methods"]["A"].get("best_params")
     if not params:
         raise CadxInputError(f"experiment {experiment_id}", "its record has no per-fold SVM parameters",
                              "run the experiment again")
-    loaded = _backbone_for(config, loaded)
-    tap, X = _tap_matrix(workspace, data, config["ensemble_tap"])
+    _tap, X = _tap_matrix(workspace, data, tap)
     train = data.folds != fold
     model = make_svm_pipeline(**params[fold]).fit(X[train], data.y[train])
     test = ~train
@@ -227,21 +284,8 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
                              "use another experiment")
     slope, intercept = np.polyfit(f_test, np.log(p_test / (1 - p_test)), 1)
     decision = float(model.decision_function(X[index:index + 1])[0])
-    decision_stored = float(data.predictions["decision1"].iloc[index])
-    if not np.isclose(decision, decision_stored, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(f_test).max())):
-        raise RuntimeError(f"the refitted fold-{fold} SVM gives {decision} for ROI {roi_id}, the record "
-                           f"{decision_stored}: the stored features or parameters do not reproduce the experiment")
 
-    with workspace.sessions() as session:
-        roi_file = session.get(Roi, int(roi_id)).file
-    pixels = decode_png16(workspace.path(roi_file).read_bytes())
+    def to_p1(f):
+        return 1.0 / (1.0 + np.exp(-(slope * np.asarray(f) + intercept)))
 
-    def score(stack: np.ndarray) -> np.ndarray:
-        features = extract_features(stack, backbone=loaded, taps=[tap], batch_size=len(stack))[tap]
-        f = model.decision_function(np.asarray(features, dtype=np.float64))
-        return 1.0 / (1.0 + np.exp(-(slope * f + intercept)))
-
-    result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
-    return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
-            "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
-            "stride": stride}
+    return model.decision_function, to_p1, decision, fold

@@ -33,6 +33,7 @@ from cadx.workflows.features import (
     extract_cnn_features,
 )
 from cadx.workflows.accounts import record_audit
+from cadx.workflows.foldmodels import fold_model_rows
 from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
@@ -249,7 +250,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
             swept["cost"] += restored
         meter.advance("sweep", swept["cost"], f"sweep: {done}/{total} folds x taps fitted ({message})")
 
-    sweep = sweep_layers(sources, y, lesions, progress=sweeping, checkpoint=sweep_store, **common)
+    sweep = sweep_layers(sources, y, lesions, progress=sweeping, checkpoint=sweep_store, keep_models=True,
+                         **common)
     meter.finish("sweep", "sweep done")
     runs_a = list(sweep.layers[ensemble_tap].results)  # one CvResult per seed; the first is the primary
     method_a = runs_a[0]
@@ -261,7 +263,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         b_cost = _fold_cost(n_train, X_b.shape[1])
         runs_b = cross_validate_by_lesion(
             X_b, y, lesions, checkpoint=None if checkpoints is None else checkpoints.scoped(scope, "B"),
-            progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
+            keep_models=True, progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
         meter.finish("B", "Method B done")
         runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
         for method in fusions():  # same seed, same folds
@@ -328,6 +330,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         session.flush()
         record_audit(session, user=user, action="experiment_run", target=f"experiment {experiment.id}",
                      detail={"name": name, "config_sha256": config_sha, "code_version": version})
+        session.add_all(fold_model_rows(experiment.id, {t: layer.results[0] for t, layer in sweep.layers.items()},
+                                        runs_b[0] if runs_b else None))  # cadx.workflows.foldmodels
         for repeat, a in enumerate(runs_a):
             b = runs_b[repeat] if runs_b else None
             fused = {METHODS[key].column: runs[repeat] for key, runs in runs_fused.items()}

@@ -1,0 +1,166 @@
+"""A fitted fold model of :mod:`cadx.svm`, kept so that an experiment's classifiers can score new inputs without a
+refit (occlusion maps, the layer explorer), in a safe format: ``.npz`` loaded with ``allow_pickle=False`` and
+checked field by field (backups are untrusted; a pickle or joblib file would run code when loaded).
+
+A fold model is the outer-training fit of one (tap, outer fold): the zero-variance filter and scaler of the
+training rows (``keep``, ``mean``, ``scale``), the polynomial kernel ``(gamma·zᵀz' + coef0)^degree`` and the SVM's
+dual coefficients and intercept over its support vectors, and the fold's Platt sigmoid ``(A, B)``.
+
+The support vectors are stored **by reference**: their row indices into the experiment's ROI set, whose features the
+content-addressed feature store keeps (ROI hash, backbone, weights SHA-256, preprocessing). Storing them by value
+would copy ``n_support × width`` floats per fold and tap (an 11-tap AlexNet sweep: ≈ 1 GB per fold); by reference a
+fold model holds ``2 × width + n_support`` numbers. Whoever applies it passes the support rows' raw features, and
+checks the result on a row whose stored out-of-fold decision value is known (:meth:`FoldModel.decision_function`
+reproduces it to rounding, ~1e-13).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FoldModel", "FoldModelError", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_FLOAT_FIELDS = ("mean", "scale", "dual_coef", "test_decision", "test_proba")
+_INT_FIELDS = ("support", "test")
+
+
+class FoldModelError(ValueError):
+    """A stored fold model is malformed (wrong fields, shapes or types) or does not fit the given features."""
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """One outer fold's fitted classifier (see the module docstring).
+
+    Attributes
+    ----------
+    keep : ndarray of bool, shape (n_features,)
+        Features kept by the zero-variance filter on the training rows.
+    mean, scale : ndarray of float64, shape (n_features,)
+        The scaler: ``z = (x - mean) / scale`` on kept features (NaN -> 0, the imputed standardised mean).
+    support : ndarray of int64, shape (n_support,)
+        Support vectors as row indices into the data set the model was cross-validated on.
+    dual_coef : ndarray of float64, shape (n_support,)
+        ``y_i α_i`` of the support vectors, signed so that ``decision > 0`` means class 1 (scikit-learn's
+        ``SVC.dual_coef_`` of a binary problem).
+    intercept : float
+    gamma, coef0 : float
+    degree : int
+    C : float
+    platt_a, platt_b : float
+        The fold's sigmoid ``p = 1 / (1 + exp(-(A·f + B)))``.
+    test : ndarray of int64
+        The fold's test rows (indices into the data set).
+    test_decision, test_proba : ndarray of float64
+        Their out-of-fold decision values and probabilities, as the cross-validation computed them.
+    """
+
+    keep: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    support: np.ndarray
+    dual_coef: np.ndarray
+    intercept: float
+    gamma: float
+    coef0: float
+    degree: int
+    C: float
+    platt_a: float
+    platt_b: float
+    test: np.ndarray
+    test_decision: np.ndarray
+    test_proba: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        """Raw width of the features the model takes."""
+        return int(self.keep.shape[0])
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        """``(X - mean) / scale`` on kept features, 0 on dropped ones and for missing values (float64)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise FoldModelError(f"features of shape {X.shape} given to a model of {self.n_features} features")
+        inv = np.where(self.keep, 1.0 / self.scale, 0.0)
+        Z = (X - self.mean) * inv
+        Z[np.isnan(Z)] = 0.0
+        return Z
+
+    def decision_function(self, X: np.ndarray, support_X: np.ndarray) -> np.ndarray:
+        """Decision values of rows ``X`` (n, n_features), given the raw features of the support rows
+        ``support_X`` (n_support, n_features)."""
+        support_X = np.asarray(support_X)
+        if support_X.shape != (len(self.support), self.n_features):
+            raise FoldModelError(f"support features of shape {support_X.shape}; the model needs "
+                                 f"({len(self.support)}, {self.n_features})")
+        from cadx.svm import _poly  # libsvm's multiplication order for the power
+
+        G = self.standardize(X) @ self.standardize(support_X).T
+        return _poly(G, self.gamma, self.coef0, self.degree) @ self.dual_coef + self.intercept
+
+    def proba(self, decision: np.ndarray) -> np.ndarray:
+        """The fold's Platt probabilities of decision values."""
+        z = self.platt_a * np.asarray(decision, dtype=np.float64) + self.platt_b
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+    # ------------------------------------------------------------------------------------------ safe format ---
+    def to_bytes(self) -> bytes:
+        """The model as ``.npz`` bytes (plain numeric arrays, no object arrays: loadable without pickle)."""
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, format_version=np.int64(FORMAT_VERSION), keep=self.keep.astype(np.bool_),
+            **{k: np.asarray(getattr(self, k), dtype=np.float64) for k in _FLOAT_FIELDS},
+            **{k: np.asarray(getattr(self, k), dtype=np.int64) for k in _INT_FIELDS},
+            scalars=np.array([self.intercept, self.gamma, self.coef0, self.degree, self.C, self.platt_a,
+                              self.platt_b], dtype=np.float64))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, *, where: str = "fold model") -> FoldModel:
+        """Load :meth:`to_bytes` output, refusing pickled objects and checking every field's type and shape.
+
+        Raises
+        ------
+        FoldModelError
+            Naming ``where`` and the field at fault.
+        """
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:  # not an npz, truncated, or an object array (pickle refused)
+            raise FoldModelError(f"{where}: not a readable fold model ({type(exc).__name__}: {exc})") from exc
+        expected = {"format_version", "keep", "scalars", *_FLOAT_FIELDS, *_INT_FIELDS}
+        if set(arrays) != expected:
+            raise FoldModelError(f"{where}: fields {sorted(arrays)}; expected {sorted(expected)}")
+        if arrays["format_version"].shape != () or int(arrays["format_version"]) != FORMAT_VERSION:
+            raise FoldModelError(f"{where}: format version {arrays['format_version']!r}, not {FORMAT_VERSION}")
+        kinds = {"keep": "b", **dict.fromkeys(_FLOAT_FIELDS, "f"), **dict.fromkeys(_INT_FIELDS, "i"),
+                 "scalars": "f"}
+        for key, kind in kinds.items():
+            if arrays[key].dtype.kind != kind or arrays[key].ndim != 1:
+                raise FoldModelError(f"{where}: field {key!r} has dtype {arrays[key].dtype} and shape "
+                                     f"{arrays[key].shape}; expected a 1-D {kind!r} array")
+        p = len(arrays["keep"])
+        if len(arrays["mean"]) != p or len(arrays["scale"]) != p:
+            raise FoldModelError(f"{where}: keep, mean and scale differ in length")
+        if len(arrays["dual_coef"]) != len(arrays["support"]) or not len(arrays["support"]):
+            raise FoldModelError(f"{where}: support and dual_coef differ in length (or are empty)")
+        if not (len(arrays["test"]) == len(arrays["test_decision"]) == len(arrays["test_proba"])):
+            raise FoldModelError(f"{where}: test rows and their decision values differ in length")
+        if len(arrays["scalars"]) != 7 or not np.isfinite(arrays["scalars"]).all():
+            raise FoldModelError(f"{where}: malformed scalars {arrays['scalars']!r}")
+        if (arrays["support"] < 0).any() or (arrays["test"] < 0).any():
+            raise FoldModelError(f"{where}: negative row index")
+        if not (np.isfinite(arrays["scale"]).all() and (arrays["scale"] > 0).all()):
+            raise FoldModelError(f"{where}: scale must be finite and > 0")
+        intercept, gamma, coef0, degree, C, a, b = (float(v) for v in arrays["scalars"])
+        if not float(degree).is_integer() or degree < 1:
+            raise FoldModelError(f"{where}: degree {degree} is not an integer >= 1")
+        return cls(keep=arrays["keep"], mean=arrays["mean"], scale=arrays["scale"], support=arrays["support"],
+                   dual_coef=arrays["dual_coef"], intercept=intercept, gamma=gamma, coef0=coef0,
+                   degree=int(degree), C=C, platt_a=a, platt_b=b, test=arrays["test"],
+                   test_decision=arrays["test_decision"], test_proba=arrays["test_proba"])
