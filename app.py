@@ -32,6 +32,7 @@ PAGES = {
         st.Page("pages/roc.py", title="ROC curves", icon=":material/ssid_chart:"),
         st.Page("pages/predictions.py", title="Predictions", icon=":material/table_view:"),
         st.Page("pages/analyses.py", title="Open questions", icon=":material/psychology_alt:"),
+        st.Page("pages/explorer.py", title="Layer explorer", icon=":material/layers:"),
         st.Page("pages/experiments.py", title="Experiments", icon=":material/history:"),
     ],
 }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FoldModel", "FoldModelError", "FORMAT_VERSION"]
+__all__ = ["FoldModel", "FoldModelError", "FORMAT_VERSION", "read_test_scores"]
 
 FORMAT_VERSION = 1
 _FLOAT_FIELDS = ("mean", "scale", "dual_coef", "test_decision", "test_proba")
@@ -119,6 +119,13 @@ class FoldModel:
                               self.platt_b], dtype=np.float64))
         return buffer.getvalue()
 
+    def test_scores_bytes(self) -> bytes:
+        """Only the test rows and their out-of-fold scores as ``.npz`` bytes (read by :func:`read_test_scores`)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, test=self.test.astype(np.int64), test_decision=self.test_decision.astype(np.float64),
+                 test_proba=self.test_proba.astype(np.float64))
+        return buffer.getvalue()
+
     @classmethod
     def from_bytes(cls, payload: bytes, *, where: str = "fold model") -> FoldModel:
         """Load :meth:`to_bytes` output, refusing pickled objects and checking every field's type and shape.
@@ -164,3 +171,19 @@ class FoldModel:
                    dual_coef=arrays["dual_coef"], intercept=intercept, gamma=gamma, coef0=coef0,
                    degree=int(degree), C=C, platt_a=a, platt_b=b, test=arrays["test"],
                    test_decision=arrays["test_decision"], test_proba=arrays["test_proba"])
+
+
+def read_test_scores(payload: bytes, *, where: str = "fold model") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only the test rows and their out-of-fold decision values and probabilities of :meth:`FoldModel.to_bytes` or
+    :meth:`FoldModel.test_scores_bytes` output (an ``.npz`` is read member by member: the tap-wide scaler of a
+    whole model is never decompressed)."""
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            test, decision, proba = data["test"], data["test_decision"], data["test_proba"]
+    except Exception as exc:
+        raise FoldModelError(f"{where}: not a readable fold model ({type(exc).__name__}: {exc})") from exc
+    if not (test.dtype.kind == "i" and decision.dtype.kind == proba.dtype.kind == "f"
+            and test.ndim == decision.ndim == proba.ndim == 1 and len(test) == len(decision) == len(proba)
+            and (test >= 0).all()):
+        raise FoldModelError(f"{where}: malformed test rows or scores")
+    return test, decision, proba

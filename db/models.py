@@ -278,6 +278,8 @@ class FoldModelRecord(Base):
     tap: Mapped[str] = mapped_column(String(64))
     fold: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # the fold's test rows and their out-of-fold scores alone (small): read without the tap-wide scaler
+    scores: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Job(Base):

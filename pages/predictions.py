@@ -146,9 +146,8 @@ with details:
 # ------------------------------------------------------------------------------------ why did it say malignant? ---
 with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
     st.caption("A grey patch slides over the ROI; each occluded copy goes through the CNN to the SVM1 tap and is "
-               "scored by this ROI's fold SVM (refitted from the stored features with the fold's stored "
-               "parameters, checked against the stored decision value). Red: hiding the region lowers p1 "
-               "(it supports the call); blue: hiding it raises p1.")
+               "scored by this ROI's fold SVM as stored with the experiment (checked against the stored decision "
+               "value). Red: hiding the region lowers p1 (it supports the call); blue: hiding it raises p1.")
     o_left, o_right = st.columns(2)
     o_patch = o_left.select_slider("Patch (pixels, 0.1 mm each)", [32, 64, 96, 128], value=64, key="occ_patch")
     o_stride = o_right.select_slider("Stride", [16, 32, 48, 64, 128], value=32, key="occ_stride")
@@ -169,3 +168,8 @@ with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
                      caption=f"p1 {occlusion['p1']:.3f} (stored {occlusion['p1_stored']:.3f}), fold "
                              f"{occlusion['fold'] + 1}, tap {occlusion['tap']}; largest drop {sens.max():+.4f}, "
                              f"largest rise {sens.min():+.4f} in p1")
+            if occlusion["model_source"] == "refit":
+                st.info("This experiment was recorded before fold models were stored: its fold SVM was refitted "
+                        "from the stored features with the fold's stored parameters (same decision value).")
+            else:
+                st.caption("Scored by the fold's stored SVM (no refit).")

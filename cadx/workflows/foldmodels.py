@@ -16,12 +16,12 @@ import numpy as np
 from sqlalchemy import select
 
 from cadx.errors import CadxInputError
-from cadx.foldmodel import FoldModel, FoldModelError
+from cadx.foldmodel import FoldModel, FoldModelError, read_test_scores
 from cadx.workflows.workspace import Workspace
 from db.models import FoldModelRecord
 
-__all__ = ["CNN", "ANALYTIC", "RoiScore", "fold_model_rows", "has_fold_models", "load_fold_models", "score_roi",
-           "tap_oof_scores"]
+__all__ = ["CNN", "ANALYTIC", "RoiScore", "fold_model_rows", "has_fold_models", "load_fold_models",
+           "load_oof_scores", "score_roi", "stored_taps", "tap_oof_scores"]
 
 CNN = "cnn"
 ANALYTIC = "analytic"
@@ -36,7 +36,7 @@ def fold_model_rows(experiment_id: int, cnn: dict[str, Any], analytic: Any = Non
                                                                                if analytic is not None else [])]:
         for fold, model in enumerate(result.models or ()):
             rows.append(FoldModelRecord(experiment_id=experiment_id, classifier=classifier, tap=tap, fold=fold,
-                                        payload=model.to_bytes()))
+                                        payload=model.to_bytes(), scores=model.test_scores_bytes()))
     return rows
 
 
@@ -72,6 +72,37 @@ def load_fold_models(workspace: Workspace, experiment_id: int, *, tap: str = "",
         return [FoldModel.from_bytes(payload, where=f"{where} fold {fold}") for fold, payload in rows]
     except FoldModelError as exc:
         raise CadxInputError(where, str(exc), "run the experiment again (the stored model is not usable)") from exc
+
+
+def stored_taps(workspace: Workspace, experiment_id: int) -> list[str]:
+    """The CNN taps whose fold models the experiment stored."""
+    with workspace.sessions() as session:
+        return sorted(set(session.scalars(select(FoldModelRecord.tap).where(
+            FoldModelRecord.experiment_id == experiment_id, FoldModelRecord.classifier == CNN))))
+
+
+def load_oof_scores(workspace: Workspace, experiment_id: int, n_rois: int, *, tap: str = "",
+                    classifier: str = CNN) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A tap's out-of-fold decision values, probabilities and folds of every ROI, as its stored fold models
+    recorded them (only their test rows are read); ``None`` when the experiment stored none."""
+    with workspace.sessions() as session:
+        rows = session.execute(
+            select(FoldModelRecord.fold, FoldModelRecord.scores)
+            .where(FoldModelRecord.experiment_id == experiment_id, FoldModelRecord.classifier == classifier,
+                   FoldModelRecord.tap == tap).order_by(FoldModelRecord.fold)).all()
+    if not rows:
+        return None
+    decision, proba, fold = np.full(n_rois, np.nan), np.full(n_rois, np.nan), np.full(n_rois, -1, dtype=np.int64)
+    where = f"experiment {experiment_id} {classifier} {tap or 'analytic'}"
+    for k, payload in rows:
+        try:
+            test, d, p = read_test_scores(payload, where=f"{where} fold {k}")
+        except FoldModelError as exc:
+            raise CadxInputError(where, str(exc), "run the experiment again") from exc
+        if len(test) and test.max() >= n_rois:
+            raise CadxInputError(where, "test rows outside the experiment's ROI set", "run the experiment again")
+        decision[test], proba[test], fold[test] = d, p, k
+    return decision, proba, fold
 
 
 def tap_oof_scores(models: list[FoldModel], n_rois: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ def upgrade() -> None:
     sa.Column('tap', sa.String(length=64), nullable=False),
     sa.Column('fold', sa.Integer(), nullable=False),
     sa.Column('payload', sa.LargeBinary(), nullable=False),
+    sa.Column('scores', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('experiment_id', 'classifier', 'tap', 'fold', name='uq_fold_model')
