@@ -586,6 +586,76 @@ def report_command(
         _out.print(f"{kind.upper()} report written to {path}")
 
 
+@app.command("analyses")
+def analyses_command(
+    experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
+    level: Annotated[str, typer.Option(help="lesion (mean of its ROIs) or roi, for the error agreement.")] = "lesion",
+    threshold: Annotated[float, typer.Option(help="Probability threshold for right/wrong.")] = 0.5,
+    tap: Annotated[Optional[str], typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
+                   ] = None,
+    components: Annotated[int, typer.Option(help="Principal components of the tap correlated.")] = 10,
+    fusion: Annotated[bool, typer.Option("--fusion", help="Also cross-validate Method D (feature fusion; slow).")
+                      ] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number as JSON here.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The paper's open questions on an experiment: do SVM1 and SVM2 err on the same lesions (2x2 table, McNemar,
+    Spearman, most disagreeing), which tap components go with which analytic features, and Method D."""
+    from rich.markup import escape
+
+    from cadx.workflows.analyses import agreement_analysis, correlation_analysis, fusion_analysis
+    from cadx.workflows.experiments import json_safe
+
+    if level not in ("roi", "lesion"):
+        _fail(CadxInputError("--level", f"got {level!r}", "use roi or lesion"))
+    if not 0.0 < threshold < 1.0:
+        _fail(CadxInputError("--threshold", f"got {threshold}", "give a probability strictly between 0 and 1"))
+    workspace = _workspace(data_dir)
+    agreement = _run(lambda: agreement_analysis(workspace, experiment_id, level=level, threshold=threshold))
+    result = agreement["result"]
+    table = Table(title=f"Experiment {experiment_id}: SVM1 vs SVM2 at {threshold:g} ({result.n} {level}s)")
+    for column in ("", "SVM2 right", "SVM2 wrong"):
+        table.add_column(column)
+    for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist()):
+        table.add_row(name, *map(str, row))
+    _out.print(table)
+    _out.print(f"McNemar exact p = {result.mcnemar_p:.4g} · both wrong {int(result.table[1][1])} "
+               f"(independent errors: {result.both_wrong_expected:.1f}) · error correlation (phi) "
+               f"{result.error_correlation:.3f} · Spearman rho(p1, p2) {result.spearman_rho:.3f} "
+               f"(p = {result.spearman_p:.3g})")
+    disagreeing = agreement["disagreeing"]
+    key = "lesion_key" if "lesion_key" in disagreeing.columns else "roi_id"
+    _out.print("Most disagreeing: " + "; ".join(
+        f"{escape(str(r[key]))} ({'malignant' if r['truth'] == 1 else 'benign'}, p1 {r['p1']:.3f}, "
+        f"p2 {r['p2']:.3f})" for _, r in disagreeing.head(5).iterrows()))
+    corr = _run(lambda: correlation_analysis(workspace, experiment_id, tap=tap, n_components=components))
+    frame = corr["frame"]
+    pairs = frame.stack().rename("r").reset_index()
+    pairs.columns = ["component", "feature", "r"]
+    top = pairs.reindex(pairs["r"].abs().sort_values(ascending=False).index).head(8)
+    _out.print(f"Strongest correlations, {corr['tap']} components x analytic features: " + "; ".join(
+        f"{r['component']} ~ {r['feature']} r = {r['r']:+.2f}" for _, r in top.iterrows()))
+    out = {"experiment_id": experiment_id, "agreement": {
+        "level": level, "threshold": threshold, "table": result.table, "n": result.n, "mcnemar_p": result.mcnemar_p,
+        "both_wrong_expected": result.both_wrong_expected, "error_correlation": result.error_correlation,
+        "spearman_rho": result.spearman_rho, "spearman_p": result.spearman_p,
+        "most_disagreeing": disagreeing.to_dict(orient="records")},
+        "correlation": {"tap": corr["tap"], "components": list(frame.index), "features": list(frame.columns),
+                        "r": frame.to_numpy()}}
+    if fusion:
+        d = _run(lambda: fusion_analysis(workspace, experiment_id, tap=tap))
+        method = d["method"]
+        _out.print(f"Method D (fusion, {d['n_features']} features, tap {d['tap']}): AUC {method['auc_mean']:.3f} "
+                   f"+/- {method['auc_se']:.3f} (SE)")
+        for row in d["comparisons"]:
+            _out.print(f"  {row['comparison']}: difference {row['auc_difference']:+.3f}, DeLong p "
+                       f"{row['delong_p']:.3g} (Bonferroni {row['delong_p_bonferroni']:.3g})")
+        out["fusion"] = {"tap": d["tap"], "method": method, "comparisons": d["comparisons"]}
+    if json_path is not None:
+        json_path.write_text(json.dumps(json_safe(out), indent=2, default=str))
+        _out.print(f"written to {json_path}")
+
+
 @app.command("worker")
 def worker_command(data_dir: DataDir = None,
                    once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then stop.")] = False,
