@@ -17,6 +17,7 @@ reproduces it to rounding, ~1e-13).
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,20 @@ __all__ = ["FoldModel", "FoldModelError", "FORMAT_VERSION", "read_test_scores"]
 FORMAT_VERSION = 1
 _FLOAT_FIELDS = ("mean", "scale", "dual_coef", "test_decision", "test_proba")
 _INT_FIELDS = ("support", "test")
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray], *, compress: bool) -> bytes:
+    """``.npz`` bytes that depend on the arrays only (``np.savez`` stamps each member with the current time)."""
+    buffer = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
 
 
 class FoldModelError(ValueError):
@@ -109,22 +124,19 @@ class FoldModel:
 
     # ------------------------------------------------------------------------------------------ safe format ---
     def to_bytes(self) -> bytes:
-        """The model as ``.npz`` bytes (plain numeric arrays, no object arrays: loadable without pickle)."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer, format_version=np.int64(FORMAT_VERSION), keep=self.keep.astype(np.bool_),
+        """The model as ``.npz`` bytes (plain numeric arrays, no object arrays: loadable without pickle); the same
+        model always gives the same bytes."""
+        return _npz_bytes({
+            "format_version": np.int64(FORMAT_VERSION), "keep": self.keep.astype(np.bool_),
             **{k: np.asarray(getattr(self, k), dtype=np.float64) for k in _FLOAT_FIELDS},
             **{k: np.asarray(getattr(self, k), dtype=np.int64) for k in _INT_FIELDS},
-            scalars=np.array([self.intercept, self.gamma, self.coef0, self.degree, self.C, self.platt_a,
-                              self.platt_b], dtype=np.float64))
-        return buffer.getvalue()
+            "scalars": np.array([self.intercept, self.gamma, self.coef0, self.degree, self.C, self.platt_a,
+                                 self.platt_b], dtype=np.float64)}, compress=True)
 
     def test_scores_bytes(self) -> bytes:
         """Only the test rows and their out-of-fold scores as ``.npz`` bytes (read by :func:`read_test_scores`)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, test=self.test.astype(np.int64), test_decision=self.test_decision.astype(np.float64),
-                 test_proba=self.test_proba.astype(np.float64))
-        return buffer.getvalue()
+        return _npz_bytes({"test": self.test.astype(np.int64), "test_decision": self.test_decision.astype(np.float64),
+                           "test_proba": self.test_proba.astype(np.float64)}, compress=False)
 
     @classmethod
     def from_bytes(cls, payload: bytes, *, where: str = "fold model") -> FoldModel:
