@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FoldModel", "FoldModelError", "FORMAT_VERSION", "read_test_scores"]
+__all__ = ["FORMAT_VERSION", "FoldModel", "FoldModelError", "read_test_scores"]
 
 FORMAT_VERSION = 1
 _FLOAT_FIELDS = ("mean", "scale", "dual_coef", "test_decision", "test_proba")

@@ -138,12 +138,12 @@ def test_experiments_store_their_fold_models(workspace):
         if tap == "fc8":  # the ensemble tap: SVM1's stored predictions
             np.testing.assert_array_equal(decision, data.predictions["decision1"].to_numpy(float))
             np.testing.assert_array_equal(proba, data.predictions["p1"].to_numpy(float))
-        score = score_roi(models, 4, lambda rows: X[rows], tap=tap)
+        score = score_roi(models, 4, lambda rows, X=X: X[rows], tap=tap)
         assert score.decision == pytest.approx(decision[4], abs=1e-10) and score.fold == data.folds[4]
         tampered = X.copy()
         tampered[models[0].support[0]] += 1.0
         with pytest.raises(Exception, match="feature store changed"):
-            score_roi(models, int(models[0].test[0]), lambda rows: tampered[rows], tap=tap)
+            score_roi(models, int(models[0].test[0]), lambda rows, t=tampered: t[rows], tap=tap)
     analytic = load_fold_models(workspace, experiment_id, classifier=ANALYTIC)
     X_b, _names, _quality = analytic_matrix(workspace, data.hashes)
     decision_b, _p, _f = tap_oof_scores(analytic, n)

@@ -20,7 +20,7 @@ from cadx.foldmodel import FoldModel, FoldModelError, read_test_scores
 from cadx.workflows.workspace import Workspace
 from db.models import FoldModelRecord
 
-__all__ = ["CNN", "ANALYTIC", "RoiScore", "fold_model_rows", "has_fold_models", "load_fold_models",
+__all__ = ["ANALYTIC", "CNN", "RoiScore", "fold_model_rows", "has_fold_models", "load_fold_models",
            "load_oof_scores", "score_roi", "stored_taps", "tap_oof_scores"]
 
 CNN = "cnn"
