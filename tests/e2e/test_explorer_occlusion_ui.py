@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from cadx.workflows import import_mias, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, run_experiment
 from cadx.workflows.features import resolve_backbone
-from tests.e2e.conftest import screenshot, serve_app, wait_for_app
+from tests.e2e.conftest import full_screenshot, screenshot, serve_app, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def test_layer_explorer_on_real_mias_rois(mias_server, page):
     expect(main.get_by_text(re.compile(r"The network input: 256 × 256"))).to_be_visible()
     page.get_by_text("This ROI's SVM score at each tap, against the classes").wait_for()
     main.locator(".js-plotly-plot").first.wait_for()
-    screenshot(page, "layer-explorer-mias")
+    full_screenshot(page, "layer-explorer-mias")
     # another ROI: its maps are computed, then every later view comes from the cache
     roi_box = page.get_by_role("combobox", name="ROI")
     first = roi_box.input_value()
