@@ -61,7 +61,15 @@ def cbis_csv_dir(shared_data: Path) -> Path:
     return _require(shared_data / "cbis-ddsm")
 
 
-from tests.db_fixtures import database_url, workspace  # noqa: E402,F401  (fixtures shared by the database tests)
+from tests.db_fixtures import _migrated_sqlite, database_url, db_kind, workspace  # noqa: E402,F401  (database tests)
+
+
+@pytest.fixture(scope="session")
+def workspace_cache(tmp_path_factory):
+    """Built workspaces shared by the whole session, copied per use (see tests/workspace_cache.py)."""
+    from tests.workspace_cache import WorkspaceCache
+
+    return WorkspaceCache(tmp_path_factory.mktemp("workspace-cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -75,8 +75,8 @@ def test_login_is_required_once_an_account_exists(workspace, monkeypatch):
         access_mode(workspace, server_address="127.0.0.1")
 
 
-def test_audit_trail_is_append_only_and_exports_to_csv(workspace, tmp_path):
-    import_demo(workspace, n_lesions=2, seed=1)
+def test_audit_trail_is_append_only_and_exports_to_csv(workspace_cache, workspace, tmp_path):
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=1)
     add_user(workspace, "alice", PASSWORD, role="admin", by="setup")
     events = audit_events(workspace)
     assert [e.action for e in events] == ["import", "user_add"]

@@ -77,11 +77,11 @@ def test_fused_features_and_embedding():
 
 
 # ------------------------------------------------------------------------------- on a stored demo experiment ---
-def test_analyses_on_a_stored_experiment(workspace):
+def test_analyses_on_a_stored_experiment(workspace_cache, workspace):
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    from cadx.workflows import exclude_roi, import_demo, lesion_predictions
+    from cadx.workflows import exclude_roi, lesion_predictions
     from cadx.workflows.analyses import (
         agreement_analysis,
         correlation_analysis,
@@ -89,13 +89,16 @@ def test_analyses_on_a_stored_experiment(workspace):
         experiment_data,
         fusion_analysis,
     )
-    from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+    from cadx.workflows.experiments import experiment_summary
+    from tests.workspace_cache import demo_experiment
     from cadx.workflows.features import analytic_matrix, feature_store, resolve_backbone
 
-    import_demo(workspace, n_lesions=12, seed=5)
     loaded, _note = resolve_backbone("alexnet", weights="random")
-    settings = ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("conv5", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0)
-    experiment_id = run_experiment(workspace, loaded, settings, name="analyses", user="tester")
+    settings = {"min_lesions_per_class_per_fold": 1, "repeats": 1, "taps": ("conv5", "fc8"), "ensemble_tap": "fc8",
+                "n_folds": 3, "seed": 0}
+    # the demo set and this experiment, built once and copied into this workspace (tests/workspace_cache.py)
+    experiment_id = workspace_cache.fill(workspace, demo_experiment, n_lesions=12, seed=5, settings=settings,
+                                         name="analyses")
     summary = experiment_summary(workspace, experiment_id)
 
     # (a) the 2 x 2 table agrees with the right/wrong columns of the lesion predictions

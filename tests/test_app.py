@@ -10,9 +10,8 @@ from tests.apptest_support import APP, open_page, point_app_at
 
 
 @pytest.fixture
-def demo_data_dir(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    import_demo(open_workspace(data), n_lesions=4, seed=1)
+def demo_data_dir(tmp_path, monkeypatch, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)
     return point_app_at(data, monkeypatch)
 
 

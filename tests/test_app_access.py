@@ -18,10 +18,10 @@ PASSWORD = "a long enough secret"
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
+def data_dir(workspace_cache, tmp_path, monkeypatch):
     data = tmp_path / "data"
     workspace = open_workspace(data)
-    import_demo(workspace, n_lesions=2, seed=1)
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=1)
     add_user(workspace, "vera", PASSWORD, role="viewer", by="setup")
     add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
     monkeypatch.delenv("CADX_AUTH", raising=False)
@@ -140,9 +140,8 @@ def test_sign_out_ends_the_server_side_session(data_dir):
 
 
 @pytest.fixture
-def empty_data_dir(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    import_demo(open_workspace(data), n_lesions=2, seed=1)
+def empty_data_dir(tmp_path, monkeypatch, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=2, seed=1)
     monkeypatch.delenv("CADX_AUTH", raising=False)
     accounts._forget_setup_token()  # a fresh server process
     yield point_app_at(data, monkeypatch)

@@ -9,25 +9,19 @@ from pathlib import Path
 import pytest
 import streamlit as st
 
-from cadx.workflows import import_demo, open_workspace
+from cadx.workflows import open_workspace
 from cadx.workflows.analyses import agreement_analysis, correlation_analysis
-from cadx.workflows.experiments import ExperimentSettings, run_experiment
-from cadx.workflows.features import resolve_backbone
 
 from tests.apptest_support import open_page, point_app_at
+from tests.workspace_cache import demo_experiment
 
 
 @pytest.fixture(scope="module")
-def experiment_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("app-analyses") / "data"
-    ws = open_workspace(data)
-    import_demo(ws, n_lesions=12, seed=2)
-    loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("conv5", "fc8"), ensemble_tap="fc8",
-                                                                  n_folds=3), name="small", user="tester",
-                                   weights_note=note)
-    ws.engine.dispose()
-    return data, experiment_id
+def experiment_dir(tmp_path_factory, workspace_cache):
+    settings = {"min_lesions_per_class_per_fold": 1, "repeats": 1, "taps": ("conv5", "fc8"), "ensemble_tap": "fc8",
+                "n_folds": 3}
+    return workspace_cache.data_dir(tmp_path_factory.mktemp("app-analyses") / "data", demo_experiment, n_lesions=12,
+                                    seed=2, settings=settings, name="small", weights_note=True)
 
 
 @pytest.fixture

@@ -13,12 +13,9 @@ from tests.apptest_support import open_page, point_app_at
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("app-cohorts") / "data"
-    ws = open_workspace(data)
-    import_demo(ws, n_lesions=12, seed=2)
-    ws.engine.dispose()
-    return data
+def demo_dir(tmp_path_factory, workspace_cache):
+    return workspace_cache.data_dir(tmp_path_factory.mktemp("app-cohorts") / "data", import_demo, n_lesions=12,
+                                    seed=2)[0]
 
 
 @pytest.fixture

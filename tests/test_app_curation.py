@@ -22,11 +22,8 @@ from tests.apptest_support import open_page, point_app_at
 
 
 @pytest.fixture
-def demo_data_dir(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    ws = open_workspace(data)
-    import_demo(ws, n_lesions=4, seed=1)
-    ws.engine.dispose()
+def demo_data_dir(tmp_path, monkeypatch, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)
     yield point_app_at(data, monkeypatch)
     st.cache_resource.clear()
 

@@ -19,29 +19,22 @@ from cadx.workflows.features import resolve_backbone
 from db.models import Experiment, Job, Prediction
 
 from tests.apptest_support import open_page, point_app_at
+from tests.workspace_cache import SMALL_SWEEP, demo_experiment
 
 
 @pytest.fixture(scope="module")
-def experiment_dir(tmp_path_factory):
-    """A data directory with the demo set and one experiment (sweep of fc7 and fc8, SVM1 on fc8)."""
-    data = tmp_path_factory.mktemp("app-experiments") / "data"
-    ws = open_workspace(data)
-    import_demo(ws, n_lesions=12, seed=2)
-    loaded, note = resolve_backbone("alexnet", weights="random")
-    experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", repeats=1,
-                                                                  min_lesions_per_class_per_fold=1),
-                                   name="small sweep", user="tester", weights_note=note)
-    ws.engine.dispose()
-    return data, experiment_id
+def experiment_dir(tmp_path_factory, workspace_cache):
+    """A data directory with the demo set and one experiment (sweep of fc7 and fc8, SVM1 on fc8): a copy of the one
+    built for the session (the browser tests' screenshots use the same, see tests/workspace_cache.py)."""
+    return workspace_cache.data_dir(tmp_path_factory.mktemp("app-experiments") / "data", demo_experiment,
+                                    **SMALL_SWEEP)
 
 
 @pytest.fixture(scope="module")
-def empty_dir(tmp_path_factory):
+def empty_dir(tmp_path_factory, workspace_cache):
     """A data directory with demo data and no experiment."""
-    data = tmp_path_factory.mktemp("app-empty") / "data"
-    open_workspace(data).engine.dispose()
-    import_demo(open_workspace(data), n_lesions=4, seed=1)
-    return data
+    return workspace_cache.data_dir(tmp_path_factory.mktemp("app-empty") / "data", import_demo, n_lesions=4,
+                                    seed=1)[0]
 
 
 @pytest.fixture

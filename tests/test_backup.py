@@ -25,8 +25,8 @@ from tests.test_import_files import _snapshot
 runner = CliRunner()
 
 
-def test_backup_restores_every_row_and_file(workspace, tmp_path):
-    import_demo(workspace, n_lesions=3, seed=4)
+def test_backup_restores_every_row_and_file(workspace_cache, workspace, tmp_path):
+    workspace_cache.fill(workspace, import_demo, n_lesions=3, seed=4)
     with workspace.sessions() as session:
         from db.models import Roi
 
@@ -70,8 +70,8 @@ def _with_one_flipped_bit(backup: Path, target: Path, prefix: str) -> Path:
 
 @pytest.mark.parametrize("member, message", [("files/rois/", r"file rois/\S+ fails its checksum"),
                                              ("secrets/pseudonym.key", "pseudonym key fails its checksum")])
-def test_damaged_backup_is_refused_and_writes_nothing(workspace, tmp_path, member, message):
-    import_demo(workspace, n_lesions=2, seed=4)
+def test_damaged_backup_is_refused_and_writes_nothing(workspace_cache, workspace, tmp_path, member, message):
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=4)
     backup_workspace(workspace, tmp_path / "b.tar")
     damaged = _with_one_flipped_bit(tmp_path / "b.tar", tmp_path / "damaged.tar", member)
     fresh = open_workspace(tmp_path / "fresh", f"sqlite:///{tmp_path / 'fresh.sqlite'}")

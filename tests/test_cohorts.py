@@ -124,10 +124,10 @@ def _mias_truth(mias_dir):
     return {f"{f.refnum}#{f.index}": f for f in findings if (mias_dir / f"{f.refnum}.pgm").exists()}
 
 
-def test_cohorts_resolve_demo_and_mias_without_silently_mixing_synthetic(workspace, mias_dir):
+def test_cohorts_resolve_demo_and_mias_without_silently_mixing_synthetic(workspace_cache, workspace, mias_dir):
     truth = _mias_truth(mias_dir)
     masses = {k: f for k, f in truth.items() if f.abnormality in ("CIRC", "SPIC", "MISC")}
-    import_demo(workspace, n_lesions=10, seed=1)
+    workspace_cache.fill(workspace, import_demo, n_lesions=10, seed=1)
     import_mias(workspace, mias_dir, user="tester")
 
     with workspace.sessions() as session:
@@ -187,12 +187,12 @@ def test_cohorts_resolve_demo_and_mias_without_silently_mixing_synthetic(workspa
                                               "no centre given in the truth table": 1}}
 
 
-def test_an_experiment_on_mias_masses_records_only_mias_mass_lesions(workspace, mias_dir):
+def test_an_experiment_on_mias_masses_records_only_mias_mass_lesions(workspace_cache, workspace, mias_dir):
     from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
     from cadx.workflows.features import resolve_backbone
 
     truth = _mias_truth(mias_dir)
-    import_demo(workspace, n_lesions=4, seed=1)
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     import_mias(workspace, mias_dir, user="tester")
     save_cohort(workspace, "MIAS masses", CohortDefinition(sources=["mias"], lesion_types=["masses"], n_folds=2),
                 user="tester")

@@ -103,8 +103,8 @@ def _features(args: tuple[str, str]) -> int:
         workspace.engine.dispose()
 
 
-def test_two_processes_computing_features_at_once_both_finish(workspace):
-    import_demo(workspace, n_lesions=4, seed=1)
+def test_two_processes_computing_features_at_once_both_finish(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     url = workspace.engine.url.render_as_string(hide_password=False)
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         # before: the slower one failed with "UNIQUE constraint failed: segmentations.roi_sha256, ..."

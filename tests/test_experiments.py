@@ -24,8 +24,8 @@ def _tiny_cohorts(monkeypatch):
 
 
 @pytest.fixture
-def demo(workspace):
-    import_demo(workspace, n_lesions=12, seed=5)
+def demo(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
     return workspace
 
 
@@ -103,8 +103,8 @@ def test_excluded_rois_leave_later_experiments(demo, alexnet_random):
     assert summary["results"]["n_rois"] == len(records) - 1
 
 
-def test_too_few_lesions_is_a_clear_error(workspace, alexnet_random):
-    import_demo(workspace, n_lesions=4, seed=1)
+def test_too_few_lesions_is_a_clear_error(workspace_cache, workspace, alexnet_random):
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     with pytest.raises(CadxInputError, match="2 benign and 2 malignant lesions: fewer than 1 benign and malignant "
                                              "lesions per fold for 5-fold"):
         run_experiment(workspace, alexnet_random, SETTINGS, name="tiny", user="tester")
@@ -128,8 +128,8 @@ def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
     assert [j.id for j in list_jobs(demo)] == [cancelled, experiment, features]
 
 
-def test_a_failing_job_records_its_error(workspace):
-    import_demo(workspace, n_lesions=4, seed=1)
+def test_a_failing_job_records_its_error(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
                                                   "ensemble_tap": "fc8", "repeats": 1}, user="alice")
     run_next_job(workspace)
@@ -199,7 +199,7 @@ def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
 
 
-def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(workspace):
+def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(workspace_cache, workspace):
     """Repeated cross-validation by default (issue 12, point 4): ExperimentSettings, the CLI options and the job
     runner share DEFAULT_REPEATS (the page's widget is checked in tests/test_app_experiments.py)."""
     import inspect
@@ -210,7 +210,7 @@ def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(w
     assert DEFAULT_REPEATS == 5 and ExperimentSettings().repeats == DEFAULT_REPEATS
     for command in (cli.sweep_command, cli.evaluate_command):
         assert inspect.signature(command).parameters["repeats"].default == DEFAULT_REPEATS
-    import_demo(workspace, n_lesions=20, seed=3)
+    workspace_cache.fill(workspace, import_demo, n_lesions=20, seed=3)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
                                                   "ensemble_tap": "fc8", "analytic": False}, user="alice")
     run_next_job(workspace)

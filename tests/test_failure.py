@@ -33,10 +33,10 @@ def _committed(workspace, loaded, hashes) -> int:
     return len(hashes) - len(missing)
 
 
-def test_killed_extraction_resumes_from_the_store(tmp_path):
+def test_killed_extraction_resumes_from_the_store(workspace_cache, tmp_path):
     data = tmp_path / "data"
     workspace = open_workspace(data)
-    import_demo(workspace, n_lesions=8, seed=2)
+    workspace_cache.fill(workspace, import_demo, n_lesions=8, seed=2)
     hashes = sorted({r.sha256 for r in roi_records(workspace, included_only=False)})
     loaded, _ = resolve_backbone("alexnet", weights="random")
 
@@ -57,8 +57,8 @@ def test_killed_extraction_resumes_from_the_store(tmp_path):
     assert extract_cnn_features(workspace, loaded, taps=["fc8"]).n_extracted == 0
 
 
-def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_half_written(workspace):
-    import_demo(workspace, n_lesions=4, seed=1)
+def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_half_written(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random",
                                                     "min_lesions_per_class_per_fold": 1}, user="alice")
     # a worker on another machine claimed it, then died: no heartbeat for long

@@ -43,9 +43,9 @@ UNITS = {f"sweep:{tap}/0/{k}" for tap in ("fc7", "fc8") for k in range(5)} | {f"
 
 
 @pytest.fixture
-def demo(workspace):
+def demo(workspace_cache, workspace):
     """12 synthetic lesions, CNN (random AlexNet) and analytic features already in the store."""
-    import_demo(workspace, n_lesions=12, seed=5)
+    workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
     loaded, _ = resolve_backbone("alexnet", weights="random")
     extract_cnn_features(workspace, loaded, taps=["fc7", "fc8"])
     compute_analytic_features(workspace)
@@ -251,9 +251,9 @@ def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
     assert sorted(s for _, s in claims) == list(range(n_expected))
 
 
-def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace, tmp_path, monkeypatch):
+def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace_cache, workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("CADX_MAX_PARALLEL_JOBS", "1")
-    import_demo(workspace, n_lesions=4, seed=1)
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     ids = [submit_job(workspace, "features", {}, user=user) for user in ("alice", "bob", "carol", "dave")]
     assert cancel_job(workspace, ids[2], user="carol")
     workers = [_worker(workspace, tmp_path, env={"CADX_MAX_PARALLEL_JOBS": "1"}, name=f"w{k}", idle_exit=2,

@@ -73,7 +73,7 @@ def test_occlusion_highlights_the_phantom_lesion_not_the_background():
 
 
 @pytest.mark.slow
-def test_occlusion_of_a_stored_experiment_reproduces_p1(workspace):
+def test_occlusion_of_a_stored_experiment_reproduces_p1(workspace_cache, workspace):
     from cadx.workflows import import_demo
     from cadx.workflows.analyses import experiment_data, occlusion_analysis
     from cadx.workflows.experiments import ExperimentSettings, run_experiment
@@ -81,7 +81,7 @@ def test_occlusion_of_a_stored_experiment_reproduces_p1(workspace):
 
     if workspace.engine.url.get_backend_name() != "sqlite":
         pytest.skip("reads the stored record only; runs once, on SQLite")
-    import_demo(workspace, n_lesions=12, seed=5)
+    workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
     loaded, _ = resolve_backbone("alexnet", weights="random")
     experiment_id = run_experiment(workspace, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("fc8",), ensemble_tap="fc8",
                                                                          n_folds=3, analytic=False),

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from cadx.cli import app
 from cadx.report import SECTIONS, roi_set_sha256, svg_line_chart
-from cadx.workflows import exclude_roi, import_demo, import_mias
+from cadx.workflows import import_mias
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone, roi_records
 from cadx.workflows.report import chromium_path, report_data, report_html, write_report
+from tests.workspace_cache import demo_experiment as build_demo_experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -144,19 +145,13 @@ def test_svg_escapes_text():
 
 
 # ------------------------------------------------------------------------------------------ on the demo data ---
-@pytest.fixture(scope="module")
-def alexnet_random():
-    loaded, _note = resolve_backbone("alexnet", weights="random")
-    return loaded
-
-
 @pytest.fixture
-def demo_experiment(workspace, alexnet_random):
-    import_demo(workspace, n_lesions=12, seed=5)
-    excluded = roi_records(workspace)[0].id
-    exclude_roi(workspace, excluded, reason="location_marker", user="tester")
-    settings = ExperimentSettings(min_lesions_per_class_per_fold=1, taps=("conv5", "fc6", "fc8"), ensemble_tap="fc8", n_folds=3, seed=0, repeats=2)
-    experiment_id = run_experiment(workspace, alexnet_random, settings, name="report <demo>", user="tester")
+def demo_experiment(workspace_cache, workspace):
+    # the demo set with its first ROI excluded, and an experiment: built once, copied (tests/workspace_cache.py)
+    settings = {"min_lesions_per_class_per_fold": 1, "taps": ("conv5", "fc6", "fc8"), "ensemble_tap": "fc8",
+                "n_folds": 3, "seed": 0, "repeats": 2}
+    experiment_id = workspace_cache.fill(workspace, build_demo_experiment, n_lesions=12, seed=5, exclude_first=True,
+                                         settings=settings, name="report <demo>")
     return workspace, experiment_id
 
 

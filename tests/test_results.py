@@ -48,8 +48,8 @@ def _hand_auc(y, s) -> float:
 
 
 @pytest.fixture
-def demo(workspace):
-    import_demo(workspace, n_lesions=6, seed=1)
+def demo(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=6, seed=1)
     return workspace
 
 

@@ -44,8 +44,8 @@ from tests.dicom_factory import PHI, disk_image, write_mammogram
 
 
 @pytest.fixture
-def demo(workspace):
-    import_demo(workspace, n_lesions=3, seed=4)
+def demo(workspace_cache, workspace):
+    workspace_cache.fill(workspace, import_demo, n_lesions=3, seed=4)
     return workspace
 
 

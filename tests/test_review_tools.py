@@ -50,13 +50,12 @@ def test_every_stored_code_has_words_and_its_code_in_the_tooltip():
     assert words.word(None) == "" and words.with_code("other") == "other"
 
 
-def test_cli_exclude_says_the_reason_in_words(tmp_path):
+def test_cli_exclude_says_the_reason_in_words(tmp_path, workspace_cache):
     from typer.testing import CliRunner
 
     from cadx.cli import app
 
-    data = tmp_path / "data"
-    import_demo(open_workspace(data), n_lesions=1, seed=1)
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=1, seed=1)
     result = CliRunner().invoke(app, ["exclude", "1", "--reason", "location_marker", "--data-dir", str(data),
                                       "--user", "tester"])
     assert result.exit_code == 0, result.output
@@ -121,8 +120,8 @@ def test_the_caption_never_says_downsampled_from_the_same_size():
 
 
 # ----------------------------------------------------------------------------------- grid order (SQL) ---
-def test_range_selection_and_neighbours_follow_the_filtered_grid(workspace):  # noqa: F811
-    import_demo(workspace, n_lesions=4, seed=4)
+def test_range_selection_and_neighbours_follow_the_filtered_grid(workspace_cache, workspace):  # noqa: F811
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=4)
     n = len(browse_rois(workspace, page_size=1000).rows)
     exclude_rois(workspace, [2, 4], reason="compression_paddle", user="t")
     included = RoiFilters(status="included")
@@ -137,8 +136,8 @@ def test_range_selection_and_neighbours_follow_the_filtered_grid(workspace):  # 
     assert roi_page_number(workspace, included, 5, page_size=2) == 2  # 1, 3 | 5, ...
 
 
-def test_thumbnails_of_the_pages_beside_are_made_ahead(workspace):  # noqa: F811
-    import_demo(workspace, n_lesions=3, seed=4)
+def test_thumbnails_of_the_pages_beside_are_made_ahead(workspace_cache, workspace):  # noqa: F811
+    workspace_cache.fill(workspace, import_demo, n_lesions=3, seed=4)
     rows = browse_rois(workspace, page=2, page_size=3).rows
     assert warm_thumbnails(workspace, None, pages=(2, 0, 99), page_size=3) == len(rows) == 3
     assert all(workspace.path(f"thumbs/128/{r.sha256[:2]}/{r.sha256}.png").exists() for r in rows)
@@ -154,9 +153,8 @@ def test_the_demo_reports_progress_per_lesion(tmp_path):
 
 # ------------------------------------------------------------------------------------ the page (AppTest) ---
 @pytest.fixture
-def review_app(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    import_demo(open_workspace(data), n_lesions=3, seed=4)
+def review_app(tmp_path, monkeypatch, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=3, seed=4)
     point_app_at(data, monkeypatch)
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.switch_page("pages/review.py").run()

@@ -67,8 +67,8 @@ def _assert_untouched(workspace) -> None:
 
 
 @pytest.fixture
-def backup(workspace, tmp_path) -> Path:
-    import_demo(workspace, n_lesions=2, seed=4)
+def backup(workspace_cache, workspace, tmp_path) -> Path:
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=4)
     backup_workspace(workspace, tmp_path / "b.tar", key=KEY)
     return tmp_path / "b.tar"
 
@@ -403,10 +403,10 @@ def _committed_files(workspace) -> dict[str, bytes]:
     return {name: (workspace.data_dir / name).read_bytes() for name in sorted(names)}
 
 
-def test_gc_removes_only_orphans_and_reports_them(workspace):
+def test_gc_removes_only_orphans_and_reports_them(workspace_cache, workspace):
     from db.models import Roi, Segmentation
 
-    import_demo(workspace, n_lesions=2, seed=3)
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=3)
     with workspace.sessions.begin() as session:  # a committed segmentation mask, as a sweep stores it
         sha = session.scalars(select(Roi.sha256)).first()
         mask = f"segmentations/{sha[:2]}/{sha}-test.png"

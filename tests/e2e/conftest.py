@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cadx.workflows import import_demo, open_workspace
+from cadx.workflows import import_demo
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("CADX_CHROMIUM", "/usr/bin/chromium"))
@@ -84,12 +84,12 @@ def serve_app(data: Path, *, script: str = "app.py", **env_vars: str):
 
 
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory):
+def app_server(tmp_path_factory, workspace_cache):
     """The app on a free loopback port over a small synthetic demo set; yields (base URL, data directory)."""
-    data = tmp_path_factory.mktemp("e2e") / "data"
     # 20 lesions (10 benign, 10 malignant): the fewest a cohort needs for 2-fold cross-validation (5 of each class
-    # per fold), so the browser tests can start a sweep
-    import_demo(open_workspace(data), n_lesions=20, seed=2)
+    # per fold), so the browser tests can start a sweep. Each module gets its own copy (tests/workspace_cache.py).
+    data, _report = workspace_cache.data_dir(tmp_path_factory.mktemp("e2e") / "data", import_demo, n_lesions=20,
+                                             seed=2)
     with serve_app(data) as url:
         yield url, data
 

@@ -14,10 +14,10 @@ from tests.e2e.conftest import REPO, screenshot, serve_app, wait_for_app
 PASSWORD = "a long enough secret"
 
 
-def _serve(tmp_path_factory, *, with_account: bool):
-    data = tmp_path_factory.mktemp("e2e-sessions") / "data"
+def _serve(tmp_path_factory, workspace_cache, *, with_account: bool):
+    data, _report = workspace_cache.data_dir(tmp_path_factory.mktemp("e2e-sessions") / "data", import_demo,
+                                             n_lesions=4, seed=3)
     workspace = open_workspace(data)
-    import_demo(workspace, n_lesions=4, seed=3)
     if with_account:
         add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
     # serve.py: the app plus the route that sets the HttpOnly session cookie (what scripts/app.sh runs)
@@ -26,8 +26,8 @@ def _serve(tmp_path_factory, *, with_account: bool):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    yield from _serve(tmp_path_factory, with_account=True)
+def served(tmp_path_factory, workspace_cache):
+    yield from _serve(tmp_path_factory, workspace_cache, with_account=True)
 
 
 def _sign_in(page) -> None:
@@ -87,9 +87,9 @@ def test_signing_out_ends_the_session_for_good(served, page):
     page.get_by_role("heading", name="cadx — sign in").wait_for()
 
 
-def test_the_local_demo_on_loopback_needs_no_sign_in(tmp_path_factory, page):
+def test_the_local_demo_on_loopback_needs_no_sign_in(tmp_path_factory, workspace_cache, page):
     """`bash scripts/app.sh` (serve.py on localhost, no account): the app opens at once, as before."""
-    for url, _ in _serve(tmp_path_factory, with_account=False):
+    for url, _ in _serve(tmp_path_factory, workspace_cache, with_account=False):
         page.goto(url)
         wait_for_app(page)
         page.get_by_role("heading", name="cadx — lesion database").wait_for()

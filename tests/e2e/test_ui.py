@@ -77,10 +77,10 @@ def test_first_visit_shows_a_progress_bar_and_never_the_file_list(tmp_path, brow
 
 # ------------------------------------------------------------------------------------- sign-in and roles ---
 @pytest.fixture(scope="module")
-def accounts_server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("e2e-accounts") / "data"
+def accounts_server(tmp_path_factory, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path_factory.mktemp("e2e-accounts") / "data", import_demo,
+                                             n_lesions=4, seed=3)
     ws = open_workspace(data)
-    import_demo(ws, n_lesions=4, seed=3)
     add_user(ws, "vera", PASSWORD, role="viewer", by="setup")
     add_user(ws, "rex", PASSWORD, role="reviewer", by="setup")
     ws.engine.dispose()
@@ -139,9 +139,9 @@ def _state(data, roi_id: int):
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("e2e-ui") / "data"
-    import_demo(open_workspace(data), n_lesions=12, seed=2)
+def demo_server(tmp_path_factory, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path_factory.mktemp("e2e-ui") / "data", import_demo, n_lesions=12,
+                                             seed=2)
     with serve_app(data) as url:
         yield url, data
 
@@ -252,18 +252,12 @@ def test_mark_the_centre_on_a_zoomed_view_to_half_a_source_pixel(demo_server, pa
 
 # ----------------------------------------------------------------------------------------- screenshots ---
 @pytest.fixture(scope="module")
-def experiment_server(tmp_path_factory):
+def experiment_server(tmp_path_factory, workspace_cache):
     """Demo data and one small experiment (random AlexNet weights, fc7 and fc8), so every page has content."""
-    from cadx.workflows.features import resolve_backbone
-    from cadx.workflows.experiments import ExperimentSettings, run_experiment
+    from tests.workspace_cache import SMALL_SWEEP, demo_experiment
 
-    data = tmp_path_factory.mktemp("e2e-shots") / "data"
-    ws = open_workspace(data)
-    import_demo(ws, n_lesions=12, seed=2)
-    loaded, note = resolve_backbone("alexnet", weights="random")
-    run_experiment(ws, loaded, ExperimentSettings(min_lesions_per_class_per_fold=1, repeats=1, taps=("fc7", "fc8"), ensemble_tap="fc8"), name="small sweep",
-                   user="tester", weights_note=note)
-    ws.engine.dispose()
+    data, _experiment_id = workspace_cache.data_dir(tmp_path_factory.mktemp("e2e-shots") / "data", demo_experiment,
+                                                    **SMALL_SWEEP)
     with serve_app(data) as url:
         yield url, data
 
