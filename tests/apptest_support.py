@@ -8,6 +8,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+# how long one run of a page may take before AppTest gives up: a limit for a loaded 2-core machine (the first run
+# imports torch and the app), not a measurement
+APP_TIMEOUT = 300
 
 
 def point_app_at(data: Path, monkeypatch) -> Path:
@@ -19,7 +22,7 @@ def point_app_at(data: Path, monkeypatch) -> Path:
     return data
 
 
-def open_page(page: str | None = None, *, timeout: int = 60) -> AppTest:
+def open_page(page: str | None = None, *, timeout: int = APP_TIMEOUT) -> AppTest:
     """Run the app (app.py, as a browser would) and switch to ``page``; fails on any exception."""
     at = AppTest.from_file(APP, default_timeout=timeout)
     at.run()

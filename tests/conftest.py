@@ -1,8 +1,34 @@
-"""Shared test fixtures.
+"""Shared test fixtures, and how the suite stays fast.
 
 Real mammograms live outside the repository, in ``../shared/data`` (research use only; never copied here).
 Tests that need them use the ``shared_data`` fixture: outside this workplace they skip with the reason, but under
 ``CI=true`` a missing folder fails the test, so CI can never pass by skipping them.
+
+**Tiers.** ``pytest`` runs everything (``scripts/test.sh``, CI). ``pytest -m "not slow and not e2e"`` is the fast
+tier (a few minutes on 2 cores): mark a test ``@pytest.mark.slow`` when it takes more than ~3 s of its own on a quiet
+machine (real MIAS imports, CNN extraction with real weights, experiments, spawned processes, servers). Every test
+under ``tests/e2e`` is marked ``e2e`` here (``pytest_collection_modifyitems``); ``--durations=30`` shows what to mark.
+
+**Shared, expensive set-ups: build once per session, copy per test** (tests stay independent: each gets its own
+copy and may change it):
+
+* ``workspace`` (tests/db_fixtures.py): an empty, migrated workspace on SQLite and on PostgreSQL. The migration
+  runs once per session (SQLite: a template file is copied; PostgreSQL: rows truncated while the schema is unchanged).
+  ``database_url`` is an empty database (no tables) for migration tests.
+* ``workspace_cache`` (tests/workspace_cache.py): ``workspace_cache.fill(workspace, import_demo, n_lesions=12,
+  seed=5)`` instead of ``import_demo(workspace, ...)`` on an empty workspace;
+  ``workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)`` for a SQLite data directory
+  (AppTest, browser tests, CLI). Any ``build(workspace, **kwargs)`` works; ``demo_experiment`` there adds a small
+  experiment (AlexNet, random weights) and ``SMALL_SWEEP`` is the one the experiment pages show.
+* Browser tests: ``app_server`` (tests/e2e/conftest.py) serves a copy of the 20-lesion demo once per module; a test
+  module that needs other data or settings makes its own server with ``serve_app``.
+* CNNs: load a backbone in a ``scope="module"`` fixture, never per test.
+
+**Any machine.** Output the tests read must not depend on the terminal that runs them, so the variables through which
+rich, typer and click pick a width or colours are removed below, before anything imports them; CLI errors are
+one line whatever the width (``cadx.cli`` soft-wraps). Compare rich/CLI text with whitespace normalised
+(``" ".join(text.split())``). Timeouts are generous limits for loaded machines, never measurements; no test asserts
+on how long something took.
 """
 
 from __future__ import annotations
@@ -12,6 +38,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+for _variable in ("COLUMNS", "LINES", "TERMINAL_WIDTH", "FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "TTY_COMPATIBLE",
+                  "TTY_INTERACTIVE", "GITHUB_ACTIONS"):
+    os.environ.pop(_variable, None)  # rich: 80 columns, no colour, whatever terminal or CI service runs pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CADX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -82,3 +112,13 @@ def _main_module_stays_pytest():
     yield
     if sys.modules.get("__main__") is not main:
         sys.modules["__main__"] = main
+
+
+_E2E = REPO_ROOT / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e drives a browser: mark it ``e2e`` (so ``-m "not e2e"`` leaves them all out)."""
+    for item in items:
+        if _E2E in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.e2e)

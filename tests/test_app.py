@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cadx.workflows import import_demo, open_workspace
-from tests.apptest_support import APP, open_page, point_app_at
+from tests.apptest_support import APP, APP_TIMEOUT, open_page, point_app_at
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_a_database_from_a_newer_cadx_is_explained_not_a_stack_trace(tmp_path, m
         connection.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
     workspace.engine.dispose()
     point_app_at(data, monkeypatch)
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=APP_TIMEOUT)
     at.run()
     assert not at.exception, at.exception
     assert any("newer than this cadx knows" in e.value and "Fix:" in e.value for e in at.error)

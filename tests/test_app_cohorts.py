@@ -34,7 +34,7 @@ def _metrics(at) -> dict[str, str]:
 
 
 def test_the_sweep_page_shows_the_cohort_and_refuses_one_too_small_before_anything_runs(app_data, monkeypatch):
-    at = open_page("pages/sweep.py", timeout=120)
+    at = open_page("pages/sweep.py")
     assert at.selectbox(key="sweep_cohort").value == "all"
     metrics = _metrics(at)
     assert metrics["Lesions (benign / malignant)"] == "12 (6 / 6)" and metrics["Patients"] == "10"  # demo patients have several lesions
@@ -81,7 +81,7 @@ def test_the_review_page_filters_by_cohort(app_data):
         expected = resolve_cohort(ws, "malignant CC").rois
     finally:
         ws.engine.dispose()
-    at = open_page("pages/review.py", timeout=120)
+    at = open_page("pages/review.py")
     at.selectbox(key="review_f_cohort").select("malignant CC").run()
     assert not at.exception, at.exception
     assert _metrics(at)["Matching the filters"] == str(expected) and 0 < expected < 30

@@ -50,7 +50,7 @@ def use(monkeypatch):
 
 
 def _run(page: str) -> AppTest:
-    return open_page(page, timeout=120)
+    return open_page(page)
 
 
 def _text(at: AppTest) -> str:

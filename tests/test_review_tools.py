@@ -30,7 +30,7 @@ from cadx.workflows.browse import (
     zoom_region,
 )
 from db.models import EXCLUSION_REASONS
-from tests.apptest_support import APP, point_app_at
+from tests.apptest_support import APP, APP_TIMEOUT, point_app_at
 from tests.db_fixtures import database_url, workspace  # noqa: F401 - fixtures
 
 
@@ -156,7 +156,7 @@ def test_the_demo_reports_progress_per_lesion(tmp_path):
 def review_app(tmp_path, monkeypatch, workspace_cache):
     data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=3, seed=4)
     point_app_at(data, monkeypatch)
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     at.switch_page("pages/review.py").run()
     assert not at.exception, at.exception
     yield at
