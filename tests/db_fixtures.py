@@ -1,8 +1,7 @@
 """Database fixtures: every database test runs on SQLite and on PostgreSQL.
 
 PostgreSQL comes from ``CADX_TEST_POSTGRES_URL`` (``scripts/test.sh`` starts one on loopback). Without it the
-PostgreSQL variants skip with the reason, except under ``CI=true``, where they fail. Under pytest-xdist each worker
-uses its own database, ``<name>_<worker>`` (created when missing; the role needs CREATEDB).
+PostgreSQL variants skip with the reason, except under ``CI=true``, where they fail.
 
 ``database_url`` is an empty database (no tables: for migration tests); ``workspace`` is an empty, migrated one. The
 migration runs once per session and database kind: a SQLite workspace starts from a copy of a migrated template
@@ -17,7 +16,6 @@ import os
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from cadx.workflows import open_workspace
 from db.models import Base
@@ -33,29 +31,7 @@ def _postgres_url() -> str:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason + " - under CI=true the PostgreSQL tests must run")
         pytest.skip(reason)
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:  # one database per pytest-xdist worker
-        parsed = make_url(url)
-        url = parsed.set(database=f"{parsed.database}_{worker}").render_as_string(hide_password=False)
-        _create_database(parsed, url)
     return url
-
-
-def _create_database(parsed, url: str) -> None:
-    if url in _MIGRATED or url in _CREATED:
-        return
-    name = make_url(url).database
-    engine = create_db_engine(parsed.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            if not connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}):
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    _CREATED.add(url)
-
-
-_CREATED: set[str] = set()
 
 
 def _reset_postgres(url: str) -> None:
