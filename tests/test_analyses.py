@@ -77,6 +77,7 @@ def test_fused_features_and_embedding():
 
 
 # ------------------------------------------------------------------------------- on a stored demo experiment ---
+@pytest.mark.slow
 def test_analyses_on_a_stored_experiment(workspace_cache, workspace):
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler

@@ -285,6 +285,7 @@ def phantom_results():
     return rows
 
 
+@pytest.mark.slow
 def test_phantoms_dice_and_size(phantom_results):
     dice = np.array([row["dice"] for row in phantom_results])
     error = np.array([row["features"]["effective_diameter_mm"] / row["diameter_mm"] - 1 for row in phantom_results])

@@ -15,6 +15,8 @@ from cadx.workflows.analyses import agreement_analysis, correlation_analysis
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import demo_experiment
 
+pytestmark = pytest.mark.slow  # AppTest runs of whole pages: seconds each
+
 
 @pytest.fixture(scope="module")
 def experiment_dir(tmp_path_factory, workspace_cache):

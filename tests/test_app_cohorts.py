@@ -11,6 +11,8 @@ from cadx.workflows import import_demo, open_workspace
 from db.models import Job
 from tests.apptest_support import open_page, point_app_at
 
+pytestmark = pytest.mark.slow  # AppTest runs of whole pages: seconds each
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, workspace_cache):

@@ -20,6 +20,8 @@ from tests.dicom_factory import disk_image, write_mammogram
 
 from tests.apptest_support import open_page, point_app_at
 
+pytestmark = pytest.mark.slow  # AppTest runs of whole pages: seconds each
+
 
 @pytest.fixture
 def demo_data_dir(tmp_path, monkeypatch, workspace_cache):

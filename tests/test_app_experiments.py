@@ -21,6 +21,8 @@ from db.models import Experiment, Job, Prediction
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import SMALL_SWEEP, demo_experiment
 
+pytestmark = pytest.mark.slow  # AppTest runs of whole pages: seconds each
+
 
 @pytest.fixture(scope="module")
 def experiment_dir(tmp_path_factory, workspace_cache):

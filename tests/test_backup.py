@@ -129,6 +129,7 @@ def _first_key(data_dir: str) -> bytes:
     return Workspace(data_dir=Path(data_dir), engine=None, sessions=None).pseudonym_key()
 
 
+@pytest.mark.slow
 def test_processes_starting_at_once_share_one_complete_key(tmp_path):
     with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
         keys = list(pool.map(_first_key, [str(tmp_path)] * 12))

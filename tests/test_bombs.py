@@ -81,6 +81,7 @@ def _peak_mib(call) -> tuple[BaseException | None, float]:
     return error, peak / MiB
 
 
+@pytest.mark.slow
 def test_a_deflated_dicom_declaring_16000_squared_is_refused_before_inflating(monkeypatch):
     monkeypatch.delenv("CADX_MAX_IMAGE_PIXELS", raising=False)
     bomb = _deflated_dicom(16000, 16000)  # 512 MB of pixels in about half a megabyte

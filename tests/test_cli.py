@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from cadx.cli import app
@@ -12,6 +13,7 @@ from cadx.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_import_mias_then_stats_json(tmp_path, mias_dir):
     data = tmp_path / "data"
     result = runner.invoke(app, ["import", "mias", str(mias_dir), "--data-dir", str(data), "--user", "tester",
@@ -55,6 +57,7 @@ def test_unknown_exclusion_reason_is_a_clear_error(tmp_path):
     assert "unknown exclusion reason" in result.output
 
 
+@pytest.mark.slow
 def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
     data = tmp_path / "data"
     assert runner.invoke(app, ["demo", "--lesions", "12", "--seed", "2", "--data-dir", str(data)]).exit_code == 0

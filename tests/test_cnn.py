@@ -85,6 +85,7 @@ def test_tap_shapes_at_256_for_every_backbone(name: str) -> None:
     assert list(cnn.get_backbone(name).taps) == list(EXPECTED_SHAPES_256[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0"])  # alexnet below; vgg16: shapes only (slow)
 def test_random_init_forward_gives_every_tap(name: str) -> None:
     loaded = cnn.load_backbone(name, "random")
@@ -150,6 +151,7 @@ def _imagenet_top1(loaded: cnn.LoadedBackbone, image: np.ndarray) -> tuple[int, 
     return int(logits.argmax()), logits
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_behaves_like_an_imagenet_classifier(lite0: cnn.LoadedBackbone) -> None:
     skdata = pytest.importorskip("skimage.data")
     cat, logits = _imagenet_top1(lite0, skdata.chelsea())
@@ -283,6 +285,7 @@ def _mias_rois(mias_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
     return rois
 
 
+@pytest.mark.slow
 def test_mias_rois_into_store_only_once(mias_dir: Path, lite0: cnn.LoadedBackbone, tmp_path: Path) -> None:
     rois = _mias_rois(mias_dir, ["mdb001", "mdb002", "mdb005"])
     assert all(r.shape == (512, 512) and r.dtype == np.uint16 for r in rois.values())
@@ -382,6 +385,7 @@ def _loaded_or_skip(name: str) -> cnn.LoadedBackbone:
         pytest.skip(f"{name}'s ImageNet weights are not in the torch cache ({cnn.CnnWeights}): {str(exc)[:160]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(cnn.BACKBONES))
 def test_real_pictures_get_their_imagenet_class_through_the_roi_input_path(name: str) -> None:
     """skimage's cat (chelsea) and coffee cup go through ``cnn.network_input`` (the resize + normalisation that

@@ -124,6 +124,7 @@ def _mias_truth(mias_dir):
     return {f"{f.refnum}#{f.index}": f for f in findings if (mias_dir / f"{f.refnum}.pgm").exists()}
 
 
+@pytest.mark.slow
 def test_cohorts_resolve_demo_and_mias_without_silently_mixing_synthetic(workspace_cache, workspace, mias_dir):
     truth = _mias_truth(mias_dir)
     masses = {k: f for k, f in truth.items() if f.abnormality in ("CIRC", "SPIC", "MISC")}
@@ -187,6 +188,7 @@ def test_cohorts_resolve_demo_and_mias_without_silently_mixing_synthetic(workspa
                                               "no centre given in the truth table": 1}}
 
 
+@pytest.mark.slow
 def test_an_experiment_on_mias_masses_records_only_mias_mass_lesions(workspace_cache, workspace, mias_dir):
     from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
     from cadx.workflows.features import resolve_backbone
@@ -274,6 +276,7 @@ def test_migration_maps_stored_classes_links_rois_to_their_import_and_codes_lost
 
 
 # ------------------------------------------------------------------------------------------------- CLI ---
+@pytest.mark.slow
 def test_cohort_commands_create_list_show_and_refuse_a_too_small_cohort_before_any_work(tmp_path):
     data = tmp_path / "data"
     assert runner.invoke(app, ["demo", "--lesions", "12", "--seed", "2", "--data-dir", str(data)]).exit_code == 0

@@ -8,6 +8,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from cadx import io as cadx_io
@@ -81,6 +82,7 @@ def _upload(args: tuple[str, str, bytes]) -> str:
         workspace.engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_same_case_uploaded_at_once_is_stored_once(workspace, tmp_path):
     data = write_mammogram(tmp_path / "m.dcm", disk_image((700, 500), (300, 260), 40)).read_bytes()
     url = workspace.engine.url.render_as_string(hide_password=False)
@@ -103,6 +105,7 @@ def _features(args: tuple[str, str]) -> int:
         workspace.engine.dispose()
 
 
+@pytest.mark.slow
 def test_two_processes_computing_features_at_once_both_finish(workspace_cache, workspace):
     workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     url = workspace.engine.url.render_as_string(hide_password=False)

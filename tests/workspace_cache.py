@@ -34,7 +34,7 @@ from cadx.workflows import Workspace, open_workspace
 from db.models import Base
 from db.session import create_db_engine
 
-__all__ = ["WorkspaceCache", "demo_experiment", "SMALL_SWEEP"]
+__all__ = ["SMALL_SWEEP", "WorkspaceCache", "demo_experiment"]
 
 _DB_FILE = "cadx.sqlite"
 # per-installation and per-process state a copy must not take from the template (the pseudonym key is copied: the
