@@ -434,10 +434,9 @@ def test_experiments_page_shows_reproducibility_and_renames_and_deletes(use, exp
         ws.engine.dispose()
 
 
-def test_pages_show_a_repeated_cross_validation(use, tmp_path):
-    data = tmp_path / "data"
+def test_pages_show_a_repeated_cross_validation(use, tmp_path, workspace_cache):
+    data, _report = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=12, seed=2)
     ws = open_workspace(data)
-    import_demo(ws, n_lesions=12, seed=2)
     loaded, note = resolve_backbone("alexnet", weights="random")
     experiment_id = run_experiment(ws, loaded, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", seed=5,
                                                                   repeats=2, min_lesions_per_class_per_fold=1),
