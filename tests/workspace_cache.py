@@ -49,11 +49,13 @@ class WorkspaceCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._templates: dict[tuple[str, str], tuple[Path, Any]] = {}
+        self._built = 0
 
     def _template(self, build: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Path, Any]:
         key = (f"{build.__module__}.{build.__qualname__}", repr(sorted(kwargs.items())))
         if key not in self._templates:
-            data = self.root / f"t{len(self._templates)}-{build.__name__}" / "data"
+            self._built += 1  # a new folder each time: a build that failed leaves its folder behind
+            data = self.root / f"t{self._built}-{build.__name__}" / "data"
             workspace = open_workspace(data, f"sqlite:///{data / _DB_FILE}")
             try:
                 result = build(workspace, **kwargs)
