@@ -110,6 +110,7 @@ def _open_and_count_tables(args: tuple[str, str]) -> int:
         workspace.engine.dispose()
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_path):
     """The app, its worker and a CLI command may all start on a new database at the same moment: the schema is
     created once, by one of them, and none fails (before the migration lock, 3 of 30 such opens failed)."""

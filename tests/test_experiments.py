@@ -36,6 +36,7 @@ def alexnet_random():
     return loaded
 
 
+@pytest.mark.slow
 def test_features_are_computed_once_per_roi_content(demo, alexnet_random):
     first = extract_cnn_features(demo, alexnet_random, taps=["fc8"])
     again = extract_cnn_features(demo, alexnet_random, taps=["fc8"])
@@ -46,6 +47,7 @@ def test_features_are_computed_once_per_roi_content(demo, alexnet_random):
         assert session.scalar(select(func.count()).select_from(Segmentation)) == analytic.n_rois
 
 
+@pytest.mark.slow
 def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     first = run_experiment(demo, alexnet_random, SETTINGS, name="one", user="tester")
     second = run_experiment(demo, alexnet_random, SETTINGS, name="two", user="tester")
@@ -93,6 +95,7 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
         assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
 
 
+@pytest.mark.slow
 def test_excluded_rois_leave_later_experiments(demo, alexnet_random):
     records = roi_records(demo)
     exclude_roi(demo, records[0].id, reason="compression_paddle", user="tester")
@@ -110,6 +113,7 @@ def test_too_few_lesions_is_a_clear_error(workspace_cache, workspace, alexnet_ra
         run_experiment(workspace, alexnet_random, SETTINGS, name="tiny", user="tester")
 
 
+@pytest.mark.slow
 def test_jobs_run_in_order_record_progress_and_can_be_cancelled(demo):
     features = submit_job(demo, "features", {}, user="alice")
     experiment = submit_job(demo, "experiment", {"backbone": "alexnet", "weights": "random", "taps": ["fc8"],
@@ -141,6 +145,7 @@ def test_a_failing_job_records_its_error(workspace_cache, workspace):
         assert session.scalar(select(func.count()).select_from(Job)) == 1
 
 
+@pytest.mark.slow
 def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_random):
     """Two seeds in one experiment give exactly what two one-seed experiments give: the sweep averages their folds,
     Table 1 and the Predictions page stay the first seed's, every seed's predictions are stored."""
@@ -199,6 +204,7 @@ def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
 
 
+@pytest.mark.slow
 def test_five_seeds_are_the_one_default_of_the_cli_the_page_and_the_job_runner(workspace_cache, workspace):
     """Repeated cross-validation by default (issue 12, point 4): ExperimentSettings, the CLI options and the job
     runner share DEFAULT_REPEATS (the page's widget is checked in tests/test_app_experiments.py)."""

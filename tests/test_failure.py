@@ -8,6 +8,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from sqlalchemy import func, select
 
@@ -33,6 +34,7 @@ def _committed(workspace, loaded, hashes) -> int:
     return len(hashes) - len(missing)
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_from_the_store(workspace_cache, tmp_path):
     data = tmp_path / "data"
     workspace = open_workspace(data)
@@ -57,6 +59,7 @@ def test_killed_extraction_resumes_from_the_store(workspace_cache, tmp_path):
     assert extract_cnn_features(workspace, loaded, taps=["fc8"]).n_extracted == 0
 
 
+@pytest.mark.slow
 def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_half_written(workspace_cache, workspace):
     workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random",

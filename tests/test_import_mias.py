@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
@@ -18,6 +19,7 @@ def _table_counts(workspace) -> dict[str, int]:
                 for model in (Patient, Lesion, Image, Roi)}
 
 
+@pytest.mark.slow
 def test_mias_import_every_finding_with_centre_and_image(workspace, mias_dir):
     findings, skips = parse_mias_info(mias_dir / "Info.txt")
     present = [f for f in findings if (mias_dir / f"{f.refnum}.pgm").exists()]
@@ -52,6 +54,7 @@ def test_mias_import_every_finding_with_centre_and_image(workspace, mias_dir):
     assert labels == expected
 
 
+@pytest.mark.slow
 def test_mias_roi_has_its_finding_at_the_centre(workspace, mias_dir):
     """Each ROI, brought back to 0.2 mm, equals the source image around (row = 1024 - y, col = x)."""
     import_mias(workspace, mias_dir, user="tester")
@@ -90,6 +93,7 @@ def test_mias_roi_has_its_finding_at_the_centre(workspace, mias_dir):
     assert checked >= 0.8 * len(rows)
 
 
+@pytest.mark.slow
 def test_mias_import_twice_changes_nothing(workspace, mias_dir):
     first = import_mias(workspace, mias_dir, user="tester")
     counts = _table_counts(workspace)

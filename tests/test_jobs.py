@@ -151,6 +151,7 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
     assert get_job(workspace, remote).status == "queued" and get_job(workspace, remote).error is None
 
 
+@pytest.mark.slow
 def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
     """Every fold sleeps 10 s, the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
     this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
@@ -176,6 +177,7 @@ def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch
         worker.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_job_resumes_redoing_only_unfinished_folds(demo, tmp_path, monkeypatch):
     env = {"CADX_JOB_STALE_SECONDS": "2", "CADX_JOB_HEARTBEAT_SECONDS": "0.3"}
     for key, value in env.items():
@@ -238,6 +240,7 @@ def _claim_in_process(data_dir: str, url: str, start_at: float, limit: int) -> t
     return None if job is None else (job.id, job.slot)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_queued, limit", [(1, 4), (3, 2)])
 def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
     ids = [submit_job(workspace, "features", {}, user=f"user{k}") for k in range(n_queued)]
@@ -278,6 +281,7 @@ def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace_cache, workspa
 
 
 # --------------------------------------------------------------------------------------------------- progress ---
+@pytest.mark.slow
 def test_progress_is_by_work_done_monotonic_with_an_eta(demo, monkeypatch):
     seen = []
     real = jobs._Reporter.__call__
@@ -323,6 +327,7 @@ def test_progress_weights_folds_by_their_cost():
     assert reports[-1] == PROGRESS_SCALE
 
 
+@pytest.mark.slow
 def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkeypatch):
     import cadx.svm
 

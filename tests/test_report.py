@@ -155,6 +155,7 @@ def demo_experiment(workspace_cache, workspace):
     return workspace, experiment_id
 
 
+@pytest.mark.slow
 def test_report_on_demo_has_every_section_the_stored_numbers_and_no_external_resource(demo_experiment):
     workspace, experiment_id = demo_experiment
     summary = experiment_summary(workspace, experiment_id)
@@ -217,6 +218,7 @@ def test_report_on_demo_has_every_section_the_stored_numbers_and_no_external_res
     assert "Not a medical device" in page.sections["disclaimer"]
 
 
+@pytest.mark.slow
 def test_report_at_lesion_level_uses_the_lesion_statistics(demo_experiment):
     workspace, experiment_id = demo_experiment
     data = report_data(workspace, experiment_id, level="lesion")
@@ -226,6 +228,7 @@ def test_report_at_lesion_level_uses_the_lesion_statistics(demo_experiment):
     assert data["results"]["n_cases"] == data["cohort"]["lesions"]
 
 
+@pytest.mark.slow
 def test_cli_report_writes_the_html_and_refuses_an_unknown_experiment(demo_experiment, tmp_path):
     workspace, experiment_id = demo_experiment
     if workspace.engine.url.get_backend_name() != "sqlite":
@@ -242,6 +245,7 @@ def test_cli_report_writes_the_html_and_refuses_an_unknown_experiment(demo_exper
     assert not (tmp_path / "x.html").exists()
 
 
+@pytest.mark.slow
 def test_pdf_is_printed_by_chromium(demo_experiment, tmp_path):
     workspace, experiment_id = demo_experiment
     if workspace.engine.url.get_backend_name() != "sqlite":

@@ -255,6 +255,7 @@ def test_roi_overlay_draws_the_true_outline_of_a_phantom(demo):
         roi_overlay(demo, 10**6)
 
 
+@pytest.mark.slow
 def test_backbone_choices_list_taps_in_network_order():
     choices = backbone_choices()
     assert choices["alexnet"]["taps"][:2] == ["conv1", "pool1"] and choices["alexnet"]["taps"][-1] == "fc8"

@@ -176,6 +176,7 @@ def _review_in_another_process(data_dir: str, database_url: str, worker: int, ro
     ws.engine.dispose()
 
 
+@pytest.mark.slow
 def test_several_processes_writing_at_once_lose_no_review_event(demo):
     """Separate processes (not threads) deciding on one ROI at once: every event is there, the state is the last."""
     import multiprocessing

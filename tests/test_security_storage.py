@@ -463,6 +463,7 @@ import_manifest(workspace, sys.argv[3], user="ana", progress=progress)
 """
 
 
+@pytest.mark.slow
 def test_files_of_a_killed_import_are_removed_at_the_next_start(workspace, tmp_path):
     import subprocess
     import sys
