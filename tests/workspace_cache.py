@@ -39,7 +39,8 @@ __all__ = ["SMALL_SWEEP", "WorkspaceCache", "demo_experiment"]
 _DB_FILE = "cadx.sqlite"
 # per-installation and per-process state a copy must not take from the template (the pseudonym key is copied: the
 # template's rows were made with it)
-_NOT_COPIED = {_DB_FILE, f"{_DB_FILE}-wal", f"{_DB_FILE}-shm", f"{_DB_FILE}-journal", ".import.lock", ".writers",
+_NOT_COPIED = {_DB_FILE, f"{_DB_FILE}-wal", f"{_DB_FILE}-shm", f"{_DB_FILE}-journal", f"{_DB_FILE}.migrate-lock",
+               ".import.lock", ".writers",
                "backup.key"}
 
 
