@@ -115,7 +115,7 @@ def pytest_runtest_makereport(item, call):
 def page(browser, request):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.set_default_timeout(180_000)  # a limit for a loaded 2-core machine (a fresh server's first run), not a measurement
+    page.set_default_timeout(180_000)  # a limit for a loaded 2-core machine, not a measurement
     yield page
     report = getattr(request.node, "_cadx_report_call", None)
     if report is not None and report.failed:
