@@ -45,7 +45,8 @@ def _reset_postgres(url: str) -> None:
 
 
 _FINGERPRINT_SQL = """
-SELECT 'c', table_name::text, (column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, ''))::text
+SELECT 'c', table_name::text,
+       (column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, ''))::text
   FROM information_schema.columns WHERE table_schema = current_schema()
 UNION ALL SELECT 'i', tablename::text, indexdef FROM pg_indexes WHERE schemaname = current_schema()
 UNION ALL SELECT 't', tgrelid::regclass::text, tgname || ' ' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
