@@ -351,3 +351,28 @@ def test_real_mias_rois(mias_dir):
         if refnum in ("mdb010", "mdb023"):  # 13.2 mm and 11.6 mm circumscribed masses inside the field
             assert seg.quality == "ok"
             assert features["effective_diameter_mm"] == pytest.approx(finding.diameter_mm, rel=0.35)
+
+
+# --- the named steps of segment_lesion reproduce the single-function version bit for bit ----------------------
+
+
+def _pinned(cases):
+    import json
+
+    from tests.segmentation_cases import REFERENCE, fingerprint
+
+    reference = json.loads(REFERENCE.read_text())
+    for name, roi, options in cases:
+        assert fingerprint(segment_lesion(roi, **options)) == reference[name], name
+
+
+def test_segmentation_reproduces_the_pinned_outputs_on_phantoms():
+    from tests.segmentation_cases import synthetic_cases
+
+    _pinned(synthetic_cases())
+
+
+def test_segmentation_reproduces_the_pinned_outputs_on_mias(mias_dir):
+    from tests.segmentation_cases import mias_cases
+
+    _pinned(mias_cases(mias_dir))
