@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -77,7 +77,14 @@ __all__ = [
     "analyse_roi",
     "feature_aucs",
     "lesion_features",
+    "Partition",
+    "WorkingImage",
+    "partition_mask",
+    "refine_partition",
+    "search_partitions",
     "segment_lesion",
+    "segmentation_quality",
+    "working_image",
 ]
 
 FEATURES_VERSION = "analytic-1.0"
@@ -140,6 +147,10 @@ _GLCM_DISTANCES = (1, 2)  # pixels (0.1 and 0.2 mm at the ROI's 0.1 mm)
 _GLCM_ANGLES = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)
 
 
+def _no_array() -> np.ndarray:
+    return np.zeros((0, 0))
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """A seeded lesion segmentation and its quality control.
@@ -179,6 +190,89 @@ class Segmentation:
     seed_rc: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class WorkingImage:
+    """Step 1 of `segment_lesion`: the ROI on the working grid, ready for the threshold search.
+
+    Attributes
+    ----------
+    roi_shape : (int, int)
+        Shape of the ROI.
+    seed_rc : (float, float)
+        The seed in ROI pixels (row, col).
+    factor : int
+        ROI pixels per working pixel along each axis.
+    pixel_mm : float
+        Working pixel size (mm).
+    smooth : ndarray of float, shape (h, w)
+        The 0-1 scaled, block-averaged, smoothed ROI.
+    f : ndarray of float, shape (h, w)
+        ``smooth`` offset by its minimum, 0 in air / padding: the image the partitions threshold.
+    radial : ndarray of float, shape (h, w)
+        ``-grad(f') . r_hat`` (0 within 2 mm of air / padding): what the ARG averages over a margin.
+    dist_mm2 : ndarray of float, shape (h, w)
+        Squared distance to the seed (mm^2).
+    seed_w : (float, float)
+        The seed on the working grid (fractional pixels).
+    seed_px : (int, int)
+        The working pixel holding the seed.
+    failure : str or None
+        Why no region can grow (flat ROI, seed in air or padding); the arrays are empty then.
+    """
+
+    roi_shape: tuple[int, int]
+    seed_rc: tuple[float, float]
+    factor: int = 1
+    pixel_mm: float = math.nan
+    smooth: np.ndarray = field(default_factory=_no_array)
+    f: np.ndarray = field(default_factory=_no_array)
+    radial: np.ndarray = field(default_factory=_no_array)
+    dist_mm2: np.ndarray = field(default_factory=_no_array)
+    seed_w: tuple[float, float] = (math.nan, math.nan)
+    seed_px: tuple[int, int] = (0, 0)
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Steps 2-3 of `segment_lesion`: a candidate region of ``h >= level`` around the seed and its score.
+
+    Attributes
+    ----------
+    score : float
+        Average radial gradient along the region's margin times the size prior (the ARG score).
+    sigma_mm : float
+        Width of the Gaussian constraint function of ``h``.
+    level : float
+        Threshold on ``h``.
+    window : (slice, slice)
+        The part of the working grid the region was labelled in.
+    region : ndarray of bool
+        The seed's component of ``h[window] >= level``.
+    h : ndarray of float, shape (h, w)
+        The constrained image ``f * exp(-r^2 / (2 sigma^2))``.
+    step : float
+        The grey-level step of the search under this constraint.
+    """
+
+    score: float
+    sigma_mm: float
+    level: float
+    window: tuple[slice, slice]
+    region: np.ndarray
+    h: np.ndarray
+    step: float
+
+
+@dataclass(frozen=True)
+class _ScoreRule:
+    """How a partition is scored: its area bounds (working pixels) and the size prior's ``R0`` (mm)."""
+
+    area_min: float
+    area_max: float
+    prior_mm: float
+
+
 def segment_lesion(
     roi: np.ndarray,
     *,
@@ -196,7 +290,9 @@ def segment_lesion(
 ) -> Segmentation:
     """Segment the lesion around a seed by multiple-transition-point grey-level region growing.
 
-    See the module docstring for the algorithm (Kupinski & Giger 1998, IEEE TMI 17:510).
+    See the module docstring for the algorithm (Kupinski & Giger 1998, IEEE TMI 17:510). The named steps, each
+    callable on its own: `working_image` (step 1), `search_partitions` (steps 2-3: the ARG peak),
+    `refine_partition` (step 4: its outer flank), `partition_mask` (step 5) and `segmentation_quality` (the flags).
 
     Parameters
     ----------
@@ -240,17 +336,11 @@ def segment_lesion(
     """
     image = _check_roi(roi, "roi")
     px = _check_positive(pixel_size_mm, "pixel_size_mm")
-    height, width = image.shape
-    if centre_rc is None:
-        seed_rc = ((height - 1) / 2.0, (width - 1) / 2.0)
-    else:
-        seed_rc = _check_centre(centre_rc, image.shape)
-    sigmas = tuple(_check_positive(s, "constraint_sigmas_mm") for s in constraint_sigmas_mm)
-    if not sigmas:
-        raise CadxInputError("constraint_sigmas_mm", "is empty", "give e.g. (2.5, 5, 10, 20)")
+    if centre_rc is not None:
+        _check_centre(centre_rc, image.shape)
+    sigmas = _check_sigmas(constraint_sigmas_mm)
     prior_mm = _check_positive(size_prior_mm, "size_prior_mm")
-    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 4:
-        raise CadxInputError("n_levels", f"{n_levels!r} is not an integer >= 4", "give e.g. 32")
+    _check_levels(n_levels)
     kappa = _check_fraction(outer_fraction, "outer_fraction")
     smooth_mm = _check_positive(smoothing_mm, "smoothing_mm")
     min_d_mm = _check_positive(min_diameter_mm, "min_diameter_mm")
@@ -258,7 +348,51 @@ def segment_lesion(
     min_cnr = _check_finite(min_cnr, "min_cnr")
     background_level = _background_level(roi, background_level)
 
+    work = working_image(roi, pixel_size_mm=px, centre_rc=centre_rc, smoothing_mm=smooth_mm,
+                         background_level=background_level)
     empty = np.zeros(image.shape, bool)
+    if work.failure is not None:
+        return _failed(empty, work.seed_rc, work.failure)
+    best = search_partitions(work, constraint_sigmas_mm=sigmas, size_prior_mm=prior_mm, n_levels=n_levels,
+                             min_diameter_mm=min_d_mm, max_area_fraction=max_frac)
+    if best is None:
+        return _failed(empty, work.seed_rc, "no region around the seed is brighter than its surroundings "
+                       "(no partition with a positive average radial gradient)")
+    chosen = refine_partition(work, best, outer_fraction=kappa, size_prior_mm=prior_mm, min_diameter_mm=min_d_mm,
+                              max_area_fraction=max_frac)
+    mask, region = partition_mask(work, chosen)
+    flags, reasons, cnr = segmentation_quality(work, mask, region, min_cnr=min_cnr)
+    mask.flags.writeable = False
+    return Segmentation(
+        mask=mask,
+        quality=flags[0] if flags else "ok",
+        reason="; ".join(reasons) if reasons else "segmented",
+        flags=tuple(flags),
+        threshold=float(chosen.level),
+        constraint_sigma_mm=float(chosen.sigma_mm),
+        arg=float(best.score),
+        contrast_to_noise=float(cnr),
+        seed_rc=(float(work.seed_rc[0]), float(work.seed_rc[1])),
+    )
+
+
+def working_image(roi: np.ndarray, *, pixel_size_mm: float = 0.1, centre_rc: Sequence[float] | None = None,
+                  smoothing_mm: float = 0.3, background_level: float | None = None) -> WorkingImage:
+    """Step 1 of `segment_lesion`: scale, block-average, smooth, mask air and padding, and the radial gradient.
+
+    Options as in `segment_lesion`. Returns a `WorkingImage` whose ``failure`` says why nothing can grow (flat
+    ROI, seed in air or padding) instead of raising: both are answers about the ROI, not input errors.
+    """
+    image = _check_roi(roi, "roi")
+    px = _check_positive(pixel_size_mm, "pixel_size_mm")
+    height, width = image.shape
+    if centre_rc is None:
+        seed_rc = ((height - 1) / 2.0, (width - 1) / 2.0)
+    else:
+        seed_rc = _check_centre(centre_rc, image.shape)
+    smooth_mm = _check_positive(smoothing_mm, "smoothing_mm")
+    background_level = _background_level(roi, background_level)
+    shape = (int(height), int(width))
 
     lo, hi = np.percentile(image, [1.0, 99.0])
     spread = max(abs(float(lo)), abs(float(hi)), 1.0) * _FLAT_EPS
@@ -266,7 +400,8 @@ def segment_lesion(
         if np.ptp(image) > spread:  # e.g. a single bright pixel: still nothing to grow from
             lo, hi = float(image.min()), float(image.max())
         else:
-            return _failed(empty, seed_rc, "no contrast: the ROI is flat (all pixels have the same value)")
+            return WorkingImage(shape, seed_rc, failure="no contrast: the ROI is flat (all pixels have the same "
+                                "value)")
     scaled = (image - lo) / (hi - lo)
 
     # working grid: block means of `factor` x `factor` pixels (edge-padded to a multiple)
@@ -297,70 +432,123 @@ def segment_lesion(
         radial[ndi.distance_transform_edt(~background) * wpx <= _BACKGROUND_GUARD_MM] = 0.0
         f[background] = 0.0
     dist_mm2 = (dist * wpx) ** 2
-
+    failure = None
     if f[seed_px] <= 0:
-        return _failed(empty, seed_rc, "no region to grow: the seed lies in air, padding or at the ROI's minimum")
+        failure = "no region to grow: the seed lies in air, padding or at the ROI's minimum"
+    return WorkingImage(shape, seed_rc, factor, wpx, smooth, f, radial, dist_mm2, seed_w, seed_px, failure)
 
-    area_min = math.pi * (min_d_mm / 2 / wpx) ** 2
-    area_max = max_frac * n_rows * n_cols
 
-    f_max = float(f.max())
+def _score_rule(work: WorkingImage, *, size_prior_mm: float, min_diameter_mm: float,
+                max_area_fraction: float) -> _ScoreRule:
+    prior_mm = _check_positive(size_prior_mm, "size_prior_mm")
+    min_d_mm = _check_positive(min_diameter_mm, "min_diameter_mm")
+    max_frac = _check_fraction(max_area_fraction, "max_area_fraction")
+    n_rows, n_cols = work.f.shape
+    return _ScoreRule(area_min=math.pi * (min_d_mm / 2 / work.pixel_mm) ** 2,
+                      area_max=max_frac * n_rows * n_cols, prior_mm=prior_mm)
 
-    def score(h: np.ndarray, sigma_px: float, level: float):
-        """(score or None when too large or -inf when too small, the partition as (window, region in it))."""
-        # h < level wherever f_max * G < level: the partition lies within this radius of the seed
-        reach = sigma_px * math.sqrt(2.0 * math.log(f_max / level)) + 2.0 if level < f_max else 2.0
-        window = (slice(max(int(seed_w[0] - reach), 0), min(int(seed_w[0] + reach) + 2, n_rows)),
-                  slice(max(int(seed_w[1] - reach), 0), min(int(seed_w[1] + reach) + 2, n_cols)))
-        local_seed = (seed_px[0] - window[0].start, seed_px[1] - window[1].start)
-        region = _seed_component(h[window] >= level, local_seed)
-        area = int(np.count_nonzero(region))
-        if area > area_max:
-            return None, (window, region)
-        if area < area_min:
-            return -math.inf, (window, region)
-        arg = float(radial[window][_inner_boundary(region)].mean())
-        r_eff_mm = math.sqrt(area / math.pi) * wpx
-        return arg * math.exp(-0.5 * (r_eff_mm / prior_mm) ** 2), (window, region)
 
-    best = None  # (score, sigma, level, partition, h, step)
+def _score(work: WorkingImage, rule: _ScoreRule, h: np.ndarray, sigma_mm: float, level: float
+           ) -> tuple[float | None, tuple[tuple[slice, slice], np.ndarray]]:
+    """(score or None when too large or -inf when too small, the partition as (window, region in it))."""
+    sigma_px = sigma_mm / work.pixel_mm
+    f_max = float(work.f.max())
+    n_rows, n_cols = work.f.shape
+    seed_w, seed_px = work.seed_w, work.seed_px
+    # h < level wherever f_max * G < level: the partition lies within this radius of the seed
+    reach = sigma_px * math.sqrt(2.0 * math.log(f_max / level)) + 2.0 if level < f_max else 2.0
+    window = (slice(max(int(seed_w[0] - reach), 0), min(int(seed_w[0] + reach) + 2, n_rows)),
+              slice(max(int(seed_w[1] - reach), 0), min(int(seed_w[1] + reach) + 2, n_cols)))
+    local_seed = (seed_px[0] - window[0].start, seed_px[1] - window[1].start)
+    region = _seed_component(h[window] >= level, local_seed)
+    area = int(np.count_nonzero(region))
+    if area > rule.area_max:
+        return None, (window, region)
+    if area < rule.area_min:
+        return -math.inf, (window, region)
+    arg = float(work.radial[window][_inner_boundary(region)].mean())
+    r_eff_mm = math.sqrt(area / math.pi) * work.pixel_mm
+    return arg * math.exp(-0.5 * (r_eff_mm / rule.prior_mm) ** 2), (window, region)
+
+
+def search_partitions(work: WorkingImage, *, constraint_sigmas_mm: Sequence[float] = (2.5, 5.0, 10.0, 20.0),
+                      size_prior_mm: float = 15.0, n_levels: int = 32, min_diameter_mm: float = 1.5,
+                      max_area_fraction: float = 0.5) -> Partition | None:
+    """Steps 2-3 of `segment_lesion`: the partition of highest ARG score over every constraint width and grey
+    level (the first of equal scores); None when no partition has a positive score (or ``work`` failed).
+
+    Options as in `segment_lesion`.
+    """
+    sigmas = _check_sigmas(constraint_sigmas_mm)
+    _check_levels(n_levels)
+    if work.failure is not None:
+        return None
+    rule = _score_rule(work, size_prior_mm=size_prior_mm, min_diameter_mm=min_diameter_mm,
+                       max_area_fraction=max_area_fraction)
+    best: Partition | None = None
     for sigma in sigmas:
-        h = f * np.exp(-0.5 * dist_mm2 / sigma**2)
-        top = float(h[seed_px])
+        h = work.f * np.exp(-0.5 * work.dist_mm2 / sigma**2)
+        top = float(h[work.seed_px])
         step = top / n_levels
         for k in range(1, n_levels):
             level = top - k * step
-            value, partition = score(h, sigma / wpx, level)
+            value, (window, region) = _score(work, rule, h, sigma, level)
             if value is None:
                 break
-            if best is None or value > best[0]:
-                best = (value, sigma, level, partition, h, step)
-    if best is None or not best[0] > 0:
-        return _failed(empty, seed_rc, "no region around the seed is brighter than its surroundings "
-                       "(no partition with a positive average radial gradient)")
-    peak, sigma, level, partition, h, step = best
+            if best is None or value > best.score:
+                best = Partition(value, sigma, level, window, region, h, step)
+    if best is None or not best.score > 0:
+        return None
+    return best
 
-    # outer side of the ARG peak: lower the threshold while the score stays >= outer_fraction * peak
+
+def refine_partition(work: WorkingImage, peak: Partition, *, outer_fraction: float = 0.8,
+                     size_prior_mm: float = 15.0, min_diameter_mm: float = 1.5,
+                     max_area_fraction: float = 0.5) -> Partition:
+    """Step 4 of `segment_lesion`: from the ARG peak, lower the threshold (in thirds of a level, same constraint)
+    while the score stays at least ``outer_fraction`` times the peak's; returns the last such partition (with its
+    own score), or ``peak`` itself.
+
+    Options as in `segment_lesion`.
+    """
+    kappa = _check_fraction(outer_fraction, "outer_fraction")
+    rule = _score_rule(work, size_prior_mm=size_prior_mm, min_diameter_mm=min_diameter_mm,
+                       max_area_fraction=max_area_fraction)
+    chosen = peak
     for j in range(1, _MAX_FINE + 1):
-        candidate = best[2] - j * step / _FINE_STEPS
+        candidate = peak.level - j * peak.step / _FINE_STEPS
         if candidate <= 0:
             break
-        value, candidate_partition = score(h, sigma / wpx, candidate)
-        if value is None or value < kappa * peak:
+        value, (window, region) = _score(work, rule, peak.h, peak.sigma_mm, candidate)
+        if value is None or value < kappa * peak.score:
             break
-        level, partition = candidate, candidate_partition
-    region = np.zeros(f.shape, bool)
-    region[partition[0]] = partition[1]
+        chosen = Partition(value, peak.sigma_mm, candidate, window, region, peak.h, peak.step)
+    return chosen
 
-    # final mask on the ROI grid: the constrained image interpolated (bilinear), thresholded at the chosen level
-    mask = _upsample_region(h, level, region, factor, image.shape, seed_rc)
-    mask = ndi.binary_fill_holes(mask)
-    region = ndi.binary_fill_holes(region)
 
-    # quality control on the working grid
+def partition_mask(work: WorkingImage, partition: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5 of `segment_lesion`: the partition as a mask on the ROI grid (``h`` interpolated bilinearly and
+    thresholded, the seed's component, holes filled) and as a region on the working grid (holes filled).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape ``work.roi_shape``
+    region : ndarray of bool, shape of the working grid
+    """
+    region = np.zeros(work.f.shape, bool)
+    region[partition.window] = partition.region
+    mask = _upsample_region(partition.h, partition.level, region, work.factor, work.roi_shape, work.seed_rc)
+    return ndi.binary_fill_holes(mask), ndi.binary_fill_holes(region)
+
+
+def segmentation_quality(work: WorkingImage, mask: np.ndarray, region: np.ndarray, *, min_cnr: float = 0.5
+                         ) -> tuple[list[str], list[str], float]:
+    """The quality flags of a segmentation (module docstring), most severe first, their reasons, and the
+    contrast-to-noise ratio of ``region`` against a 1-3 mm ring outside it on the smoothed working image."""
+    min_cnr = _check_finite(min_cnr, "min_cnr")
     flags, reasons = [], []
-    seed_in = bool(mask[_nearest_pixel(seed_rc, image.shape)])
-    seed_share = _seed_share(f, region, seed_px, max(_SEED_REACH_MM / wpx, 1.0))
+    seed_in = bool(mask[_nearest_pixel(work.seed_rc, work.roi_shape)])
+    seed_share = _seed_share(work.f, region, work.seed_px, max(_SEED_REACH_MM / work.pixel_mm, 1.0))
     if not seed_in:
         flags.append("seed_off_lesion")
         reasons.append("the seed is not inside the segmented region")
@@ -368,7 +556,7 @@ def segment_lesion(
         flags.append("seed_off_lesion")
         reasons.append("the region's bright core is not around the seed: the region grew from the background into "
                        "a brighter structure (is the centre on the lesion?)")
-    cnr = _ring_cnr(smooth, region, wpx)
+    cnr = _ring_cnr(work.smooth, region, work.pixel_mm)
     if math.isnan(cnr):
         flags.append("low_contrast")
         reasons.append("no surrounding tissue to measure the lesion's contrast against")
@@ -379,18 +567,19 @@ def segment_lesion(
     if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
         flags.append("touches_border")
         reasons.append("the segmented region touches the ROI border (lesion larger than the field, or not centred)")
-    mask.flags.writeable = False
-    return Segmentation(
-        mask=mask,
-        quality=flags[0] if flags else "ok",
-        reason="; ".join(reasons) if reasons else "segmented",
-        flags=tuple(flags),
-        threshold=float(level),
-        constraint_sigma_mm=float(sigma),
-        arg=float(peak),
-        contrast_to_noise=float(cnr),
-        seed_rc=(float(seed_rc[0]), float(seed_rc[1])),
-    )
+    return flags, reasons, cnr
+
+
+def _check_sigmas(constraint_sigmas_mm: Sequence[float]) -> tuple[float, ...]:
+    sigmas = tuple(_check_positive(s, "constraint_sigmas_mm") for s in constraint_sigmas_mm)
+    if not sigmas:
+        raise CadxInputError("constraint_sigmas_mm", "is empty", "give e.g. (2.5, 5, 10, 20)")
+    return sigmas
+
+
+def _check_levels(n_levels: int) -> None:
+    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 4:
+        raise CadxInputError("n_levels", f"{n_levels!r} is not an integer >= 4", "give e.g. 32")
 
 
 def lesion_features(

@@ -376,3 +376,40 @@ def test_segmentation_reproduces_the_pinned_outputs_on_mias(mias_dir):
     from tests.segmentation_cases import mias_cases
 
     _pinned(mias_cases(mias_dir))
+
+
+def test_segmentation_steps_one_at_a_time_on_a_disk():
+    from cadx.analytic import (partition_mask, refine_partition, search_partitions, segmentation_quality,
+                               working_image)
+
+    roi = _to_uint16(0.3 + 0.4 * ndi.gaussian_filter(_disk(radius_px=60.0).astype(float), 3.0))
+    work = working_image(roi)
+    assert work.failure is None and work.factor == 2 and work.pixel_mm == pytest.approx(0.2)
+    assert work.f.shape == (256, 256) and work.seed_px == (128, 128) and work.f.min() == 0.0
+    peak = search_partitions(work)
+    assert peak is not None and peak.score > 0 and peak.h.shape == work.f.shape
+    outer = refine_partition(work, peak)
+    assert outer.level <= peak.level and outer.sigma_mm == peak.sigma_mm
+    assert outer.score >= 0.8 * peak.score
+    assert refine_partition(work, peak, outer_fraction=1.0).level == peak.level  # 1 keeps the peak's partition
+    mask, region = partition_mask(work, outer)
+    assert mask.shape == SHAPE and region.shape == work.f.shape
+    assert _dice(mask, _disk(radius_px=60.0)) > 0.9  # the outer flank of a 0.3 mm blurred edge
+    flags, reasons, cnr = segmentation_quality(work, mask, region)
+    assert flags == [] and reasons == [] and cnr > 10
+    # the same answer as the one-call pipeline
+    seg = segment_lesion(roi)
+    assert np.array_equal(seg.mask, mask) and seg.threshold == outer.level and seg.arg == peak.score
+
+
+def test_segmentation_steps_report_what_cannot_grow():
+    from cadx.analytic import search_partitions, working_image
+
+    flat = working_image(np.full((64, 64), 7, np.uint16))
+    assert flat.failure is not None and "flat" in flat.failure
+    assert search_partitions(flat) is None
+    padded = np.full((128, 128), 30000, np.uint16)
+    padded[:, :64] = 0
+    assert "air, padding" in working_image(padded, centre_rc=(64.0, 20.0)).failure
+    with pytest.raises(CadxInputError, match="n_levels"):
+        search_partitions(working_image(padded), n_levels=2)
