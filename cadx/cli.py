@@ -14,7 +14,8 @@ from rich.table import Table
 
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
-from cadx.workflows.experiments import DEFAULT_REPEATS
+from cadx.records import ExperimentRecord
+from cadx.workflows.experiments import MAX_REPEATS, ExperimentSettings
 from cadx.workflows import (
     ImportReport,
     Workspace,
@@ -370,8 +371,9 @@ def features_command(data_dir: DataDir = None,
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
                 data_dir, user, cohort=None, min_lesions=None) -> None:
+    from cadx.records import to_json
     from cadx.workflows.cohorts import resolve_cohort
-    from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
+    from cadx.workflows.experiments import load_experiment, run_experiment
 
     workspace = _workspace(data_dir)
     minimum = min_lesions
@@ -387,79 +389,83 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
     with _ProgressBar() as bar:
         experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
                                                     weights_note=note, progress=bar))
-    summary = experiment_summary(workspace, experiment_id)
-    _print_experiment(summary)
+    record = load_experiment(workspace, experiment_id)
+    _print_experiment(record)
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2))
+        json_path.write_text(json.dumps(to_json(record), indent=2))
         _out.print(f"written to {json_path}")
 
 
-def _print_experiment(summary: dict) -> None:
-    results = summary["results"]
-    flags = []
-    if summary["uses_synthetic_data"]:
-        flags.append("[orange1]SYNTHETIC DATA[/]")
-    if summary["uses_random_weights"]:
-        flags.append("[red]RANDOM (UNTRAINED) WEIGHTS[/]")
-    _out.print(f"Experiment {summary['id']} '{summary['name']}' ({summary['seconds']:.1f} s) {' '.join(flags)}")
-    cohort = summary["config"].get("cohort")
-    if cohort:
-        _out.print(f"cohort {cohort['name']}: {results['n_rois']} ROIs, {results['n_lesions']} lesions, "
-                   f"{results['n_patients']} patients; ROI set sha256 {cohort['roi_set_sha256'][:16]}")
+def _f(value: float | None, spec: str = ".3f") -> str:
+    """A statistic for a table ("–" where it was not finite)."""
+    return "–" if value is None else format(value, spec)
+
+
+def _print_experiment(record: ExperimentRecord) -> None:
+    from cadx.records import LevelResults
     from cadx.workflows.results import best_tap_text, calibration_notes
 
-    seeds = summary["config"].get("repeats", 1)
-    by_seed = (results.get("repeats") or {}).get("methods", {})
-    if len(results["sweep"]) > 1:
+    config, results = record.config, record.results
+    flags = []
+    if record.uses_synthetic_data:
+        flags.append("[orange1]SYNTHETIC DATA[/]")
+    if record.uses_random_weights:
+        flags.append("[red]RANDOM (UNTRAINED) WEIGHTS[/]")
+    _out.print(f"Experiment {record.id} '{record.name}' ({record.seconds or 0.0:.1f} s) {' '.join(flags)}")
+    if config.cohort is not None:
+        _out.print(f"cohort {config.cohort.name}: {results.n_rois} ROIs, {results.n_lesions} lesions, "
+                   f"{results.n_patients} patients; ROI set sha256 {config.cohort.roi_set_sha256[:16]}")
+    seeds = config.repeats
+    by_seed = results.repeats.methods if results.repeats is not None else {}
+    if len(results.sweep) > 1:
         spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "one seed: no spread measured"
-        table = Table(title=f"Layer sweep: AUC per tap (5-fold CV by lesion; {spread})")
+        table = Table(title=f"Layer sweep: AUC per tap ({config.n_folds}-fold CV by lesion; {spread})")
         for column in ("tap", "length", "non-constant", "AUC", "seed SD", "fold SD", "SE", "seconds"):
             table.add_column(column, justify="right" if column != "tap" else "left")
-        for tap, row in results["sweep"].items():
-            seed_sd = row.get("auc_sd_between_seeds")
-            table.add_row(tap, str(row["n_features"]), str(row["n_features_nonconstant"]), f"{row['auc_mean']:.3f}",
-                          "–" if seed_sd is None else f"±{seed_sd:.3f}", f"{row['auc_sd']:.3f}",
-                          f"{row['auc_se']:.3f}", f"{row['seconds']:.1f}")
+        for tap, layer in results.sweep.items():
+            seed_sd = layer.auc_sd_between_seeds
+            table.add_row(tap, str(layer.n_features), str(layer.n_features_nonconstant), _f(layer.auc_mean),
+                          "–" if seed_sd is None else f"±{seed_sd:.3f}", _f(layer.auc_sd), _f(layer.auc_se),
+                          f"{layer.seconds:.1f}")
         _out.print(table)
-        best = max(results["sweep"], key=lambda t: results["sweep"][t]["auc_mean"])
-        _out.print(best_tap_text(best, results["sweep"][best], seeds))
+        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
+        _out.print(best_tap_text(best, results.sweep[best], seeds))
     table = Table(title="Classifiers (Table 1; first seed" + (f", seed SD over {seeds} seeds)" if seeds > 1 else ")"))
     for column in ("classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC",
                    "degenerate folds", "seconds"):
         table.add_column(column)
-    for key, row in results["methods"].items():
-        lo, hi = row["pooled_ci95"]
-        seed_sd = (by_seed.get(key) or {}).get("auc_sd_between_seeds")
-        calibration = row.get("calibration")
-        table.add_row(row["title"], f"{row['auc_mean']:.3f}", "–" if seed_sd is None else f"±{seed_sd:.3f}",
-                      f"{row['auc_sd']:.3f}", f"{row['auc_se']:.3f}",
-                      f"{row['pooled_auc']:.3f} [{lo:.3f}, {hi:.3f}]", f"{row['lesion_auc']:.3f}",
-                      f"{calibration['n_clamped']}/{calibration['n_folds']}" if calibration else "",
-                      f"{row['seconds']:.1f}")
+    for key, m in results.methods.items():
+        lo, hi = m.pooled_ci95
+        seed_sd = by_seed[key].auc_sd_between_seeds if key in by_seed else None
+        calibration = m.calibration
+        table.add_row(m.title, _f(m.auc_mean), "–" if seed_sd is None else f"±{seed_sd:.3f}",
+                      _f(m.auc_sd), _f(m.auc_se), f"{_f(m.pooled_auc)} [{_f(lo)}, {_f(hi)}]", _f(m.lesion_auc),
+                      f"{calibration.n_clamped}/{calibration.n_folds}" if calibration else "", f"{m.seconds:.1f}")
     _out.print(table)
-    for note in calibration_notes(results):
+    level = LevelResults(level="roi", n_cases=results.n_rois, n_positive=results.n_malignant_rois,
+                         methods=results.methods, comparisons=results.comparisons, repeats=results.repeats)
+    for note in calibration_notes(level):
         _out.print(f"[yellow]{note}[/]")
-    if results["comparisons"]:
+    if results.comparisons:
         table = Table(title="Comparisons (p-values; Bonferroni within each family of 3: the paper's, the "
                             "z-ensemble's)")
         for column in ("comparison", "family", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p",
                        "adj."):
             table.add_column(column)
-        for row in results["comparisons"]:
-            table.add_row(row["comparison"], row.get("family", "paper"), f"{row['auc_difference']:+.3f}",
-                          f"{row['delong_p']:.3g}",
-                          f"{row['delong_p_bonferroni']:.3g}", f"{row['paired_t_p']:.3g}",
-                          f"{row['paired_t_p_bonferroni']:.3g}", f"{row['nadeau_bengio_p']:.3g}",
-                          f"{row['nadeau_bengio_p_bonferroni']:.3g}")
+        for c in results.comparisons:
+            table.add_row(c.comparison, c.family, _f(c.auc_difference, "+.3f"), _f(c.delong_p, ".3g"),
+                          _f(c.delong_p_bonferroni, ".3g"), _f(c.paired_t_p, ".3g"),
+                          _f(c.paired_t_p_bonferroni, ".3g"), _f(c.nadeau_bengio_p, ".3g"),
+                          _f(c.nadeau_bengio_p_bonferroni, ".3g"))
         _out.print(table)
-    if "repeats" in results:
-        seeds = results["repeats"]["seeds"]
-        table = Table(title=f"Repeated cross-validation: fold-mean AUC under seeds {seeds[0]}..{seeds[-1]}")
+    if results.repeats is not None:
+        seed_list = results.repeats.seeds
+        table = Table(title=f"Repeated cross-validation: fold-mean AUC under seeds {seed_list[0]}..{seed_list[-1]}")
         for column in ("classifier", "mean over seeds", "SD between seeds", "per seed"):
             table.add_column(column)
-        for row in results["repeats"]["methods"].values():
-            table.add_row(row["title"], f"{row['auc_mean']:.3f}", f"{row['auc_sd_between_seeds']:.3f}",
-                          " ".join(f"{a:.3f}" for a in row["auc_mean_by_seed"]))
+        for r in results.repeats.methods.values():
+            table.add_row(r.title, _f(r.auc_mean), _f(r.auc_sd_between_seeds),
+                          " ".join(_f(a) for a in r.auc_mean_by_seed))
         _out.print(table)
 
 
@@ -479,11 +485,12 @@ _TAP_DEFAULTS = _default_taps_help()
 Tap = Annotated[Optional[str], typer.Option(
     help=f"CNN tap for SVM1 and the ensembles. Default: the backbone's own ({_TAP_DEFAULTS}).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
-Repeats = Annotated[int, typer.Option(help="Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to 20): "
+Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to {MAX_REPEATS}): "
                                            "the sweep averages over them and shows the SD between seeds; Table 1 "
                                            "stays the first seed's. 1 = a single split (faster, but luck).")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
 JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config and results as JSON here.")]
+_DEFAULTS = ExperimentSettings()  # the one home of the experiment defaults (CLI, sweep page, job runner)
 
 
 @app.command("sweep")
@@ -491,7 +498,8 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
                   backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                   taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
                   tap: Tap = None,
-                  folds: Folds = None, seed: Seed = 0, repeats: Repeats = DEFAULT_REPEATS, jobs: Jobs = 1,
+                  folds: Folds = _DEFAULTS.n_folds, seed: Seed = _DEFAULTS.seed,
+                  repeats: Repeats = _DEFAULTS.repeats, jobs: Jobs = _DEFAULTS.n_jobs,
                   json_path: JsonPath = None,
                   no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
                   cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
@@ -506,7 +514,8 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
 def evaluate_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "evaluation",
                      backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
                      tap: Tap = None,
-                     folds: Folds = None, seed: Seed = 0, repeats: Repeats = DEFAULT_REPEATS, jobs: Jobs = 1,
+                     folds: Folds = _DEFAULTS.n_folds, seed: Seed = _DEFAULTS.seed,
+                     repeats: Repeats = _DEFAULTS.repeats, jobs: Jobs = _DEFAULTS.n_jobs,
                      json_path: JsonPath = None, cohort: CohortOption = None,
                      min_lesions_per_fold: MinLesions = None, data_dir: DataDir = None, user: User = None) -> None:
     """SVM1 (CNN tap), SVM2 (analytic) and their ensemble: AUCs, ROC fits and significance tests."""

@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import dataclasses
 import mmap
 import os
 import time
@@ -291,6 +292,8 @@ class CvResult:
     gram_engine : str
         Where the Gram engine's matrix products ran (:func:`cadx.gram.resolve_gram_engine`); ``"numpy"`` for the
         plain engine.
+    later_seeds : tuple of CvResult
+        With repeated cross-validation (``repeats > 1``), the results of the seeds after this one; see :attr:`runs`.
     """
 
     decision: np.ndarray
@@ -320,6 +323,13 @@ class CvResult:
     inner_decision_mean: np.ndarray | None = None
     inner_decision_sd: np.ndarray | None = None
     models: tuple[FoldModel, ...] | None = None
+    later_seeds: tuple[CvResult, ...] = ()
+
+    @property
+    def runs(self) -> tuple[CvResult, ...]:
+        """Every seed's result of a repeated cross-validation, this one (the first seed) first; ``(self,)`` with
+        one seed."""
+        return (dataclasses.replace(self, later_seeds=()), *self.later_seeds)
 
     @property
     def n_folds(self) -> int:
@@ -1118,7 +1128,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
-                             checkpoint: Any = None, keep_models: bool = False) -> CvResult | list[CvResult]:
+                             checkpoint: Any = None, keep_models: bool = False) -> CvResult:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -1145,7 +1155,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     seed : int, default=0
         Seed of the fold assignment; results are deterministic for a seed.
     repeats : int, default=1
-        With ``repeats > 1``, repeat with seeds ``seed, seed+1, ...`` and return a list of results.
+        With ``repeats > 1``, repeat with seeds ``seed, seed+1, ...``: the result is the first seed's and holds
+        every seed's in ``runs``.
     engine : {"gram", "plain"}, default="gram"
         Fast exact Gram engine, or scikit-learn's ``GridSearchCV`` (reference; slow for wide layers).
     n_jobs : int or None, default=1
@@ -1171,7 +1182,9 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
 
     Returns
     -------
-    CvResult, or list of CvResult when ``repeats > 1``
+    CvResult
+        The first seed's; with ``repeats > 1`` the others are in ``later_seeds`` and all of them, in seed order,
+        in :attr:`CvResult.runs`.
     """
     _check_common(engine, block_columns, gram_engine)
     seeds = _seeds(seed, repeats)
@@ -1197,7 +1210,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                   seconds)
         for s in seeds
     ]
-    return results if repeats > 1 else results[0]
+    return dataclasses.replace(results[0], later_seeds=tuple(results[1:]))
 
 
 def cross_validate_with_params(X: FeatureSource, reference: CvResult, *,

@@ -11,7 +11,8 @@ from cadx import words
 from cadx.cohorts import CohortDefinition
 from cadx.errors import CadxInputError
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
-from cadx.workflows.experiments import experiment_summary
+from cadx.records import to_json
+from cadx.workflows.experiments import load_experiment
 from cadx.workflows.accounts import can
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
@@ -85,46 +86,44 @@ experiment_id = st.selectbox("Experiment", ids, index=ids.index(remembered) if r
                              format_func=lambda i: f"#{i} {by_id[i]['name']}", key="exp_selected")
 st.session_state["cadx_experiment"] = experiment_id
 e = by_id[experiment_id]
-summary = experiment_summary(ws, experiment_id)
-config = summary["config"]
+record = load_experiment(ws, experiment_id)
+config, stored = record.config, record.results
 badges = [b for b, on in ((SYNTHETIC_BADGE, e["uses_synthetic_data"]),
                           (RANDOM_WEIGHTS_BADGE, e["uses_random_weights"])) if on]
 if badges:
     st.markdown(" ".join(badges))
-if summary["results"].get("weights_note"):
-    st.caption(f"Weights: {plain(summary['results']['weights_note'])}")
+if stored.weights_note:
+    st.caption(f"Weights: {plain(stored.weights_note)}")
 
 st.markdown("**Reproducibility**")
-excluded = config.get("excluded_roi_ids", [])
+excluded = config.excluded_roi_ids
 reproducibility = pd.DataFrame([
     ("code version", e["code_version"]),
     ("config SHA-256", e["config_sha256"]),
-    ("backbone", config.get("backbone")),
-    ("weights", f"{config.get('weights', {}).get('name')} ({config.get('weights', {}).get('source')})"),
-    ("weights SHA-256", config.get("weights", {}).get("sha256")),
-    ("preprocessing", config.get("preprocessing")),
-    ("taps", ", ".join(config.get("taps", []))),
-    ("SVM1 / ensemble tap", config.get("ensemble_tap")),
-    ("analytic features", config.get("analytic_version") or "not run"),
-    ("folds (outer / inner)", f"{config.get('n_folds')} / {config.get('n_inner')}"),
-    ("seed", str(config.get("seed")) if config.get("repeats", 1) == 1
-     else f"{config.get('seed')} to {config.get('seed') + config['repeats'] - 1} ({config['repeats']} repeats; "
-          "Table 1 and predictions from the first)"),
-    ("grid", json.dumps(config.get("grid")) if not isinstance(config.get("grid"), str) else config.get("grid")),
-    ("cross-validation groups", config.get("cv_groups")),
-    ("cohort", (f"{config['cohort']['name']}: " + _cohort_summary(config["cohort"]["definition"]))
-     if config.get("cohort") else "recorded before cohorts existed (every included ROI)"),
-    ("ROI set SHA-256", config.get("roi_set_sha256") or "not recorded"),
-    ("ROIs used", f"{len(config.get('roi_ids', []))} ({summary['results'].get('n_lesions')} lesions, "
-                  f"{summary['results'].get('n_patients')} patients)"),
+    ("backbone", config.backbone),
+    ("weights", f"{config.weights.name} ({config.weights.source})"),
+    ("weights SHA-256", config.weights.sha256),
+    ("preprocessing", config.preprocessing),
+    ("taps", ", ".join(config.taps)),
+    ("SVM1 / ensemble tap", config.ensemble_tap),
+    ("analytic features", config.analytic_version or "not run"),
+    ("folds (outer / inner)", f"{config.n_folds} / {config.n_inner}"),
+    ("seed", str(config.seed) if config.repeats == 1
+     else f"{config.seed} to {config.seeds[-1]} ({config.repeats} repeats; Table 1 and predictions from the first)"),
+    ("grid", json.dumps(config.grid) if not isinstance(config.grid, str) else config.grid),
+    ("cross-validation groups", config.cv_groups),
+    ("cohort", (f"{config.cohort.name}: " + _cohort_summary(config.cohort.definition))
+     if config.cohort is not None else "recorded before cohorts existed (every included ROI)"),
+    ("ROI set SHA-256", config.roi_set_sha256 or "not recorded"),
+    ("ROIs used", f"{len(config.roi_ids)} ({stored.n_lesions} lesions, {stored.n_patients} patients)"),
     ("ROIs excluded by review", f"{len(excluded)}" + (f": {', '.join(map(str, excluded))}" if excluded else "")),
     ("created", f"{e['created_at']:%Y-%m-%d %H:%M:%S} by {e['created_by']}"),
     ("run time", f"{e['seconds']:.1f} s"),
 ], columns=["what", "value"])
 st.dataframe(reproducibility, hide_index=True)
 with st.expander("Full config (JSON)"):
-    st.json(config, expanded=1)
-st.download_button("Config and results (JSON)", json.dumps(summary, indent=1, default=str).encode(),
+    st.json(to_json(config), expanded=1)
+st.download_button("Config and results (JSON)", json.dumps(to_json(record), indent=1, default=str).encode(),
                    file_name=f"cadx-experiment{experiment_id}.json", mime="application/json", on_click="ignore",
                    key="exp_json")
 

@@ -12,6 +12,7 @@ import streamlit as st
 from cadx import words
 from cadx.csvsafe import frame_csv_bytes
 from cadx.methods import METHODS
+from cadx.records import LevelResults
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from cadx.workflows.results import calibration_notes
 from cadx.workflows.report import report_html
@@ -27,7 +28,8 @@ _SHORT_NAMES = {re.escape(m.name): m.short for m in METHODS.values()}
 
 
 @st.cache_data(show_spinner="Computing the lesion-level statistics…", max_entries=64)
-def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created_at: str, level: str) -> dict:
+def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created_at: str,
+             level: str) -> LevelResults:
     return experiment_results(_ws, experiment_id, level)
 
 
@@ -44,7 +46,7 @@ level = st.radio("Level", list(LEVELS), format_func=LEVELS.get, horizontal=True,
 
 results = _results(ws, str(ws.data_dir), experiment_id, experiment["config_sha256"],
                    experiment["created_at"].isoformat(), level)
-n_cases, n_pos = results["n_cases"], results["n_positive"]
+n_cases, n_pos = results.n_cases, results.n_positive
 unit = "ROIs" if level == "roi" else "lesions"
 st.markdown(f"**{n_cases} {unit}** ({n_pos} malignant, {n_cases - n_pos} benign), {experiment['n_folds']}-fold "
             f"cross-validation by lesion, seed {experiment['seed']}; CNN: {experiment['backbone']} "
@@ -62,19 +64,23 @@ show_left, show_right = st.columns(2)
 show_binormal = show_left.toggle("Fitted binormal curves", value=True, key="roc_binormal")
 show_empirical = show_right.toggle("Empirical curves", value=True, key="roc_empirical")
 fig = go.Figure()
-for key, m in results["methods"].items():
+def _auc_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+for key, m in results.methods.items():
     name = METHODS[key].short if key in METHODS else key
-    binormal = m.get("binormal", {})
-    if show_binormal and "fpr" in binormal:
-        fig.add_trace(go.Scatter(x=binormal["fpr"], y=binormal["tpr"], mode="lines",
-                                 name=f"{name}: binormal-fit AUC {binormal['auc']:.3f}",
+    binormal = m.binormal
+    if show_binormal and binormal.fpr is not None:
+        fig.add_trace(go.Scatter(x=binormal.fpr, y=binormal.tpr, mode="lines",
+                                 name=f"{name}: binormal-fit AUC {_auc_text(binormal.auc)}",
                                  line={"color": COLOURS.get(key), "width": 3}))
     if show_empirical:
-        fig.add_trace(go.Scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines",
-                                 name=f"{name}: pooled empirical AUC {m['pooled_auc']:.3f}",
+        fig.add_trace(go.Scatter(x=m.roc.fpr, y=m.roc.tpr, mode="lines",
+                                 name=f"{name}: pooled empirical AUC {_auc_text(m.pooled_auc)}",
                                  line={"color": COLOURS.get(key), "dash": "dot", "shape": "hv", "width": 1.5}))
-    if show_binormal and "error" in binormal:
-        st.caption(f"{name}: no binormal fit ({binormal['error']}).")
+    if show_binormal and binormal.error is not None:
+        st.caption(f"{name}: no binormal fit ({binormal.error}).")
 fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "grey", "dash": "dash",
                                                                                  "width": 1}))
 warning = [w for w, on in (("SYNTHETIC DEMO DATA", experiment["uses_synthetic_data"]),
@@ -133,7 +139,7 @@ with st.expander("Time and details of each classifier"):
         "detail": st.column_config.TextColumn(width="large")})
 
 with st.expander("AUC of each fold"):
-    folds = pd.DataFrame({row.classifier: pd.Series(results["methods"][row.method].get("fold_aucs", []))
+    folds = pd.DataFrame({row.classifier: pd.Series(results.methods[row.method].fold_aucs, dtype=float)
                           for row in table.itertuples()}).T
     folds.columns = [f"fold {k + 1}" for k in folds.columns]
     st.dataframe(folds, column_config={c: st.column_config.NumberColumn(format=THREE) for c in folds.columns})

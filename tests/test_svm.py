@@ -150,8 +150,12 @@ def test_deterministic_for_a_seed_and_seed_changes_folds():
     for name in ("decision", "proba", "fold", "fold_auc", "inner_scores", "platt"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert a.best_params == b.best_params
-    runs = cross_validate_by_lesion(X, y, lesions, grid=TINY_GRID, seed=7, repeats=2)
-    assert [r.seed for r in runs] == [7, 8]
+    repeated = cross_validate_by_lesion(X, y, lesions, grid=TINY_GRID, seed=7, repeats=2)
+    assert isinstance(repeated, type(a)) and repeated.seed == 7 and len(repeated.later_seeds) == 1  # one type
+    runs = repeated.runs
+    assert [r.seed for r in runs] == [7, 8] and runs[0].later_seeds == ()
+    np.testing.assert_array_equal(repeated.decision, a.decision)
+    assert a.runs[0].seed == 7 and len(a.runs) == 1
     np.testing.assert_array_equal(runs[0].decision, a.decision)
     assert not np.array_equal(runs[1].fold, a.fold)
 

@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from cadx.analyses import embedding_2d, error_agreement, fused_features, pc_feature_correlation
 from cadx.errors import CadxInputError
-from cadx.workflows.experiments import compare_methods, experiment_summary, json_safe, method_statistics
+from cadx.records import MethodRecord, to_json
+from cadx.workflows.experiments import compare_methods, experiment_summary, method_statistics
 from cadx.workflows.features import analytic_matrix, feature_store, roi_records
 from cadx.workflows.results import lesion_predictions, roi_predictions
 from cadx.workflows.workspace import Workspace
@@ -137,7 +138,7 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
     if not np.array_equal(result.fold, data.folds):
         raise RuntimeError("Method D's folds differ from the experiment's stored folds; its tests would not be paired")
     seed = int(config["seed"])
-    methods = {"D": method_statistics(f"Fusion (CNN {config['backbone']} {tap} + analytic features)", result.proba,
+    methods: dict[str, MethodRecord | dict[str, Any]] = {"D": method_statistics(f"Fusion (CNN {config['backbone']} {tap} + analytic features)", result.proba,
                                       result, data.y, data.lesions, seed, seconds)}
     stored = experiment_summary(workspace, experiment_id)["results"]["methods"]
     scores = {"D": result.proba}
@@ -149,7 +150,7 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
     pairs = [("D", k) for k in ("A", "B", "C") if k in scores]
     comparisons = compare_methods(methods, scores, data.y, data.folds, int(config["n_folds"]), lesions=data.lesions,
                                   pairs=pairs)
-    return {"tap": tap, "method": json_safe(methods["D"]), "comparisons": json_safe(comparisons),
+    return {"tap": tap, "method": to_json(methods["D"]), "comparisons": to_json(comparisons),
             "proba": result.proba, "n_features": int(result.n_features)}
 
 

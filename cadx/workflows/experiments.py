@@ -3,50 +3,93 @@ frozen, reproducible records with per-ROI out-of-fold predictions.
 
 An experiment's config holds everything that determines its numbers: backbone, weights checksum, preprocessing
 and feature versions, taps, grid, folds, seeds, the cohort (its definition) and the exact ROI set it resolved to
-(hashes, their SHA-256, and the ids left out by review) and the code version. Running the same config on the same database gives the same numbers.
+(hashes, their SHA-256, and the ids left out by review) and the code version. Running the same config on the same
+database gives the same numbers. The record's schema (config and results) is ``cadx.records``.
+
+``run_experiment`` is a pipeline of five stages, each a function of the frozen outputs of the ones before it:
+:func:`select_cohort` (:class:`CohortStage`) -> :func:`prepare_features` (:class:`FeatureStage`, with the config and
+its SHA-256) -> :func:`cross_validate` (:class:`CvStage`) -> :func:`experiment_statistics`
+(``cadx.records.ExperimentResults``) -> :func:`store_experiment` (one transaction).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
+import math
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
 import cadx
 from cadx import stats
-from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD
+from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD, CohortDefinition
 from cadx.errors import CadxInputError
-from cadx.workflows.cohorts import resolve_cohort
 from cadx.methods import METHODS, comparison_families, fusions
+from cadx.records import (
+    Binormal,
+    Calibration,
+    CohortRecord,
+    Comparison,
+    ExperimentConfig,
+    ExperimentRecord,
+    ExperimentResults,
+    MethodRecord,
+    RepeatedMethod,
+    Repeats,
+    RocPoints,
+    SweepLayer,
+    WeightsRecord,
+    config_sha256,
+    from_json,
+    json_safe,
+    read_config,
+    read_results,
+    to_json,
+)
+from cadx.workflows.accounts import record_audit
+from cadx.workflows.cohorts import ResolvedCohort, resolve_cohort
 from cadx.workflows.features import (
     DEFAULT_ENSEMBLE_TAP,
+    ExtractionReport,
+    RoiRecord,
     analytic_matrix,
     cnn_tap_loader,
     compute_analytic_features,
     extract_cnn_features,
 )
-from cadx.workflows.accounts import record_audit
 from cadx.workflows.foldmodels import fold_model_rows
 from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Prediction, Roi
 
-__all__ = ["DEFAULT_REPEATS", "ExperimentSettings", "run_experiment", "PROGRESS_SCALE", "calibration_record",
-           "experiment_summary", "code_version", "method_statistics",
-           "compare_methods", "repeated_cv_summary", "json_safe"]
+if TYPE_CHECKING:  # cadx.svm loads scikit-learn: imported where the work is done, so pages start faster
+    from cadx.svm import CvResult, SweepResult
+
+__all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "CohortStage", "CvStage", "ExperimentSettings",
+           "FeatureStage", "PROGRESS_SCALE", "StageMeter", "calibration_record", "code_version", "compare_methods",
+           "cross_validate", "experiment_statistics", "experiment_summary", "json_safe", "load_experiment",
+           "method_statistics", "prepare_features", "record_of", "repeated_cv_summary", "run_experiment",
+           "select_cohort", "store_experiment"]
 
 _CURVE_POINTS = 101
+_CV_GROUPS = "patient (a patient's lesions stay together; each lesion's ROIs always do)"
 
 DEFAULT_REPEATS = 5
 """Seeds of the repeated cross-validation when the user names none (CLI, pages and job runner read it here): one
 fold assignment is luck (EfficientNet ``stage6`` on MIAS: 0.629 on seed 0, 0.537 over 5 seeds)."""
+
+MAX_REPEATS = 20
+"""The most seeds one experiment may repeat its cross-validation with."""
+
+DEFAULT_FOLDS: int = CohortDefinition.n_folds
+"""The folds a form offers first: the presets' (``ExperimentSettings.n_folds=None`` takes the cohort's own)."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +116,30 @@ class ExperimentSettings:
     n_inner: int = 5
     seed: int = 0
     repeats: int = DEFAULT_REPEATS
-    grid: dict[str, list] | None = None
+    grid: dict[str, list[Any]] | None = None
     n_jobs: int = 1
     cohort: str | None = None
     min_lesions_per_class_per_fold: int | None = None  # None: cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD (5)
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # CNN forward arithmetic (cadx.cnn.PRECISIONS); keys the features used
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ExperimentSettings:
+        """The settings of a job's ``params`` (JSON from the sweep page or ``submit_job``); missing keys take the
+        defaults above, the one place they are written. Keys that are not settings (``backbone``, ``weights``,
+        ``name``...) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in params.items() if k in names}
+        if values.get("taps") is not None:
+            values["taps"] = tuple(values["taps"])
+        return cls(**values)
+
+    def to_params(self) -> dict[str, Any]:
+        """The settings as job ``params`` (JSON; :meth:`from_params` reads them back)."""
+        params = asdict(self)
+        if params["taps"] is not None:
+            params["taps"] = list(params["taps"])
+        return params
 
 
 def code_version() -> str:
@@ -107,15 +168,102 @@ _SECONDS_STATISTICS = 2.0
 PROGRESS_SCALE = 10_000  # progress is reported as (done, PROGRESS_SCALE): parts per ten thousand of the work
 
 
-class _Meter:
+def _fold_cost(n_train: float, width: int) -> float:
+    return _SECONDS_PER_FOLD + float(n_train) ** 2 * (width + _SVM_WIDTH_EQUIVALENT) * _SECONDS_PER_GRAM_UNIT
+
+
+def _silent(done: int, total: int | None, message: str) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ stages ---
+# run_experiment = select_cohort -> prepare_features -> cross_validate -> experiment_statistics -> store_experiment.
+# Each stage takes the frozen outputs of the ones before it, so a caller (a test, the job runner) may run one alone.
+
+
+@dataclass(frozen=True)
+class CohortStage:
+    """Stage 1: the ROIs of the experiment, their labels and groups, the folds and the taps.
+
+    ``y``, ``lesions``, ``patients`` are in ROI-id order (the order of ``records``); ``sweep_taps`` are the taps to
+    cross-validate in network order (the ensemble tap included).
+    """
+
+    cohort: ResolvedCohort
+    records: tuple[RoiRecord, ...]
+    y: np.ndarray
+    lesions: np.ndarray
+    patients: np.ndarray
+    n_folds: int
+    backbone: str
+    sweep_taps: tuple[str, ...]
+    ensemble_tap: str
+
+    @property
+    def hashes(self) -> list[str]:
+        """The ROIs' SHA-256 (the keys of their features)."""
+        return [r.sha256 for r in self.records]
+
+    @property
+    def n_train(self) -> float:
+        """ROIs in a training fold, on average (the progress bar's cost model)."""
+        n = len(self.records)
+        return n * (self.n_folds - 1) / self.n_folds
+
+
+@dataclass(frozen=True)
+class FeatureStage:
+    """Stage 2: the features are in the store; the config (and its SHA-256) that names the experiment's numbers.
+
+    ``scope``: the SHA-256 of the config and the code version, under which the job runner keeps finished folds.
+    """
+
+    extraction: ExtractionReport
+    analytic_version: str | None
+    config: ExperimentConfig
+    config_sha256: str
+    code_version: str
+
+    @property
+    def scope(self) -> str:
+        return hashlib.sha256(f"{self.config_sha256} {self.code_version}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CvStage:
+    """Stage 3: out-of-fold results. ``sweep``: every tap (``cadx.svm.SweepResult``); ``runs_a``/``runs_b``: SVM1
+    on the ensemble tap and SVM2, one ``CvResult`` per seed (``runs_b`` empty without analytic features);
+    ``runs_fused``: each fusion's scores per seed; ``segmentation_quality``: Method B's segmentations' qualities."""
+
+    sweep: SweepResult
+    runs_a: tuple[CvResult, ...]
+    runs_b: tuple[CvResult, ...]
+    runs_fused: Mapping[str, tuple[np.ndarray, ...]]
+    segmentation_quality: tuple[str, ...]
+
+
+class StageMeter:
     """Progress by work done: each stage's share of the total is its estimated cost (ROIs to extract or segment,
-    folds x taps weighted by n_train^2 x width); never moves backwards."""
+    folds x taps weighted by n_train^2 x width); never moves backwards. ``report(done, PROGRESS_SCALE, message)``."""
 
     def __init__(self, report: Progress, parts: dict[str, float]) -> None:
         self._report = report
         self.total = dict(parts)
         self.done = dict.fromkeys(parts, 0.0)
         self._last = 0
+
+    @classmethod
+    def for_cohort(cls, report: Progress | None, cohort: CohortStage, settings: ExperimentSettings) -> StageMeter:
+        """The cost model of an experiment on ``cohort`` (``report``: None reports nothing)."""
+        n = len(cohort.records)
+        n_units = len(cohort.sweep_taps) * settings.repeats * cohort.n_folds
+        return cls(report or _silent, {
+            "extract": n * _SECONDS_PER_EXTRACTED_ROI,
+            "analytic": n * _SECONDS_PER_SEGMENTED_ROI if settings.analytic else 0.0,
+            "sweep": n_units * _fold_cost(cohort.n_train, 4096),  # refined once the tap widths are known
+            "B": settings.repeats * cohort.n_folds * _fold_cost(cohort.n_train, 21) if settings.analytic else 0.0,
+            "statistics": _SECONDS_STATISTICS,
+        })
 
     def set_total(self, part: str, cost: float) -> None:
         self.total[part] = max(float(cost), 0.0)
@@ -136,37 +284,15 @@ class _Meter:
         self._report(self._last, PROGRESS_SCALE, message)
 
 
-def _fold_cost(n_train: int, width: int) -> float:
-    return _SECONDS_PER_FOLD + float(n_train) ** 2 * (width + _SVM_WIDTH_EQUIVALENT) * _SECONDS_PER_GRAM_UNIT
-
-
-def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = ExperimentSettings(), *,
-                   name: str, user: str, weights_note: str = "", progress: Progress | None = None,
-                   checkpoints: Any = None) -> int:
-    """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id.
-
-    ``progress(done, total, message)`` reports work done as parts of ``PROGRESS_SCALE`` (stages weighted by their
-    estimated cost). ``checkpoints``, when given (the job runner's ``JobCheckpoints``), keeps every finished
-    (tap, seed, fold) of the sweep and of Method B under the SHA-256 of the experiment's config, so a run
-    interrupted and started again redoes only the folds that were not finished and stores exactly the numbers
-    of an uninterrupted run.
-    """
-    from cadx.cnn import feature_preprocessing
-    from cadx.svm import cross_validate_by_lesion, fold_auc, sweep_layers
-
-    report = progress or (lambda done, total, message: None)
-    started = time.perf_counter()
+def select_cohort(workspace: Workspace, loaded: Any, settings: ExperimentSettings) -> CohortStage:
+    """Stage 1: resolve the cohort, check its size for the folds (the guard rails) and the taps."""
     _check_repeats(settings.repeats)
     cohort = resolve_cohort(workspace, settings.cohort)
     n_folds = settings.n_folds or cohort.definition.n_folds
     cohort.check(n_folds=n_folds, minimum_per_fold=settings.min_lesions_per_class_per_fold)
     records = cohort.records
     _check_dataset(records, n_folds)
-    hashes = [r.sha256 for r in records]
-    y = np.array([r.label for r in records])
-    lesions = np.array([r.lesion_id for r in records])
-    patients = np.array([r.patient_id for r in records])
-    backbone = loaded.name
+    backbone = str(loaded.name)
     taps = tuple(loaded.backbone.default_taps) if settings.taps is None else tuple(settings.taps)
     ensemble_tap = settings.ensemble_tap or DEFAULT_ENSEMBLE_TAP.get(backbone, loaded.backbone.default_taps[-1])
     for tap in (*taps, ensemble_tap):
@@ -174,29 +300,33 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
             raise CadxInputError("taps", f"{backbone} has no tap {tap!r}", f"use one of {list(loaded.backbone.taps)}")
     wanted = {*taps, ensemble_tap}
     sweep_taps = tuple(t for t in loaded.backbone.taps if t in wanted)  # in network order, as in Fig. 3
+    return CohortStage(cohort=cohort, records=tuple(records), y=np.array([r.label for r in records]),
+                       lesions=np.array([r.lesion_id for r in records]),
+                       patients=np.array([r.patient_id for r in records]), n_folds=int(n_folds), backbone=backbone,
+                       sweep_taps=sweep_taps, ensemble_tap=ensemble_tap)
 
-    n = len(records)
-    n_train = n * (n_folds - 1) / n_folds
-    n_units = len(sweep_taps) * settings.repeats * n_folds
-    meter = _Meter(report, {
-        "extract": n * _SECONDS_PER_EXTRACTED_ROI,
-        "analytic": n * _SECONDS_PER_SEGMENTED_ROI if settings.analytic else 0.0,
-        "sweep": n_units * _fold_cost(n_train, 4096),  # refined once the tap widths are known
-        "B": settings.repeats * n_folds * _fold_cost(n_train, 21) if settings.analytic else 0.0,
-        "statistics": _SECONDS_STATISTICS,
-    })
 
-    def extracting(done: int, total: int, message: str) -> None:
+def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage, *,
+                     meter: StageMeter | None = None) -> FeatureStage:
+    """Stage 2: extract the CNN taps and segment the ROIs the stores lack; the experiment's config."""
+    from cadx.cnn import feature_preprocessing
+
+    meter = meter or StageMeter.for_cohort(None, cohort, settings)
+    records = list(cohort.records)
+
+    def extracting(done: int, total: int | None, message: str) -> None:
+        total = total or 0
         meter.set_total("extract", total * _SECONDS_PER_EXTRACTED_ROI)
         meter.advance("extract", done * _SECONDS_PER_EXTRACTED_ROI, f"extracting CNN features: {done}/{total} ROIs")
 
     meter.emit("extracting CNN features (only ROIs not in the store)")
-    extraction = extract_cnn_features(workspace, loaded, taps=sweep_taps, precision=settings.precision,
+    extraction = extract_cnn_features(workspace, loaded, taps=cohort.sweep_taps, precision=settings.precision,
                                       records=records, progress=extracting)
     meter.finish("extract", "CNN features ready")
     analytic_version = None
     if settings.analytic:
-        def segmenting(done: int, total: int, message: str) -> None:
+        def segmenting(done: int, total: int | None, message: str) -> None:
+            total = total or 0
             meter.set_total("analytic", total * _SECONDS_PER_SEGMENTED_ROI)
             meter.advance("analytic", done * _SECONDS_PER_SEGMENTED_ROI, f"analytic features: {done}/{total} ROIs")
 
@@ -206,135 +336,167 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
 
     with workspace.sessions() as session:
         excluded = sorted(session.scalars(select(Roi.id).where(Roi.included.is_(False))))
-    config = {
-        "backbone": backbone,
-        "weights": {"name": loaded.weights.name, "sha256": loaded.weights.sha256, "source": loaded.weights.source},
-        "preprocessing": feature_preprocessing(settings.precision),  # fp32: PREPROCESSING_VERSION itself
-        "taps": list(sweep_taps),
-        "ensemble_tap": ensemble_tap,
-        "analytic_version": analytic_version,
-        "n_folds": n_folds,
-        "n_inner": settings.n_inner,
-        "seed": settings.seed,
-        "grid": settings.grid or "cadx.svm.default_grid",
-        "cv_groups": "patient (a patient's lesions stay together; each lesion's ROIs always do)",
-        "cohort": cohort.to_record(),
-        "roi_set_sha256": cohort.roi_set_sha256,
-        "roi_ids": [r.id for r in records],
-        "roi_sha256": hashes,
-        "excluded_roi_ids": excluded,
+    resolved = cohort.cohort
+    config = ExperimentConfig(
+        backbone=cohort.backbone,
+        weights=WeightsRecord(name=loaded.weights.name, sha256=loaded.weights.sha256, source=loaded.weights.source),
+        preprocessing=feature_preprocessing(settings.precision),  # fp32: PREPROCESSING_VERSION itself
+        taps=list(cohort.sweep_taps),
+        ensemble_tap=cohort.ensemble_tap,
+        analytic_version=analytic_version,
+        n_folds=cohort.n_folds,
+        n_inner=settings.n_inner,
+        seed=settings.seed,
+        grid=settings.grid or "cadx.svm.default_grid",
+        cv_groups=_CV_GROUPS,
+        cohort=from_json(CohortRecord, json_safe(resolved.to_record()), where="config.cohort"),
+        roi_set_sha256=resolved.roi_set_sha256,
+        roi_ids=[r.id for r in records],
+        roi_sha256=cohort.hashes,
+        excluded_roi_ids=list(excluded),
         # a single cross-validation keeps the config (and its SHA-256) of the records made before repeats existed
-        **({"repeats": settings.repeats} if settings.repeats > 1 else {}),
-        **({"min_lesions_per_class_per_fold": settings.min_lesions_per_class_per_fold}
-           if settings.min_lesions_per_class_per_fold not in (None, MIN_LESIONS_PER_CLASS_PER_FOLD) else {}),
-        **settings.extra,
-    }
-    version = code_version()
-    config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        repeats=settings.repeats,
+        min_lesions_per_class_per_fold=(settings.min_lesions_per_class_per_fold
+                                        if settings.min_lesions_per_class_per_fold
+                                        not in (None, MIN_LESIONS_PER_CLASS_PER_FOLD) else None),
+        extra=dict(settings.extra),
+    )
+    return FeatureStage(extraction=extraction, analytic_version=analytic_version, config=config,
+                        config_sha256=config_sha256(config), code_version=code_version())
 
-    common = dict(patients=patients, n_folds=n_folds, n_inner=settings.n_inner, grid=settings.grid,
-                  seed=settings.seed, repeats=settings.repeats, n_jobs=settings.n_jobs)
+
+def cross_validate(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage,
+                   features: FeatureStage, *, meter: StageMeter | None = None, checkpoints: Any = None) -> CvStage:
+    """Stage 3: the layer sweep (SVM1 on every tap, ``settings.repeats`` seeds), SVM2 on the analytic features and
+    the fusions, all on the same folds. ``checkpoints`` (the job runner's ``JobCheckpoints``) keeps each finished
+    (tap, seed, fold) under ``features.scope``."""
+    from cadx.svm import cross_validate_by_lesion, sweep_layers
+
+    meter = meter or StageMeter.for_cohort(None, cohort, settings)
+    hashes = cohort.hashes
+    n_folds, n_train = cohort.n_folds, cohort.n_train
+    common: dict[str, Any] = dict(patients=cohort.patients, n_folds=n_folds, n_inner=settings.n_inner,
+                                  grid=settings.grid, seed=settings.seed, repeats=settings.repeats,
+                                  n_jobs=settings.n_jobs)
     sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
-               for tap in sweep_taps}
-    unit_cost = {tap: _fold_cost(n_train, int(sources[tap].shape[1])) for tap in sweep_taps}
+               for tap in cohort.sweep_taps}
+    unit_cost = {tap: _fold_cost(n_train, int(sources[tap].shape[1])) for tap in cohort.sweep_taps}
     meter.set_total("sweep", sum(unit_cost.values()) * settings.repeats * n_folds)
-    scope = hashlib.sha256(f"{config_sha} {version}".encode()).hexdigest()  # the numbers depend on both
-    sweep_store = None if checkpoints is None else checkpoints.scoped(scope, "sweep")
+    sweep_store = None if checkpoints is None else checkpoints.scoped(features.scope, "sweep")
     restored = 0.0 if sweep_store is None else sum(unit_cost.get(u.split("/")[0], 0.0) for u in sweep_store.units())
     swept = {"cost": 0.0}
 
-    def sweeping(done: int, total: int, message: str) -> None:
+    def sweeping(done: int, total: int | None, message: str) -> None:
         if " fold " in message:
             swept["cost"] += unit_cost.get(message.split(" fold ")[0], 0.0)
         else:  # the units restored from checkpoints, reported at once
             swept["cost"] += restored
         meter.advance("sweep", swept["cost"], f"sweep: {done}/{total} folds x taps fitted ({message})")
 
-    sweep = sweep_layers(sources, y, lesions, progress=sweeping, checkpoint=sweep_store, keep_models=True,
-                         **common)
+    sweep = sweep_layers(sources, cohort.y, cohort.lesions, progress=sweeping, checkpoint=sweep_store,
+                         keep_models=True, **common)
     meter.finish("sweep", "sweep done")
-    runs_a = list(sweep.layers[ensemble_tap].results)  # one CvResult per seed; the first is the primary
-    method_a = runs_a[0]
-    runs_b: list = []
-    runs_fused: dict[str, list[np.ndarray]] = {}  # fusion key -> scores per seed
+    runs_a = tuple(sweep.layers[cohort.ensemble_tap].results)  # one CvResult per seed; the first is the primary
+    runs_b: tuple[CvResult, ...] = ()
+    runs_fused: dict[str, tuple[np.ndarray, ...]] = {}  # fusion key -> scores per seed
+    quality: list[str] = []
     if settings.analytic:
         meter.emit("Method B: analytic-feature SVM")
         X_b, _names, quality = analytic_matrix(workspace, hashes)
         b_cost = _fold_cost(n_train, X_b.shape[1])
-        runs_b = cross_validate_by_lesion(
-            X_b, y, lesions, checkpoint=None if checkpoints is None else checkpoints.scoped(scope, "B"),
-            keep_models=True, progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
+        result_b = cross_validate_by_lesion(
+            X_b, cohort.y, cohort.lesions,
+            checkpoint=None if checkpoints is None else checkpoints.scoped(features.scope, "B"), keep_models=True,
+            progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
         meter.finish("B", "Method B done")
-        runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
+        runs_b = result_b.runs
         for method in fusions():  # same seed, same folds
-            runs_fused[method.key] = [method.combine(a, b) for a, b in zip(runs_a, runs_b, strict=True)]
-    results = {
-        "n_rois": len(records),
-        "n_lesions": int(len(set(lesions))),
-        "n_patients": int(len(set(patients))),
-        "n_malignant_rois": int(y.sum()),
-        "cohort": cohort.name,
-        "roi_set_sha256": cohort.roi_set_sha256,
-        "weights_note": weights_note,
-        "extraction": asdict(extraction),
-        "sweep": {
-            tap: {
-                "n_features": layer.n_features,
-                "n_features_nonconstant": layer.n_features_nonconstant,
-                "auc_mean": layer.auc_mean,
-                "auc_sd": layer.auc_sd,
-                "auc_se": layer.auc_se,
-                "fold_aucs": [float(a) for a in layer.results[0].fold_auc],
-                **({"fold_aucs_by_seed": [[float(a) for a in r.fold_auc] for r in layer.results],
-                    "auc_mean_by_seed": [r.auc_mean for r in layer.results],
-                    "auc_sd_between_seeds": float(np.std([r.auc_mean for r in layer.results], ddof=1))}
-                   if settings.repeats > 1 else {}),
-                "seconds": layer.seconds,
-            }
-            for tap, layer in sweep.layers.items()
-        },
-        "methods": {},
-        "comparisons": [],
+            combine = method.combine
+            if combine is not None:
+                runs_fused[method.key] = tuple(combine(a, b) for a, b in zip(runs_a, runs_b, strict=True))
+    return CvStage(sweep=sweep, runs_a=runs_a, runs_b=runs_b, runs_fused=runs_fused,
+                   segmentation_quality=tuple(quality))
+
+
+def experiment_statistics(settings: ExperimentSettings, cohort: CohortStage, features: FeatureStage, cv: CvStage, *,
+                          weights_note: str = "") -> ExperimentResults:
+    """Stage 4: the record's results (no database, no files): the sweep table (Fig. 3), Table 1 and the ROC curves
+    of every method (Fig. 4), the tests of ``cadx.methods.comparison_families`` and, with repeats, each method's
+    AUC per seed."""
+    from cadx.svm import fold_auc
+
+    y, lesions = cohort.y, cohort.lesions
+    repeated = settings.repeats > 1
+    sweep = {
+        tap: SweepLayer(
+            n_features=int(layer.n_features), n_features_nonconstant=int(layer.n_features_nonconstant),
+            auc_mean=_number(layer.auc_mean), auc_sd=_number(layer.auc_sd), auc_se=_number(layer.auc_se),
+            fold_aucs=_numbers(layer.results[0].fold_auc),
+            fold_aucs_by_seed=[_numbers(r.fold_auc) for r in layer.results] if repeated else None,
+            auc_mean_by_seed=[_number(r.auc_mean) for r in layer.results] if repeated else None,
+            auc_sd_between_seeds=(_number(np.std([r.auc_mean for r in layer.results], ddof=1)) if repeated
+                                  else None),
+            seconds=float(layer.seconds),
+        )
+        for tap, layer in cv.sweep.layers.items()
     }
+    method_a = cv.runs_a[0]
     scores = {"A": method_a.proba}
-    results["methods"]["A"] = method_statistics(f"SVM1 (CNN {backbone} {ensemble_tap})", method_a.proba, method_a,
-                                                y, lesions, settings.seed, sweep.layers[ensemble_tap].seconds)
-    results["methods"]["A"]["calibration"] = calibration_record(runs_a)
-    if settings.analytic:
-        b = runs_b[0]
+    methods: dict[str, MethodRecord] = {
+        "A": dataclasses.replace(
+            method_statistics(f"SVM1 (CNN {cohort.backbone} {cohort.ensemble_tap})", method_a.proba, method_a, y,
+                              lesions, settings.seed, cv.sweep.layers[cohort.ensemble_tap].seconds),
+            calibration=calibration_record(list(cv.runs_a)))}
+    comparisons: list[Comparison] = []
+    if cv.runs_b:
+        b = cv.runs_b[0]
         scores["B"] = b.proba
-        results["methods"]["B"] = method_statistics(METHODS["B"].title, b.proba, b, y, lesions,
-                                                    settings.seed, b.seconds)
-        results["methods"]["B"]["segmentation_quality"] = {q: quality.count(q) for q in sorted(set(quality))}
-        results["methods"]["B"]["calibration"] = calibration_record(runs_b)
-        for key, runs in runs_fused.items():
+        quality = list(cv.segmentation_quality)
+        methods["B"] = dataclasses.replace(
+            method_statistics(METHODS["B"].title, b.proba, b, y, lesions, settings.seed, b.seconds),
+            segmentation_quality={q: quality.count(q) for q in sorted(set(quality))},
+            calibration=calibration_record(list(cv.runs_b)))
+        for key, runs in cv.runs_fused.items():
             scores[key] = runs[0]
-            results["methods"][key] = method_statistics(
-                METHODS[key].title, runs[0], None, y, lesions, settings.seed, method_a.seconds + b.seconds,
-                fold_aucs=fold_auc(runs[0], y, method_a.fold))
-        results["comparisons"] = compare_methods(results["methods"], scores, y, method_a.fold, n_folds,
-                                                 lesions=lesions)
-    if settings.repeats > 1:
-        results["repeats"] = repeated_cv_summary(results["methods"], runs_a, runs_b, runs_fused, y,
-                                                 seeds=[r.seed for r in runs_a])
-    seconds = time.perf_counter() - started
-    meter.advance("statistics", _SECONDS_STATISTICS, "saving the experiment")
+            methods[key] = method_statistics(METHODS[key].title, runs[0], None, y, lesions, settings.seed,
+                                             method_a.seconds + b.seconds,
+                                             fold_aucs=fold_auc(runs[0], y, method_a.fold))
+        comparisons = compare_methods(methods, scores, y, method_a.fold, cohort.n_folds, lesions=lesions)
+    repeats = None
+    if repeated:
+        repeats = repeated_cv_summary(methods, list(cv.runs_a), list(cv.runs_b),
+                                      {k: list(v) for k, v in cv.runs_fused.items()}, y,
+                                      seeds=[r.seed for r in cv.runs_a])
+    return ExperimentResults(
+        n_rois=len(cohort.records), n_lesions=int(len(set(lesions))), n_patients=int(len(set(cohort.patients))),
+        n_malignant_rois=int(y.sum()), cohort=cohort.cohort.name, roi_set_sha256=cohort.cohort.roi_set_sha256,
+        weights_note=weights_note, extraction=json_safe(asdict(features.extraction)), sweep=sweep, methods=methods,
+        comparisons=comparisons, repeats=repeats)
+
+
+def store_experiment(workspace: Workspace, loaded: Any, cohort: CohortStage, features: FeatureStage, cv: CvStage,
+                     results: ExperimentResults, *, name: str, user: str, seconds: float) -> int:
+    """Stage 5: the experiment, its audit event and every seed's out-of-fold predictions, in one transaction;
+    returns the experiment's id."""
+    records = cohort.records
     with workspace.sessions.begin() as session:
         experiment = Experiment(
-            name=name, kind="sweep" if len(sweep_taps) > 1 else "evaluate", config=config, config_sha256=config_sha,
-            code_version=version, results=json_safe(results), seconds=seconds,
-            uses_synthetic_data=any(r.is_synthetic for r in records),
+            name=name, kind="sweep" if len(cohort.sweep_taps) > 1 else "evaluate", config=to_json(features.config),
+            config_sha256=features.config_sha256, code_version=features.code_version, results=to_json(results),
+            seconds=seconds, uses_synthetic_data=any(r.is_synthetic for r in records),
             uses_random_weights=loaded.weights.source == "random", created_by=user,
         )
         session.add(experiment)
         session.flush()
         record_audit(session, user=user, action="experiment_run", target=f"experiment {experiment.id}",
-                     detail={"name": name, "config_sha256": config_sha, "code_version": version})
-        session.add_all(fold_model_rows(experiment.id, {t: layer.results[0] for t, layer in sweep.layers.items()},
-                                        runs_b[0] if runs_b else None))  # cadx.workflows.foldmodels
-        for repeat, a in enumerate(runs_a):
-            b = runs_b[repeat] if runs_b else None
-            fused = {METHODS[key].column: runs[repeat] for key, runs in runs_fused.items()}
+                     detail={"name": name, "config_sha256": features.config_sha256,
+                             "code_version": features.code_version})
+        session.add_all(fold_model_rows(  # the first seed's fold models (cadx.workflows.foldmodels)
+            experiment.id, {t: layer.results[0] for t, layer in cv.sweep.layers.items()},
+            cv.runs_b[0] if cv.runs_b else None))
+        for repeat, a in enumerate(cv.runs_a):
+            b = cv.runs_b[repeat] if cv.runs_b else None
+            fused = {METHODS[key].column: runs[repeat] for key, runs in cv.runs_fused.items()}
             session.add_all(
                 Prediction(
                     experiment_id=experiment.id, roi_id=r.id, roi_sha256=r.sha256, lesion_id=r.lesion_id,
@@ -346,20 +508,50 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
                 )
                 for i, r in enumerate(records)
             )
-        return experiment.id
+        return int(experiment.id)
 
 
-_MAX_REPEATS = 20
+def run_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettings = ExperimentSettings(), *,
+                   name: str, user: str, weights_note: str = "", progress: Progress | None = None,
+                   checkpoints: Any = None) -> int:
+    """Extract what is missing, cross-validate, compute the statistics and store the experiment; returns its id.
+
+    The stages, in order: :func:`select_cohort`, :func:`prepare_features`, :func:`cross_validate`,
+    :func:`experiment_statistics`, :func:`store_experiment`. ``progress(done, total, message)`` reports work done as
+    parts of ``PROGRESS_SCALE`` (stages weighted by their estimated cost). ``checkpoints``, when given (the job
+    runner's ``JobCheckpoints``), keeps every finished (tap, seed, fold) of the sweep and of Method B under the
+    SHA-256 of the experiment's config, so a run interrupted and started again redoes only the folds that were not
+    finished and stores exactly the numbers of an uninterrupted run.
+    """
+    started = time.perf_counter()
+    cohort = select_cohort(workspace, loaded, settings)
+    meter = StageMeter.for_cohort(progress, cohort, settings)
+    features = prepare_features(workspace, loaded, settings, cohort, meter=meter)
+    cv = cross_validate(workspace, loaded, settings, cohort, features, meter=meter, checkpoints=checkpoints)
+    results = experiment_statistics(settings, cohort, features, cv, weights_note=weights_note)
+    seconds = time.perf_counter() - started
+    meter.advance("statistics", _SECONDS_STATISTICS, "saving the experiment")
+    return store_experiment(workspace, loaded, cohort, features, cv, results, name=name, user=user, seconds=seconds)
+
+
+def _number(value: Any) -> float | None:
+    """A statistic as stored: a float, None where not finite."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _numbers(values: Any) -> list[float | None]:
+    return [_number(v) for v in np.asarray(values, dtype=float).ravel()]
 
 
 def _check_repeats(repeats: int) -> None:
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or not 1 <= repeats <= _MAX_REPEATS:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or not 1 <= repeats <= MAX_REPEATS:
         raise CadxInputError("repeats", f"got {repeats!r}",
-                             f"give a whole number from 1 (one cross-validation) to {_MAX_REPEATS} (seeds)")
+                             f"give a whole number from 1 (one cross-validation) to {MAX_REPEATS} (seeds)")
 
 
-def repeated_cv_summary(methods: dict, runs_a: list, runs_b: list, runs_fused: dict[str, list], y: np.ndarray, *,
-                        seeds: list[int]) -> dict[str, Any]:
+def repeated_cv_summary(methods: Mapping[str, MethodRecord], runs_a: list[CvResult], runs_b: list[CvResult],
+                        runs_fused: Mapping[str, list[np.ndarray]], y: np.ndarray, *, seeds: list[int]) -> Repeats:
     """Each classifier's fold-mean AUC under every seed of a repeated cross-validation, with the mean and SD over
     seeds: how much of a difference between classifiers is the luck of one fold assignment.
 
@@ -371,17 +563,16 @@ def repeated_cv_summary(methods: dict, runs_a: list, runs_b: list, runs_fused: d
         per_seed["B"] = [float(np.mean(r.fold_auc)) for r in runs_b]
         for key, runs in runs_fused.items():
             per_seed[key] = [float(np.mean(fold_auc(s, y, a.fold))) for a, s in zip(runs_a, runs, strict=True)]
-    return {
-        "seeds": list(seeds),
-        "methods": {
-            key: {"title": methods[key]["title"], "auc_mean_by_seed": aucs, "auc_mean": float(np.mean(aucs)),
-                  "auc_sd_between_seeds": float(np.std(aucs, ddof=1))}
-            for key, aucs in per_seed.items()
-        },
-    }
+    return Repeats(
+        seeds=[int(s) for s in seeds],
+        methods={key: RepeatedMethod(title=methods[key].title, auc_mean_by_seed=[_number(a) for a in aucs],
+                                     auc_mean=_number(np.mean(aucs)),
+                                     auc_sd_between_seeds=_number(np.std(aucs, ddof=1)))
+                 for key, aucs in per_seed.items()},
+    )
 
 
-def calibration_record(runs: list) -> dict[str, Any]:
+def calibration_record(runs: list[CvResult]) -> Calibration:
     """What Platt's slope floor did in every fold of every seed of one classifier (its ``CvResult`` per seed).
 
     ``slope``: the free maximum-likelihood slope per seed and fold (decision-value units, before the floor);
@@ -391,22 +582,31 @@ def calibration_record(runs: list) -> dict[str, Any]:
     """
     from cadx.svm import _PLATT_MIN_SLOPE
 
-    clamped = [[bool(c) for c in r.platt_clamped] for r in runs]
-    return {
-        "seeds": [int(r.seed) for r in runs],
-        "slope": [[float(a) for a in r.platt_free_slope] for r in runs],
-        "slope_used": [[float(a) for a in r.platt[:, 0]] for r in runs],
-        "clamped": clamped,
-        "n_clamped": int(sum(map(sum, clamped))),
-        "n_folds": int(sum(len(c) for c in clamped)),
-        "floor": f"{_PLATT_MIN_SLOPE:g} / SD of the inner decision values",
-        "inner_mean": [[float(m) for m in r.inner_decision_mean] for r in runs],
-        "inner_sd": [[float(v) for v in r.inner_decision_sd] for r in runs],
-    }
+    def per_fold(name: str) -> list[list[float | None]]:
+        return [_numbers(getattr(r, name)) for r in runs]
+
+    clamped = [[bool(c) for c in _present(r.platt_clamped)] for r in runs]
+    return Calibration(
+        seeds=[int(r.seed) for r in runs],
+        slope=per_fold("platt_free_slope"),
+        slope_used=[_numbers(r.platt[:, 0]) for r in runs],
+        clamped=clamped,
+        n_clamped=int(sum(map(sum, clamped))),
+        n_folds=int(sum(len(c) for c in clamped)),
+        floor=f"{_PLATT_MIN_SLOPE:g} / SD of the inner decision values",
+        inner_mean=per_fold("inner_decision_mean"),
+        inner_sd=per_fold("inner_decision_sd"),
+    )
 
 
-def _check_dataset(records, n_folds: int) -> None:
-    lesions_by_label = {0: set(), 1: set()}
+def _present(values: np.ndarray | None) -> np.ndarray:
+    if values is None:  # results of cadx.svm always have them; only CvResults made by hand lack them
+        raise ValueError("this CvResult has no Platt calibration details")
+    return values
+
+
+def _check_dataset(records: Sequence[RoiRecord], n_folds: int) -> None:
+    lesions_by_label: dict[int, set[int]] = {0: set(), 1: set()}
     for r in records:
         lesions_by_label[r.label].add(r.lesion_id)
     fewest = min(len(v) for v in lesions_by_label.values())
@@ -417,116 +617,128 @@ def _check_dataset(records, n_folds: int) -> None:
             f"import more cases (at least {n_folds} lesions of each label) or include excluded ROIs")
 
 
-def method_statistics(title: str, proba: np.ndarray, result, y: np.ndarray, lesions: np.ndarray, seed: int,
-                      seconds: float, *, fold_aucs: np.ndarray | None = None) -> dict[str, Any]:
+def method_statistics(title: str, proba: np.ndarray, result: CvResult | None, y: np.ndarray, lesions: np.ndarray,
+                      seed: int, seconds: float, *, fold_aucs: np.ndarray | None = None) -> MethodRecord:
     """Table-1 statistics of one classifier's out-of-fold probabilities (``result``: its CvResult, or None for the
     ensemble): fold AUC mean/SD/SE, pooled AUC with DeLong CI, lesion-level AUC, clustered bootstrap CI, ROC points,
     binormal fit."""
-    fold_aucs = result.fold_auc if fold_aucs is None else fold_aucs
+    if fold_aucs is None:
+        if result is None:
+            raise ValueError("give the fold AUCs of a classifier without a CvResult")
+        fold_aucs = result.fold_auc
     summary = stats.fold_auc_summary(fold_aucs)
     delong = stats.delong_ci(y, proba)
     roc = stats.roc_points(y, proba)
     lesion_level = stats.lesion_level_scores(proba, lesions, y)
-    out: dict[str, Any] = {
-        "title": title,
-        "auc_mean": summary.mean,
-        "auc_sd": summary.sd,
-        "auc_se": summary.se,
-        "fold_aucs": list(summary.aucs),
-        "pooled_auc": delong.auc,
-        "pooled_ci95": [delong.lower, delong.upper],
-        "lesion_auc": stats.auc(lesion_level.labels, lesion_level.scores),
-        "lesion_clustered_bootstrap_ci95": _bootstrap(y, proba, lesions, seed),
-        "roc": {"fpr": list(roc.fpr), "tpr": list(roc.tpr)},
-        "seconds": seconds,
-    }
     try:
         fit = stats.binormal_fit(y, proba)
         fpr, tpr = fit.curve(_CURVE_POINTS)
-        out["binormal"] = {"a": fit.a, "b": fit.b, "auc": fit.auc, "se_auc": fit.se_auc, "converged": fit.converged,
-                           "fpr": list(fpr), "tpr": list(tpr)}
+        binormal = Binormal(a=_number(fit.a), b=_number(fit.b), auc=_number(fit.auc), se_auc=_number(fit.se_auc),
+                            converged=bool(fit.converged), fpr=_numbers(fpr), tpr=_numbers(tpr))
     except ValueError as exc:  # e.g. perfect separation: no finite ML fit
-        out["binormal"] = {"error": str(exc)}
-    if result is not None:
-        out["decision_value_auc"] = stats.auc(y, result.decision)
-        out["fold_aucs_decision"] = [float(a) for a in result.fold_auc]
-        out["fold_aucs_proba"] = [float(a) for a in result.fold_auc_proba]
-        out["best_params"] = [dict(p) for p in result.best_params]
-        out["n_features"] = int(result.n_features)
-        out["n_features_kept"] = [int(k) for k in result.n_features_kept]
-    return out
+        binormal = Binormal(error=str(exc))
+    return MethodRecord(
+        title=title,
+        auc_mean=_number(summary.mean),
+        auc_sd=_number(summary.sd),
+        auc_se=_number(summary.se),
+        fold_aucs=_numbers(summary.aucs),
+        pooled_auc=_number(delong.auc),
+        pooled_ci95=[_number(delong.lower), _number(delong.upper)],
+        lesion_auc=_number(stats.auc(lesion_level.labels, lesion_level.scores)),
+        lesion_clustered_bootstrap_ci95=_bootstrap(y, proba, lesions, seed),
+        roc=RocPoints(fpr=_numbers(roc.fpr), tpr=_numbers(roc.tpr)),
+        seconds=float(seconds),
+        binormal=binormal,
+        **({} if result is None else {
+            "decision_value_auc": _number(stats.auc(y, result.decision)),
+            "fold_aucs_decision": _numbers(result.fold_auc),
+            "fold_aucs_proba": _numbers(result.fold_auc_proba),
+            "best_params": [json_safe(dict(p)) for p in result.best_params],
+            "n_features": int(result.n_features),
+            "n_features_kept": [int(k) for k in result.n_features_kept],
+        }),
+    )
 
 
-def _bootstrap(y, proba, lesions, seed) -> list[float] | None:
+def _bootstrap(y: np.ndarray, proba: np.ndarray, lesions: np.ndarray, seed: int) -> list[float | None] | None:
     try:
         ci = stats.clustered_bootstrap_auc_ci(y, proba, lesions, seed=seed, n_boot=1000)
     except ValueError:
         return None
-    return [ci.lower, ci.upper]
+    return [_number(ci.lower), _number(ci.upper)]
 
 
-def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarray, n_folds: int, *,
-                    lesions: np.ndarray, pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+def compare_methods(methods: Mapping[str, MethodRecord | Mapping[str, Any]], scores: Mapping[str, np.ndarray],
+                    y: np.ndarray, folds: np.ndarray, n_folds: int, *, lesions: np.ndarray,
+                    pairs: list[tuple[str, str]] | None = None) -> list[Comparison]:
     """DeLong, fold-wise paired t and Nadeau-Bengio p-values, Bonferroni-adjusted within each family of
     ``cadx.methods.comparison_families``: the paper's (C vs A, C vs B, A vs B) and the added z-ensemble's; or, with
     ``pairs``, those pairs as one family (e.g. Method D against A, B and C).
 
-    Nadeau & Bengio's ``n_train``/``n_test`` count lesions (``stats.cv_unit_sizes``), not ROIs: the views of one
-    lesion are not independent test cases.
+    ``methods`` give each method's fold AUCs (records, or their JSON form). Nadeau & Bengio's ``n_train``/``n_test``
+    count lesions (``stats.cv_unit_sizes``), not ROIs: the views of one lesion are not independent test cases.
     """
     n_train, n_test = stats.cv_unit_sizes(folds, lesions)
-    rows = []
+    rows: list[Comparison] = []
     families = comparison_families(set(scores)) if pairs is None else {"requested": list(pairs)}
     for family, family_pairs in families.items():
         block = []
         for first, second in family_pairs:
             delong = stats.delong_test(y, scores[first], scores[second])
-            fa, fb = np.asarray(methods[first]["fold_aucs"]), np.asarray(methods[second]["fold_aucs"])
+            fa = np.asarray(_fold_aucs(methods[first]), dtype=float)
+            fb = np.asarray(_fold_aucs(methods[second]), dtype=float)
             paired = stats.paired_t_test(fa, fb)
             corrected = stats.corrected_resampled_t_test(fa - fb, n_train=n_train, n_test=n_test)
-            block.append({
-                "comparison": f"{first} vs {second}",
-                "family": family,
-                "auc_difference": delong.difference,
-                "delong_p": delong.p_value,
-                "delong_ci95": [delong.ci_lower, delong.ci_upper],
-                "paired_t_p": paired.p_value,
-                "nadeau_bengio_p": corrected.p_value,
-                "nadeau_bengio_n_train": n_train,
-                "nadeau_bengio_n_test": n_test,
-            })
-        for key in ("delong_p", "paired_t_p", "nadeau_bengio_p"):
-            adjusted = stats.bonferroni([row[key] for row in block])
-            for row, p in zip(block, adjusted.p_adjusted):
-                row[f"{key}_bonferroni"] = float(p)
-        rows.extend(block)
+            block.append((f"{first} vs {second}", delong, paired, corrected))
+        adjusted = {name: stats.bonferroni([p for p in values]).p_adjusted for name, values in (
+            ("delong", [d.p_value for _, d, _, _ in block]), ("paired", [p.p_value for _, _, p, _ in block]),
+            ("nb", [c.p_value for _, _, _, c in block]))}
+        for i, (comparison, delong, paired, corrected) in enumerate(block):
+            rows.append(Comparison(
+                comparison=comparison, family=family, auc_difference=_number(delong.difference),
+                delong_p=_number(delong.p_value), delong_ci95=[_number(delong.ci_lower), _number(delong.ci_upper)],
+                paired_t_p=_number(paired.p_value), nadeau_bengio_p=_number(corrected.p_value),
+                nadeau_bengio_n_train=_number(n_train), nadeau_bengio_n_test=_number(n_test),
+                delong_p_bonferroni=_number(adjusted["delong"][i]),
+                paired_t_p_bonferroni=_number(adjusted["paired"][i]),
+                nadeau_bengio_p_bonferroni=_number(adjusted["nb"][i])))
     return rows
 
 
-def json_safe(value):
-    """``value`` with numpy scalars/arrays turned into plain JSON types and non-finite floats into None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    return value
+def _fold_aucs(method: MethodRecord | Mapping[str, Any]) -> list[float | None]:
+    if isinstance(method, MethodRecord):
+        return method.fold_aucs
+    return list(method["fold_aucs"])
 
 
-def experiment_summary(workspace: Workspace, experiment_id: int) -> dict[str, Any]:
-    """An experiment's config and results as stored (for `--json` output and the app)."""
+def load_experiment(workspace: Workspace, experiment_id: int) -> ExperimentRecord:
+    """An experiment as stored, typed (:class:`cadx.records.ExperimentRecord`; old records upgraded on reading)."""
     with workspace.sessions() as session:
         experiment = session.get(Experiment, experiment_id)
         if experiment is None:
             raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
-        return {"id": experiment.id, "name": experiment.name, "kind": experiment.kind,
-                "created_at": experiment.created_at.isoformat(), "created_by": experiment.created_by,
-                "code_version": experiment.code_version, "config_sha256": experiment.config_sha256,
-                "uses_synthetic_data": experiment.uses_synthetic_data,
-                "uses_random_weights": experiment.uses_random_weights, "seconds": experiment.seconds,
-                "config": experiment.config, "results": experiment.results}
+        return record_of(experiment)
+
+
+def record_of(experiment: Experiment) -> ExperimentRecord:
+    """The typed record of an ``experiments`` row (its config and results read with ``cadx.records``)."""
+    where = f"experiment {experiment.id}"
+    try:
+        config, results = read_config(experiment.config or {}), read_results(experiment.results or {})
+    except CadxInputError as exc:
+        raise CadxInputError(f"{where}: {exc.source}", exc.problem, exc.fix) from exc
+    return ExperimentRecord(
+        id=int(experiment.id), name=experiment.name, kind=experiment.kind,
+        created_at=experiment.created_at.isoformat(), created_by=experiment.created_by,
+        code_version=experiment.code_version, config_sha256=experiment.config_sha256,
+        uses_synthetic_data=bool(experiment.uses_synthetic_data),
+        uses_random_weights=bool(experiment.uses_random_weights),
+        seconds=None if experiment.seconds is None else float(experiment.seconds), config=config, results=results)
+
+
+def experiment_summary(workspace: Workspace, experiment_id: int) -> dict[str, Any]:
+    """An experiment's record as JSON (``--json`` output; the layout of ``docs/experiment-record.schema.json``),
+    old records upgraded to the current schema."""
+    summary: dict[str, Any] = to_json(load_experiment(workspace, experiment_id))
+    return summary

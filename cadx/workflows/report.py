@@ -22,7 +22,8 @@ from sqlalchemy import select
 import cadx
 from cadx.errors import CadxInputError
 from cadx.report import render_report, roi_set_sha256
-from cadx.workflows.experiments import experiment_summary, json_safe
+from cadx.records import LevelResults, json_safe, to_json
+from cadx.workflows.experiments import experiment_summary
 from cadx.workflows.results import (
     comparison_table,
     experiment_results,
@@ -82,7 +83,7 @@ def _records(frame) -> list[dict[str, Any]]:
 
 
 def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
-                results: dict[str, Any] | None = None) -> dict[str, Any]:
+                results: LevelResults | None = None) -> dict[str, Any]:
     """Everything the report shows, read from the stored record (nothing recomputed except the lesion level,
     which ``experiment_results`` computes from the stored predictions; a caller that has it passes ``results``)."""
     rows = [row for row in list_experiments(workspace) if row["id"] == experiment_id]
@@ -92,15 +93,15 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
     config = experiment_summary(workspace, experiment_id)["config"]
     if results is None:
         results = experiment_results(workspace, experiment_id, level)  # type: ignore[arg-type]
-    elif results.get("level") != level:
-        raise ValueError(f"results are at {results.get('level')!r} level, the report asked for {level!r}")
+    elif results.level != level:
+        raise ValueError(f"results are at {results.level!r} level, the report asked for {level!r}")
     roi_set = config.get("roi_set_sha256") or (roi_set_sha256(config["roi_sha256"]) if config.get("roi_sha256")
                                                else None)
     return {
         "experiment": {**experiment, "created_at": str(experiment["created_at"])},
         "config": config,
         "cohort": cohort_summary(workspace, config.get("roi_ids", []), config.get("excluded_roi_ids", [])),
-        "results": results,
+        "results": to_json(results),
         "sweep": _records(sweep_table(workspace, [experiment_id])),
         "table1": _records(method_table(results)),
         "tests": _records(comparison_table(results)),
@@ -112,7 +113,7 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
 
 
 def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",
-                results: dict[str, Any] | None = None) -> str:
+                results: LevelResults | None = None) -> str:
     """The study report of an experiment as one self-contained HTML string."""
     return render_report(report_data(workspace, experiment_id, level=level, results=results))
 

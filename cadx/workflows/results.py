@@ -9,7 +9,9 @@ statistics as the ROI level (``cadx.stats``).
 
 from __future__ import annotations
 
+import dataclasses
 import io as _io
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +24,8 @@ from cadx.errors import CadxInputError
 from cadx.methods import METHODS
 from cadx.roi import decode_png16
 from cadx.workflows.features import BACKBONE_LABELS
-from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
+from cadx.records import LevelResults, MethodRecord, SweepLayer, read_results
+from cadx.workflows.experiments import compare_methods, method_statistics, record_of
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
@@ -56,7 +59,7 @@ _SCORE_COLUMNS = [m.column for m in METHODS.values()]  # p1, p2, p3, pz
 _NAME_MAX = 128
 
 
-def _experiment(session, experiment_id: int) -> Experiment:
+def _experiment(session: Any, experiment_id: int) -> Experiment:
     experiment = session.get(Experiment, experiment_id)
     if experiment is None:
         raise CadxInputError(f"experiment {experiment_id}", "no such experiment",
@@ -72,79 +75,80 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
         query = query.limit(limit)
     with workspace.sessions() as session:
         experiments = list(session.scalars(query))
-        rows = []
-        for e in experiments:
-            config, results = e.config or {}, e.results or {}
-            methods = results.get("methods", {})
-            sweep = results.get("sweep", {})
-            best_tap = max(sweep, key=lambda t: sweep[t].get("auc_mean") or -1.0) if sweep else None
-            best = sweep.get(best_tap, {}) if best_tap else {}
-            weights = config.get("weights", {})
-            rows.append({
-                "id": e.id,
-                "name": e.name,
-                "kind": e.kind,
-                "created_at": e.created_at,
-                "created_by": e.created_by,
-                "backbone": config.get("backbone"),
-                "weights": weights.get("name"),
-                "weights_source": weights.get("source"),
-                "weights_sha256": weights.get("sha256"),
-                "taps": list(config.get("taps", [])),
-                "ensemble_tap": config.get("ensemble_tap"),
-                "analytic": config.get("analytic_version") is not None,
-                "n_folds": config.get("n_folds"),
-                "n_inner": config.get("n_inner"),
-                "seed": config.get("seed"),
-                "repeats": config.get("repeats", 1),
-                "n_rois": results.get("n_rois", len(config.get("roi_ids", []))),
-                "n_lesions": results.get("n_lesions"),
-                "n_patients": results.get("n_patients"),
-                "n_excluded": len(config.get("excluded_roi_ids", [])),
-                "cohort": (config.get("cohort") or {}).get("name"),  # None: recorded before cohorts existed
-                "roi_set_sha256": config.get("roi_set_sha256"),
-                "best_tap": best_tap,
-                "best_tap_auc": best.get("auc_mean"),
-                "best_tap_sd_between_seeds": best.get("auc_sd_between_seeds"),
-                "best_tap_text": best_tap_text(best_tap, best, config.get("repeats", 1)),
-                **{f"auc_{key}": methods.get(key, {}).get("auc_mean") for key in METHODS},
-                "code_version": e.code_version,
-                "config_sha256": e.config_sha256,
-                "seconds": e.seconds,
-                "uses_synthetic_data": e.uses_synthetic_data,
-                "uses_random_weights": e.uses_random_weights,
-            })
+        records = [record_of(e) for e in experiments]
+    rows = []
+    for r in records:
+        config, results = r.config, r.results
+        sweep = results.sweep
+        best_tap = max(sweep, key=lambda t: sweep[t].auc_mean if sweep[t].auc_mean is not None else -1.0) \
+            if sweep else None
+        best = sweep[best_tap] if best_tap else None
+        rows.append({
+            "id": r.id,
+            "name": r.name,
+            "kind": r.kind,
+            "created_at": datetime.fromisoformat(r.created_at),
+            "created_by": r.created_by,
+            "backbone": config.backbone,
+            "weights": config.weights.name,
+            "weights_source": config.weights.source,
+            "weights_sha256": config.weights.sha256,
+            "taps": list(config.taps),
+            "ensemble_tap": config.ensemble_tap,
+            "analytic": config.analytic_version is not None,
+            "n_folds": config.n_folds,
+            "n_inner": config.n_inner,
+            "seed": config.seed,
+            "repeats": config.repeats,
+            "n_rois": results.n_rois,
+            "n_lesions": results.n_lesions,
+            "n_patients": results.n_patients,
+            "n_excluded": len(config.excluded_roi_ids),
+            "cohort": None if config.cohort is None else config.cohort.name,  # None: recorded before cohorts
+            "roi_set_sha256": config.roi_set_sha256,
+            "best_tap": best_tap,
+            "best_tap_auc": None if best is None else best.auc_mean,
+            "best_tap_sd_between_seeds": None if best is None else best.auc_sd_between_seeds,
+            "best_tap_text": best_tap_text(best_tap, best, config.repeats),
+            **{f"auc_{key}": results.methods[key].auc_mean if key in results.methods else None for key in METHODS},
+            "code_version": r.code_version,
+            "config_sha256": r.config_sha256,
+            "seconds": r.seconds,
+            "uses_synthetic_data": r.uses_synthetic_data,
+            "uses_random_weights": r.uses_random_weights,
+        })
     return rows
 
 
-def best_tap_text(tap: str | None, layer: dict[str, Any], repeats: int) -> str:
+def best_tap_text(tap: str | None, layer: SweepLayer | None, repeats: int) -> str:
     """The tap with the highest mean AUC, always with its spread between seeds, e.g. ``"best tap fc6: 0.812 ±
     0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured."""
-    if tap is None or layer.get("auc_mean") is None:
+    if tap is None or layer is None or layer.auc_mean is None:
         return ""
-    if repeats > 1 and layer.get("auc_sd_between_seeds") is not None:
-        return (f"best tap {tap}: {layer['auc_mean']:.3f} ± {layer['auc_sd_between_seeds']:.3f} "
+    if repeats > 1 and layer.auc_sd_between_seeds is not None:
+        return (f"best tap {tap}: {layer.auc_mean:.3f} ± {layer.auc_sd_between_seeds:.3f} "
                 f"(SD over {repeats} seeds)")
-    return (f"highest AUC at {tap}: {layer['auc_mean']:.3f} on one seed (no spread measured: repeat over seeds "
+    return (f"highest AUC at {tap}: {layer.auc_mean:.3f} on one seed (no spread measured: repeat over seeds "
             "before calling a tap best)")
 
 
-def calibration_notes(results: dict[str, Any]) -> list[str]:
+def calibration_notes(results: LevelResults) -> list[str]:
     """One sentence per classifier whose Platt slope was held at its floor in some folds (a *degenerate* fold: its
     probabilities are flat there, so the probability ensemble ranks by the other classifier alone), e.g. "SVM1
     carried no signal in 15/25 folds: the ensemble (p1 + p2) / 2 equals SVM2 there"."""
-    methods = results.get("methods", {})
+    methods = results.methods
     notes = []
     for key, other in (("A", "B"), ("B", "A")):
-        calibration = (methods.get(key) or {}).get("calibration")
-        if not calibration or not calibration.get("n_clamped"):
+        calibration = methods[key].calibration if key in methods else None
+        if calibration is None or not calibration.n_clamped:
             continue
         short, other_short = METHODS[key].name.split(" ")[0], METHODS[other].name.split(" ")[0]
-        seeds = calibration.get("seeds", [])
-        over = f" (5 folds × {len(seeds)} seeds)" if len(seeds) > 1 else ""
-        note = (f"{short} carried no signal in {calibration['n_clamped']}/{calibration['n_folds']} folds{over}: its "
+        n_seeds = len(calibration.seeds)
+        folds_per_seed = calibration.n_folds // n_seeds if n_seeds else calibration.n_folds
+        over = f" ({folds_per_seed} folds × {n_seeds} seeds)" if n_seeds > 1 else ""
+        note = (f"{short} carried no signal in {calibration.n_clamped}/{calibration.n_folds} folds{over}: its "
                 "Platt slope on the inner cross-validated decision values was ≤ 0 (held at the floor "
-                f"{calibration.get('floor', '')}), so its probabilities are flat there")
+                f"{calibration.floor}), so its probabilities are flat there")
         if "C" in methods and other in methods:
             note += (f" and the ensemble (p1 + p2) / 2 equals {other_short} there. Compare the z-scored ensemble, "
                      "which weighs both SVMs' decision values equally" if "Z" in methods else
@@ -177,7 +181,7 @@ def delete_experiment(workspace: Workspace, experiment_id: int, *, user: str) ->
         record_audit(session, user=user, action="experiment_delete", target=f"experiment {experiment_id}",
                      detail={"name": experiment.name, "config_sha256": experiment.config_sha256,
                              "code_version": experiment.code_version, "created_by": experiment.created_by,
-                             "aucs": {m: r.get("auc_mean") for m, r in experiment.results.get("methods", {}).items()}})
+                             "aucs": {m: r.auc_mean for m, r in read_results(experiment.results).methods.items()}})
         n = session.execute(delete(Prediction).where(Prediction.experiment_id == experiment_id)).rowcount
         session.execute(update(Job).where(Job.experiment_id == experiment_id).values(experiment_id=None))
         session.execute(delete(Experiment).where(Experiment.id == experiment_id))
@@ -196,27 +200,27 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
     rows = []
     with workspace.sessions() as session:
         for experiment_id in experiment_ids:
-            e = _experiment(session, experiment_id)
-            taps = [t for t in e.config.get("taps", []) if t in e.results.get("sweep", {})]
+            r = record_of(_experiment(session, experiment_id))
+            taps = [t for t in r.config.taps if t in r.results.sweep]
             for order, tap in enumerate(taps):
-                layer = e.results["sweep"][tap]
+                layer = r.results.sweep[tap]
                 rows.append({
-                    "experiment_id": e.id,
-                    "experiment": f"#{e.id} {e.name}",
-                    "backbone": e.config.get("backbone"),
-                    "weights_source": e.config.get("weights", {}).get("source"),
+                    "experiment_id": r.id,
+                    "experiment": f"#{r.id} {r.name}",
+                    "backbone": r.config.backbone,
+                    "weights_source": r.config.weights.source,
                     "depth": order / (len(taps) - 1) if len(taps) > 1 else 1.0,
                     "order": order,
                     "tap": tap,
-                    "n_features": layer.get("n_features"),
-                    "n_features_nonconstant": layer.get("n_features_nonconstant"),
-                    "auc_mean": layer.get("auc_mean"),
-                    "auc_sd": layer.get("auc_sd"),
-                    "auc_se": layer.get("auc_se"),
-                    "auc_sd_between_seeds": layer.get("auc_sd_between_seeds"),
-                    "seconds": layer.get("seconds"),
-                    "n_folds": len(layer.get("fold_aucs", [])),
-                    "repeats": e.config.get("repeats", 1),
+                    "n_features": layer.n_features,
+                    "n_features_nonconstant": layer.n_features_nonconstant,
+                    "auc_mean": layer.auc_mean,
+                    "auc_sd": layer.auc_sd,
+                    "auc_se": layer.auc_se,
+                    "auc_sd_between_seeds": layer.auc_sd_between_seeds,
+                    "seconds": layer.seconds,
+                    "n_folds": len(layer.fold_aucs),
+                    "repeats": r.config.repeats,
                 })
     columns = ["experiment_id", "experiment", "backbone", "weights_source", "depth", "order", "tap", "n_features",
                "n_features_nonconstant", "auc_mean", "auc_sd", "auc_se", "auc_sd_between_seeds", "seconds", "n_folds",
@@ -225,11 +229,11 @@ def sweep_table(workspace: Workspace, experiment_ids: list[int]) -> pd.DataFrame
 
 
 # ------------------------------------------------------------------------------------------- methods and ROC ---
-def experiment_results(workspace: Workspace, experiment_id: int, level: Level = "roi") -> dict[str, Any]:
+def experiment_results(workspace: Workspace, experiment_id: int, level: Level = "roi") -> LevelResults:
     """Methods A/B/C and their comparisons at ROI level (as stored) or lesion level (computed here).
 
-    Returns ``{"level", "n_cases", "n_positive", "methods": {key: ...}, "comparisons": [...], "repeats": ...}`` with
-    the layout of ``Experiment.results`` (see ``cadx.workflows.experiments``); ``repeats`` (ROI level, as stored;
+    Returns a ``cadx.records.LevelResults`` (methods and comparisons typed as in the stored record); ``repeats``
+    (ROI level, as stored;
     None without repeated cross-validation) is the same at both levels. At lesion level a lesion's score is the mean of
     its ROIs' out-of-fold probabilities; every lesion lies in one fold, so fold AUCs, DeLong, the binormal fit,
     the paired and Nadeau-Bengio t-tests are all computed on lesions.
@@ -237,108 +241,102 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
     if level not in ("roi", "lesion"):
         raise CadxInputError("level", f"unknown level {level!r}", "use 'roi' or 'lesion'")
     with workspace.sessions() as session:
-        e = _experiment(session, experiment_id)
-        results, config = e.results, e.config
+        record = record_of(_experiment(session, experiment_id))
+    results, config = record.results, record.config
     if level == "roi":
-        return {"level": "roi", "n_cases": results.get("n_rois"), "n_positive": results.get("n_malignant_rois"),
-                "methods": results.get("methods", {}), "comparisons": results.get("comparisons", []),
-                "repeats": results.get("repeats")}
+        return LevelResults(level="roi", n_cases=results.n_rois, n_positive=results.n_malignant_rois,
+                            methods=dict(results.methods), comparisons=list(results.comparisons),
+                            repeats=results.repeats)
     from cadx.svm import fold_auc  # loaded only here: the pages that never need it start faster
 
     lesions = lesion_predictions(workspace, experiment_id)
     y = lesions["truth"].to_numpy(dtype=int)
     folds = lesions["fold"].to_numpy(dtype=int)
     ids = lesions["lesion_id"].to_numpy()
-    n_folds = int(config.get("n_folds", folds.max() + 1))
-    seed = int(config.get("seed", 0))
-    methods: dict[str, Any] = {}
+    methods: dict[str, MethodRecord] = {}
     scores: dict[str, np.ndarray] = {}
     for key, method in METHODS.items():
-        stored, column = results.get("methods", {}).get(key), method.column
+        stored, column = results.methods.get(key), method.column
         if stored is None or column not in lesions or lesions[column].isna().any():
             continue
         s = lesions[column].to_numpy(dtype=float)
         fold_aucs = fold_auc(s, y, folds)
         fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
-        methods[key] = method_statistics(stored.get("title", METHOD_NAMES[key]), s, None, y, ids, seed,
-                                         stored.get("seconds", 0.0), fold_aucs=fold_aucs)
-        if "calibration" in stored:  # a property of the folds, the same at both levels
-            methods[key]["calibration"] = stored["calibration"]
+        methods[key] = dataclasses.replace(  # the calibration is a property of the folds, the same at both levels
+            method_statistics(stored.title, s, None, y, ids, config.seed, stored.seconds, fold_aucs=fold_aucs),
+            calibration=stored.calibration)
         scores[key] = s
     comparisons = []
     if {"A", "B", "C"} <= methods.keys():
-        comparisons = compare_methods(methods, scores, y, folds, n_folds, lesions=ids)
-    return {"level": "lesion", "n_cases": int(len(y)), "n_positive": int(y.sum()),
-            "methods": json_safe(methods), "comparisons": json_safe(comparisons), "repeats": results.get("repeats")}
+        comparisons = compare_methods(methods, scores, y, folds, config.n_folds, lesions=ids)
+    return LevelResults(level="lesion", n_cases=int(len(y)), n_positive=int(y.sum()), methods=methods,
+                        comparisons=comparisons, repeats=results.repeats)
 
 
-def method_table(results: dict[str, Any]) -> pd.DataFrame:
+def method_table(results: LevelResults) -> pd.DataFrame:
     """Table 1 from ``experiment_results``: AUC (mean of fold AUCs), AUC.SD, SE, pooled AUC with its DeLong 95 %
     CI, lesion-level AUC, fitted binormal AUC and time, one row per classifier; with repeated cross-validation the
     SD of the (ROI-level) AUC between seeds; for SVM1 and SVM2 the degenerate folds ("15/25": folds where the Platt
     slope was held at its floor, over all seeds; see ``calibration_notes``)."""
     rows = []
-    by_seed = (results.get("repeats") or {}).get("methods", {})
-    for key, m in results.get("methods", {}).items():
-        binormal = m.get("binormal", {})
-        ci = m.get("pooled_ci95") or [None, None]
-        calibration = m.get("calibration")
+    by_seed = results.repeats.methods if results.repeats is not None else {}
+    for key, m in results.methods.items():
+        calibration = m.calibration
         rows.append({
             "method": key,
             "classifier": METHOD_NAMES.get(key, key),
-            "detail": m.get("title"),
-            "AUC": m.get("auc_mean"),
-            "AUC.SD": m.get("auc_sd"),
-            "SE": m.get("auc_se"),
-            "seed SD": (by_seed.get(key) or {}).get("auc_sd_between_seeds"),
-            "pooled AUC": m.get("pooled_auc"),
-            "CI95 low": ci[0],
-            "CI95 high": ci[1],
-            "lesion AUC": m.get("lesion_auc"),
-            "binormal AUC": binormal.get("auc"),
-            "binormal a": binormal.get("a"),
-            "binormal b": binormal.get("b"),
-            "time (s)": m.get("seconds"),
-            "degenerate folds": (f"{calibration['n_clamped']}/{calibration['n_folds']}" if calibration else None),
+            "detail": m.title,
+            "AUC": m.auc_mean,
+            "AUC.SD": m.auc_sd,
+            "SE": m.auc_se,
+            "seed SD": by_seed[key].auc_sd_between_seeds if key in by_seed else None,
+            "pooled AUC": m.pooled_auc,
+            "CI95 low": m.pooled_ci95[0],
+            "CI95 high": m.pooled_ci95[1],
+            "lesion AUC": m.lesion_auc,
+            "binormal AUC": m.binormal.auc,
+            "binormal a": m.binormal.a,
+            "binormal b": m.binormal.b,
+            "time (s)": m.seconds,
+            "degenerate folds": (f"{calibration.n_clamped}/{calibration.n_folds}" if calibration else None),
         })
     return pd.DataFrame(rows, columns=["method", "classifier", "detail", "AUC", "AUC.SD", "SE", "seed SD",
                                        "pooled AUC", "CI95 low", "CI95 high", "lesion AUC", "binormal AUC",
                                        "binormal a", "binormal b", "time (s)", "degenerate folds"])
 
 
-def repeats_table(results: dict[str, Any]) -> pd.DataFrame:
+def repeats_table(results: LevelResults) -> pd.DataFrame:
     """The repeated cross-validation of ``experiment_results``: per classifier, the fold-mean AUC under each seed,
     their mean and SD between seeds (empty without repeats)."""
-    repeats = results.get("repeats") or {}
-    seeds = repeats.get("seeds", [])
-    rows = [{"classifier": METHOD_NAMES.get(key, key), "mean over seeds": m["auc_mean"],
-             "SD between seeds": m["auc_sd_between_seeds"],
-             **{f"seed {s}": a for s, a in zip(seeds, m["auc_mean_by_seed"], strict=True)}}
-            for key, m in repeats.get("methods", {}).items()]
+    repeats = results.repeats
+    seeds = [] if repeats is None else repeats.seeds
+    rows = [{"classifier": METHOD_NAMES.get(key, key), "mean over seeds": m.auc_mean,
+             "SD between seeds": m.auc_sd_between_seeds,
+             **{f"seed {s}": a for s, a in zip(seeds, m.auc_mean_by_seed, strict=True)}}
+            for key, m in ({} if repeats is None else repeats.methods).items()]
     return pd.DataFrame(rows, columns=["classifier", "mean over seeds", "SD between seeds",
                                        *(f"seed {s}" for s in seeds)])
 
 
-def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
+def comparison_table(results: LevelResults) -> pd.DataFrame:
     """The significance tests of ``experiment_results``: DeLong, fold-wise paired t, Nadeau-Bengio corrected t,
     each with its Bonferroni-adjusted p-value within its family (``paper``: the paper's 3 comparisons; ``added``:
     the z-scored ensemble's 3)."""
     rows = []
-    for c in results.get("comparisons", []):
-        first, second = c["comparison"].split(" vs ")
-        ci = c.get("delong_ci95") or [None, None]
+    for c in results.comparisons:
+        first, second = c.pair
         rows.append({
             "comparison": f"{METHOD_NAMES.get(first, first)} vs {METHOD_NAMES.get(second, second)}",
-            "family": c.get("family", "paper"),
-            "AUC difference": c.get("auc_difference"),
-            "DeLong CI95 low": ci[0],
-            "DeLong CI95 high": ci[1],
-            "DeLong p": c.get("delong_p"),
-            "DeLong p (Bonferroni)": c.get("delong_p_bonferroni"),
-            "paired t p": c.get("paired_t_p"),
-            "paired t p (Bonferroni)": c.get("paired_t_p_bonferroni"),
-            "Nadeau-Bengio p": c.get("nadeau_bengio_p"),
-            "Nadeau-Bengio p (Bonferroni)": c.get("nadeau_bengio_p_bonferroni"),
+            "family": c.family,
+            "AUC difference": c.auc_difference,
+            "DeLong CI95 low": c.delong_ci95[0],
+            "DeLong CI95 high": c.delong_ci95[1],
+            "DeLong p": c.delong_p,
+            "DeLong p (Bonferroni)": c.delong_p_bonferroni,
+            "paired t p": c.paired_t_p,
+            "paired t p (Bonferroni)": c.paired_t_p_bonferroni,
+            "Nadeau-Bengio p": c.nadeau_bengio_p,
+            "Nadeau-Bengio p (Bonferroni)": c.nadeau_bengio_p_bonferroni,
         })
     return pd.DataFrame(rows, columns=["comparison", "family", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
                                        "DeLong p", "DeLong p (Bonferroni)", "paired t p",
@@ -346,14 +344,14 @@ def comparison_table(results: dict[str, Any]) -> pd.DataFrame:
                                        "Nadeau-Bengio p (Bonferroni)"])
 
 
-def roc_curve_table(results: dict[str, Any]) -> pd.DataFrame:
+def roc_curve_table(results: LevelResults) -> pd.DataFrame:
     """Every point of the empirical and fitted binormal ROC curves (long format: method, curve, fpr, tpr)."""
     frames = []
-    for key, m in results.get("methods", {}).items():
-        for curve, points in (("empirical", m.get("roc", {})), ("binormal", m.get("binormal", {}))):
-            if "fpr" in points:
+    for key, m in results.methods.items():
+        for curve, fpr, tpr in (("empirical", m.roc.fpr, m.roc.tpr), ("binormal", m.binormal.fpr, m.binormal.tpr)):
+            if fpr is not None and tpr is not None:
                 frames.append(pd.DataFrame({"method": key, "classifier": METHOD_NAMES.get(key, key),
-                                            "curve": curve, "fpr": points["fpr"], "tpr": points["tpr"]}))
+                                            "curve": curve, "fpr": fpr, "tpr": tpr}))
     if not frames:
         return pd.DataFrame(columns=["method", "classifier", "curve", "fpr", "tpr"])
     return pd.concat(frames, ignore_index=True)
@@ -459,7 +457,7 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
             raise CadxInputError(f"ROI {roi_id}", "no such ROI", "pick an ROI from the predictions table")
         version = None
         if experiment_id is not None:
-            version = (_experiment(session, experiment_id).config or {}).get("analytic_version")
+            version = record_of(_experiment(session, experiment_id)).config.analytic_version
         query = select(Segmentation).where(Segmentation.roi_sha256 == roi.sha256)
         query = query.where(Segmentation.version == version) if version else query.order_by(Segmentation.id.desc())
         segmentation = session.scalars(query.limit(1)).first()
