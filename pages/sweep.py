@@ -9,7 +9,7 @@ import streamlit as st
 from cadx import words
 
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
-from cadx.workflows.experiments import DEFAULT_REPEATS
+from cadx.workflows.experiments import DEFAULT_FOLDS, MAX_REPEATS, ExperimentSettings
 from cadx.workflows.results import best_tap_text
 from cadx.workflows.jobs import (
     cancel_job,
@@ -186,15 +186,17 @@ with st.expander("Start a sweep", expanded=not experiments):
                                 index=info["taps"].index(info["ensemble_tap"]), key=f"sweep_ensemble_{backbone}",
                                 help="The paper used AlexNet's fc6. This tap is always part of the sweep.")
     c1, c2, c3, c4 = st.columns(4)
-    n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10, value=5, step=1,
-                              key="sweep_folds")
-    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="sweep_seed")
-    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=20, value=DEFAULT_REPEATS, step=1,
+    defaults = ExperimentSettings()  # the one home of the defaults (the CLI and the job runner read them too)
+    n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10,
+                              value=defaults.n_folds or DEFAULT_FOLDS, step=1, key="sweep_folds")
+    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, step=1, key="sweep_seed")
+    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=MAX_REPEATS, value=defaults.repeats, step=1,
                               key="sweep_repeats",
                               help="Repeat the cross-validation with seeds seed, seed+1, …: the chart averages "
                                    "over them and shows the SD between seeds; the time grows in proportion. One "
                                    "seed is one split's luck.")
-    analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=True, key="sweep_analytic")
+    analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=defaults.analytic,
+                           key="sweep_analytic")
     cohort = cohort_picker("sweep_cohort", n_folds=int(n_folds))
     cohort_editor("sweep_cohort")
     name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
@@ -210,10 +212,11 @@ with st.expander("Start a sweep", expanded=not experiments):
         if not taps:
             st.error("Choose at least one tap.")
         else:
-            params = {"backbone": backbone, "weights": weights, "taps": [t for t in info["taps"] if t in taps],
-                      "ensemble_tap": ensemble_tap, "analytic": analytic, "n_folds": int(n_folds),
-                      "seed": int(seed), "repeats": int(repeats), "name": name.strip() or f"{backbone} sweep",
-                      "cohort": cohort["name"]}
+            settings = ExperimentSettings(taps=tuple(t for t in info["taps"] if t in taps),
+                                          ensemble_tap=ensemble_tap, analytic=analytic, n_folds=int(n_folds),
+                                          seed=int(seed), repeats=int(repeats), cohort=cohort["name"])
+            params = {"backbone": backbone, "weights": weights, "name": name.strip() or f"{backbone} sweep",
+                      **settings.to_params()}
             job_id = submit_job(ws, "experiment", params, user=current_user())
             ensure_worker(ws)
             st.session_state.setdefault("sweep_jobs", []).append(job_id)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
+from cadx.records import to_json
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone
 from db.models import Experiment, Job, Prediction
@@ -210,9 +211,13 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
         with ws.sessions() as session:
             job = session.scalars(select(Job).order_by(Job.id.desc())).first()
         assert job.status == "queued" and job.kind == "experiment"
-        assert job.params == {"backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8",
-                              "analytic": True, "n_folds": 4, "seed": 0, "repeats": 3,
-                              "name": "queued from the page", "cohort": "all"}
+        assert {k: job.params[k] for k in ("backbone", "weights", "taps", "ensemble_tap", "analytic", "n_folds",
+                                           "seed", "repeats", "name", "cohort")} == {
+            "backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8", "analytic": True,
+            "n_folds": 4, "seed": 0, "repeats": 3, "name": "queued from the page", "cohort": "all"}
+        # the page writes ExperimentSettings as the job runner reads them back (one typed settings object)
+        assert ExperimentSettings.from_params(job.params) == ExperimentSettings(
+            taps=("fc8",), ensemble_tap="fc8", n_folds=4, repeats=3, cohort="all")
         assert any(f"Job {job.id}" in m.value for m in at.markdown)
         at.button(key=f"cancel_job_{job.id}").click().run()
         with ws.sessions() as session:
@@ -349,7 +354,7 @@ def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experimen
     assert "12 lesions" in _text(at)
     ws = open_workspace(data)
     try:
-        expected = experiment_results(ws, experiment_id, "lesion")["methods"]
+        expected = to_json(experiment_results(ws, experiment_id, "lesion").methods)
     finally:
         ws.engine.dispose()
     table = at.dataframe[0].value

@@ -6,6 +6,7 @@ The experiments here are written directly (known predictions, no CNN), so every 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -29,6 +30,8 @@ from cadx.workflows import (
     sweep_table,
 )
 from cadx.workflows.features import roi_records
+from cadx.records import (Binormal, Calibration, LevelResults, MethodRecord, RepeatedMethod, Repeats, RocPoints,
+                          SweepLayer, to_json)
 from db.models import Experiment, Job, Prediction
 
 SWEEP = {
@@ -62,7 +65,7 @@ def _make_experiment(ws, *, name="written", taps=("conv1", "fc6"), excluded=(), 
     fold_of = {lesion: i % 2 for i, lesion in enumerate(order)}
     methods = {"A": {"title": "SVM1 (CNN alexnet fc6)", "auc_mean": 0.7, "auc_sd": 0.1, "auc_se": 0.07,
                      "fold_aucs": [0.6, 0.8], "pooled_auc": 0.71, "pooled_ci95": [0.5, 0.9], "lesion_auc": 0.72,
-                     "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.75, 1]},
+                     "lesion_clustered_bootstrap_ci95": [0.55, 0.85], "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.75, 1]},
                      "binormal": {"a": 1.0, "b": 1.0, "auc": 0.76, "fpr": [0, 0.4, 1], "tpr": [0, 0.8, 1]},
                      "seconds": 2.5}}
     if analytic:
@@ -77,11 +80,12 @@ def _make_experiment(ws, *, name="written", taps=("conv1", "fc6"), excluded=(), 
             name=name, kind="sweep", config_sha256="0" * 64, code_version="test", seconds=12.0,
             config={"backbone": "alexnet", "weights": {"name": "alexnet/random(seed=0)", "sha256": "ab" * 32,
                                                        "source": "random"},
-                    "taps": list(taps), "ensemble_tap": "fc6", "analytic_version": "analytic-1.0" if analytic else None,
-                    "n_folds": 2, "n_inner": 2, "seed": 0, "roi_ids": [r.id for r in records],
-                    "excluded_roi_ids": list(excluded)},
+                    "preprocessing": "imagenet-227-v1", "taps": list(taps), "ensemble_tap": "fc6",
+                    "analytic_version": "analytic-1.0" if analytic else None, "n_folds": 2, "n_inner": 2, "seed": 0,
+                    "grid": "cadx.svm.default_grid", "cv_groups": "patient", "roi_ids": [r.id for r in records],
+                    "roi_sha256": [r.sha256 for r in records], "excluded_roi_ids": list(excluded)},
             results={"n_rois": len(records), "n_lesions": len(labels), "n_patients": 3,
-                     "n_malignant_rois": sum(r.label for r in records),
+                     "n_malignant_rois": sum(r.label for r in records), "weights_note": "",
                      "sweep": {t: SWEEP[t] for t in taps}, "methods": methods, "comparisons": comparisons},
             uses_synthetic_data=True, uses_random_weights=True, created_by="tester",
         )
@@ -128,24 +132,24 @@ def test_lesion_level_is_the_mean_of_each_lesions_rois(demo):
         assert row.right_p1 == ((s1 / n >= 0.5) == (truth[row.lesion_id] == 1))
 
     results = experiment_results(demo, experiment_id, "lesion")
-    assert results["level"] == "lesion" and results["n_cases"] == 6
+    assert results.level == "lesion" and results.n_cases == 6
     y = [truth[k] for k in sorted(sums)]
     for key, index in (("A", 0), ("B", 1), ("C", 2)):
         scores = [sums[k][index] / sums[k][3] for k in sorted(sums)]
-        method = results["methods"][key]
-        assert method["pooled_auc"] == pytest.approx(_hand_auc(y, scores))
-        assert method["lesion_auc"] == pytest.approx(_hand_auc(y, scores))
+        method = results.methods[key]
+        assert method.pooled_auc == pytest.approx(_hand_auc(y, scores))
+        assert method.lesion_auc == pytest.approx(_hand_auc(y, scores))
         fold_aucs = [_hand_auc([t for t, k in zip(y, sorted(sums)) if folds[k] == f],
                                [s for s, k in zip(scores, sorted(sums)) if folds[k] == f]) for f in (0, 1)]
-        assert method["fold_aucs"] == pytest.approx(fold_aucs)
-        assert method["auc_mean"] == pytest.approx(np.mean(fold_aucs))
-        assert method["auc_sd"] == pytest.approx(np.std(fold_aucs, ddof=1))
-        assert method["auc_se"] == pytest.approx(np.std(fold_aucs, ddof=1) / np.sqrt(2))
-        assert method["seconds"] == {"A": 2.5, "B": 1.5, "C": 4.0}[key]  # training time is the ROI level's
-        assert method["roc"]["fpr"][0] == 0 and method["roc"]["tpr"][-1] == 1
-    assert [c["comparison"] for c in results["comparisons"]] == ["C vs A", "C vs B", "A vs B"]
-    for c in results["comparisons"]:
-        assert c["delong_p_bonferroni"] == pytest.approx(min(1.0, 3 * c["delong_p"]))
+        assert method.fold_aucs == pytest.approx(fold_aucs)
+        assert method.auc_mean == pytest.approx(np.mean(fold_aucs))
+        assert method.auc_sd == pytest.approx(np.std(fold_aucs, ddof=1))
+        assert method.auc_se == pytest.approx(np.std(fold_aucs, ddof=1) / np.sqrt(2))
+        assert method.seconds == {"A": 2.5, "B": 1.5, "C": 4.0}[key]  # training time is the ROI level's
+        assert method.roc.fpr[0] == 0 and method.roc.tpr[-1] == 1
+    assert [c.comparison for c in results.comparisons] == ["C vs A", "C vs B", "A vs B"]
+    for c in results.comparisons:
+        assert c.delong_p_bonferroni == pytest.approx(min(1.0, 3 * c.delong_p))
 
 
 def test_roi_level_is_what_the_experiment_stored_and_tables_follow_it(demo):
@@ -153,8 +157,10 @@ def test_roi_level_is_what_the_experiment_stored_and_tables_follow_it(demo):
     results = experiment_results(demo, experiment_id)  # ROI level by default
     with demo.sessions() as session:
         stored = session.get(Experiment, experiment_id).results
-    assert results["methods"] == stored["methods"] and results["comparisons"] == stored["comparisons"]
-    assert results["n_cases"] == stored["n_rois"]
+    assert to_json(results.methods) == stored["methods"]
+    # a record of schema 1 (no version key): its comparisons are the paper's family
+    assert to_json(results.comparisons) == [{"family": "paper", **c} for c in stored["comparisons"]]
+    assert results.n_cases == stored["n_rois"]
 
     table = method_table(results)
     assert table["classifier"].tolist() == ["SVM1 (CNN features)", "SVM2 (analytic features)",
@@ -178,7 +184,7 @@ def test_an_experiment_without_method_b_has_no_ensemble_or_tests(demo):
     lesions = lesion_predictions(demo, experiment_id)
     assert lesions["p2"].isna().all() and lesions["right_p2"].isna().all()
     results = experiment_results(demo, experiment_id, "lesion")
-    assert list(results["methods"]) == ["A"] and results["comparisons"] == []
+    assert list(results.methods) == ["A"] and results.comparisons == []
     assert comparison_table(results).empty and len(method_table(results)) == 1
 
 
@@ -282,37 +288,54 @@ def test_nadeau_bengio_sizes_count_lesions_not_rois():
     methods = {k: {"fold_aucs": list(stats.fold_auc_summary(
         [_hand_auc(y[folds == f], scores[k][folds == f]) for f in (0, 1)]).aucs)} for k in "ABC"}
     rows = compare_methods(methods, scores, y, folds, 2, lesions=lesions)
-    assert [r["comparison"] for r in rows] == ["C vs A", "C vs B", "A vs B"]  # no Z: only the paper's family
+    assert [r.comparison for r in rows] == ["C vs A", "C vs B", "A vs B"]  # no Z: only the paper's family
     for row in rows:
-        first, second = row["comparison"].split(" vs ")
+        first, second = row.pair
         d = np.subtract(methods[first]["fold_aucs"], methods[second]["fold_aucs"])
-        assert (row["nadeau_bengio_n_train"], row["nadeau_bengio_n_test"]) == (5.0, 5.0)
+        assert (row.nadeau_bengio_n_train, row.nadeau_bengio_n_test) == (5.0, 5.0)
         # by hand: var = (1/2 + 5/5) * s^2, t = mean / sqrt(var), 1 df
         s2 = float(np.var(d, ddof=1))
         t = float(np.mean(d)) / np.sqrt(1.5 * s2)
-        assert row["nadeau_bengio_p"] == pytest.approx(2 * (0.5 - np.arctan(abs(t)) / np.pi), rel=1e-9)
+        assert row.nadeau_bengio_p == pytest.approx(2 * (0.5 - np.arctan(abs(t)) / np.pi), rel=1e-9)
 
 
-def _calibration(n_clamped: int, seeds: int = 5) -> dict:
-    clamped = [[i * 5 + k < n_clamped for k in range(5)] for i in range(seeds)]
-    return {"seeds": list(range(seeds)), "slope": [[-0.1 if c else 0.5 for c in row] for row in clamped],
-            "clamped": clamped, "n_clamped": n_clamped, "n_folds": 5 * seeds,
-            "floor": "0.001 / SD of the inner decision values"}
+def _calibration(n_clamped: int, seeds: int = 5, folds: int = 5) -> Calibration:
+    clamped = [[i * folds + k < n_clamped for k in range(folds)] for i in range(seeds)]
+    slope = [[-0.1 if c else 0.5 for c in row] for row in clamped]
+    return Calibration(seeds=list(range(seeds)), slope=slope, slope_used=slope, clamped=clamped, n_clamped=n_clamped,
+                       n_folds=folds * seeds, floor="0.001 / SD of the inner decision values", inner_mean=slope,
+                       inner_sd=slope)
+
+
+def _method(title: str, auc_mean: float, calibration: Calibration | None = None) -> MethodRecord:
+    return MethodRecord(title=title, auc_mean=auc_mean, auc_sd=0.1, auc_se=0.05, fold_aucs=[auc_mean] * 5,
+                        pooled_auc=auc_mean, pooled_ci95=[0.4, 0.9], lesion_auc=auc_mean,
+                        lesion_clustered_bootstrap_ci95=None, roc=RocPoints(fpr=[0.0, 1.0], tpr=[0.0, 1.0]),
+                        seconds=1.0, binormal=Binormal(error="no fit"), calibration=calibration)
+
+
+def _level(methods: dict[str, MethodRecord], sd_between_seeds: dict[str, float] | None = None) -> LevelResults:
+    repeats = None if sd_between_seeds is None else Repeats(seeds=[0, 1, 2, 3, 4], methods={
+        key: RepeatedMethod(title=methods[key].title, auc_mean_by_seed=[0.6] * 5, auc_mean=0.6,
+                            auc_sd_between_seeds=sd) for key, sd in sd_between_seeds.items()})
+    return LevelResults(level="roi", n_cases=10, n_positive=5, methods=methods, comparisons=[], repeats=repeats)
 
 
 def test_degenerate_folds_are_flagged_in_table_1_and_the_notes():
     from cadx.workflows.results import calibration_notes
 
-    results = {"methods": {
-        "A": {"title": "SVM1 (CNN efficientnet_lite0 pool)", "auc_mean": 0.6, "calibration": _calibration(15)},
-        "B": {"title": "SVM2 (analytic features)", "auc_mean": 0.7, "calibration": _calibration(0)},
-        "C": {"title": "Ensemble (p1 + p2) / 2", "auc_mean": 0.71},
-        "Z": {"title": "Ensemble (z1 + z2) / 2", "auc_mean": 0.66}},
-        "repeats": {"seeds": [0, 1, 2, 3, 4], "methods": {
-            "A": {"auc_sd_between_seeds": 0.02}, "Z": {"auc_sd_between_seeds": 0.03}}}}
+    results = _level({
+        "A": _method("SVM1 (CNN efficientnet_lite0 pool)", 0.6, _calibration(15)),
+        "B": _method("SVM2 (analytic features)", 0.7, _calibration(0)),
+        "C": _method("Ensemble (p1 + p2) / 2", 0.71),
+        "Z": _method("Ensemble (z1 + z2) / 2", 0.66)}, {"A": 0.02, "Z": 0.03})
     notes = calibration_notes(results)
     assert len(notes) == 1
     assert notes[0].startswith("SVM1 carried no signal in 15/25 folds (5 folds × 5 seeds)")
+    # the folds per seed are the experiment's, not a fixed 5
+    three = calibration_notes(_level({"A": _method("SVM1", 0.6, _calibration(4, seeds=2, folds=3)),
+                                      "B": _method("SVM2", 0.7, _calibration(0, seeds=2, folds=3))}))
+    assert three[0].startswith("SVM1 carried no signal in 4/6 folds (3 folds × 2 seeds)")
     assert "the ensemble (p1 + p2) / 2 equals SVM2 there" in notes[0] and "z-scored ensemble" in notes[0]
     table = method_table(results)
     assert table["classifier"].tolist() == ["SVM1 (CNN features)", "SVM2 (analytic features)",
@@ -320,17 +343,19 @@ def test_degenerate_folds_are_flagged_in_table_1_and_the_notes():
     assert table["degenerate folds"].tolist()[:2] == ["15/25", "0/25"] and table["degenerate folds"][2:].isna().all()
     assert table["seed SD"].tolist()[0] == 0.02 and table["seed SD"].tolist()[3] == 0.03
     assert np.isnan(table["seed SD"].tolist()[1])
-    assert calibration_notes({"methods": {"A": {"calibration": _calibration(0)}}}) == []
+    assert calibration_notes(_level({"A": _method("SVM1", 0.6, _calibration(0))})) == []
 
 
 def test_best_tap_is_never_named_without_its_spread():
     from cadx.workflows.results import best_tap_text
 
-    layer = {"auc_mean": 0.8123, "auc_sd_between_seeds": 0.0214}
+    one_seed = SweepLayer(n_features=10, n_features_nonconstant=10, auc_mean=0.8123, auc_sd=0.1, auc_se=0.05,
+                          fold_aucs=[0.8123], seconds=1.0)
+    layer = dataclasses.replace(one_seed, auc_sd_between_seeds=0.0214)
     assert best_tap_text("fc6", layer, 5) == "best tap fc6: 0.812 ± 0.021 (SD over 5 seeds)"
-    one = best_tap_text("fc6", {"auc_mean": 0.8123}, 1)
+    one = best_tap_text("fc6", one_seed, 1)
     assert "best tap" not in one and "one seed" in one and "no spread" in one
-    assert best_tap_text(None, {}, 5) == ""
+    assert best_tap_text(None, None, 5) == ""
 
 
 def test_the_z_ensemble_is_a_row_a_curve_a_prediction_and_a_test_at_lesion_level(demo):
@@ -355,9 +380,9 @@ def test_the_z_ensemble_is_a_row_a_curve_a_prediction_and_a_test_at_lesion_level
     for r in records:
         by_lesion.setdefault(r.lesion_id, []).append(pz[r.id])
     assert lesions["pz"].tolist() == pytest.approx([np.mean(by_lesion[k]) for k in lesions["lesion_id"]])
-    assert results["methods"]["Z"]["pooled_auc"] == pytest.approx(
+    assert results.methods["Z"].pooled_auc == pytest.approx(
         _hand_auc(lesions["truth"].tolist(), lesions["pz"].tolist()))
-    families = [(c["comparison"], c["family"]) for c in results["comparisons"]]
+    families = [(c.comparison, c.family) for c in results.comparisons]
     assert families == [("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper"),
                         ("Z vs C", "added"), ("Z vs A", "added"), ("Z vs B", "added")]
     assert set(roc_curve_table(results)["method"]) == {"A", "B", "C", "Z"}

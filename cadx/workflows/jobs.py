@@ -448,14 +448,9 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
         return f"{report.n_extracted} of {report.n_rois} ROIs extracted with {report.weights_name}. {note}", None
     from cadx.workflows.experiments import ExperimentSettings, run_experiment
 
-    settings = ExperimentSettings(
-        taps=None if params.get("taps") is None else tuple(params["taps"]),
-        ensemble_tap=params.get("ensemble_tap"), analytic=params.get("analytic", True),
-        n_folds=params.get("n_folds"), seed=params.get("seed", 0), repeats=params.get("repeats", ExperimentSettings.repeats),
-        cohort=params.get("cohort"),
-        # the app never sets this; tests and scripts may lower the guard rail for tiny sets (the record keeps it)
-        min_lesions_per_class_per_fold=params.get("min_lesions_per_class_per_fold"),
-    )
+    # the settings in the job's params (the app never sets min_lesions_per_class_per_fold; tests and scripts may
+    # lower the guard rail for tiny sets, and the record keeps it); missing keys take ExperimentSettings' defaults
+    settings = ExperimentSettings.from_params(params)
     experiment_id = run_experiment(workspace, loaded, settings, name=params.get("name") or f"job {job.id}",
                                    user=job.created_by, weights_note=note, progress=progress,
                                    checkpoints=checkpoints)
