@@ -516,7 +516,10 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     if tp is Any:
         return {}
     if origin in (Union, types.UnionType):
-        return {"anyOf": [_schema(option, defs) for option in typing.get_args(tp)]}
+        options = [_schema(option, defs) for option in typing.get_args(tp)]
+        if all(set(o) == {"type"} and isinstance(o["type"], str) for o in options):  # e.g. number or null
+            return {"type": [o["type"] for o in options]}
+        return {"anyOf": options}
     if tp is type(None):
         return {"type": "null"}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):

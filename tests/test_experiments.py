@@ -268,3 +268,64 @@ def test_tap_help_names_each_backbones_own_default_tap():
         text = " ".join(result.output.replace("│", " ").split())
         assert "pool for efficientnet_lite0" in text and "fc6 for alexnet" in text and "avgpool for resnet50" in text
         assert "default fc6)" not in text
+
+
+def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experiment(demo, alexnet_random):
+    """run_experiment = select_cohort -> prepare_features -> cross_validate -> experiment_statistics ->
+    store_experiment; each stage callable alone on the frozen outputs of the ones before it."""
+    import dataclasses
+
+    from cadx.records import ExperimentResults, config_sha256, to_json
+    from cadx.svm import soft_vote
+    from cadx.workflows.experiments import (CohortStage, cross_validate, experiment_statistics, prepare_features,
+                                            select_cohort, store_experiment)
+    from tests.test_records import validate
+
+    settings = ExperimentSettings(taps=("fc8", "fc7"), ensemble_tap="fc8", n_folds=3, seed=2, repeats=1)
+    cohort = select_cohort(demo, alexnet_random, settings)
+    records = roi_records(demo)
+    assert isinstance(cohort, CohortStage) and [r.id for r in cohort.records] == [r.id for r in records]
+    assert cohort.y.tolist() == [r.label for r in records] and cohort.lesions.tolist() == [r.lesion_id for r in records]
+    assert cohort.sweep_taps == ("fc7", "fc8") and cohort.ensemble_tap == "fc8" and cohort.n_folds == 3  # net order
+    assert select_cohort(demo, alexnet_random, dataclasses.replace(settings, n_folds=None)).n_folds == 5  # cohort's
+    with pytest.raises(CadxInputError, match="no tap 'fc9'"):
+        select_cohort(demo, alexnet_random, dataclasses.replace(settings, taps=("fc9",)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cohort.n_folds = 4  # type: ignore[misc]
+
+    features = prepare_features(demo, alexnet_random, settings, cohort)
+    assert features.config.taps == ["fc7", "fc8"] and features.config.roi_ids == [r.id for r in records]
+    assert features.config_sha256 == config_sha256(features.config) and features.extraction.n_rois == len(records)
+    assert features.config.seed == 2 and features.config.n_folds == 3 and features.analytic_version is not None
+
+    cv = cross_validate(demo, alexnet_random, settings, cohort, features)
+    assert len(cv.runs_a) == len(cv.runs_b) == 1 and list(cv.runs_fused) == ["C", "Z"]
+    np.testing.assert_array_equal(cv.runs_fused["C"][0], soft_vote(cv.runs_a[0], cv.runs_b[0]))
+    np.testing.assert_array_equal(cv.runs_a[0].fold, cv.runs_b[0].fold)  # the same folds for both SVMs
+    assert len(cv.segmentation_quality) == len(records)
+
+    results = experiment_statistics(settings, cohort, features, cv, weights_note="stage test")
+    assert isinstance(results, ExperimentResults) and results.repeats is None and results.n_rois == len(records)
+    assert results.sweep["fc8"].fold_aucs == pytest.approx(cv.runs_a[0].fold_auc.tolist())
+    assert results.methods["A"].auc_mean == pytest.approx(float(np.mean(cv.runs_a[0].fold_auc)))
+    assert results.methods["B"].segmentation_quality == {q: list(cv.segmentation_quality).count(q)
+                                                         for q in set(cv.segmentation_quality)}
+    assert [(c.comparison, c.family) for c in results.comparisons][:3] == [
+        ("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper")]
+
+    stored = store_experiment(demo, alexnet_random, cohort, features, cv, results, name="stages", user="tester",
+                              seconds=1.0)
+    summary = experiment_summary(demo, stored)
+    assert summary["results"] == to_json(results) and summary["config_sha256"] == features.config_sha256
+    validate(summary)
+    # the one-call pipeline stores the same record
+    whole = experiment_summary(demo, run_experiment(demo, alexnet_random, settings, name="whole", user="tester",
+                                                    weights_note="stage test"))
+    validate(whole)
+    assert whole["config"] == summary["config"] and whole["config_sha256"] == summary["config_sha256"]
+
+    def numbers(results):
+        return {k: v for k, v in results.items() if k not in ("extraction", "sweep", "methods")}, \
+            {k: {f: x for f, x in m.items() if f != "seconds"} for k, m in results["methods"].items()}
+
+    assert numbers(whole["results"]) == numbers(summary["results"])

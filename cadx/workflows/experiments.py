@@ -637,7 +637,7 @@ def method_statistics(title: str, proba: np.ndarray, result: CvResult | None, y:
                             converged=bool(fit.converged), fpr=_numbers(fpr), tpr=_numbers(tpr))
     except ValueError as exc:  # e.g. perfect separation: no finite ML fit
         binormal = Binormal(error=str(exc))
-    return MethodRecord(
+    record = MethodRecord(
         title=title,
         auc_mean=_number(summary.mean),
         auc_sd=_number(summary.sd),
@@ -650,15 +650,14 @@ def method_statistics(title: str, proba: np.ndarray, result: CvResult | None, y:
         roc=RocPoints(fpr=_numbers(roc.fpr), tpr=_numbers(roc.tpr)),
         seconds=float(seconds),
         binormal=binormal,
-        **({} if result is None else {
-            "decision_value_auc": _number(stats.auc(y, result.decision)),
-            "fold_aucs_decision": _numbers(result.fold_auc),
-            "fold_aucs_proba": _numbers(result.fold_auc_proba),
-            "best_params": [json_safe(dict(p)) for p in result.best_params],
-            "n_features": int(result.n_features),
-            "n_features_kept": [int(k) for k in result.n_features_kept],
-        }),
     )
+    if result is None:
+        return record
+    return dataclasses.replace(
+        record, decision_value_auc=_number(stats.auc(y, result.decision)),
+        fold_aucs_decision=_numbers(result.fold_auc), fold_aucs_proba=_numbers(result.fold_auc_proba),
+        best_params=[json_safe(dict(p)) for p in result.best_params], n_features=int(result.n_features),
+        n_features_kept=[int(k) for k in result.n_features_kept])
 
 
 def _bootstrap(y: np.ndarray, proba: np.ndarray, lesions: np.ndarray, seed: int) -> list[float | None] | None:

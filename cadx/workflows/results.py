@@ -60,7 +60,7 @@ _NAME_MAX = 128
 
 
 def _experiment(session: Any, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment: Experiment | None = session.get(Experiment, experiment_id)
     if experiment is None:
         raise CadxInputError(f"experiment {experiment_id}", "no such experiment",
                              "pick one from the Experiments page or `cadx experiments`")
@@ -80,8 +80,7 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
     for r in records:
         config, results = r.config, r.results
         sweep = results.sweep
-        best_tap = max(sweep, key=lambda t: sweep[t].auc_mean if sweep[t].auc_mean is not None else -1.0) \
-            if sweep else None
+        best_tap = max(sweep, key=lambda t: _auc_or_lowest(sweep[t])) if sweep else None
         best = sweep[best_tap] if best_tap else None
         rows.append({
             "id": r.id,
@@ -118,6 +117,10 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
             "uses_random_weights": r.uses_random_weights,
         })
     return rows
+
+
+def _auc_or_lowest(layer: SweepLayer) -> float:
+    return -1.0 if layer.auc_mean is None else layer.auc_mean
 
 
 def best_tap_text(tap: str | None, layer: SweepLayer | None, repeats: int) -> str:
