@@ -429,7 +429,8 @@ def _print_experiment(record: ExperimentRecord) -> None:
                           f"{layer.seconds:.1f}")
         _out.print(table)
         best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
-        _out.print(best_tap_text(best, results.sweep[best], seeds))
+        top = results.sweep[best]
+        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, seeds))
     table = Table(title="Classifiers (Table 1; first seed" + (f", seed SD over {seeds} seeds)" if seeds > 1 else ")"))
     for column in ("classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC",
                    "degenerate folds", "seconds"):

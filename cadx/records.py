@@ -38,6 +38,7 @@ from typing import Any, TypeVar, Union
 import numpy as np
 
 from cadx.errors import CadxInputError
+from cadx.methods import METHODS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,6 +72,8 @@ SCHEMA_VERSION = 2
 _OMIT_NONE = "omit_none"  # field metadata: the key is left out when the value is None
 _OMIT_IF = "omit_if"  # ... left out when the value equals this
 _FLATTEN = "flatten"  # ... a dict merged into its parent (the config's ``extra``)
+_KEYS = "keys"  # ... a dict whose keys must be one of these (the method keys of cadx.methods.METHODS)
+_METHOD_KEYS = {"metadata": {_KEYS: tuple(METHODS)}}
 
 T = TypeVar("T")
 
@@ -269,7 +272,7 @@ class Repeats:
     """The repeated cross-validation: the seeds and each classifier's AUC per seed."""
 
     seeds: list[int]
-    methods: dict[str, RepeatedMethod]
+    methods: dict[str, RepeatedMethod] = field(**_METHOD_KEYS)
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ class ExperimentResults:
     n_malignant_rois: int
     weights_note: str
     sweep: dict[str, SweepLayer]
-    methods: dict[str, MethodRecord]
+    methods: dict[str, MethodRecord] = field(**_METHOD_KEYS)
     comparisons: list[Comparison]
     schema_version: int = SCHEMA_VERSION
     cohort: str | None = _optional(omit=False)
@@ -321,7 +324,7 @@ class LevelResults:
     level: str
     n_cases: int
     n_positive: int
-    methods: dict[str, MethodRecord]
+    methods: dict[str, MethodRecord] = field(**_METHOD_KEYS)
     comparisons: list[Comparison]
     repeats: Repeats | None = None
 
@@ -440,7 +443,11 @@ def _convert_dataclass(cls: type, data: Any, where: str) -> Any:
             continue
         if f.name in data:
             kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            for key in kwargs[f.name] if _KEYS in f.metadata else ():
+                if key not in f.metadata[_KEYS]:
+                    raise CadxInputError(f"{where}.{f.name}.{key}", "is not a method of cadx.methods.METHODS",
+                                         f"use one of {list(f.metadata[_KEYS])}, or register the method there")
+        elif _required(f):
             raise CadxInputError(f"{where}.{f.name}", "is missing",
                                  "the record is damaged or not an experiment record of cadx")
     unknown = {k: v for k, v in data.items() if k not in known}
@@ -450,6 +457,11 @@ def _convert_dataclass(cls: type, data: Any, where: str) -> Any:
         raise CadxInputError(f"{where}.{sorted(unknown)[0]}", "is not a field of the experiment record",
                              f"remove it, or add it to {cls.__module__}.{cls.__name__} (and bump SCHEMA_VERSION)")
     return cls(**kwargs)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    """A field without a default, or one whose key must be present (the methods: a record always has them)."""
+    return (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or _KEYS in f.metadata
 
 
 def _bad(where: str, data: Any, expected: str) -> CadxInputError:
@@ -535,7 +547,9 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
                     extra = True
                     continue
                 properties[f.name] = _schema(hints[f.name], defs)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if _KEYS in f.metadata:
+                    properties[f.name]["propertyNames"] = {"enum": list(f.metadata[_KEYS])}
+                if _required(f):
                     required.append(f.name)
             doc = " ".join((tp.__doc__ or "").split("\n\n")[0].split())
             defs[name] = {"type": "object", "description": doc, "properties": properties, "required": required,

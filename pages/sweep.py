@@ -285,8 +285,7 @@ for experiment_id in selected:
     rows = table[table["experiment_id"] == experiment_id]
     if not rows.empty:
         top = rows.loc[rows["auc_mean"].idxmax()]
-        text = best_tap_text(top["tap"], {"auc_mean": top["auc_mean"],
-                                          "auc_sd_between_seeds": top["auc_sd_between_seeds"]}, int(top["repeats"]))
+        text = best_tap_text(top["tap"], top["auc_mean"], top["auc_sd_between_seeds"], int(top["repeats"]))
         st.markdown(f"#{experiment_id}: {text}")
 
 st.subheader("Feature lengths and time per tap")

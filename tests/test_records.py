@@ -120,3 +120,15 @@ def test_non_finite_numbers_are_stored_as_null():
     assert to_json(layer)["auc_sd"] is None and to_json(layer)["fold_aucs"] == [None, 0.5]
     assert isinstance(from_json(ExperimentResults, to_json(results)), ExperimentResults)
     assert isinstance(read_config(to_json(read_config(OLD["one_seed"]["config"]))), ExperimentConfig)
+
+
+def test_method_keys_are_those_of_the_registry():
+    from cadx.methods import METHODS
+
+    results = upgrade_results(OLD["one_seed"]["results"])
+    renamed = copy.deepcopy(results)
+    renamed["methods"]["SVM1"] = renamed["methods"].pop("A")
+    with pytest.raises(CadxInputError, match=r"results\.methods\.SVM1: is not a method of cadx\.methods\.METHODS"):
+        read_results(renamed)
+    schema = json_schema()["$defs"]["ExperimentResults"]["properties"]["methods"]
+    assert schema["propertyNames"] == {"enum": list(METHODS)} == {"enum": ["A", "B", "C", "Z"]}

@@ -6,7 +6,6 @@ The experiments here are written directly (known predictions, no CNN), so every 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -31,7 +30,7 @@ from cadx.workflows import (
 )
 from cadx.workflows.features import roi_records
 from cadx.records import (Binormal, Calibration, LevelResults, MethodRecord, RepeatedMethod, Repeats, RocPoints,
-                          SweepLayer, to_json)
+                          to_json)
 from db.models import Experiment, Job, Prediction
 
 SWEEP = {
@@ -349,13 +348,11 @@ def test_degenerate_folds_are_flagged_in_table_1_and_the_notes():
 def test_best_tap_is_never_named_without_its_spread():
     from cadx.workflows.results import best_tap_text
 
-    one_seed = SweepLayer(n_features=10, n_features_nonconstant=10, auc_mean=0.8123, auc_sd=0.1, auc_se=0.05,
-                          fold_aucs=[0.8123], seconds=1.0)
-    layer = dataclasses.replace(one_seed, auc_sd_between_seeds=0.0214)
-    assert best_tap_text("fc6", layer, 5) == "best tap fc6: 0.812 ± 0.021 (SD over 5 seeds)"
-    one = best_tap_text("fc6", one_seed, 1)
+    assert best_tap_text("fc6", 0.8123, 0.0214, 5) == "best tap fc6: 0.812 ± 0.021 (SD over 5 seeds)"
+    one = best_tap_text("fc6", 0.8123, None, 1)
     assert "best tap" not in one and "one seed" in one and "no spread" in one
-    assert best_tap_text(None, None, 5) == ""
+    assert best_tap_text("fc6", 0.8123, float("nan"), 5) == one  # NaN (a pandas cell): no spread measured
+    assert best_tap_text(None, None, None, 5) == ""
 
 
 def test_the_z_ensemble_is_a_row_a_curve_a_prediction_and_a_test_at_lesion_level(demo):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io as _io
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -108,7 +109,8 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
             "best_tap": best_tap,
             "best_tap_auc": None if best is None else best.auc_mean,
             "best_tap_sd_between_seeds": None if best is None else best.auc_sd_between_seeds,
-            "best_tap_text": best_tap_text(best_tap, best, config.repeats),
+            "best_tap_text": best_tap_text(best_tap, None if best is None else best.auc_mean,
+                                           None if best is None else best.auc_sd_between_seeds, config.repeats),
             **{f"auc_{key}": results.methods[key].auc_mean if key in results.methods else None for key in METHODS},
             "code_version": r.code_version,
             "config_sha256": r.config_sha256,
@@ -123,15 +125,14 @@ def _auc_or_lowest(layer: SweepLayer) -> float:
     return -1.0 if layer.auc_mean is None else layer.auc_mean
 
 
-def best_tap_text(tap: str | None, layer: SweepLayer | None, repeats: int) -> str:
+def best_tap_text(tap: str | None, auc_mean: float | None, sd_between_seeds: float | None, repeats: int) -> str:
     """The tap with the highest mean AUC, always with its spread between seeds, e.g. ``"best tap fc6: 0.812 ±
-    0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured."""
-    if tap is None or layer is None or layer.auc_mean is None:
+    0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured (None or NaN: not measured)."""
+    if tap is None or auc_mean is None or math.isnan(auc_mean):
         return ""
-    if repeats > 1 and layer.auc_sd_between_seeds is not None:
-        return (f"best tap {tap}: {layer.auc_mean:.3f} ± {layer.auc_sd_between_seeds:.3f} "
-                f"(SD over {repeats} seeds)")
-    return (f"highest AUC at {tap}: {layer.auc_mean:.3f} on one seed (no spread measured: repeat over seeds "
+    if repeats > 1 and sd_between_seeds is not None and not math.isnan(sd_between_seeds):
+        return f"best tap {tap}: {auc_mean:.3f} ± {sd_between_seeds:.3f} (SD over {repeats} seeds)"
+    return (f"highest AUC at {tap}: {auc_mean:.3f} on one seed (no spread measured: repeat over seeds "
             "before calling a tap best)")
 
 
