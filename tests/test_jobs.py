@@ -310,12 +310,12 @@ def test_progress_is_by_work_done_monotonic_with_an_eta(demo, monkeypatch):
 
 
 def test_progress_weights_folds_by_their_cost():
-    from cadx.workflows.experiments import _fold_cost, _Meter
+    from cadx.workflows.experiments import StageMeter, _fold_cost
 
     # the paper's widths at 607 ROIs: a conv1 fold costs far more than an fc8 fold
     assert _fold_cost(486, 254_016) > 5 * _fold_cost(486, 1000) > 0
     reports = []
-    meter = _Meter(lambda d, t, m: reports.append(d), {"extract": 10.0, "sweep": 30.0})
+    meter = StageMeter(lambda d, t, m: reports.append(d), {"extract": 10.0, "sweep": 30.0})
     meter.advance("extract", 5.0, "half the ROIs")
     assert reports[-1] == PROGRESS_SCALE // 8
     meter.finish("extract", "the rest was in the store")  # less work than estimated: the bar jumps, never back
