@@ -486,7 +486,8 @@ _TAP_DEFAULTS = _default_taps_help()
 Tap = Annotated[Optional[str], typer.Option(
     help=f"CNN tap for SVM1 and the ensembles. Default: the backbone's own ({_TAP_DEFAULTS}).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
-Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with seeds SEED, SEED+1, ... (1 to {MAX_REPEATS}): "
+Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with seeds SEED, SEED+1, ... "
+                                           f"(1 to {MAX_REPEATS}): "
                                            "the sweep averages over them and shows the SD between seeds; Table 1 "
                                            "stays the first seed's. 1 = a single split (faster, but luck).")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]

@@ -138,8 +138,9 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
     if not np.array_equal(result.fold, data.folds):
         raise RuntimeError("Method D's folds differ from the experiment's stored folds; its tests would not be paired")
     seed = int(config["seed"])
-    methods: dict[str, MethodRecord | dict[str, Any]] = {"D": method_statistics(f"Fusion (CNN {config['backbone']} {tap} + analytic features)", result.proba,
-                                      result, data.y, data.lesions, seed, seconds)}
+    title = f"Fusion (CNN {config['backbone']} {tap} + analytic features)"
+    methods: dict[str, MethodRecord | dict[str, Any]] = {
+        "D": method_statistics(title, result.proba, result, data.y, data.lesions, seed, seconds)}
     stored = experiment_summary(workspace, experiment_id)["results"]["methods"]
     scores = {"D": result.proba}
     predictions = data.predictions

@@ -716,7 +716,8 @@ def load_experiment(workspace: Workspace, experiment_id: int) -> ExperimentRecor
     with workspace.sessions() as session:
         experiment = session.get(Experiment, experiment_id)
         if experiment is None:
-            raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
+            raise CadxInputError(f"experiment {experiment_id}", "no such experiment",
+                                 "list them with `cadx experiments`")
         return record_of(experiment)
 
 
