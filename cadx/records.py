@@ -73,7 +73,7 @@ _OMIT_NONE = "omit_none"  # field metadata: the key is left out when the value i
 _OMIT_IF = "omit_if"  # ... left out when the value equals this
 _FLATTEN = "flatten"  # ... a dict merged into its parent (the config's ``extra``)
 _KEYS = "keys"  # ... a dict whose keys must be one of these (the method keys of cadx.methods.METHODS)
-_METHOD_KEYS = {"metadata": {_KEYS: tuple(METHODS)}}
+_METHOD_KEYS: dict[str, Any] = {_KEYS: tuple(METHODS)}  # metadata of the fields keyed by method (always present)
 
 T = TypeVar("T")
 
@@ -272,7 +272,7 @@ class Repeats:
     """The repeated cross-validation: the seeds and each classifier's AUC per seed."""
 
     seeds: list[int]
-    methods: dict[str, RepeatedMethod] = field(**_METHOD_KEYS)
+    methods: dict[str, RepeatedMethod] = field(metadata=_METHOD_KEYS)
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ class ExperimentResults:
     n_malignant_rois: int
     weights_note: str
     sweep: dict[str, SweepLayer]
-    methods: dict[str, MethodRecord] = field(**_METHOD_KEYS)
+    methods: dict[str, MethodRecord] = field(metadata=_METHOD_KEYS)
     comparisons: list[Comparison]
     schema_version: int = SCHEMA_VERSION
     cohort: str | None = _optional(omit=False)
@@ -324,7 +324,7 @@ class LevelResults:
     level: str
     n_cases: int
     n_positive: int
-    methods: dict[str, MethodRecord] = field(**_METHOD_KEYS)
+    methods: dict[str, MethodRecord] = field(metadata=_METHOD_KEYS)
     comparisons: list[Comparison]
     repeats: Repeats | None = None
 
