@@ -65,7 +65,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import dataclasses
 import mmap
 import os
 import time
@@ -329,7 +328,7 @@ class CvResult:
     def runs(self) -> tuple[CvResult, ...]:
         """Every seed's result of a repeated cross-validation, this one (the first seed) first; ``(self,)`` with
         one seed."""
-        return (dataclasses.replace(self, later_seeds=()), *self.later_seeds)
+        return (replace(self, later_seeds=()), *self.later_seeds)
 
     @property
     def n_folds(self) -> int:
@@ -1210,7 +1209,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                   seconds)
         for s in seeds
     ]
-    return dataclasses.replace(results[0], later_seeds=tuple(results[1:]))
+    return replace(results[0], later_seeds=tuple(results[1:]))
 
 
 def cross_validate_with_params(X: FeatureSource, reference: CvResult, *,
