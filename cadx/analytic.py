@@ -68,6 +68,7 @@ from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import perimeter_crofton, regionprops
 
 from cadx.errors import CadxInputError
+from cadx.labels import label_codes
 
 __all__ = [
     "FEATURES_VERSION",
@@ -544,7 +545,7 @@ def feature_aucs(features: Mapping[str, Sequence[float]], labels: Sequence) -> d
     """
     from sklearn.metrics import roc_auc_score
 
-    y = _binary_labels(labels)
+    y = label_codes(labels, name="labels")
     result = {}
     for name, values in features.items():
         x = np.asarray(values, dtype=np.float64).ravel()
@@ -875,22 +876,3 @@ def _check_centre(centre, shape) -> tuple[float, float]:
         raise CadxInputError("centre_rc", f"({row}, {col}) is outside the {shape[0]} x {shape[1]} ROI",
                              "give a seed inside the ROI")
     return row, col
-
-
-def _binary_labels(labels) -> np.ndarray:
-    array = np.asarray(labels).ravel()
-    out = np.empty(array.shape, np.int8)
-    for i, value in enumerate(array.tolist()):
-        if isinstance(value, str):
-            key = value.strip().lower()
-            if key in ("malignant", "m", "1"):
-                out[i] = 1
-            elif key in ("benign", "b", "0"):
-                out[i] = 0
-            else:
-                raise CadxInputError("labels", f"{value!r} is not benign or malignant", "use benign/malignant or 0/1")
-        elif value in (0, 1) and not (isinstance(value, float) and math.isnan(value)):
-            out[i] = int(value)
-        else:
-            raise CadxInputError("labels", f"{value!r} is not benign or malignant", "use benign/malignant or 0/1")
-    return out

@@ -41,6 +41,7 @@ import scipy.fft
 import scipy.special
 
 from cadx.errors import CadxInputError
+from cadx.labels import LABELS
 
 __all__ = [
     "IMAGE_SHAPE",
@@ -60,7 +61,6 @@ __all__ = [
 IMAGE_SHAPE = (768, 768)
 PIXEL_SPACING_MM = (0.1, 0.1)
 VALUE_RANGE = (0.0, 1.0)
-LABELS = ("benign", "malignant")
 MORPHOLOGIES = ("circumscribed", "ill-defined", "spiculated")
 PLACEMENTS = ("interior", "near_skin", "at_skin", "image_border")
 VIEWS = ("CC", "MLO", "ML")

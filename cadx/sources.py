@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cadx.errors import CadxInputError, ManifestError
+from cadx.labels import label_name
 from cadx.lesion_types import normalise_lesion_type
 
 __all__ = [
@@ -41,31 +42,12 @@ NOT_ROI_REASONS = {
 MIAS_PIXEL_MM = 0.2  # the mini-MIAS images were reduced to 200 micron pixels
 MIAS_IMAGE_SIZE = 1024
 
-_LABELS = {
-    "b": "benign",
-    "benign": "benign",
-    "benign_without_callback": "benign",
-    "m": "malignant",
-    "malignant": "malignant",
-    "0": "benign",
-    "1": "malignant",
-}
-
-
 def normalise_label(value: str, *, source: str) -> str:
-    """Map a pathology label to ``"benign"`` or ``"malignant"``.
+    """Map a pathology label to ``"benign"`` or ``"malignant"`` (the codec is :func:`cadx.labels.label_name`).
 
     Accepts B/M, benign/malignant (any case), CBIS-DDSM's BENIGN_WITHOUT_CALLBACK (benign) and 0/1.
     """
-    label = _LABELS.get(str(value).strip().lower())
-    if label is None:
-        shown = repr(value) if str(value).strip() else "an empty value"
-        raise ManifestError(
-            source,
-            f"unknown label {shown}",
-            "give the pathology as benign or malignant (B/M, BENIGN_WITHOUT_CALLBACK and 0/1 are accepted too)",
-        )
-    return label
+    return label_name(value, source=source)
 
 
 # ----------------------------------------------------------------------------------------------------- MIAS ---

@@ -33,6 +33,8 @@ import scipy.stats
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from cadx.labels import label_codes
+
 __all__ = [
     "AucSummary",
     "BinormalFit",
@@ -369,17 +371,7 @@ def _as_labels(y: ArrayLike, name: str = "y_true", *, both_classes: bool = True)
         raise ValueError(f"{name} must be 1-D; received an array of shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{name} must contain only 0 (benign) and 1 (malignant); received dtype {arr.dtype} "
-            f"with values {_summarise(np.unique(arr.astype(object)))}"
-        )
-    bad = ~np.isin(arr, [0, 1])
-    if bad.any():
-        raise ValueError(
-            f"{name} must contain only 0 (benign) and 1 (malignant); received values {_summarise(np.unique(arr[bad]))}"
-        )
-    labels = arr.astype(np.int8)
+    labels = label_codes(arr, name=name)  # the one label codec: 0/1 or benign/malignant
     if both_classes:
         n_pos = int(labels.sum())
         if n_pos == 0 or n_pos == labels.size:

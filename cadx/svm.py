@@ -90,6 +90,8 @@ from sklearn.svm import SVC
 
 from cadx.foldmodel import FoldModel
 from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
+from cadx.errors import CadxInputError
+from cadx.labels import label_codes
 
 __all__ = [
     "CvResult",
@@ -413,10 +415,17 @@ def _check_labels(y: Any) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per ROI); got shape {y.shape}")
-    classes = np.unique(y)
-    if len(classes) != 2:
-        raise ValueError(f"y must hold exactly two classes (benign/malignant); got {len(classes)}: {classes[:5]}")
-    return (y == classes[1]).astype(np.int64)
+    classes = np.unique(y.astype(str) if y.dtype.kind in "OSU" else y)
+    try:
+        codes = label_codes(y, name="y").astype(np.int64)  # the one codec: 0/1 or benign/malignant spelled any way
+    except CadxInputError:
+        if len(classes) <= 2:
+            raise
+        codes = np.unique(y)  # more than two classes: reported below
+    if len(np.unique(codes)) != 2:
+        raise ValueError(
+            f"y must hold exactly two classes (benign/malignant); got {len(np.unique(codes))}: {classes[:5]}")
+    return codes
 
 
 def _check_groups(groups: Any, n: int, name: str) -> np.ndarray:

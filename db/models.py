@@ -18,6 +18,7 @@ from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from cadx import labels as _labels
 from cadx import words as _words
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "JOB_STATES",
 ]
 
-LABELS = ("benign", "malignant")
+LABELS = _labels.LABELS  # the one label codec is cadx.labels
 EXCLUSION_REASONS = tuple(_words.EXCLUSION_REASONS)  # the codes; their words live in cadx.words
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 ROLES = ("viewer", "reviewer", "admin")

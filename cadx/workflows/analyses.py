@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from cadx.analyses import embedding_2d, error_agreement, fused_features, pc_feature_correlation
 from cadx.errors import CadxInputError
+from cadx.labels import label_word
 from cadx.workflows.experiments import compare_methods, experiment_summary, json_safe, method_statistics
 from cadx.workflows.features import analytic_matrix, feature_store, roi_records
 from cadx.workflows.results import lesion_predictions, roi_predictions
@@ -165,7 +166,7 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
     frame = data.predictions[["roi_id", "lesion_key", "patient_key", "view", "truth", "p1", "included_now"]].copy()
     frame.insert(0, "y", xy[:, 1])
     frame.insert(0, "x", xy[:, 0])
-    frame["label"] = np.where(frame["truth"] == 1, "malignant", "benign")
+    frame["label"] = [label_word(t) for t in frame["truth"]]
     frame["qc_flags"] = [", ".join(flags.get(int(i)) or []) for i in frame["roi_id"]]
     frame["status"] = [("excluded since" if not included else "flagged" if qc else "included")
                        for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"])]

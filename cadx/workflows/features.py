@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from cadx.errors import WeightsUnavailableError
+from cadx.labels import label_code
 from cadx.roi import decode_png16
 from cadx.workflows.importing import Progress
 from cadx.workflows.storage import encode_mask_png, write_once, writing_files
@@ -71,7 +72,7 @@ def roi_records(workspace: Workspace, *, included_only: bool = True) -> list[Roi
         query = query.where(Roi.included.is_(True))
     with workspace.sessions() as session:
         rows = session.execute(query).all()
-    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, int(r.label == "malignant"), r.included,
+    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, label_code(r.label, source=f"ROI {r.id}"), r.included,
                       r.is_synthetic, r.view) for r in rows]
 
 

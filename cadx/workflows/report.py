@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 import cadx
 from cadx.errors import CadxInputError
+from cadx.labels import LABELS
 from cadx.report import render_report, roi_set_sha256
 from cadx.workflows.experiments import experiment_summary, json_safe
 from cadx.workflows.results import (
@@ -36,7 +37,7 @@ from db.models import Image, Lesion, Roi
 
 __all__ = ["cohort_summary", "report_data", "report_html", "write_report", "html_to_pdf", "chromium_path"]
 
-_LABELS = ("benign", "malignant")
+_LABELS = LABELS  # cadx.labels
 
 
 def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> dict[str, Any]:
