@@ -470,9 +470,9 @@ MinLesions = Annotated[Optional[int], typer.Option(
 
 
 def _default_taps_help() -> str:
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+    from cadx.backbones import BACKBONE_SPECS
 
-    return ", ".join(f"{tap} for {backbone}" for backbone, tap in DEFAULT_ENSEMBLE_TAP.items())
+    return ", ".join(f"{spec.ensemble_tap} for {name}" for name, spec in BACKBONE_SPECS.items())
 
 
 _TAP_DEFAULTS = _default_taps_help()

@@ -40,7 +40,7 @@ makes fc6 well defined at 256x256, which is what we use.
 
 Taps are taken **after the ReLU**, as Caffe's in-place ReLU leaves them in the ``convN``/``fcN`` blobs that the paper
 read out (hence the sparsity the paper mentions). fc8 has no ReLU: it is the raw logits. The tap -> torchvision node
-mapping is in ``BACKBONES["alexnet"].taps``.
+mapping is in ``BACKBONES["alexnet"].taps`` (from :mod:`cadx.backbones`, the registry).
 
 Weights
 -------
@@ -113,6 +113,8 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from cadx import backbones as _backbones
+from cadx.backbones import BACKBONE_SPECS
 from cadx.errors import RoiError, WeightsUnavailableError
 
 __all__ = [
@@ -504,47 +506,30 @@ class Backbone:
         """A new randomly initialised model in eval mode."""
         return self.builder().eval()
 
+    @property
+    def label(self) -> str:
+        """Display name (``"AlexNet"``), from :data:`cadx.backbones.BACKBONE_SPECS`."""
+        return _backbones.backbone_label(self.name)
 
-_ALEXNET_TAPS = {
-    "conv1": "features.1", "pool1": "features.2", "conv2": "features.4", "pool2": "features.5",
-    "conv3": "features.7", "conv4": "features.9", "conv5": "features.11", "pool5": "features.12",
-    "fc6": "classifier.2", "fc7": "classifier.5", "fc8": "classifier.6",
-}  # fmt: skip
-_VGG16_TAPS = {
-    "conv1_2": "features.3", "pool1": "features.4", "conv2_2": "features.8", "pool2": "features.9",
-    "conv3_3": "features.15", "pool3": "features.16", "conv4_3": "features.22", "pool4": "features.23",
-    "conv5_3": "features.29", "pool5": "features.30",
-    "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6",
-}  # fmt: skip
-_RESNET50_TAPS = {
-    "stem": "relu", "maxpool": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3",
-    "layer4": "layer4", "avgpool": "avgpool", "fc": "fc",
-}  # fmt: skip
-_LITE0_TAPS = {
-    "stem": "stem", **{f"stage{i + 1}": f"blocks.{i}" for i in range(7)},
-    "head": "head", "pool": "pool", "classifier": "classifier",
-}  # fmt: skip
+    @property
+    def ensemble_tap(self) -> str:
+        """The ensemble's default Method-A tap (fc6 for AlexNet); the last default tap for an unregistered one."""
+        return _backbones.ensemble_tap(self.name) or self.default_taps[-1]
+
+
+_BUILDERS: Mapping[str, tuple[Callable[[], nn.Module], CnnWeights]] = {
+    "alexnet": (torchvision.models.alexnet, CnnWeights.ALEXNET_IMAGENET1K_V1),
+    "vgg16": (torchvision.models.vgg16, CnnWeights.VGG16_IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, CnnWeights.RESNET50_IMAGENET1K_V2),
+    "efficientnet_lite0": (EfficientNetLite0, CnnWeights.EFFICIENTNET_LITE0_IMAGENET1K),
+}
 
 BACKBONES: Mapping[str, Backbone] = {
-    "alexnet": Backbone(
-        "alexnet", torchvision.models.alexnet, _ALEXNET_TAPS, tuple(_ALEXNET_TAPS),
-        CnnWeights.ALEXNET_IMAGENET1K_V1, "torchvision AlexNet (one-weird-trick variant); the paper's 11 taps",
-    ),
-    "vgg16": Backbone(
-        "vgg16", torchvision.models.vgg16, _VGG16_TAPS,
-        ("pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "fc8"),
-        CnnWeights.VGG16_IMAGENET1K_V1, "torchvision VGG16 (no BN); last conv of each block, pools, fc6-fc8",
-    ),
-    "resnet50": Backbone(
-        "resnet50", torchvision.models.resnet50, _RESNET50_TAPS, tuple(_RESNET50_TAPS),
-        CnnWeights.RESNET50_IMAGENET1K_V2, "torchvision ResNet-50; stem, each stage, global pool, fc",
-    ),
-    "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", EfficientNetLite0, _LITE0_TAPS, tuple(_LITE0_TAPS),
-        CnnWeights.EFFICIENTNET_LITE0_IMAGENET1K, "EfficientNet-Lite0; stem, 7 stages, head, pool, classifier",
-    ),
-}  # fmt: skip
-"""Registry of backbones by name."""
+    name: Backbone(name, builder, spec.taps, spec.default_taps, weights, spec.description)
+    for name, spec in BACKBONE_SPECS.items()
+    for builder, weights in [_BUILDERS[name]]
+}
+"""Registry of backbones by name: the specs of :data:`cadx.backbones.BACKBONE_SPECS` with builders and weights."""
 
 
 def get_backbone(name: str) -> Backbone:

@@ -253,10 +253,12 @@ def test_tap_help_names_each_backbones_own_default_tap():
 
     from cadx.cli import app
     from cadx.cnn import BACKBONES
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+    from cadx.backbones import BACKBONE_SPECS
 
-    assert set(DEFAULT_ENSEMBLE_TAP) == set(BACKBONES)
-    assert all(tap in BACKBONES[name].taps for name, tap in DEFAULT_ENSEMBLE_TAP.items())
+    assert set(BACKBONE_SPECS) == set(BACKBONES)
+    assert all(b.ensemble_tap in b.taps and b.ensemble_tap == BACKBONE_SPECS[name].ensemble_tap
+               for name, b in BACKBONES.items())
+    assert BACKBONES["alexnet"].ensemble_tap == "fc6" and BACKBONES["alexnet"].label == "AlexNet"
     for command in ("sweep", "evaluate"):
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
         text = " ".join(result.output.replace("│", " ").split())

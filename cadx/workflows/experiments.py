@@ -26,7 +26,6 @@ from cadx.errors import CadxInputError
 from cadx.workflows.cohorts import resolve_cohort
 from cadx.methods import METHODS, comparison_families, fusions
 from cadx.workflows.features import (
-    DEFAULT_ENSEMBLE_TAP,
     analytic_matrix,
     cnn_tap_loader,
     compute_analytic_features,
@@ -67,7 +66,7 @@ class ExperimentSettings:
     """
 
     taps: tuple[str, ...] | None = None
-    ensemble_tap: str | None = None  # default: DEFAULT_ENSEMBLE_TAP[backbone] (fc6 for AlexNet, as in the paper)
+    ensemble_tap: str | None = None  # default: cadx.backbones (fc6 for AlexNet, as in the paper)
     analytic: bool = True
     n_folds: int | None = None
     n_inner: int = 5
@@ -168,7 +167,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     patients = np.array([r.patient_id for r in records])
     backbone = loaded.name
     taps = tuple(loaded.backbone.default_taps) if settings.taps is None else tuple(settings.taps)
-    ensemble_tap = settings.ensemble_tap or DEFAULT_ENSEMBLE_TAP.get(backbone, loaded.backbone.default_taps[-1])
+    ensemble_tap = settings.ensemble_tap or loaded.backbone.ensemble_tap
     for tap in (*taps, ensemble_tap):
         if tap not in loaded.backbone.taps:
             raise CadxInputError("taps", f"{backbone} has no tap {tap!r}", f"use one of {list(loaded.backbone.taps)}")

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from cadx.backbones import backbone_label
 from cadx.errors import WeightsUnavailableError
 from cadx.labels import label_code
 from cadx.roi import decode_png16
@@ -27,8 +28,6 @@ __all__ = [
     "RoiRecord",
     "ExtractionReport",
     "AnalyticReport",
-    "BACKBONE_LABELS",
-    "DEFAULT_ENSEMBLE_TAP",
     "roi_records",
     "load_roi_pixels",
     "feature_store",
@@ -39,8 +38,6 @@ __all__ = [
     "cnn_tap_loader",
 ]
 
-#: The tap used for Method A in the ensemble (the paper used AlexNet's fc6).
-DEFAULT_ENSEMBLE_TAP = {"alexnet": "fc6", "vgg16": "fc6", "resnet50": "avgpool", "efficientnet_lite0": "pool"}
 _BATCH_COMMIT = 25  # analytic results committed in batches: a killed run keeps what it finished
 
 
@@ -124,7 +121,7 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
     if name is not None:
         loaded = load_backbone(name, weights, weights_path=weights_path, download=download)
         if weights == "random":
-            return loaded, (f"{BACKBONE_LABELS.get(name, name)} with random (untrained) weights, seed 0: a control, "
+            return loaded, (f"{backbone_label(name)} with random (untrained) weights, seed 0: a control, "
                             "not transfer learning")
         return loaded, f"{loaded.weights.name} ({loaded.weights.source})"
     try:
@@ -146,9 +143,6 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
     return default, f"AlexNet ImageNet weights ({default.weights.source}), as in the paper"
 
 
-#: Display names of the backbones (``cadx.cnn.BACKBONES`` keys).
-BACKBONE_LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet-50",
-                   "efficientnet_lite0": "EfficientNet-Lite0"}
 
 
 @dataclass(frozen=True)

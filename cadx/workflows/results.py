@@ -21,7 +21,7 @@ from cadx import stats
 from cadx.errors import CadxInputError
 from cadx.methods import METHODS
 from cadx.roi import decode_png16
-from cadx.workflows.features import BACKBONE_LABELS
+from cadx.backbones import backbone_label
 from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
@@ -513,7 +513,7 @@ def backbone_status(*, download: bool = False) -> dict[str, Any]:
     from cadx.workflows.features import resolve_backbone
 
     loaded, note = resolve_backbone(None, download=download)
-    return {"backbone": loaded.name, "label": BACKBONE_LABELS.get(loaded.name, loaded.name),
+    return {"backbone": loaded.name, "label": backbone_label(loaded.name),
             "weights": loaded.weights.name, "source": loaded.weights.source,
             "sha256": loaded.weights.sha256, "note": note, "fallback": loaded.name != "alexnet",
             "description": loaded.backbone.description}
@@ -522,9 +522,8 @@ def backbone_status(*, download: bool = False) -> dict[str, Any]:
 def backbone_choices() -> dict[str, dict[str, Any]]:
     """Every registered backbone: its taps in network order, default taps, default ensemble tap, description."""
     from cadx.cnn import BACKBONES
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
 
     return {name: {"taps": list(b.taps), "default_taps": list(b.default_taps),
-                   "ensemble_tap": DEFAULT_ENSEMBLE_TAP.get(name, b.default_taps[-1]),
+                   "ensemble_tap": b.ensemble_tap,
                    "description": b.description}
             for name, b in BACKBONES.items()}
