@@ -33,12 +33,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image as PILImage
-from scipy import ndimage
 from sqlalchemy import String, and_, case, cast, func, or_, select
 
 from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
+from cadx.outline import decode_mask_png, draw_outline
 from cadx.workflows.importing import LOCAL_SOURCE
 from cadx.workflows.storage import write_once
 from cadx.workflows.workspace import Workspace
@@ -473,9 +473,6 @@ def warm_thumbnails(workspace: Workspace, filters: RoiFilters | None, *, pages: 
     return made
 
 
-_OUTLINE_COLOURS = {"segmentation": (255, 220, 0), "truth": (0, 220, 255)}
-
-
 def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512,
                       window: tuple[float, float] | None = None) -> tuple[np.ndarray, Outline | None]:
     """The ROI as RGB uint8 (``size`` px) with its outline drawn (yellow: segmentation, cyan: phantom truth), shown
@@ -484,12 +481,8 @@ def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512,
     outline = roi_outline(workspace, roi)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if outline is not None:
-        with PILImage.open(workspace.path(outline.file)) as png:
-            mask = np.array(png.convert("L")) > 127
-        if mask.shape == grey.shape and mask.any():
-            edge = mask & ~ndimage.binary_erosion(mask)
-            edge = ndimage.binary_dilation(edge, iterations=max(1, round(512 / size)))
-            rgb[edge] = _OUTLINE_COLOURS[outline.kind]
+        mask = decode_mask_png(workspace.path(outline.file).read_bytes(), shape=grey.shape)
+        draw_outline(rgb, mask, outline.kind, width=1 + max(1, round(512 / size)))  # still visible once shrunk
     if size != rgb.shape[0]:
         rgb = np.asarray(PILImage.fromarray(rgb).resize((size, size), PILImage.Resampling.BOX))
     return rgb, outline

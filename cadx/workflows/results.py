@@ -9,12 +9,10 @@ statistics as the ROI level (``cadx.stats``).
 
 from __future__ import annotations
 
-import io as _io
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image as PILImage
 from sqlalchemy import delete, select, update
 
 from cadx import stats
@@ -22,6 +20,7 @@ from cadx.errors import CadxInputError
 from cadx.methods import METHODS
 from cadx.roi import decode_png16
 from cadx.backbones import backbone_label
+from cadx.outline import decode_mask_png, draw_outline
 from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
@@ -473,34 +472,15 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
     info: dict[str, Any] = {"segmentation_quality": None, "segmentation_reason": None,
                             "segmentation_version": None, "has_outline": False, "has_truth_outline": False}
     if truth_file and workspace.path(truth_file).exists():
-        truth = _read_mask(workspace.path(truth_file).read_bytes(), rgb.shape[:2])
-        if truth is not None and truth.any():
-            rgb[_outline(truth)] = (0, 220, 255)
-            info["has_truth_outline"] = True
+        truth = decode_mask_png(workspace.path(truth_file).read_bytes(), shape=rgb.shape[:2])
+        info["has_truth_outline"] = draw_outline(rgb, truth, "truth")
     if seg is not None:
         quality, reason, mask_file, seg_version = seg
         info.update(segmentation_quality=quality, segmentation_reason=reason, segmentation_version=seg_version)
         if mask_file and workspace.path(mask_file).exists():
-            mask = _read_mask(workspace.path(mask_file).read_bytes(), rgb.shape[:2])
-            if mask is not None and mask.any():
-                rgb[_outline(mask)] = (255, 220, 0)
-                info["has_outline"] = True
+            mask = decode_mask_png(workspace.path(mask_file).read_bytes(), shape=rgb.shape[:2])
+            info["has_outline"] = draw_outline(rgb, mask, "segmentation")
     return rgb, info
-
-
-def _read_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
-    mask = np.asarray(PILImage.open(_io.BytesIO(data)).convert("L")) > 0
-    if mask.shape != shape:
-        return None
-    return mask
-
-
-def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
-    from scipy import ndimage
-
-    inner = ndimage.binary_erosion(mask, iterations=1)
-    edge = mask & ~inner
-    return ndimage.binary_dilation(edge, iterations=max(width - 1, 0)) if width > 1 else edge
 
 
 # ---------------------------------------------------------------------------------------------------- backbone ---
