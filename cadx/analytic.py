@@ -67,6 +67,7 @@ import scipy.ndimage as ndi
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import perimeter_crofton, regionprops
 
+from cadx import validation
 from cadx.errors import CadxInputError
 from cadx.labels import label_codes
 
@@ -843,27 +844,16 @@ def _background_level(roi, level) -> float | None:
     return number
 
 
-def _as_number(value, name: str, *, ok, allowed: str) -> float:
-    """``value`` as a float when ``ok(number)``; otherwise a clear error naming ``name`` and what is allowed."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not ok(number):
-        raise CadxInputError(name, f"{value!r} is not {allowed}", f"give {name} as {allowed}")
-    return number
-
-
 def _check_positive(value, name: str) -> float:
-    return _as_number(value, name, ok=lambda x: x > 0 and math.isfinite(x), allowed="a number > 0")
+    return validation.positive(value, name=name)
 
 
 def _check_finite(value, name: str) -> float:
-    return _as_number(value, name, ok=math.isfinite, allowed="a finite number")
+    return validation.finite(value, name=name)
 
 
 def _check_fraction(value, name: str) -> float:
-    return _as_number(value, name, ok=lambda x: 0 < x <= 1, allowed="a number in (0, 1]")
+    return validation.fraction(value, name=name)
 
 
 def _check_centre(centre, shape) -> tuple[float, float]:

@@ -115,7 +115,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from cadx import backbones as _backbones
 from cadx.backbones import BACKBONE_SPECS
-from cadx.errors import RoiError, WeightsUnavailableError
+from cadx.errors import CadxInputError, RoiError, UnknownNameError, WeightsUnavailableError
 
 __all__ = [
     "BACKBONES",
@@ -187,7 +187,8 @@ def feature_preprocessing(precision: str = "fp32") -> str:
 
 def _check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+        raise CadxInputError("precision", f"precision must be one of {list(PRECISIONS)}; got {precision!r}",
+                             f"use one of {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -538,7 +539,8 @@ def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+        raise UnknownNameError("backbone", f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}",
+                               f"use one of {', '.join(BACKBONES)}") from None
 
 
 def _check_taps(backbone: Backbone, taps: Iterable[str] | None) -> tuple[str, ...]:
@@ -549,7 +551,8 @@ def _check_taps(backbone: Backbone, taps: Iterable[str] | None) -> tuple[str, ..
     taps = tuple(dict.fromkeys(taps))
     unknown = [t for t in taps if t not in backbone.taps]
     if unknown or not taps:
-        raise KeyError(f"unknown taps {unknown} for {backbone.name}; known: {', '.join(backbone.taps)}")
+        raise UnknownNameError("taps", f"unknown taps {unknown} for {backbone.name}; known: {', '.join(backbone.taps)}",
+                               "name taps of this backbone, in any order")
     # keep network order so the one-pass graph and the stored files are canonical
     return tuple(t for t in backbone.taps if t in taps)
 
@@ -812,11 +815,13 @@ def load_backbone(
         matches = [m for m in CnnWeights if m.spec.backbone == name and m.spec.name == weights]
         if not matches:
             known = [m.spec.name for m in CnnWeights if m.spec.backbone == name]
-            raise KeyError(f"unknown weights {weights!r} for {name}; known: {known + ['random']}")
+            raise UnknownNameError("weights", f"unknown weights {weights!r} for {name}; known: {known + ['random']}",
+                                   f"use one of {', '.join(known + ['random'])}")
         member = matches[0]
     spec = member.spec
     if spec.backbone != name:
-        raise KeyError(f"weights {member.name} are for {spec.backbone}, not {name}")
+        raise UnknownNameError("weights", f"weights {member.name} are for {spec.backbone}, not {name}",
+                               f"use weights of {name}")
     path, digest, source = _resolve_weights_file(
         spec, weights_path, download=download, timeout=timeout, progress=progress
     )
@@ -1355,7 +1360,9 @@ class FeatureStore:
         index = self._index(self._set_dir(backbone, weights_sha256, preprocessing), weights_sha256).get(tap, {})
         absent = [h for h in roi_hashes if h not in index]
         if absent:
-            raise KeyError(f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})")
+            raise UnknownNameError(f"{backbone} {tap} features",
+                                   f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})",
+                                   "extract them first (`cadx extract`)")
         places = [index[h] for h in roi_hashes]
         maps: dict[Path, np.ndarray] = {}
 
@@ -1400,7 +1407,9 @@ class FeatureStore:
         index = self._index(self._set_dir(backbone, weights_sha256, preprocessing), weights_sha256).get(tap, {})
         absent = [h for h in roi_hashes if h not in index]
         if absent:
-            raise KeyError(f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})")
+            raise UnknownNameError(f"{backbone} {tap} features",
+                                   f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})",
+                                   "extract them first (`cadx extract`)")
         places = [(index[h][0] / f"{tap}.npy", index[h][1]) for h in roi_hashes]
         n_features = self._manifests[places[0][0].parent]["taps"][tap] if places else 0
         return ChunkedMatrix.from_rows(places, int(n_features))

@@ -26,7 +26,8 @@ from typing import Union
 
 import numpy as np
 
-from cadx.errors import ImageReadError
+from cadx import validation
+from cadx.errors import CadxInputError, ImageReadError
 
 __all__ = [
     "DEIDENTIFIED_TAGS",
@@ -85,8 +86,6 @@ DEIDENTIFIED_TAGS: tuple[str, ...] = (
     "TransferSyntaxUID",
 )
 
-_MIN_SPACING_MM = 0.01
-_MAX_SPACING_MM = 2.0
 _MIN_KEY_BYTES = 16
 
 _SUPPORTED_FORMATS = (
@@ -452,7 +451,8 @@ def max_image_pixels() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"CADX_MAX_IMAGE_PIXELS must be a positive number of pixels, got {raw!r}")
+        raise CadxInputError("CADX_MAX_IMAGE_PIXELS", f"must be a positive number of pixels, got {raw!r}",
+                             f"unset it (default {DEFAULT_MAX_IMAGE_PIXELS}) or give a whole number of pixels")
     return value
 
 
@@ -576,47 +576,15 @@ def _validate_key(key: bytes | None) -> None:
 
 def _check_spacing(values: object, source: str, what: str, fix: str) -> tuple[float, float]:
     """Return ``(row, col)`` floats from one number or a pair; raise ImageReadError when invalid."""
-    pair: list[object] | None
-    if isinstance(values, (str, bytes, bool, np.bool_)):
-        pair = None
-    elif isinstance(values, (int, float, np.integer, np.floating)):
-        pair = [values, values]
-    else:
-        try:
-            items = list(values)  # type: ignore[call-overload]
-        except TypeError:
-            items = []
-        pair = items if len(items) == 2 else None
-    if pair is None:
-        raise ImageReadError(
-            source, f"{what} {values!r} is not one number or a pair of numbers (row, column) in mm", fix
-        )
-    out: list[float] = []
-    for v in pair:
-        try:
-            if isinstance(v, (bool, np.bool_, str, bytes)):
-                raise TypeError
-            f = float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ImageReadError(source, f"{what} {values!r} is not numeric", fix) from None
-        if not math.isfinite(f) or f <= 0:
-            raise ImageReadError(source, f"{what} {values!r} is not a positive finite number of mm", fix)
-        if not (_MIN_SPACING_MM <= f <= _MAX_SPACING_MM):
-            raise ImageReadError(
-                source,
-                f"{what} {values!r} is outside the plausible range {_MIN_SPACING_MM}-{_MAX_SPACING_MM} mm "
-                "for a mammogram",
-                fix,
-            )
-        out.append(f)
-    return (out[0], out[1])
+    return validation.pixel_spacing(values, source=source, what=what, fix=fix, error=ImageReadError)
 
 
 def _validate_user_spacing(value: object, source: str) -> tuple[float, float] | None:
     if value is None:
         return None
     return _check_spacing(
-        value, source, "the given pixel size", "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range 0.01-2 mm)"
+        value, source, "the given pixel size",
+        "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range {}-{:g} mm)".format(*validation.PIXEL_SPACING_RANGE_MM),
     )
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import scipy.fft
 import scipy.special
 
+from cadx import validation
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
 
@@ -543,16 +544,8 @@ def _check_shape(shape) -> tuple[int, int]:
 
 
 def _check_number(value, name: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not low <= number <= high:
-        raise CadxInputError(name, f"{value!r} is not a number in {low}..{high}", f"give {name} in {low}..{high}")
-    return number
+    return validation.in_range(value, name=name, low=low, high=high)
 
 
 def _check_choice(value, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise CadxInputError(name, f"{value!r} is not one of {', '.join(choices)}", f"give {name} as one of them")
-    return value
+    return validation.choice(value, name=name, choices=choices)

@@ -15,7 +15,7 @@ from cadx.methods import METHODS
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from cadx.workflows.results import calibration_notes
 from cadx.workflows.report import report_html
-from pages._shared import figure_downloads, pick_experiment, workspace
+from pages._shared import figure_config, figure_downloads, pick_experiment, workspace
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
@@ -88,11 +88,7 @@ fig.update_layout(
 if warning:
     fig.update_layout(title_font_color="#c0392b")
 stem = f"cadx-roc-experiment{experiment_id}-{level}"
-fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key="roc_fig_format") or "PNG"
-st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
-st.plotly_chart(fig, key="roc_chart", config={
-    "displaylogo": False, "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000,
-                                                   "height": 800, "scale": 2 if fmt == "PNG" else 1}})
+st.plotly_chart(fig, key="roc_chart", config=figure_config(stem, "roc_fig_format", height=800))
 figure_downloads(fig, stem, height=800)
 
 # -------------------------------------------------------------------------------------------------- Table 1 ---

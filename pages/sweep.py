@@ -28,6 +28,7 @@ from pages._shared import (
     csv_download,
     current_role,
     current_user,
+    figure_config,
     figure_downloads,
     plain,
     workspace,
@@ -54,15 +55,6 @@ def _badges(experiments: list[dict]) -> str:
     if any(e["uses_random_weights"] for e in experiments):
         badges.append(RANDOM_WEIGHTS_BADGE)
     return " ".join(badges)
-
-
-def _figure_config(stem: str, key: str) -> dict:
-    """Plotly's own download button (camera icon) in the chosen format; server-side export when kaleido exists."""
-    fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key=key) or "PNG"
-    st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
-    return {"displaylogo": False,
-            "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000, "height": 600,
-                                     "scale": 2 if fmt == "PNG" else 1}}
 
 
 st.title("Layer sweep")
@@ -274,7 +266,7 @@ fig.update_layout(title="AUC per CNN tap" + (f" — {' · '.join(warning)}" if w
                   margin={"t": 60, "b": 40})
 if warning:
     fig.update_layout(title_font_color="#c0392b")
-config = _figure_config("cadx-layer-sweep", "sweep_fig_format")
+config = figure_config("cadx-layer-sweep", "sweep_fig_format")
 st.plotly_chart(fig, config=config, key="sweep_chart")
 figure_downloads(fig, "cadx-layer-sweep")
 

@@ -8,6 +8,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from cadx import words
 from cadx.errors import CadxInputError
+from cadx.validation import PIXEL_SPACING_RANGE_MM
 from cadx.workflows import (
     display_image,
     display_to_image_rc,
@@ -135,7 +136,8 @@ with right:
     st.subheader("Image")
     st.markdown(f"{plain(upload.name)}: {image.source_format.upper()}, {rows} × {cols} pixels")
     if image.pixel_spacing_mm is None:
-        pixel_size = st.number_input("Pixel size (mm)", min_value=0.01, max_value=2.0, value=None, step=0.005,
+        pixel_size = st.number_input("Pixel size (mm)", min_value=PIXEL_SPACING_RANGE_MM[0],
+                                     max_value=PIXEL_SPACING_RANGE_MM[1], value=None, step=0.005,
                                      format="%.3f", key=f"upload_pixel_{sha}",
                                      help="This file carries no pixel size: give it (e.g. 0.05 for 50 µm).")
     else:

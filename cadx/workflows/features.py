@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from cadx.backbones import backbone_label
-from cadx.errors import WeightsUnavailableError
+from cadx.errors import UnknownNameError, WeightsUnavailableError
 from cadx.labels import label_code
 from cadx.roi import decode_png16
 from cadx.workflows.importing import Progress
@@ -316,7 +316,8 @@ def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray
                                        Segmentation.roi_sha256.in_(set(hashes))))}
     missing = [h for h in hashes if h not in rows]
     if missing:
-        raise KeyError(f"{len(missing)} ROI(s) have no analytic features yet; run `cadx features` first")
+        raise UnknownNameError("analytic features", f"{len(missing)} ROI(s) have no analytic features yet",
+                               "run `cadx features` first")
     X = np.array([[np.nan if rows[h].features.get(name) is None else rows[h].features[name]
                    for name in FEATURE_NAMES] for h in hashes], dtype=np.float64)
     return X, list(FEATURE_NAMES), [rows[h].quality for h in hashes]
