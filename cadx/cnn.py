@@ -89,8 +89,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import itertools
 import http.client
+import itertools
 import json
 import math
 import os

@@ -23,7 +23,7 @@ from typing import Any
 
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
-from cadx.lesion_types import expand_lesion_types, normalise_lesion_type, LESION_TYPE_GROUPS, UNKNOWN_TYPE
+from cadx.lesion_types import LESION_TYPE_GROUPS, UNKNOWN_TYPE, expand_lesion_types, normalise_lesion_type
 
 __all__ = [
     "COHORT_SCHEMA_VERSION",

@@ -584,7 +584,8 @@ def _validate_user_spacing(value: object, source: str) -> tuple[float, float] | 
         return None
     return _check_spacing(
         value, source, "the given pixel size",
-        "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range {}-{:g} mm)".format(*validation.PIXEL_SPACING_RANGE_MM),
+        "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range {}-{:g} mm)".format(
+            *validation.PIXEL_SPACING_RANGE_MM),
     )
 
 

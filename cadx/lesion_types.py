@@ -79,7 +79,8 @@ _LEGACY_SYNTHETIC = re.compile(r"^synthetic \w[\w-]* mass$")
 def normalise_lesion_type(value: str | None, *, source: str = "lesion_type") -> str | None:
     """The registry code of ``value`` (``None`` stays ``None``: type not recorded).
 
-    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calcifications``, ``spiculated mass``)
+    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calcifications``,
+    ``spiculated mass``)
     and the strings cadx stored before the registry (``"ARCH (mass)"``, ``"synthetic spiculated mass"``).
 
     Raises

@@ -362,7 +362,7 @@ def _draw_lesion(rng: np.random.Generator, morphology: str, diameter_mm: float) 
         centres = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n) + rng.uniform(0, 2 * np.pi)
         heights = rng.uniform(0.15, 0.45, n)
         widths = rng.uniform(0.07, 0.14, n)
-        for centre, height, width in zip(centres, heights, widths):
+        for centre, height, width in zip(centres, heights, widths, strict=True):
             distance = np.abs(np.angle(np.exp(1j * (angles - centre))))
             shape += height * np.clip(1.0 - distance / width, 0.0, None) ** 2  # pointed extension
         spicules = np.column_stack(

@@ -104,7 +104,8 @@ def parse_mias_info(path: str | Path) -> tuple[list[MiasFinding], list[MiasSkip]
     try:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
-        raise ManifestError(str(path), f"cannot be read ({exc.strerror})", "point to the MIAS folder that holds Info.txt") from exc
+        raise ManifestError(str(path), f"cannot be read ({exc.strerror})",
+                            "point to the MIAS folder that holds Info.txt") from exc
     findings: list[MiasFinding] = []
     skipped: list[MiasSkip] = []
     count_per_image: dict[str, int] = {}
@@ -214,9 +215,11 @@ def parse_cbis_csv(path: str | Path) -> list[CbisRow]:
             side = record["left or right breast"].strip().upper()
             view = record["image view"].strip().upper()
             if side not in ("LEFT", "RIGHT"):
-                raise ManifestError(f"{where}, column 'left or right breast'", f"unknown side {side!r}", "use LEFT or RIGHT")
+                raise ManifestError(f"{where}, column 'left or right breast'", f"unknown side {side!r}",
+                                    "use LEFT or RIGHT")
             if not record["image file path"].strip() or not record["ROI mask file path"].strip():
-                raise ManifestError(f"{where}", "image or ROI mask path is empty", "restore the row from the official CSV")
+                raise ManifestError(f"{where}", "image or ROI mask path is empty",
+                                    "restore the row from the official CSV")
             rows.append(
                 CbisRow(
                     csv_name=path.name,
@@ -278,7 +281,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
     Parameters
     ----------
     path : path of the CSV file.
-    image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use ``"file"``).
+    image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use
+        ``"file"``).
     base_dir : folder the image paths are relative to (default: the manifest's folder).
     progress : called as ``progress(rows checked, None, "checking the manifest")`` at the start and every
         ``_PROGRESS_ROWS`` rows, so a manifest of a million rows shows progress from the start.
@@ -299,7 +303,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
         missing = [c for c in required if c not in fields]
         if missing:
             raise ManifestError(str(path), f"missing columns {missing} (found {fields})",
-                                "add the columns: " + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
+                                "add the columns: "
+                                + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
         for line, record in enumerate(reader, start=2):
             if progress is not None and line % _PROGRESS_ROWS == 0:
                 progress(line - 1, None, "checking the manifest")
@@ -309,7 +314,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
                 continue
             image = record[image_column]
             if not image:
-                raise ManifestError(f"{where}, column {image_column!r}", "empty image path", "give the image file's path")
+                raise ManifestError(f"{where}, column {image_column!r}", "empty image path",
+                                    "give the image file's path")
             lesion = record["lesion"]
             if not lesion:
                 raise ManifestError(f"{where}, column 'lesion'", "empty lesion key", "give each lesion a key")

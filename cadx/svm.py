@@ -88,9 +88,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
 from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
-from cadx.errors import CadxInputError
 from cadx.labels import label_codes
 
 __all__ = [

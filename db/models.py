@@ -10,7 +10,7 @@ pseudonym of a DICOM PatientID), and images carry only a whitelisted header subs
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
@@ -53,7 +53,7 @@ ROLES = ("viewer", "reviewer", "admin")
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class DateTime(TypeDecorator):
@@ -67,12 +67,12 @@ class DateTime(TypeDecorator):
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value
 
     def process_result_value(self, value, dialect):
         if value is not None:
-            value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
 
 
@@ -311,7 +311,8 @@ class Job(Base):
     worker_started: Mapped[float | None] = mapped_column(Float)
     # one of CADX_MAX_PARALLEL_JOBS run slots while running (unique: claiming a slot is atomic across processes)
     slot: Mapped[int | None] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims so far (> 1: resumed after a dead worker)
+    # claims so far (> 1: resumed after a dead worker)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     eta_seconds: Mapped[float | None] = mapped_column(Float)
 
 

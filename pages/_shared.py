@@ -9,7 +9,6 @@ import os
 import re
 import sys
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -38,7 +37,8 @@ from cadx.workflows.accounts import (
 
 __all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar",
            "mark_routed", "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in",
-           "figure_downloads", "figure_config", "FIGURE_EXPORT", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "figure_downloads", "figure_config",
+           "FIGURE_EXPORT", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"

@@ -7,7 +7,6 @@ import streamlit as st
 
 from cadx import words
 from cadx.labels import label_word
-
 from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
 from pages._shared import csv_download, pick_experiment, plain, workspace
 
@@ -93,7 +92,7 @@ if level == "lesion":
     lesion_ids = frame["lesion_id"].tolist()
     if not lesion_ids:
         st.stop()
-    labels = dict(zip(frame["lesion_id"], frame["lesion_key"]))
+    labels = dict(zip(frame["lesion_id"], frame["lesion_key"], strict=True))
     if st.session_state.get("pred_open_lesion") not in lesion_ids:
         st.session_state.pop("pred_open_lesion", None)
     lesion_id = st.selectbox("Lesion", lesion_ids, format_func=lambda i: f"{labels[i]} (lesion id {i})",

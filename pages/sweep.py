@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import plotly.graph_objects as go
 import streamlit as st
 
 from cadx import words
-
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
+from cadx.workflows.accounts import can
 from cadx.workflows.experiments import DEFAULT_REPEATS
-from cadx.workflows.results import best_tap_text
 from cadx.workflows.jobs import (
     cancel_job,
     ensure_worker,
@@ -20,7 +18,7 @@ from cadx.workflows.jobs import (
     retry_job,
     submit_job,
 )
-from cadx.workflows.accounts import can
+from cadx.workflows.results import best_tap_text
 from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
@@ -98,7 +96,8 @@ def job_panel() -> None:
     for job in sorted(jobs, key=lambda j: j.id):
         with st.container(border=True):
             resumed = f" · resumed (attempt {job.attempts})" if job.attempts > 1 else ""
-            st.markdown(f"**Job {job.id}** · {job.kind} · {plain(job.name)} · {job.status}{resumed} · by {plain(job.created_by)}")
+            st.markdown(f"**Job {job.id}** · {job.kind} · {plain(job.name)} · {job.status}{resumed} · "
+                        f"by {plain(job.created_by)}")
             if job.status == "queued":
                 st.progress(0.0, text=f"queued: number {job.queue_position} in line ({job.message})")
             else:
@@ -290,7 +289,8 @@ shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_featu
 shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "seed SD", "AUC.SD",
                "SE", "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
-    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"),
+    "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "seed SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })

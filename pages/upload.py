@@ -77,7 +77,8 @@ def _show_report() -> None:
     name, report = saved
     for item in report.items:
         if item.status == "imported" and report.committed:
-            flags = f" (QC flags: {', '.join(words.word(f.strip()) for f in item.reason.split(','))})" if item.reason else ""
+            shown_flags = ", ".join(words.word(f.strip()) for f in (item.reason or "").split(","))
+            flags = f" (QC flags: {shown_flags})" if item.reason else ""
             st.success(f"Saved **{plain(name)}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
         elif item.status == "skipped":
             st.info(f"**{plain(name)}** was not saved: {plain(item.reason)}.")
@@ -100,7 +101,8 @@ files = st.file_uploader(
     "Mammogram files",
     accept_multiple_files=True,
     key="upload_files",
-    help=f"DICOM files (one or several), a zip of a study, or PNG/TIFF/PGM images. At most {MAX_IMAGE_BYTES // 2**20} MB "
+    help="DICOM files (one or several), a zip of a study, or PNG/TIFF/PGM images. "
+         f"At most {MAX_IMAGE_BYTES // 2**20} MB "
          "per image.",
 )
 if not files:

@@ -13,7 +13,6 @@ from cadx.workflows import import_demo, open_workspace
 from cadx.workflows.analyses import agreement_analysis, correlation_analysis
 from cadx.workflows.experiments import ExperimentSettings, run_experiment
 from cadx.workflows.features import resolve_backbone
-
 from tests.apptest_support import open_page, point_app_at
 
 

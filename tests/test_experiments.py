@@ -251,9 +251,9 @@ def test_the_random_control_keeps_the_default_architecture_and_says_so(monkeypat
 def test_tap_help_names_each_backbones_own_default_tap():
     from typer.testing import CliRunner
 
+    from cadx.backbones import BACKBONE_SPECS
     from cadx.cli import app
     from cadx.cnn import BACKBONES
-    from cadx.backbones import BACKBONE_SPECS
 
     assert set(BACKBONE_SPECS) == set(BACKBONES)
     assert all(b.ensemble_tap in b.taps and b.ensemble_tap == BACKBONE_SPECS[name].ensemble_tap

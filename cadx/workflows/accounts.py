@@ -38,7 +38,7 @@ import secrets
 import sys
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def can(role: str | None, action: str) -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _check_role(role: str) -> None:
@@ -128,7 +128,8 @@ def _check_password(password: str, *, username: str | None = None) -> None:
         raise CadxInputError("password", "the same as the user name", "choose a password that is not the user name")
 
 
-def record_audit(session: Session, *, user: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+def record_audit(session: Session, *, user: str, action: str, target: str,
+                 detail: dict[str, Any] | None = None) -> None:
     """Append an audit event in the caller's transaction (so it exists exactly when the change does)."""
     append_event(session, AuditEvent(user=user[:128], action=action, target=target[:128], detail=detail or {}))
 

@@ -157,7 +157,8 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
 def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None = None, perplexity: float = 30.0,
                        seed: int = 0) -> pd.DataFrame:
     """A t-SNE map of a tap's features over the experiment's ROIs, with each ROI's label, QC flags, whether it is
-    QC flags, review status now (included / flagged / excluded since), lesion and p1: one row per ROI (columns x, y, roi_id, lesion_key, label, flagged, ...)."""
+    QC flags, review status now (included / flagged / excluded since), lesion and p1: one row per ROI (columns x, y,
+    roi_id, lesion_key, label, flagged, ...)."""
     data = experiment_data(workspace, experiment_id)
     tap, X = _tap_matrix(workspace, data, tap)
     xy = embedding_2d(X, perplexity=perplexity, seed=seed)
@@ -169,7 +170,7 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
     frame["label"] = [label_word(t) for t in frame["truth"]]
     frame["qc_flags"] = [", ".join(flags.get(int(i)) or []) for i in frame["roi_id"]]
     frame["status"] = [("excluded since" if not included else "flagged" if qc else "included")
-                       for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"])]
+                       for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"], strict=True)]
     frame["tap"] = tap
     return frame
 

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import zlib
 from datetime import date, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from alembic.migration import MigrationContext

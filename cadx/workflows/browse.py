@@ -19,10 +19,9 @@ Upload
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
-import json
 import io as _io
+import json
 import os
 import stat
 import zipfile
@@ -410,7 +409,7 @@ def display_windows(header: dict | None) -> dict[str, tuple[float, float] | None
     windows: dict[str, tuple[float, float] | None] = {AUTO_WINDOW: None, FULL_WINDOW: (0.0, 1.0)}
     header = header or {}
     centres, widths = _numbers(header.get("WindowCenter")), _numbers(header.get("WindowWidth"))
-    pairs = [(c, w) for c, w in zip(centres, widths) if w >= 1]
+    pairs = [(c, w) for c, w in zip(centres, widths, strict=False) if w >= 1]
     if not pairs:
         return windows
     c1, w1 = pairs[0]

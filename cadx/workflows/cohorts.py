@@ -23,8 +23,8 @@ from cadx.cohorts import (
     roi_set_sha256,
 )
 from cadx.errors import CadxInputError
-from cadx.lesion_types import UNKNOWN_TYPE
 from cadx.labels import label_code
+from cadx.lesion_types import UNKNOWN_TYPE
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.features import RoiRecord
 from cadx.workflows.workspace import Workspace
@@ -228,7 +228,8 @@ def resolve_cohort(workspace: Workspace, cohort: str | CohortDefinition | None =
     kinds = {bool(row.is_synthetic) for row in selected}
     synthetic_used = {frozenset(): "none", frozenset({False}): "real", frozenset({True}): "synthetic"}.get(
         frozenset(kinds), "both")
-    records = [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, label_code(r.label, source=f"ROI {r.id}"), r.included,
+    records = [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id,
+                         label_code(r.label, source=f"ROI {r.id}"), r.included,
                          r.is_synthetic, r.view) for r in selected]
     lesion_label = {r.lesion_id: r.label for r in selected}
     lesion_type = {r.lesion_id: r.lesion_type or UNKNOWN_TYPE for r in selected}

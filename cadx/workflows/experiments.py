@@ -3,7 +3,8 @@ frozen, reproducible records with per-ROI out-of-fold predictions.
 
 An experiment's config holds everything that determines its numbers: backbone, weights checksum, preprocessing
 and feature versions, taps, grid, folds, seeds, the cohort (its definition) and the exact ROI set it resolved to
-(hashes, their SHA-256, and the ids left out by review) and the code version. Running the same config on the same database gives the same numbers.
+(hashes, their SHA-256, and the ids left out by review) and the code version. Running the same config on the same
+database gives the same numbers.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ import cadx
 from cadx import stats
 from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD
 from cadx.errors import CadxInputError
-from cadx.workflows.cohorts import resolve_cohort
 from cadx.methods import METHODS, comparison_families, fusions
+from cadx.workflows.accounts import record_audit
+from cadx.workflows.cohorts import resolve_cohort
 from cadx.workflows.features import (
     analytic_matrix,
     cnn_tap_loader,
     compute_analytic_features,
     extract_cnn_features,
 )
-from cadx.workflows.accounts import record_audit
 from cadx.workflows.foldmodels import fold_model_rows
 from cadx.workflows.importing import Progress
 from cadx.workflows.workspace import Workspace
@@ -262,7 +263,8 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         b_cost = _fold_cost(n_train, X_b.shape[1])
         runs_b = cross_validate_by_lesion(
             X_b, y, lesions, checkpoint=None if checkpoints is None else checkpoints.scoped(scope, "B"),
-            keep_models=True, progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
+            keep_models=True,
+            progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
         meter.finish("B", "Method B done")
         runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
         for method in fusions():  # same seed, same folds
@@ -496,7 +498,7 @@ def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarra
             })
         for key in ("delong_p", "paired_t_p", "nadeau_bengio_p"):
             adjusted = stats.bonferroni([row[key] for row in block])
-            for row, p in zip(block, adjusted.p_adjusted):
+            for row, p in zip(block, adjusted.p_adjusted, strict=True):
                 row[f"{key}_bonferroni"] = float(p)
         rows.extend(block)
     return rows
@@ -522,7 +524,8 @@ def experiment_summary(workspace: Workspace, experiment_id: int) -> dict[str, An
     with workspace.sessions() as session:
         experiment = session.get(Experiment, experiment_id)
         if experiment is None:
-            raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
+            raise CadxInputError(f"experiment {experiment_id}", "no such experiment",
+                                 "list them with `cadx experiments`")
         return {"id": experiment.id, "name": experiment.name, "kind": experiment.kind,
                 "created_at": experiment.created_at.isoformat(), "created_by": experiment.created_by,
                 "code_version": experiment.code_version, "config_sha256": experiment.config_sha256,

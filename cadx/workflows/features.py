@@ -69,7 +69,8 @@ def roi_records(workspace: Workspace, *, included_only: bool = True) -> list[Roi
         query = query.where(Roi.included.is_(True))
     with workspace.sessions() as session:
         rows = session.execute(query).all()
-    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, label_code(r.label, source=f"ROI {r.id}"), r.included,
+    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id,
+                      label_code(r.label, source=f"ROI {r.id}"), r.included,
                       r.is_synthetic, r.view) for r in rows]
 
 

@@ -210,7 +210,7 @@ def _run_import(workspace: Workspace, findings: Iterable[Finding], *, kind: str,
     created_files: list[Path] = []
     seen_sha: dict[str, tuple[str, str]] = {}  # file hash -> (image key, first item name)
     try:
-        for done, (image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
+        for done, (_image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
             group = list(group_iter)
             if progress is not None:
                 progress(done, total_images, f"reading {group[0].image_name}")
@@ -463,11 +463,13 @@ def _write_rows(session: Session, item: _Prepared, report: ImportReport, import_
     image_row = session.scalar(select(Image).where(Image.sha256 == image.source_sha256))
     if image_row is not None and patient is not None and image_row.patient_id != patient.id:
         report.add(finding.name, "error",
-                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+                   f"{finding.image_name} is already in the database under another patient. "
+                   "Fix: check the patient column")
         return
     if image_row is not None and patient is None:
         report.add(finding.name, "error",
-                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+                   f"{finding.image_name} is already in the database under another patient. "
+                   "Fix: check the patient column")
         return
     if image_row is not None and lesion is not None and session.scalar(
             select(Roi.id).where(Roi.image_id == image_row.id, Roi.lesion_id == lesion.id)) is not None:

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psutil
@@ -57,7 +57,7 @@ class JobCancelled(CadxError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -67,7 +67,8 @@ def _env_float(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise CadxInputError(name, f"not a number: {raw!r}", f"set {name} to a number of seconds, e.g. {default:g}")
+        raise CadxInputError(name, f"not a number: {raw!r}",
+                             f"set {name} to a number of seconds, e.g. {default:g}") from None
     if value <= 0:
         raise CadxInputError(name, f"must be positive, got {raw!r}", f"set {name} to e.g. {default:g}")
     return value
@@ -133,7 +134,7 @@ def _worker_gone(job: Job, now: datetime) -> bool:
     (PID and start time) no longer exists. Elsewhere the heartbeat alone decides."""
     beat = job.heartbeat_at
     if beat is not None and beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
+        beat = beat.replace(tzinfo=UTC)
     if beat is not None and now - beat < timedelta(seconds=_stale_seconds()):
         return False
     if job.worker_host == socket.gethostname():
@@ -210,7 +211,7 @@ class JobView:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = None) -> list[JobView]:
@@ -451,7 +452,8 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
     settings = ExperimentSettings(
         taps=None if params.get("taps") is None else tuple(params["taps"]),
         ensemble_tap=params.get("ensemble_tap"), analytic=params.get("analytic", True),
-        n_folds=params.get("n_folds"), seed=params.get("seed", 0), repeats=params.get("repeats", ExperimentSettings.repeats),
+        n_folds=params.get("n_folds"), seed=params.get("seed", 0),
+        repeats=params.get("repeats", ExperimentSettings.repeats),
         cohort=params.get("cohort"),
         # the app never sets this; tests and scripts may lower the guard rail for tiny sets (the record keeps it)
         min_lesions_per_class_per_fold=params.get("min_lesions_per_class_per_fold"),
@@ -509,10 +511,11 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     path.write_text(f"{me.pid} {me.started}")
     # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
     # a busy machine, which would silence the job's heartbeat thread.
-    import cadx.workflows.experiments  # noqa: F401
-    import cadx.workflows.features  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
+
+    import cadx.workflows.experiments  # noqa: F401
+    import cadx.workflows.features  # noqa: F401
     idle_since = time.monotonic()
     try:
         while True:

@@ -18,7 +18,8 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
     with workspace.sessions() as session:
         n_patients = session.scalar(select(func.count(Patient.id))) or 0
         n_synthetic_patients = session.scalar(select(func.count(Patient.id)).where(Patient.is_synthetic)) or 0
-        lesions_by_label = dict(session.execute(select(Lesion.label, func.count(Lesion.id)).group_by(Lesion.label)).all())
+        lesions_by_label = dict(
+            session.execute(select(Lesion.label, func.count(Lesion.id)).group_by(Lesion.label)).all())
         roi_rows = session.execute(
             select(Roi.included, Roi.exclusion_reason, Lesion.label, Image.view, Roi.qc_flags, Roi.is_synthetic)
             .join(Lesion, Roi.lesion_id == Lesion.id)

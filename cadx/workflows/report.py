@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
         "tests": _records(comparison_table(results)),
         "repeats": _records(repeats_table(results)),
         "roi_set_sha256": roi_set,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "generator": f"cadx {cadx.__version__}",
     }
 

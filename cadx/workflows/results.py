@@ -16,13 +16,13 @@ import pandas as pd
 from sqlalchemy import delete, select, update
 
 from cadx import stats
+from cadx.backbones import backbone_label
 from cadx.errors import CadxInputError
 from cadx.methods import METHODS
-from cadx.roi import decode_png16
-from cadx.backbones import backbone_label
 from cadx.outline import decode_mask_png, draw_outline
-from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
+from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
+from cadx.workflows.experiments import compare_methods, json_safe, method_statistics
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
 

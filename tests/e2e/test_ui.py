@@ -254,8 +254,8 @@ def test_mark_the_centre_on_a_zoomed_view_to_half_a_source_pixel(demo_server, pa
 @pytest.fixture(scope="module")
 def experiment_server(tmp_path_factory):
     """Demo data and one small experiment (random AlexNet weights, fc7 and fc8), so every page has content."""
-    from cadx.workflows.features import resolve_backbone
     from cadx.workflows.experiments import ExperimentSettings, run_experiment
+    from cadx.workflows.features import resolve_backbone
 
     data = tmp_path_factory.mktemp("e2e-shots") / "data"
     ws = open_workspace(data)
