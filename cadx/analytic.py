@@ -64,6 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
+from numpy.typing import ArrayLike
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import perimeter_crofton, regionprops
 
@@ -520,7 +521,7 @@ def analyse_roi(
     return segmentation, lesion_features(roi, segmentation.mask, pixel_size_mm=pixel_size_mm)
 
 
-def feature_aucs(features: Mapping[str, Sequence[float]], labels: Sequence) -> dict[str, float]:
+def feature_aucs(features: Mapping[str, ArrayLike], labels: ArrayLike) -> dict[str, float]:
     """Per-feature ROC AUC for benign vs malignant, ignoring missing values.
 
     The AUC of each raw feature value as a malignancy score (`sklearn.metrics.roc_auc_score`): above 0.5 when

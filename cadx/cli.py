@@ -356,7 +356,7 @@ def features_command(data_dir: DataDir = None,
     _out.print(f"{result.n_computed} of {result.n_rois} ROIs analysed ({result.n_failed} failed segmentations) "
                f"with features {result.version} in {result.seconds:.1f} s")
     if report:
-        records = chosen
+        records = chosen or []
         X, names, quality = analytic_matrix(workspace, [r.sha256 for r in records])
         aucs = feature_aucs({name: X[:, j] for j, name in enumerate(names)}, [r.label for r in records])
         table = Table(title=f"Benign vs malignant AUC per feature ({len(records)} ROIs of the cohort)")

@@ -300,6 +300,9 @@ class WeightsSpec:
 
 
 class _Normalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -321,8 +324,8 @@ def _tv_spec(backbone: str, tv_weights: Any) -> WeightsSpec:
         filename=filename,
         url=url,
         sha256=match.group(1),
-        mean=tuple(tfm.mean),  # type: ignore[arg-type]
-        std=tuple(tfm.std),  # type: ignore[arg-type]
+        mean=tuple(tfm.mean),
+        std=tuple(tfm.std),
     )
 
 
@@ -971,7 +974,7 @@ def _deterministic(device: torch.device, num_threads: int | None) -> Iterator[No
 
 def _extractor(loaded: LoadedBackbone, taps: tuple[str, ...], device: torch.device) -> nn.Module:
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    loaded.model.to(device=device, memory_format=fmt)  # the extractors share the model's parameters
+    loaded.model.to(device).to(memory_format=fmt)  # the extractors share the model's parameters
     key = (taps, str(device))
     if key not in loaded._extractors:
         nodes = {loaded.backbone.taps[t]: t for t in taps}
@@ -1536,7 +1539,7 @@ class _Picked(Sequence):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return self._mapping[self._keys[i]]

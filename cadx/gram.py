@@ -113,7 +113,7 @@ class GramAccumulator:
             raise ValueError(f"engine must be one of {list(GRAM_ENGINES)}; got {engine!r}")
         self.n, self.engine = int(n), engine
         if engine == "numpy":
-            self._G = np.zeros((self.n, self.n), order="F")
+            self._G: Any = np.zeros((self.n, self.n), order="F")  # a torch tensor for the torch engines
         else:
             import torch
 
@@ -408,6 +408,6 @@ def streaming_gram(X: Any, *, rows: Any = None, mean: Any = None, inv_scale: Any
                                           block_columns=block_columns, engine=engine):
         out[i0:i1, i0:] = strip
         out[i0:, i0:i1] = strip.T
-    if hasattr(out, "flush"):
+    if isinstance(out, np.memmap):
         out.flush()
     return out

@@ -19,11 +19,10 @@ Anything else is a :class:`~cadx.errors.CadxInputError` naming the value and the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Final
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from cadx.errors import CadxInputError, ManifestError
 
@@ -83,7 +82,7 @@ def label_word(code: object) -> str:
     return label_name(code, source="label")
 
 
-def label_codes(values: Iterable[object] | NDArray[np.generic], *, name: str = "labels") -> NDArray[np.int8]:
+def label_codes(values: ArrayLike, *, name: str = "labels") -> NDArray[np.int8]:
     """The codes (int8 0/1) of many labels (words or numbers, mixed allowed), flattened.
 
     Raises

@@ -117,7 +117,9 @@ def expand_lesion_types(values, *, source: str = "lesion types") -> frozenset[st
             codes.add(UNKNOWN_TYPE)
         else:
             try:
-                codes.add(normalise_lesion_type(name, source=source))
+                code = normalise_lesion_type(name, source=source)
+                if code is not None:
+                    codes.add(code)
             except CadxInputError as exc:
                 raise CadxInputError(source, exc.problem,
                                      f"use one of {', '.join([*LESION_TYPE_GROUPS, *LESION_TYPES, UNKNOWN_TYPE])}"

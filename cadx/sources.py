@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from cadx.errors import CadxInputError, ManifestError
 from cadx.labels import label_name
@@ -358,6 +359,11 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
     return rows
 
 
+@overload
+def _number(record: dict[str, str], column: str, where: str, *, optional: Literal[False] = ...,
+            minimum: float) -> float: ...
+@overload
+def _number(record: dict[str, str], column: str, where: str, *, optional: bool, minimum: float) -> float | None: ...
 def _number(record: dict[str, str], column: str, where: str, *, optional: bool = False, minimum: float) -> float | None:
     text = record.get(column, "")
     if not text:

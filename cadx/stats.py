@@ -646,7 +646,7 @@ def _interval_probs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Phi(hi) - Phi(lo), accurate in both tails."""
     norm = scipy.stats.norm
     p = np.where(lo > 0, norm.sf(lo) - norm.sf(hi), norm.cdf(hi) - norm.cdf(lo))
-    return np.maximum(p, _PHI_FLOOR)
+    return np.asarray(np.maximum(p, _PHI_FLOOR), dtype=np.float64)
 
 
 def _binormal_parts(theta: np.ndarray, n_cat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -772,7 +772,7 @@ def binormal_fit(y_true: ArrayLike, scores: ArrayLike, *, n_categories: int | No
     def probit_cum(counts: np.ndarray) -> np.ndarray:
         total = counts.sum()
         cum = np.cumsum(counts)[:-1] / total
-        return scipy.stats.norm.ppf(np.clip(cum, 0.5 / total, 1 - 0.5 / total))
+        return np.asarray(scipy.stats.norm.ppf(np.clip(cum, 0.5 / total, 1 - 0.5 / total)), dtype=np.float64)
 
     t0 = np.maximum.accumulate(probit_cum(n0))
     t0 = t0 + 1e-3 * np.arange(t0.size)  # strictly increasing
@@ -983,7 +983,7 @@ def _weighted_aucs(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndar
     num = np.sum(wp * (below + 0.5 * wn), axis=1)
     den = wp.sum(axis=1) * wn.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        return np.asarray(num / den, dtype=np.float64)
 
 
 def clustered_bootstrap_auc_ci(
