@@ -104,7 +104,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -116,6 +116,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from cadx import backbones as _backbones
 from cadx.backbones import BACKBONE_SPECS
 from cadx.errors import CadxInputError, RoiError, UnknownNameError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from cadx.gram import ChunkedMatrix
 
 __all__ = [
     "BACKBONES",
@@ -240,7 +243,7 @@ _TAP_RE = re.compile(r"^[A-Za-z0-9_]+$")
 class ProgressCallback(Protocol):
     """``progress(done, total, message)``; ``total`` is 0 when unknown."""
 
-    def __call__(self, done: int, total: int, message: str) -> None: ...
+    def __call__(self, done: int, total: int, message: str, /) -> None: ...
 
 
 class Sink(Protocol):
@@ -1401,7 +1404,7 @@ class FeatureStore:
         backbone: str,
         weights_sha256: str,
         preprocessing: str = PREPROCESSING_VERSION,
-    ):
+    ) -> ChunkedMatrix:
         """Stored vectors of one tap as a lazy :class:`cadx.gram.ChunkedMatrix` (n, n_features), rows in the order
         of ``roi_hashes``: nothing is read until a tile is asked for (``M[:, j0:j1]``), and it pickles as file
         names, so workers read the chunks from shared storage. ``KeyError`` names the ROIs that are not stored."""

@@ -98,6 +98,7 @@ __all__ = [
     "LayerSummary",
     "SweepResult",
     "cross_validate_by_lesion",
+    "cross_validate_repeats",
     "cross_validate_with_params",
     "default_grid",
     "fold_auc",
@@ -1138,11 +1139,28 @@ def _seeds(seed: int, repeats: int) -> list[int]:
 
 def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients: Any = None, n_folds: int = 5,
                              n_inner: int = 5, grid: Mapping[str, Sequence[Any]] | None = None, seed: int = 0,
-                             repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
+                             engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
-                             checkpoint: Any = None, keep_models: bool = False) -> CvResult | list[CvResult]:
-    """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
+                             checkpoint: Any = None, keep_models: bool = False) -> CvResult:
+    """Nested cross-validation by lesion of the standardised polynomial-kernel SVM, for one seed.
+
+    :func:`cross_validate_repeats` with ``repeats=1``; see there for the parameters. Returns one
+    :class:`CvResult`.
+    """
+    return cross_validate_repeats(X, y, groups, patients=patients, n_folds=n_folds, n_inner=n_inner, grid=grid,
+                                  seed=seed, repeats=1, engine=engine, n_jobs=n_jobs, scheduler=scheduler,
+                                  block_columns=block_columns, progress=progress, gram_engine=gram_engine,
+                                  checkpoint=checkpoint, keep_models=keep_models)[0]
+
+
+def cross_validate_repeats(X: FeatureSource, y: Any, groups: Any, *, patients: Any = None, n_folds: int = 5,
+                           n_inner: int = 5, grid: Mapping[str, Sequence[Any]] | None = None, seed: int = 0,
+                           repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
+                           scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
+                           progress: Progress | None = None, gram_engine: str | None = None,
+                           checkpoint: Any = None, keep_models: bool = False) -> list[CvResult]:
+    """Nested cross-validation by lesion of the standardised polynomial-kernel SVM, repeated over seeds.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
     outer training set an inner ``StratifiedGroupKFold(n_inner, shuffle=True, random_state=seed)`` grid search
@@ -1168,7 +1186,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     seed : int, default=0
         Seed of the fold assignment; results are deterministic for a seed.
     repeats : int, default=1
-        With ``repeats > 1``, repeat with seeds ``seed, seed+1, ...`` and return a list of results.
+        Repeat with seeds ``seed, seed+1, ...``: one result per seed.
     engine : {"gram", "plain"}, default="gram"
         Fast exact Gram engine, or scikit-learn's ``GridSearchCV`` (reference; slow for wide layers).
     n_jobs : int or None, default=1
@@ -1194,7 +1212,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
 
     Returns
     -------
-    CvResult, or list of CvResult when ``repeats > 1``
+    list of CvResult
+        One per seed, in seed order (always a list, also for ``repeats=1``).
     """
     _check_common(engine, block_columns, gram_engine)
     seeds = _seeds(seed, repeats)
@@ -1220,7 +1239,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                   seconds)
         for s in seeds
     ]
-    return results if repeats > 1 else results[0]
+    return results
 
 
 def cross_validate_with_params(X: FeatureSource, reference: CvResult, *,

@@ -15,6 +15,7 @@ import cadx.svm as svm
 from cadx.svm import (
     CvResult,
     cross_validate_by_lesion,
+    cross_validate_repeats,
     default_grid,
     fold_auc,
     make_plain_pipeline,
@@ -150,7 +151,7 @@ def test_deterministic_for_a_seed_and_seed_changes_folds():
     for name in ("decision", "proba", "fold", "fold_auc", "inner_scores", "platt"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert a.best_params == b.best_params
-    runs = cross_validate_by_lesion(X, y, lesions, grid=TINY_GRID, seed=7, repeats=2)
+    runs = cross_validate_repeats(X, y, lesions, grid=TINY_GRID, seed=7, repeats=2)
     assert [r.seed for r in runs] == [7, 8]
     np.testing.assert_array_equal(runs[0].decision, a.decision)
     assert not np.array_equal(runs[1].fold, a.fold)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from cadx.workflows.features import analytic_matrix, feature_store, roi_records
 from cadx.workflows.results import lesion_predictions, roi_predictions
 from cadx.workflows.workspace import Workspace
 from db.models import Roi
+
+if TYPE_CHECKING:
+    from cadx.cnn import LoadedBackbone
 
 __all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlation_analysis", "fusion_analysis",
            "embedding_analysis", "occlusion_analysis"]
@@ -147,7 +150,7 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
         if key in stored and not predictions[column].isna().any():
             methods[key] = stored[key]
             scores[key] = predictions[column].to_numpy(float)
-    pairs = [("D", k) for k in ("A", "B", "C") if k in scores]
+    pairs: list[tuple[str, str]] = [("D", k) for k in ("A", "B", "C") if k in scores]
     comparisons = compare_methods(methods, scores, data.y, data.folds, int(config["n_folds"]), lesions=data.lesions,
                                   pairs=pairs)
     return {"tap": tap, "method": json_safe(methods["D"]), "comparisons": json_safe(comparisons),
@@ -176,7 +179,7 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
 
 
 # ------------------------------------------------------------------------------------------------ occlusion ---
-def _backbone_for(config: dict[str, Any], loaded=None):
+def _backbone_for(config: dict[str, Any], loaded: LoadedBackbone | None = None) -> LoadedBackbone:
     from cadx.cnn import load_backbone
 
     weights = config["weights"]
@@ -212,7 +215,7 @@ def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: 
 
 
 def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *, patch: int = 64, stride: int = 32,
-                       loaded=None) -> dict[str, Any]:
+                       loaded: LoadedBackbone | None = None) -> dict[str, Any]:
     """Occlusion sensitivity of p1 for one ROI of an experiment.
 
     The ROI's fold SVM1 is the one stored with the experiment (``cadx.workflows.foldmodels``; it reproduces the

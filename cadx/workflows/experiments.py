@@ -152,7 +152,7 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
     of an uninterrupted run.
     """
     from cadx.cnn import feature_preprocessing
-    from cadx.svm import cross_validate_by_lesion, fold_auc, sweep_layers
+    from cadx.svm import cross_validate_repeats, fold_auc, sweep_layers
 
     report = progress or (lambda done, total, message: None)
     started = time.perf_counter()
@@ -261,12 +261,11 @@ def run_experiment(workspace: Workspace, loaded, settings: ExperimentSettings = 
         meter.emit("Method B: analytic-feature SVM")
         X_b, _names, quality = analytic_matrix(workspace, hashes)
         b_cost = _fold_cost(n_train, X_b.shape[1])
-        runs_b = cross_validate_by_lesion(
+        runs_b = cross_validate_repeats(
             X_b, y, lesions, checkpoint=None if checkpoints is None else checkpoints.scoped(scope, "B"),
             keep_models=True,
             progress=lambda d, t, m: meter.advance("B", d * b_cost, f"Method B: {d}/{t} folds fitted"), **common)
         meter.finish("B", "Method B done")
-        runs_b = runs_b if isinstance(runs_b, list) else [runs_b]
         for method in fusions():  # same seed, same folds
             runs_fused[method.key] = [method.combine(a, b) for a, b in zip(runs_a, runs_b, strict=True)]
     results = {
@@ -504,7 +503,7 @@ def compare_methods(methods: dict, scores: dict, y: np.ndarray, folds: np.ndarra
     return rows
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """``value`` with numpy scalars/arrays turned into plain JSON types and non-finite floats into None."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}

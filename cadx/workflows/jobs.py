@@ -31,11 +31,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast, overload
 
 import psutil
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from cadx.errors import CadxError, CadxInputError
 from cadx.workflows.workspace import Workspace
@@ -103,9 +106,14 @@ class _Identity:
         return f"{self.host[:40]}:{self.pid}"
 
 
+def _updated(session: Session, statement: Executable) -> int:
+    """How many rows an UPDATE changed (its ``rowcount``)."""
+    return int(cast("CursorResult[Any]", session.execute(statement)).rowcount)
+
+
 def _process_start(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except (psutil.Error, ValueError):
         return None
 
@@ -158,22 +166,22 @@ def cancel_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
     """Cancel a queued or running job (a running one stops at its next progress report; its run slot is freed
     then, or by ``reap_dead_jobs`` if its worker is gone)."""
     with workspace.sessions.begin() as session:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        result = _updated(
+            session, update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
             .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now(), eta_seconds=None)
         )
-        return result.rowcount == 1
+        return result == 1
 
 
 def retry_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
     """Queue a failed or cancelled job again; it resumes from its checkpoints (finished folds are not redone)."""
     with workspace.sessions.begin() as session:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
+        result = _updated(
+            session, update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
             .values(status="queued", message=f"queued again by {user} (resumes from its checkpoints)",
                     error=None, finished_at=None, attempts=0, eta_seconds=None)
         )
-        return result.rowcount == 1
+        return result == 1
 
 
 def get_job(workspace: Workspace, job_id: int) -> Job | None:
@@ -210,6 +218,10 @@ class JobView:
     queue_position: int | None  # 1 = next to start
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -270,7 +282,7 @@ def reap_dead_jobs(workspace: Workspace) -> list[int]:
                 values = dict(status="queued", eta_seconds=None,
                               message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done} "
                                       "finished units")
-            changed = session.execute(update(Job).where(*same).values(slot=None, worker=None, **values)).rowcount
+            changed = _updated(session, update(Job).where(*same).values(slot=None, worker=None, **values))
         if changed == 1:
             taken.append(job.id)
     return taken
@@ -291,13 +303,13 @@ def _claim(workspace: Workspace, me: _Identity) -> Job | None:
         now = _now()
         try:
             with workspace.sessions.begin() as session:
-                claimed = session.execute(
+                claimed = _updated(session,
                     update(Job).where(Job.id == candidate, Job.status == "queued")
                     .values(status="running", slot=free[0], worker=me.label, worker_host=me.host,
                             worker_pid=me.pid, worker_started=me.started, started_at=func.coalesce(Job.started_at, now),
                             heartbeat_at=now, attempts=Job.attempts + 1, eta_seconds=None,
                             message="started")
-                ).rowcount
+                )
         except IntegrityError:  # another process took that slot at the same moment: look again
             continue
         if claimed == 1:
@@ -330,7 +342,7 @@ class _ScopedCheckpoints:
     def __init__(self, owner: JobCheckpoints, scope: str, stage: str) -> None:
         self._owner, self._scope, self._prefix = owner, scope, f"{stage}:"
 
-    def _query(self, *columns):
+    def _query(self, *columns: Any) -> Select[Any]:
         reusable = select(Job.id).where(or_(Job.id == self._owner.job_id,
                                             Job.status.in_(("failed", "cancelled"))))
         return select(*columns).where(JobCheckpoint.scope == self._scope, JobCheckpoint.job_id.in_(reusable))
@@ -348,7 +360,7 @@ class _ScopedCheckpoints:
         if not rows:
             return None
         own = [p for j, p in rows if j == self._owner.job_id]
-        payload = own[0] if own else rows[0][1]
+        payload: bytes = own[0] if own else rows[0][1]
         if not own:  # copy it to this job, so this job's rows alone show what it has
             self.save(unit, payload)
         return payload
@@ -376,7 +388,7 @@ class _Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -424,12 +436,12 @@ class _Reporter:
             return
         self._last_write = now
         with self._workspace.sessions.begin() as session:
-            updated = session.execute(
+            updated = _updated(session,
                 update(Job).where(Job.id == self._job_id, Job.status == "running", Job.worker == self._me.label)
                 .values(progress_done=int(done),
                         progress_total=None if total is None else int(total),
                         message=message[:250], heartbeat_at=_now(), eta_seconds=eta)
-            ).rowcount
+            )
         if updated == 0:
             raise JobCancelled(f"job {self._job_id} was cancelled or taken over")
 
@@ -445,8 +457,9 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
     loaded, note = resolve_backbone(params.get("backbone"), weights=params.get("weights", "default"),
                                     weights_path=params.get("weights_path"))
     if job.kind == "extract":
-        report = extract_cnn_features(workspace, loaded, taps=params.get("taps"), progress=progress)
-        return f"{report.n_extracted} of {report.n_rois} ROIs extracted with {report.weights_name}. {note}", None
+        extracted = extract_cnn_features(workspace, loaded, taps=params.get("taps"), progress=progress)
+        return (f"{extracted.n_extracted} of {extracted.n_rois} ROIs extracted with {extracted.weights_name}. "
+                f"{note}", None)
     from cadx.workflows.experiments import ExperimentSettings, run_experiment
 
     settings = ExperimentSettings(
@@ -489,11 +502,11 @@ def run_next_job(workspace: Workspace) -> int | None:
             session.execute(update(Job).where(*mine).values(slot=None))
         return job.id
     with workspace.sessions.begin() as session:
-        finished = session.execute(update(Job).where(*mine, Job.status == "running")
+        finished = _updated(session, update(Job).where(*mine, Job.status == "running")
                                    .values(status="done", message=message[:250], experiment_id=experiment_id,
                                            finished_at=_now(), eta_seconds=None,
                                            progress_done=func.coalesce(Job.progress_total, Job.progress_done))
-                                   ).rowcount
+                                   )
         session.execute(update(Job).where(*mine).values(slot=None))
         if finished:  # the experiment holds the results now: its checkpoints are no longer needed
             session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))

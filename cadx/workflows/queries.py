@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -61,7 +62,7 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
     }
 
 
-def findings_without_roi(reports) -> dict[str, Any]:
+def findings_without_roi(reports: Iterable[tuple[str, dict[str, Any] | None]]) -> dict[str, Any]:
     """Findings of the imported truth tables that can never become ROIs (e.g. MIAS mdb059 and the *NOTE 3*
     calcification clusters have no centre), counted once however often their dataset was imported.
 

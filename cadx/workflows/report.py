@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import select
 
 import cadx
@@ -44,7 +45,7 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
     """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, and the excluded
     ROIs by their exclusion reason (the reason recorded now)."""
     ids = [int(i) for i in roi_ids]
-    rows = []
+    rows: list[Any] = []
     with workspace.sessions() as session:
         for start in range(0, len(ids), 500):  # bounded IN lists
             chunk = ids[start:start + 500]
@@ -77,9 +78,11 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
             "excluded_by_reason": dict(sorted(reasons.items()))}
 
 
-def _records(frame) -> list[dict[str, Any]]:
-    return json_safe([{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-                      for row in frame.to_dict(orient="records")])
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+    records: list[dict[str, Any]] = json_safe(rows)
+    return records
 
 
 def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
