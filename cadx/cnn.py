@@ -149,9 +149,6 @@ __all__ = [
     "tap_shapes",
 ]
 
-# cuBLAS needs this before its first use to run deterministically on CUDA (no effect on CPU).
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
 INPUT_SIZE = 256
 """Side of the square network input in pixels (the paper down-sampled 512x512 ROIs to 256x256)."""
 
@@ -319,7 +316,8 @@ def _tv_spec(backbone: str, tv_weights: Any) -> WeightsSpec:
     url = tv_weights.url
     filename = url.rsplit("/", 1)[1]
     match = _HASH_PREFIX_RE.search(filename)
-    assert match is not None, filename
+    if match is None:  # torchvision names its files <name>-<sha256 prefix>.pth
+        raise ValueError(f"torchvision weights file {filename!r} carries no checksum prefix")
     tfm = tv_weights.transforms()
     return WeightsSpec(
         backbone=backbone,
@@ -943,8 +941,14 @@ def network_input(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved = torch.device(device)
+    if resolved.type == "cuda":
+        # cuBLAS reads this when cadx first runs a network on the GPU: deterministic results (set here, when a GPU
+        # is chosen, not when cadx is imported; a value the user set is kept).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return resolved
 
 
 @contextmanager
@@ -1235,7 +1239,8 @@ class _ChunkWriter:
                 self._commit()
 
     def _commit(self) -> None:
-        assert self._tmp is not None
+        if self._tmp is None:
+            raise RuntimeError("no chunk is being written")
         for mm in self._maps.values():
             mm.flush()  # type: ignore[attr-defined]
         self._maps = {}

@@ -416,7 +416,8 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
             frame[column] = np.nan
             continue
         lesion = stats.lesion_level_scores(values.to_numpy(dtype=float), groups, truth)
-        assert (lesion.groups == frame["lesion_id"].to_numpy()).all()
+        if not (lesion.groups == frame["lesion_id"].to_numpy()).all():
+            raise RuntimeError("lesion-level scores came back in another lesion order than the table's")
         frame[column] = lesion.scores
         frame["n_rois"] = lesion.n_rois
         frame["truth"] = lesion.labels

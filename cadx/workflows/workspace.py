@@ -118,7 +118,7 @@ def open_workspace(data_dir: str | Path | None = None, database_url: str | None 
     else:
         directory = Path(data_dir).expanduser()
     make_private_dirs(directory)
-    url = database_url or os.environ.get("CADX_DATABASE_URL") or f"sqlite:///{directory / 'cadx.sqlite'}"
+    url = database_url or config.database_url(directory)
     _private_sqlite_file(url)
     engine = create_db_engine(url)
     try:
