@@ -114,8 +114,9 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from cadx import backbones as _backbones
+from cadx import validation
 from cadx.backbones import BACKBONE_SPECS
-from cadx.errors import CadxInputError, RoiError, UnknownNameError, WeightsUnavailableError
+from cadx.errors import RoiError, UnknownNameError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     from cadx.gram import ChunkedMatrix
@@ -186,10 +187,7 @@ def feature_preprocessing(precision: str = "fp32") -> str:
 
 
 def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise CadxInputError("precision", f"precision must be one of {list(PRECISIONS)}; got {precision!r}",
-                             f"use one of {', '.join(PRECISIONS)}")
-    return precision
+    return validation.choice(precision, name="precision", choices=PRECISIONS)
 
 
 def _check_mixed(precision: str, backbone: str) -> tuple[str, ...]:
