@@ -90,7 +90,7 @@ from sklearn.svm import SVC
 
 from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
-from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
+from cadx.gram import _EPS, GRAM_ENGINES, GramAccumulator, _fit_scaler, resolve_gram_engine
 from cadx.labels import label_codes
 
 __all__ = [
@@ -115,7 +115,6 @@ FeatureSource = Any  # array of shape (n_rois, n_features), np.memmap, path to a
 _GRID_KEYS = ("gamma", "coef0", "degree", "C")
 _ENGINES = ("gram", "plain")
 _DASK_ENV = "CADX_DASK_SCHEDULER"
-_EPS = np.finfo(np.float64).eps
 _DEFAULT_BLOCK_COLUMNS = 8192
 _PLATT_MIN_SLOPE = 1e-3  # in units of 1 / sd(decision values)
 
@@ -543,42 +542,6 @@ def _load(source: Any, n: int, name: str = "X") -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Gram engine
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _fit_scaler(F: np.ndarray, has_nan: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zero-variance filter + StandardScaler statistics of training rows ``F`` (m, b), float64.
-
-    Returns ``keep`` (b,) bool, ``mean`` (b,), ``inv_scale`` (b,) with 0 for dropped features. Formulas follow
-    ``VarianceThreshold(0)`` (variance and peak-to-peak > 0) and ``StandardScaler`` (two-pass variance with
-    correction, near-constant features scaled by 1).
-    """
-    m = F.shape[0]
-    if has_nan:
-        nan = np.isnan(F)
-        count = m - nan.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            total = np.nansum(F, axis=0)
-            mean = total / count
-            temp = F - mean
-            correction = np.nansum(temp, axis=0)
-            np.square(temp, out=temp)
-            var = (np.nansum(temp, axis=0) - correction**2 / count) / count
-            keep = (count >= 2) & (np.nanmax(F, axis=0) > np.nanmin(F, axis=0))
-    else:
-        count = m
-        mean = F.sum(axis=0) / m
-        temp = F - mean
-        correction = temp.sum(axis=0)
-        np.square(temp, out=temp)
-        var = (temp.sum(axis=0) - correction**2 / m) / m
-        keep = F.max(axis=0) > F.min(axis=0)
-    with np.errstate(invalid="ignore"):
-        constant = var <= count * _EPS * var + (count * mean * _EPS) ** 2
-        scale = np.where(constant, 1.0, np.sqrt(np.where(var > 0, var, 1.0)))
-    inv = np.where(keep, 1.0 / scale, 0.0)
-    mean = np.where(keep, mean, 0.0)
-    return keep, mean, inv
 
 
 def _group_moments(XT: np.ndarray, parts: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
