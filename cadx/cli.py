@@ -412,7 +412,8 @@ def _print_experiment(summary: dict) -> None:
     by_seed = (results.get("repeats") or {}).get("methods", {})
     if len(results["sweep"]) > 1:
         spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "one seed: no spread measured"
-        table = Table(title=f"Layer sweep: AUC per tap (5-fold CV by lesion; {spread})")
+        n_folds = summary["config"].get("n_folds")
+        table = Table(title=f"Layer sweep: AUC per tap ({n_folds}-fold CV by lesion; {spread})")
         for column in ("tap", "length", "non-constant", "AUC", "seed SD", "fold SD", "SE", "seconds"):
             table.add_column(column, justify="right" if column != "tap" else "left")
         for tap, row in results["sweep"].items():

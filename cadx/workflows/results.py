@@ -140,7 +140,7 @@ def calibration_notes(results: dict[str, Any]) -> list[str]:
             continue
         short, other_short = METHODS[key].name.split(" ")[0], METHODS[other].name.split(" ")[0]
         seeds = calibration.get("seeds", [])
-        over = f" (5 folds × {len(seeds)} seeds)" if len(seeds) > 1 else ""
+        over = f" ({calibration['n_folds'] // len(seeds)} folds × {len(seeds)} seeds)" if len(seeds) > 1 else ""
         note = (f"{short} carried no signal in {calibration['n_clamped']}/{calibration['n_folds']} folds{over}: its "
                 "Platt slope on the inner cross-validated decision values was ≤ 0 (held at the floor "
                 f"{calibration.get('floor', '')}), so its probabilities are flat there")
