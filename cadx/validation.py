@@ -45,11 +45,12 @@ def number(value: object, *, name: str, ok: Callable[[float], bool] = math.isfin
            error: type[CadxInputError] = CadxInputError) -> float:
     """``value`` as a float when ``ok(number)`` holds; otherwise ``error`` naming ``name`` and what is allowed.
 
-    Booleans, strings and NaN are refused. With ``source`` (a file or field that holds ``name``) the message is
+    Booleans and NaN are refused; a string is read as a number (``"2.5"``), as :func:`float` reads it. With
+    ``source`` (a file or field that holds ``name``) the message is
     ``"<source>: <name> <value> is not <allowed>"``, else ``"<name>: <value> is not <allowed>"``.
     """
     try:
-        parsed = math.nan if isinstance(value, (bool, np.bool_, str, bytes)) else float(value)  # type: ignore[arg-type]
+        parsed = math.nan if isinstance(value, (bool, np.bool_)) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         parsed = math.nan
     if math.isnan(parsed) or not ok(parsed):
