@@ -159,7 +159,7 @@ else:
     shown_tests = tests.assign(
         comparison=tests["comparison"].replace(_SHORT_NAMES, regex=True),
         **{"95 % CI": [f"{lo:.3f} to {hi:.3f}" if pd.notna(lo) else "" for lo, hi in
-                       zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"])]})
+                       zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"], strict=True)]})
     shown_tests = shown_tests[["comparison", "family", "AUC difference", "95 % CI", "DeLong p", "DeLong p (Bonferroni)",
                                "paired t p", "paired t p (Bonferroni)", "Nadeau-Bengio p",
                                "Nadeau-Bengio p (Bonferroni)"]]
