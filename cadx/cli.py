@@ -594,12 +594,12 @@ def analyses_command(
     experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
     level: Annotated[str, typer.Option(help="lesion (mean of its ROIs) or roi, for the error agreement.")] = "lesion",
     threshold: Annotated[float, typer.Option(help="Probability threshold for right/wrong.")] = 0.5,
-    tap: Annotated[Optional[str], typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
+    tap: Annotated[str | None, typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
                    ] = None,
     components: Annotated[int, typer.Option(help="Principal components of the tap correlated.")] = 10,
     fusion: Annotated[bool, typer.Option("--fusion", help="Also cross-validate Method D (feature fusion; slow).")
                       ] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number as JSON here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every number as JSON here.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The paper's open questions on an experiment: do SVM1 and SVM2 err on the same lesions (2x2 table, McNemar,
@@ -619,7 +619,7 @@ def analyses_command(
     table = Table(title=f"Experiment {experiment_id}: SVM1 vs SVM2 at {threshold:g} ({result.n} {level}s)")
     for column in ("", "SVM2 right", "SVM2 wrong"):
         table.add_column(column)
-    for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist()):
+    for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist(), strict=True):
         table.add_row(name, *map(str, row))
     _out.print(table)
     _out.print(f"McNemar exact p = {result.mcnemar_p:.4g} · both wrong {int(result.table[1][1])} "

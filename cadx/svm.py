@@ -839,7 +839,7 @@ class _FoldOutput:
     model: FoldModel | None = None
 
 
-def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict,
+def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict[str, Any],
                 platt: tuple[float, float], test: np.ndarray, decision: np.ndarray, proba: np.ndarray) -> FoldModel:
     return FoldModel(keep=np.asarray(keep, dtype=bool), mean=np.where(keep, mean, 0.0).astype(np.float64),
                      scale=np.where(keep, scale, 1.0).astype(np.float64), support=np.asarray(support, np.int64),
@@ -864,7 +864,7 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     y_tr = y[train]
     if engine == "gram":
         gram_engine = resolve_gram_engine(gram_engine)  # here, in the worker: its own CUDA device, if any
-        scalers: list | None = [] if keep_model else None
+        scalers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if keep_model else None
         G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns,
                                                               gram_engine=gram_engine, scaler_out=scalers)
         t1 = time.perf_counter()
@@ -878,7 +878,7 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
             _poly(np.ascontiguousarray(G_outer[n_tr:, :n_tr]), c["gamma"], c["coef0"], c["degree"]))
         oof_best = oof[best]
         if keep_model:
-            keep, mean, inv = (np.concatenate(parts) for parts in zip(*scalers, strict=True))
+            keep, mean, inv = (np.concatenate(parts) for parts in zip(*(scalers or []), strict=True))
             fitted = (keep, mean, np.where(keep, 1.0 / np.where(keep, inv, 1.0), 1.0), train[svc.support_], svc, c)
     else:
         t_load = time.perf_counter()
@@ -1073,7 +1073,8 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         fold_seconds=np.array([o.seconds for o in outputs]),
         seconds=seconds, seed=seed, engine=engine,
         gram_engine="+".join(sorted({o.gram_engine for o in outputs})),
-        models=tuple(o.model for o in outputs) if all(o.model is not None for o in outputs) else None,
+        models=(tuple(o.model for o in outputs if o.model is not None)
+                if all(o.model is not None for o in outputs) else None),
     )
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -218,8 +218,8 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
 
         picked = list(dict.fromkeys(r.sha256 for r in records))[:sample]
         check = {tap: agreement.to_record() for tap, agreement in sample_check(
-            [rois[sha] for sha in picked], backbone=loaded, precision=precision, taps=taps, batch_size=batch_size,
-            device=device).items()}
+            [rois[sha] for sha in picked], backbone=loaded, precision=precision,
+            taps=None if taps is None else list(taps), batch_size=batch_size, device=device).items()}
     return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
                             len({r.sha256 for r in records}), n, time.perf_counter() - start, precision, n_cached,
                             stages, check)
