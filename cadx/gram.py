@@ -309,6 +309,21 @@ def _fit_scaler(F: np.ndarray, has_nan: bool) -> tuple[np.ndarray, np.ndarray, n
     return keep, mean, inv
 
 
+def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
+    """``(gamma·G + coef0)^degree`` with libsvm's ``powi`` multiplication order."""
+    base = G * gamma
+    base += coef0
+    result: np.ndarray | None = None
+    power, t = base, int(degree)
+    while t > 0:
+        if t % 2 == 1:
+            result = power.copy() if result is None else result * power
+        t //= 2
+        if t > 0:
+            power = power * power
+    return np.ones_like(base) if result is None else result  # degree 0: base ** 0
+
+
 def _check_block(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")

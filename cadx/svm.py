@@ -90,7 +90,7 @@ from sklearn.svm import SVC
 
 from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
-from cadx.gram import _EPS, GRAM_ENGINES, GramAccumulator, _fit_scaler, resolve_gram_engine
+from cadx.gram import _EPS, GRAM_ENGINES, GramAccumulator, _fit_scaler, _poly, resolve_gram_engine
 from cadx.labels import label_codes
 
 __all__ = [
@@ -672,21 +672,6 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
         raise ValueError("features contain infinite values (or overflow float64 after standardisation); "
                          "allowed are finite numbers and NaN (missing, imputed)")
     return G_outer.result(), [G.result() for G in G_inner], n_kept, n_nonconstant
-
-
-def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
-    """``(gamma·G + coef0)^degree`` with libsvm's ``powi`` multiplication order."""
-    base = G * gamma
-    base += coef0
-    result: np.ndarray | None = None
-    power, t = base, int(degree)
-    while t > 0:
-        if t % 2 == 1:
-            result = power.copy() if result is None else result * power
-        t //= 2
-        if t > 0:
-            power = power * power
-    return np.ones_like(base) if result is None else result  # degree 0: base ** 0
 
 
 def _safe_auc(y: np.ndarray, score: np.ndarray) -> float:
