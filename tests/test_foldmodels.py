@@ -50,7 +50,7 @@ def test_fold_models_reproduce_the_out_of_fold_decision_values(engine):
 
 def test_only_the_first_seed_keeps_models_and_none_by_default():
     X, y, lesions = _toy(1)
-    first, second = svm.cross_validate_by_lesion(X, y, lesions, n_folds=3, n_inner=3, repeats=2, keep_models=True)
+    first, second = svm.cross_validate_repeats(X, y, lesions, n_folds=3, n_inner=3, repeats=2, keep_models=True)
     assert first.models is not None and second.models is None
     assert svm.cross_validate_by_lesion(X, y, lesions, n_folds=3, n_inner=3).models is None
     sweep = svm.sweep_layers({"a": X[:, :20], "b": X[:, 20:]}, y, lesions, n_folds=3, n_inner=3, keep_models=True)
