@@ -272,7 +272,7 @@ def _bench_stages(dev: torch.device, args: argparse.Namespace) -> list[dict]:
         png = _PngFiles(paths)
         cache = DecodedRoiCache(root / "cache")
         t0 = time.perf_counter()
-        cache.add(hashes, lambda sha, lookup=dict(zip(hashes, range(n))): png[lookup[sha]])
+        cache.add(hashes, lambda sha, lookup=dict(zip(hashes, range(n), strict=True)): png[lookup[sha]])  # noqa: B008
         cache_build = time.perf_counter() - t0
         print(f"\n== stages on {dev}: {n} ROIs, AlexNet 11 taps, batch {args.stage_batch}; decoded cache built "
               f"in {cache_build:.1f} s ({n / cache_build:.0f} ROIs/s, one process)")

@@ -41,11 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cadx.cnn import extract_features, preprocess_rois
-from cadx.precision import AUC_TOLERANCE, feature_agreement, sweep_agreement
-from cadx.svm import cross_validate_with_params, sweep_layers
-from cadx.workflows import import_mias, open_workspace
-from cadx.workflows.features import load_roi_pixels, resolve_backbone, roi_records
+from cadx.cnn import extract_features, preprocess_rois  # noqa: E402
+from cadx.precision import AUC_TOLERANCE, feature_agreement, sweep_agreement  # noqa: E402
+from cadx.svm import cross_validate_with_params, sweep_layers  # noqa: E402
+from cadx.workflows import import_mias, open_workspace  # noqa: E402
+from cadx.workflows.features import load_roi_pixels, resolve_backbone, roi_records  # noqa: E402
 
 TAPS = ("stage5", "stage6", "stage7", "head", "pool", "classifier")
 

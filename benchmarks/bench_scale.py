@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -193,7 +194,7 @@ def run_child(n: int, args) -> dict:
             costs = [(min(n_all, i0 + r) - i0) * (n_all - i0) for i0 in range(0, n_all, r)]
             t0 = time.perf_counter()
             done_cost, strips = 0, 0
-            for i0, i1, _strip in iter_gram_strips(X, rows=order, mean=mean, inv_scale=inv, block_rows=r,
+            for _i0, _i1, _strip in iter_gram_strips(X, rows=order, mean=mean, inv_scale=inv, block_rows=r,
                                                    block_columns=args.block_columns, engine=engine):
                 done_cost += costs[strips]
                 strips += 1
@@ -246,7 +247,8 @@ def extrapolate(rows: list[dict], peak64: float) -> None:
     total_width = sum(widths.values())
     measured = [r for r in rows if "svm_unit_s" in r]
     if len(measured) >= 2:
-        slope, intercept = np.polyfit(np.log([r["n"] for r in measured]), np.log([r["svm_unit_s"] for r in measured]), 1)
+        slope, intercept = np.polyfit(np.log([r["n"] for r in measured]),
+                                      np.log([r["svm_unit_s"] for r in measured]), 1)
     else:
         slope, intercept = 2.0, math.log(measured[0]["svm_unit_s"] / measured[0]["n"] ** 2) if measured else 0.0
     calib = [r["cv_svm_s"] / (FITS_PER_CV * r["svm_unit_s"]) for r in rows if "cv_svm_s" in r and "svm_unit_s" in r]
@@ -325,7 +327,7 @@ def svg_plot(rows: list[dict], path: Path, title: str) -> None:
     out.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">ROIs (log scale)</text>')
     for k, (label, colour, points) in enumerate(series):
         points = [(n, t, m) for n, t, m in points if t and t > 0]
-        for (na, ta, ma), (nb, tb, mb) in zip(points, points[1:]):
+        for (na, ta, ma), (nb, tb, mb) in itertools.pairwise(points):
             (xa, ya), (xb, yb) = px(na, ta), px(nb, tb)
             dash = "" if (ma and mb) else ' stroke-dasharray="5,4"'
             out.append(f'<line x1="{xa:.1f}" y1="{ya:.1f}" x2="{xb:.1f}" y2="{yb:.1f}" stroke="{colour}" '
@@ -348,7 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="n = 607, 2500 at width 1024, no full CV")
     parser.add_argument("--sizes", default=None, help="comma-separated ROI counts (default 607,2500,10000,50000)")
     parser.add_argument("--width", type=int, default=None, help="feature width (default 4096 = fc6; quick 1024)")
-    parser.add_argument("--gram-engine", default=None, help="auto|numpy|torch-cpu|torch-cuda (default $CADX_GRAM_ENGINE/auto)")
+    parser.add_argument("--gram-engine", default=None,
+                        help="auto|numpy|torch-cpu|torch-cuda (default $CADX_GRAM_ENGINE/auto)")
     parser.add_argument("--memory-gib", type=float, default=24.0, help="budget above which the Grams stream")
     parser.add_argument("--block-columns", type=int, default=1024)
     parser.add_argument("--block-rows", type=int, default=512, help="rows per streamed Gram strip")

@@ -107,7 +107,8 @@ def error_agreement(score1: Any, score2: Any, y: Any, *, threshold: float = 0.5,
     else:
         rho, p = float("nan"), float("nan")
     order = np.argsort(-np.abs(s1 - s2), kind="stable")[: max(int(top), 0)]
-    return ErrorAgreement(table=table, n=n, mcnemar_p=mcnemar, both_wrong_expected=float(wrong1.sum() * wrong2.sum() / n),
+    both_wrong_expected = float(wrong1.sum() * wrong2.sum() / n)
+    return ErrorAgreement(table=table, n=n, mcnemar_p=mcnemar, both_wrong_expected=both_wrong_expected,
                           error_correlation=phi, spearman_rho=rho, spearman_p=p, most_disagreeing=order)
 
 

@@ -64,10 +64,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.ndimage as ndi
+from numpy.typing import ArrayLike
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import perimeter_crofton, regionprops
 
+from cadx import validation
 from cadx.errors import CadxInputError
+from cadx.labels import label_codes
 
 __all__ = [
     "FEATURES_VERSION",
@@ -707,7 +710,7 @@ def analyse_roi(
     return segmentation, lesion_features(roi, segmentation.mask, pixel_size_mm=pixel_size_mm)
 
 
-def feature_aucs(features: Mapping[str, Sequence[float]], labels: Sequence) -> dict[str, float]:
+def feature_aucs(features: Mapping[str, ArrayLike], labels: ArrayLike) -> dict[str, float]:
     """Per-feature ROC AUC for benign vs malignant, ignoring missing values.
 
     The AUC of each raw feature value as a malignancy score (`sklearn.metrics.roc_auc_score`): above 0.5 when
@@ -733,7 +736,7 @@ def feature_aucs(features: Mapping[str, Sequence[float]], labels: Sequence) -> d
     """
     from sklearn.metrics import roc_auc_score
 
-    y = _binary_labels(labels)
+    y = label_codes(labels, name="labels")
     result = {}
     for name, values in features.items():
         x = np.asarray(values, dtype=np.float64).ravel()
@@ -1031,27 +1034,16 @@ def _background_level(roi, level) -> float | None:
     return number
 
 
-def _as_number(value, name: str, *, ok, allowed: str) -> float:
-    """``value`` as a float when ``ok(number)``; otherwise a clear error naming ``name`` and what is allowed."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not ok(number):
-        raise CadxInputError(name, f"{value!r} is not {allowed}", f"give {name} as {allowed}")
-    return number
-
-
 def _check_positive(value, name: str) -> float:
-    return _as_number(value, name, ok=lambda x: x > 0 and math.isfinite(x), allowed="a number > 0")
+    return validation.positive(value, name=name)
 
 
 def _check_finite(value, name: str) -> float:
-    return _as_number(value, name, ok=math.isfinite, allowed="a finite number")
+    return validation.finite(value, name=name)
 
 
 def _check_fraction(value, name: str) -> float:
-    return _as_number(value, name, ok=lambda x: 0 < x <= 1, allowed="a number in (0, 1]")
+    return validation.fraction(value, name=name)
 
 
 def _check_centre(centre, shape) -> tuple[float, float]:
@@ -1064,22 +1056,3 @@ def _check_centre(centre, shape) -> tuple[float, float]:
         raise CadxInputError("centre_rc", f"({row}, {col}) is outside the {shape[0]} x {shape[1]} ROI",
                              "give a seed inside the ROI")
     return row, col
-
-
-def _binary_labels(labels) -> np.ndarray:
-    array = np.asarray(labels).ravel()
-    out = np.empty(array.shape, np.int8)
-    for i, value in enumerate(array.tolist()):
-        if isinstance(value, str):
-            key = value.strip().lower()
-            if key in ("malignant", "m", "1"):
-                out[i] = 1
-            elif key in ("benign", "b", "0"):
-                out[i] = 0
-            else:
-                raise CadxInputError("labels", f"{value!r} is not benign or malignant", "use benign/malignant or 0/1")
-        elif value in (0, 1) and not (isinstance(value, float) and math.isnan(value)):
-            out[i] = int(value)
-        else:
-            raise CadxInputError("labels", f"{value!r} is not benign or malignant", "use benign/malignant or 0/1")
-    return out

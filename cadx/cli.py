@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,7 +15,6 @@ from rich.table import Table
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
 from cadx.records import ExperimentRecord
-from cadx.workflows.experiments import MAX_REPEATS, ExperimentSettings
 from cadx.workflows import (
     ImportReport,
     Workspace,
@@ -29,6 +28,7 @@ from cadx.workflows import (
     include_roi,
     open_workspace,
 )
+from cadx.workflows.experiments import MAX_REPEATS, ExperimentSettings
 
 __all__ = ["app"]
 
@@ -41,9 +41,9 @@ _console = Console(stderr=True, soft_wrap=True)
 _out = Console(soft_wrap=True)
 
 DataDir = Annotated[
-    Optional[Path], typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")
+    Path | None, typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")
 ]
-User = Annotated[Optional[str], typer.Option("--user", help="Who does this (recorded together with the OS account "
+User = Annotated[str | None, typer.Option("--user", help="Who does this (recorded together with the OS account "
                                                              "that runs the command). Default: the OS account.")]
 SkipErrors = Annotated[
     bool,
@@ -51,7 +51,7 @@ SkipErrors = Annotated[
 ]
 AllowBurnedIn = Annotated[bool, typer.Option(
     "--allow-burned-in", help="Import DICOMs marked BurnedInAnnotation=YES, flagged for review (default: refuse).")]
-ReportPath = Annotated[Optional[Path], typer.Option("--report", help="Also write the full report as JSON here.")]
+ReportPath = Annotated[Path | None, typer.Option("--report", help="Also write the full report as JSON here.")]
 
 
 def _workspace(data_dir: Path | None) -> Workspace:
@@ -142,7 +142,7 @@ def import_mias_command(folder: Annotated[Path, typer.Argument(help="MIAS folder
 def import_cbis_command(
     folder: Annotated[Path, typer.Argument(help="Root of the CBIS-DDSM DICOM tree (as downloaded from TCIA)")],
     csv: Annotated[list[Path], typer.Option("--csv", help="A case-description CSV (repeat for several).")],
-    pixel_size_mm: Annotated[Optional[float], typer.Option(help="Pixel size for files whose header has none.")] = None,
+    pixel_size_mm: Annotated[float | None, typer.Option(help="Pixel size for files whose header has none.")] = None,
     data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False, report: ReportPath = None,
     allow_burned_in: AllowBurnedIn = False,
 ) -> None:
@@ -231,7 +231,7 @@ def stats_command(data_dir: DataDir = None,
 @app.command("exclude")
 def exclude_command(roi_id: int, reason: Annotated[str, typer.Option(help="; ".join(
                         f"{code} ({words.word(code)})" for code in words.EXCLUSION_REASONS))],
-                    note: Annotated[Optional[str], typer.Option(help="Why (required for 'other').")] = None,
+                    note: Annotated[str | None, typer.Option(help="Why (required for 'other').")] = None,
                     data_dir: DataDir = None, user: User = None) -> None:
     """Exclude an artifact ROI from experiments (a review event; the ROI is kept)."""
     event = _run(lambda: exclude_roi(_workspace(data_dir), roi_id, reason=reason, user=_user(user), note=note))
@@ -239,7 +239,7 @@ def exclude_command(roi_id: int, reason: Annotated[str, typer.Option(help="; ".j
 
 
 @app.command("include")
-def include_command(roi_id: int, note: Annotated[Optional[str], typer.Option()] = None,
+def include_command(roi_id: int, note: Annotated[str | None, typer.Option()] = None,
                     data_dir: DataDir = None, user: User = None) -> None:
     """Include an excluded ROI again (a review event)."""
     event = _run(lambda: include_roi(_workspace(data_dir), roi_id, user=_user(user), note=note))
@@ -247,16 +247,16 @@ def include_command(roi_id: int, note: Annotated[Optional[str], typer.Option()] 
 
 
 # ------------------------------------------------------------------------------------------ features, experiments ---
-Backbone = Annotated[Optional[str], typer.Option(
+Backbone = Annotated[str | None, typer.Option(
     help="alexnet, vgg16, resnet50 or efficientnet_lite0. Default: AlexNet when its ImageNet weights are available, "
          "else EfficientNet-Lite0 (offline ImageNet weights).")]
 Weights = Annotated[str, typer.Option(help="'default' (ImageNet) or 'random' (untrained: a control; every record "
                                            "says so). Without --backbone, 'random' keeps the architecture the "
                                            "default run would use.")]
-WeightsPath = Annotated[Optional[Path], typer.Option(help="A weights file to use (its checksum is verified).")]
+WeightsPath = Annotated[Path | None, typer.Option(help="A weights file to use (its checksum is verified).")]
 
 
-CohortOption = Annotated[Optional[str], typer.Option(
+CohortOption = Annotated[str | None, typer.Option(
     "--cohort", help="The ROIs to use: a preset (paper: masses only, excluded out, 5 folds; all) or a cohort saved "
                      "with `cadx cohort create`. Default: all (real data only when real data exists).")]
 
@@ -288,7 +288,7 @@ def _load_backbone(backbone, weights, weights_path):
 
 @app.command("extract")
 def extract_command(backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
-                    taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
+                    taps: Annotated[str | None, typer.Option(help="Comma-separated taps (default: all).")] = None,
                     batch_size: Annotated[int, typer.Option(help="ROIs per forward pass.")] = 16,
                     workers: Annotated[int, typer.Option(help="Processes decoding and resizing ROIs ahead of the "
                                                          "network (0: none).")] = 0,
@@ -298,11 +298,11 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
                     decoded_cache: Annotated[bool, typer.Option("--decoded-cache", help="Decode the ROI PNGs once "
                                                                 "into a memory-mapped uint16 cache and read that."
                                                                 )] = False,
-                    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when "
+                    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when "
                                                                   "available).")] = None,
                     timings: Annotated[bool, typer.Option("--timings", help="Print seconds per stage (read, "
                                                           "preprocess, copy, forward, write).")] = False,
-                    cohort: Annotated[Optional[str], typer.Option(
+                    cohort: Annotated[str | None, typer.Option(
                         "--cohort", help="Only this cohort's ROIs (default: every ROI in the database).")] = None,
                     data_dir: DataDir = None) -> None:
     """Method A: extract CNN features of every ROI not yet in the feature store (all taps in one pass)."""
@@ -320,7 +320,8 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
     tap_list = taps.split(",") if taps else None
     with _ProgressBar() as bar:
         report = _run(lambda: extract_cnn_features(workspace, loaded, taps=tap_list, batch_size=batch_size,
-                                                   records=records, progress=bar, num_workers=workers, precision=precision,
+                                                   records=records, progress=bar, num_workers=workers,
+                                                   precision=precision,
                                                    decoded_cache=decoded_cache, device=device, timings=timings))
     _out.print(f"{report.n_extracted} of {report.n_rois} ROIs extracted ({report.n_rois - report.n_extracted} "
                f"already stored) with {report.weights_name} [sha256 {report.weights_sha256[:12]}] "
@@ -341,12 +342,11 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
 def features_command(data_dir: DataDir = None,
                      report: Annotated[bool, typer.Option("--report", help="Print each feature's benign-vs-"
                                                           "malignant AUC over the cohort's ROIs.")] = False,
-                     cohort: Annotated[Optional[str], typer.Option(
+                     cohort: Annotated[str | None, typer.Option(
                          "--cohort", help="Only this cohort's ROIs (default: every ROI; the report uses the "
                                           "default cohort, all).")] = None) -> None:
     """Method B: segment every ROI from its centre and compute analytic features (only ROIs not done yet)."""
     from cadx.analytic import FEATURE_NAMES, feature_aucs
-
     from cadx.workflows.features import analytic_matrix, compute_analytic_features
 
     workspace = _workspace(data_dir)
@@ -357,7 +357,7 @@ def features_command(data_dir: DataDir = None,
     _out.print(f"{result.n_computed} of {result.n_rois} ROIs analysed ({result.n_failed} failed segmentations) "
                f"with features {result.version} in {result.seconds:.1f} s")
     if report:
-        records = chosen
+        records = chosen or []
         X, names, quality = analytic_matrix(workspace, [r.sha256 for r in records])
         aucs = feature_aucs({name: X[:, j] for j, name in enumerate(names)}, [r.label for r in records])
         table = Table(title=f"Benign vs malignant AUC per feature ({len(records)} ROIs of the cohort)")
@@ -470,20 +470,21 @@ def _print_experiment(record: ExperimentRecord) -> None:
         _out.print(table)
 
 
-Folds = Annotated[Optional[int], typer.Option(help="Cross-validation folds (by lesion). Default: the cohort's (5).")]
-MinLesions = Annotated[Optional[int], typer.Option(
+Folds = Annotated[int | None, typer.Option(help="Cross-validation folds (by lesion). Default: the cohort's (5).")]
+MinLesions = Annotated[int | None, typer.Option(
     "--min-lesions-per-fold", help="Guard rail: refuse a cohort with fewer lesions of a class than this per fold "
-                                   "(default 5). Lower it only to try the pipeline on a tiny set; the record keeps it.")]
+                                   "(default 5). Lower it only to try the pipeline on a tiny set; the record keeps "
+                                   "it.")]
 
 
 def _default_taps_help() -> str:
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
+    from cadx.backbones import BACKBONE_SPECS
 
-    return ", ".join(f"{tap} for {backbone}" for backbone, tap in DEFAULT_ENSEMBLE_TAP.items())
+    return ", ".join(f"{spec.ensemble_tap} for {name}" for name, spec in BACKBONE_SPECS.items())
 
 
 _TAP_DEFAULTS = _default_taps_help()
-Tap = Annotated[Optional[str], typer.Option(
+Tap = Annotated[str | None, typer.Option(
     help=f"CNN tap for SVM1 and the ensembles. Default: the backbone's own ({_TAP_DEFAULTS}).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fold assignment (the run is deterministic).")]
 Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with seeds SEED, SEED+1, ... "
@@ -491,19 +492,20 @@ Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with se
                                            "the sweep averages over them and shows the SD between seeds; Table 1 "
                                            "stays the first seed's. 1 = a single split (faster, but luck).")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
-JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write config and results as JSON here.")]
+JsonPath = Annotated[Path | None, typer.Option("--json", help="Write config and results as JSON here.")]
 _DEFAULTS = ExperimentSettings()  # the one home of the experiment defaults (CLI, sweep page, job runner)
 
 
 @app.command("sweep")
 def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = "layer sweep",
                   backbone: Backbone = None, weights: Weights = "default", weights_path: WeightsPath = None,
-                  taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps (default: all).")] = None,
+                  taps: Annotated[str | None, typer.Option(help="Comma-separated taps (default: all).")] = None,
                   tap: Tap = None,
                   folds: Folds = _DEFAULTS.n_folds, seed: Seed = _DEFAULTS.seed,
                   repeats: Repeats = _DEFAULTS.repeats, jobs: Jobs = _DEFAULTS.n_jobs,
                   json_path: JsonPath = None,
-                  no_analytic: Annotated[bool, typer.Option("--no-analytic", help="Skip Method B and the ensemble.")] = False,
+                  no_analytic: Annotated[bool, typer.Option("--no-analytic",
+                                                            help="Skip Method B and the ensemble.")] = False,
                   cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
                   data_dir: DataDir = None, user: User = None) -> None:
     """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
@@ -581,7 +583,7 @@ def predictions_command(
 def report_command(
     experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write (self-contained).")],
-    pdf: Annotated[Optional[Path], typer.Option("--pdf", help="Also print it to this PDF (headless Chromium).")
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="Also print it to this PDF (headless Chromium).")
                    ] = None,
     level: Annotated[str, typer.Option(help="roi (every view) or lesion (mean of its ROIs).")] = "roi",
     data_dir: DataDir = None,
@@ -602,12 +604,12 @@ def analyses_command(
     experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
     level: Annotated[str, typer.Option(help="lesion (mean of its ROIs) or roi, for the error agreement.")] = "lesion",
     threshold: Annotated[float, typer.Option(help="Probability threshold for right/wrong.")] = 0.5,
-    tap: Annotated[Optional[str], typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
+    tap: Annotated[str | None, typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
                    ] = None,
     components: Annotated[int, typer.Option(help="Principal components of the tap correlated.")] = 10,
     fusion: Annotated[bool, typer.Option("--fusion", help="Also cross-validate Method D (feature fusion; slow).")
                       ] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number as JSON here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every number as JSON here.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The paper's open questions on an experiment: do SVM1 and SVM2 err on the same lesions (2x2 table, McNemar,
@@ -627,7 +629,7 @@ def analyses_command(
     table = Table(title=f"Experiment {experiment_id}: SVM1 vs SVM2 at {threshold:g} ({result.n} {level}s)")
     for column in ("", "SVM2 right", "SVM2 wrong"):
         table.add_column(column)
-    for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist()):
+    for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist(), strict=True):
         table.add_row(name, *map(str, row))
     _out.print(table)
     _out.print(f"McNemar exact p = {result.mcnemar_p:.4g} · both wrong {int(result.table[1][1])} "
@@ -670,7 +672,7 @@ def analyses_command(
 @app.command("worker")
 def worker_command(data_dir: DataDir = None,
                    once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then stop.")] = False,
-                   idle_exit: Annotated[Optional[float], typer.Option(
+                   idle_exit: Annotated[float | None, typer.Option(
                        help="Stop after this many seconds without work.")] = None,
                    pid_file: Annotated[str, typer.Option(
                        help="File name (in the data directory) holding this worker's PID.")] = "worker.pid") -> None:
@@ -685,7 +687,7 @@ def worker_command(data_dir: DataDir = None,
     run_worker(_workspace(data_dir), idle_exit_seconds=0.0 if once else idle_exit, pid_file=pid_file)
 
 
-KeyFile = Annotated[Optional[Path], typer.Option(
+KeyFile = Annotated[Path | None, typer.Option(
     "--key-file", envvar="CADX_BACKUP_KEY_FILE",
     help="The backup key file (default: backup.key in the data directory of the installation that backs up).")]
 
@@ -740,7 +742,7 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
 
 cohort_app = typer.Typer(help="Cohorts: named, saved selections of the ROIs an experiment uses.", no_args_is_help=True)
 app.add_typer(cohort_app, name="cohort")
-Many = Optional[list[str]]
+Many = list[str] | None
 
 
 @cohort_app.command("create")
@@ -758,7 +760,7 @@ def cohort_create_command(
     exclude_qc_flag: Annotated[Many, typer.Option("--exclude-qc-flag", help="Leave out ROIs with this QC flag "
                                                   "(repeat).")] = None,
     review: Annotated[str, typer.Option(help="included (default), excluded, or all.")] = "included",
-    import_run: Annotated[Optional[list[int]], typer.Option("--import-run", help="Only ROIs of this import run "
+    import_run: Annotated[list[int] | None, typer.Option("--import-run", help="Only ROIs of this import run "
                                                             "(repeat).")] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds by lesion for experiments on it.")] = 5,
     description: Annotated[str, typer.Option(help="A note for people.")] = "",
@@ -789,7 +791,7 @@ def cohort_list_command(data_dir: DataDir = None,
     workspace = _workspace(data_dir)
     rows = []
     for info in _run(lambda: list_cohorts(workspace)):
-        resolved = _run(lambda: resolve_cohort(workspace, info.name))
+        resolved = _run(lambda name=info.name: resolve_cohort(workspace, name))
         rows.append((info, resolved))
     if as_json:
         typer.echo(json.dumps([{"name": i.name, "preset": i.preset, "definition": i.definition.to_dict(),
@@ -832,7 +834,7 @@ def _show_cohort(workspace, name: str, as_json: bool = False) -> None:
     if resolved.definition.description:
         _out.print(resolved.definition.description)
     _out.print(_counts_line(resolved))
-    _out.print(f"patients by label: " + ", ".join(f"{k} {v}" for k, v in resolved.patients_by_label.items()))
+    _out.print("patients by label: " + ", ".join(f"{k} {v}" for k, v in resolved.patients_by_label.items()))
     _out.print("lesions by type: " + ", ".join(f"{k} {v}" for k, v in resolved.lesions_by_type.items()))
     _out.print("ROIs by source: " + ", ".join(f"{k} {v}" for k, v in resolved.rois_by_source.items())
                + f" ({'SYNTHETIC' if resolved.synthetic_used in ('synthetic', 'both') else resolved.synthetic_used})")
@@ -940,7 +942,7 @@ def user_enable_command(username: str, data_dir: DataDir = None, user: User = No
 
 
 @user_app.command("logout-all")
-def user_logout_all_command(username: Annotated[Optional[str], typer.Argument(
+def user_logout_all_command(username: Annotated[str | None, typer.Argument(
                                 help="The account (default: every account).")] = None,
                             data_dir: DataDir = None, user: User = None) -> None:
     """End the open sign-in sessions of an account (or of everyone): they sign in again."""

@@ -40,7 +40,7 @@ makes fc6 well defined at 256x256, which is what we use.
 
 Taps are taken **after the ReLU**, as Caffe's in-place ReLU leaves them in the ``convN``/``fcN`` blobs that the paper
 read out (hence the sparsity the paper mentions). fc8 has no ReLU: it is the raw logits. The tap -> torchvision node
-mapping is in ``BACKBONES["alexnet"].taps``.
+mapping is in ``BACKBONES["alexnet"].taps`` (from :mod:`cadx.backbones`, the registry).
 
 Weights
 -------
@@ -89,8 +89,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import itertools
 import http.client
+import itertools
 import json
 import math
 import os
@@ -104,7 +104,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -113,7 +113,13 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from cadx.errors import RoiError, WeightsUnavailableError
+from cadx import backbones as _backbones
+from cadx import validation
+from cadx.backbones import BACKBONE_SPECS
+from cadx.errors import RoiError, UnknownNameError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from cadx.gram import ChunkedMatrix
 
 __all__ = [
     "BACKBONES",
@@ -143,9 +149,6 @@ __all__ = [
     "preprocess_rois",
     "tap_shapes",
 ]
-
-# cuBLAS needs this before its first use to run deterministically on CUDA (no effect on CPU).
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 INPUT_SIZE = 256
 """Side of the square network input in pixels (the paper down-sampled 512x512 ROIs to 256x256)."""
@@ -184,9 +187,7 @@ def feature_preprocessing(precision: str = "fp32") -> str:
 
 
 def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
-    return precision
+    return validation.choice(precision, name="precision", choices=PRECISIONS)
 
 
 def _check_mixed(precision: str, backbone: str) -> tuple[str, ...]:
@@ -237,7 +238,7 @@ _TAP_RE = re.compile(r"^[A-Za-z0-9_]+$")
 class ProgressCallback(Protocol):
     """``progress(done, total, message)``; ``total`` is 0 when unknown."""
 
-    def __call__(self, done: int, total: int, message: str) -> None: ...
+    def __call__(self, done: int, total: int, message: str, /) -> None: ...
 
 
 class Sink(Protocol):
@@ -297,6 +298,9 @@ class WeightsSpec:
 
 
 class _Normalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -310,7 +314,8 @@ def _tv_spec(backbone: str, tv_weights: Any) -> WeightsSpec:
     url = tv_weights.url
     filename = url.rsplit("/", 1)[1]
     match = _HASH_PREFIX_RE.search(filename)
-    assert match is not None, filename
+    if match is None:  # torchvision names its files <name>-<sha256 prefix>.pth
+        raise ValueError(f"torchvision weights file {filename!r} carries no checksum prefix")
     tfm = tv_weights.transforms()
     return WeightsSpec(
         backbone=backbone,
@@ -318,8 +323,8 @@ def _tv_spec(backbone: str, tv_weights: Any) -> WeightsSpec:
         filename=filename,
         url=url,
         sha256=match.group(1),
-        mean=tuple(tfm.mean),  # type: ignore[arg-type]
-        std=tuple(tfm.std),  # type: ignore[arg-type]
+        mean=tuple(tfm.mean),
+        std=tuple(tfm.std),
     )
 
 
@@ -504,47 +509,30 @@ class Backbone:
         """A new randomly initialised model in eval mode."""
         return self.builder().eval()
 
+    @property
+    def label(self) -> str:
+        """Display name (``"AlexNet"``), from :data:`cadx.backbones.BACKBONE_SPECS`."""
+        return _backbones.backbone_label(self.name)
 
-_ALEXNET_TAPS = {
-    "conv1": "features.1", "pool1": "features.2", "conv2": "features.4", "pool2": "features.5",
-    "conv3": "features.7", "conv4": "features.9", "conv5": "features.11", "pool5": "features.12",
-    "fc6": "classifier.2", "fc7": "classifier.5", "fc8": "classifier.6",
-}  # fmt: skip
-_VGG16_TAPS = {
-    "conv1_2": "features.3", "pool1": "features.4", "conv2_2": "features.8", "pool2": "features.9",
-    "conv3_3": "features.15", "pool3": "features.16", "conv4_3": "features.22", "pool4": "features.23",
-    "conv5_3": "features.29", "pool5": "features.30",
-    "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6",
-}  # fmt: skip
-_RESNET50_TAPS = {
-    "stem": "relu", "maxpool": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3",
-    "layer4": "layer4", "avgpool": "avgpool", "fc": "fc",
-}  # fmt: skip
-_LITE0_TAPS = {
-    "stem": "stem", **{f"stage{i + 1}": f"blocks.{i}" for i in range(7)},
-    "head": "head", "pool": "pool", "classifier": "classifier",
-}  # fmt: skip
+    @property
+    def ensemble_tap(self) -> str:
+        """The ensemble's default Method-A tap (fc6 for AlexNet); the last default tap for an unregistered one."""
+        return _backbones.ensemble_tap(self.name) or self.default_taps[-1]
+
+
+_BUILDERS: Mapping[str, tuple[Callable[[], nn.Module], CnnWeights]] = {
+    "alexnet": (torchvision.models.alexnet, CnnWeights.ALEXNET_IMAGENET1K_V1),
+    "vgg16": (torchvision.models.vgg16, CnnWeights.VGG16_IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, CnnWeights.RESNET50_IMAGENET1K_V2),
+    "efficientnet_lite0": (EfficientNetLite0, CnnWeights.EFFICIENTNET_LITE0_IMAGENET1K),
+}
 
 BACKBONES: Mapping[str, Backbone] = {
-    "alexnet": Backbone(
-        "alexnet", torchvision.models.alexnet, _ALEXNET_TAPS, tuple(_ALEXNET_TAPS),
-        CnnWeights.ALEXNET_IMAGENET1K_V1, "torchvision AlexNet (one-weird-trick variant); the paper's 11 taps",
-    ),
-    "vgg16": Backbone(
-        "vgg16", torchvision.models.vgg16, _VGG16_TAPS,
-        ("pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "fc8"),
-        CnnWeights.VGG16_IMAGENET1K_V1, "torchvision VGG16 (no BN); last conv of each block, pools, fc6-fc8",
-    ),
-    "resnet50": Backbone(
-        "resnet50", torchvision.models.resnet50, _RESNET50_TAPS, tuple(_RESNET50_TAPS),
-        CnnWeights.RESNET50_IMAGENET1K_V2, "torchvision ResNet-50; stem, each stage, global pool, fc",
-    ),
-    "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", EfficientNetLite0, _LITE0_TAPS, tuple(_LITE0_TAPS),
-        CnnWeights.EFFICIENTNET_LITE0_IMAGENET1K, "EfficientNet-Lite0; stem, 7 stages, head, pool, classifier",
-    ),
-}  # fmt: skip
-"""Registry of backbones by name."""
+    name: Backbone(name, builder, spec.taps, spec.default_taps, weights, spec.description)
+    for name, spec in BACKBONE_SPECS.items()
+    for builder, weights in [_BUILDERS[name]]
+}
+"""Registry of backbones by name: the specs of :data:`cadx.backbones.BACKBONE_SPECS` with builders and weights."""
 
 
 def get_backbone(name: str) -> Backbone:
@@ -553,7 +541,8 @@ def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+        raise UnknownNameError("backbone", f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}",
+                               f"use one of {', '.join(BACKBONES)}") from None
 
 
 def _check_taps(backbone: Backbone, taps: Iterable[str] | None) -> tuple[str, ...]:
@@ -564,7 +553,8 @@ def _check_taps(backbone: Backbone, taps: Iterable[str] | None) -> tuple[str, ..
     taps = tuple(dict.fromkeys(taps))
     unknown = [t for t in taps if t not in backbone.taps]
     if unknown or not taps:
-        raise KeyError(f"unknown taps {unknown} for {backbone.name}; known: {', '.join(backbone.taps)}")
+        raise UnknownNameError("taps", f"unknown taps {unknown} for {backbone.name}; known: {', '.join(backbone.taps)}",
+                               "name taps of this backbone, in any order")
     # keep network order so the one-pass graph and the stored files are canonical
     return tuple(t for t in backbone.taps if t in taps)
 
@@ -827,11 +817,13 @@ def load_backbone(
         matches = [m for m in CnnWeights if m.spec.backbone == name and m.spec.name == weights]
         if not matches:
             known = [m.spec.name for m in CnnWeights if m.spec.backbone == name]
-            raise KeyError(f"unknown weights {weights!r} for {name}; known: {known + ['random']}")
+            raise UnknownNameError("weights", f"unknown weights {weights!r} for {name}; known: {known + ['random']}",
+                                   f"use one of {', '.join(known + ['random'])}")
         member = matches[0]
     spec = member.spec
     if spec.backbone != name:
-        raise KeyError(f"weights {member.name} are for {spec.backbone}, not {name}")
+        raise UnknownNameError("weights", f"weights {member.name} are for {spec.backbone}, not {name}",
+                               f"use weights of {name}")
     path, digest, source = _resolve_weights_file(
         spec, weights_path, download=download, timeout=timeout, progress=progress
     )
@@ -947,8 +939,14 @@ def network_input(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved = torch.device(device)
+    if resolved.type == "cuda":
+        # cuBLAS reads this when cadx first runs a network on the GPU: deterministic results (set here, when a GPU
+        # is chosen, not when cadx is imported; a value the user set is kept).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return resolved
 
 
 @contextmanager
@@ -981,7 +979,7 @@ def _deterministic(device: torch.device, num_threads: int | None) -> Iterator[No
 
 def _extractor(loaded: LoadedBackbone, taps: tuple[str, ...], device: torch.device) -> nn.Module:
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    loaded.model.to(device=device, memory_format=fmt)  # the extractors share the model's parameters
+    loaded.model.to(device).to(memory_format=fmt)  # the extractors share the model's parameters
     key = (taps, str(device))
     if key not in loaded._extractors:
         nodes = {loaded.backbone.taps[t]: t for t in taps}
@@ -1239,7 +1237,8 @@ class _ChunkWriter:
                 self._commit()
 
     def _commit(self) -> None:
-        assert self._tmp is not None
+        if self._tmp is None:
+            raise RuntimeError("no chunk is being written")
         for mm in self._maps.values():
             mm.flush()  # type: ignore[attr-defined]
         self._maps = {}
@@ -1370,7 +1369,9 @@ class FeatureStore:
         index = self._index(self._set_dir(backbone, weights_sha256, preprocessing), weights_sha256).get(tap, {})
         absent = [h for h in roi_hashes if h not in index]
         if absent:
-            raise KeyError(f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})")
+            raise UnknownNameError(f"{backbone} {tap} features",
+                                   f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})",
+                                   "extract them first (`cadx extract`)")
         places = [index[h] for h in roi_hashes]
         maps: dict[Path, np.ndarray] = {}
 
@@ -1406,7 +1407,7 @@ class FeatureStore:
         backbone: str,
         weights_sha256: str,
         preprocessing: str = PREPROCESSING_VERSION,
-    ):
+    ) -> ChunkedMatrix:
         """Stored vectors of one tap as a lazy :class:`cadx.gram.ChunkedMatrix` (n, n_features), rows in the order
         of ``roi_hashes``: nothing is read until a tile is asked for (``M[:, j0:j1]``), and it pickles as file
         names, so workers read the chunks from shared storage. ``KeyError`` names the ROIs that are not stored."""
@@ -1415,7 +1416,9 @@ class FeatureStore:
         index = self._index(self._set_dir(backbone, weights_sha256, preprocessing), weights_sha256).get(tap, {})
         absent = [h for h in roi_hashes if h not in index]
         if absent:
-            raise KeyError(f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})")
+            raise UnknownNameError(f"{backbone} {tap} features",
+                                   f"{len(absent)} ROIs have no stored {backbone} {tap} features (first: {absent[0]})",
+                                   "extract them first (`cadx extract`)")
         places = [(index[h][0] / f"{tap}.npy", index[h][1]) for h in roi_hashes]
         n_features = self._manifests[places[0][0].parent]["taps"][tap] if places else 0
         return ChunkedMatrix.from_rows(places, int(n_features))
@@ -1542,7 +1545,7 @@ class _Picked(Sequence):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return self._mapping[self._keys[i]]

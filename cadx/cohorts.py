@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cadx.errors import CadxInputError
-from cadx.lesion_types import expand_lesion_types, normalise_lesion_type, LESION_TYPE_GROUPS, UNKNOWN_TYPE
+from cadx.labels import LABELS
+from cadx.lesion_types import LESION_TYPE_GROUPS, UNKNOWN_TYPE, expand_lesion_types, normalise_lesion_type
 
 __all__ = [
     "COHORT_SCHEMA_VERSION",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 COHORT_SCHEMA_VERSION = 1
-LABELS = ("benign", "malignant")
 #: auto: real only when real ROIs exist, else the synthetic ones; real / synthetic: only those; both: pooled.
 SYNTHETIC_CHOICES = ("auto", "real", "synthetic", "both")
 #: included: the review kept them (experiments' default); excluded: only the excluded ones; all: both.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["data_dir", "database_url", "roi_dir"]
+__all__ = ["data_dir", "database_url"]
 
 _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 
@@ -17,16 +17,6 @@ def data_dir() -> Path:
     return path
 
 
-def database_url() -> str:
-    """The database URL: ``$CADX_DATABASE_URL``, else a SQLite file ``cadx.sqlite`` in the data directory."""
-    url = os.environ.get("CADX_DATABASE_URL")
-    if url:
-        return url
-    return f"sqlite:///{data_dir() / 'cadx.sqlite'}"
-
-
-def roi_dir() -> Path:
-    """Where ROI images are stored (content-addressed 16-bit PNGs)."""
-    path = data_dir() / "rois"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+def database_url(directory: Path) -> str:
+    """The database URL: ``$CADX_DATABASE_URL``, else a SQLite file ``cadx.sqlite`` in the data ``directory``."""
+    return os.environ.get("CADX_DATABASE_URL") or f"sqlite:///{directory / 'cadx.sqlite'}"

@@ -6,7 +6,10 @@ act on the message without reading a stack trace.
 
 from __future__ import annotations
 
-__all__ = ["CadxError", "CadxInputError", "ImageReadError", "ManifestError", "RoiError", "WeightsUnavailableError"]
+__all__ = [
+    "CadxError", "CadxInputError", "ImageReadError", "ManifestError", "RoiError", "UnknownNameError",
+    "WeightsUnavailableError",
+]
 
 
 class CadxError(Exception):
@@ -43,6 +46,15 @@ class ManifestError(CadxInputError):
 
 class RoiError(CadxInputError):
     """An ROI that cannot be cropped (e.g. the centre lies outside the image)."""
+
+
+class UnknownNameError(CadxInputError, KeyError):
+    """A name that is not in a registry or store: a backbone, a tap, a weights file, features not extracted yet.
+
+    Also a ``KeyError``, as a failed look-up; its message reads like every other :class:`CadxInputError`.
+    """
+
+    __str__ = CadxError.__str__  # not KeyError's, which would quote the message
 
 
 class WeightsUnavailableError(CadxError):

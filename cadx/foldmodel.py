@@ -112,7 +112,7 @@ class FoldModel:
         if support_X.shape != (len(self.support), self.n_features):
             raise FoldModelError(f"support features of shape {support_X.shape}; the model needs "
                                  f"({len(self.support)}, {self.n_features})")
-        from cadx.svm import _poly  # libsvm's multiplication order for the power
+        from cadx.gram import _poly  # libsvm's multiplication order for the power
 
         G = self.standardize(X) @ self.standardize(support_X).T
         return _poly(G, self.gamma, self.coef0, self.degree) @ self.dual_coef + self.intercept

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
 GRAM_ENGINES = ("numpy", "torch-cpu", "torch-cuda")
 """Engines accepted by :func:`resolve_gram_engine` (plus ``"auto"``)."""
 
+_EPS = np.finfo(np.float64).eps  # float64 rounding: the scaler's near-constant test (shared with cadx.svm)
 _ENV = "CADX_GRAM_ENGINE"
 
 
@@ -113,7 +115,7 @@ class GramAccumulator:
             raise ValueError(f"engine must be one of {list(GRAM_ENGINES)}; got {engine!r}")
         self.n, self.engine = int(n), engine
         if engine == "numpy":
-            self._G = np.zeros((self.n, self.n), order="F")
+            self._G: Any = np.zeros((self.n, self.n), order="F")  # a torch tensor for the torch engines
         else:
             import torch
 
@@ -271,6 +273,57 @@ def _rows_or_all(X: Any, rows: Any) -> np.ndarray:
     return rows
 
 
+def _fit_scaler(F: np.ndarray, has_nan: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero-variance filter + StandardScaler statistics of training rows ``F`` (m, b), float64.
+
+    Returns ``keep`` (b,) bool, ``mean`` (b,), ``inv_scale`` (b,) with 0 for dropped features. Formulas follow
+    ``VarianceThreshold(0)`` (variance and peak-to-peak > 0) and ``StandardScaler`` (two-pass variance with
+    correction, near-constant features scaled by 1).
+    """
+    m = F.shape[0]
+    if has_nan:
+        nan = np.isnan(F)
+        count = m - nan.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            total = np.nansum(F, axis=0)
+            mean = total / count
+            temp = F - mean
+            correction = np.nansum(temp, axis=0)
+            np.square(temp, out=temp)
+            var = (np.nansum(temp, axis=0) - correction**2 / count) / count
+            keep = (count >= 2) & (np.nanmax(F, axis=0) > np.nanmin(F, axis=0))
+    else:
+        count = m
+        mean = F.sum(axis=0) / m
+        temp = F - mean
+        correction = temp.sum(axis=0)
+        np.square(temp, out=temp)
+        var = (temp.sum(axis=0) - correction**2 / m) / m
+        keep = F.max(axis=0) > F.min(axis=0)
+    with np.errstate(invalid="ignore"):
+        constant = var <= count * _EPS * var + (count * mean * _EPS) ** 2
+        scale = np.where(constant, 1.0, np.sqrt(np.where(var > 0, var, 1.0)))
+    inv = np.where(keep, 1.0 / scale, 0.0)
+    mean = np.where(keep, mean, 0.0)
+    return keep, mean, inv
+
+
+def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
+    """``(gamma·G + coef0)^degree`` with libsvm's ``powi`` multiplication order."""
+    base = G * gamma
+    base += coef0
+    result: np.ndarray | None = None
+    power, t = base, int(degree)
+    while t > 0:
+        if t % 2 == 1:
+            result = power.copy() if result is None else result * power
+        t //= 2
+        if t > 0:
+            power = power * power
+    return np.ones_like(base) if result is None else result  # degree 0: base ** 0
+
+
 def _check_block(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -307,8 +360,6 @@ def column_scaler(X: Any, *, rows: Any = None, block_columns: int = 4096) -> tup
         ``z = (x − mean) · inv_scale``; 0 for features constant on ``rows`` (dropped), exactly as the SVM
         engine standardises (:mod:`cadx.svm`).
     """
-    from cadx.svm import _fit_scaler  # the one implementation of the scaler's formulas
-
     rows = _rows_or_all(X, rows)
     b = _check_block("block_columns", block_columns)
     d = X.shape[1]
@@ -408,6 +459,6 @@ def streaming_gram(X: Any, *, rows: Any = None, mean: Any = None, inv_scale: Any
                                           block_columns=block_columns, engine=engine):
         out[i0:i1, i0:] = strip
         out[i0:, i0:i1] = strip.T
-    if hasattr(out, "flush"):
+    if isinstance(out, np.memmap):
         out.flush()
     return out

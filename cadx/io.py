@@ -22,11 +22,15 @@ import math
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from cadx.errors import ImageReadError
+from cadx import validation
+from cadx.errors import CadxInputError, ImageReadError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 __all__ = [
     "DEIDENTIFIED_TAGS",
@@ -85,8 +89,6 @@ DEIDENTIFIED_TAGS: tuple[str, ...] = (
     "TransferSyntaxUID",
 )
 
-_MIN_SPACING_MM = 0.01
-_MAX_SPACING_MM = 2.0
 _MIN_KEY_BYTES = 16
 
 _SUPPORTED_FORMATS = (
@@ -452,7 +454,8 @@ def max_image_pixels() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"CADX_MAX_IMAGE_PIXELS must be a positive number of pixels, got {raw!r}")
+        raise CadxInputError("CADX_MAX_IMAGE_PIXELS", f"must be a positive number of pixels, got {raw!r}",
+                             f"unset it (default {DEFAULT_MAX_IMAGE_PIXELS}) or give a whole number of pixels")
     return value
 
 
@@ -477,9 +480,9 @@ def _check_pixels(source: str, rows: int, cols: int, *, frames: int = 1, samples
         raise _too_large(source, what, n_pixels, limit)
 
 
-def _int_attr(ds: object, keyword: str, default: int) -> int:
+def _int_attr(ds: Dataset, keyword: str, default: int) -> int:
     try:
-        value = ds.get(keyword)  # type: ignore[attr-defined]
+        value = ds.get(keyword)
         return int(value) if value not in (None, "") else default
     except (TypeError, ValueError):
         return default
@@ -576,47 +579,16 @@ def _validate_key(key: bytes | None) -> None:
 
 def _check_spacing(values: object, source: str, what: str, fix: str) -> tuple[float, float]:
     """Return ``(row, col)`` floats from one number or a pair; raise ImageReadError when invalid."""
-    pair: list[object] | None
-    if isinstance(values, (str, bytes, bool, np.bool_)):
-        pair = None
-    elif isinstance(values, (int, float, np.integer, np.floating)):
-        pair = [values, values]
-    else:
-        try:
-            items = list(values)  # type: ignore[call-overload]
-        except TypeError:
-            items = []
-        pair = items if len(items) == 2 else None
-    if pair is None:
-        raise ImageReadError(
-            source, f"{what} {values!r} is not one number or a pair of numbers (row, column) in mm", fix
-        )
-    out: list[float] = []
-    for v in pair:
-        try:
-            if isinstance(v, (bool, np.bool_, str, bytes)):
-                raise TypeError
-            f = float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ImageReadError(source, f"{what} {values!r} is not numeric", fix) from None
-        if not math.isfinite(f) or f <= 0:
-            raise ImageReadError(source, f"{what} {values!r} is not a positive finite number of mm", fix)
-        if not (_MIN_SPACING_MM <= f <= _MAX_SPACING_MM):
-            raise ImageReadError(
-                source,
-                f"{what} {values!r} is outside the plausible range {_MIN_SPACING_MM}-{_MAX_SPACING_MM} mm "
-                "for a mammogram",
-                fix,
-            )
-        out.append(f)
-    return (out[0], out[1])
+    return validation.pixel_spacing(values, source=source, what=what, fix=fix, error=ImageReadError)
 
 
 def _validate_user_spacing(value: object, source: str) -> tuple[float, float] | None:
     if value is None:
         return None
     return _check_spacing(
-        value, source, "the given pixel size", "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range 0.01-2 mm)"
+        value, source, "the given pixel size",
+        "give the pixel size in mm, e.g. --pixel-size-mm 0.1 (range {}-{:g} mm)".format(
+            *validation.PIXEL_SPACING_RANGE_MM),
     )
 
 
@@ -711,7 +683,8 @@ def _dicom_from_bytes(
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         if not _looks_like_raw_dicom(data):
-            hint = _describe(data) if _sniff(data) is None else f"it is a {_sniff(data).upper()} image"
+            sniffed = _sniff(data)
+            hint = _describe(data) if sniffed is None else f"it is a {sniffed.upper()} image"
             raise ImageReadError(
                 source,
                 f"not a DICOM file (no 'DICM' marker at byte 128; {hint})",
@@ -763,9 +736,9 @@ def _dicom_from_bytes(
     )
 
 
-def _safe_str(ds: object, keyword: str) -> str:
+def _safe_str(ds: Dataset, keyword: str) -> str:
     try:
-        value = ds.get(keyword)  # type: ignore[attr-defined]
+        value = ds.get(keyword)
     except Exception:  # noqa: BLE001
         return ""
     if value is None or isinstance(value, (bytes, list)):
@@ -773,12 +746,12 @@ def _safe_str(ds: object, keyword: str) -> str:
     return str(value).strip()
 
 
-def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarray:
+def _decode_dicom_pixels(ds: Dataset, source: str, corrupt_fix: str) -> np.ndarray:
     from pydicom import uid as pd_uid
     from pydicom.pixels import get_decoder
 
-    if "PixelData" not in ds:  # type: ignore[operator]
-        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:  # type: ignore[operator]
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise ImageReadError(
                 source,
                 "the DICOM file stores floating-point pixel data, which cadx does not read",
@@ -791,7 +764,7 @@ def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarra
             "give the complete DICOM file of the image itself (copy or export it again if it is truncated)",
         )
     photometric = _safe_str(ds, "PhotometricInterpretation").upper()
-    samples = ds.get("SamplesPerPixel", 1)  # type: ignore[attr-defined]
+    samples = ds.get("SamplesPerPixel", 1)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or (samples not in (None, "") and int(samples) != 1):
         raise ImageReadError(
             source,
@@ -799,7 +772,7 @@ def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarra
             f"SamplesPerPixel {samples}); mammograms are greyscale",
             "export the image as greyscale (MONOCHROME2) DICOM",
         )
-    frames = ds.get("NumberOfFrames", 1)  # type: ignore[attr-defined]
+    frames = ds.get("NumberOfFrames", 1)
     try:
         n_frames = int(frames) if frames not in (None, "") else 1
     except (TypeError, ValueError):
@@ -821,7 +794,7 @@ def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarra
             tsuid = pd_uid.ImplicitVRLittleEndian if is_implicit else pd_uid.ExplicitVRLittleEndian
         else:
             tsuid = pd_uid.ExplicitVRBigEndian
-        ds.file_meta.TransferSyntaxUID = tsuid  # type: ignore[attr-defined]
+        ds.file_meta.TransferSyntaxUID = tsuid
     tsuid = pd_uid.UID(str(tsuid))
     ts_name = tsuid.name if tsuid.name != str(tsuid) else "unknown"
     try:
@@ -846,9 +819,9 @@ def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarra
     if tsuid == pd_uid.RLELossless and "pydicom" in decoder.available_plugins:
         # pydicom's own RLE decoder: ~10x slower than pylibjpeg-rle (about 1 s for a full-field mammogram) but it
         # reports corrupt data as an exception, where the Rust decoder panics and prints a backtrace to stderr.
-        ds.pixel_array_options(decoding_plugin="pydicom")  # type: ignore[attr-defined]
+        ds.pixel_array_options(decoding_plugin="pydicom")
     try:
-        arr = ds.pixel_array  # type: ignore[attr-defined]
+        arr = ds.pixel_array
     except _FATAL:
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise ValueError, RuntimeError, OSError, ...
@@ -866,13 +839,13 @@ def _decode_dicom_pixels(ds: object, source: str, corrupt_fix: str) -> np.ndarra
     return arr
 
 
-def _check_native_length(ds: object, source: str, n_frames: int, corrupt_fix: str) -> None:
+def _check_native_length(ds: Dataset, source: str, n_frames: int, corrupt_fix: str) -> None:
     """Raise when uncompressed pixel data is shorter than Rows x Columns x BitsAllocated requires."""
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
-        bits = int(ds.BitsAllocated)  # type: ignore[attr-defined]
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)  # type: ignore[attr-defined]
-        have = len(ds.PixelData)  # type: ignore[attr-defined]
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        have = len(ds.PixelData)
     except (AttributeError, TypeError, ValueError, KeyError):
         return  # missing or malformed attributes: pydicom's decoder reports them
     need = (rows * cols * samples * max(n_frames, 1) * bits + 7) // 8
@@ -893,18 +866,18 @@ def _check_native_length(ds: object, source: str, n_frames: int, corrupt_fix: st
     _check_stored_bits(ds, source, need, bits, corrupt_fix)
 
 
-def _check_stored_bits(ds: object, source: str, need: int, bits_allocated: int, corrupt_fix: str) -> None:
+def _check_stored_bits(ds: Dataset, source: str, need: int, bits_allocated: int, corrupt_fix: str) -> None:
     """Raise when unsigned pixel values use bits above BitsStored: decoders mask them away, which would silently
     turn the image into another one (e.g. 12-bit data declared as 4-bit becomes nearly flat)."""
     try:
-        stored = int(ds.BitsStored)  # type: ignore[attr-defined]
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
+        stored = int(ds.BitsStored)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     except (AttributeError, TypeError, ValueError):
         return
     dtype = {8: "u1", 16: "<u2", 32: "<u4"}.get(bits_allocated)
     if signed or dtype is None or not 1 <= stored < bits_allocated:
         return  # signed data may sign-extend into the unused bits
-    raw = np.frombuffer(ds.PixelData, dtype=dtype, count=need // np.dtype(dtype).itemsize)  # type: ignore[attr-defined]
+    raw = np.frombuffer(ds.PixelData, dtype=dtype, count=need // np.dtype(dtype).itemsize)
     high = int(raw.max()) if raw.size else 0
     if high >> stored:
         raise ImageReadError(
@@ -915,10 +888,10 @@ def _check_stored_bits(ds: object, source: str, need: int, bits_allocated: int, 
         )
 
 
-def _stored_probe(ds: object) -> np.ndarray:
+def _stored_probe(ds: Dataset) -> np.ndarray:
     """Every storable value (BitsStored <= 16) or the two extremes, as int64."""
-    bits = int(ds.BitsStored)  # type: ignore[attr-defined]
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
+    bits = int(ds.BitsStored)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     if not 1 <= bits <= 32:
         raise ValueError(f"BitsStored {bits} is outside 1..32")
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -927,14 +900,14 @@ def _stored_probe(ds: object) -> np.ndarray:
     return np.array([low, high], dtype=np.int64)
 
 
-def _voi_kind(ds: object) -> str | None:
+def _voi_kind(ds: Dataset) -> str | None:
     """Which VOI transform pydicom's ``apply_voi_lut`` applies: "lut", "window" or None."""
-    seq = ds.get("VOILUTSequence")  # type: ignore[attr-defined]
+    seq = ds.get("VOILUTSequence")
     if seq:
         item = seq[0]
         if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None:
             return "lut"
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:  # type: ignore[attr-defined]
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         return "window"
     return None
 
@@ -945,7 +918,7 @@ def _integral(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _presentation(arr: np.ndarray, ds: object, source: str) -> tuple[np.ndarray, tuple[float, float]]:
+def _presentation(arr: np.ndarray, ds: Dataset, source: str) -> tuple[np.ndarray, tuple[float, float]]:
     """Modality LUT, VOI LUT / window, MONOCHROME1 inversion; return (values, value_range)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -978,12 +951,12 @@ def _presentation(arr: np.ndarray, ds: object, source: str) -> tuple[np.ndarray,
 
 
 def _dicom_spacing(
-    ds: object, source: str, user_spacing: tuple[float, float] | None
+    ds: Dataset, source: str, user_spacing: tuple[float, float] | None
 ) -> tuple[tuple[float, float] | None, str | None]:
     if user_spacing is not None:
         return user_spacing, "user"
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)  # type: ignore[attr-defined]
+        value = ds.get(keyword)
         if (
             value is None
             or value == ""
@@ -1027,7 +1000,7 @@ def _json_value(value: object) -> object | None:
     return f if math.isfinite(f) else None
 
 
-def _deidentified_header(ds: object) -> dict[str, object]:
+def _deidentified_header(ds: Dataset) -> dict[str, object]:
     header: dict[str, object] = {}
     file_meta = getattr(ds, "file_meta", None)
     for keyword in DEIDENTIFIED_TAGS:
@@ -1035,7 +1008,7 @@ def _deidentified_header(ds: object) -> dict[str, object]:
         if container is None:
             continue
         try:
-            value = container.get(keyword)  # type: ignore[attr-defined]
+            value = container.get(keyword)
             converted = _json_value(value)
         except Exception:  # noqa: BLE001 - an unreadable whitelisted value is dropped, never guessed
             continue
@@ -1160,16 +1133,18 @@ def _read_pil(data: bytes, source: str, fmt: str) -> tuple[np.ndarray, tuple[flo
         _check_pixels(source, height, width, samples=bands, bytes_per_sample=2 if "16" in im.mode else 1)
         n_frames = int(getattr(im, "n_frames", 1))
         if fmt == "tiff":
-            bps = im.tag_v2.get(258)
+            tags = getattr(im, "tag_v2")  # noqa: B009 - TIFF images only (PIL.TiffImagePlugin)
+            bps = tags.get(258)
             bits_declared = tuple(int(b) for b in (bps if isinstance(bps, tuple) else (bps,))) if bps else ()
-            photometric_tag = im.tag_v2.get(262)
+            photometric_tag = tags.get(262)
         im.load()
     except _FATAL:
         raise
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own, larger guard
-        raise _too_large(source, "more than PIL's own limit", Image.MAX_IMAGE_PIXELS * 2, max_image_pixels()) from None
+        raise _too_large(source, "more than PIL's own limit", (Image.MAX_IMAGE_PIXELS or 0) * 2,
+                         max_image_pixels()) from None
     except BaseException as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
         raise ImageReadError(
             source, f"the {name} file is corrupt or truncated ({_short(exc)})", "copy or export the image again"
@@ -1214,9 +1189,7 @@ def _read_pil(data: bytes, source: str, fmt: str) -> tuple[np.ndarray, tuple[flo
         arr = np.asarray(im)
         return arr.astype(np.uint16), (0.0, 65535.0), 16
     if mode in ("RGB", "RGBA", "LA", "P", "PA"):
-        if mode in ("P", "PA"):
-            im = im.convert("RGBA")
-        arr = np.asarray(im)
+        arr = np.asarray(im.convert("RGBA") if mode in ("P", "PA") else im)
         n_colour = 1 if mode == "LA" else 3
         has_alpha = arr.shape[2] > n_colour
         if has_alpha and np.any(arr[..., -1] != 255):

@@ -79,7 +79,8 @@ _LEGACY_SYNTHETIC = re.compile(r"^synthetic \w[\w-]* mass$")
 def normalise_lesion_type(value: str | None, *, source: str = "lesion_type") -> str | None:
     """The registry code of ``value`` (``None`` stays ``None``: type not recorded).
 
-    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calcifications``, ``spiculated mass``)
+    Accepts the codes in any case (``circ``, ``Mass``), a few plain-English names (``calcifications``,
+    ``spiculated mass``)
     and the strings cadx stored before the registry (``"ARCH (mass)"``, ``"synthetic spiculated mass"``).
 
     Raises
@@ -116,7 +117,9 @@ def expand_lesion_types(values, *, source: str = "lesion types") -> frozenset[st
             codes.add(UNKNOWN_TYPE)
         else:
             try:
-                codes.add(normalise_lesion_type(name, source=source))
+                code = normalise_lesion_type(name, source=source)
+                if code is not None:
+                    codes.add(code)
             except CadxInputError as exc:
                 raise CadxInputError(source, exc.problem,
                                      f"use one of {', '.join([*LESION_TYPE_GROUPS, *LESION_TYPES, UNKNOWN_TYPE])}"

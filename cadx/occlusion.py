@@ -89,7 +89,7 @@ def occlusion_map(image: np.ndarray, score: Callable[[np.ndarray], np.ndarray], 
         scores[start:start + len(chunk)] = out
     total = np.zeros(image.shape, dtype=np.float64)
     count = np.zeros(image.shape, dtype=np.float64)
-    for (r, c), s in zip(positions, scores):
+    for (r, c), s in zip(positions, scores, strict=True):
         total[r:r + patch, c:c + patch] += base[0] - s
         count[r:r + patch, c:c + patch] += 1.0
     return OcclusionMap(sensitivity=total / count, base_score=float(base[0]), scores=scores, positions=positions,

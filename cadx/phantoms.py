@@ -40,7 +40,9 @@ import numpy as np
 import scipy.fft
 import scipy.special
 
+from cadx import validation
 from cadx.errors import CadxInputError
+from cadx.labels import LABELS
 
 __all__ = [
     "IMAGE_SHAPE",
@@ -60,7 +62,6 @@ __all__ = [
 IMAGE_SHAPE = (768, 768)
 PIXEL_SPACING_MM = (0.1, 0.1)
 VALUE_RANGE = (0.0, 1.0)
-LABELS = ("benign", "malignant")
 MORPHOLOGIES = ("circumscribed", "ill-defined", "spiculated")
 PLACEMENTS = ("interior", "near_skin", "at_skin", "image_border")
 VIEWS = ("CC", "MLO", "ML")
@@ -361,7 +362,7 @@ def _draw_lesion(rng: np.random.Generator, morphology: str, diameter_mm: float) 
         centres = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n) + rng.uniform(0, 2 * np.pi)
         heights = rng.uniform(0.15, 0.45, n)
         widths = rng.uniform(0.07, 0.14, n)
-        for centre, height, width in zip(centres, heights, widths):
+        for centre, height, width in zip(centres, heights, widths, strict=True):
             distance = np.abs(np.angle(np.exp(1j * (angles - centre))))
             shape += height * np.clip(1.0 - distance / width, 0.0, None) ** 2  # pointed extension
         spicules = np.column_stack(
@@ -543,16 +544,8 @@ def _check_shape(shape) -> tuple[int, int]:
 
 
 def _check_number(value, name: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not low <= number <= high:
-        raise CadxInputError(name, f"{value!r} is not a number in {low}..{high}", f"give {name} in {low}..{high}")
-    return number
+    return validation.in_range(value, name=name, low=low, high=high)
 
 
 def _check_choice(value, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise CadxInputError(name, f"{value!r} is not one of {', '.join(choices)}", f"give {name} as one of them")
-    return value
+    return validation.choice(value, name=name, choices=choices)

@@ -161,7 +161,7 @@ def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: 
         dash = f' stroke-dasharray="{_e(s["dash"])}"' if s.get("dash") else ""
         stroke = s.get("width", 2)
         runs: list[list[tuple[float, float]]] = [[]]
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
                 runs.append([])
                 continue
@@ -174,7 +174,7 @@ def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: 
                 parts.append(f'<polyline points="{points}" fill="none" stroke="{_e(colour)}" '
                              f'stroke-width="{stroke}"{dash}/>')
         errors = s.get("error")
-        for i, (x, y) in enumerate(zip(xs, ys)):
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             if x is None or y is None:
                 continue
             if errors is not None and errors[i] is not None:

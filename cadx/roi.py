@@ -43,6 +43,7 @@ import scipy.sparse
 from PIL import Image
 from skimage.filters import threshold_otsu
 
+from cadx import validation
 from cadx.errors import RoiError
 
 __all__ = [
@@ -63,8 +64,6 @@ ROI_PIXEL_MM = 0.1
 ROI_FIELD_MM = 51.2
 
 _UINT16_MAX = 65535
-_MIN_SPACING_MM = 0.005  # plausible source pixel spacings: 5 micrometres ...
-_MAX_SPACING_MM = 5.0  # ... to 5 mm
 _MOSTLY_BACKGROUND = 0.5
 # estimate_background_threshold: bounds on the Otsu level, as fractions of the value range.
 _THRESHOLD_MIN_FRACTION = 0.02
@@ -406,23 +405,9 @@ def _check_image(image, source: str) -> np.ndarray:
 
 
 def _check_spacing(spacing, source: str) -> tuple[float, float]:
-    values = np.atleast_1d(np.asarray(spacing, dtype=object)).ravel()
-    if any(isinstance(v, (str, bytes)) for v in values):
-        values = np.array([None])  # rejected below (float() would parse a string)
-    if values.size == 1:
-        values = np.array([values[0], values[0]], dtype=object)
-    try:
-        pair = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        pair = ()
-    if len(pair) != 2 or not all(math.isfinite(v) and _MIN_SPACING_MM <= v <= _MAX_SPACING_MM for v in pair):
-        raise RoiError(
-            source,
-            f"pixel spacing {spacing!r} mm is not a (row, col) pair of numbers in "
-            f"{_MIN_SPACING_MM}..{_MAX_SPACING_MM} mm",
-            "give the source pixel size in millimetres, e.g. (0.05, 0.05) for CBIS-DDSM or 0.2 for MIAS",
-        )
-    return pair
+    return validation.pixel_spacing(
+        spacing, source=source, what="pixel spacing", error=RoiError,
+        fix="give the source pixel size in millimetres, e.g. (0.05, 0.05) for CBIS-DDSM or 0.2 for MIAS")
 
 
 def _check_value_range(value_range, source: str) -> tuple[float, float]:
@@ -456,20 +441,11 @@ def _check_centre(centre_rc, shape: tuple[int, int], source: str) -> tuple[float
 
 
 def _check_positive(value, name: str, source: str) -> float:
-    value = _check_finite(value, name, source)
-    if value <= 0:
-        raise RoiError(source, f"{name} {value!r} is not positive", f"give the {name} as a positive number")
-    return value
+    return validation.positive(value, name=name, source=source, error=RoiError)
 
 
 def _check_finite(value, name: str, source: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise RoiError(source, f"{name} {value!r} is not a finite number", f"give the {name} as a number")
-    return number
+    return validation.finite(value, name=name, source=source, error=RoiError)
 
 
 def _check_uint16(pixels, source: str) -> np.ndarray:

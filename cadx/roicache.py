@@ -98,7 +98,7 @@ class DecodedRoiCache(Mapping):
             part = todo[start:start + max(1, int(chunk_rows))]
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
             try:
-                out = None
+                out: np.memmap | None = None
                 for i, sha in enumerate(part):
                     pixels = np.asarray(read(sha))
                     if roi_sha256(pixels) != sha:
@@ -113,7 +113,8 @@ class DecodedRoiCache(Mapping):
                     out[i] = pixels
                     if progress is not None:
                         progress(start + i + 1, len(todo), "decoding ROIs into the cache")
-                out.flush()
+                if out is not None:
+                    out.flush()
                 del out
                 (tmp / "manifest.json").write_text(json.dumps({"rois": part, "dtype": "uint16"}))
                 os.replace(tmp, self.root / uuid.uuid4().hex)

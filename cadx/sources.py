@@ -12,8 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from cadx.errors import CadxInputError, ManifestError
+from cadx.labels import label_name
 from cadx.lesion_types import normalise_lesion_type
 
 __all__ = [
@@ -41,31 +43,12 @@ NOT_ROI_REASONS = {
 MIAS_PIXEL_MM = 0.2  # the mini-MIAS images were reduced to 200 micron pixels
 MIAS_IMAGE_SIZE = 1024
 
-_LABELS = {
-    "b": "benign",
-    "benign": "benign",
-    "benign_without_callback": "benign",
-    "m": "malignant",
-    "malignant": "malignant",
-    "0": "benign",
-    "1": "malignant",
-}
-
-
 def normalise_label(value: str, *, source: str) -> str:
-    """Map a pathology label to ``"benign"`` or ``"malignant"``.
+    """Map a pathology label to ``"benign"`` or ``"malignant"`` (the codec is :func:`cadx.labels.label_name`).
 
     Accepts B/M, benign/malignant (any case), CBIS-DDSM's BENIGN_WITHOUT_CALLBACK (benign) and 0/1.
     """
-    label = _LABELS.get(str(value).strip().lower())
-    if label is None:
-        shown = repr(value) if str(value).strip() else "an empty value"
-        raise ManifestError(
-            source,
-            f"unknown label {shown}",
-            "give the pathology as benign or malignant (B/M, BENIGN_WITHOUT_CALLBACK and 0/1 are accepted too)",
-        )
-    return label
+    return label_name(value, source=source)
 
 
 # ----------------------------------------------------------------------------------------------------- MIAS ---
@@ -122,7 +105,8 @@ def parse_mias_info(path: str | Path) -> tuple[list[MiasFinding], list[MiasSkip]
     try:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
-        raise ManifestError(str(path), f"cannot be read ({exc.strerror})", "point to the MIAS folder that holds Info.txt") from exc
+        raise ManifestError(str(path), f"cannot be read ({exc.strerror})",
+                            "point to the MIAS folder that holds Info.txt") from exc
     findings: list[MiasFinding] = []
     skipped: list[MiasSkip] = []
     count_per_image: dict[str, int] = {}
@@ -232,9 +216,11 @@ def parse_cbis_csv(path: str | Path) -> list[CbisRow]:
             side = record["left or right breast"].strip().upper()
             view = record["image view"].strip().upper()
             if side not in ("LEFT", "RIGHT"):
-                raise ManifestError(f"{where}, column 'left or right breast'", f"unknown side {side!r}", "use LEFT or RIGHT")
+                raise ManifestError(f"{where}, column 'left or right breast'", f"unknown side {side!r}",
+                                    "use LEFT or RIGHT")
             if not record["image file path"].strip() or not record["ROI mask file path"].strip():
-                raise ManifestError(f"{where}", "image or ROI mask path is empty", "restore the row from the official CSV")
+                raise ManifestError(f"{where}", "image or ROI mask path is empty",
+                                    "restore the row from the official CSV")
             rows.append(
                 CbisRow(
                     csv_name=path.name,
@@ -296,7 +282,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
     Parameters
     ----------
     path : path of the CSV file.
-    image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use ``"file"``).
+    image_column : the column naming the image file (``"image"``; ``cadx import dicom`` labels files may use
+        ``"file"``).
     base_dir : folder the image paths are relative to (default: the manifest's folder).
     progress : called as ``progress(rows checked, None, "checking the manifest")`` at the start and every
         ``_PROGRESS_ROWS`` rows, so a manifest of a million rows shows progress from the start.
@@ -317,7 +304,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
         missing = [c for c in required if c not in fields]
         if missing:
             raise ManifestError(str(path), f"missing columns {missing} (found {fields})",
-                                "add the columns: " + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
+                                "add the columns: "
+                                + "; ".join(f"{c}: {MANIFEST_COLUMNS.get(c, 'the image file')}" for c in missing))
         for line, record in enumerate(reader, start=2):
             if progress is not None and line % _PROGRESS_ROWS == 0:
                 progress(line - 1, None, "checking the manifest")
@@ -327,7 +315,8 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
                 continue
             image = record[image_column]
             if not image:
-                raise ManifestError(f"{where}, column {image_column!r}", "empty image path", "give the image file's path")
+                raise ManifestError(f"{where}, column {image_column!r}", "empty image path",
+                                    "give the image file's path")
             lesion = record["lesion"]
             if not lesion:
                 raise ManifestError(f"{where}, column 'lesion'", "empty lesion key", "give each lesion a key")
@@ -370,6 +359,11 @@ def parse_manifest(path: str | Path, *, image_column: str = "image", base_dir: P
     return rows
 
 
+@overload
+def _number(record: dict[str, str], column: str, where: str, *, optional: Literal[False] = ...,
+            minimum: float) -> float: ...
+@overload
+def _number(record: dict[str, str], column: str, where: str, *, optional: bool, minimum: float) -> float | None: ...
 def _number(record: dict[str, str], column: str, where: str, *, optional: bool = False, minimum: float) -> float | None:
     text = record.get(column, "")
     if not text:

@@ -33,6 +33,8 @@ import scipy.stats
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from cadx.labels import label_codes
+
 __all__ = [
     "AucSummary",
     "BinormalFit",
@@ -369,17 +371,7 @@ def _as_labels(y: ArrayLike, name: str = "y_true", *, both_classes: bool = True)
         raise ValueError(f"{name} must be 1-D; received an array of shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{name} must contain only 0 (benign) and 1 (malignant); received dtype {arr.dtype} "
-            f"with values {_summarise(np.unique(arr.astype(object)))}"
-        )
-    bad = ~np.isin(arr, [0, 1])
-    if bad.any():
-        raise ValueError(
-            f"{name} must contain only 0 (benign) and 1 (malignant); received values {_summarise(np.unique(arr[bad]))}"
-        )
-    labels = arr.astype(np.int8)
+    labels = label_codes(arr, name=name)  # the one label codec: 0/1 or benign/malignant
     if both_classes:
         n_pos = int(labels.sum())
         if n_pos == 0 or n_pos == labels.size:
@@ -654,7 +646,7 @@ def _interval_probs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Phi(hi) - Phi(lo), accurate in both tails."""
     norm = scipy.stats.norm
     p = np.where(lo > 0, norm.sf(lo) - norm.sf(hi), norm.cdf(hi) - norm.cdf(lo))
-    return np.maximum(p, _PHI_FLOOR)
+    return np.asarray(np.maximum(p, _PHI_FLOOR), dtype=np.float64)
 
 
 def _binormal_parts(theta: np.ndarray, n_cat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -780,7 +772,7 @@ def binormal_fit(y_true: ArrayLike, scores: ArrayLike, *, n_categories: int | No
     def probit_cum(counts: np.ndarray) -> np.ndarray:
         total = counts.sum()
         cum = np.cumsum(counts)[:-1] / total
-        return scipy.stats.norm.ppf(np.clip(cum, 0.5 / total, 1 - 0.5 / total))
+        return np.asarray(scipy.stats.norm.ppf(np.clip(cum, 0.5 / total, 1 - 0.5 / total)), dtype=np.float64)
 
     t0 = np.maximum.accumulate(probit_cum(n0))
     t0 = t0 + 1e-3 * np.arange(t0.size)  # strictly increasing
@@ -991,7 +983,7 @@ def _weighted_aucs(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndar
     num = np.sum(wp * (below + 0.5 * wn), axis=1)
     den = wp.sum(axis=1) * wn.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        return np.asarray(num / den, dtype=np.float64)
 
 
 def clustered_bootstrap_auc_ci(

@@ -88,8 +88,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
-from cadx.gram import GRAM_ENGINES, GramAccumulator, resolve_gram_engine
+from cadx.gram import _EPS, GRAM_ENGINES, GramAccumulator, _fit_scaler, _poly, resolve_gram_engine
+from cadx.labels import label_codes
 
 __all__ = [
     "CvResult",
@@ -112,7 +114,6 @@ FeatureSource = Any  # array of shape (n_rois, n_features), np.memmap, path to a
 _GRID_KEYS = ("gamma", "coef0", "degree", "C")
 _ENGINES = ("gram", "plain")
 _DASK_ENV = "CADX_DASK_SCHEDULER"
-_EPS = np.finfo(np.float64).eps
 _DEFAULT_BLOCK_COLUMNS = 8192
 _PLATT_MIN_SLOPE = 1e-3  # in units of 1 / sd(decision values)
 
@@ -122,7 +123,7 @@ _PLATT_MIN_SLOPE = 1e-3  # in units of 1 / sd(decision values)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def default_grid(n_features: int) -> dict[str, list]:
+def default_grid(n_features: int) -> dict[str, list[Any]]:
     """The default ``(a, c, d)`` grid for a layer with ``n_features`` raw features.
 
     Parameters
@@ -141,7 +142,7 @@ def default_grid(n_features: int) -> dict[str, list]:
     return {"gamma": [0.1 / p, 1.0 / p, 10.0 / p], "coef0": [0.0, 1.0], "degree": [1, 2, 3]}
 
 
-def _check_grid(grid: Mapping[str, Sequence]) -> tuple[dict[str, list], list[dict]]:
+def _check_grid(grid: Mapping[str, Sequence[Any]]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
     """Validate a grid; return it cleaned and its candidates in ParameterGrid (= GridSearchCV) order.
 
     Candidates have all of ``gamma, coef0, degree, C`` (defaults ``coef0=0, degree=3, C=1``).
@@ -151,7 +152,7 @@ def _check_grid(grid: Mapping[str, Sequence]) -> tuple[dict[str, list], list[dic
     unknown = sorted(set(grid) - set(_GRID_KEYS))
     if unknown:
         raise ValueError(f"grid has unknown parameters {unknown}; allowed: {list(_GRID_KEYS)}")
-    clean: dict[str, list] = {}
+    clean: dict[str, list[Any]] = {}
     for key, values in grid.items():
         values = list(np.atleast_1d(np.asarray(values, dtype=object)))
         if not values:
@@ -205,7 +206,7 @@ def make_svm_pipeline(*, gamma: float, coef0: float = 0.0, degree: int = 3, C: f
     return Pipeline(steps)
 
 
-def make_plain_pipeline(*, grid: Mapping[str, Sequence], cv: Any = 5, impute: bool = False,
+def make_plain_pipeline(*, grid: Mapping[str, Sequence[Any]], cv: Any = 5, impute: bool = False,
                         n_jobs: int | None = None) -> GridSearchCV:
     """The plain scikit-learn grid search (the baseline and the reference for the Gram engine).
 
@@ -302,14 +303,14 @@ class CvResult:
     groups: np.ndarray
     fold_auc: np.ndarray
     fold_auc_proba: np.ndarray
-    best_params: tuple[dict, ...]
+    best_params: tuple[dict[str, Any], ...]
     best_inner_score: np.ndarray
     inner_scores: np.ndarray
     platt: np.ndarray
     n_features: int
     n_features_kept: np.ndarray
-    splits: tuple
-    inner_splits: tuple
+    splits: tuple[Any, ...]
+    inner_splits: tuple[Any, ...]
     gram_seconds: np.ndarray
     svm_seconds: np.ndarray
     fold_seconds: np.ndarray
@@ -341,7 +342,8 @@ class CvResult:
         :attr:`inner_decision_sd` (statistics of the training fold only)."""
         if self.inner_decision_mean is None or self.inner_decision_sd is None:
             raise ValueError("this result has no inner decision statistics (made before they were recorded)")
-        return (self.decision - self.inner_decision_mean[self.fold]) / self.inner_decision_sd[self.fold]
+        z: np.ndarray = (self.decision - self.inner_decision_mean[self.fold]) / self.inner_decision_sd[self.fold]
+        return z
 
     @property
     def n_degenerate(self) -> int:
@@ -422,10 +424,17 @@ def _check_labels(y: Any) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per ROI); got shape {y.shape}")
-    classes = np.unique(y)
-    if len(classes) != 2:
-        raise ValueError(f"y must hold exactly two classes (benign/malignant); got {len(classes)}: {classes[:5]}")
-    return (y == classes[1]).astype(np.int64)
+    classes = np.unique(y.astype(str) if y.dtype.kind in "OSU" else y)
+    try:
+        codes = label_codes(y, name="y").astype(np.int64)  # the one codec: 0/1 or benign/malignant spelled any way
+    except CadxInputError:
+        if len(classes) <= 2:
+            raise
+        codes = np.unique(y)  # more than two classes: reported below
+    if len(np.unique(codes)) != 2:
+        raise ValueError(
+            f"y must hold exactly two classes (benign/malignant); got {len(np.unique(codes))}: {classes[:5]}")
+    return codes
 
 
 def _check_groups(groups: Any, n: int, name: str) -> np.ndarray:
@@ -434,27 +443,29 @@ def _check_groups(groups: Any, n: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have one id per ROI, shape ({n},); got shape {groups.shape}")
     if groups.dtype.kind == "f" and np.isnan(groups).any():
         raise ValueError(f"{name} contains NaN; every ROI needs an id")
-    return groups
+    return np.asarray(groups)
 
 
 def _cv_groups(lesions: Any, patients: Any, n: int) -> np.ndarray:
     """Groups for the folds: patients when given (checked to contain whole lesions), else lesions."""
-    lesions = _check_groups(lesions, n, "groups")
+    lesion_ids = _check_groups(lesions, n, "groups")
     if patients is None:
-        return lesions
-    patients = _check_groups(patients, n, "patients")
-    _, lesion_code = np.unique(lesions, return_inverse=True)
-    _, patient_code = np.unique(patients, return_inverse=True)
+        return lesion_ids
+    patient_ids = _check_groups(patients, n, "patients")
+    _, lesion_code = np.unique(lesion_ids, return_inverse=True)
+    _, patient_code = np.unique(patient_ids, return_inverse=True)
     pairs = np.unique(np.stack([lesion_code, patient_code]), axis=1)
     counts = np.bincount(pairs[0])
     if (counts > 1).any():
-        bad = np.unique(lesions)[np.flatnonzero(counts > 1)[:5]]
+        bad = np.unique(lesion_ids)[np.flatnonzero(counts > 1)[:5]]
         raise ValueError(f"lesions {list(bad)} belong to more than one patient; each lesion id must map to one "
                          "patient id")
-    return patients
+    return patient_ids
 
 
-def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, seed: int):
+def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, seed: int
+                 ) -> tuple[tuple[tuple[np.ndarray, np.ndarray], ...],
+                            tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]]:
     """Outer StratifiedGroupKFold splits and, per outer training set, inner ones (indices into the full data)."""
     for name, k in (("n_folds", n_folds), ("n_inner", n_inner)):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
@@ -464,7 +475,8 @@ def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, 
         raise ValueError(f"{n_groups} groups (lesions/patients) cannot fill n_folds={n_folds} folds; "
                          f"use n_folds <= {n_groups}")
     outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    splits, inner_splits = [], []
+    splits: list[tuple[np.ndarray, np.ndarray]] = []
+    inner_splits: list[tuple[tuple[np.ndarray, np.ndarray], ...]] = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         for train, test in outer.split(np.zeros(len(y)), y, groups):
@@ -489,13 +501,13 @@ class _MemmapSource:
 
     filename: str
     dtype: str
-    shape: tuple
+    shape: tuple[int, ...]
     offset: int
     order: str
 
     def __call__(self) -> np.ndarray:
         return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", shape=self.shape,
-                         offset=self.offset, order=self.order)
+                         offset=self.offset, order="F" if self.order == "F" else "C")
 
 
 @dataclass(frozen=True)
@@ -503,7 +515,8 @@ class _NpySource:
     path: str
 
     def __call__(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        array: np.ndarray = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return array
 
 
 def _as_source(source: FeatureSource) -> Any:
@@ -520,7 +533,7 @@ def _as_source(source: FeatureSource) -> Any:
 
 
 def _load(source: Any, n: int, name: str = "X") -> np.ndarray:
-    X = source() if callable(source) else source
+    X: np.ndarray = source() if callable(source) else source
     if not hasattr(X, "shape") or not hasattr(X, "dtype"):
         X = np.asarray(X)
     if len(X.shape) != 2:
@@ -537,42 +550,6 @@ def _load(source: Any, n: int, name: str = "X") -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Gram engine
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _fit_scaler(F: np.ndarray, has_nan: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zero-variance filter + StandardScaler statistics of training rows ``F`` (m, b), float64.
-
-    Returns ``keep`` (b,) bool, ``mean`` (b,), ``inv_scale`` (b,) with 0 for dropped features. Formulas follow
-    ``VarianceThreshold(0)`` (variance and peak-to-peak > 0) and ``StandardScaler`` (two-pass variance with
-    correction, near-constant features scaled by 1).
-    """
-    m = F.shape[0]
-    if has_nan:
-        nan = np.isnan(F)
-        count = m - nan.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            total = np.nansum(F, axis=0)
-            mean = total / count
-            temp = F - mean
-            correction = np.nansum(temp, axis=0)
-            np.square(temp, out=temp)
-            var = (np.nansum(temp, axis=0) - correction**2 / count) / count
-            keep = (count >= 2) & (np.nanmax(F, axis=0) > np.nanmin(F, axis=0))
-    else:
-        count = m
-        mean = F.sum(axis=0) / m
-        temp = F - mean
-        correction = temp.sum(axis=0)
-        np.square(temp, out=temp)
-        var = (temp.sum(axis=0) - correction**2 / m) / m
-        keep = F.max(axis=0) > F.min(axis=0)
-    with np.errstate(invalid="ignore"):
-        constant = var <= count * _EPS * var + (count * mean * _EPS) ** 2
-        scale = np.where(constant, 1.0, np.sqrt(np.where(var > 0, var, 1.0)))
-    inv = np.where(keep, 1.0 / scale, 0.0)
-    mean = np.where(keep, mean, 0.0)
-    return keep, mean, inv
 
 
 def _group_moments(XT: np.ndarray, parts: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -618,7 +595,7 @@ def _standardize(rows: np.ndarray, mean: np.ndarray, inv: np.ndarray, has_nan: b
 
 def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Sequence[tuple[np.ndarray, np.ndarray]],
                 *, block_columns: int = _DEFAULT_BLOCK_COLUMNS, gram_engine: str = "numpy",
-                scaler_out: list | None = None):
+                scaler_out: list[Any] | None = None) -> tuple[np.ndarray, list[np.ndarray], int, int]:
     """The standardised Grams of one outer fold, streaming ``X`` in column blocks.
 
     Parameters
@@ -705,20 +682,6 @@ def _fold_grams(X: np.ndarray, train: np.ndarray, test: np.ndarray, inner: Seque
     return G_outer.result(), [G.result() for G in G_inner], n_kept, n_nonconstant
 
 
-def _poly(G: np.ndarray, gamma: float, coef0: float, degree: int) -> np.ndarray:
-    """``(gamma·G + coef0)^degree`` with libsvm's ``powi`` multiplication order."""
-    base = G * gamma
-    base += coef0
-    result, power, t = None, base, int(degree)
-    while t > 0:
-        if t % 2 == 1:
-            result = power.copy() if result is None else result * power
-        t //= 2
-        if t > 0:
-            power = power * power
-    return result
-
-
 def _safe_auc(y: np.ndarray, score: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         return float("nan")  # GridSearchCV's error_score=np.nan for a single-class validation fold
@@ -745,13 +708,15 @@ def _best_index(scores: np.ndarray) -> int:
 
 
 def _grid_search_gram(G_inner: Sequence[np.ndarray], inner_pos: Sequence[tuple[np.ndarray, np.ndarray]],
-                      y_tr: np.ndarray, candidates: Sequence[dict]):
+                      y_tr: np.ndarray, candidates: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Inner grid search on precomputed Grams. Returns scores (n_cand, n_inner) and out-of-fold decisions."""
     with config_context(assume_finite=True, skip_parameter_validation=True):  # our own finite Grams: ~2x faster
         return _grid_search_gram_unchecked(G_inner, inner_pos, y_tr, candidates)
 
 
-def _grid_search_gram_unchecked(G_inner, inner_pos, y_tr, candidates):
+def _grid_search_gram_unchecked(G_inner: Sequence[np.ndarray], inner_pos: Sequence[tuple[np.ndarray, np.ndarray]],
+                                y_tr: np.ndarray, candidates: Sequence[dict[str, Any]]
+                                ) -> tuple[np.ndarray, np.ndarray]:
     scores = np.full((len(candidates), len(inner_pos)), np.nan)
     oof = np.zeros((len(candidates), len(y_tr)))
     vals = []
@@ -770,9 +735,9 @@ def _grid_search_gram_unchecked(G_inner, inner_pos, y_tr, candidates):
     means = np.average(scores, axis=1)
     if not np.isnan(means).all():
         contenders = np.flatnonzero(means >= np.nanmax(means) - 1e-9)
-        for ci in contenders:
+        for cj in contenders:
             for k, val in enumerate(vals):
-                scores[ci, k] = _safe_auc(y_tr[val], oof[ci, val])
+                scores[cj, k] = _safe_auc(y_tr[val], oof[cj, val])
     return scores, oof
 
 
@@ -790,7 +755,7 @@ def _fit_platt(f: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
-    def nll(theta):
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         a, b = theta
         z = a * u + b
         # -[t log s(z) + (1-t) log(1-s(z))] = logaddexp(0, z) - t z
@@ -826,7 +791,7 @@ def _calibrate(f: np.ndarray, y: np.ndarray) -> tuple[float, float, float, bool]
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
-    def nll(theta):
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = theta[0] * u + theta[1]
         r = 0.5 * (1.0 + np.tanh(0.5 * z)) - t
         return np.sum(np.logaddexp(0.0, z) - t * z), np.array([np.dot(r, u), np.sum(r)])
@@ -867,7 +832,7 @@ class _FoldOutput:
     model: FoldModel | None = None
 
 
-def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict,
+def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict[str, Any],
                 platt: tuple[float, float], test: np.ndarray, decision: np.ndarray, proba: np.ndarray) -> FoldModel:
     return FoldModel(keep=np.asarray(keep, dtype=bool), mean=np.where(keep, mean, 0.0).astype(np.float64),
                      scale=np.where(keep, scale, 1.0).astype(np.float64), support=np.asarray(support, np.int64),
@@ -878,7 +843,7 @@ def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: 
 
 
 def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
-              inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list], engine: str,
+              inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list[Any]], engine: str,
               block_columns: int, name: str = "X", gram_engine: str | None = None,
               keep_model: bool = False) -> _FoldOutput:
     """One outer fold: inner grid search, refit on the outer training set, decision values for its test set
@@ -892,7 +857,7 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     y_tr = y[train]
     if engine == "gram":
         gram_engine = resolve_gram_engine(gram_engine)  # here, in the worker: its own CUDA device, if any
-        scalers: list | None = [] if keep_model else None
+        scalers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if keep_model else None
         G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns,
                                                               gram_engine=gram_engine, scaler_out=scalers)
         t1 = time.perf_counter()
@@ -906,7 +871,7 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
             _poly(np.ascontiguousarray(G_outer[n_tr:, :n_tr]), c["gamma"], c["coef0"], c["degree"]))
         oof_best = oof[best]
         if keep_model:
-            keep, mean, inv = (np.concatenate(parts) for parts in zip(*scalers, strict=True))
+            keep, mean, inv = (np.concatenate(parts) for parts in zip(*(scalers or []), strict=True))
             fitted = (keep, mean, np.where(keep, 1.0 / np.where(keep, inv, 1.0), 1.0), train[svc.support_], svc, c)
     else:
         t_load = time.perf_counter()
@@ -941,7 +906,7 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
                        scores=scores, platt=(a, b), platt_free_slope=free_slope, platt_clamped=clamped,
                        inner_mean=inner_mean, inner_sd=inner_sd, n_kept=n_kept, n_nonconstant=n_nonconstant,
                        gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
-                       gram_engine=gram_engine if engine == "gram" else "numpy", model=model)
+                       gram_engine=(gram_engine or "numpy") if engine == "gram" else "numpy", model=model)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -950,18 +915,18 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
 
 
 @contextlib.contextmanager
-def _backend(n_jobs: int, scheduler: str | None) -> Iterator[tuple[str, int]]:
+def _backend(n_jobs: int | None, scheduler: str | None) -> Iterator[tuple[str, int]]:
     address = scheduler if scheduler is not None else os.environ.get(_DASK_ENV) or None
     if address:
         from distributed import Client
         from joblib import parallel_config
 
-        client = Client(address, set_as_default=False)
+        client = Client(address, set_as_default=False)  # type: ignore[no-untyped-call]
         try:
             with parallel_config(backend="dask", client=client, wait_for_workers_timeout=60):
                 yield "dask", -1
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
         return
     if n_jobs is None or n_jobs == 1:
         yield "sequential", 1
@@ -977,10 +942,13 @@ _FOLD_SCALARS = ("best_index", "platt_free_slope", "platt_clamped", "inner_mean"
 def _encode_fold(out: _FoldOutput) -> bytes:
     """A fold's output as ``.npz`` bytes (exact float64 values; loaded back without pickle)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(getattr(out, k), dtype=np.float64) for k in _FOLD_ARRAYS},
-             platt=np.asarray(out.platt, dtype=np.float64),
-             **{k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS}, gram_engine=np.str_(out.gram_engine),
-             **({} if out.model is None else {"model": np.frombuffer(out.model.to_bytes(), dtype=np.uint8)}))
+    arrays: dict[str, np.ndarray] = {k: np.asarray(getattr(out, k), dtype=np.float64) for k in _FOLD_ARRAYS}
+    arrays["platt"] = np.asarray(out.platt, dtype=np.float64)
+    arrays.update({k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS})
+    arrays["gram_engine"] = np.asarray(np.str_(out.gram_engine))
+    if out.model is not None:
+        arrays["model"] = np.frombuffer(out.model.to_bytes(), dtype=np.uint8)
+    np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
 
@@ -1010,8 +978,9 @@ def _check_checkpoint(checkpoint: Any) -> None:
                         f"{type(checkpoint).__name__}")
 
 
-def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler: str | None,
-              progress: Progress | None, labels: Sequence[str], checkpoint: Any = None) -> tuple[dict, str]:
+def _run_jobs(jobs: Sequence[tuple[Any, tuple[Any, ...], dict[str, Any]]], *, n_jobs: int | None,
+              scheduler: str | None, progress: Progress | None, labels: Sequence[str], checkpoint: Any = None
+              ) -> tuple[dict[Any, _FoldOutput], str]:
     """Run ``_run_fold`` jobs ``(key, args, kwargs)``; returns ``{key: output}`` and the backend name.
 
     With a ``checkpoint`` store, a unit found there is not computed again; every computed unit is saved to it as
@@ -1024,7 +993,7 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
         raise TypeError(f"progress must be callable(done, total, message) or None; got {type(progress).__name__}")
     _check_checkpoint(checkpoint)
     total = len(jobs)
-    results: dict = {}
+    results: dict[Any, _FoldOutput] = {}
     if checkpoint is not None:  # restored units first, so progress reports them at once
         for key, _args, _kwargs in jobs:
             payload = checkpoint.load(_unit_key(key))
@@ -1039,7 +1008,7 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
         labels = [label_of[j[0]] for j in jobs if j[0] not in results]
         jobs = [j for j in jobs if j[0] not in results]
 
-    def finished(key, out, label):
+    def finished(key: Any, out: _FoldOutput, label: str) -> None:
         results[key] = out
         if checkpoint is not None:
             checkpoint.save(_unit_key(key), _encode_fold(out))
@@ -1051,7 +1020,7 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
             for (key, args, kwargs), label in zip(jobs, labels, strict=True):
                 finished(key, _run_fold(*args, **kwargs), label)
         else:
-            def keyed(key, args, kwargs):
+            def keyed(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, _FoldOutput]:
                 return key, _run_fold(*args, **kwargs)
 
             label_of = dict(zip((j[0] for j in jobs), labels, strict=True))
@@ -1062,8 +1031,10 @@ def _run_jobs(jobs: Sequence[tuple[Any, tuple, dict]], *, n_jobs: int, scheduler
     return results, backend
 
 
-def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray, splits, inner_splits,
-              candidates, n_features: int, seed: int, engine: str, seconds: float) -> CvResult:
+def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
+              splits: tuple[tuple[np.ndarray, np.ndarray], ...],
+              inner_splits: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...], candidates: Sequence[dict[str, Any]],
+              n_features: int, seed: int, engine: str, seconds: float) -> CvResult:
     n = len(y)
     decision = np.full(n, np.nan)
     proba = np.full(n, np.nan)
@@ -1095,7 +1066,8 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         fold_seconds=np.array([o.seconds for o in outputs]),
         seconds=seconds, seed=seed, engine=engine,
         gram_engine="+".join(sorted({o.gram_engine for o in outputs})),
-        models=tuple(o.model for o in outputs) if all(o.model is not None for o in outputs) else None,
+        models=(tuple(o.model for o in outputs if o.model is not None)
+                if all(o.model is not None for o in outputs) else None),
     )
 
 
@@ -1123,7 +1095,7 @@ def _seeds(seed: int, repeats: int) -> list[int]:
 
 
 def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients: Any = None, n_folds: int = 5,
-                             n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
+                             n_inner: int = 5, grid: Mapping[str, Sequence[Any]] | None = None, seed: int = 0,
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
@@ -1298,7 +1270,8 @@ def soft_vote(p1: CvResult | Any, p2: CvResult | Any, *, folds1: Any = None, fol
     ValueError
         If fold ids are missing, or differ between the two, or the shapes differ.
     """
-    def unpack(p, folds, name):
+    def unpack(p: CvResult | Any, folds: Any, name: str
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if isinstance(p, CvResult):
             if folds is not None and not np.array_equal(np.asarray(folds), p.fold):
                 raise ValueError(f"folds{name[-1]} disagrees with {name}.fold")
@@ -1322,7 +1295,8 @@ def soft_vote(p1: CvResult | Any, p2: CvResult | Any, *, folds1: Any = None, fol
         raise ValueError("the two results have different labels y; they are not from the same ROIs")
     if not (np.all((a >= 0) & (a <= 1)) and np.all((b >= 0) & (b <= 1))):
         raise ValueError("probabilities must lie in [0, 1] (NaN not allowed)")
-    return (a + b) / 2.0
+    mean: np.ndarray = (a + b) / 2.0
+    return mean
 
 
 def z_vote(r1: CvResult, r2: CvResult) -> np.ndarray:
@@ -1356,11 +1330,12 @@ def z_vote(r1: CvResult, r2: CvResult) -> np.ndarray:
                          "groups, labels and seed")
     if not np.array_equal(r1.y, r2.y):
         raise ValueError("the two results have different labels y; they are not from the same ROIs")
-    return (r1.decision_z + r2.decision_z) / 2.0
+    mean: np.ndarray = (r1.decision_z + r2.decision_z) / 2.0
+    return mean
 
 
 def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: Any, *, patients: Any = None,
-                 n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence] | None = None, seed: int = 0,
+                 n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence[Any]] | None = None, seed: int = 0,
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
                  block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
                  gram_engine: str | None = None, checkpoint: Any = None, keep_models: bool = False) -> SweepResult:

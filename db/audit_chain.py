@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -30,8 +30,8 @@ _PG_AUDIT_LOCK = 0x63617564  # "caud": serialises appends to the audit chain on 
 
 def _canonical_time(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def event_hash(prev_hash: str, *, at: datetime, user: str, action: str, target: str,
@@ -74,7 +74,7 @@ def append_event(session: Session, event: Any) -> None:
         session.execute(text("DELETE FROM audit_events WHERE 0"))
     previous = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
     if event.at is None:
-        event.at = datetime.now(timezone.utc)
+        event.at = datetime.now(UTC)
     event.prev_hash = previous
     event.hash = event_hash(previous, at=event.at, user=event.user, action=event.action, target=event.target,
                             detail=event.detail)

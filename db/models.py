@@ -10,7 +10,7 @@ pseudonym of a DICOM PatientID), and images carry only a whitelisted header subs
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
@@ -18,6 +18,7 @@ from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from cadx import labels as _labels
 from cadx import words as _words
 
 __all__ = [
@@ -45,14 +46,14 @@ __all__ = [
     "JOB_STATES",
 ]
 
-LABELS = ("benign", "malignant")
+LABELS = _labels.LABELS  # the one label codec is cadx.labels
 EXCLUSION_REASONS = tuple(_words.EXCLUSION_REASONS)  # the codes; their words live in cadx.words
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 ROLES = ("viewer", "reviewer", "admin")
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class DateTime(TypeDecorator):
@@ -66,12 +67,12 @@ class DateTime(TypeDecorator):
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value
 
     def process_result_value(self, value, dialect):
         if value is not None:
-            value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
 
 
@@ -310,7 +311,8 @@ class Job(Base):
     worker_started: Mapped[float | None] = mapped_column(Float)
     # one of CADX_MAX_PARALLEL_JOBS run slots while running (unique: claiming a slot is atomic across processes)
     slot: Mapped[int | None] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims so far (> 1: resumed after a dead worker)
+    # claims so far (> 1: resumed after a dead worker)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     eta_seconds: Mapped[float | None] = mapped_column(Float)
 
 

@@ -28,7 +28,7 @@ _PG_MIGRATION_LOCK = 0x63616478  # "cadx": the advisory-lock id that serialises 
 class SchemaNewerThanCodeError(RuntimeError):
     """The database carries a schema revision this code does not know: a newer cadx upgraded it."""
 
-    def __init__(self, revision: str, head: str) -> None:
+    def __init__(self, revision: str | None, head: str | None) -> None:
         self.revision, self.head = revision, head
         super().__init__(f"the database's schema revision {revision!r} is newer than this cadx knows (its newest is "
                          f"{head!r}); use the cadx version that last opened it, or upgrade cadx")

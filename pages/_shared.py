@@ -9,8 +9,8 @@ import os
 import re
 import sys
 import threading
-import time
 import urllib.parse
+from dataclasses import dataclass
 
 import streamlit as st
 from streamlit import config as st_config
@@ -37,7 +37,8 @@ from cadx.workflows.accounts import (
 
 __all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar",
            "mark_routed", "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in",
-           "figure_downloads", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "figure_downloads", "figure_config",
+           "FIGURE_EXPORT", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -405,13 +406,38 @@ def csv_download(label: str, frame, file_name: str, **kwargs) -> None:
                        **kwargs)
 
 
-def figure_downloads(fig, stem: str, *, width: int = 1000, height: int = 600) -> None:
+@dataclass(frozen=True)
+class FigureExport:
+    """Figure export settings of every page: formats, size in px (a page may ask another height) and PNG scale."""
+
+    formats: tuple[str, ...] = ("PNG", "SVG")
+    width: int = 1000
+    height: int = 600
+    png_scale: int = 2  # SVG: 1
+
+
+FIGURE_EXPORT = FigureExport()
+
+
+def figure_config(stem: str, key: str, *, height: int = FIGURE_EXPORT.height) -> dict:
+    """Plotly's own download button (camera icon) in the format the user picks (a segmented control ``key``), at
+    the export settings of :data:`FIGURE_EXPORT`; pass the result as ``st.plotly_chart(config=...)``."""
+    formats = FIGURE_EXPORT.formats
+    fmt = st.segmented_control("Figure download format", formats, default=formats[0], key=key) or formats[0]
+    st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": FIGURE_EXPORT.width,
+                                     "height": height, "scale": FIGURE_EXPORT.png_scale if fmt == "PNG" else 1}}
+
+
+def figure_downloads(fig, stem: str, *, height: int = FIGURE_EXPORT.height) -> None:
     """Server-side PNG/SVG buttons for a plotly figure when kaleido is installed (the chart's own camera button
-    downloads it in any case)."""
+    downloads it in any case), at the export settings of :data:`FIGURE_EXPORT`."""
     if importlib.util.find_spec("kaleido") is None:
         return
+    width, scale = FIGURE_EXPORT.width, FIGURE_EXPORT.png_scale
     png, svg = st.columns(2)
-    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=width, height=height, scale=2),
+    png.download_button("Figure (PNG)", lambda: fig.to_image(format="png", width=width, height=height, scale=scale),
                         file_name=f"{stem}.png", mime="image/png", on_click="ignore")
     svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=width, height=height),
                         file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")

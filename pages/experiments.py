@@ -10,10 +10,10 @@ import streamlit as st
 from cadx import words
 from cadx.cohorts import CohortDefinition
 from cadx.errors import CadxInputError
-from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.records import to_json
-from cadx.workflows.experiments import load_experiment
+from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.workflows.accounts import can
+from cadx.workflows.experiments import load_experiment
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
     SYNTHETIC_BADGE,
@@ -57,7 +57,8 @@ AUC_HEADERS = {"auc_A": "SVM1 AUC (mean of folds)", "auc_B": "SVM2 AUC (mean of 
                "auc_C": "ensemble AUC (mean of folds)"}  # the paper's AUC; the CSV keeps these names
 history = pd.DataFrame([{
     "id": e["id"], "name": e["name"], **{AUC_HEADERS[k]: e[k] for k in AUC_HEADERS},
-    "ROIs": e["n_rois"], "excluded": e["n_excluded"], "cohort": e["cohort"], "ROI set": (e["roi_set_sha256"] or "")[:12],
+    "ROIs": e["n_rois"], "excluded": e["n_excluded"], "cohort": e["cohort"],
+    "ROI set": (e["roi_set_sha256"] or "")[:12],
     "SVM1 tap": e["ensemble_tap"], "backbone": e["backbone"],
     "weights": e["weights"], "created": e["created_at"], "by": e["created_by"], "kind": e["kind"],
     "taps": ", ".join(e["taps"]), "folds": e["n_folds"], "seed": e["seed"], "repeats": e["repeats"],
@@ -138,12 +139,14 @@ with rename:
         except CadxInputError as exc:
             st.error(plain(exc))
         else:
-            st.session_state["experiments_message"] = f"Experiment #{experiment_id} renamed to “{plain(new_name.strip())}”."
+            st.session_state["experiments_message"] = (
+                f"Experiment #{experiment_id} renamed to “{plain(new_name.strip())}”.")
             st.rerun()
 with remove:
     st.markdown("**Delete**")
     st.caption("Deletes the experiment and its per-ROI predictions. ROIs, features and review history stay.")
-    sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{plain(e['name'])}”", key=f"exp_confirm_{experiment_id}")
+    sure = st.checkbox(f"Yes, delete experiment #{experiment_id} “{plain(e['name'])}”",
+                       key=f"exp_confirm_{experiment_id}")
     may_delete = can(current_role(), "delete")
     if not may_delete:
         st.caption("Deleting experiments needs the admin role.")

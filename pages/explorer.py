@@ -105,7 +105,7 @@ st.caption("Each tap's channels with the largest mean activation for this ROI, s
            "the chosen sweep.")
 taps = list(acts.taps)
 for start in range(0, len(taps), COLUMNS):
-    for column, tap in zip(st.columns(COLUMNS), taps[start:start + COLUMNS]):
+    for column, tap in zip(st.columns(COLUMNS), taps[start:start + COLUMNS], strict=False):
         t = acts.taps[tap]
         if aucs is None:
             auc = ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cadx import words
-
+from cadx.labels import label_word
 from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
 from pages._shared import csv_download, pick_experiment, plain, workspace
 
@@ -35,7 +35,7 @@ only_wrong = right.checkbox("Only cases the ensemble gets wrong", key="pred_only
 
 frame = roi_predictions(ws, experiment_id) if level == "roi" else lesion_predictions(ws, experiment_id)
 id_column = "roi_id" if level == "roi" else "lesion_id"
-frame["truth"] = frame["truth"].map({1: "malignant", 0: "benign"})
+frame["truth"] = frame["truth"].map(label_word)
 frame["fold"] = frame["fold"] + 1
 right_column = "right_p3" if frame["p3"].notna().any() else "right_p1"
 if sort == "disagreement":
@@ -92,7 +92,7 @@ if level == "lesion":
     lesion_ids = frame["lesion_id"].tolist()
     if not lesion_ids:
         st.stop()
-    labels = dict(zip(frame["lesion_id"], frame["lesion_key"]))
+    labels = dict(zip(frame["lesion_id"], frame["lesion_key"], strict=True))
     if st.session_state.get("pred_open_lesion") not in lesion_ids:
         st.session_state.pop("pred_open_lesion", None)
     lesion_id = st.selectbox("Lesion", lesion_ids, format_func=lambda i: f"{labels[i]} (lesion id {i})",
@@ -109,7 +109,7 @@ rows = rois.set_index("roi_id")
 
 def _roi_label(i: int) -> str:
     r = rows.loc[i]
-    label = f"ROI {i} · {r['lesion_key']} · {r['view'] or 'view ?'} · {'malignant' if r['truth'] == 1 else 'benign'}"
+    label = f"ROI {i} · {r['lesion_key']} · {r['view'] or 'view ?'} · {label_word(r['truth'])}"
     return label + (f" · |p1 − p2| {r['disagreement']:.3f}" if r["disagreement"] == r["disagreement"] else "")
 
 
@@ -128,7 +128,7 @@ picture.image(image, caption=caption, width=512)
 with details:
     st.markdown(f"**ROI {roi_id}** · lesion {plain(row['lesion_key'])} · patient {plain(row['patient_key'])} · "
                 f"{row['view'] or 'view unknown'} {row['laterality'] or ''}")
-    st.markdown(f"Truth: **{'malignant' if row['truth'] == 1 else 'benign'}** · fold {int(row['fold']) + 1}")
+    st.markdown(f"Truth: **{label_word(row['truth'])}** · fold {int(row['fold']) + 1}")
     for column, name in (("p1", "p1 SVM1 (CNN)"), ("p2", "p2 SVM2 (analytic)"), ("p3", "p3 ensemble")):
         value = row[column]
         if value == value:  # not NaN

@@ -28,7 +28,6 @@ from cadx.workflows import (
     roi_thumbnail,
 )
 from cadx.workflows.accounts import can
-from cadx.workflows.cohorts import list_cohorts
 from cadx.workflows.browse import (
     display_windows,
     matching_roi_ids,
@@ -37,6 +36,7 @@ from cadx.workflows.browse import (
     roi_page_number,
     warm_thumbnails,
 )
+from cadx.workflows.cohorts import list_cohorts
 from pages._shared import SYNTHETIC_BADGE, current_role, current_user, plain, signed_in, workspace
 
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
@@ -174,7 +174,8 @@ def _step(filters: RoiFilters, page_key: str, page_size: int, step: int) -> None
         return
     state["review_open"] = target
     page = roi_page_number(ws, filters, target, page_size=page_size)
-    if page != state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)):  # turn the grid page: a new pagination widget starting on that page
+    # turn the grid page: a new pagination widget starting on that page
+    if page != state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)):
         state.pop(page_key, None)
         state["review_page_gen"] = state.get("review_page_gen", 0) + 1
         state["review_page_defaults"] = {_page_key(filters, page_size): page}
@@ -246,7 +247,8 @@ with st.expander("Filters", expanded=True):
                           help="Only the ROIs this cohort selects (whatever their review status: the Status "
                                "filter decides that).")
 filters = RoiFilters(labels=tuple(labels), views=tuple(views), status=status, reasons=tuple(reasons),
-                     qc_flags=tuple(flags), synthetic={"all": None, "synthetic only": True, "real only": False}[synthetic],
+                     qc_flags=tuple(flags),
+                     synthetic={"all": None, "synthetic only": True, "real only": False}[synthetic],
                      lesion=lesion_text, cohort=None if cohort == "any" else cohort)
 _keyboard()
 
@@ -383,7 +385,8 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
                                                 else "No outline: the Method-B segmentation is not computed yet."))
     status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
     st.markdown(
-        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · view {plain(roi.view or '?')} "
+        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · "
+        f"view {plain(roi.view or '?')} "
         f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}"
         + (f"  \n{SYNTHETIC} a cadx lesion phantom, not a patient image." if roi.is_synthetic else ""))
     with st.container(horizontal=True, gap="xsmall"):
@@ -429,7 +432,7 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
     if not others:
         st.caption("This lesion has no other view.")
     else:
-        for view_roi, cell in zip(others, st.columns(max(2, len(others)), gap="small")):
+        for view_roi, cell in zip(others, st.columns(max(2, len(others)), gap="small"), strict=False):
             image, _ = roi_outline_image(ws, view_roi, size=160, window=window)
             state_text = "included" if view_roi.included else f"excluded ({words.word(view_roi.exclusion_reason)})"
             with cell:

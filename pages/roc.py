@@ -14,9 +14,9 @@ from cadx.csvsafe import frame_csv_bytes
 from cadx.methods import METHODS
 from cadx.records import LevelResults
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
-from cadx.workflows.results import calibration_notes
 from cadx.workflows.report import report_html
-from pages._shared import figure_downloads, pick_experiment, workspace
+from cadx.workflows.results import calibration_notes
+from pages._shared import figure_config, figure_downloads, pick_experiment, workspace
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
@@ -94,11 +94,7 @@ fig.update_layout(
 if warning:
     fig.update_layout(title_font_color="#c0392b")
 stem = f"cadx-roc-experiment{experiment_id}-{level}"
-fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key="roc_fig_format") or "PNG"
-st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
-st.plotly_chart(fig, key="roc_chart", config={
-    "displaylogo": False, "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000,
-                                                   "height": 800, "scale": 2 if fmt == "PNG" else 1}})
+st.plotly_chart(fig, key="roc_chart", config=figure_config(stem, "roc_fig_format", height=800))
 figure_downloads(fig, stem, height=800)
 
 # -------------------------------------------------------------------------------------------------- Table 1 ---
@@ -111,7 +107,7 @@ st.caption("AUC: mean of the fold AUCs; AUC.SD: their standard deviation; SE: SD
            "held at its floor, so its probabilities are flat and p3 ranks by the other SVM alone.")
 table = method_table(results)
 shown = table.assign(**{"95 % CI": [f"{lo:.3f}–{hi:.3f}" if lo is not None else "" for lo, hi in
-                                    zip(table["CI95 low"], table["CI95 high"])]})
+                                    zip(table["CI95 low"], table["CI95 high"], strict=True)]})
 shown = shown[["classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC", "95 % CI", "lesion AUC",
                "binormal AUC", "degenerate folds"]]
 # Narrow number columns, so that Table 1 fits a 1440-px screen without scrolling; timing and details sit below.
@@ -169,7 +165,7 @@ else:
     shown_tests = tests.assign(
         comparison=tests["comparison"].replace(_SHORT_NAMES, regex=True),
         **{"95 % CI": [f"{lo:.3f} to {hi:.3f}" if pd.notna(lo) else "" for lo, hi in
-                       zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"])]})
+                       zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"], strict=True)]})
     shown_tests = shown_tests[["comparison", "family", "AUC difference", "95 % CI", "DeLong p", "DeLong p (Bonferroni)",
                                "paired t p", "paired t p (Bonferroni)", "Nadeau-Bengio p",
                                "Nadeau-Bengio p (Bonferroni)"]]
@@ -188,7 +184,8 @@ st.download_button("Study report (HTML)", lambda: report_html(ws, experiment_id,
                    help="One self-contained page: cohort, methods paragraph, Fig. 3, Fig. 4, Table 1, tests, repeated "
                         "CV, provenance and disclaimer (print it to PDF from the browser or with `cadx report --pdf`).")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("Table 1 (CSV)", frame_csv_bytes(table.rename(columns=words.AUC_COLUMNS)), file_name=f"{stem}-table1.csv",
+d1.download_button("Table 1 (CSV)", frame_csv_bytes(table.rename(columns=words.AUC_COLUMNS)),
+                   file_name=f"{stem}-table1.csv",
                    mime="text/csv", on_click="ignore", key="roc_table_csv")
 d2.download_button("Significance tests (CSV)", frame_csv_bytes(tests), file_name=f"{stem}-tests.csv",
                    mime="text/csv", on_click="ignore", key="roc_tests_csv", disabled=tests.empty)

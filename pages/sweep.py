@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import plotly.graph_objects as go
 import streamlit as st
 
 from cadx import words
-
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
+from cadx.workflows.accounts import can
 from cadx.workflows.experiments import DEFAULT_FOLDS, MAX_REPEATS, ExperimentSettings
-from cadx.workflows.results import best_tap_text
 from cadx.workflows.jobs import (
     cancel_job,
     ensure_worker,
@@ -20,7 +18,7 @@ from cadx.workflows.jobs import (
     retry_job,
     submit_job,
 )
-from cadx.workflows.accounts import can
+from cadx.workflows.results import best_tap_text
 from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
@@ -28,6 +26,7 @@ from pages._shared import (
     csv_download,
     current_role,
     current_user,
+    figure_config,
     figure_downloads,
     plain,
     workspace,
@@ -54,15 +53,6 @@ def _badges(experiments: list[dict]) -> str:
     if any(e["uses_random_weights"] for e in experiments):
         badges.append(RANDOM_WEIGHTS_BADGE)
     return " ".join(badges)
-
-
-def _figure_config(stem: str, key: str) -> dict:
-    """Plotly's own download button (camera icon) in the chosen format; server-side export when kaleido exists."""
-    fmt = st.segmented_control("Figure download format", ["PNG", "SVG"], default="PNG", key=key) or "PNG"
-    st.caption(f"Download the figure as {fmt} with the camera icon at the top right of the chart.")
-    return {"displaylogo": False,
-            "toImageButtonOptions": {"format": fmt.lower(), "filename": stem, "width": 1000, "height": 600,
-                                     "scale": 2 if fmt == "PNG" else 1}}
 
 
 st.title("Layer sweep")
@@ -106,7 +96,8 @@ def job_panel() -> None:
     for job in sorted(jobs, key=lambda j: j.id):
         with st.container(border=True):
             resumed = f" · resumed (attempt {job.attempts})" if job.attempts > 1 else ""
-            st.markdown(f"**Job {job.id}** · {job.kind} · {plain(job.name)} · {job.status}{resumed} · by {plain(job.created_by)}")
+            st.markdown(f"**Job {job.id}** · {job.kind} · {plain(job.name)} · {job.status}{resumed} · "
+                        f"by {plain(job.created_by)}")
             if job.status == "queued":
                 st.progress(0.0, text=f"queued: number {job.queue_position} in line ({job.message})")
             else:
@@ -277,7 +268,7 @@ fig.update_layout(title="AUC per CNN tap" + (f" — {' · '.join(warning)}" if w
                   margin={"t": 60, "b": 40})
 if warning:
     fig.update_layout(title_font_color="#c0392b")
-config = _figure_config("cadx-layer-sweep", "sweep_fig_format")
+config = figure_config("cadx-layer-sweep", "sweep_fig_format")
 st.plotly_chart(fig, config=config, key="sweep_chart")
 figure_downloads(fig, "cadx-layer-sweep")
 
@@ -300,7 +291,8 @@ shown = table.rename(columns={"experiment": "experiment", "tap": "tap", "n_featu
 shown = shown[["experiment", "tap", "feature length", "after zero-variance removal", "AUC", "seed SD", "AUC.SD",
                "SE", "folds", "seeds", "seconds"]]
 st.dataframe(shown, hide_index=True, column_config={
-    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"), "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
+    "AUC": st.column_config.NumberColumn("AUC (paper: mean of folds)", format="%.3f"),
+    "AUC.SD": st.column_config.NumberColumn(format="%.3f"),
     "seed SD": st.column_config.NumberColumn(format="%.3f"),
     "SE": st.column_config.NumberColumn(format="%.3f"), "seconds": st.column_config.NumberColumn(format="%.2f"),
 })

@@ -8,6 +8,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from cadx import words
 from cadx.errors import CadxInputError
+from cadx.validation import PIXEL_SPACING_RANGE_MM
 from cadx.workflows import (
     display_image,
     display_to_image_rc,
@@ -76,7 +77,8 @@ def _show_report() -> None:
     name, report = saved
     for item in report.items:
         if item.status == "imported" and report.committed:
-            flags = f" (QC flags: {', '.join(words.word(f.strip()) for f in item.reason.split(','))})" if item.reason else ""
+            shown_flags = ", ".join(words.word(f.strip()) for f in (item.reason or "").split(","))
+            flags = f" (QC flags: {shown_flags})" if item.reason else ""
             st.success(f"Saved **{plain(name)}** as ROI #{item.roi_id}{flags}. See it on the Review ROIs page.")
         elif item.status == "skipped":
             st.info(f"**{plain(name)}** was not saved: {plain(item.reason)}.")
@@ -99,7 +101,8 @@ files = st.file_uploader(
     "Mammogram files",
     accept_multiple_files=True,
     key="upload_files",
-    help=f"DICOM files (one or several), a zip of a study, or PNG/TIFF/PGM images. At most {MAX_IMAGE_BYTES // 2**20} MB "
+    help="DICOM files (one or several), a zip of a study, or PNG/TIFF/PGM images. "
+         f"At most {MAX_IMAGE_BYTES // 2**20} MB "
          "per image.",
 )
 if not files:
@@ -135,7 +138,8 @@ with right:
     st.subheader("Image")
     st.markdown(f"{plain(upload.name)}: {image.source_format.upper()}, {rows} × {cols} pixels")
     if image.pixel_spacing_mm is None:
-        pixel_size = st.number_input("Pixel size (mm)", min_value=0.01, max_value=2.0, value=None, step=0.005,
+        pixel_size = st.number_input("Pixel size (mm)", min_value=PIXEL_SPACING_RANGE_MM[0],
+                                     max_value=PIXEL_SPACING_RANGE_MM[1], value=None, step=0.005,
                                      format="%.3f", key=f"upload_pixel_{sha}",
                                      help="This file carries no pixel size: give it (e.g. 0.05 for 50 µm).")
     else:

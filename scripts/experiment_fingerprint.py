@@ -9,16 +9,21 @@ every out-of-fold prediction as JSON. Compare the files of two checkouts::
 
 (about 2 minutes each on a 2-core machine).
 """
-import json, sys, tempfile
+import json
+import sys
+import tempfile
 from pathlib import Path
+
 import cadx.cohorts
+
 cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD = 1
-from sqlalchemy import select
-from cadx.workflows import import_demo
-from cadx.workflows.workspace import open_workspace
-from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
-from cadx.workflows.features import resolve_backbone
-from db.models import Prediction
+from sqlalchemy import select  # noqa: E402
+
+from cadx.workflows import import_demo, open_workspace  # noqa: E402
+from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment  # noqa: E402
+from cadx.workflows.features import resolve_backbone  # noqa: E402
+from db.models import Prediction  # noqa: E402
+
 
 def strip(v):
     if isinstance(v, dict):

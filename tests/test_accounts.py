@@ -13,11 +13,11 @@ from cadx.cli import app
 from cadx.errors import CadxInputError
 from cadx.workflows import import_demo
 from cadx.workflows.accounts import (
+    access_mode,
     add_user,
     audit_events,
     authenticate,
     can,
-    access_mode,
     export_audit_csv,
     set_password,
     set_role,

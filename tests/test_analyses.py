@@ -91,8 +91,8 @@ def test_analyses_on_a_stored_experiment(workspace_cache, workspace):
         fusion_analysis,
     )
     from cadx.workflows.experiments import experiment_summary
-    from tests.workspace_cache import demo_experiment
     from cadx.workflows.features import analytic_matrix, feature_store, resolve_backbone
+    from tests.workspace_cache import demo_experiment
 
     loaded, _note = resolve_backbone("alexnet", weights="random")
     settings = {"min_lesions_per_class_per_fold": 1, "repeats": 1, "taps": ("conv5", "fc8"), "ensemble_tap": "fc8",

@@ -379,8 +379,7 @@ def test_segmentation_reproduces_the_pinned_outputs_on_mias(mias_dir):
 
 
 def test_segmentation_steps_one_at_a_time_on_a_disk():
-    from cadx.analytic import (partition_mask, refine_partition, search_partitions, segmentation_quality,
-                               working_image)
+    from cadx.analytic import partition_mask, refine_partition, search_partitions, segmentation_quality, working_image
 
     roi = _to_uint16(0.3 + 0.4 * ndi.gaussian_filter(_disk(radius_px=60.0).astype(float), 3.0))
     work = working_image(roi)

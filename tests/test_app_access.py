@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import streamlit as st
@@ -12,8 +12,8 @@ from streamlit.testing.v1.util import patch_config_options
 
 from cadx.workflows import accounts, import_demo, open_workspace
 from cadx.workflows.accounts import add_user, set_disabled, set_password, set_role, setup_token, start_session
-
 from tests.apptest_support import APP, point_app_at
+
 PASSWORD = "a long enough secret"
 
 
@@ -68,7 +68,7 @@ def test_sessions_expire(data_dir):
     workspace = open_workspace(data_dir)
     at = AppTest.from_file(APP, default_timeout=180)
     at.session_state["_cadx_token"] = start_session(workspace, "rex", hours=8,
-                                                    now=datetime(2020, 1, 1, tzinfo=timezone.utc))
+                                                    now=datetime(2020, 1, 1, tzinfo=UTC))
     at.run()
     assert at.title[0].value == "cadx — sign in"
     assert "expired after 8 hours" in at.info[0].value

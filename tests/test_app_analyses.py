@@ -11,7 +11,6 @@ import streamlit as st
 
 from cadx.workflows import open_workspace
 from cadx.workflows.analyses import agreement_analysis, correlation_analysis
-
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import demo_experiment
 

@@ -16,9 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 from cadx.workflows import import_demo, open_workspace
 from db.models import Image, ReviewEvent, Roi
-from tests.dicom_factory import disk_image, write_mammogram
-
 from tests.apptest_support import open_page, point_app_at
+from tests.dicom_factory import disk_image, write_mammogram
 
 pytestmark = pytest.mark.slow  # AppTest runs of whole pages: seconds each
 

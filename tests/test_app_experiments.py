@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,11 @@ import streamlit as st
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.records import to_json
+from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone
 from db.models import Experiment, Job, Prediction
-
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import SMALL_SWEEP, demo_experiment
 
@@ -227,15 +227,16 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
 
 
 def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_history(use, empty_dir, monkeypatch):
-    import cadx.workflows.jobs as jobs
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import update
+
+    import cadx.workflows.jobs as jobs
 
     data = use(empty_dir)
     monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
     ws = open_workspace(data)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         failed = jobs.submit_job(ws, "experiment", {"name": "broken sweep"}, user="bob")
         running = jobs.submit_job(ws, "experiment", {"name": "long sweep"}, user="carol")

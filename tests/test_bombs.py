@@ -23,7 +23,6 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from cadx.errors import ImageReadError
 from cadx.io import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_image_bytes
 from cadx.workflows.browse import unpack_upload
-
 from tests.dicom_factory import write_mammogram
 
 MiB = 1024**2

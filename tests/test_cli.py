@@ -119,8 +119,8 @@ def test_a_full_disk_during_an_import_is_a_clear_error_and_writes_nothing(tmp_pa
     import errno
 
     import cadx.workflows.importing as importing
-    from tests.test_import_files import _snapshot
     from cadx.workflows import open_workspace
+    from tests.test_import_files import _snapshot
 
     data = tmp_path / "data"
     workspace = open_workspace(data)

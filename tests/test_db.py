@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
+from cadx import io as cadx_io
 from cadx.errors import CadxInputError
 from cadx.workflows import dataset_stats, exclude_roi, include_roi, run_import
 from cadx.workflows.importing import Finding
-from cadx import io as cadx_io
 from db.models import Base, ReviewEvent, Roi
 from db.session import init_db
-
-import numpy as np
 
 
 def test_migrations_build_exactly_the_models(workspace):

@@ -257,12 +257,14 @@ def test_the_random_control_keeps_the_default_architecture_and_says_so(monkeypat
 def test_tap_help_names_each_backbones_own_default_tap():
     from typer.testing import CliRunner
 
+    from cadx.backbones import BACKBONE_SPECS
     from cadx.cli import app
     from cadx.cnn import BACKBONES
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
 
-    assert set(DEFAULT_ENSEMBLE_TAP) == set(BACKBONES)
-    assert all(tap in BACKBONES[name].taps for name, tap in DEFAULT_ENSEMBLE_TAP.items())
+    assert set(BACKBONE_SPECS) == set(BACKBONES)
+    assert all(b.ensemble_tap in b.taps and b.ensemble_tap == BACKBONE_SPECS[name].ensemble_tap
+               for name, b in BACKBONES.items())
+    assert BACKBONES["alexnet"].ensemble_tap == "fc6" and BACKBONES["alexnet"].label == "AlexNet"
     for command in ("sweep", "evaluate"):
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
         text = " ".join(result.output.replace("│", " ").split())
@@ -277,8 +279,14 @@ def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experime
 
     from cadx.records import ExperimentResults, config_sha256, to_json
     from cadx.svm import soft_vote
-    from cadx.workflows.experiments import (CohortStage, cross_validate, experiment_statistics, prepare_features,
-                                            select_cohort, store_experiment)
+    from cadx.workflows.experiments import (
+        CohortStage,
+        cross_validate,
+        experiment_statistics,
+        prepare_features,
+        select_cohort,
+        store_experiment,
+    )
     from tests.test_records import validate
 
     settings = ExperimentSettings(taps=("fc8", "fc7"), ensemble_tap="fc8", n_folds=3, seed=2, repeats=1)

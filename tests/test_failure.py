@@ -6,10 +6,10 @@ import multiprocessing
 import os
 import signal
 import time
+from datetime import UTC
 
 import numpy as np
 import pytest
-
 from sqlalchemy import func, select
 
 from cadx.workflows import import_demo, open_workspace
@@ -65,7 +65,7 @@ def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_hal
     job_id = submit_job(workspace, "experiment", {"backbone": "alexnet", "weights": "random",
                                                     "min_lesions_per_class_per_fold": 1}, user="alice")
     # a worker on another machine claimed it, then died: no heartbeat for long
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import update
 
@@ -73,7 +73,7 @@ def test_a_job_whose_worker_died_is_resumed_then_failed_and_no_experiment_is_hal
         with workspace.sessions.begin() as session:
             session.execute(update(Job).where(Job.id == job_id).values(
                 status="running", slot=0, worker="gone:1", worker_host="a-machine-that-is-gone", attempts=attempt,
-                heartbeat_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+                heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
         list_jobs(workspace)  # any look at the jobs notices the dead worker
         job = get_job(workspace, job_id)
         if attempt < 3:  # queued again for the next worker, which resumes it from its checkpoints

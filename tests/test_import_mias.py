@@ -76,7 +76,7 @@ def test_mias_roi_has_its_finding_at_the_centre(workspace, mias_dir):
             continue
         # The ROI's middle is the centre pixel's centre, so ROI pixel pair k covers source positions
         # row - 127.75 + k and row - 127.25 + k: linear interpolation there averages to (s[k] + s[k+1]) / 2.
-        def expected_at(r0: int) -> np.ndarray:
+        def expected_at(r0: int, source: np.ndarray = source, c0: int = c0) -> np.ndarray:
             block = source[r0:r0 + 257, c0:c0 + 257]
             return (block[:-1, :-1] + block[1:, :-1] + block[:-1, 1:] + block[1:, 1:]) / 4.0
 

@@ -17,11 +17,11 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.pixels import get_encoder
 from pydicom.uid import (
+    MPEG2MPML,
     DigitalMammographyXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    MPEG2MPML,
     RLELossless,
     generate_uid,
 )

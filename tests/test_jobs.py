@@ -12,15 +12,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from cadx.workflows import import_demo, open_workspace
-from cadx.workflows import jobs
+from cadx.workflows import import_demo, jobs, open_workspace
 from cadx.workflows.experiments import PROGRESS_SCALE, experiment_summary
 from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
 from cadx.workflows.jobs import (
@@ -108,7 +106,7 @@ def _dead_pid() -> tuple[int, float]:
 def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, monkeypatch):
     monkeypatch.setenv("CADX_JOB_STALE_SECONDS", "60")
     me = jobs._identity()
-    old = datetime.now(timezone.utc) - timedelta(hours=1)
+    old = datetime.now(UTC) - timedelta(hours=1)
     busy = submit_job(workspace, "features", {}, user="alice")
     # no heartbeat for an hour, but its worker process (this one: same host, PID and start time) is alive: a busy
     # machine is not a dead worker
@@ -126,7 +124,7 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
     dead = submit_job(workspace, "features", {}, user="bob")
     pid, started = _dead_pid()
     _set_running(workspace, dead, worker=f"{me.host}:{pid}", worker_host=me.host, worker_pid=pid,
-                 worker_started=started, heartbeat_at=datetime.now(timezone.utc), attempts=1)
+                 worker_started=started, heartbeat_at=datetime.now(UTC), attempts=1)
     assert reap_dead_jobs(workspace) == []  # a fresh heartbeat: alive, whatever the PID says
     with workspace.sessions.begin() as session:
         session.execute(update(Job).where(Job.id == dead).values(heartbeat_at=old))
@@ -139,7 +137,7 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
     with workspace.sessions.begin() as session:
         session.execute(update(Job).where(Job.id == dead).values(status="done"))
     _set_running(workspace, remote, worker="elsewhere:1", worker_host="elsewhere", worker_pid=me.pid,
-                 worker_started=me.started, heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=30),
+                 worker_started=me.started, heartbeat_at=datetime.now(UTC) - timedelta(seconds=30),
                  attempts=jobs._MAX_ATTEMPTS)
     assert reap_dead_jobs(workspace) == []
     with workspace.sessions.begin() as session:

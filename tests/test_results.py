@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cadx.errors import CadxInputError
+from cadx.records import Binormal, Calibration, LevelResults, MethodRecord, RepeatedMethod, Repeats, RocPoints, to_json
 from cadx.workflows import (
     backbone_choices,
     comparison_table,
@@ -29,8 +30,6 @@ from cadx.workflows import (
     sweep_table,
 )
 from cadx.workflows.features import roi_records
-from cadx.records import (Binormal, Calibration, LevelResults, MethodRecord, RepeatedMethod, Repeats, RocPoints,
-                          to_json)
 from db.models import Experiment, Job, Prediction
 
 SWEEP = {

@@ -164,7 +164,9 @@ def _review_in_another_process(data_dir: str, database_url: str, worker: int, ro
     """One reviewer process: its own interpreter, engine and connections, like a second app server or the CLI."""
     import time as _time
 
-    from cadx.workflows import exclude_roi as _exclude, include_roi as _include, open_workspace as _open
+    from cadx.workflows import exclude_roi as _exclude
+    from cadx.workflows import include_roi as _include
+    from cadx.workflows import open_workspace as _open
 
     ws = _open(data_dir, database_url)
     _time.sleep(max(0.0, start_at - _time.time()))  # all processes start writing at the same moment

@@ -439,10 +439,11 @@ def test_gc_removes_only_orphans_and_reports_them(workspace_cache, workspace):
 
 
 def test_gc_never_touches_the_files_of_a_running_import(workspace):
+    import numpy as np
+
     from cadx.workflows.gc import collect_garbage
     from cadx.workflows.importing import store_roi_png
     from cadx.workflows.storage import writing_files
-    import numpy as np
 
     with writing_files(workspace.data_dir):  # an import between writing its ROI file and committing its rows
         relative, _, _ = store_roi_png(workspace.data_dir, np.full((512, 512), 7, np.uint16))

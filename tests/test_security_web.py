@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import getpass
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +43,7 @@ from db.models import AuditEvent, AuthSession, SignInAttempt, User
 
 PASSWORD = "correct horse battery"
 REPO = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------------------- item 2: exposure ---

@@ -9,9 +9,10 @@ from cadx.workflows.datasets import (
     import_upload,
 )
 from cadx.workflows.importing import Finding, ImportItem, ImportReport, run_import
+from cadx.workflows.opening import open_workspace
 from cadx.workflows.queries import dataset_stats
 from cadx.workflows.review import exclude_roi, include_roi
-from cadx.workflows.workspace import Workspace, open_workspace
+from cadx.workflows.workspace import Workspace
 
 __all__ = [
     "Finding",

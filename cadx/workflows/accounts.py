@@ -37,14 +37,16 @@ import re
 import secrets
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from cadx.csvsafe import write_rows_csv
@@ -101,7 +103,7 @@ def can(role: str | None, action: str) -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _check_role(role: str) -> None:
@@ -128,7 +130,8 @@ def _check_password(password: str, *, username: str | None = None) -> None:
         raise CadxInputError("password", "the same as the user name", "choose a password that is not the user name")
 
 
-def record_audit(session: Session, *, user: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+def record_audit(session: Session, *, user: str, action: str, target: str,
+                 detail: dict[str, Any] | None = None) -> None:
     """Append an audit event in the caller's transaction (so it exists exactly when the change does)."""
     append_event(session, AuditEvent(user=user[:128], action=action, target=target[:128], detail=detail or {}))
 
@@ -177,8 +180,9 @@ def _add_user(session: Session, username: str, password: str, *, role: str, by: 
 
 def _revoke(session: Session, user_id: int) -> int:
     """Revoke every open session of an account; returns how many."""
-    result = session.execute(update(AuthSession).where(AuthSession.user_id == user_id,
-                                                       AuthSession.revoked_at.is_(None)).values(revoked_at=_now()))
+    result = cast("CursorResult[Any]", session.execute(
+        update(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=_now())))
     return int(result.rowcount or 0)
 
 
@@ -217,8 +221,8 @@ def logout_all(workspace: Workspace, username: str | None = None, *, by: str) ->
     """End every open session of ``username`` (of everyone when None); returns how many."""
     with workspace.sessions.begin() as session:
         if username is None:
-            result = session.execute(update(AuthSession).where(AuthSession.revoked_at.is_(None))
-                                     .values(revoked_at=_now()))
+            result = cast("CursorResult[Any]", session.execute(
+                update(AuthSession).where(AuthSession.revoked_at.is_(None)).values(revoked_at=_now())))
             revoked = int(result.rowcount or 0)
         else:
             revoked = _revoke(session, _get(session, username).id)
@@ -247,7 +251,7 @@ def _client_key(workspace: Workspace, client: str | None) -> str:
     return "local" if not client else "c-" + _keyed(workspace, "sign-in client", client)
 
 
-def _wait_for(session: Session, column, key: str, free: int, now: datetime) -> float:
+def _wait_for(session: Session, column: Any, key: str, free: int, now: datetime) -> float:
     """Seconds still to wait before the next attempt for ``key`` (0 when none)."""
     since = now - _THROTTLE_WINDOW
     last_ok = session.scalar(select(func.max(SignInAttempt.at)).where(column == key, SignInAttempt.ok.is_(True)))
@@ -305,7 +309,7 @@ def authenticate(workspace: Workspace, username: str, password: str, *, client: 
         session.add(SignInAttempt(at=now, account=account_key, client=client_key, ok=ok))
         record_audit(session, user=account_key, action="login" if ok else "login_failed", target="app",
                      detail={"client": client_key})
-        if not ok:
+        if not ok or user is None:
             _LOG.info("failed sign-in for %s from %s", account_key, client_key)
             return None
         if _HASHER.check_needs_rehash(user.password_hash):
@@ -457,7 +461,7 @@ _SETUP_LOCK = threading.Lock()
 _SETUP_TOKEN: str | None = None
 
 
-def setup_token(*, announce=None) -> str:
+def setup_token(*, announce: Callable[[str], object] | None = None) -> str:
     """This server process's one-time first-run setup token, printed to the server log once when created."""
     global _SETUP_TOKEN
     with _SETUP_LOCK:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,16 @@ from sqlalchemy import select
 
 from cadx.analyses import embedding_2d, error_agreement, fused_features, pc_feature_correlation
 from cadx.errors import CadxInputError
+from cadx.labels import label_word
 from cadx.records import MethodRecord, to_json
 from cadx.workflows.experiments import compare_methods, experiment_summary, method_statistics
 from cadx.workflows.features import analytic_matrix, feature_store, roi_records
 from cadx.workflows.results import lesion_predictions, roi_predictions
 from cadx.workflows.workspace import Workspace
 from db.models import Roi
+
+if TYPE_CHECKING:
+    from cadx.cnn import LoadedBackbone
 
 __all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlation_analysis", "fusion_analysis",
            "embedding_analysis", "occlusion_analysis"]
@@ -148,7 +152,7 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
         if key in stored and not predictions[column].isna().any():
             methods[key] = stored[key]
             scores[key] = predictions[column].to_numpy(float)
-    pairs = [("D", k) for k in ("A", "B", "C") if k in scores]
+    pairs: list[tuple[str, str]] = [("D", k) for k in ("A", "B", "C") if k in scores]
     comparisons = compare_methods(methods, scores, data.y, data.folds, int(config["n_folds"]), lesions=data.lesions,
                                   pairs=pairs)
     return {"tap": tap, "method": to_json(methods["D"]), "comparisons": to_json(comparisons),
@@ -158,7 +162,8 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
 def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None = None, perplexity: float = 30.0,
                        seed: int = 0) -> pd.DataFrame:
     """A t-SNE map of a tap's features over the experiment's ROIs, with each ROI's label, QC flags, whether it is
-    QC flags, review status now (included / flagged / excluded since), lesion and p1: one row per ROI (columns x, y, roi_id, lesion_key, label, flagged, ...)."""
+    QC flags, review status now (included / flagged / excluded since), lesion and p1: one row per ROI (columns x, y,
+    roi_id, lesion_key, label, flagged, ...)."""
     data = experiment_data(workspace, experiment_id)
     tap, X = _tap_matrix(workspace, data, tap)
     xy = embedding_2d(X, perplexity=perplexity, seed=seed)
@@ -167,16 +172,16 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
     frame = data.predictions[["roi_id", "lesion_key", "patient_key", "view", "truth", "p1", "included_now"]].copy()
     frame.insert(0, "y", xy[:, 1])
     frame.insert(0, "x", xy[:, 0])
-    frame["label"] = np.where(frame["truth"] == 1, "malignant", "benign")
+    frame["label"] = [label_word(t) for t in frame["truth"]]
     frame["qc_flags"] = [", ".join(flags.get(int(i)) or []) for i in frame["roi_id"]]
     frame["status"] = [("excluded since" if not included else "flagged" if qc else "included")
-                       for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"])]
+                       for included, qc in zip(frame["included_now"].astype(bool), frame["qc_flags"], strict=True)]
     frame["tap"] = tap
     return frame
 
 
 # ------------------------------------------------------------------------------------------------ occlusion ---
-def _backbone_for(config: dict[str, Any], loaded=None):
+def _backbone_for(config: dict[str, Any], loaded: LoadedBackbone | None = None) -> LoadedBackbone:
     from cadx.cnn import load_backbone
 
     weights = config["weights"]
@@ -212,7 +217,7 @@ def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: 
 
 
 def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *, patch: int = 64, stride: int = 32,
-                       loaded=None) -> dict[str, Any]:
+                       loaded: LoadedBackbone | None = None) -> dict[str, Any]:
     """Occlusion sensitivity of p1 for one ROI of an experiment.
 
     The ROI's fold SVM1 is the one stored with the experiment (``cadx.workflows.foldmodels``; it reproduces the

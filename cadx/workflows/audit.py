@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -18,11 +19,11 @@ def verify_audit_chain(workspace: Workspace) -> tuple[int, tuple[Any, str] | Non
     table = AuditEvent.__table__
     checked = 0
 
-    def events():
+    def events() -> Iterator[Mapping[str, Any]]:
         nonlocal checked
         with workspace.engine.connect() as connection:
             for row in connection.execute(select(table).order_by(table.c.id)).mappings():
-                yield row
+                yield dict(row)
                 checked += 1
 
     broken = first_break(events())

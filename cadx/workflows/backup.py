@@ -34,8 +34,8 @@ import tarfile
 import tempfile
 import zlib
 from datetime import date, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, overload
 
 from alembic.migration import MigrationContext
 from sqlalchemy import func, insert, select, text
@@ -79,6 +79,10 @@ def load_backup_key(path: str | Path) -> bytes:
     return key
 
 
+@overload
+def workspace_backup_key(workspace: Workspace, *, create: Literal[True] = ...) -> bytes: ...
+@overload
+def workspace_backup_key(workspace: Workspace, *, create: bool) -> bytes | None: ...
 def workspace_backup_key(workspace: Workspace, *, create: bool = True) -> bytes | None:
     """The installation's backup key: ``$CADX_BACKUP_KEY_FILE`` when set, else ``backup.key`` in the data
     directory, created (owner-only, 0600) on first use when ``create``; None when there is none and not ``create``."""
@@ -234,7 +238,7 @@ def _stored_file_target(workspace: Workspace, relative: Any, allowed: tuple[str,
         problem = f"is outside the stored-file folders {list(allowed)}"
     root = workspace.data_dir.resolve()
     if problem is None:
-        path = (root / relative).resolve()
+        path: Path = (root / relative).resolve()
         if path == root or not path.is_relative_to(root):
             problem = "resolves outside the target data directory"
     if problem is not None:
@@ -301,7 +305,8 @@ def _write_restored(workspace: Workspace, tables: dict[str, list[dict[str, Any]]
     _report(progress, 1, 1, "database rows written")
 
 
-def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Progress | None):
+def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Progress | None
+                   ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[Path, bytes], bytes | None]:
     """Open, check and read everything of the backup; raises CadxInputError (refused) or _Damaged (unreadable)."""
     refuse = "restore only backups made by `cadx backup`; this one was crafted or damaged"
     try:

@@ -19,10 +19,9 @@ Upload
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
-import json
 import io as _io
+import json
 import os
 import stat
 import zipfile
@@ -30,15 +29,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from scipy import ndimage
-from sqlalchemy import String, and_, case, cast, func, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, case, cast, func, or_, select
 
 from cadx import io as cadx_io
 from cadx import roi as cadx_roi
 from cadx.errors import CadxInputError, ImageReadError
+from cadx.outline import decode_mask_png, draw_outline
 from cadx.workflows.importing import LOCAL_SOURCE
 from cadx.workflows.storage import write_once
 from cadx.workflows.workspace import Workspace
@@ -142,19 +142,19 @@ class RoiPage:
         return max(1, -(-self.total // self.page_size))
 
 
-def _roi_columns():
+def _roi_columns() -> tuple[Any, ...]:
     return (Roi.id, Roi.sha256, Roi.file, Roi.lesion_id, Lesion.key, Patient.key, Lesion.label, Image.view,
             Image.laterality, Roi.included, Roi.exclusion_reason, Roi.qc_flags, Roi.is_synthetic, Roi.centre_row,
             Roi.centre_col, Roi.truth_mask_file)
 
 
-def _joined(query):
+def _joined(query: Select[Any]) -> Select[Any]:
     return (query.join(Lesion, Roi.lesion_id == Lesion.id)
             .join(Patient, Lesion.patient_id == Patient.id)
             .join(Image, Roi.image_id == Image.id))
 
 
-def _to_row(r) -> RoiRow:
+def _to_row(r: Any) -> RoiRow:
     return RoiRow(id=r[0], sha256=r[1], file=r[2], lesion_id=r[3], lesion_key=r[4], patient_key=r[5], label=r[6],
                   view=r[7], laterality=r[8], included=bool(r[9]), exclusion_reason=r[10],
                   qc_flags=tuple(r[11] or ()), is_synthetic=bool(r[12]), centre_rc=(float(r[13]), float(r[14])),
@@ -165,8 +165,8 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _conditions(filters: RoiFilters) -> list:
-    where = []
+def _conditions(filters: RoiFilters) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
     if filters.labels:
         where.append(Lesion.label.in_(filters.labels))
     if filters.views:
@@ -241,8 +241,10 @@ def neighbour_roi(workspace: Workspace, filters: RoiFilters | None, roi_id: int,
     order = Roi.id if step == 1 else Roi.id.desc()
     beyond = Roi.id > roi_id if step == 1 else Roi.id < roi_id
     with workspace.sessions() as session:
-        return session.scalar(_joined(select(Roi.id).select_from(Roi))
-                              .where(*_conditions(filters or RoiFilters()), beyond).order_by(order).limit(1))
+        found: int | None = session.scalar(_joined(select(Roi.id).select_from(Roi))
+                                           .where(*_conditions(filters or RoiFilters()), beyond)
+                                           .order_by(order).limit(1))
+    return found
 
 
 def roi_page_number(workspace: Workspace, filters: RoiFilters | None, roi_id: int, *, page_size: int) -> int:
@@ -328,7 +330,7 @@ def roi_outline(workspace: Workspace, roi: RoiRow) -> Outline | None:
             .where(Segmentation.roi_sha256 == roi.sha256, Segmentation.mask_file.is_not(None))
             .order_by(Segmentation.id.desc()).limit(1)
         ).first()
-    if seg is not None and workspace.path(seg[0]).exists():
+    if seg is not None and seg[0] is not None and workspace.path(seg[0]).exists():
         return Outline("segmentation", seg[0], f"Method-B segmentation (version {seg[1]}, quality {seg[2]})")
     if roi.truth_mask_file and workspace.path(roi.truth_mask_file).exists():
         return Outline("truth", roi.truth_mask_file,
@@ -376,14 +378,15 @@ def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None
         lo, hi = (float(value_range[0]) + float(f) * span for f in window)
     if hi <= lo:
         hi = lo + 1.0
-    return np.rint(np.clip((pixels - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    shown: np.ndarray = np.rint(np.clip((pixels - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    return shown
 
 
 AUTO_WINDOW = "auto contrast (0.5–99.5 %)"
 FULL_WINDOW = "full range"
 
 
-def _numbers(value) -> list[float]:
+def _numbers(value: Any) -> list[float]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -399,7 +402,7 @@ def _numbers(value) -> list[float]:
     return [v for v in out if np.isfinite(v)]
 
 
-def display_windows(header: dict | None) -> dict[str, tuple[float, float] | None]:
+def display_windows(header: dict[str, Any] | None) -> dict[str, tuple[float, float] | None]:
     """Display windows (window/level presets) for an image, as (low, high) fractions of its presentation range.
 
     Always "auto contrast" (None: percentile stretch) and "full range" (0, 1). A DICOM's pixels are read through
@@ -410,7 +413,7 @@ def display_windows(header: dict | None) -> dict[str, tuple[float, float] | None
     windows: dict[str, tuple[float, float] | None] = {AUTO_WINDOW: None, FULL_WINDOW: (0.0, 1.0)}
     header = header or {}
     centres, widths = _numbers(header.get("WindowCenter")), _numbers(header.get("WindowWidth"))
-    pairs = [(c, w) for c, w in zip(centres, widths) if w >= 1]
+    pairs = [(c, w) for c, w in zip(centres, widths, strict=False) if w >= 1]
     if not pairs:
         return windows
     c1, w1 = pairs[0]
@@ -429,7 +432,7 @@ def display_windows(header: dict | None) -> dict[str, tuple[float, float] | None
     return windows
 
 
-def roi_image_header(workspace: Workspace, roi: RoiRow) -> dict:
+def roi_image_header(workspace: Workspace, roi: RoiRow) -> dict[str, Any]:
     """The de-identified header of the image an ROI was cut from (window presets, photometric)."""
     with workspace.sessions() as session:
         header = session.scalar(select(Image.header).join(Roi, Roi.image_id == Image.id).where(Roi.id == roi.id))
@@ -473,9 +476,6 @@ def warm_thumbnails(workspace: Workspace, filters: RoiFilters | None, *, pages: 
     return made
 
 
-_OUTLINE_COLOURS = {"segmentation": (255, 220, 0), "truth": (0, 220, 255)}
-
-
 def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512,
                       window: tuple[float, float] | None = None) -> tuple[np.ndarray, Outline | None]:
     """The ROI as RGB uint8 (``size`` px) with its outline drawn (yellow: segmentation, cyan: phantom truth), shown
@@ -484,12 +484,8 @@ def roi_outline_image(workspace: Workspace, roi: RoiRow, *, size: int = 512,
     outline = roi_outline(workspace, roi)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if outline is not None:
-        with PILImage.open(workspace.path(outline.file)) as png:
-            mask = np.array(png.convert("L")) > 127
-        if mask.shape == grey.shape and mask.any():
-            edge = mask & ~ndimage.binary_erosion(mask)
-            edge = ndimage.binary_dilation(edge, iterations=max(1, round(512 / size)))
-            rgb[edge] = _OUTLINE_COLOURS[outline.kind]
+        mask = decode_mask_png(workspace.path(outline.file).read_bytes(), shape=grey.shape)
+        draw_outline(rgb, mask, outline.kind, width=1 + max(1, round(512 / size)))  # still visible once shrunk
     if size != rgb.shape[0]:
         rgb = np.asarray(PILImage.fromarray(rgb).resize((size, size), PILImage.Resampling.BOX))
     return rgb, outline

@@ -23,6 +23,7 @@ from cadx.cohorts import (
     roi_set_sha256,
 )
 from cadx.errors import CadxInputError
+from cadx.labels import label_code
 from cadx.lesion_types import UNKNOWN_TYPE
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.features import RoiRecord
@@ -152,7 +153,7 @@ def get_cohort(workspace: Workspace, name: str | None) -> CohortInfo:
 
 
 # -------------------------------------------------------------------------------------------------- resolve ---
-def _rows(workspace: Workspace) -> list:
+def _rows(workspace: Workspace) -> list[Any]:
     query = (
         select(Roi.id, Roi.sha256, Roi.file, Roi.lesion_id, Lesion.patient_id, Lesion.label, Roi.included,
                Roi.is_synthetic, Image.view, Image.laterality, Lesion.lesion_type, Patient.source, Roi.qc_flags,
@@ -163,10 +164,10 @@ def _rows(workspace: Workspace) -> list:
         .order_by(Roi.id)
     )
     with workspace.sessions() as session:
-        return session.execute(query).all()
+        return list(session.execute(query).all())
 
 
-def _matches(row, definition: CohortDefinition, types: frozenset[str]) -> bool:
+def _matches(row: Any, definition: CohortDefinition, types: frozenset[str]) -> bool:
     if definition.sources and row.source not in definition.sources:
         return False
     if types and (row.lesion_type or UNKNOWN_TYPE) not in types:
@@ -227,7 +228,8 @@ def resolve_cohort(workspace: Workspace, cohort: str | CohortDefinition | None =
     kinds = {bool(row.is_synthetic) for row in selected}
     synthetic_used = {frozenset(): "none", frozenset({False}): "real", frozenset({True}): "synthetic"}.get(
         frozenset(kinds), "both")
-    records = [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, int(r.label == "malignant"), r.included,
+    records = [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id,
+                         label_code(r.label, source=f"ROI {r.id}"), r.included,
                          r.is_synthetic, r.view) for r in selected]
     lesion_label = {r.lesion_id: r.label for r in selected}
     lesion_type = {r.lesion_id: r.lesion_type or UNKNOWN_TYPE for r in selected}
@@ -257,7 +259,7 @@ def cohort_roi_ids(workspace: Workspace, cohort: str | CohortDefinition | None) 
     return {r.id for r in resolve_cohort(workspace, cohort).records}
 
 
-def cohort_options(workspace: Workspace) -> dict[str, list]:
+def cohort_options(workspace: Workspace) -> dict[str, list[Any]]:
     """The values a cohort can filter on in this database: sources, lesion types, views, QC flags, import runs."""
     rows = _rows(workspace)
     with workspace.sessions() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,10 @@ from cadx.sources import (
 )
 from cadx.workflows.importing import LOCAL_SOURCE, Finding, ImportReport, Progress, run_import
 from cadx.workflows.workspace import Workspace
+
+if TYPE_CHECKING:
+    from cadx.phantoms import PhantomLesion, PhantomView
+    from cadx.sources import MiasFinding
 
 __all__ = ["import_mias", "import_cbis_ddsm", "import_manifest", "import_dicom_folder", "import_demo", "import_upload"]
 
@@ -51,7 +56,7 @@ def import_mias(workspace: Workspace, folder: str | Path, *, user: str, skip_err
             report.add(f"{finding.refnum} finding {finding.index}", "skipped",
                        f"image file {finding.refnum}.pgm is not in the folder (partial copy)", code="image_absent")
 
-    def make(finding) -> Finding:
+    def make(finding: MiasFinding) -> Finding:
         path = folder / f"{finding.refnum}.pgm"
         return Finding(
             name=f"{finding.refnum} finding {finding.index}",
@@ -99,11 +104,11 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
     for row in rows:
         by_lesion.setdefault(row.lesion_key, []).append(row)
     conflicting = {key for key, group in by_lesion.items() if len({r.label for r in group}) > 1}
-    for key in sorted(conflicting):
-        for row in by_lesion[key]:
-            report.add(f"{csv_names[row.csv_name]} row {row.line} ({key} {row.view})", "skipped",
+    for lesion_key in sorted(conflicting):
+        for row in by_lesion[lesion_key]:
+            report.add(f"{csv_names[row.csv_name]} row {row.line} ({lesion_key} {row.view})", "skipped",
                        "its views disagree on pathology ("
-                       + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[key]) + "); not imported",
+                       + ", ".join(f"{r.view}: {r.pathology}" for r in by_lesion[lesion_key]) + "); not imported",
                        code="conflicting_pathology")
     usable = sorted((r for r in rows if r.lesion_key not in conflicting), key=lambda r: r.image_path)
 
@@ -172,8 +177,9 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
         rows_idx, cols_idx = np.nonzero(inside)
         centre = (float(rows_idx.mean()), float(cols_idx.mean()))
         # Size: the larger side of the mask's bounding box, so "does the lesion fit the field" is judged on extent.
-        extent_rows = (rows_idx.max() - rows_idx.min() + 1) * image.pixel_spacing_mm[0]
-        extent_cols = (cols_idx.max() - cols_idx.min() + 1) * image.pixel_spacing_mm[1]
+        spacing = cadx_io.require_pixel_spacing(image, str(path))
+        extent_rows = (rows_idx.max() - rows_idx.min() + 1) * spacing[0]
+        extent_cols = (cols_idx.max() - cols_idx.min() + 1) * spacing[1]
         return centre, float(max(extent_rows, extent_cols))
     raise ImageReadError(str(directory), f"no binary full-size ROI mask among {len(candidates)} DICOM file(s)",
                          "download the ROI mask series of this row from TCIA")
@@ -328,14 +334,14 @@ def import_demo(workspace: Workspace, *, n_lesions: int = 100, seed: int = 0, us
                       total_images=None, progress=per_lesion)
 
 
-def _phantom_finding(lesion, view, seed: int) -> Finding:
+def _phantom_finding(lesion: PhantomLesion, view: PhantomView, seed: int) -> Finding:
     pixels = np.ascontiguousarray(view.image, dtype=np.float32)
     sha = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
     name = f"{lesion.lesion_key}-{view.laterality}{view.view}"
     image = cadx_io.Mammogram(
         pixels=pixels,
-        value_range=tuple(view.value_range),
-        pixel_spacing_mm=tuple(view.pixel_spacing_mm),
+        value_range=(float(view.value_range[0]), float(view.value_range[1])),
+        pixel_spacing_mm=(float(view.pixel_spacing_mm[0]), float(view.pixel_spacing_mm[1])),
         pixel_spacing_source="synthetic",
         source_sha256=sha,
         source_format="synthetic",
@@ -359,7 +365,7 @@ def _phantom_finding(lesion, view, seed: int) -> Finding:
         pathology_source="synthetic phantom ground truth",
         lesion_type="mass",  # every phantom is a mass; its morphology is in the lesion's truth
         lesion_size_mm=float(lesion.diameter_mm),
-        centre_rc=tuple(float(c) for c in view.centre_rc),
+        centre_rc=(float(view.centre_rc[0]), float(view.centre_rc[1])),
         centre_source="synthetic phantom: marked centre",
         view=view.view,
         laterality=view.laterality,

@@ -56,7 +56,6 @@ from cadx.records import (
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.cohorts import ResolvedCohort, resolve_cohort
 from cadx.workflows.features import (
-    DEFAULT_ENSEMBLE_TAP,
     ExtractionReport,
     RoiRecord,
     analytic_matrix,
@@ -110,7 +109,7 @@ class ExperimentSettings:
     """
 
     taps: tuple[str, ...] | None = None
-    ensemble_tap: str | None = None  # default: DEFAULT_ENSEMBLE_TAP[backbone] (fc6 for AlexNet, as in the paper)
+    ensemble_tap: str | None = None  # default: cadx.backbones (fc6 for AlexNet, as in the paper)
     analytic: bool = True
     n_folds: int | None = None
     n_inner: int = 5
@@ -294,7 +293,7 @@ def select_cohort(workspace: Workspace, loaded: Any, settings: ExperimentSetting
     _check_dataset(records, n_folds)
     backbone = str(loaded.name)
     taps = tuple(loaded.backbone.default_taps) if settings.taps is None else tuple(settings.taps)
-    ensemble_tap = settings.ensemble_tap or DEFAULT_ENSEMBLE_TAP.get(backbone, loaded.backbone.default_taps[-1])
+    ensemble_tap = settings.ensemble_tap or loaded.backbone.ensemble_tap
     for tap in (*taps, ensemble_tap):
         if tap not in loaded.backbone.taps:
             raise CadxInputError("taps", f"{backbone} has no tap {tap!r}", f"use one of {list(loaded.backbone.taps)}")

@@ -6,28 +6,35 @@ features.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from cadx.errors import WeightsUnavailableError
+from cadx.backbones import backbone_label
+from cadx.errors import UnknownNameError, WeightsUnavailableError
+from cadx.labels import label_code
 from cadx.roi import decode_png16
 from cadx.workflows.importing import Progress
 from cadx.workflows.storage import encode_mask_png, write_once, writing_files
 from cadx.workflows.workspace import Workspace
 from db.models import Image, Lesion, Roi, Segmentation
 
+if TYPE_CHECKING:
+    from cadx.cnn import FeatureStore, LoadedBackbone
+    from cadx.gram import ChunkedMatrix
+    from cadx.roicache import DecodedRoiCache
+
 __all__ = [
     "RoiRecord",
     "ExtractionReport",
     "AnalyticReport",
-    "BACKBONE_LABELS",
-    "DEFAULT_ENSEMBLE_TAP",
     "roi_records",
     "load_roi_pixels",
     "feature_store",
@@ -38,8 +45,6 @@ __all__ = [
     "cnn_tap_loader",
 ]
 
-#: The tap used for Method A in the ensemble (the paper used AlexNet's fc6).
-DEFAULT_ENSEMBLE_TAP = {"alexnet": "fc6", "vgg16": "fc6", "resnet50": "avgpool", "efficientnet_lite0": "pool"}
 _BATCH_COMMIT = 25  # analytic results committed in batches: a killed run keeps what it finished
 
 
@@ -71,7 +76,8 @@ def roi_records(workspace: Workspace, *, included_only: bool = True) -> list[Roi
         query = query.where(Roi.included.is_(True))
     with workspace.sessions() as session:
         rows = session.execute(query).all()
-    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id, int(r.label == "malignant"), r.included,
+    return [RoiRecord(r.id, r.sha256, r.file, r.lesion_id, r.patient_id,
+                      label_code(r.label, source=f"ROI {r.id}"), r.included,
                       r.is_synthetic, r.view) for r in rows]
 
 
@@ -80,7 +86,7 @@ def load_roi_pixels(workspace: Workspace, record: RoiRecord) -> np.ndarray:
     return decode_png16(workspace.path(record.file).read_bytes())
 
 
-class _LazyRois(Mapping):
+class _LazyRois(Mapping[str, np.ndarray]):
     """ROI hash -> pixels, decoded only when the extractor asks for them (never all in memory)."""
 
     def __init__(self, workspace: Workspace, records: list[RoiRecord]) -> None:
@@ -97,7 +103,7 @@ class _LazyRois(Mapping):
         return len(self._by_hash)
 
 
-def feature_store(workspace: Workspace):
+def feature_store(workspace: Workspace) -> FeatureStore:
     """The CNN feature store of this workspace."""
     from cadx.cnn import FeatureStore
 
@@ -105,7 +111,7 @@ def feature_store(workspace: Workspace):
 
 
 def resolve_backbone(name: str | None = None, *, weights: str = "default", weights_path: str | Path | None = None,
-                     download: bool = True):
+                     download: bool = True) -> tuple[LoadedBackbone, str]:
     """Load a backbone for extraction.
 
     ``name=None`` picks the paper's AlexNet when its ImageNet weights can be had (named file, torch cache or a
@@ -123,7 +129,7 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
     if name is not None:
         loaded = load_backbone(name, weights, weights_path=weights_path, download=download)
         if weights == "random":
-            return loaded, (f"{BACKBONE_LABELS.get(name, name)} with random (untrained) weights, seed 0: a control, "
+            return loaded, (f"{backbone_label(name)} with random (untrained) weights, seed 0: a control, "
                             "not transfer learning")
         return loaded, f"{loaded.weights.name} ({loaded.weights.source})"
     try:
@@ -145,9 +151,6 @@ def resolve_backbone(name: str | None = None, *, weights: str = "default", weigh
     return default, f"AlexNet ImageNet weights ({default.weights.source}), as in the paper"
 
 
-#: Display names of the backbones (``cadx.cnn.BACKBONES`` keys).
-BACKBONE_LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet-50",
-                   "efficientnet_lite0": "EfficientNet-Lite0"}
 
 
 @dataclass(frozen=True)
@@ -161,19 +164,20 @@ class ExtractionReport:
     seconds: float
     precision: str = "fp32"
     n_decoded_into_cache: int = 0
-    timings: dict | None = None  # seconds per stage (cadx.cnn.extract_features), when asked for
+    timings: dict[str, float] | None = None  # seconds per stage (cadx.cnn.extract_features), when asked for
     # bf16/fp16 only: per tap, the sample's features against fp32 (cadx.precision.FeatureAgreement.to_record())
-    precision_check: dict | None = None
+    precision_check: dict[str, Any] | None = None
 
 
-def decoded_roi_cache(workspace: Workspace):
+def decoded_roi_cache(workspace: Workspace) -> DecodedRoiCache:
     """The decoded-ROI cache of this workspace (uint16 memory maps; safe to delete)."""
     from cadx.roicache import DecodedRoiCache
 
     return DecodedRoiCache(workspace.data_dir / "cache" / "decoded-rois")
 
 
-def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size: int = 16, chunk_rows: int = 64,
+def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: Iterable[str] | None = None,
+                         batch_size: int = 16, chunk_rows: int = 64,
                          records: list[RoiRecord] | None = None,
                          progress: Progress | None = None, num_workers: int = 0, precision: str = "fp32",
                          decoded_cache: bool = False, device: str | None = None,
@@ -198,13 +202,13 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
         raise ValueError(f"check_sample must be an integer >= 0 (0: no check against fp32); got {check_sample!r}")
     records = roi_records(workspace, included_only=False) if records is None else records
     start = time.perf_counter()
-    rois: Mapping = _LazyRois(workspace, records)
+    rois: Mapping[str, np.ndarray] = _LazyRois(workspace, records)
     n_cached = 0
     if decoded_cache:
         cache = decoded_roi_cache(workspace)
         n_cached = cache.add([r.sha256 for r in records], rois.__getitem__, progress=progress)
         rois = cache
-    stages: dict | None = {} if timings else None
+    stages: dict[str, float] | None = {} if timings else None
     n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
                          chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
                          device=device, timings=stages)
@@ -214,14 +218,15 @@ def extract_cnn_features(workspace: Workspace, loaded, *, taps=None, batch_size:
 
         picked = list(dict.fromkeys(r.sha256 for r in records))[:sample]
         check = {tap: agreement.to_record() for tap, agreement in sample_check(
-            [rois[sha] for sha in picked], backbone=loaded, precision=precision, taps=taps, batch_size=batch_size,
-            device=device).items()}
+            [rois[sha] for sha in picked], backbone=loaded, precision=precision,
+            taps=None if taps is None else list(taps), batch_size=batch_size, device=device).items()}
     return ExtractionReport(loaded.name, loaded.weights.name, loaded.weights.sha256, loaded.weights.source,
                             len({r.sha256 for r in records}), n, time.perf_counter() - start, precision, n_cached,
                             stages, check)
 
 
-def cnn_tap_loader(workspace: Workspace, loaded, tap: str, hashes: list[str], *, precision: str = "fp32"):
+def cnn_tap_loader(workspace: Workspace, loaded: LoadedBackbone, tap: str, hashes: list[str], *,
+                   precision: str = "fp32") -> ChunkedMatrix:
     """One tap's (n, features) matrix for ``hashes`` as a lazy :class:`cadx.gram.ChunkedMatrix` over the store's
     files (the classifiers read column tiles; workers open the files from shared storage)."""
     from cadx.cnn import feature_preprocessing
@@ -269,7 +274,7 @@ def _compute_analytic_features(workspace: Workspace, records: list[RoiRecord] | 
         mask_file = None
         if segmentation.mask is not None and segmentation.mask.any():
             mask_file = f"segmentations/{record.sha256[:2]}/{record.sha256}-{FEATURES_VERSION}.png"
-            write_once(workspace.path(mask_file), lambda m=segmentation.mask: encode_mask_png(m))
+            write_once(workspace.path(mask_file), functools.partial(encode_mask_png, segmentation.mask))
         n_failed += segmentation.quality == "failed"
         pending.append(Segmentation(
             roi_sha256=record.sha256, version=FEATURES_VERSION, quality=segmentation.quality,
@@ -321,7 +326,8 @@ def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray
                                        Segmentation.roi_sha256.in_(set(hashes))))}
     missing = [h for h in hashes if h not in rows]
     if missing:
-        raise KeyError(f"{len(missing)} ROI(s) have no analytic features yet; run `cadx features` first")
+        raise UnknownNameError("analytic features", f"{len(missing)} ROI(s) have no analytic features yet",
+                               "run `cadx features` first")
     X = np.array([[np.nan if rows[h].features.get(name) is None else rows[h].features[name]
                    for name in FEATURE_NAMES] for h in hashes], dtype=np.float64)
     return X, list(FEATURE_NAMES), [rows[h].quality for h in hashes]

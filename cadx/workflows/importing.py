@@ -210,7 +210,7 @@ def _run_import(workspace: Workspace, findings: Iterable[Finding], *, kind: str,
     created_files: list[Path] = []
     seen_sha: dict[str, tuple[str, str]] = {}  # file hash -> (image key, first item name)
     try:
-        for done, (image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
+        for done, (_image_key, group_iter) in enumerate(itertools.groupby(findings, key=lambda f: f.image_key)):
             group = list(group_iter)
             if progress is not None:
                 progress(done, total_images, f"reading {group[0].image_name}")
@@ -244,9 +244,9 @@ def _run_import(workspace: Workspace, findings: Iterable[Finding], *, kind: str,
                                          "roi_ids": [i.roi_id for i in report.items if i.status == "imported"]})
             except _Rollback:
                 _remove_unreferenced(workspace, created_files)
-                for item in report.items:
-                    if item.status == "imported":
-                        item.roi_id = None
+                for entry in report.items:
+                    if entry.status == "imported":
+                        entry.roi_id = None
                 return report
             except IntegrityError as exc:
                 # Another writer (not an import: they take turns) wrote the same rows: nothing of ours was kept.
@@ -350,8 +350,10 @@ def _prepare_image(
         try:
             if finding.locate is not None:
                 centre, size_mm = finding.locate(image)
-            else:
+            elif finding.centre_rc is not None:
                 centre, size_mm = finding.centre_rc, finding.lesion_size_mm
+            else:
+                raise CadxInputError(finding.name, "no lesion centre", "give the centre (row, column) of the lesion")
             if threshold is None:
                 threshold = cadx_roi.estimate_background_threshold(image.pixels, value_range=image.value_range)
             crop = cadx_roi.crop_roi(
@@ -414,7 +416,7 @@ def _text_problem(finding: Finding) -> str | None:
         if value is None:
             continue
         value = str(value)
-        limit = column.type.length
+        limit = getattr(column.type, "length", None)
         if limit is not None and len(value) > limit:
             return (f"{what} has {len(value)} characters; at most {limit} fit the database. Fix: shorten it (keys "
                     "are short opaque codes, never descriptions)")
@@ -463,11 +465,13 @@ def _write_rows(session: Session, item: _Prepared, report: ImportReport, import_
     image_row = session.scalar(select(Image).where(Image.sha256 == image.source_sha256))
     if image_row is not None and patient is not None and image_row.patient_id != patient.id:
         report.add(finding.name, "error",
-                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+                   f"{finding.image_name} is already in the database under another patient. "
+                   "Fix: check the patient column")
         return
     if image_row is not None and patient is None:
         report.add(finding.name, "error",
-                   f"{finding.image_name} is already in the database under another patient. Fix: check the patient column")
+                   f"{finding.image_name} is already in the database under another patient. "
+                   "Fix: check the patient column")
         return
     if image_row is not None and lesion is not None and session.scalar(
             select(Roi.id).where(Roi.image_id == image_row.id, Roi.lesion_id == lesion.id)) is not None:
@@ -492,7 +496,7 @@ def _write_rows(session: Session, item: _Prepared, report: ImportReport, import_
     elif lesion.size_mm is None and item.lesion_size_mm is not None:
         lesion.size_mm = item.lesion_size_mm
     if image_row is None:
-        spacing = image.pixel_spacing_mm
+        spacing = cadx_io.require_pixel_spacing(image, finding.name)
         image_row = Image(
             patient=patient,
             source_name=finding.image_name,

@@ -30,12 +30,15 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast, overload
 
 import psutil
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from cadx.errors import CadxError, CadxInputError
 from cadx.workflows.workspace import Workspace
@@ -57,7 +60,7 @@ class JobCancelled(CadxError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -67,7 +70,8 @@ def _env_float(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise CadxInputError(name, f"not a number: {raw!r}", f"set {name} to a number of seconds, e.g. {default:g}")
+        raise CadxInputError(name, f"not a number: {raw!r}",
+                             f"set {name} to a number of seconds, e.g. {default:g}") from None
     if value <= 0:
         raise CadxInputError(name, f"must be positive, got {raw!r}", f"set {name} to e.g. {default:g}")
     return value
@@ -102,9 +106,14 @@ class _Identity:
         return f"{self.host[:40]}:{self.pid}"
 
 
+def _updated(session: Session, statement: Executable) -> int:
+    """How many rows an UPDATE changed (its ``rowcount``)."""
+    return int(cast("CursorResult[Any]", session.execute(statement)).rowcount)
+
+
 def _process_start(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except (psutil.Error, ValueError):
         return None
 
@@ -133,7 +142,7 @@ def _worker_gone(job: Job, now: datetime) -> bool:
     (PID and start time) no longer exists. Elsewhere the heartbeat alone decides."""
     beat = job.heartbeat_at
     if beat is not None and beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
+        beat = beat.replace(tzinfo=UTC)
     if beat is not None and now - beat < timedelta(seconds=_stale_seconds()):
         return False
     if job.worker_host == socket.gethostname():
@@ -157,22 +166,22 @@ def cancel_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
     """Cancel a queued or running job (a running one stops at its next progress report; its run slot is freed
     then, or by ``reap_dead_jobs`` if its worker is gone)."""
     with workspace.sessions.begin() as session:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        result = _updated(
+            session, update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
             .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now(), eta_seconds=None)
         )
-        return result.rowcount == 1
+        return result == 1
 
 
 def retry_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
     """Queue a failed or cancelled job again; it resumes from its checkpoints (finished folds are not redone)."""
     with workspace.sessions.begin() as session:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
+        result = _updated(
+            session, update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
             .values(status="queued", message=f"queued again by {user} (resumes from its checkpoints)",
                     error=None, finished_at=None, attempts=0, eta_seconds=None)
         )
-        return result.rowcount == 1
+        return result == 1
 
 
 def get_job(workspace: Workspace, job_id: int) -> Job | None:
@@ -209,8 +218,12 @@ class JobView:
     queue_position: int | None  # 1 = next to start
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = None) -> list[JobView]:
@@ -269,7 +282,7 @@ def reap_dead_jobs(workspace: Workspace) -> list[int]:
                 values = dict(status="queued", eta_seconds=None,
                               message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done} "
                                       "finished units")
-            changed = session.execute(update(Job).where(*same).values(slot=None, worker=None, **values)).rowcount
+            changed = _updated(session, update(Job).where(*same).values(slot=None, worker=None, **values))
         if changed == 1:
             taken.append(job.id)
     return taken
@@ -290,13 +303,13 @@ def _claim(workspace: Workspace, me: _Identity) -> Job | None:
         now = _now()
         try:
             with workspace.sessions.begin() as session:
-                claimed = session.execute(
+                claimed = _updated(session,
                     update(Job).where(Job.id == candidate, Job.status == "queued")
                     .values(status="running", slot=free[0], worker=me.label, worker_host=me.host,
                             worker_pid=me.pid, worker_started=me.started, started_at=func.coalesce(Job.started_at, now),
                             heartbeat_at=now, attempts=Job.attempts + 1, eta_seconds=None,
                             message="started")
-                ).rowcount
+                )
         except IntegrityError:  # another process took that slot at the same moment: look again
             continue
         if claimed == 1:
@@ -329,7 +342,7 @@ class _ScopedCheckpoints:
     def __init__(self, owner: JobCheckpoints, scope: str, stage: str) -> None:
         self._owner, self._scope, self._prefix = owner, scope, f"{stage}:"
 
-    def _query(self, *columns):
+    def _query(self, *columns: Any) -> Select[Any]:
         reusable = select(Job.id).where(or_(Job.id == self._owner.job_id,
                                             Job.status.in_(("failed", "cancelled"))))
         return select(*columns).where(JobCheckpoint.scope == self._scope, JobCheckpoint.job_id.in_(reusable))
@@ -347,7 +360,7 @@ class _ScopedCheckpoints:
         if not rows:
             return None
         own = [p for j, p in rows if j == self._owner.job_id]
-        payload = own[0] if own else rows[0][1]
+        payload: bytes = own[0] if own else rows[0][1]
         if not own:  # copy it to this job, so this job's rows alone show what it has
             self.save(unit, payload)
         return payload
@@ -375,7 +388,7 @@ class _Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -423,12 +436,12 @@ class _Reporter:
             return
         self._last_write = now
         with self._workspace.sessions.begin() as session:
-            updated = session.execute(
+            updated = _updated(session,
                 update(Job).where(Job.id == self._job_id, Job.status == "running", Job.worker == self._me.label)
                 .values(progress_done=int(done),
                         progress_total=None if total is None else int(total),
                         message=message[:250], heartbeat_at=_now(), eta_seconds=eta)
-            ).rowcount
+            )
         if updated == 0:
             raise JobCancelled(f"job {self._job_id} was cancelled or taken over")
 
@@ -444,8 +457,9 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
     loaded, note = resolve_backbone(params.get("backbone"), weights=params.get("weights", "default"),
                                     weights_path=params.get("weights_path"))
     if job.kind == "extract":
-        report = extract_cnn_features(workspace, loaded, taps=params.get("taps"), progress=progress)
-        return f"{report.n_extracted} of {report.n_rois} ROIs extracted with {report.weights_name}. {note}", None
+        extracted = extract_cnn_features(workspace, loaded, taps=params.get("taps"), progress=progress)
+        return (f"{extracted.n_extracted} of {extracted.n_rois} ROIs extracted with {extracted.weights_name}. "
+                f"{note}", None)
     from cadx.workflows.experiments import ExperimentSettings, run_experiment
 
     # the settings in the job's params (the app never sets min_lesions_per_class_per_fold; tests and scripts may
@@ -482,11 +496,11 @@ def run_next_job(workspace: Workspace) -> int | None:
             session.execute(update(Job).where(*mine).values(slot=None))
         return job.id
     with workspace.sessions.begin() as session:
-        finished = session.execute(update(Job).where(*mine, Job.status == "running")
+        finished = _updated(session, update(Job).where(*mine, Job.status == "running")
                                    .values(status="done", message=message[:250], experiment_id=experiment_id,
                                            finished_at=_now(), eta_seconds=None,
                                            progress_done=func.coalesce(Job.progress_total, Job.progress_done))
-                                   ).rowcount
+                                   )
         session.execute(update(Job).where(*mine).values(slot=None))
         if finished:  # the experiment holds the results now: its checkpoints are no longer needed
             session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
@@ -504,10 +518,11 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     path.write_text(f"{me.pid} {me.started}")
     # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
     # a busy machine, which would silence the job's heartbeat thread.
-    import cadx.workflows.experiments  # noqa: F401
-    import cadx.workflows.features  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
+
+    import cadx.workflows.experiments  # noqa: F401
+    import cadx.workflows.features  # noqa: F401
     idle_since = time.monotonic()
     try:
         while True:

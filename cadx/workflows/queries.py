@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,7 +19,8 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
     with workspace.sessions() as session:
         n_patients = session.scalar(select(func.count(Patient.id))) or 0
         n_synthetic_patients = session.scalar(select(func.count(Patient.id)).where(Patient.is_synthetic)) or 0
-        lesions_by_label = dict(session.execute(select(Lesion.label, func.count(Lesion.id)).group_by(Lesion.label)).all())
+        lesions_by_label = dict(
+            session.execute(select(Lesion.label, func.count(Lesion.id)).group_by(Lesion.label)).all())
         roi_rows = session.execute(
             select(Roi.included, Roi.exclusion_reason, Lesion.label, Image.view, Roi.qc_flags, Roi.is_synthetic)
             .join(Lesion, Roi.lesion_id == Lesion.id)
@@ -60,7 +62,7 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
     }
 
 
-def findings_without_roi(reports) -> dict[str, Any]:
+def findings_without_roi(reports: Iterable[tuple[str, dict[str, Any] | None]]) -> dict[str, Any]:
     """Findings of the imported truth tables that can never become ROIs (e.g. MIAS mdb059 and the *NOTE 3*
     calcification clusters have no centre), counted once however often their dataset was imported.
 

@@ -12,17 +12,19 @@ import os
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import select
 
 import cadx
 from cadx.errors import CadxInputError
-from cadx.report import render_report, roi_set_sha256
+from cadx.labels import LABELS
 from cadx.records import LevelResults, json_safe, to_json
+from cadx.report import render_report, roi_set_sha256
 from cadx.workflows.experiments import experiment_summary
 from cadx.workflows.results import (
     comparison_table,
@@ -37,14 +39,14 @@ from db.models import Image, Lesion, Roi
 
 __all__ = ["cohort_summary", "report_data", "report_html", "write_report", "html_to_pdf", "chromium_path"]
 
-_LABELS = ("benign", "malignant")
+_LABELS = LABELS  # cadx.labels
 
 
 def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> dict[str, Any]:
     """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, and the excluded
     ROIs by their exclusion reason (the reason recorded now)."""
     ids = [int(i) for i in roi_ids]
-    rows = []
+    rows: list[Any] = []
     with workspace.sessions() as session:
         for start in range(0, len(ids), 500):  # bounded IN lists
             chunk = ids[start:start + 500]
@@ -77,9 +79,11 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
             "excluded_by_reason": dict(sorted(reasons.items()))}
 
 
-def _records(frame) -> list[dict[str, Any]]:
-    return json_safe([{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-                      for row in frame.to_dict(orient="records")])
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+    records: list[dict[str, Any]] = json_safe(rows)
+    return records
 
 
 def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
@@ -107,7 +111,7 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
         "tests": _records(comparison_table(results)),
         "repeats": _records(repeats_table(results)),
         "roi_set_sha256": roi_set,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "generator": f"cadx {cadx.__version__}",
     }
 

@@ -10,24 +10,23 @@ statistics as the ROI level (``cadx.stats``).
 from __future__ import annotations
 
 import dataclasses
-import io as _io
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
-from PIL import Image as PILImage
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 
 from cadx import stats
+from cadx.backbones import backbone_label
 from cadx.errors import CadxInputError
 from cadx.methods import METHODS
-from cadx.roi import decode_png16
-from cadx.workflows.features import BACKBONE_LABELS
+from cadx.outline import decode_mask_png, draw_outline
 from cadx.records import LevelResults, MethodRecord, SweepLayer, read_results
-from cadx.workflows.experiments import compare_methods, method_statistics, record_of
+from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
+from cadx.workflows.experiments import compare_methods, method_statistics, record_of
 from cadx.workflows.workspace import Workspace
 from db.models import Experiment, Image, Job, Lesion, Patient, Prediction, Roi, Segmentation
 
@@ -186,7 +185,8 @@ def delete_experiment(workspace: Workspace, experiment_id: int, *, user: str) ->
                      detail={"name": experiment.name, "config_sha256": experiment.config_sha256,
                              "code_version": experiment.code_version, "created_by": experiment.created_by,
                              "aucs": {m: r.auc_mean for m, r in read_results(experiment.results).methods.items()}})
-        n = session.execute(delete(Prediction).where(Prediction.experiment_id == experiment_id)).rowcount
+        deleted = session.execute(delete(Prediction).where(Prediction.experiment_id == experiment_id))
+        n = cast("CursorResult[Any]", deleted).rowcount
         session.execute(update(Job).where(Job.experiment_id == experiment_id).values(experiment_id=None))
         session.execute(delete(Experiment).where(Experiment.id == experiment_id))
     return int(n or 0)
@@ -419,7 +419,8 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
             frame[column] = np.nan
             continue
         lesion = stats.lesion_level_scores(values.to_numpy(dtype=float), groups, truth)
-        assert (lesion.groups == frame["lesion_id"].to_numpy()).all()
+        if not (lesion.groups == frame["lesion_id"].to_numpy()).all():
+            raise RuntimeError("lesion-level scores came back in another lesion order than the table's")
         frame[column] = lesion.scores
         frame["n_rois"] = lesion.n_rois
         frame["truth"] = lesion.labels
@@ -475,34 +476,15 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
     info: dict[str, Any] = {"segmentation_quality": None, "segmentation_reason": None,
                             "segmentation_version": None, "has_outline": False, "has_truth_outline": False}
     if truth_file and workspace.path(truth_file).exists():
-        truth = _read_mask(workspace.path(truth_file).read_bytes(), rgb.shape[:2])
-        if truth is not None and truth.any():
-            rgb[_outline(truth)] = (0, 220, 255)
-            info["has_truth_outline"] = True
+        truth = decode_mask_png(workspace.path(truth_file).read_bytes(), shape=rgb.shape[:2])
+        info["has_truth_outline"] = draw_outline(rgb, truth, "truth")
     if seg is not None:
         quality, reason, mask_file, seg_version = seg
         info.update(segmentation_quality=quality, segmentation_reason=reason, segmentation_version=seg_version)
         if mask_file and workspace.path(mask_file).exists():
-            mask = _read_mask(workspace.path(mask_file).read_bytes(), rgb.shape[:2])
-            if mask is not None and mask.any():
-                rgb[_outline(mask)] = (255, 220, 0)
-                info["has_outline"] = True
+            mask = decode_mask_png(workspace.path(mask_file).read_bytes(), shape=rgb.shape[:2])
+            info["has_outline"] = draw_outline(rgb, mask, "segmentation")
     return rgb, info
-
-
-def _read_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
-    mask = np.asarray(PILImage.open(_io.BytesIO(data)).convert("L")) > 0
-    if mask.shape != shape:
-        return None
-    return mask
-
-
-def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
-    from scipy import ndimage
-
-    inner = ndimage.binary_erosion(mask, iterations=1)
-    edge = mask & ~inner
-    return ndimage.binary_dilation(edge, iterations=max(width - 1, 0)) if width > 1 else edge
 
 
 # ---------------------------------------------------------------------------------------------------- backbone ---
@@ -515,7 +497,7 @@ def backbone_status(*, download: bool = False) -> dict[str, Any]:
     from cadx.workflows.features import resolve_backbone
 
     loaded, note = resolve_backbone(None, download=download)
-    return {"backbone": loaded.name, "label": BACKBONE_LABELS.get(loaded.name, loaded.name),
+    return {"backbone": loaded.name, "label": backbone_label(loaded.name),
             "weights": loaded.weights.name, "source": loaded.weights.source,
             "sha256": loaded.weights.sha256, "note": note, "fallback": loaded.name != "alexnet",
             "description": loaded.backbone.description}
@@ -524,9 +506,8 @@ def backbone_status(*, download: bool = False) -> dict[str, Any]:
 def backbone_choices() -> dict[str, dict[str, Any]]:
     """Every registered backbone: its taps in network order, default taps, default ensemble tap, description."""
     from cadx.cnn import BACKBONES
-    from cadx.workflows.features import DEFAULT_ENSEMBLE_TAP
 
     return {name: {"taps": list(b.taps), "default_taps": list(b.default_taps),
-                   "ensemble_tap": DEFAULT_ENSEMBLE_TAP.get(name, b.default_taps[-1]),
+                   "ensemble_tap": b.ensemble_tap,
                    "description": b.description}
             for name, b in BACKBONES.items()}

@@ -14,14 +14,12 @@ from filelock import FileLock, Timeout
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from cadx import config
 from cadx.errors import CadxInputError
-from db.session import SchemaNewerThanCodeError, create_db_engine, init_db, session_factory
 
-__all__ = ["Workspace", "open_workspace", "make_private_dirs"]
+__all__ = ["IMPORT_LOCK_FILE", "Workspace", "make_private_dirs", "private_sqlite_file"]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
-_IMPORT_LOCK_FILE = ".import.lock"  # created with the workspace, so it is there before any import
+IMPORT_LOCK_FILE = ".import.lock"  # created with the workspace, so it is there before any import
 PSEUDONYM_KEY_BYTES = 32
 
 
@@ -60,7 +58,7 @@ class Workspace:
 
         Re-entrant in one thread; other threads and processes wait (at most ``timeout_s``, then a clear error).
         """
-        lock = FileLock(self.data_dir / _IMPORT_LOCK_FILE, is_singleton=True, mode=0o600)
+        lock = FileLock(self.data_dir / IMPORT_LOCK_FILE, is_singleton=True, mode=0o600)
         try:
             lock.acquire(timeout=timeout_s)
         except Timeout as exc:
@@ -111,35 +109,7 @@ def _create_key_file(path: Path, content: bytes | None = None) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def open_workspace(data_dir: str | Path | None = None, database_url: str | None = None) -> Workspace:
-    """Open (creating and migrating when needed) the workspace in ``data_dir`` (default ``$CADX_DATA_DIR``)."""
-    if data_dir is None:
-        directory = config.data_dir()
-    else:
-        directory = Path(data_dir).expanduser()
-    make_private_dirs(directory)
-    url = database_url or os.environ.get("CADX_DATABASE_URL") or f"sqlite:///{directory / 'cadx.sqlite'}"
-    _private_sqlite_file(url)
-    engine = create_db_engine(url)
-    try:
-        init_db(engine)
-    except SchemaNewerThanCodeError as exc:
-        engine.dispose()
-        raise CadxInputError(engine.url.render_as_string(hide_password=True),
-                             f"its schema revision {exc.revision!r} is newer than this cadx knows (newest "
-                             f"{exc.head!r}); nothing was changed",
-                             "open it with the cadx version that last upgraded it, or upgrade cadx") from exc
-    workspace = Workspace(data_dir=directory.resolve(), engine=engine, sessions=session_factory(engine))
-    workspace.pseudonym_key()  # created with the workspace, not by whichever import first needs it
-    (workspace.data_dir / _IMPORT_LOCK_FILE).touch(mode=0o600, exist_ok=True)
-    make_private_dirs(workspace.data_dir / ".writers")  # see cadx.workflows.storage.writing_files
-    from cadx.workflows.gc import collect_after_crash  # (gc needs this module)
-
-    workspace.collected = collect_after_crash(workspace)  # one directory listing unless a writer was killed
-    return workspace
-
-
-def _private_sqlite_file(url: str) -> None:
+def private_sqlite_file(url: str) -> None:
     """Create a SQLite database file owner-only (0600; SQLite gives its -wal and -shm files the same mode), and
     take group and world access away from an existing one."""
     from sqlalchemy.engine import make_url

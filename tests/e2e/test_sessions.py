@@ -4,7 +4,6 @@ session lives in an HttpOnly, SameSite=Strict cookie, a refresh keeps the user s
 
 from __future__ import annotations
 
-
 import pytest
 
 from cadx.workflows import import_demo, open_workspace

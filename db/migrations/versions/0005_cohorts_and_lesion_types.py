@@ -16,9 +16,8 @@ Create Date: 2026-11-30
 """
 import re
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0005'
 down_revision = '0004'
