@@ -10,6 +10,7 @@ folds (checked against the stored ones), so its tests against A, B and C are pai
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +196,10 @@ def _backbone_for(config: dict[str, Any], loaded: LoadedBackbone | None = None) 
     return loaded
 
 
-def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str):
+_Scorer = tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], float, int]
+
+
+def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str) -> _Scorer | None:
     """The fold's stored SVM1 (None for an experiment recorded before fold models were stored): a scorer of raw tap
     features, the ROI's decision value through it and the fold."""
     from cadx.workflows.foldmodels import load_fold_models, score_roi
@@ -206,7 +210,7 @@ def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: 
     config = data.config
     store = feature_store(workspace)
 
-    def features(rows):
+    def features(rows: Any) -> np.ndarray:
         return store.load(tap, [data.hashes[int(i)] for i in rows], backbone=config["backbone"],
                           weights_sha256=config["weights"]["sha256"], preprocessing=config["preprocessing"])
 
@@ -256,12 +260,16 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
                            "the stored features or parameters do not reproduce the experiment")
 
     with workspace.sessions() as session:
-        roi_file = session.get(Roi, int(roi_id)).file
+        roi = session.get(Roi, int(roi_id))
+        if roi is None:
+            raise CadxInputError(f"ROI {roi_id}", "no such ROI (deleted since the experiment ran?)",
+                                 "pick another ROI of the experiment")
+        roi_file = roi.file
     pixels = decode_png16(workspace.path(roi_file).read_bytes())
 
     def score(stack: np.ndarray) -> np.ndarray:
         features = extract_features(stack, backbone=loaded, taps=[tap], batch_size=len(stack))[tap]
-        return to_p1(decide(np.asarray(features, dtype=np.float64)))
+        return np.asarray(to_p1(decide(np.asarray(features, dtype=np.float64))))
 
     result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
     return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
@@ -269,7 +277,8 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
             "stride": stride, "model_source": source}
 
 
-def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str, experiment_id: int):
+def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str,
+                     experiment_id: int) -> _Scorer:
     """The fallback for experiments without stored fold models: refit the fold's SVM1 with its stored (a, c, d)
     and recover its sigmoid from the fold's stored (decision value, p1) pairs."""
     from cadx.svm import make_svm_pipeline
@@ -292,7 +301,7 @@ def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap
     slope, intercept = np.polyfit(f_test, np.log(p_test / (1 - p_test)), 1)
     decision = float(model.decision_function(X[index:index + 1])[0])
 
-    def to_p1(f):
-        return 1.0 / (1.0 + np.exp(-(slope * np.asarray(f) + intercept)))
+    def to_p1(f: np.ndarray) -> np.ndarray:
+        return np.asarray(1.0 / (1.0 + np.exp(-(slope * np.asarray(f) + intercept))))
 
     return model.decision_function, to_p1, decision, fold

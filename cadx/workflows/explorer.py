@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from cadx.workflows.features import feature_store, roi_records
 from cadx.workflows.workspace import Workspace, make_private_dirs
 from db.models import Lesion, Roi
 
+if TYPE_CHECKING:
+    from cadx.cnn import LoadedBackbone
+
 __all__ = ["activation_cache_path", "explorer_activations", "explorer_backbone", "explorer_rois", "tap_aucs",
            "tap_scores"]
 
@@ -32,13 +35,15 @@ TOP_MAPS = 8
 
 
 def explorer_backbone(name: str, *, experiment_id: int | None = None, workspace: Workspace | None = None,
-                      weights: str = "default"):
+                      weights: str = "default") -> LoadedBackbone:
     """The backbone to explore: the experiment's own (its weights checksum checked) when one is given, else
     ``name`` with ``weights`` (``"default"`` or ``"random"``), never downloading."""
     from cadx.cnn import load_backbone
     from cadx.workflows.analyses import _backbone_for
 
     if experiment_id is not None:
+        if workspace is None:
+            raise ValueError("explorer_backbone: an experiment needs its workspace")
         config = experiment_summary(workspace, experiment_id)["config"]
         if config["backbone"] != name:
             raise CadxInputError("backbone", f"experiment {experiment_id} ran on {config['backbone']}, not {name}",
@@ -74,7 +79,7 @@ def explorer_rois(workspace: Workspace, experiment_id: int | None = None) -> pd.
         "fold": folds, "index": list(range(len(ids))) if experiment_id is not None else [-1] * len(ids)})
 
 
-def activation_cache_path(workspace: Workspace, loaded, roi_sha256: str, *, preprocessing: str,
+def activation_cache_path(workspace: Workspace, loaded: LoadedBackbone, roi_sha256: str, *, preprocessing: str,
                           top: int = TOP_MAPS) -> Path:
     """Where an ROI's activations under these weights are cached."""
     for part in (loaded.name, loaded.weights.sha256, preprocessing, roi_sha256):
@@ -84,7 +89,7 @@ def activation_cache_path(workspace: Workspace, loaded, roi_sha256: str, *, prep
             / f"{roi_sha256}-top{int(top)}.npz")
 
 
-def explorer_activations(workspace: Workspace, loaded, roi_id: int, *, top: int = TOP_MAPS,
+def explorer_activations(workspace: Workspace, loaded: LoadedBackbone, roi_id: int, *, top: int = TOP_MAPS,
                          preprocessing: str | None = None) -> tuple[RoiActivations, bool]:
     """An ROI's activations at every tap of ``loaded``: from the cache when there (``True``), else computed and
     cached (``False``)."""
@@ -158,12 +163,14 @@ def tap_scores(workspace: Workspace, experiment_id: int, roi_id: int, *, verify:
         decision, proba, fold = stored
         verified = False
         if verify:
-            def features(rows_, tap=tap):
+            def features(rows_: Any, tap: str = tap) -> np.ndarray:
                 return store.load(tap, [data.hashes[int(i)] for i in rows_], backbone=config["backbone"],
                                   weights_sha256=config["weights"]["sha256"], preprocessing=config["preprocessing"])
 
-            score_roi(load_fold_models(workspace, experiment_id, tap=tap), index, features, tap=tap)  # raises if not
-            verified = True
+            models = load_fold_models(workspace, experiment_id, tap=tap)
+            if models is not None:
+                score_roi(models, index, features, tap=tap)  # raises if they do not reproduce the stored value
+            verified = models is not None
         rows.append({**_score_row(tap, int(fold[index]), float(decision[index]), float(proba[index]), decision,
                                   labels), "verified": verified})
         dists.append(_dist(tap, decision, labels))
@@ -186,7 +193,8 @@ def _sd(decision: np.ndarray) -> float:
     return sd if np.isfinite(sd) and sd > 0 else 1.0
 
 
-def _score_row(tap: str, fold: int, value: float, proba: float, decision: np.ndarray, labels: np.ndarray) -> dict:
+def _score_row(tap: str, fold: int, value: float, proba: float, decision: np.ndarray,
+               labels: np.ndarray) -> dict[str, Any]:
     position = score_position(value, decision[labels == "benign"], decision[labels == "malignant"])
     return {"tap": tap, "fold": fold + 1, "decision": value, "proba": proba, **position, "sd": _sd(decision)}
 

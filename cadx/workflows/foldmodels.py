@@ -146,7 +146,7 @@ def score_roi(models: list[FoldModel], roi_index: int, features: Any, *, tap: st
                 raise CadxInputError(f"tap {tap} fold {k}", f"the stored model gives {decision!r} for the ROI, the "
                                      f"experiment recorded {stored!r}: the feature store changed since it ran",
                                      "extract the features again with the experiment's weights, or rerun it")
-            return RoiScore(tap=tap, fold=k, decision=decision, proba=float(model.proba(decision)),
+            return RoiScore(tap=tap, fold=k, decision=decision, proba=float(model.proba(np.asarray(decision))),
                             decision_stored=stored)
     raise CadxInputError(f"ROI #{roi_index}", f"not a test ROI of any stored fold of tap {tap}",
                          "pick an ROI of the experiment")
