@@ -33,6 +33,7 @@ from cadx.sources import parse_mias_info
 from cadx.workflows import import_demo, import_mias, open_workspace
 from cadx.workflows.cohorts import resolve_cohort, save_cohort
 from cadx.workflows.experiments import experiment_summary
+from cadx.workflows import jobs
 from cadx.workflows.jobs import get_job
 from db.models import Job, JobCheckpoint, Lesion, Roi
 from tests.e2e.conftest import REPO, serve_app, wait_for_app
@@ -86,7 +87,7 @@ def _test_worker(data: Path, log: Path, **options) -> subprocess.Popen:
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     process = subprocess.Popen(args, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONPATH=str(REPO), **JOB_ENV))
+                               env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **JOB_ENV))
     _wait(lambda: (data / "worker.pid").exists()
           and (data / "worker.pid").read_text().split()[:1] == [str(process.pid)],
           timeout=180, what="the test worker to start", process=process)
@@ -158,9 +159,12 @@ def _fill_sweep_form(page, url: str, *, taps: list[str], name: str, svm2: bool, 
     wait_for_app(page)
 
 
-def _start(page, data: Path, name: str) -> int:
-    page.get_by_role("button", name=re.compile(r"^(Start|Queue) sweep$")).click()
+def _start(page, data: Path, name: str, worker: subprocess.Popen | None = None) -> int:
     workspace = open_workspace(data)
+    if worker is not None:  # the page must find the test's worker alive, or it starts one of its own
+        assert worker.poll() is None, f"the test worker exited ({worker.returncode}) before the click"
+        assert jobs._worker_alive(workspace, 0), "the page would not see the test worker alive"
+    page.get_by_role("button", name=re.compile(r"^(Start|Queue) sweep$")).click()
 
     def queued():
         with workspace.sessions() as session:
@@ -185,7 +189,7 @@ def test_a_job_whose_folds_outlast_the_stale_limit_finishes(jobs_server, page, t
     worker = _test_worker(data, tmp_path / "slow.log", fold_sleep=fold_sleep, as_host="e2e-remote-host")
     try:
         _fill_sweep_form(page, url, taps=["fc6"], name="slow folds", svm2=False)
-        job_id = _start(page, data, "slow folds")
+        job_id = _start(page, data, "slow folds", worker)
         # the panel polls the jobs every 2 s (taking jobs from dead workers) while the folds sleep
         page.get_by_text(re.compile(rf"Job {job_id}.*slow folds · running")).wait_for(timeout=120_000)
         page.get_by_text(re.compile(rf"Job {job_id} finished: experiment #\d+")).wait_for(timeout=JOB_TIMEOUT_MS)
@@ -195,7 +199,8 @@ def test_a_job_whose_folds_outlast_the_stale_limit_finishes(jobs_server, page, t
         worker.wait()
     job = get_job(open_workspace(data), job_id)
     assert job.status == "done", (job.error, (tmp_path / "slow.log").read_text()[-3000:])
-    assert job.attempts == 1 and job.worker_host == "e2e-remote-host"  # claimed once, never taken from its worker
+    assert job.worker_host == "e2e-remote-host", (job.worker, (tmp_path / "slow.log").read_text()[-3000:])
+    assert job.attempts == 1  # claimed once, never taken from its worker
     # two folds of fc6, each three times the stale limit, ran inside the job
     assert (job.finished_at - job.started_at).total_seconds() >= 2 * fold_sleep
     summary = experiment_summary(open_workspace(data), job.experiment_id)
@@ -208,7 +213,7 @@ def test_a_killed_worker_s_job_resumes_and_redoes_only_the_missing_units(jobs_se
     first = _test_worker(data, tmp_path / "first.log", fold_sleep=8, save_log=tmp_path / "first.units")
     try:
         _fill_sweep_form(page, url, taps=["fc8"], name="killed worker", svm2=True)
-        job_id = _start(page, data, "killed worker")
+        job_id = _start(page, data, "killed worker", first)
         # the first fold of the first tap is checkpointed; the second sleeps: kill the worker mid-tap
         _wait(lambda: len(_checkpoints(data, job_id)) >= 1, timeout=JOB_TIMEOUT_MS / 1000,
               what="the first finished fold", process=first)
