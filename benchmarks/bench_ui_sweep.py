@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def run(cohort: str, *, hog: bool, timeout_s: float) -> dict:
     result: dict = {"cohort": cohort, "competitor": "one busy-loop process (not niced)" if hog else None,
                     "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "load_before": os.getloadavg()},
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "setup_s": setup_s}
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"), "setup_s": setup_s}
     try:
         with serve_app(data, script="app.py") as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -30,10 +30,9 @@ from sqlalchemy import select
 from cadx.cohorts import CohortDefinition
 from cadx.lesion_types import MASS_TYPES
 from cadx.sources import parse_mias_info
-from cadx.workflows import import_demo, import_mias, open_workspace
+from cadx.workflows import import_demo, import_mias, jobs, open_workspace
 from cadx.workflows.cohorts import resolve_cohort, save_cohort
 from cadx.workflows.experiments import experiment_summary
-from cadx.workflows import jobs
 from cadx.workflows.jobs import get_job
 from db.models import Job, JobCheckpoint, Lesion, Roi
 from tests.e2e.conftest import REPO, serve_app, wait_for_app
