@@ -114,6 +114,7 @@ def job_panel() -> None:
             continue
         if job.status == "done":
             st.success(f"Job {job.id} finished: experiment #{job.experiment_id} “{plain(job.params.get('name', ''))}”.")
+            st.caption(plain(job.message))  # e.g. what a resumed job restored and what it computed
         elif job.status == "failed":
             st.error(f"Job {job.id} failed: {plain(job.error)}")
         else:

@@ -1,9 +1,11 @@
 """A ``cadx worker`` for the job tests, run as a subprocess: ``python -m tests.job_worker_support DATA_DIR DB_URL
-[--fold-sleep S] [--save-log FILE] [--idle-exit S]``.
+[--fold-sleep S] [--save-log FILE] [--idle-exit S] [--pid-file NAME] [--as-host NAME]``.
 
 ``--fold-sleep`` makes every cross-validation fold sleep that long first (a deliberately slow fold, longer than the
 stale limit the test sets); ``--save-log`` appends the unit of every checkpoint this worker saves, i.e. every unit
-it computed itself. Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
+it computed itself (not the units it restored); ``--as-host`` makes the worker record another host name on the
+jobs it claims, so that other processes on this machine judge its liveness by its heartbeat alone (the PID check
+does not apply across hosts). Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def main() -> None:
     parser.add_argument("--save-log")
     parser.add_argument("--idle-exit", type=float, default=3.0)
     parser.add_argument("--pid-file", default="worker.pid")
+    parser.add_argument("--as-host")
     args = parser.parse_args()
 
     import cadx.svm
@@ -42,6 +45,14 @@ def main() -> None:
                 log.write(f"{self._prefix}{unit}\n")
 
         jobs._ScopedCheckpoints.save = logged_save
+    if args.as_host:
+        real_identity = jobs._identity
+
+        def remote_identity():
+            me = real_identity()
+            return jobs._Identity(args.as_host, me.pid, me.started)
+
+        jobs._identity = remote_identity
     workspace = open_workspace(args.data_dir, args.database_url)
     jobs.run_worker(workspace, poll_seconds=0.2, idle_exit_seconds=args.idle_exit, pid_file=args.pid_file)
 

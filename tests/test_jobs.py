@@ -213,6 +213,8 @@ def test_a_killed_worker_s_job_resumes_redoing_only_unfinished_folds(demo, tmp_p
     redone = (tmp_path / "second.units").read_text().split()
     assert len(redone) == len(set(redone))  # each unit once
     assert set(redone) == UNITS - restored  # only the unfinished units
+    assert job.message.startswith(f"resumed: {len(restored)} of {len(UNITS)} units restored from checkpoints, "
+                                  f"{len(UNITS) - len(restored)} computed")
     with demo.sessions() as session:  # a finished job keeps no checkpoints
         assert session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)).first() is None
 
@@ -352,3 +354,5 @@ def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkey
     second = submit_job(demo, "experiment", PARAMS, user="bob")  # the same sweep submitted again
     assert run_next_job(demo) == second and get_job(demo, second).status == "done"
     assert len(computed) == len(UNITS) - 4  # the failed job's four folds were restored, not recomputed
+    assert get_job(demo, second).message.startswith(  # what every page shows of the resumed job
+        f"resumed: 4 of {len(UNITS)} units restored from checkpoints, {len(UNITS) - 4} computed. experiment ")

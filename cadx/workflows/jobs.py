@@ -330,6 +330,16 @@ class JobCheckpoints:
         self._workspace = workspace
         self.job_id = job_id
         self._worker = worker
+        self.restored = 0  # units this run took from checkpoints (not computed again)
+        self.computed = 0  # units this run computed and saved
+
+    def resume_note(self) -> str | None:
+        """``"resumed: R of N units restored from checkpoints, C computed"`` when this run restored any, else None
+        (the job's final message starts with it, so every page shows what a resumed job redid)."""
+        if not self.restored:
+            return None
+        return (f"resumed: {self.restored} of {self.restored + self.computed} units restored from checkpoints, "
+                f"{self.computed} computed")
 
     def scoped(self, scope: str, stage: str) -> _ScopedCheckpoints:
         with self._workspace.sessions.begin() as session:
@@ -362,10 +372,16 @@ class _ScopedCheckpoints:
         own = [p for j, p in rows if j == self._owner.job_id]
         payload: bytes = own[0] if own else rows[0][1]
         if not own:  # copy it to this job, so this job's rows alone show what it has
-            self.save(unit, payload)
+            self._insert(unit, payload)
+        self._owner.restored += 1
         return payload
 
     def save(self, unit: str, payload: bytes) -> None:
+        """Keep a unit this run computed."""
+        self._owner.computed += 1
+        self._insert(unit, payload)
+
+    def _insert(self, unit: str, payload: bytes) -> None:
         try:
             with self._owner._workspace.sessions.begin() as session:
                 session.execute(insert(JobCheckpoint).values(
@@ -483,6 +499,9 @@ def run_next_job(workspace: Workspace) -> int | None:
     try:
         with _Heartbeat(workspace, job.id, me):
             message, experiment_id = _run_job(workspace, job, reporter, checkpoints)
+        resumed = checkpoints.resume_note()
+        if resumed:
+            message = f"{resumed}. {message}"
     except JobCancelled:
         with workspace.sessions.begin() as session:
             session.execute(update(Job).where(*mine).values(slot=None))
