@@ -327,6 +327,30 @@ def test_progress_weights_folds_by_their_cost():
     assert reports[-1] == PROGRESS_SCALE
 
 
+def test_progress_keeps_moving_after_an_estimate_grows():
+    # Seen on the demo sweep: the sweep's share was estimated at a tap width of 4096 before extraction; EfficientNet's
+    # stem tap is ~400k wide, so the revised estimate was far larger and the bar sat at 41.69 % for 20 minutes while
+    # stem folds were fitted. Now what is left of the bar is spread over the work that is left.
+    from cadx.workflows.experiments import StageMeter
+
+    reports = []
+    meter = StageMeter(lambda d, t, m: reports.append(d), {"extract": 10.0, "sweep": 10.0})
+    meter.advance("extract", 10.0, "extracted")
+    assert reports[-1] == PROGRESS_SCALE // 2
+    meter.set_total("sweep", 1000.0)  # the real widths are known: 100x the estimate
+    meter.advance("sweep", 0.0, "sweep starts")
+    assert reports[-1] == PROGRESS_SCALE // 2  # never back
+    meter.advance("sweep", 100.0, "one tenth of the sweep")  # before: (10 + 100) / 1010 = 11 %: stuck at 50 %
+    assert reports[-1] == PROGRESS_SCALE // 2 + PROGRESS_SCALE // 20  # 50 % + 10 % of the other half
+    meter.advance("sweep", 500.0, "half the sweep")
+    assert reports[-1] == PROGRESS_SCALE * 3 // 4
+    meter.set_total("sweep", 600.0)  # an estimate that shrinks: the true share done (510 / 610) is larger
+    meter.advance("sweep", 500.0, "half the sweep, revised")
+    assert reports[-1] == int(PROGRESS_SCALE * 510 / 610)
+    meter.advance("sweep", 600.0, "done")
+    assert reports[-1] == PROGRESS_SCALE and reports == sorted(reports)
+
+
 @pytest.mark.slow
 def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkeypatch):
     import cadx.svm

@@ -250,6 +250,11 @@ class StageMeter:
         self.total = dict(parts)
         self.done = dict.fromkeys(parts, 0.0)
         self._last = 0
+        # When an estimate is revised (e.g. the sweep's, once extraction has told the real tap widths), the bar keeps
+        # what it shows and spreads what is left over the work that is left: it never moves back, and it never stalls
+        # until the work done catches up with a larger estimate (the old bar sat still through a whole wide tap).
+        self._anchor_shown = 0.0
+        self._anchor_done = 0.0
 
     @classmethod
     def for_cohort(cls, report: Progress | None, cohort: CohortStage, settings: ExperimentSettings) -> StageMeter:
@@ -264,9 +269,23 @@ class StageMeter:
             "statistics": _SECONDS_STATISTICS,
         })
 
+    def _fraction(self) -> float:
+        done = sum(self.done.values())
+        left = sum(self.total.values()) - self._anchor_done
+        if left <= 0:
+            return 1.0
+        return self._anchor_shown + (1.0 - self._anchor_shown) * max(done - self._anchor_done, 0.0) / left
+
+    def _reanchor(self) -> None:
+        """After a revised estimate: from what the bar shows (or the true share done, when larger), on."""
+        whole, done = sum(self.total.values()), sum(self.done.values())
+        self._anchor_shown = min(max(self._last / PROGRESS_SCALE, done / whole if whole > 0 else 1.0), 1.0)
+        self._anchor_done = done
+
     def set_total(self, part: str, cost: float) -> None:
         self.total[part] = max(float(cost), 0.0)
         self.done[part] = min(self.done[part], self.total[part])
+        self._reanchor()
 
     def advance(self, part: str, done_cost: float, message: str) -> None:
         self.done[part] = min(max(float(done_cost), 0.0), self.total[part])
@@ -274,12 +293,11 @@ class StageMeter:
 
     def finish(self, part: str, message: str) -> None:
         self.total[part] = self.done[part] if self.done[part] > 0 else 0.0
+        self._reanchor()
         self.emit(message)
 
     def emit(self, message: str) -> None:
-        whole = sum(self.total.values())
-        fraction = sum(self.done.values()) / whole if whole > 0 else 0.0
-        self._last = max(self._last, min(int(fraction * PROGRESS_SCALE), PROGRESS_SCALE))
+        self._last = max(self._last, min(int(self._fraction() * PROGRESS_SCALE), PROGRESS_SCALE))
         self._report(self._last, PROGRESS_SCALE, message)
 
 
