@@ -7,12 +7,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from cadx.backbones import backbone_label
 from cadx.cnn import BACKBONES
 from cadx.errors import CadxError, WeightsUnavailableError
 from cadx.explorer import mosaic, to_uint8
 from cadx.workflows import list_experiments, roi_overlay
 from cadx.workflows.explorer import explorer_activations, explorer_backbone, explorer_rois, tap_aucs, tap_scores
-from cadx.workflows.features import BACKBONE_LABELS
 from pages._shared import plain, workspace
 
 ws = workspace()
@@ -49,7 +49,7 @@ st.caption("Pick a backbone, a sweep to take AUCs from and an ROI: see the ROI a
            "through the network once; afterwards every view comes from the cache.")
 
 pick_backbone, pick_experiment, pick_weights = st.columns(3)
-backbone = pick_backbone.selectbox("Backbone", list(BACKBONES), format_func=lambda b: BACKBONE_LABELS.get(b, b),
+backbone = pick_backbone.selectbox("Backbone", list(BACKBONES), format_func=backbone_label,
                                    key="lx_backbone")
 experiments = {e["id"]: e for e in list_experiments(ws) if e["backbone"] == backbone and e["auc_A"] is not None}
 experiment_id = pick_experiment.selectbox(

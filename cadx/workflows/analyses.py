@@ -48,6 +48,14 @@ class ExperimentData:
     hashes: list[str]
     experiment_id: int = 0
 
+    def roi_index(self, roi_id: int) -> int:
+        """The row of ROI ``roi_id`` in the experiment (a clear error for an ROI it did not use)."""
+        ids = self.predictions["roi_id"].astype(int).tolist()
+        if int(roi_id) not in ids:
+            raise CadxInputError(f"ROI {roi_id}", f"not in experiment {self.experiment_id}",
+                                 "pick one of its ROIs (from its predictions)")
+        return int(ids.index(int(roi_id)))
+
 
 def experiment_data(workspace: Workspace, experiment_id: int) -> ExperimentData:
     """The experiment's config, first-seed predictions, labels, lesion/patient groups and folds, by ROI."""
@@ -241,10 +249,7 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
 
     data = experiment_data(workspace, experiment_id)
     config = data.config
-    ids = data.predictions["roi_id"].astype(int).tolist()
-    if int(roi_id) not in ids:
-        raise CadxInputError(f"ROI {roi_id}", f"not in experiment {experiment_id}", "pick an ROI from its predictions")
-    index = ids.index(int(roi_id))
+    index = data.roi_index(roi_id)
     loaded = _backbone_for(config, loaded)
     tap = config["ensemble_tap"]
     decision_stored = float(data.predictions["decision1"].iloc[index])

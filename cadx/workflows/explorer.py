@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from cadx.errors import CadxInputError
 from cadx.explorer import ActivationCacheError, RoiActivations, roi_activations, score_position
+from cadx.labels import label_word
 from cadx.workflows.experiments import experiment_summary
 from cadx.workflows.features import feature_store, roi_records
 from cadx.workflows.workspace import Workspace, make_private_dirs
@@ -74,7 +75,7 @@ def explorer_rois(workspace: Workspace, experiment_id: int | None = None) -> pd.
                                  "pick another experiment")
     return pd.DataFrame({
         "roi_id": ids, "sha256": [records[i].sha256 for i in ids],
-        "label": ["malignant" if records[i].label == 1 else "benign" for i in ids],
+        "label": [label_word(records[i].label) for i in ids],
         "lesion_key": [keys[i] for i in ids], "view": [records[i].view for i in ids],
         "fold": folds, "index": list(range(len(ids))) if experiment_id is not None else [-1] * len(ids)})
 
@@ -150,11 +151,9 @@ def tap_scores(workspace: Workspace, experiment_id: int, roi_id: int, *, verify:
     data = experiment_data(workspace, experiment_id)
     config = data.config
     ids = data.predictions["roi_id"].astype(int).tolist()
-    if int(roi_id) not in ids:
-        raise CadxInputError(f"ROI {roi_id}", f"not in experiment {experiment_id}", "pick one of its ROIs")
-    index = ids.index(int(roi_id))
+    index = data.roi_index(roi_id)
     store = feature_store(workspace)
-    labels = np.where(data.y == 1, "malignant", "benign")
+    labels = np.array([label_word(code) for code in data.y])
     rows, dists, source, note = [], [], "stored", ""
     for tap in config.get("taps", []):
         stored = load_oof_scores(workspace, experiment_id, len(ids), tap=tap)
