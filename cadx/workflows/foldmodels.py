@@ -57,11 +57,7 @@ def load_fold_models(workspace: Workspace, experiment_id: int, *, tap: str = "",
     CadxInputError
         When a stored payload is malformed (e.g. a tampered restore): naming the experiment, tap and fold.
     """
-    with workspace.sessions() as session:
-        rows = session.execute(
-            select(FoldModelRecord.fold, FoldModelRecord.payload)
-            .where(FoldModelRecord.experiment_id == experiment_id, FoldModelRecord.classifier == classifier,
-                   FoldModelRecord.tap == tap).order_by(FoldModelRecord.fold)).all()
+    rows = _fold_rows(workspace, experiment_id, classifier, tap, FoldModelRecord.payload)
     if not rows:
         return None
     if [f for f, _ in rows] != list(range(len(rows))):
@@ -72,6 +68,17 @@ def load_fold_models(workspace: Workspace, experiment_id: int, *, tap: str = "",
         return [FoldModel.from_bytes(payload, where=f"{where} fold {fold}") for fold, payload in rows]
     except FoldModelError as exc:
         raise CadxInputError(where, str(exc), "run the experiment again (the stored model is not usable)") from exc
+
+
+def _fold_rows(workspace: Workspace, experiment_id: int, classifier: str, tap: str,
+               column: Any) -> list[tuple[int, bytes]]:
+    """(fold, ``column``) of one classifier and tap of an experiment, in fold order."""
+    with workspace.sessions() as session:
+        rows = session.execute(
+            select(FoldModelRecord.fold, column)
+            .where(FoldModelRecord.experiment_id == experiment_id, FoldModelRecord.classifier == classifier,
+                   FoldModelRecord.tap == tap).order_by(FoldModelRecord.fold)).all()
+    return [(int(fold), value) for fold, value in rows]
 
 
 def stored_taps(workspace: Workspace, experiment_id: int) -> list[str]:
@@ -85,11 +92,7 @@ def load_oof_scores(workspace: Workspace, experiment_id: int, n_rois: int, *, ta
                     classifier: str = CNN) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """A tap's out-of-fold decision values, probabilities and folds of every ROI, as its stored fold models
     recorded them (only their test rows are read); ``None`` when the experiment stored none."""
-    with workspace.sessions() as session:
-        rows = session.execute(
-            select(FoldModelRecord.fold, FoldModelRecord.scores)
-            .where(FoldModelRecord.experiment_id == experiment_id, FoldModelRecord.classifier == classifier,
-                   FoldModelRecord.tap == tap).order_by(FoldModelRecord.fold)).all()
+    rows = _fold_rows(workspace, experiment_id, classifier, tap, FoldModelRecord.scores)
     if not rows:
         return None
     decision, proba, fold = np.full(n_rois, np.nan), np.full(n_rois, np.nan), np.full(n_rois, -1, dtype=np.int64)

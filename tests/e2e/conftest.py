@@ -171,3 +171,20 @@ def wait_for_app(page) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']")
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
     page.wait_for_timeout(100)  # let the last delta batch paint
+
+
+def choose(page, combobox, option) -> None:
+    """Open a select box and pick an option; a rerun landing while it opens can close the list, so try again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        wait_for_app(page)
+        combobox.click()
+        try:
+            option.click(timeout=30_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    wait_for_app(page)

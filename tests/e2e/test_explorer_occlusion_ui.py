@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from cadx.workflows import import_mias, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, run_experiment
 from cadx.workflows.features import resolve_backbone
-from tests.e2e.conftest import full_screenshot, screenshot, serve_app, wait_for_app
+from tests.e2e.conftest import choose, full_screenshot, screenshot, serve_app, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,23 +45,6 @@ def demo_experiment(app_server):
     return url, experiment_id
 
 
-def _choose(page, combobox, option) -> None:
-    """Open a select box and pick an option; a rerun landing while it opens can close the list, so try again."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    for attempt in range(3):
-        wait_for_app(page)
-        combobox.click()
-        try:
-            option.click(timeout=30_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-            page.keyboard.press("Escape")
-    wait_for_app(page)
-
-
 def test_layer_explorer_on_real_mias_rois(mias_server, page):
     url, experiment_id = mias_server
     page.set_default_timeout(300_000)  # the first look at an ROI runs it through every tap
@@ -70,7 +53,7 @@ def test_layer_explorer_on_real_mias_rois(mias_server, page):
     page.goto(f"{url}/explorer")
     wait_for_app(page)
     page.get_by_role("heading", name="Layer explorer").wait_for()
-    _choose(page, page.get_by_role("combobox", name="AUCs and scores from"),
+    choose(page, page.get_by_role("combobox", name="AUCs and scores from"),
             page.get_by_role("option", name=re.compile(rf"^#{experiment_id} MIAS explorer")))
     page.get_by_text("Strongest activation maps, tap by tap").wait_for()
     main = page.locator("[data-testid='stMain']")
@@ -86,7 +69,7 @@ def test_layer_explorer_on_real_mias_rois(mias_server, page):
     # another ROI: its maps are computed, then every later view comes from the cache
     roi_box = page.get_by_role("combobox", name="ROI")
     first = roi_box.input_value()
-    _choose(page, roi_box, page.get_by_role("option").nth(3))
+    choose(page, roi_box, page.get_by_role("option").nth(3))
     assert roi_box.input_value() != first
     expect(main.locator("[data-testid='stImage']")).to_have_count(13)
     expect(main.get_by_text(re.compile(r"fc8 1000 · AUC"))).to_be_visible()
@@ -99,7 +82,7 @@ def test_occlusion_map_on_the_predictions_page(demo_experiment, page):
     wait_for_app(page)
     page.goto(f"{url}/predictions")
     wait_for_app(page)
-    _choose(page, page.get_by_role("combobox", name="Experiment"),
+    choose(page, page.get_by_role("combobox", name="Experiment"),
             page.get_by_role("option", name=re.compile(rf"^#{experiment_id} e2e occlusion")))
     page.get_by_text("Why did SVM1 say this?").click()
     page.get_by_role("button", name="Compute the occlusion map").click()

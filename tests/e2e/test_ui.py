@@ -15,7 +15,7 @@ from cadx.workflows import import_demo, open_workspace
 from cadx.workflows.accounts import add_user
 from db.models import ReviewEvent, Roi
 from tests.dicom_factory import disk_image, write_mammogram
-from tests.e2e.conftest import full_screenshot, serve_app, wait_for_app
+from tests.e2e.conftest import choose, full_screenshot, serve_app, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -157,29 +157,12 @@ def _key(page, key: str) -> None:
     wait_for_app(page)
 
 
-def _choose(page, combobox, option) -> None:
-    """Open a select box and pick an option; a rerun landing while it opens can close the list, so try again."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    for attempt in range(3):
-        wait_for_app(page)
-        combobox.click()
-        try:
-            option.click(timeout=30_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
-            page.keyboard.press("Escape")
-    wait_for_app(page)
-
-
 def test_keyboard_review(demo_server, page):
     url, data = demo_server
     _goto(page, url, "Review ROIs")
     _key(page, "j")
     page.get_by_role("heading", name="ROI #1").wait_for()
-    _choose(page, page.get_by_role("combobox", name="Artifact", exact=True),
+    choose(page, page.get_by_role("combobox", name="Artifact", exact=True),
             page.get_by_role("option", name="location marker", exact=True))
     wait_for_app(page)
     _key(page, "f")  # flag #1 with the reason shown
@@ -244,7 +227,7 @@ def test_mark_the_centre_on_a_zoomed_view_to_half_a_source_pixel(demo_server, pa
     col = float(page.get_by_role("spinbutton", name="Column (pixels from the left)").input_value())
     assert abs(row - TARGET_RC[0]) <= 0.5 and abs(col - TARGET_RC[1]) <= 0.5, (row, col)
     # window / level: the file's second window is offered as a preset
-    _choose(page, page.get_by_role("combobox", name="Window / level"),
+    choose(page, page.get_by_role("combobox", name="Window / level"),
             page.get_by_role("option", name=re.compile(r"DICOM window 2 \(centre 2000, width 1000\)")))
     wait_for_app(page)
     full_screenshot(page, "upload-zoomed-1440x900")
