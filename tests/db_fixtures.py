@@ -15,7 +15,7 @@ import hashlib
 import os
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from cadx.workflows import open_workspace
 from db.models import Base
@@ -31,7 +31,29 @@ def _postgres_url() -> str:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason + " - under CI=true the PostgreSQL tests must run")
         pytest.skip(reason)
-    return url
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return url if not worker else _worker_database(url, worker)
+
+
+_WORKER_URLS: dict[str, str] = {}
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """Under pytest-xdist each worker gets its own database beside the configured one (``cadx_test_gw0``, ...), made
+    on first use, so workers never truncate each other's rows. The role needs CREATEDB (scripts/services.sh)."""
+    if url not in _WORKER_URLS:
+        base = make_url(url)
+        name = f"{base.database}_{worker}"
+        engine = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                if not exists:
+                    connection.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        _WORKER_URLS[url] = base.set(database=name).render_as_string(hide_password=False)
+    return _WORKER_URLS[url]
 
 
 def _reset_postgres(url: str) -> None:
