@@ -14,11 +14,15 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
-__all__ = ["ActivationCacheError", "RoiActivations", "TapActivations", "mosaic", "roi_activations", "score_position",
-           "to_uint8"]
+if TYPE_CHECKING:
+    from cadx.cnn import LoadedBackbone
+
+__all__ = ["ActivationCacheError", "RoiActivations", "ScorePosition", "TapActivations", "mosaic", "roi_activations",
+           "score_position", "to_uint8"]
 
 _FORMAT = 1
 
@@ -78,14 +82,14 @@ class RoiActivations:
     def to_bytes(self) -> bytes:
         """``.npz`` bytes of plain numeric arrays and one JSON header (no object arrays: no pickle to load)."""
         header = {"format": _FORMAT, **self.key(), "taps": [[t.tap, list(t.shape)] for t in self.taps.values()]}
-        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        arrays: dict[str, np.ndarray] = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                   "network_input": self.network_input.astype(np.float32)}
         for i, t in enumerate(self.taps.values()):
             arrays[f"t{i}_channels"] = t.channels.astype(np.int64)
             arrays[f"t{i}_maps"] = t.maps.astype(np.float32)
             arrays[f"t{i}_mean"] = t.channel_mean.astype(np.float32)
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, allow_pickle=False, **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -101,8 +105,9 @@ class RoiActivations:
             raise ActivationCacheError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
         if not isinstance(header, dict) or header.get("format") != _FORMAT:
             raise ActivationCacheError(f"{where}: not format {_FORMAT}")
-        key = {k: header.get(k) for k in ("backbone", "weights_sha256", "preprocessing", "roi_sha256")}
-        if not all(isinstance(v, str) for v in key.values()):
+        fields = ("backbone", "weights_sha256", "preprocessing", "roi_sha256")
+        key = {k: v for k in fields if isinstance(v := header.get(k), str)}
+        if len(key) != len(fields):
             raise ActivationCacheError(f"{where}: malformed header")
         if expected is not None and key != expected:
             raise ActivationCacheError(f"{where}: computed from {key}, not {expected}")
@@ -131,11 +136,12 @@ class RoiActivations:
                 raise ActivationCacheError(f"{where}: tap {meta[0]!r} has malformed arrays")
             taps[meta[0]] = TapActivations(tap=meta[0], shape=shape, channels=channels, maps=maps,
                                            channel_mean=mean)
-        return cls(**key, network_input=x, taps=taps)
+        return cls(backbone=key["backbone"], weights_sha256=key["weights_sha256"], preprocessing=key["preprocessing"],
+                   roi_sha256=key["roi_sha256"], network_input=x, taps=taps)
 
 
-def roi_activations(loaded, roi: np.ndarray, *, roi_sha256: str, top: int = 8, preprocessing: str | None = None,
-                    device: str = "cpu") -> RoiActivations:
+def roi_activations(loaded: LoadedBackbone, roi: np.ndarray, *, roi_sha256: str, top: int = 8,
+                    preprocessing: str | None = None, device: str = "cpu") -> RoiActivations:
     """Run one ROI through every tap of ``loaded`` (a :class:`cadx.cnn.LoadedBackbone`) and keep each tap's
     ``top`` strongest maps.
 
@@ -216,7 +222,15 @@ def mosaic(tap: TapActivations, *, columns: int = 4, tile: int = 96, gap: int = 
     return out
 
 
-def score_position(value: float, benign: np.ndarray, malignant: np.ndarray) -> dict[str, float]:
+class ScorePosition(TypedDict):
+    """Where a score falls among the classes' scores (:func:`score_position`)."""
+
+    below_benign: float
+    below_malignant: float
+    nearer: str
+
+
+def score_position(value: float, benign: np.ndarray, malignant: np.ndarray) -> ScorePosition:
     """Where ``value`` falls among each class's scores: the fraction of benign and of malignant scores below it
     (ties count half), and the class whose median it is nearer to."""
     def below(scores: np.ndarray) -> float:

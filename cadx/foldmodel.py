@@ -101,7 +101,7 @@ class FoldModel:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise FoldModelError(f"features of shape {X.shape} given to a model of {self.n_features} features")
         inv = np.where(self.keep, 1.0 / self.scale, 0.0)
-        Z = (X - self.mean) * inv
+        Z: np.ndarray = (X - self.mean) * inv
         Z[np.isnan(Z)] = 0.0
         return Z
 
@@ -115,7 +115,8 @@ class FoldModel:
         from cadx.gram import _poly  # libsvm's multiplication order for the power
 
         G = self.standardize(X) @ self.standardize(support_X).T
-        return _poly(G, self.gamma, self.coef0, self.degree) @ self.dual_coef + self.intercept
+        decision: np.ndarray = _poly(G, self.gamma, self.coef0, self.degree) @ self.dual_coef + self.intercept
+        return decision
 
     def proba(self, decision: np.ndarray) -> np.ndarray:
         """The fold's Platt probabilities of decision values."""
@@ -127,7 +128,7 @@ class FoldModel:
         """The model as ``.npz`` bytes (plain numeric arrays, no object arrays: loadable without pickle); the same
         model always gives the same bytes."""
         return _npz_bytes({
-            "format_version": np.int64(FORMAT_VERSION), "keep": self.keep.astype(np.bool_),
+            "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64), "keep": self.keep.astype(np.bool_),
             **{k: np.asarray(getattr(self, k), dtype=np.float64) for k in _FLOAT_FIELDS},
             **{k: np.asarray(getattr(self, k), dtype=np.int64) for k in _INT_FIELDS},
             "scalars": np.array([self.intercept, self.gamma, self.coef0, self.degree, self.C, self.platt_a,

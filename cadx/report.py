@@ -2,8 +2,9 @@
 the cohort, a methods paragraph generated from the experiment's config, Fig. 3, Fig. 4, Table 1, the significance
 tests, the repeated cross-validation, provenance and the research-use disclaimer.
 
-Pure rendering: :func:`render_report` turns a plain dictionary (gathered by ``cadx.workflows.report``) into HTML,
-and :func:`svg_line_chart` draws the figures as SVG without a plotting library or a browser. Every number shown in a
+Pure rendering: :func:`render_report` turns a :class:`ReportData` (gathered by ``cadx.workflows.report``: the typed
+experiment record, its results at one level, the cohort and the display tables) into HTML, and
+:func:`svg_line_chart` draws the figures as SVG without a plotting library or a browser. Every number shown in a
 table also carries its full-precision value in a ``data-value`` attribute, so a reader (or a test) can check it
 against the stored record.
 """
@@ -13,9 +14,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-__all__ = ["DISCLAIMER", "SECTIONS", "render_report", "svg_line_chart", "methods_paragraph", "roi_set_sha256"]
+from cadx.records import ExperimentRecord, LevelResults, MethodRecord
+
+__all__ = ["DISCLAIMER", "SECTIONS", "CohortSummary", "LabelCounts", "ReportData", "render_report", "svg_line_chart",
+           "methods_paragraph", "roi_set_sha256"]
 
 #: Section ids of a report, in order (the test checks every one is present).
 SECTIONS = ("summary", "cohort", "methods", "fig3", "fig4", "table1", "tests", "repeats", "provenance",
@@ -47,6 +53,82 @@ section{page-break-inside:auto}
  figure,table{page-break-inside:avoid}
 }
 """
+
+
+# ------------------------------------------------------------------------------------------------ the payload ---
+@dataclass(frozen=True)
+class LabelCounts:
+    """Patients, lesions and ROIs of one label in a cohort."""
+
+    patients: int
+    lesions: int
+    rois: int
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """An experiment's ROI set counted from the database (``cadx.workflows.report.cohort_summary``).
+
+    Attributes
+    ----------
+    patients, lesions, rois : int
+        Counts over the ROIs still in the database.
+    rois_deleted_since : int
+        ROIs of the experiment that are no longer in the database.
+    label_names : list of str
+        The labels in display order (the registry's first, then any other).
+    by_label : dict of str to LabelCounts
+    lesions_by_label : dict of str to int
+    rois_by_view : dict of str to (dict of str to int)
+        View -> label -> ROIs.
+    lesions_by_type : dict of str to (dict of str to int)
+        Lesion type -> label -> lesions.
+    excluded_by_reason : dict of str to int
+        The experiment's excluded ROIs by their exclusion reason now.
+    """
+
+    patients: int
+    lesions: int
+    rois: int
+    rois_deleted_since: int
+    label_names: list[str]
+    by_label: dict[str, LabelCounts]
+    lesions_by_label: dict[str, int]
+    rois_by_view: dict[str, dict[str, int]]
+    lesions_by_type: dict[str, dict[str, int]]
+    excluded_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything a study report shows (made by ``cadx.workflows.report.report_data``).
+
+    Attributes
+    ----------
+    experiment : cadx.records.ExperimentRecord
+        The stored record (config, provenance; old records upgraded on reading).
+    results : cadx.records.LevelResults
+        Table 1, the tests and the repeats at the report's level (ROI: as stored; lesion: computed).
+    cohort : CohortSummary
+    sweep, table1, tests, repeats : list of dict
+        Rows of the display tables (``cadx.workflows.results.sweep_table``, ``method_table``,
+        ``comparison_table``, ``repeats_table``), keyed by column.
+    roi_set_sha256 : str or None
+        The ROI set's SHA-256 (recorded, or computed from the ROI hashes of an older record; None without them).
+    generated_at, generator : str
+        When and by which cadx the report was made.
+    """
+
+    experiment: ExperimentRecord
+    results: LevelResults
+    cohort: CohortSummary
+    sweep: list[dict[str, Any]]
+    table1: list[dict[str, Any]]
+    tests: list[dict[str, Any]]
+    repeats: list[dict[str, Any]]
+    roi_set_sha256: str | None
+    generated_at: str
+    generator: str
 
 
 # ---------------------------------------------------------------------------------------------------- helpers ---
@@ -211,19 +293,17 @@ def _sweep_svg(sweep: Sequence[Mapping[str, Any]], warning: str) -> str:
                           x_ticks=ticks, warning=warning)
 
 
-def _roc_svg(methods: Mapping[str, Mapping[str, Any]], unit: str, warning: str) -> str:
-    series = []
+def _roc_svg(methods: Mapping[str, MethodRecord], unit: str, warning: str) -> str:
+    series: list[dict[str, Any]] = []
     for key, m in methods.items():
         name = _NAMES.get(key, key)
-        binormal = m.get("binormal") or {}
-        if "fpr" in binormal:
-            series.append({"name": f"{name}: binormal {_fmt(binormal.get('auc'))}", "x": binormal["fpr"],
-                           "y": binormal["tpr"], "colour": _COLOURS.get(key, "#333"), "width": 2.5})
-        roc = m.get("roc") or {}
-        if "fpr" in roc:
-            series.append({"name": f"{name}: empirical {_fmt(m.get('pooled_auc'))}", "x": roc["fpr"],
-                           "y": roc["tpr"], "colour": _COLOURS.get(key, "#333"), "dash": "3 3", "width": 1.2,
-                           "step": True})
+        binormal = m.binormal
+        if binormal.fpr is not None and binormal.tpr is not None:  # None: the fit failed (binormal.error says why)
+            series.append({"name": f"{name}: binormal {_fmt(binormal.auc)}", "x": binormal.fpr,
+                           "y": binormal.tpr, "colour": _COLOURS.get(key, "#333"), "width": 2.5})
+        series.append({"name": f"{name}: empirical {_fmt(m.pooled_auc)}", "x": m.roc.fpr,
+                       "y": m.roc.tpr, "colour": _COLOURS.get(key, "#333"), "dash": "3 3", "width": 1.2,
+                       "step": True})
     series.append({"name": "chance", "x": [0, 1], "y": [0, 1], "colour": "#999", "dash": "6 4", "width": 1})
     return svg_line_chart(series, title=f"Fig. 4 — ROC curves ({unit})", x_label="false-positive fraction",
                           y_label="true-positive fraction", square=True, width=760, height=520, warning=warning,
@@ -231,7 +311,7 @@ def _roc_svg(methods: Mapping[str, Mapping[str, Any]], unit: str, warning: str) 
 
 
 # --------------------------------------------------------------------------------------------------- methods ---
-def _grid_text(grid: Any) -> str:
+def _grid_text(grid: dict[str, list[Any]] | str) -> str:
     if isinstance(grid, Mapping):
         return "; ".join(f"{k} ∈ {{{', '.join(_fmt(v, 4) if isinstance(v, float) else str(v) for v in vals)}}}"
                          for k, vals in grid.items())
@@ -239,23 +319,23 @@ def _grid_text(grid: Any) -> str:
             f"(cadx's default grid, {grid})")
 
 
-def methods_paragraph(experiment: Mapping[str, Any], config: Mapping[str, Any], cohort: Mapping[str, Any]) -> str:
+def methods_paragraph(experiment: ExperimentRecord, cohort: CohortSummary) -> str:
     """The methods as a paragraph a reader can paste into a paper (HTML-escaped plain text)."""
-    weights = config.get("weights") or {}
-    seeds = list(range(int(config.get("seed", 0)), int(config.get("seed", 0)) + int(config.get("repeats", 1))))
-    taps = list(config.get("taps", []))
-    analytic = config.get("analytic_version")
+    config = experiment.config
+    weights = config.weights
+    seeds = config.seeds
+    analytic = config.analytic_version
     text = [
-        f"The dataset comprised {cohort['rois']} regions of interest (ROIs) from {cohort['lesions']} lesions of "
-        f"{cohort['patients']} patients ({cohort['lesions_by_label'].get('malignant', 0)} malignant and "
-        f"{cohort['lesions_by_label'].get('benign', 0)} benign lesions); "
-        f"{sum(cohort['excluded_by_reason'].values())} ROIs were excluded at review.",
+        f"The dataset comprised {cohort.rois} regions of interest (ROIs) from {cohort.lesions} lesions of "
+        f"{cohort.patients} patients ({cohort.lesions_by_label.get('malignant', 0)} malignant and "
+        f"{cohort.lesions_by_label.get('benign', 0)} benign lesions); "
+        f"{sum(cohort.excluded_by_reason.values())} ROIs were excluded at review.",
         "Each ROI is a 51.2 mm × 51.2 mm field centred on the lesion, resampled to 512 × 512 pixels at 0.1 mm.",
-        f"CNN features (Method A) were extracted with {experiment.get('backbone')} "
-        f"(weights {weights.get('name')}, source {weights.get('source')}, SHA-256 {weights.get('sha256')}) "
-        f"after preprocessing {config.get('preprocessing')} (ROI scaled to [0, 1], resized with antialiasing to "
+        f"CNN features (Method A) were extracted with {config.backbone} "
+        f"(weights {weights.name}, source {weights.source}, SHA-256 {weights.sha256}) "
+        f"after preprocessing {config.preprocessing} (ROI scaled to [0, 1], resized with antialiasing to "
         "256 × 256, grey replicated to three channels, normalised with the weights' own mean and SD), "
-        f"at the taps {', '.join(taps)}; SVM1 used tap {config.get('ensemble_tap')}.",
+        f"at the taps {', '.join(config.taps)}; SVM1 used tap {config.ensemble_tap}.",
     ]
     if analytic:
         text.append(f"Analytic features (Method B, {analytic}) were computed from a seeded region-growing "
@@ -265,10 +345,10 @@ def methods_paragraph(experiment: Mapping[str, Any], config: Mapping[str, Any], 
     text.append(
         "Each classifier was a support vector machine with the polynomial kernel (a·xᵀy + c)^d after removal of "
         "zero-variance features and standardisation within the training folds, with a, c and d chosen by an inner "
-        f"{config.get('n_inner')}-fold grouped cross-validation over {_grid_text(config.get('grid'))}; "
+        f"{config.n_inner}-fold grouped cross-validation over {_grid_text(config.grid)}; "
         "probabilities came from a Platt sigmoid fitted on the inner cross-validated decision values. "
-        f"Performance was estimated by {config.get('n_folds')}-fold stratified cross-validation grouped by "
-        f"{config.get('cv_groups', 'lesion')}, with seed{'s' if len(seeds) > 1 else ''} "
+        f"Performance was estimated by {config.n_folds}-fold stratified cross-validation grouped by "
+        f"{config.cv_groups}, with seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(str(s) for s in seeds)}.")
     text.append("The AUC is the mean of the fold AUCs (with their SD and SE); pooled ROC curves were fitted with "
                 "the maximum-likelihood binormal model; classifiers were compared by DeLong's test, a fold-wise "
@@ -282,26 +362,24 @@ def _count_rows(by: Mapping[str, Mapping[str, int]], columns: Sequence[str]) -> 
     return [[key, *(values.get(c, 0) for c in columns)] for key, values in by.items()]
 
 
-def render_report(data: Mapping[str, Any]) -> str:
+def render_report(data: ReportData) -> str:
     """The report as one HTML string.
 
     Parameters
     ----------
-    data : mapping
-        As made by ``cadx.workflows.report.report_data``: ``experiment`` (one row of ``list_experiments``),
-        ``config``, ``cohort``, ``results`` (``experiment_results``), ``sweep``, ``table1``, ``tests`` and
-        ``repeats`` (lists of row dicts), ``roi_set_sha256``, ``generated_at``, ``generator``.
+    data : ReportData
+        As made by ``cadx.workflows.report.report_data``.
     """
-    experiment, config, cohort = data["experiment"], data["config"], data["cohort"]
-    results = data["results"]
-    warnings = [w for w, on in (("SYNTHETIC DATA", experiment.get("uses_synthetic_data")),
-                                ("RANDOM (UNTRAINED) CNN WEIGHTS", experiment.get("uses_random_weights"))) if on]
+    experiment, cohort, results = data.experiment, data.cohort, data.results
+    config = experiment.config
+    warnings = [w for w, on in (("SYNTHETIC DATA", experiment.uses_synthetic_data),
+                                ("RANDOM (UNTRAINED) CNN WEIGHTS", experiment.uses_random_weights)) if on]
     warning = " · ".join(warnings)
     banner_text = (f"{warning}: this report is a software demonstration, not a result about real mammograms "
                    "or a trained network." if warning else "")
     banner = f'<div class="banner">{_e(banner_text)}</div>' if warning else ""
-    unit = "ROIs" if results.get("level") == "roi" else "lesions"
-    title = f"cadx study report — experiment #{experiment['id']} {experiment.get('name', '')}"
+    unit = "ROIs" if results.level == "roi" else "lesions"
+    title = f"cadx study report — experiment #{experiment.id} {experiment.name}"
 
     def section(section_id: str, heading: str, body: str) -> str:
         return f'<section id="{section_id}"><h2>{_e(heading)}</h2>{banner}{body}</section>'
@@ -311,41 +389,40 @@ def render_report(data: Mapping[str, Any]) -> str:
     if warning:
         out.append(f'<div class="print-header">{_e(warning)} — not a clinical result</div>')
     out.append(f"<h1>{_e(title)}</h1>")
-    out.append(f'<p class="meta">Generated {_e(data.get("generated_at"))} by {_e(data.get("generator"))}; '
-               f'experiment run {_e(experiment.get("created_at"))} by {_e(experiment.get("created_by"))}.</p>')
+    created_at = datetime.fromisoformat(experiment.created_at)  # shown as str(datetime): "2026-11-30 19:55:00+00:00"
+    out.append(f'<p class="meta">Generated {_e(data.generated_at)} by {_e(data.generator)}; '
+               f'experiment run {_e(created_at)} by {_e(experiment.created_by)}.</p>')
 
-    n_cases, n_pos = results.get("n_cases"), results.get("n_positive")
-    summary = (f"<p>{_e(n_cases)} {unit} ({_e(n_pos)} malignant) in {_e(config.get('n_folds'))}-fold "
-               f"cross-validation by lesion; CNN {_e(experiment.get('backbone'))} tap "
-               f"{_e(config.get('ensemble_tap'))}.</p>")
-    methods = results.get("methods", {})
+    summary = (f"<p>{_e(results.n_cases)} {unit} ({_e(results.n_positive)} malignant) in {_e(config.n_folds)}-fold "
+               f"cross-validation by lesion; CNN {_e(config.backbone)} tap "
+               f"{_e(config.ensemble_tap)}.</p>")
+    methods = results.methods
     if methods:
         summary += "<ul>" + "".join(
-            f"<li>{_e(_NAMES.get(k, k))}: AUC {_e(_fmt(m.get('auc_mean')))} ± {_e(_fmt(m.get('auc_sd')))} "
+            f"<li>{_e(_NAMES.get(k, k))}: AUC {_e(_fmt(m.auc_mean))} ± {_e(_fmt(m.auc_sd))} "
             f"(SD over folds)</li>" for k, m in methods.items()) + "</ul>"
     out.append(section("summary", "Summary", summary))
 
     # cohort
-    by_label = cohort["by_label"]
     body = _table(["label", "patients", "lesions", "ROIs"],
-                  [[label, v["patients"], v["lesions"], v["rois"]] for label, v in by_label.items()]
-                  + [["all", cohort["patients"], cohort["lesions"], cohort["rois"]]], table_id="cohort-by-label")
-    body += "<h3>ROIs by view</h3>" + _table(["view", *cohort["label_names"]],
-                                             _count_rows(cohort["rois_by_view"], cohort["label_names"]),
+                  [[label, v.patients, v.lesions, v.rois] for label, v in cohort.by_label.items()]
+                  + [["all", cohort.patients, cohort.lesions, cohort.rois]], table_id="cohort-by-label")
+    body += "<h3>ROIs by view</h3>" + _table(["view", *cohort.label_names],
+                                             _count_rows(cohort.rois_by_view, cohort.label_names),
                                              table_id="cohort-by-view")
-    body += "<h3>Lesions by lesion type</h3>" + _table(["lesion type", *cohort["label_names"]],
-                                                       _count_rows(cohort["lesions_by_type"], cohort["label_names"]),
+    body += "<h3>Lesions by lesion type</h3>" + _table(["lesion type", *cohort.label_names],
+                                                       _count_rows(cohort.lesions_by_type, cohort.label_names),
                                                        table_id="cohort-by-type")
-    excluded = cohort["excluded_by_reason"]
+    excluded = cohort.excluded_by_reason
     body += "<h3>Exclusions by reason</h3>" + (
         _table(["reason", "ROIs"], list(excluded.items()), table_id="cohort-exclusions") if excluded
         else "<p>No ROI was excluded at review when the experiment ran.</p>")
     out.append(section("cohort", "Cohort and data", body))
 
-    out.append(section("methods", "Methods", f'<p id="methods-text">{methods_paragraph(experiment, config, cohort)}'
+    out.append(section("methods", "Methods", f'<p id="methods-text">{methods_paragraph(experiment, cohort)}'
                                              "</p>"))
 
-    sweep = data.get("sweep", [])
+    sweep = data.sweep
     if sweep:
         body = (f"<figure>{_sweep_svg(sweep, warning)}<figcaption>AUC (mean ± SE of the fold AUCs) of SVM1 on each "
                 "tap, in network order.</figcaption></figure>")
@@ -360,17 +437,16 @@ def render_report(data: Mapping[str, Any]) -> str:
             f"ROC curves of the pooled out-of-fold probabilities, {unit}.</figcaption></figure>")
     out.append(section("fig4", "Fig. 4 — ROC curves", body))
 
-    table1 = data.get("table1", [])
     body = _table(["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "CI95 low", "CI95 high", "lesion AUC",
                    "binormal AUC", "time (s)"],
                   [[r["classifier"], r["AUC"], r["AUC.SD"], r["SE"], r["pooled AUC"], r["CI95 low"],
-                    r["CI95 high"], r["lesion AUC"], r["binormal AUC"], r["time (s)"]] for r in table1],
+                    r["CI95 high"], r["lesion AUC"], r["binormal AUC"], r["time (s)"]] for r in data.table1],
                   table_id="table1")
     body += ("<p>AUC: mean of the fold AUCs; AUC.SD: their SD; SE: SD/√folds; pooled AUC with its DeLong 95 % CI; "
              "lesion AUC: ROIs averaged per lesion; binormal: ML fit.</p>")
     out.append(section("table1", "Table 1 — performance", body))
 
-    tests = data.get("tests", [])
+    tests = data.tests
     if tests:
         body = _table(["comparison", "AUC difference", "DeLong p", "DeLong p (Bonferroni)", "paired t p",
                        "paired t p (Bonferroni)", "Nadeau-Bengio p", "Nadeau-Bengio p (Bonferroni)"],
@@ -383,7 +459,7 @@ def render_report(data: Mapping[str, Any]) -> str:
         body = "<p>No comparisons: they need SVM1, SVM2 and the ensemble.</p>"
     out.append(section("tests", "Significance tests (Bonferroni-corrected)", body))
 
-    repeats = data.get("repeats", [])
+    repeats = data.repeats
     if repeats:
         columns = list(repeats[0].keys())
         body = _table(columns, [[r[c] for c in columns] for r in repeats], table_id="repeats-table")
@@ -392,14 +468,13 @@ def render_report(data: Mapping[str, Any]) -> str:
         body = "<p>One cross-validation (one seed): no repeated-CV spread. Run with <code>--repeats N</code>.</p>"
     out.append(section("repeats", "Repeated cross-validation", body))
 
-    weights = config.get("weights") or {}
-    provenance = [("experiment", f"#{experiment['id']} {experiment.get('name', '')}"),
-                  ("code version", experiment.get("code_version")),
-                  ("config SHA-256", experiment.get("config_sha256")),
-                  ("ROI-set SHA-256", data.get("roi_set_sha256") or "not recorded"),
-                  ("weights SHA-256", weights.get("sha256")),
-                  ("synthetic data", bool(experiment.get("uses_synthetic_data"))),
-                  ("random CNN weights", bool(experiment.get("uses_random_weights")))]
+    provenance = [("experiment", f"#{experiment.id} {experiment.name}"),
+                  ("code version", experiment.code_version),
+                  ("config SHA-256", experiment.config_sha256),
+                  ("ROI-set SHA-256", data.roi_set_sha256 or "not recorded"),
+                  ("weights SHA-256", config.weights.sha256),
+                  ("synthetic data", experiment.uses_synthetic_data),
+                  ("random CNN weights", experiment.uses_random_weights)]
     body = ('<table id="provenance-table"><tbody>' + "".join(
         f'<tr><th>{_e(k)}</th><td class="mono" data-key="{_e(k)}">{_e(_fmt(v))}</td></tr>' for k, v in provenance)
         + "</tbody></table>")

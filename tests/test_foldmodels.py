@@ -128,9 +128,8 @@ def test_experiments_store_their_fold_models(workspace):
     for tap in ("pool5", "fc8"):
         models = load_fold_models(workspace, experiment_id, tap=tap)
         assert models is not None and len(models) == 3
-        X = np.asarray(store.load(tap, data.hashes, backbone=config["backbone"],
-                                  weights_sha256=config["weights"]["sha256"],
-                                  preprocessing=config["preprocessing"]), dtype=np.float64)
+        X = np.asarray(store.load(tap, data.hashes, backbone=config.backbone, weights_sha256=config.weights.sha256,
+                                  preprocessing=config.preprocessing), dtype=np.float64)
         decision, proba, fold = tap_oof_scores(models, n)
         assert np.array_equal(fold, data.folds)
         for model in models:

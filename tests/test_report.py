@@ -224,8 +224,8 @@ def test_report_at_lesion_level_uses_the_lesion_statistics(demo_experiment):
     data = report_data(workspace, experiment_id, level="lesion")
     page = _parse(report_html(workspace, experiment_id, level="lesion"))
     row = _row(page, "table1", "SVM1 (CNN features)")
-    assert _value(row[1]) == data["results"]["methods"]["A"]["auc_mean"]
-    assert data["results"]["n_cases"] == data["cohort"]["lesions"]
+    assert _value(row[1]) == data.results.methods["A"].auc_mean
+    assert data.results.level == "lesion" and data.results.n_cases == data.cohort.lesions
 
 
 @pytest.mark.slow

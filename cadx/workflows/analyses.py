@@ -1,6 +1,6 @@
-"""The open-question analyses (``cadx.analyses``) on a stored experiment: its predictions and its features read
-back (CNN taps from the feature store under the experiment's backbone, weights checksum and preprocessing; analytic
-features of its feature version), in the experiment's ROI order.
+"""The open-question analyses (``cadx.analyses``) on a stored experiment: its typed record (``load_experiment``),
+its predictions and its features read back (CNN taps from the feature store under the experiment's backbone,
+weights checksum and preprocessing; analytic features of its feature version), in the experiment's ROI order.
 
 Method D (feature-level fusion) is cross-validated here with the experiment's own fold assignment: the same ROIs,
 labels, lesion and patient groups, folds and seed given to ``cadx.svm.cross_validate_by_lesion`` give the same
@@ -21,8 +21,8 @@ from sqlalchemy import select
 from cadx.analyses import embedding_2d, error_agreement, fused_features, pc_feature_correlation
 from cadx.errors import CadxInputError
 from cadx.labels import label_word
-from cadx.records import MethodRecord, to_json
-from cadx.workflows.experiments import compare_methods, experiment_summary, method_statistics
+from cadx.records import ExperimentConfig, ExperimentRecord, MethodRecord, to_json
+from cadx.workflows.experiments import compare_methods, load_experiment, method_statistics
 from cadx.workflows.features import analytic_matrix, feature_store, roi_records
 from cadx.workflows.results import lesion_predictions, roi_predictions
 from cadx.workflows.workspace import Workspace
@@ -37,16 +37,27 @@ __all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlati
 
 @dataclass(frozen=True)
 class ExperimentData:
-    """An experiment's ROIs in its own order with what the analyses need."""
+    """An experiment's ROIs in its own order with what the analyses need: its typed record, its first-seed
+    predictions (``roi_predictions``, in ``record.config.roi_ids`` order), labels, lesion and patient groups, folds
+    and ROI pixel hashes."""
 
-    config: dict[str, Any]
-    predictions: pd.DataFrame  # roi_predictions (first seed), in config["roi_ids"] order
+    record: ExperimentRecord
+    predictions: pd.DataFrame
     y: np.ndarray
     lesions: np.ndarray
     patients: np.ndarray
     folds: np.ndarray
     hashes: list[str]
-    experiment_id: int = 0
+
+    @property
+    def config(self) -> ExperimentConfig:
+        """The experiment's config (``record.config``)."""
+        return self.record.config
+
+    @property
+    def experiment_id(self) -> int:
+        """The experiment's id (``record.id``)."""
+        return self.record.id
 
     def roi_index(self, roi_id: int) -> int:
         """The row of ROI ``roi_id`` in the experiment (a clear error for an ROI it did not use)."""
@@ -59,30 +70,30 @@ class ExperimentData:
 
 def experiment_data(workspace: Workspace, experiment_id: int) -> ExperimentData:
     """The experiment's config, first-seed predictions, labels, lesion/patient groups and folds, by ROI."""
-    config = experiment_summary(workspace, experiment_id)["config"]
+    record = load_experiment(workspace, experiment_id)
+    config = record.config
     predictions = roi_predictions(workspace, experiment_id)
-    roi_ids = [int(i) for i in config.get("roi_ids", [])]
+    roi_ids = config.roi_ids
     if predictions["roi_id"].astype(int).tolist() != roi_ids:
         raise CadxInputError(f"experiment {experiment_id}", "its predictions do not cover its ROI set (ROIs deleted "
                              "since it ran?)", "run the experiment again")
     patient_of = {r.id: r.patient_id for r in roi_records(workspace, included_only=False)}
-    return ExperimentData(config=config, predictions=predictions,
+    return ExperimentData(record=record, predictions=predictions,
                           y=predictions["truth"].to_numpy(dtype=int),
                           lesions=predictions["lesion_id"].to_numpy(dtype=np.int64),
                           patients=np.array([patient_of[i] for i in roi_ids], dtype=np.int64),
-                          folds=predictions["fold"].to_numpy(dtype=int), hashes=list(config["roi_sha256"]),
-                          experiment_id=int(experiment_id))
+                          folds=predictions["fold"].to_numpy(dtype=int), hashes=list(config.roi_sha256))
 
 
 def _tap_matrix(workspace: Workspace, data: ExperimentData, tap: str | None) -> tuple[str, np.ndarray]:
     config = data.config
-    tap = tap or config["ensemble_tap"]
-    if tap not in config.get("taps", []):
-        raise CadxInputError("tap", f"the experiment has no tap {tap!r}", f"use one of {config.get('taps')}")
+    tap = tap or config.ensemble_tap
+    if tap not in config.taps:
+        raise CadxInputError("tap", f"the experiment has no tap {tap!r}", f"use one of {config.taps}")
     try:
-        X = feature_store(workspace).load(tap, data.hashes, backbone=config["backbone"],
-                                          weights_sha256=config["weights"]["sha256"],
-                                          preprocessing=config["preprocessing"])
+        X = feature_store(workspace).load(tap, data.hashes, backbone=config.backbone,
+                                          weights_sha256=config.weights.sha256,
+                                          preprocessing=config.preprocessing)
     except KeyError as exc:
         raise CadxInputError(f"tap {tap}", f"CNN features missing from the store ({exc})",
                              "run `cadx extract` with the experiment's backbone and weights") from exc
@@ -90,7 +101,7 @@ def _tap_matrix(workspace: Workspace, data: ExperimentData, tap: str | None) -> 
 
 
 def _analytic(workspace: Workspace, data: ExperimentData) -> tuple[np.ndarray, list[str]]:
-    if not data.config.get("analytic_version"):
+    if not data.config.analytic_version:
         raise CadxInputError("experiment", "it ran without analytic features (Method B)",
                              "pick an experiment with SVM2")
     try:
@@ -141,20 +152,19 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
     config = data.config
     tap, X_cnn = _tap_matrix(workspace, data, tap)
     X_b, _names = _analytic(workspace, data)
-    grid = config.get("grid")
+    grid = config.grid  # a dict, or the name of cadx's default grid
     started = time.perf_counter()
     result = cross_validate_by_lesion(fused_features(X_cnn, X_b), data.y, data.lesions, patients=data.patients,
-                                      n_folds=int(config["n_folds"]), n_inner=int(config["n_inner"]),
-                                      grid=grid if isinstance(grid, dict) else None, seed=int(config["seed"]),
+                                      n_folds=config.n_folds, n_inner=config.n_inner,
+                                      grid=grid if isinstance(grid, dict) else None, seed=config.seed,
                                       n_jobs=n_jobs)
     seconds = time.perf_counter() - started
     if not np.array_equal(result.fold, data.folds):
         raise RuntimeError("Method D's folds differ from the experiment's stored folds; its tests would not be paired")
-    seed = int(config["seed"])
-    title = f"Fusion (CNN {config['backbone']} {tap} + analytic features)"
-    methods: dict[str, MethodRecord | dict[str, Any]] = {
-        "D": method_statistics(title, result.proba, result, data.y, data.lesions, seed, seconds)}
-    stored = experiment_summary(workspace, experiment_id)["results"]["methods"]
+    title = f"Fusion (CNN {config.backbone} {tap} + analytic features)"
+    methods: dict[str, MethodRecord] = {
+        "D": method_statistics(title, result.proba, result, data.y, data.lesions, config.seed, seconds)}
+    stored = data.record.results.methods
     scores = {"D": result.proba}
     predictions = data.predictions
     for key, column in (("A", "p1"), ("B", "p2"), ("C", "p3")):
@@ -162,7 +172,7 @@ def fusion_analysis(workspace: Workspace, experiment_id: int, *, tap: str | None
             methods[key] = stored[key]
             scores[key] = predictions[column].to_numpy(float)
     pairs: list[tuple[str, str]] = [("D", k) for k in ("A", "B", "C") if k in scores]
-    comparisons = compare_methods(methods, scores, data.y, data.folds, int(config["n_folds"]), lesions=data.lesions,
+    comparisons = compare_methods(methods, scores, data.y, data.folds, config.n_folds, lesions=data.lesions,
                                   pairs=pairs)
     return {"tap": tap, "method": to_json(methods["D"]), "comparisons": to_json(comparisons),
             "proba": result.proba, "n_features": int(result.n_features)}
@@ -190,16 +200,16 @@ def embedding_analysis(workspace: Workspace, experiment_id: int, *, tap: str | N
 
 
 # ------------------------------------------------------------------------------------------------ occlusion ---
-def _backbone_for(config: dict[str, Any], loaded: LoadedBackbone | None = None) -> LoadedBackbone:
+def _backbone_for(config: ExperimentConfig, loaded: LoadedBackbone | None = None) -> LoadedBackbone:
     from cadx.cnn import load_backbone
 
-    weights = config["weights"]
+    weights = config.weights
     if loaded is None:
-        loaded = load_backbone(config["backbone"], "random" if weights.get("source") == "random" else "default",
+        loaded = load_backbone(config.backbone, "random" if weights.source == "random" else "default",
                                download=False)
-    if loaded.name != config["backbone"] or loaded.weights.sha256 != weights["sha256"]:
+    if loaded.name != config.backbone or loaded.weights.sha256 != weights.sha256:
         raise CadxInputError("weights", f"the loaded {loaded.name} weights ({loaded.weights.sha256[:12]}…) are not "
-                             f"the experiment's ({config['backbone']}, {weights['sha256'][:12]}…)",
+                             f"the experiment's ({config.backbone}, {weights.sha256[:12]}…)",
                              "load the experiment's weights (e.g. --weights-path with the same file)")
     return loaded
 
@@ -219,8 +229,8 @@ def _stored_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: 
     store = feature_store(workspace)
 
     def features(rows: Any) -> np.ndarray:
-        return store.load(tap, [data.hashes[int(i)] for i in rows], backbone=config["backbone"],
-                          weights_sha256=config["weights"]["sha256"], preprocessing=config["preprocessing"])
+        return store.load(tap, [data.hashes[int(i)] for i in rows], backbone=config.backbone,
+                          weights_sha256=config.weights.sha256, preprocessing=config.preprocessing)
 
     score = score_roi(models, index, features, tap=tap)
     model = models[score.fold]
@@ -251,14 +261,14 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
     config = data.config
     index = data.roi_index(roi_id)
     loaded = _backbone_for(config, loaded)
-    tap = config["ensemble_tap"]
+    tap = config.ensemble_tap
     decision_stored = float(data.predictions["decision1"].iloc[index])
     stored = _stored_scorer(workspace, data, index, tap)
     if stored is not None:
         decide, to_p1, decision, fold = stored
         source = "stored"
     else:
-        decide, to_p1, decision, fold = _refitted_scorer(workspace, data, index, tap, experiment_id)
+        decide, to_p1, decision, fold = _refitted_scorer(workspace, data, index, tap)
         source = "refit"
     if not np.isclose(decision, decision_stored, rtol=1e-6, atol=1e-6):
         raise RuntimeError(f"the fold-{fold} SVM gives {decision} for ROI {roi_id}, the record {decision_stored}: "
@@ -282,17 +292,15 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
             "stride": stride, "model_source": source}
 
 
-def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str,
-                     experiment_id: int) -> _Scorer:
+def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str) -> _Scorer:
     """The fallback for experiments without stored fold models: refit the fold's SVM1 with its stored (a, c, d)
     and recover its sigmoid from the fold's stored (decision value, p1) pairs."""
     from cadx.svm import make_svm_pipeline
 
     fold = int(data.folds[index])
-    results = experiment_summary(workspace, experiment_id)["results"]
-    params = results["methods"]["A"].get("best_params")
+    params = data.record.results.methods["A"].best_params
     if not params:
-        raise CadxInputError(f"experiment {experiment_id}", "its record has no per-fold SVM parameters",
+        raise CadxInputError(f"experiment {data.experiment_id}", "its record has no per-fold SVM parameters",
                              "run the experiment again")
     _tap, X = _tap_matrix(workspace, data, tap)
     train = data.folds != fold

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from cadx.errors import CadxInputError
 from cadx.explorer import ActivationCacheError, RoiActivations, roi_activations, score_position
 from cadx.labels import label_word
-from cadx.workflows.experiments import experiment_summary
+from cadx.workflows.experiments import load_experiment
 from cadx.workflows.features import feature_store, roi_records
 from cadx.workflows.workspace import Workspace, make_private_dirs
 from db.models import Lesion, Roi
@@ -45,10 +45,10 @@ def explorer_backbone(name: str, *, experiment_id: int | None = None, workspace:
     if experiment_id is not None:
         if workspace is None:
             raise ValueError("explorer_backbone: an experiment needs its workspace")
-        config = experiment_summary(workspace, experiment_id)["config"]
-        if config["backbone"] != name:
-            raise CadxInputError("backbone", f"experiment {experiment_id} ran on {config['backbone']}, not {name}",
-                                 f"pick {config['backbone']} or another experiment")
+        config = load_experiment(workspace, experiment_id).config
+        if config.backbone != name:
+            raise CadxInputError("backbone", f"experiment {experiment_id} ran on {config.backbone}, not {name}",
+                                 f"pick {config.backbone} or another experiment")
         return _backbone_for(config)
     return load_backbone(name, weights, download=False)
 
@@ -125,10 +125,9 @@ def explorer_activations(workspace: Workspace, loaded: LoadedBackbone, roi_id: i
 
 def tap_aucs(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
     """Each swept tap's AUC (the paper's: mean of fold AUCs) with its SD and SE, in network order."""
-    summary = experiment_summary(workspace, experiment_id)
-    sweep = summary["results"].get("sweep", {})
-    rows = [{"tap": tap, "auc_mean": v.get("auc_mean"), "auc_sd": v.get("auc_sd"), "auc_se": v.get("auc_se"),
-             "auc_sd_between_seeds": v.get("auc_sd_between_seeds"), "n_features": v.get("n_features")}
+    sweep = load_experiment(workspace, experiment_id).results.sweep
+    rows = [{"tap": tap, "auc_mean": v.auc_mean, "auc_sd": v.auc_sd, "auc_se": v.auc_se,
+             "auc_sd_between_seeds": v.auc_sd_between_seeds, "n_features": v.n_features}
             for tap, v in sweep.items()]
     return pd.DataFrame(rows, columns=["tap", "auc_mean", "auc_sd", "auc_se", "auc_sd_between_seeds", "n_features"])
 
@@ -155,7 +154,7 @@ def tap_scores(workspace: Workspace, experiment_id: int, roi_id: int, *, verify:
     store = feature_store(workspace)
     labels = np.array([label_word(code) for code in data.y])
     rows, dists, source, note = [], [], "stored", ""
-    for tap in config.get("taps", []):
+    for tap in config.taps:
         stored = load_oof_scores(workspace, experiment_id, len(ids), tap=tap)
         if stored is None:
             continue
@@ -163,8 +162,8 @@ def tap_scores(workspace: Workspace, experiment_id: int, roi_id: int, *, verify:
         verified = False
         if verify:
             def features(rows_: Any, tap: str = tap) -> np.ndarray:
-                return store.load(tap, [data.hashes[int(i)] for i in rows_], backbone=config["backbone"],
-                                  weights_sha256=config["weights"]["sha256"], preprocessing=config["preprocessing"])
+                return store.load(tap, [data.hashes[int(i)] for i in rows_], backbone=config.backbone,
+                                  weights_sha256=config.weights.sha256, preprocessing=config.preprocessing)
 
             models = load_fold_models(workspace, experiment_id, tap=tap)
             if models is not None:
@@ -175,7 +174,7 @@ def tap_scores(workspace: Workspace, experiment_id: int, roi_id: int, *, verify:
         dists.append(_dist(tap, decision, labels))
     if not rows:  # an experiment recorded before fold models were stored
         source = "predictions"
-        tap = config["ensemble_tap"]
+        tap = config.ensemble_tap
         note = (f"This experiment was recorded before fold models were stored: only its SVM1 tap ({tap}) has "
                 "out-of-fold scores (the stored predictions). Run it again for every tap.")
         decision = data.predictions["decision1"].to_numpy(float)

@@ -1,6 +1,7 @@
-"""Gathering an experiment's study report (``cadx report``, the ROC page's download): the record is read through
-``cadx.workflows.results`` (and ``experiment_summary`` for the config), the cohort counted from the database for the
-experiment's own ROI set, and everything handed to ``cadx.report.render_report``.
+"""Gathering an experiment's study report (``cadx report``, the ROC page's download): the typed record is read with
+``load_experiment`` and its results at the report's level with ``cadx.workflows.results``, the cohort counted from the
+database for the experiment's own ROI set, and everything handed to ``cadx.report.render_report`` as one
+``cadx.report.ReportData``.
 
 PDF: rendered by headless Chromium (``CADX_CHROMIUM`` or ``/usr/bin/chromium``, the browser the end-to-end tests
 use) printing the same HTML; no extra Python package.
@@ -23,13 +24,12 @@ from sqlalchemy import select
 import cadx
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
-from cadx.records import LevelResults, json_safe, to_json
-from cadx.report import render_report, roi_set_sha256
-from cadx.workflows.experiments import experiment_summary
+from cadx.records import LevelResults, json_safe
+from cadx.report import CohortSummary, LabelCounts, ReportData, render_report, roi_set_sha256
+from cadx.workflows.experiments import load_experiment
 from cadx.workflows.results import (
     comparison_table,
     experiment_results,
-    list_experiments,
     method_table,
     repeats_table,
     sweep_table,
@@ -42,7 +42,7 @@ __all__ = ["cohort_summary", "report_data", "report_html", "write_report", "html
 _LABELS = LABELS  # cadx.labels
 
 
-def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> dict[str, Any]:
+def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> CohortSummary:
     """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, and the excluded
     ROIs by their exclusion reason (the reason recorded now)."""
     ids = [int(i) for i in roi_ids]
@@ -61,9 +61,9 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
                 reasons[reason or "unspecified"] = reasons.get(reason or "unspecified", 0) + 1
     missing = len(set(ids)) - len({r[0] for r in rows})
     labels = sorted({r[3] for r in rows} | set(_LABELS), key=lambda x: (x not in _LABELS, x))
-    by_label = {label: {"patients": len({r[2] for r in rows if r[3] == label}),
-                        "lesions": len({r[1] for r in rows if r[3] == label}),
-                        "rois": sum(1 for r in rows if r[3] == label)} for label in labels}
+    by_label = {label: LabelCounts(patients=len({r[2] for r in rows if r[3] == label}),
+                                   lesions=len({r[1] for r in rows if r[3] == label}),
+                                   rois=sum(1 for r in rows if r[3] == label)) for label in labels}
     by_view: dict[str, dict[str, int]] = {}
     for r in rows:
         view = by_view.setdefault(r[5] or "unknown", dict.fromkeys(labels, 0))
@@ -72,11 +72,11 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
     by_type: dict[str, dict[str, int]] = {}
     for kind, label in lesion_type.values():
         by_type.setdefault(kind, dict.fromkeys(labels, 0))[label] += 1
-    return {"patients": len({r[2] for r in rows}), "lesions": len({r[1] for r in rows}), "rois": len(rows),
-            "rois_deleted_since": missing, "label_names": labels, "by_label": by_label,
-            "lesions_by_label": {k: v["lesions"] for k, v in by_label.items()},
-            "rois_by_view": dict(sorted(by_view.items())), "lesions_by_type": dict(sorted(by_type.items())),
-            "excluded_by_reason": dict(sorted(reasons.items()))}
+    return CohortSummary(patients=len({r[2] for r in rows}), lesions=len({r[1] for r in rows}), rois=len(rows),
+                         rois_deleted_since=missing, label_names=labels, by_label=by_label,
+                         lesions_by_label={k: v.lesions for k, v in by_label.items()},
+                         rois_by_view=dict(sorted(by_view.items())), lesions_by_type=dict(sorted(by_type.items())),
+                         excluded_by_reason=dict(sorted(reasons.items())))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -87,33 +87,31 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
-                results: LevelResults | None = None) -> dict[str, Any]:
+                results: LevelResults | None = None) -> ReportData:
     """Everything the report shows, read from the stored record (nothing recomputed except the lesion level,
-    which ``experiment_results`` computes from the stored predictions; a caller that has it passes ``results``)."""
-    rows = [row for row in list_experiments(workspace) if row["id"] == experiment_id]
-    if not rows:
-        raise CadxInputError(f"experiment {experiment_id}", "no such experiment", "list them with `cadx experiments`")
-    experiment = rows[0]
-    config = experiment_summary(workspace, experiment_id)["config"]
+    which ``experiment_results`` computes from the stored predictions; a caller that has it passes ``results``).
+    An unknown experiment, or a stored record with a bad field, is a :class:`~cadx.errors.CadxInputError`."""
+    if level not in ("roi", "lesion"):
+        raise CadxInputError("level", f"unknown level {level!r}", "use 'roi' or 'lesion'")
+    experiment = load_experiment(workspace, experiment_id)
+    config = experiment.config
     if results is None:
-        results = experiment_results(workspace, experiment_id, level)  # type: ignore[arg-type]
+        results = experiment_results(workspace, experiment_id, "roi" if level == "roi" else "lesion")
     elif results.level != level:
         raise ValueError(f"results are at {results.level!r} level, the report asked for {level!r}")
-    roi_set = config.get("roi_set_sha256") or (roi_set_sha256(config["roi_sha256"]) if config.get("roi_sha256")
-                                               else None)
-    return {
-        "experiment": {**experiment, "created_at": str(experiment["created_at"])},
-        "config": config,
-        "cohort": cohort_summary(workspace, config.get("roi_ids", []), config.get("excluded_roi_ids", [])),
-        "results": to_json(results),
-        "sweep": _records(sweep_table(workspace, [experiment_id])),
-        "table1": _records(method_table(results)),
-        "tests": _records(comparison_table(results)),
-        "repeats": _records(repeats_table(results)),
-        "roi_set_sha256": roi_set,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "generator": f"cadx {cadx.__version__}",
-    }
+    roi_set = config.roi_set_sha256 or (roi_set_sha256(config.roi_sha256) if config.roi_sha256 else None)
+    return ReportData(
+        experiment=experiment,
+        results=results,
+        cohort=cohort_summary(workspace, config.roi_ids, config.excluded_roi_ids),
+        sweep=_records(sweep_table(workspace, [experiment_id])),
+        table1=_records(method_table(results)),
+        tests=_records(comparison_table(results)),
+        repeats=_records(repeats_table(results)),
+        roi_set_sha256=roi_set,
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        generator=f"cadx {cadx.__version__}",
+    )
 
 
 def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",
