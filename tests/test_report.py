@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,6 +22,7 @@ from tests.workspace_cache import demo_experiment as build_demo_experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+OLD = json.loads((REPO_ROOT / "tests" / "reference" / "experiment_record_v1.json").read_text())  # schema-1 records
 
 
 class _Page(HTMLParser):
@@ -285,27 +289,59 @@ def test_report_of_a_real_mias_experiment_is_written_as_a_test_artifact(tmp_path
     assert types and "unknown" not in types  # MIAS gives every lesion a class (CIRC, SPIC, ...)
 
 
+def _old_record(label: str):
+    """A schema-1 record (tests/reference/experiment_record_v1.json: SYNTHETIC data, random weights) as
+    ``load_experiment`` gives it: typed, upgraded on reading."""
+    from cadx.records import ExperimentRecord, from_json, upgrade_results
+
+    old = OLD[label]
+    return from_json(ExperimentRecord, {**old, "results": upgrade_results(old["results"])})
+
+
+def _store_record(workspace, record: dict) -> int:
+    """Store an experiment row with this JSON config and results as written by another (older) cadx; its id."""
+    from datetime import datetime
+
+    from db.models import Experiment
+
+    with workspace.sessions() as session, session.begin():
+        row = Experiment(name=record["name"], kind=record["kind"], config=record["config"],
+                         config_sha256=record["config_sha256"], code_version=record["code_version"],
+                         results=record["results"], seconds=record["seconds"],
+                         uses_synthetic_data=record["uses_synthetic_data"],
+                         uses_random_weights=record["uses_random_weights"], created_by=record["created_by"],
+                         created_at=datetime.fromisoformat(record["created_at"]))
+        session.add(row)
+        session.flush()
+        return int(row.id)
+
+
 def test_render_an_svm1_only_experiment_without_sweep_or_tests():
     """An experiment without analytic features: Table 1 has SVM1 only; no tests, no sweep, no repeats; still valid."""
-    from cadx.report import render_report
+    from cadx.records import Binormal, LevelResults
+    from cadx.report import CohortSummary, LabelCounts, ReportData, render_report
 
-    method = {"title": "SVM1", "auc_mean": 0.61, "auc_sd": 0.05, "auc_se": 0.02, "pooled_auc": 0.6,
-              "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1]}, "binormal": {"error": "no finite fit"}}
-    cohort = {"patients": 3, "lesions": 4, "rois": 6, "label_names": ["benign", "malignant"],
-              "by_label": {"benign": {"patients": 2, "lesions": 2, "rois": 3},
-                           "malignant": {"patients": 1, "lesions": 2, "rois": 3}},
-              "lesions_by_label": {"benign": 2, "malignant": 2}, "rois_by_view": {"CC": {"benign": 3, "malignant": 3}},
-              "lesions_by_type": {"mass": {"benign": 2, "malignant": 2}}, "excluded_by_reason": {}}
-    data = {"experiment": {"id": 7, "name": "svm1 only", "backbone": "alexnet", "uses_synthetic_data": False,
-                           "uses_random_weights": False, "code_version": "0.1.0", "config_sha256": "ab" * 32},
-            "config": {"weights": {"name": "w", "sha256": "cd" * 32, "source": "file"}, "taps": ["fc6"],
-                       "ensemble_tap": "fc6", "n_folds": 2, "n_inner": 2, "seed": 3, "preprocessing": "pre1",
-                       "grid": {"gamma": [0.5], "coef0": [1.0], "degree": [2]}},
-            "cohort": cohort, "results": {"level": "roi", "n_cases": 6, "n_positive": 3, "methods": {"A": method}},
-            "sweep": [], "table1": [{"classifier": "SVM1 (CNN features)", "AUC": 0.61, "AUC.SD": 0.05, "SE": 0.02,
-                                     "pooled AUC": 0.6, "CI95 low": None, "CI95 high": None, "lesion AUC": None,
-                                     "binormal AUC": None, "time (s)": 1.0}],
-            "tests": [], "repeats": [], "roi_set_sha256": None}
+    record = _old_record("one_seed")
+    method = dataclasses.replace(record.results.methods["A"], title="SVM1", auc_mean=0.61, auc_sd=0.05,
+                                 auc_se=0.02, pooled_auc=0.6, binormal=Binormal(error="no finite fit"))
+    config = dataclasses.replace(record.config, taps=["fc6"], ensemble_tap="fc6", n_folds=2, n_inner=2, seed=3,
+                                 analytic_version=None, grid={"gamma": [0.5], "coef0": [1.0], "degree": [2]})
+    record = dataclasses.replace(
+        record, id=7, name="svm1 only", uses_synthetic_data=False, uses_random_weights=False, config=config,
+        results=dataclasses.replace(record.results, sweep={}, methods={"A": method}, comparisons=[], repeats=None))
+    cohort = CohortSummary(
+        patients=3, lesions=4, rois=6, rois_deleted_since=0, label_names=["benign", "malignant"],
+        by_label={"benign": LabelCounts(patients=2, lesions=2, rois=3),
+                  "malignant": LabelCounts(patients=1, lesions=2, rois=3)},
+        lesions_by_label={"benign": 2, "malignant": 2}, rois_by_view={"CC": {"benign": 3, "malignant": 3}},
+        lesions_by_type={"mass": {"benign": 2, "malignant": 2}}, excluded_by_reason={})
+    data = ReportData(
+        experiment=record, cohort=cohort,
+        results=LevelResults(level="roi", n_cases=6, n_positive=3, methods={"A": method}, comparisons=[]),
+        sweep=[], table1=[{"classifier": "SVM1 (CNN features)", "AUC": 0.61, "AUC.SD": 0.05, "SE": 0.02,
+                           "pooled AUC": 0.6, "CI95 low": None, "CI95 high": None, "lesion AUC": None,
+                           "binormal AUC": None, "time (s)": 1.0}],
+        tests=[], repeats=[], roi_set_sha256=None, generated_at="2026-11-30T00:00:00+00:00", generator="cadx test")
     text = render_report(data)
     page = _parse(text)
     _assert_self_contained(text, page)
@@ -316,3 +352,73 @@ def test_render_an_svm1_only_experiment_without_sweep_or_tests():
     assert "gamma ∈ {0.5000}; coef0 ∈ {1.0000}; degree ∈ {2}" in methods and "seed 3" in methods
     assert "Analytic features" not in methods
     assert _row(page, "provenance-table", "ROI-set SHA-256")[1][0] == "not recorded"
+    # the binormal fit failed: only the empirical curve (and chance) is drawn, its AUC in the legend
+    assert "SVM1 (CNN): empirical 0.600" in text and "binormal" not in page.sections["fig4"].replace(
+        "Fitted binormal", "")
+
+
+@pytest.mark.parametrize("label", ["one_seed", "two_seeds"])
+def test_a_schema_1_record_renders_with_its_stored_numbers(workspace, label):
+    """On SQLite and PostgreSQL: a record written by cadx before the schema existed (schema 1: no cohort, no ROI-set
+    SHA-256, no comparison families) is upgraded on reading and rendered from its stored numbers; its ROIs are not
+    in this database, so the cohort counts none and says how many are gone."""
+    from cadx.records import SCHEMA_VERSION
+    from cadx.report import ReportData
+
+    old = OLD[label]
+    experiment_id = _store_record(workspace, old)
+    data = report_data(workspace, experiment_id)
+    assert isinstance(data, ReportData) and data.experiment.results.schema_version == SCHEMA_VERSION
+    assert data.experiment.config.cohort is None and data.experiment.results.roi_set_sha256 is None
+    assert data.roi_set_sha256 == roi_set_sha256(old["config"]["roi_sha256"])  # computed from the ROI hashes
+    assert data.cohort.rois == 0 and data.cohort.rois_deleted_since == len(old["config"]["roi_ids"])
+    page = _parse(report_html(workspace, experiment_id))
+    assert list(page.sections) == list(SECTIONS)
+    assert all(page.banners[s] == 1 for s in SECTIONS)  # synthetic data, random weights
+    stored = old["results"]
+    for key, name in (("A", "SVM1 (CNN features)"), ("B", "SVM2 (analytic features)"),
+                      ("C", "Ensemble (SVM1 + SVM2)")):
+        row = _row(page, "table1", name)
+        assert _value(row[1]) == stored["methods"][key]["auc_mean"]
+        assert _value(row[8]) == stored["methods"][key]["binormal"]["auc"]
+    assert [r[0][0] for r in page.cells["sweep-table"][1:]] == list(stored["sweep"]) == ["fc7", "fc8"]
+    assert len(page.cells["tests-table"]) == 1 + 3  # the paper's three tests (the family schema 1 implies)
+    from cadx.workflows.results import METHOD_NAMES as names
+
+    for comparison in stored["comparisons"]:
+        first, second = comparison["comparison"].split(" vs ")
+        assert _value(_row(page, "tests-table", f"{names[first]} vs {names[second]}")[3]) == comparison[
+            "delong_p_bonferroni"]
+    if label == "two_seeds":
+        assert [c[0] for c in page.cells["repeats-table"][0]][-2:] == ["seed 0", "seed 1"]
+        assert "seeds 0, 1" in " ".join(page.sections["methods"].split())
+    else:
+        assert "repeats-table" not in page.cells and "seed 0" in " ".join(page.sections["methods"].split())
+    provenance = " ".join(page.sections["provenance"].split())
+    assert old["config_sha256"] in provenance and data.roi_set_sha256 in provenance
+
+
+def test_a_stored_record_with_a_bad_field_is_refused_with_its_path(workspace):
+    """On SQLite and PostgreSQL: the report, the analyses and the explorer read the typed record, so a damaged
+    stored record is refused with the experiment and the path of the bad field, and nothing is written."""
+    from cadx.errors import CadxInputError
+    from cadx.workflows.analyses import experiment_data
+    from cadx.workflows.explorer import explorer_backbone, tap_aucs
+
+    bad = copy.deepcopy(OLD["one_seed"])
+    bad["results"]["methods"]["A"]["auc_mean"] = "high"
+    experiment_id = _store_record(workspace, bad)
+    where = rf"experiment {experiment_id}: results\.methods\.A\.auc_mean: got str 'high'"
+    for read in (lambda: report_data(workspace, experiment_id), lambda: experiment_data(workspace, experiment_id),
+                 lambda: tap_aucs(workspace, experiment_id)):
+        with pytest.raises(CadxInputError, match=where):
+            read()
+    out = workspace.data_dir / "report.html"
+    with pytest.raises(CadxInputError, match=where):
+        write_report(workspace, experiment_id, out)
+    assert not out.exists()
+    bad = copy.deepcopy(OLD["one_seed"])
+    bad["config"]["taps"] = "fc8"
+    experiment_id = _store_record(workspace, bad)
+    with pytest.raises(CadxInputError, match=rf"experiment {experiment_id}: config\.taps: got str 'fc8'.*a list"):
+        explorer_backbone("alexnet", experiment_id=experiment_id, workspace=workspace)
