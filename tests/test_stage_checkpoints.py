@@ -177,7 +177,7 @@ def test_the_scope_names_each_roi_s_label_not_only_the_config(demo):
     for r in records:
         views.setdefault((r.lesion_id, r.label, r.patient_id), []).append(r.id)
     patients = {}
-    for lesion, label, patient in views:
+    for _lesion, label, patient in views:
         patients.setdefault(patient, set()).add(label)
     single = {k: len(v) for k, v in views.items() if len(patients[k[2]]) == 1}  # each patient keeps one label
     benign = next(k for k in single if k[1] == 0)
