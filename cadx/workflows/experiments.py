@@ -221,9 +221,9 @@ class FeatureStage:
     """Stage 2: the features are in the store; the config (and its SHA-256) that names the experiment's numbers.
 
     ``cohort_sha256``: the SHA-256 of the cohort's ROIs as the numbers use them (:func:`cohort_sha256`: id,
-    pixel hash, label, lesion, patient); ``scope``: the SHA-256 of the config, that and the code version, under
-    which the job runner keeps finished folds and stage outputs (a changed ROI set, label or grouping is another
-    scope, never restored from).
+    pixel hash, label, lesion, patient); ``scope``: the SHA-256 of ``config_sha256``, ``cohort_sha256`` and the
+    code version, under which the job runner keeps finished folds and stage outputs (a changed ROI set, label or
+    grouping is another scope, never restored from).
     """
 
     extraction: ExtractionReport
