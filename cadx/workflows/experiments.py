@@ -10,12 +10,18 @@ database gives the same numbers. The record's schema (config and results) is ``c
 :func:`select_cohort` (:class:`CohortStage`) -> :func:`prepare_features` (:class:`FeatureStage`, with the config and
 its SHA-256) -> :func:`cross_validate` (:class:`CvStage`) -> :func:`experiment_statistics`
 (``cadx.records.ExperimentResults``) -> :func:`store_experiment` (one transaction).
+
+With the job runner's checkpoints, every stage's output survives a killed worker: the cohort is read again (it
+names the data, so it is never restored), features stay in their stores, each finished (tap, seed, fold) of the
+cross-validation is a checkpoint unit, and the statistics are a checkpoint of their own (JSON of the typed
+record, read back validated), all under :attr:`FeatureStage.scope`; storing is one transaction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import subprocess
 import time
@@ -72,10 +78,10 @@ if TYPE_CHECKING:  # cadx.svm loads scikit-learn: imported where the work is don
     from cadx.svm import CvResult, SweepResult
 
 __all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "CohortStage", "CvStage", "ExperimentSettings",
-           "FeatureStage", "PROGRESS_SCALE", "StageMeter", "calibration_record", "code_version", "compare_methods",
-           "cross_validate", "experiment_statistics", "experiment_summary", "json_safe", "load_experiment",
-           "method_statistics", "prepare_features", "record_of", "repeated_cv_summary", "run_experiment",
-           "select_cohort", "store_experiment"]
+           "FeatureStage", "PROGRESS_SCALE", "StageMeter", "calibration_record", "code_version", "cohort_sha256",
+           "compare_methods", "cross_validate", "experiment_statistics", "experiment_summary", "json_safe",
+           "load_experiment", "method_statistics", "prepare_features", "read_statistics", "record_of",
+           "repeated_cv_summary", "run_experiment", "select_cohort", "statistics_payload", "store_experiment"]
 
 _CURVE_POINTS = 101
 _CV_GROUPS = "patient (a patient's lesions stay together; each lesion's ROIs always do)"
@@ -214,7 +220,10 @@ class CohortStage:
 class FeatureStage:
     """Stage 2: the features are in the store; the config (and its SHA-256) that names the experiment's numbers.
 
-    ``scope``: the SHA-256 of the config and the code version, under which the job runner keeps finished folds.
+    ``cohort_sha256``: the SHA-256 of the cohort's ROIs as the numbers use them (:func:`cohort_sha256`: id,
+    pixel hash, label, lesion, patient); ``scope``: the SHA-256 of ``config_sha256``, ``cohort_sha256`` and the
+    code version, under which the job runner keeps finished folds and stage outputs (a changed ROI set, label or
+    grouping is another scope, never restored from).
     """
 
     extraction: ExtractionReport
@@ -222,10 +231,20 @@ class FeatureStage:
     config: ExperimentConfig
     config_sha256: str
     code_version: str
+    cohort_sha256: str
 
     @property
     def scope(self) -> str:
-        return hashlib.sha256(f"{self.config_sha256} {self.code_version}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.config_sha256} {self.cohort_sha256} {self.code_version}".encode()).hexdigest()
+
+
+def cohort_sha256(records: Sequence[RoiRecord]) -> str:
+    """The SHA-256 of what the numbers use of each ROI, in order: id, pixel SHA-256, label, lesion and patient.
+
+    The config holds the ROI ids and hashes and the cohort's counts, but not each ROI's label or grouping: two
+    lesions whose labels were swapped would keep its SHA-256. This digest is part of the checkpoints' scope."""
+    lines = "\n".join(f"{r.id} {r.sha256} {int(r.label)} {r.lesion_id} {r.patient_id}" for r in records)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -379,7 +398,8 @@ def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSett
         extra=dict(settings.extra),
     )
     return FeatureStage(extraction=extraction, analytic_version=analytic_version, config=config,
-                        config_sha256=config_sha256(config), code_version=code_version())
+                        config_sha256=config_sha256(config), code_version=code_version(),
+                        cohort_sha256=cohort_sha256(records))
 
 
 def cross_validate(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage,
@@ -537,18 +557,47 @@ def run_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettin
     :func:`experiment_statistics`, :func:`store_experiment`. ``progress(done, total, message)`` reports work done as
     parts of ``PROGRESS_SCALE`` (stages weighted by their estimated cost). ``checkpoints``, when given (the job
     runner's ``JobCheckpoints``), keeps every finished (tap, seed, fold) of the sweep and of Method B under the
-    SHA-256 of the experiment's config, so a run interrupted and started again redoes only the folds that were not
-    finished and stores exactly the numbers of an uninterrupted run.
+    scope (:attr:`FeatureStage.scope`: config, cohort and code version), and the statistics once computed (stage
+    ``"statistics"``), so a run interrupted and started again redoes only the folds that were not finished, does not
+    compute the statistics again when they were, and stores exactly the record of an uninterrupted run. The stages
+    not checkpointed keep their output elsewhere (features in their stores) or name the data (the cohort).
     """
     started = time.perf_counter()
     cohort = select_cohort(workspace, loaded, settings)
     meter = StageMeter.for_cohort(progress, cohort, settings)
     features = prepare_features(workspace, loaded, settings, cohort, meter=meter)
     cv = cross_validate(workspace, loaded, settings, cohort, features, meter=meter, checkpoints=checkpoints)
-    results = experiment_statistics(settings, cohort, features, cv, weights_note=weights_note)
+    results = None if checkpoints is None else checkpoints.load_stage(features.scope, _STATISTICS, read_statistics)
+    if results is None:
+        meter.emit("statistics: ROC curves, binormal fits, DeLong and bootstrap CIs, tests")
+        results = experiment_statistics(settings, cohort, features, cv, weights_note=weights_note)
+        if checkpoints is not None:
+            checkpoints.save_stage(features.scope, _STATISTICS, statistics_payload(results))
+        saving = "saving the experiment"
+    else:
+        saving = "statistics restored from checkpoint; saving the experiment"
     seconds = time.perf_counter() - started
-    meter.advance("statistics", _SECONDS_STATISTICS, "saving the experiment")
+    meter.advance("statistics", _SECONDS_STATISTICS, saving)
     return store_experiment(workspace, loaded, cohort, features, cv, results, name=name, user=user, seconds=seconds)
+
+
+_STATISTICS = "statistics"  # the name of the statistics stage's checkpoint
+
+
+def statistics_payload(results: ExperimentResults) -> bytes:
+    """The statistics stage's output as a checkpoint: its JSON (``cadx.records.to_json``; no pickle)."""
+    return json.dumps(to_json(results), allow_nan=False).encode()
+
+
+def read_statistics(payload: bytes) -> ExperimentResults:
+    """The statistics stage's output from its checkpoint (:func:`statistics_payload`), validated by
+    ``cadx.records.from_json``; anything else raises ``CadxInputError`` naming the field."""
+    where = "checkpoint of the statistics stage"
+    try:
+        data = json.loads(payload.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CadxInputError(where, f"not JSON ({exc})", "it is computed again") from None
+    return from_json(ExperimentResults, data, where=where)
 
 
 def _number(value: Any) -> float | None:

@@ -15,9 +15,10 @@ only when the worker is gone: no heartbeat for ``CADX_JOB_STALE_SECONDS`` (300) 
 process with that PID and start time (a reused PID is another process). On another host only the heartbeat counts.
 A job whose worker is gone is queued again and resumed by the next worker (``attempts`` counts the claims): its
 finished units of work are checkpointed in ``job_checkpoints`` (one row per tap, seed and outer fold, see
-``JobCheckpoints``), so only the unfinished ones are computed again and the results equal those of an
-uninterrupted run. After ``_MAX_ATTEMPTS`` claims the job is failed with the reason; submitting the same job
-again (or ``retry_job``) resumes it from its checkpoints.
+``JobCheckpoints``), and so is the output of a finished stage that nothing else keeps (an experiment's statistics),
+so only the unfinished work is done again and the results equal those of an uninterrupted run. After
+``_MAX_ATTEMPTS`` claims the job is failed with the reason; submitting the same job again (or ``retry_job``)
+resumes it from its checkpoints.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 import psutil
 from sqlalchemy import Select, delete, func, insert, or_, select, update
@@ -53,6 +55,8 @@ _PID_FILE = "worker.pid"
 _MAX_ATTEMPTS = 3
 _PID_START_TOLERANCE_S = 1.0  # process start times are recorded to clock ticks
 _PROGRESS_WRITE_S = 2.0  # progress is written to the job row at most this often (and at the end)
+_STAGE = "stage"  # checkpoint rows "stage:<name>" hold a whole stage's output (JobCheckpoints.load_stage)
+T = TypeVar("T")
 
 
 class JobCancelled(CadxError):
@@ -269,19 +273,20 @@ def reap_dead_jobs(workspace: Workspace) -> list[int]:
             if job.status != "running":
                 session.execute(update(Job).where(*same).values(slot=None))
                 continue
-            n_done = session.scalar(select(func.count()).select_from(JobCheckpoint)
-                                    .where(JobCheckpoint.job_id == job.id)) or 0
+            kept = list(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == job.id)))
+            stages = sorted(u.split(":", 1)[1] for u in kept if u.startswith(f"{_STAGE}:"))
+            n_done = f"{len(kept) - len(stages)} finished units" + (
+                f" and the {', '.join(stages)} stage{'s' if len(stages) > 1 else ''}" if stages else "")
             since = "" if job.heartbeat_at is None else \
                 f", no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
             if job.attempts >= _MAX_ATTEMPTS:
                 values = dict(status="failed", finished_at=now, eta_seconds=None, message="failed",
                               error=f"the worker running this job stopped {job.attempts} times (last: {job.worker}"
-                                    f"{since}); {n_done} finished units are kept: submit it again (Retry) to "
+                                    f"{since}); {n_done} are kept: submit it again (Retry) to "
                                     "resume from them")
             else:
                 values = dict(status="queued", eta_seconds=None,
-                              message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done} "
-                                      "finished units")
+                              message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done}")
             changed = _updated(session, update(Job).where(*same).values(slot=None, worker=None, **values))
         if changed == 1:
             taken.append(job.id)
@@ -319,12 +324,16 @@ def _claim(workspace: Workspace, me: _Identity) -> Job | None:
 
 # -------------------------------------------------------------------------------------------- checkpoints ---
 class JobCheckpoints:
-    """The finished units of one job, in ``job_checkpoints``. ``scoped(scope, stage)`` gives the store that
-    ``cadx.svm.sweep_layers`` / ``cross_validate_by_lesion`` read and write (``load(unit)``, ``save(unit, bytes)``,
-    ``units()``). ``scope`` is a SHA-256 of everything the numbers depend on (the experiment config and the code
-    version): a unit is only ever restored into a run with the same scope. Rows of this job with another scope
-    (the data changed since) are deleted; a job submitted again with the same scope also restores the units of
-    earlier unfinished jobs (failed or cancelled), so "submit again to resume" holds."""
+    """The finished work of one job, in ``job_checkpoints``: *units* (one tap, seed and outer fold each) and whole
+    *stage outputs* (e.g. an experiment's statistics).
+
+    ``scoped(scope, stage)`` gives the store of units that ``cadx.svm.sweep_layers`` / ``cross_validate_by_lesion``
+    read and write (``load(unit)``, ``save(unit, bytes)``, ``units()``); ``load_stage`` / ``save_stage`` keep one
+    stage's output (bytes the caller serializes and validates; rows ``stage:<name>``). ``scope`` is a SHA-256 of
+    everything the numbers depend on (the experiment config, the cohort's ROIs with their labels, lesions and
+    patients, the code version): nothing is ever restored into a run with another scope. Rows of this job with
+    another scope (the data changed since) are deleted; a job submitted again with the same scope also restores
+    the checkpoints of earlier unfinished jobs (failed or cancelled), so "submit again to resume" holds."""
 
     def __init__(self, workspace: Workspace, job_id: int, *, worker: str | None = None) -> None:
         self._workspace = workspace
@@ -332,14 +341,41 @@ class JobCheckpoints:
         self._worker = worker
         self.restored = 0  # units this run took from checkpoints (not computed again)
         self.computed = 0  # units this run computed and saved
+        self.restored_stages: list[str] = []  # stages whose output this run took from checkpoints
 
     def resume_note(self) -> str | None:
-        """``"resumed: R of N units restored from checkpoints, C computed"`` when this run restored any, else None
-        (the job's final message starts with it, so every page shows what a resumed job redid)."""
-        if not self.restored:
+        """``"resumed: R of N units restored from checkpoints, C computed"`` (and ``"; stages restored:
+        statistics"`` when a stage's output was restored) when this run restored anything, else None (the job's
+        final message starts with it, so every page shows what a resumed job redid)."""
+        if not self.restored and not self.restored_stages:
             return None
-        return (f"resumed: {self.restored} of {self.restored + self.computed} units restored from checkpoints, "
+        note = (f"resumed: {self.restored} of {self.restored + self.computed} units restored from checkpoints, "
                 f"{self.computed} computed")
+        if self.restored_stages:
+            note += f"; stages restored: {', '.join(self.restored_stages)}"
+        return note
+
+    def load_stage(self, scope: str, stage: str, read: Callable[[bytes], T]) -> T | None:
+        """The output of ``stage`` kept under ``scope`` (by this job or an unfinished earlier one), read by
+        ``read(payload)``; None when there is none. A payload ``read`` refuses (``CadxInputError``) is deleted and
+        None returned: the stage is computed again, never restored half-read."""
+        store = self.scoped(scope, _STAGE)
+        payload = store._fetch(stage)
+        if payload is None:
+            return None
+        try:
+            value = read(payload)
+        except CadxInputError as exc:
+            print(f"cadx worker: job {self.job_id}: the checkpoint of stage {stage!r} is unreadable ({exc}); "
+                  "computing it again", file=sys.stderr)
+            store._discard(stage)
+            return None
+        self.restored_stages.append(stage)
+        return value
+
+    def save_stage(self, scope: str, stage: str, payload: bytes) -> None:
+        """Keep the output of ``stage`` that this run computed, under ``scope``."""
+        self.scoped(scope, _STAGE)._insert(stage, payload)
 
     def scoped(self, scope: str, stage: str) -> _ScopedCheckpoints:
         with self._workspace.sessions.begin() as session:
@@ -364,6 +400,13 @@ class _ScopedCheckpoints:
             return {u[len(self._prefix):] for u in rows}
 
     def load(self, unit: str) -> bytes | None:
+        """A unit kept earlier (counted as restored), or None."""
+        payload = self._fetch(unit)
+        if payload is not None:
+            self._owner.restored += 1
+        return payload
+
+    def _fetch(self, unit: str) -> bytes | None:
         with self._owner._workspace.sessions() as session:
             rows = session.execute(self._query(JobCheckpoint.job_id, JobCheckpoint.payload)
                                    .where(JobCheckpoint.unit == self._prefix + unit)).all()
@@ -373,8 +416,12 @@ class _ScopedCheckpoints:
         payload: bytes = own[0] if own else rows[0][1]
         if not own:  # copy it to this job, so this job's rows alone show what it has
             self._insert(unit, payload)
-        self._owner.restored += 1
         return payload
+
+    def _discard(self, unit: str) -> None:
+        with self._owner._workspace.sessions.begin() as session:
+            session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == self._owner.job_id,
+                                                        JobCheckpoint.unit == self._prefix + unit))
 
     def save(self, unit: str, payload: bytes) -> None:
         """Keep a unit this run computed."""
