@@ -86,10 +86,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import (
-    SVC,
-    _libsvm,  # type: ignore[attr-defined]
-)
+from sklearn.svm import SVC, _libsvm
 
 from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
@@ -737,7 +734,7 @@ def _inner_svc_decision(G_fit: np.ndarray, y_fit: np.ndarray, G_val: np.ndarray,
         epsilon=0.0, max_iter=-1, random_seed=0, **_SVC_DEFAULTS)
     decision = _libsvm.decision_function(G_val, support, vectors, n_support, dual_coef, intercept, prob_a, prob_b,
                                          **_SVC_DEFAULTS)
-    return -decision.ravel()  # SVC's sign for two classes: positive means classes_[1]
+    return np.asarray(-decision.ravel(), dtype=np.float64)  # SVC's sign for two classes: positive means classes_[1]
 
 
 def _grid_search_gram(G_inner: Sequence[np.ndarray], inner_pos: Sequence[tuple[np.ndarray, np.ndarray]],
