@@ -86,7 +86,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, _libsvm
 
 from cadx.errors import CadxInputError
 from cadx.foldmodel import FoldModel
@@ -707,6 +707,36 @@ def _best_index(scores: np.ndarray) -> int:
     return int(np.argmax(means))
 
 
+_NO_SAMPLE_WEIGHT = np.empty(0, dtype=np.float64)
+_UNIT_CLASS_WEIGHT = np.ones(2, dtype=np.float64)  # SVC's class_weight_ for class_weight=None: C for both classes
+_SVC_DEFAULTS: dict[str, Any] = {"svm_type": 0, "kernel": "precomputed", "degree": 3, "coef0": 0.0, "gamma": 0.0,
+                                 "cache_size": 200.0}
+
+
+def _inner_svc_decision(G_fit: np.ndarray, y_fit: np.ndarray, G_val: np.ndarray, C: float) -> np.ndarray:
+    """``SVC(kernel="precomputed", C=C).fit(G_fit, y_fit).decision_function(G_val)``, bit for bit, by calling the
+    libsvm binding that ``SVC`` itself calls.
+
+    Written by hand (the only place cadx reaches past scikit-learn's public API) because the inner grid search fits
+    tens of thousands of SVMs on small Grams, and ``SVC``'s input validation per call costs ~20x the libsvm work there.
+    ``G_fit`` of shape (n, n) and ``G_val`` of shape (m, n): C-contiguous float64, finite (our own Grams);
+    ``y_fit`` of shape (n,) in {0, 1} with both classes. ``tests/test_svm.py`` checks the equality with ``SVC`` (the
+    sklearn pin in requirements.txt keeps the binding's signature).
+    """
+    if G_fit.shape[0] != G_fit.shape[1] or G_val.shape[1] != G_fit.shape[0] or len(y_fit) != G_fit.shape[0]:
+        raise ValueError(f"precomputed Gram shapes do not match: fit {G_fit.shape}, validation {G_val.shape}, "
+                         f"labels {len(y_fit)}")
+    if not (y_fit.min() == 0 and y_fit.max() == 1):
+        raise ValueError("The number of classes has to be greater than one; got 1 class")
+    support, vectors, n_support, dual_coef, intercept, prob_a, prob_b, _status, _iterations = _libsvm.fit(
+        G_fit, np.asarray(y_fit, dtype=np.float64), sample_weight=_NO_SAMPLE_WEIGHT,
+        class_weight=_UNIT_CLASS_WEIGHT, C=float(C), nu=0.0, probability=False, shrinking=True, tol=1e-3,
+        epsilon=0.0, max_iter=-1, random_seed=0, **_SVC_DEFAULTS)
+    decision = _libsvm.decision_function(G_val, support, vectors, n_support, dual_coef, intercept, prob_a, prob_b,
+                                         **_SVC_DEFAULTS)
+    return np.asarray(-decision.ravel(), dtype=np.float64)  # SVC's sign for two classes: positive means classes_[1]
+
+
 def _grid_search_gram(G_inner: Sequence[np.ndarray], inner_pos: Sequence[tuple[np.ndarray, np.ndarray]],
                       y_tr: np.ndarray, candidates: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Inner grid search on precomputed Grams. Returns scores (n_cand, n_inner) and out-of-fold decisions."""
@@ -724,9 +754,8 @@ def _grid_search_gram_unchecked(G_inner: Sequence[np.ndarray], inner_pos: Sequen
         G_ff = np.ascontiguousarray(G[np.ix_(fit, fit)])
         G_vf = np.ascontiguousarray(G[np.ix_(val, fit)])
         for ci, c in enumerate(candidates):
-            svc = SVC(kernel="precomputed", C=c["C"])
-            svc.fit(_poly(G_ff, c["gamma"], c["coef0"], c["degree"]), y_tr[fit])
-            dec = svc.decision_function(_poly(G_vf, c["gamma"], c["coef0"], c["degree"]))
+            dec = _inner_svc_decision(_poly(G_ff, c["gamma"], c["coef0"], c["degree"]), y_tr[fit],
+                                      _poly(G_vf, c["gamma"], c["coef0"], c["degree"]), c["C"])
             oof[ci, val] = dec
             scores[ci, k] = _rank_auc(y_tr[val], dec)
         vals.append(val)

@@ -15,8 +15,9 @@ copy and may change it):
 * ``workspace`` (tests/db_fixtures.py): an empty, migrated workspace on SQLite and on PostgreSQL. The migration
   runs once per session (SQLite: a template file is copied; PostgreSQL: rows truncated while the schema is unchanged).
   ``database_url`` is an empty database (no tables) for migration tests.
-* ``workspace_cache`` (tests/workspace_cache.py): ``workspace_cache.fill(workspace, import_demo, n_lesions=12,
-  seed=5)`` instead of ``import_demo(workspace, ...)`` on an empty workspace;
+* ``workspace_cache`` (tests/workspace_cache.py; the xdist workers share its templates):
+  ``workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)`` instead of ``import_demo(workspace, ...)`` on
+  an empty workspace;
   ``workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)`` for a SQLite data directory
   (AppTest, browser tests, CLI). Any ``build(workspace, **kwargs)`` works; ``demo_experiment`` there adds a small
   experiment (AlexNet, random weights) and ``SMALL_SWEEP`` is the one the experiment pages show.
@@ -96,10 +97,12 @@ from tests.db_fixtures import _migrated_sqlite, database_url, db_kind, workspace
 
 @pytest.fixture(scope="session")
 def workspace_cache(tmp_path_factory):
-    """Built workspaces shared by the whole session, copied per use (see tests/workspace_cache.py)."""
+    """Built workspaces shared by the whole session, copied per use (see tests/workspace_cache.py). Under
+    pytest-xdist the workers share them: each worker's temporary folder sits in the run's common one."""
     from tests.workspace_cache import WorkspaceCache
 
-    return WorkspaceCache(tmp_path_factory.mktemp("workspace-cache"))
+    base = tmp_path_factory.getbasetemp()
+    return WorkspaceCache((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "workspace-cache")
 
 
 @pytest.fixture(autouse=True)

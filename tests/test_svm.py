@@ -132,6 +132,35 @@ def test_gram_engine_equals_plain_gridsearch_p_gt_n_with_zero_variance_columns()
     assert res.best_params == plain.best_params
 
 
+def test_the_inner_grid_search_svm_is_scikit_learn_s_svc_bit_for_bit():
+    """The inner loop calls libsvm's binding directly (cadx.svm._inner_svc_decision) to skip SVC's per-call
+    validation: its decision values must be exactly SVC's, on Grams of every shape, kernel and C the grid uses, and a
+    one-class fold is refused as SVC refuses it."""
+    from cadx.gram import _poly
+
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(120):
+        n, m, p = int(rng.integers(4, 60)), int(rng.integers(1, 20)), int(rng.integers(1, 50))
+        X = rng.normal(size=(n + m, p))
+        y = (rng.random(n) > rng.random()).astype(int)
+        if y.min() == y.max():
+            continue
+        G = X @ X.T
+        gamma, coef0 = float(rng.choice([0.1 / p, 1 / p, 10 / p])), float(rng.choice([0.0, 1.0]))
+        degree, C = int(rng.choice([1, 2, 3])), float(rng.choice([0.1, 1.0, 10.0]))
+        G_fit = _poly(np.ascontiguousarray(G[:n, :n]), gamma, coef0, degree)
+        G_val = _poly(np.ascontiguousarray(G[n:, :n]), gamma, coef0, degree)
+        expected = SVC(kernel="precomputed", C=C).fit(G_fit, y).decision_function(G_val)
+        assert np.array_equal(svm._inner_svc_decision(G_fit, y, G_val, C), expected)
+        checked += 1
+    assert checked > 100
+    with pytest.raises(ValueError, match="number of classes"):
+        svm._inner_svc_decision(np.eye(3), np.zeros(3, dtype=int), np.eye(3), 1.0)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        svm._inner_svc_decision(np.eye(3), np.array([0, 1, 1]), np.eye(2), 1.0)
+
+
 def test_grid_ties_resolved_like_gridsearchcv():
     scores = np.array([[0.5, 0.7], [0.6, 0.6], [0.7, 0.5], [np.nan, 1.0]])
     assert svm._best_index(scores) == 0  # first of the tied best means, NaN ranks last

@@ -12,6 +12,10 @@ change its copy freely) and the product code that built it is the real one:
 * ``cache.data_dir(dest, build, **kwargs)``: a new SQLite data directory at ``dest`` holding a copy of the template
   (for AppTest and the browser tests, which open ``CADX_DATA_DIR``). Returns ``(dest, result)``.
 
+Under pytest-xdist the workers share the templates (the cache's root is the run's common temporary folder): the first
+worker that needs a template builds it under a file lock, the others wait and copy it; a build is written to a
+temporary folder and renamed into place only when it succeeded, with what it returned pickled beside it.
+
 A build must depend on nothing but its arguments (not on a test's monkeypatching); give different builds different
 function names (the key is the function's module, qualified name and keyword arguments). Tests of the build itself
 (``tests/test_demo.py`` for ``import_demo``) call it directly. Builds several test modules share are here
@@ -21,13 +25,16 @@ function names (the key is the function's module, qualified name and keyword arg
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import pickle
 import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import func, insert, select, text
 
 from cadx.workflows import Workspace, open_workspace
@@ -45,25 +52,42 @@ _NOT_COPIED = {_DB_FILE, f"{_DB_FILE}-wal", f"{_DB_FILE}-shm", f"{_DB_FILE}-jour
 
 
 class WorkspaceCache:
-    """Templates of built workspaces under ``root`` (one per build and keyword arguments, built on first use)."""
+    """Templates of built workspaces under ``root`` (one per build and keyword arguments, built on first use; ``root``
+    may be shared by several processes)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._templates: dict[tuple[str, str], tuple[Path, Any]] = {}
-        self._built = 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._templates: dict[str, tuple[Path, Any]] = {}
 
     def _template(self, build: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Path, Any]:
-        key = (f"{build.__module__}.{build.__qualname__}", repr(sorted(kwargs.items())))
+        key = f"{build.__module__}.{build.__qualname__} {sorted(kwargs.items())!r}"
         if key not in self._templates:
-            self._built += 1  # a new folder each time: a build that failed leaves its folder behind
-            data = self.root / f"t{self._built}-{build.__name__}" / "data"
-            workspace = open_workspace(data, f"sqlite:///{data / _DB_FILE}")
-            try:
-                result = build(workspace, **kwargs)
-            finally:
-                workspace.engine.dispose()
-            self._templates[key] = (data, result)
+            folder = self.root / f"{build.__name__}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+            with FileLock(f"{folder}.lock"):  # one process builds, the others wait for it
+                if not (folder / "result.pickle").exists():
+                    self._build(folder, build, kwargs)
+            with open(folder / "result.pickle", "rb") as stored:
+                self._templates[key] = (folder / "data", pickle.load(stored))
         return self._templates[key]
+
+    @staticmethod
+    def _build(folder: Path, build: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Build into a temporary folder; rename it to ``folder`` only when the build and its pickle succeeded."""
+        partial = folder.with_name(folder.name + f".building-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        data = partial / "data"
+        workspace = open_workspace(data, f"sqlite:///{data / _DB_FILE}")
+        try:
+            result = build(workspace, **kwargs)
+        except BaseException:
+            workspace.engine.dispose()
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        workspace.engine.dispose()
+        (partial / "result.pickle").write_bytes(pickle.dumps(result))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
 
     def data_dir(self, dest: str | Path, build: Callable[..., Any], **kwargs: Any) -> tuple[Path, Any]:
         """A new SQLite data directory ``dest`` (must not exist) with a copy of ``build(workspace, **kwargs)``."""
