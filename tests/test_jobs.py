@@ -151,15 +151,15 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
 
 @pytest.mark.slow
 def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
-    """Every fold sleeps 10 s, the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
+    """Every fold sleeps 6 s (a sleep: longer than it whatever the machine's speed), the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
     this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
     env = {"CADX_JOB_STALE_SECONDS": "4", "CADX_JOB_HEARTBEAT_SECONDS": "0.2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(jobs.socket, "gethostname", lambda: "another-host")  # the PID check cannot help here
-    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 3},
+    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 2},
                         user="alice")
-    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=10, idle_exit=1)
+    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=6, idle_exit=1)
     try:
         def finished():
             list_jobs(demo)  # the old code failed the job here: no progress for longer than the stale limit
