@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 
 from cadx.workflows import import_demo, jobs, open_workspace
 from cadx.workflows.experiments import PROGRESS_SCALE, experiment_summary
-from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
 from cadx.workflows.jobs import (
     cancel_job,
     get_job,
@@ -32,6 +31,7 @@ from cadx.workflows.jobs import (
     submit_job,
 )
 from db.models import Job, JobCheckpoint, Prediction
+from tests.workspace_cache import demo_with_features
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"backbone": "alexnet", "weights": "random", "taps": ["fc7", "fc8"], "ensemble_tap": "fc8",
@@ -43,10 +43,7 @@ UNITS = {f"sweep:{tap}/0/{k}" for tap in ("fc7", "fc8") for k in range(5)} | {f"
 @pytest.fixture
 def demo(workspace_cache, workspace):
     """12 synthetic lesions, CNN (random AlexNet) and analytic features already in the store."""
-    workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
-    loaded, _ = resolve_backbone("alexnet", weights="random")
-    extract_cnn_features(workspace, loaded, taps=["fc7", "fc8"])
-    compute_analytic_features(workspace)
+    workspace_cache.fill(workspace, demo_with_features, n_lesions=12, seed=5, taps=("fc7", "fc8"))
     return workspace
 
 
