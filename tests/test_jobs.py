@@ -251,6 +251,7 @@ def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
     assert sorted(s for _, s in claims) == list(range(n_expected))
 
 
+@pytest.mark.slow
 def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace_cache, workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("CADX_MAX_PARALLEL_JOBS", "1")
     workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
