@@ -272,6 +272,7 @@ def test_tap_help_names_each_backbones_own_default_tap():
         assert "default fc6)" not in text
 
 
+@pytest.mark.slow
 def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experiment(demo, alexnet_random):
     """run_experiment = select_cohort -> prepare_features -> cross_validate -> experiment_statistics ->
     store_experiment; each stage callable alone on the frozen outputs of the ones before it."""

@@ -129,6 +129,7 @@ def test_decoded_roi_cache_round_trip_and_hash_check(alexnet_random, tmp_path):
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "other").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_extract_with_workers_bf16_and_the_decoded_cache(tmp_path):
     from typer.testing import CliRunner
 

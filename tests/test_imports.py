@@ -42,3 +42,26 @@ def test_the_check_finds_a_missing_name(tmp_path):
     page.write_text("from cadx.workflows.features import BACKBONE_LABELS\n")
     [(module_name, name)] = _project_imports(page)
     assert not hasattr(importlib.import_module(module_name), name)
+
+
+def test_cadx_workflows_exports_every_stub_name_and_imports_its_submodules_on_first_use():
+    """``cadx.workflows`` is lazy (``__init__.pyi`` lists its names): each listed name resolves to the object its
+    submodule defines, and a process that uses one corner imports only that corner (here: opening a workspace does
+    not import the experiment, result and browsing modules, nor PyTorch)."""
+    import subprocess
+    import sys
+
+    import cadx.workflows as workflows
+
+    stub = ast.parse((ROOT / "cadx" / "workflows" / "__init__.pyi").read_text())
+    listed = {(node.module, alias.name) for node in stub.body if isinstance(node, ast.ImportFrom)
+              for alias in node.names}
+    assert {name for _, name in listed} == set(workflows.__all__)
+    for module_name, name in listed:
+        assert getattr(workflows, name) is getattr(importlib.import_module(f"cadx.workflows.{module_name}"), name)
+
+    probe = ("import sys; from cadx.workflows import open_workspace; "
+             "print(sorted(m for m in ('cadx.workflows.results', 'cadx.workflows.experiments', "
+             "'cadx.workflows.browse', 'torch') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 
 from cadx.workflows import import_demo, jobs, open_workspace
 from cadx.workflows.experiments import PROGRESS_SCALE, experiment_summary
-from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
 from cadx.workflows.jobs import (
     cancel_job,
     get_job,
@@ -32,6 +31,7 @@ from cadx.workflows.jobs import (
     submit_job,
 )
 from db.models import Job, JobCheckpoint, Prediction
+from tests.workspace_cache import demo_with_features
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"backbone": "alexnet", "weights": "random", "taps": ["fc7", "fc8"], "ensemble_tap": "fc8",
@@ -43,10 +43,7 @@ UNITS = {f"sweep:{tap}/0/{k}" for tap in ("fc7", "fc8") for k in range(5)} | {f"
 @pytest.fixture
 def demo(workspace_cache, workspace):
     """12 synthetic lesions, CNN (random AlexNet) and analytic features already in the store."""
-    workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
-    loaded, _ = resolve_backbone("alexnet", weights="random")
-    extract_cnn_features(workspace, loaded, taps=["fc7", "fc8"])
-    compute_analytic_features(workspace)
+    workspace_cache.fill(workspace, demo_with_features, n_lesions=12, seed=5, taps=("fc7", "fc8"))
     return workspace
 
 
@@ -151,15 +148,15 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
 
 @pytest.mark.slow
 def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
-    """Every fold sleeps 10 s, the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
+    """Every fold sleeps 6 s (a sleep: longer than it whatever the machine's speed), the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
     this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
     env = {"CADX_JOB_STALE_SECONDS": "4", "CADX_JOB_HEARTBEAT_SECONDS": "0.2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(jobs.socket, "gethostname", lambda: "another-host")  # the PID check cannot help here
-    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 3},
+    job_id = submit_job(demo, "experiment", {**PARAMS, "taps": ["fc8"], "analytic": False, "n_folds": 2},
                         user="alice")
-    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=10, idle_exit=1)
+    worker = _worker(demo, tmp_path, env=env, name="slow", fold_sleep=6, idle_exit=1)
     try:
         def finished():
             list_jobs(demo)  # the old code failed the job here: no progress for longer than the stale limit
@@ -254,6 +251,7 @@ def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
     assert sorted(s for _, s in claims) == list(range(n_expected))
 
 
+@pytest.mark.slow
 def test_jobs_run_first_in_first_out_one_slot_at_a_time(workspace_cache, workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("CADX_MAX_PARALLEL_JOBS", "1")
     workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)

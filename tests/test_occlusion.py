@@ -50,6 +50,7 @@ def _lesion_detector(radius: float):
     return score, sigma
 
 
+@pytest.mark.slow
 def test_occlusion_highlights_the_phantom_lesion_not_the_background():
     """On SYNTHETIC phantoms: when the scorer responds to the lesion (its strongest response lies inside the true
     mask), the occlusion map is higher on the lesion than on the background."""

@@ -197,6 +197,7 @@ def test_autocast_features_stay_within_their_measured_error_bounds(mias_patches)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in loaded.model.modules())  # hooks removed
 
 
+@pytest.mark.slow
 def test_extraction_at_reduced_precision_records_its_check_against_fp32(tmp_path):
     from typer.testing import CliRunner
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from cadx.errors import CadxInputError
 from cadx.records import to_json
-from cadx.workflows import exclude_roi, import_demo, jobs
+from cadx.workflows import exclude_roi, jobs
 from cadx.workflows import experiments as experiments_module
 from cadx.workflows.experiments import (
     ExperimentSettings,
@@ -21,30 +21,21 @@ from cadx.workflows.experiments import (
     statistics_payload,
 )
 from cadx.workflows.features import (
-    compute_analytic_features,
-    extract_cnn_features,
     resolve_backbone,
     roi_records,
 )
 from cadx.workflows.jobs import JobCheckpoints, get_job, retry_job, run_next_job, submit_job
 from db.models import Experiment, JobCheckpoint, Lesion, Prediction
+from tests.workspace_cache import demo_with_features
 
 PARAMS = {"backbone": "alexnet", "weights": "random", "taps": ["fc8"], "ensemble_tap": "fc8", "n_folds": 3,
           "seed": 0, "repeats": 1, "name": "staged", "min_lesions_per_class_per_fold": 1}  # 12 demo lesions
 UNITS = {f"sweep:fc8/0/{k}" for k in range(3)} | {f"B:X/0/{k}" for k in range(3)}
 
 
-def _demo_with_features(workspace, *, n_lesions: int, seed: int) -> None:
-    """The synthetic demo set with AlexNet's fc8 (random weights) and the analytic features in the stores."""
-    import_demo(workspace, n_lesions=n_lesions, seed=seed)
-    loaded, _ = resolve_backbone("alexnet", weights="random")
-    extract_cnn_features(workspace, loaded, taps=["fc8"])
-    compute_analytic_features(workspace)
-
-
 @pytest.fixture
 def demo(workspace_cache, workspace):
-    workspace_cache.fill(workspace, _demo_with_features, n_lesions=12, seed=5)
+    workspace_cache.fill(workspace, demo_with_features, n_lesions=12, seed=5, taps=("fc8",))
     return workspace
 
 

@@ -114,6 +114,7 @@ def test_lesion_in_two_patients_is_refused():
         cross_validate_by_lesion(X, y, lesions, patients=patients)
 
 
+@pytest.mark.slow
 def test_gram_engine_equals_plain_gridsearch_p_gt_n_with_zero_variance_columns():
     X, y, lesions = _data()
     assert X.shape[1] > X.shape[0]

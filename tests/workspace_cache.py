@@ -41,7 +41,7 @@ from cadx.workflows import Workspace, open_workspace
 from db.models import Base
 from db.session import create_db_engine
 
-__all__ = ["SMALL_SWEEP", "WorkspaceCache", "demo_experiment"]
+__all__ = ["SMALL_SWEEP", "WorkspaceCache", "demo_experiment", "demo_with_features"]
 
 _DB_FILE = "cadx.sqlite"
 # per-installation and per-process state a copy must not take from the template (the pseudonym key is copied: the
@@ -160,6 +160,18 @@ def demo_experiment(workspace: Workspace, *, n_lesions: int, seed: int, settings
     loaded, note = resolve_backbone("alexnet", weights="random")
     return run_experiment(workspace, loaded, ExperimentSettings(**settings), name=name, user=user,
                           weights_note=note if weights_note else "")
+
+
+def demo_with_features(workspace: Workspace, *, n_lesions: int, seed: int, taps: tuple[str, ...]) -> None:
+    """The synthetic demo set (``n_lesions``, ``seed``) with AlexNet's ``taps`` (random weights) and the analytic
+    features already in the feature stores."""
+    from cadx.workflows import import_demo
+    from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
+
+    import_demo(workspace, n_lesions=n_lesions, seed=seed)
+    loaded, _ = resolve_backbone("alexnet", weights="random")
+    extract_cnn_features(workspace, loaded, taps=list(taps))
+    compute_analytic_features(workspace)
 
 
 # the 12-lesion demo (seed 2) and a sweep of fc7 and fc8 with SVM1 on fc8: the AppTest experiment pages and the browser

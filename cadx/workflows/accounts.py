@@ -26,6 +26,7 @@ into the name field is recorded only as a keyed hash).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -303,7 +304,7 @@ def authenticate(workspace: Workspace, username: str, password: str, *, client: 
         else:
             # Spend the same time as a real check, so response times do not reveal which user names exist.
             try:
-                _HASHER.verify(_DUMMY_HASH, password)
+                _HASHER.verify(_dummy_hash(), password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 pass
         session.add(SignInAttempt(at=now, account=account_key, client=client_key, ok=ok))
@@ -320,7 +321,11 @@ def authenticate(workspace: Workspace, username: str, password: str, *, client: 
         return user
 
 
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: an Argon2id hash costs ~0.5 s of CPU, which every process importing
+    # cadx.workflows (CLI runs, workers, app servers) would otherwise pay.
+    return _HASHER.hash("not a password of anyone")
 
 
 # -------------------------------------------------------------------------------------------------- sessions ---

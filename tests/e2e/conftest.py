@@ -113,9 +113,14 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def page(browser, request):
+    from playwright.sync_api import expect
+
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(180_000)  # a limit for a loaded 2-core machine, not a measurement
+    # expect()'s own default is 5 s, which a loaded machine overruns while a page is still redrawing; an assertion
+    # that must hold keeps retrying until the same limit instead
+    expect.set_options(timeout=180_000)
     yield page
     report = getattr(request.node, "_cadx_report_call", None)
     if report is not None and report.failed:

@@ -113,7 +113,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
     body = page.locator("body")
     for text in ("AUC per tap", "e2e sweep", "RANDOM (UNTRAINED) CNN WEIGHTS", "SYNTHETIC DEMO DATA",
                  "fc6", "fc8"):  # fc6/fc8: the table of taps
-        expect(body).to_contain_text(text, timeout=30_000)
+        expect(body).to_contain_text(text)
     time.sleep(1)  # let plotly finish drawing
     _shot(page, "experiments-ui-04-sweep")
 
@@ -121,7 +121,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
     page.get_by_text("Performance (Table 1)").wait_for()
     page.get_by_test_id("stPlotlyChart").first.wait_for()
     for text in ("Significance tests", "RANDOM (UNTRAINED) CNN WEIGHTS"):
-        expect(page.locator("body")).to_contain_text(text, timeout=30_000)
+        expect(page.locator("body")).to_contain_text(text)
     time.sleep(1)
     _shot(page, "experiments-ui-05-roc")
     page.get_by_text("Lesion level (mean of its ROIs' probabilities)").click()
@@ -134,7 +134,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
     page.get_by_text("Open an ROI").wait_for()
     page.get_by_test_id("stImage").first.wait_for()
     for text in ("p1 SVM1 (CNN)", "Segmentation:"):
-        expect(page.locator("body")).to_contain_text(text, timeout=30_000)
+        expect(page.locator("body")).to_contain_text(text)
     _shot(page, "experiments-ui-07-predictions")
 
     _open(page, f"{url}/experiments")
