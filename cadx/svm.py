@@ -753,8 +753,9 @@ def _grid_search_gram_unchecked(G_inner: Sequence[np.ndarray], inner_pos: Sequen
     for k, (G, (fit, val)) in enumerate(zip(G_inner, inner_pos, strict=True)):
         G_ff = np.ascontiguousarray(G[np.ix_(fit, fit)])
         G_vf = np.ascontiguousarray(G[np.ix_(val, fit)])
+        y_fit = np.asarray(y_tr[fit], dtype=np.float64)  # once per inner fold, not per candidate
         for ci, c in enumerate(candidates):
-            dec = _inner_svc_decision(_poly(G_ff, c["gamma"], c["coef0"], c["degree"]), y_tr[fit],
+            dec = _inner_svc_decision(_poly(G_ff, c["gamma"], c["coef0"], c["degree"]), y_fit,
                                       _poly(G_vf, c["gamma"], c["coef0"], c["degree"]), c["C"])
             oof[ci, val] = dec
             scores[ci, k] = _rank_auc(y_tr[val], dec)

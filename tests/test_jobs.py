@@ -148,8 +148,9 @@ def test_a_job_is_taken_from_its_worker_only_when_the_worker_is_gone(workspace, 
 
 @pytest.mark.slow
 def test_a_fold_slower_than_the_stale_limit_finishes(demo, tmp_path, monkeypatch):
-    """Every fold sleeps 6 s (a sleep: longer than it whatever the machine's speed), the stale limit is 4 s: only the worker's heartbeat thread keeps the job alive, and
-    this process looks at the jobs (which takes dead workers' jobs) as if from another host all along."""
+    """Every fold sleeps 6 s, the stale limit is 4 s (a sleep outlasts it on any machine): only the worker's heartbeat
+    thread keeps the job alive, and this process looks at the jobs (which takes dead workers' jobs) as if from another
+    host all along."""
     env = {"CADX_JOB_STALE_SECONDS": "4", "CADX_JOB_HEARTBEAT_SECONDS": "0.2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -4,12 +4,17 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
 from cadx.workflows import exclude_roi, import_demo, open_workspace
 from cadx.workflows.accounts import add_user
 from db.models import Base, Lesion, ReviewEvent, Roi, User
+from tests.workspace_cache import WorkspaceCache
 
 
 def _content(workspace) -> list[tuple]:
@@ -53,3 +58,26 @@ def test_every_workspace_starts_empty_with_ids_from_one(workspace):
                 for t in Base.metadata.sorted_tables} == dict.fromkeys([t.name for t in Base.metadata.sorted_tables], 0)
     add_user(workspace, "ben", "a long enough secret", role="admin", by="setup")
     assert workspace.sessions().scalar(select(User.id)) == 1
+
+
+def _counted_build(workspace, *, log: str) -> str:
+    """A build that says each time it runs (one line appended to ``log``) and returns a value to share."""
+    with open(log, "a") as out:
+        out.write("built\n")
+    return f"made in {workspace.data_dir.name}"
+
+
+def _template_in_another_process(root: str, log: str) -> tuple[str, str]:
+    data, result = WorkspaceCache(Path(root))._template(_counted_build, {"log": log})
+    return str(data), result
+
+
+def test_processes_sharing_a_cache_build_each_template_once(tmp_path):
+    """The pytest-xdist workers share one cache root: of four processes asking for the same template at once, one
+    builds it (under the file lock) and all get the same folder and result; no half-built folder is left."""
+    log = tmp_path / "builds.log"
+    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = list(pool.map(_template_in_another_process, [str(tmp_path / "cache")] * 4, [str(log)] * 4))
+    assert log.read_text().splitlines() == ["built"]
+    assert len(set(got)) == 1 and got[0][1] == "made in data"
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if ".building-" in p.name]

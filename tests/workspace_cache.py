@@ -81,10 +81,10 @@ class WorkspaceCache:
         try:
             result = build(workspace, **kwargs)
         except BaseException:
-            workspace.engine.dispose()
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        workspace.engine.dispose()
+        finally:
+            workspace.engine.dispose()
         (partial / "result.pickle").write_bytes(pickle.dumps(result))
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
