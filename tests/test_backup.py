@@ -20,6 +20,7 @@ from cadx.workflows import exclude_roi, import_demo, import_upload, open_workspa
 from cadx.workflows.backup import backup_workspace, restore_workspace, workspace_backup_key
 from db.models import Patient, Roi
 from tests.dicom_factory import disk_image, write_mammogram
+from tests.spawned import first_pseudonym_key
 from tests.test_import_files import _snapshot
 
 runner = CliRunner()
@@ -123,16 +124,10 @@ def test_a_backup_without_the_key_says_so_on_restore(workspace, tmp_path):
         restored.engine.dispose()
 
 
-def _first_key(data_dir: str) -> bytes:
-    from cadx.workflows.workspace import Workspace
-
-    return Workspace(data_dir=Path(data_dir), engine=None, sessions=None).pseudonym_key()
-
-
 @pytest.mark.slow
 def test_processes_starting_at_once_share_one_complete_key(tmp_path):
     with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
-        keys = list(pool.map(_first_key, [str(tmp_path)] * 12))
+        keys = list(pool.map(first_pseudonym_key, [str(tmp_path)] * 12))
     assert len(keys[0]) == 32 and all(k == keys[0] for k in keys)
     assert [p.name for p in tmp_path.iterdir()] == ["pseudonym.key"]  # no temporary file left behind
     assert stat.S_IMODE((tmp_path / "pseudonym.key").stat().st_mode) == 0o600

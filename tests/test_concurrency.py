@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import func, select
 
 from cadx import io as cadx_io
-from cadx.workflows import import_demo, import_upload, open_workspace, run_import
+from cadx.workflows import import_demo, run_import
 from cadx.workflows.importing import Finding
 from db.models import Roi, Segmentation
 from tests.dicom_factory import disk_image, write_mammogram
+from tests.spawned import compute_analytic_features_in, upload_one_case
 
 
 def _finding(name: str, sha_char: str, centre_rc: tuple[float, float]) -> Finding:
@@ -71,38 +72,17 @@ def test_an_import_whose_file_vanished_before_writing_writes_nothing(workspace):
     assert again.committed and _missing_files(workspace) == []
 
 
-def _upload(args: tuple[str, str, bytes]) -> str:
-    data_dir, url, data = args
-    workspace = open_workspace(data_dir, url)
-    try:
-        report = import_upload(workspace, data, filename="a.dcm", patient="P1", lesion="L1", label="benign",
-                               centre_rc=(300.0, 260.5), user="reviewer")
-        return f"{report.committed}:" + ",".join(item.status for item in report.items)
-    finally:
-        workspace.engine.dispose()
-
-
 @pytest.mark.slow
 def test_the_same_case_uploaded_at_once_is_stored_once(workspace, tmp_path):
     data = write_mammogram(tmp_path / "m.dcm", disk_image((700, 500), (300, 260), 40)).read_bytes()
     url = workspace.engine.url.render_as_string(hide_password=False)
     with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        outcomes = sorted(pool.map(_upload, [(str(workspace.data_dir), url, data)] * 4))
+        outcomes = sorted(pool.map(upload_one_case, [(str(workspace.data_dir), url, data)] * 4))
     # before imports took turns, some of these failed with "the database refused the rows"
     assert outcomes == ["True:imported"] + ["True:skipped"] * 3
     with workspace.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Roi)) == 1
     assert _missing_files(workspace) == []
-
-
-def _features(args: tuple[str, str]) -> int:
-    from cadx.workflows.features import compute_analytic_features
-
-    workspace = open_workspace(*args)
-    try:
-        return compute_analytic_features(workspace).n_rois
-    finally:
-        workspace.engine.dispose()
 
 
 @pytest.mark.slow
@@ -111,7 +91,7 @@ def test_two_processes_computing_features_at_once_both_finish(workspace_cache, w
     url = workspace.engine.url.render_as_string(hide_password=False)
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         # before: the slower one failed with "UNIQUE constraint failed: segmentations.roi_sha256, ..."
-        n_rois = list(pool.map(_features, [(str(workspace.data_dir), url)] * 2))
+        n_rois = list(pool.map(compute_analytic_features_in, [(str(workspace.data_dir), url)] * 2))
     with workspace.sessions() as session:
         hashes = session.scalars(select(Segmentation.roi_sha256)).all()
         n_unique = session.scalar(select(func.count(func.distinct(Roi.sha256))))

@@ -14,6 +14,7 @@ from cadx.workflows import dataset_stats, exclude_roi, include_roi, run_import
 from cadx.workflows.importing import Finding
 from db.models import Base, ReviewEvent, Roi
 from db.session import init_db
+from tests.spawned import open_and_count_tables
 
 
 def test_migrations_build_exactly_the_models(workspace):
@@ -98,17 +99,6 @@ def test_upgrade_from_the_first_revision_keeps_the_data(database_url):
     engine.dispose()
 
 
-def _open_and_count_tables(args: tuple[str, str]) -> int:
-    from cadx.workflows import open_workspace
-
-    data_dir, url = args
-    workspace = open_workspace(data_dir, url)
-    try:
-        return len(inspect(workspace.engine).get_table_names())
-    finally:
-        workspace.engine.dispose()
-
-
 @pytest.mark.slow
 def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_path):
     """The app, its worker and a CLI command may all start on a new database at the same moment: the schema is
@@ -121,7 +111,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(database_url, tmp_
     from db.session import alembic_config, create_db_engine
 
     with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
-        counts = list(pool.map(_open_and_count_tables, [(str(tmp_path / "data"), database_url)] * 6))
+        counts = list(pool.map(open_and_count_tables, [(str(tmp_path / "data"), database_url)] * 6))
     assert len(set(counts)) == 1 and counts[0] >= len(Base.metadata.tables)
     engine = create_db_engine(database_url)
     with engine.connect() as connection:

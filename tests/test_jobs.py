@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from cadx.workflows import import_demo, jobs, open_workspace
+from cadx.workflows import import_demo, jobs
 from cadx.workflows.experiments import PROGRESS_SCALE, experiment_summary
 from cadx.workflows.jobs import (
     cancel_job,
@@ -31,6 +31,7 @@ from cadx.workflows.jobs import (
     submit_job,
 )
 from db.models import Job, JobCheckpoint, Prediction
+from tests.spawned import claim_a_job, start_together
 from tests.workspace_cache import demo_with_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,24 +229,15 @@ def test_a_killed_worker_s_job_resumes_redoing_only_unfinished_folds(demo, tmp_p
 
 
 # -------------------------------------------------------------------------------------- order and claiming ---
-def _claim_in_process(data_dir: str, url: str, start_at: float, limit: int) -> tuple[int, int] | None:
-    os.environ["CADX_MAX_PARALLEL_JOBS"] = str(limit)
-    workspace = open_workspace(data_dir, url)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    job = jobs._claim(workspace, jobs._identity())
-    workspace.engine.dispose()
-    return None if job is None else (job.id, job.slot)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n_queued, limit", [(1, 4), (3, 2)])
 def test_claiming_is_atomic_across_processes(workspace, n_queued, limit):
     ids = [submit_job(workspace, "features", {}, user=f"user{k}") for k in range(n_queued)]
-    start_at = time.time() + 4.0
-    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        claims = [c for c in pool.map(_claim_in_process, *zip(*[(str(workspace.data_dir), _url(workspace),
-                                                                  start_at, limit)] * 4)) if c is not None]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=4, mp_context=context, initializer=start_together,
+                             initargs=(context.Barrier(4),)) as pool:  # four processes claim at the same moment
+        claims = [c for c in pool.map(claim_a_job, *zip(*[(str(workspace.data_dir), _url(workspace), limit)] * 4))
+                  if c is not None]
     n_expected = min(n_queued, limit)
     assert len(claims) == n_expected  # never more than the free slots, never one job twice
     assert sorted(j for j, _ in claims) == ids[:n_expected]  # the oldest first

@@ -41,6 +41,7 @@ from cadx.workflows import (
 from cadx.workflows.browse import UploadedImage
 from db.models import ReviewEvent, Roi, Segmentation
 from tests.dicom_factory import PHI, disk_image, write_mammogram
+from tests.spawned import review_one_roi
 
 
 @pytest.fixture
@@ -160,36 +161,17 @@ def test_concurrent_overlapping_bulk_decisions_do_not_deadlock(demo):
         assert len(_assert_state_is_last_event(demo, roi_id)) == 12
 
 
-def _review_in_another_process(data_dir: str, database_url: str, worker: int, rounds: int, start_at: float) -> None:
-    """One reviewer process: its own interpreter, engine and connections, like a second app server or the CLI."""
-    import time as _time
-
-    from cadx.workflows import exclude_roi as _exclude
-    from cadx.workflows import include_roi as _include
-    from cadx.workflows import open_workspace as _open
-
-    ws = _open(data_dir, database_url)
-    _time.sleep(max(0.0, start_at - _time.time()))  # all processes start writing at the same moment
-    for k in range(rounds):
-        if (worker + k) % 2:
-            _exclude(ws, 1, reason="location_marker", user=f"process-{worker}", note=f"round {k}")
-        else:
-            _include(ws, 1, user=f"process-{worker}", note=f"round {k}")
-    ws.engine.dispose()
-
-
 @pytest.mark.slow
 def test_several_processes_writing_at_once_lose_no_review_event(demo):
     """Separate processes (not threads) deciding on one ROI at once: every event is there, the state is the last."""
     import multiprocessing
-    import time as _time
 
     n_processes, rounds = 4, 5
     url = demo.engine.url.render_as_string(hide_password=False)
-    start_at = _time.time() + 8.0  # after every process has imported cadx and opened the database
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_review_in_another_process,
-                                 args=(str(demo.data_dir), url, i, rounds, start_at)) for i in range(n_processes)]
+    barrier = context.Barrier(n_processes)  # they start writing once every one has opened the database
+    processes = [context.Process(target=review_one_roi,
+                                 args=(str(demo.data_dir), url, i, rounds, barrier)) for i in range(n_processes)]
     for process in processes:
         process.start()
     for process in processes:

@@ -1,0 +1,115 @@
+"""What the multi-process tests run in their spawned processes: each is a second app server, worker or CLI command
+working on the same workspace at the same moment.
+
+A spawned process imports the module of the function it runs. These functions therefore live here, in a module that
+imports only what they use, and not in the test modules: importing a whole test module cost every spawned process
+2 to 5 s of CPU (measured: `python -X importtime -c "import tests.test_jobs"`), more than the work itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "claim_a_job",
+    "compute_analytic_features_in",
+    "first_pseudonym_key",
+    "open_and_count_tables",
+    "review_one_roi",
+    "start_together",
+    "upload_one_case",
+]
+
+_START_TIMEOUT_S = 600  # only a process that died before the start makes the others wait this long
+
+_barrier: Any = None
+
+
+def start_together(barrier: Any) -> None:
+    """Pool initializer: every process of the pool waits at ``barrier`` (a ``multiprocessing`` Barrier for as many
+    parties as the pool has processes) before its work, so they all start it at the same moment however long each
+    took to import and connect (a fixed start time would depend on the machine's speed)."""
+    global _barrier
+    _barrier = barrier
+
+
+def _wait_for_the_others() -> None:
+    _barrier.wait(timeout=_START_TIMEOUT_S)
+
+
+def claim_a_job(data_dir: str, url: str, limit: int) -> tuple[int, int] | None:
+    """Claim the oldest queued job with at most ``limit`` run slots, at the same moment as the pool's other processes
+    (see :func:`start_together`); returns (job id, slot), or None."""
+    from cadx.workflows import jobs, open_workspace
+
+    os.environ["CADX_MAX_PARALLEL_JOBS"] = str(limit)
+    workspace = open_workspace(data_dir, url)
+    _wait_for_the_others()
+    job = jobs._claim(workspace, jobs._identity())
+    workspace.engine.dispose()
+    return None if job is None else (job.id, job.slot)
+
+
+def upload_one_case(args: tuple[str, str, bytes]) -> str:
+    """Upload the DICOM bytes as lesion L1 of patient P1; returns "committed:status,..." of the import report."""
+    from cadx.workflows import import_upload, open_workspace
+
+    data_dir, url, data = args
+    workspace = open_workspace(data_dir, url)
+    try:
+        report = import_upload(workspace, data, filename="a.dcm", patient="P1", lesion="L1", label="benign",
+                               centre_rc=(300.0, 260.5), user="reviewer")
+        return f"{report.committed}:" + ",".join(item.status for item in report.items)
+    finally:
+        workspace.engine.dispose()
+
+
+def compute_analytic_features_in(args: tuple[str, str]) -> int:
+    """Compute the analytic features of the workspace (as `cadx features` does); returns its number of ROIs."""
+    from cadx.workflows import open_workspace
+    from cadx.workflows.features import compute_analytic_features
+
+    workspace = open_workspace(*args)
+    try:
+        return compute_analytic_features(workspace).n_rois
+    finally:
+        workspace.engine.dispose()
+
+
+def first_pseudonym_key(data_dir: str) -> bytes:
+    """The workspace's pseudonym key, created by whichever process asks first."""
+    from cadx.workflows.workspace import Workspace
+
+    return Workspace(data_dir=Path(data_dir), engine=None, sessions=None).pseudonym_key()
+
+
+def open_and_count_tables(args: tuple[str, str]) -> int:
+    """Open (and so create or migrate) the workspace's database; returns how many tables it has."""
+    from sqlalchemy import inspect
+
+    from cadx.workflows import open_workspace
+
+    data_dir, url = args
+    workspace = open_workspace(data_dir, url)
+    try:
+        return len(inspect(workspace.engine).get_table_names())
+    finally:
+        workspace.engine.dispose()
+
+
+def review_one_roi(data_dir: str, database_url: str, worker: int, rounds: int, barrier: Any) -> None:
+    """One reviewer process deciding on ROI 1 ``rounds`` times, alternately excluding and including it; it starts
+    when every process has opened the database (they all wait at ``barrier``)."""
+    from cadx.workflows import exclude_roi, include_roi, open_workspace
+
+    workspace = open_workspace(data_dir, database_url)
+    start_together(barrier)
+    _wait_for_the_others()
+    for k in range(rounds):
+        if (worker + k) % 2:
+            exclude_roi(workspace, 1, reason="location_marker", user=f"process-{worker}", note=f"round {k}")
+        else:
+            include_roi(workspace, 1, user=f"process-{worker}", note=f"round {k}")
+    workspace.engine.dispose()
