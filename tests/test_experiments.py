@@ -12,6 +12,7 @@ from cadx.workflows.experiments import ExperimentSettings, experiment_summary, r
 from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone, roi_records
 from cadx.workflows.jobs import cancel_job, get_job, list_jobs, run_next_job, submit_job
 from db.models import Experiment, Job, Prediction, Segmentation
+from tests.workspace_cache import demo_with_features
 
 SETTINGS = ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", n_folds=5, seed=0, repeats=1)
 
@@ -25,7 +26,16 @@ def _tiny_cohorts(monkeypatch):
 
 @pytest.fixture
 def demo(workspace_cache, workspace):
+    """12 synthetic lesions, no features yet (for the tests of computing them)."""
     workspace_cache.fill(workspace, import_demo, n_lesions=12, seed=5)
+    return workspace
+
+
+@pytest.fixture
+def featured(workspace_cache, workspace):
+    """The same 12 lesions with their CNN (random AlexNet fc7, fc8) and analytic features in the store: what an
+    experiment computes first, built once for the session (tests/workspace_cache.py) and copied."""
+    workspace_cache.fill(workspace, demo_with_features, n_lesions=12, seed=5, taps=("fc7", "fc8"))
     return workspace
 
 
@@ -48,17 +58,17 @@ def test_features_are_computed_once_per_roi_content(demo, alexnet_random):
 
 
 @pytest.mark.slow
-def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
-    first = run_experiment(demo, alexnet_random, SETTINGS, name="one", user="tester")
-    second = run_experiment(demo, alexnet_random, SETTINGS, name="two", user="tester")
-    a, b = experiment_summary(demo, first), experiment_summary(demo, second)
+def test_experiment_is_recorded_and_reproducible(featured, alexnet_random):
+    first = run_experiment(featured, alexnet_random, SETTINGS, name="one", user="tester")
+    second = run_experiment(featured, alexnet_random, SETTINGS, name="two", user="tester")
+    a, b = experiment_summary(featured, first), experiment_summary(featured, second)
     assert a["config"] == b["config"] and a["config_sha256"] == b["config_sha256"]
     for method in ("A", "B", "C"):
         assert a["results"]["methods"][method]["fold_aucs"] == b["results"]["methods"][method]["fold_aucs"]
     assert a["uses_synthetic_data"] and a["uses_random_weights"]
     assert a["config"]["weights"]["source"] == "random"
-    records = roi_records(demo)
-    with demo.sessions() as session:
+    records = roi_records(featured)
+    with featured.sessions() as session:
         predictions = session.scalars(select(Prediction).where(Prediction.experiment_id == first)
                                       .order_by(Prediction.roi_id)).all()
     assert [p.roi_id for p in predictions] == [r.id for r in records]
@@ -84,7 +94,7 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
     assert all(len(f) == 1 for f in folds_by_lesion.values())
     from cadx.workflows.accounts import audit_events
 
-    runs = [e for e in audit_events(demo) if e.action == "experiment_run"]
+    runs = [e for e in audit_events(featured) if e.action == "experiment_run"]
     assert [(e.target, e.user, e.detail["config_sha256"]) for e in runs] == [
         (f"experiment {first}", "tester", a["config_sha256"]), (f"experiment {second}", "tester", a["config_sha256"])]
     comparisons = a["results"]["comparisons"]
@@ -96,11 +106,11 @@ def test_experiment_is_recorded_and_reproducible(demo, alexnet_random):
 
 
 @pytest.mark.slow
-def test_excluded_rois_leave_later_experiments(demo, alexnet_random):
-    records = roi_records(demo)
-    exclude_roi(demo, records[0].id, reason="compression_paddle", user="tester")
-    experiment_id = run_experiment(demo, alexnet_random, SETTINGS, name="after exclusion", user="tester")
-    summary = experiment_summary(demo, experiment_id)
+def test_excluded_rois_leave_later_experiments(featured, alexnet_random):
+    records = roi_records(featured)
+    exclude_roi(featured, records[0].id, reason="compression_paddle", user="tester")
+    experiment_id = run_experiment(featured, alexnet_random, SETTINGS, name="after exclusion", user="tester")
+    summary = experiment_summary(featured, experiment_id)
     assert records[0].id not in summary["config"]["roi_ids"]
     assert summary["config"]["excluded_roi_ids"] == [records[0].id]
     assert summary["results"]["n_rois"] == len(records) - 1
@@ -146,18 +156,18 @@ def test_a_failing_job_records_its_error(workspace_cache, workspace):
 
 
 @pytest.mark.slow
-def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_random):
+def test_repeated_cross_validation_equals_the_single_seed_runs(featured, alexnet_random):
     """Two seeds in one experiment give exactly what two one-seed experiments give: the sweep averages their folds,
     Table 1 and the Predictions page stay the first seed's, every seed's predictions are stored."""
     from cadx.workflows import roi_predictions
 
     settings = ExperimentSettings(taps=("fc7", "fc8"), ensemble_tap="fc8", n_folds=5, seed=3)
-    single = [experiment_summary(demo, run_experiment(demo, alexnet_random, ExperimentSettings(
+    single = [experiment_summary(featured, run_experiment(featured, alexnet_random, ExperimentSettings(
         taps=settings.taps, ensemble_tap="fc8", seed=seed, repeats=1), name=f"seed {seed}", user="tester"))["results"]
         for seed in (3, 4)]
-    repeated_id = run_experiment(demo, alexnet_random, ExperimentSettings(
+    repeated_id = run_experiment(featured, alexnet_random, ExperimentSettings(
         taps=settings.taps, ensemble_tap="fc8", seed=3, repeats=2), name="two seeds", user="tester")
-    summary = experiment_summary(demo, repeated_id)
+    summary = experiment_summary(featured, repeated_id)
     results = summary["results"]
     assert summary["config"]["seed"] == 3 and summary["config"]["repeats"] == 2
 
@@ -184,22 +194,22 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(demo, alexnet_ran
         assert results["methods"][key]["calibration"]["n_folds"] == 10
 
     n_rois = results["n_rois"]
-    with demo.sessions() as session:
+    with featured.sessions() as session:
         stored = session.scalars(select(Prediction).where(Prediction.experiment_id == repeated_id)
                                  .order_by(Prediction.repeat, Prediction.roi_id)).all()
         second_seed = session.scalars(select(Prediction).join(Experiment).where(Experiment.name == "seed 4")
                                       .order_by(Prediction.roi_id)).all()
     assert len(stored) == 2 * n_rois
     assert [(p.p1, p.p2, p.p3, p.fold) for p in stored[n_rois:]] == [(p.p1, p.p2, p.p3, p.fold) for p in second_seed]
-    assert len(roi_predictions(demo, repeated_id)) == n_rois  # one row per ROI: the first seed
+    assert len(roi_predictions(featured, repeated_id)) == n_rois  # one row per ROI: the first seed
 
 
 @pytest.mark.parametrize("repeats", [0, 21, 1.5])
-def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random, repeats):
+def test_a_bad_number_of_repeats_is_refused_before_any_work(featured, alexnet_random, repeats):
     with pytest.raises(CadxInputError, match="repeats.*whole number from 1"):
-        run_experiment(demo, alexnet_random, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", repeats=repeats),
+        run_experiment(featured, alexnet_random, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", repeats=repeats),
                        name="bad", user="tester")
-    with demo.sessions() as session:
+    with featured.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Experiment)) == 0
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
 
@@ -273,7 +283,7 @@ def test_tap_help_names_each_backbones_own_default_tap():
 
 
 @pytest.mark.slow
-def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experiment(demo, alexnet_random):
+def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experiment(featured, alexnet_random):
     """run_experiment = select_cohort -> prepare_features -> cross_validate -> experiment_statistics ->
     store_experiment; each stage callable alone on the frozen outputs of the ones before it."""
     import dataclasses
@@ -291,23 +301,23 @@ def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experime
     from tests.test_records import validate
 
     settings = ExperimentSettings(taps=("fc8", "fc7"), ensemble_tap="fc8", n_folds=3, seed=2, repeats=1)
-    cohort = select_cohort(demo, alexnet_random, settings)
-    records = roi_records(demo)
+    cohort = select_cohort(featured, alexnet_random, settings)
+    records = roi_records(featured)
     assert isinstance(cohort, CohortStage) and [r.id for r in cohort.records] == [r.id for r in records]
     assert cohort.y.tolist() == [r.label for r in records] and cohort.lesions.tolist() == [r.lesion_id for r in records]
     assert cohort.sweep_taps == ("fc7", "fc8") and cohort.ensemble_tap == "fc8" and cohort.n_folds == 3  # net order
-    assert select_cohort(demo, alexnet_random, dataclasses.replace(settings, n_folds=None)).n_folds == 5  # cohort's
+    assert select_cohort(featured, alexnet_random, dataclasses.replace(settings, n_folds=None)).n_folds == 5  # cohort's
     with pytest.raises(CadxInputError, match="no tap 'fc9'"):
-        select_cohort(demo, alexnet_random, dataclasses.replace(settings, taps=("fc9",)))
+        select_cohort(featured, alexnet_random, dataclasses.replace(settings, taps=("fc9",)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cohort.n_folds = 4  # type: ignore[misc]
 
-    features = prepare_features(demo, alexnet_random, settings, cohort)
+    features = prepare_features(featured, alexnet_random, settings, cohort)
     assert features.config.taps == ["fc7", "fc8"] and features.config.roi_ids == [r.id for r in records]
     assert features.config_sha256 == config_sha256(features.config) and features.extraction.n_rois == len(records)
     assert features.config.seed == 2 and features.config.n_folds == 3 and features.analytic_version is not None
 
-    cv = cross_validate(demo, alexnet_random, settings, cohort, features)
+    cv = cross_validate(featured, alexnet_random, settings, cohort, features)
     assert len(cv.runs_a) == len(cv.runs_b) == 1 and list(cv.runs_fused) == ["C", "Z"]
     np.testing.assert_array_equal(cv.runs_fused["C"][0], soft_vote(cv.runs_a[0], cv.runs_b[0]))
     np.testing.assert_array_equal(cv.runs_a[0].fold, cv.runs_b[0].fold)  # the same folds for both SVMs
@@ -322,13 +332,13 @@ def test_the_stages_one_at_a_time_give_known_answers_and_compose_to_run_experime
     assert [(c.comparison, c.family) for c in results.comparisons][:3] == [
         ("C vs A", "paper"), ("C vs B", "paper"), ("A vs B", "paper")]
 
-    stored = store_experiment(demo, alexnet_random, cohort, features, cv, results, name="stages", user="tester",
+    stored = store_experiment(featured, alexnet_random, cohort, features, cv, results, name="stages", user="tester",
                               seconds=1.0)
-    summary = experiment_summary(demo, stored)
+    summary = experiment_summary(featured, stored)
     assert summary["results"] == to_json(results) and summary["config_sha256"] == features.config_sha256
     validate(summary)
     # the one-call pipeline stores the same record
-    whole = experiment_summary(demo, run_experiment(demo, alexnet_random, settings, name="whole", user="tester",
+    whole = experiment_summary(featured, run_experiment(featured, alexnet_random, settings, name="whole", user="tester",
                                                     weights_note="stage test"))
     validate(whole)
     assert whole["config"] == summary["config"] and whole["config_sha256"] == summary["config_sha256"]
