@@ -205,11 +205,11 @@ def test_repeated_cross_validation_equals_the_single_seed_runs(featured, alexnet
 
 
 @pytest.mark.parametrize("repeats", [0, 21, 1.5])
-def test_a_bad_number_of_repeats_is_refused_before_any_work(featured, alexnet_random, repeats):
+def test_a_bad_number_of_repeats_is_refused_before_any_work(demo, alexnet_random, repeats):
     with pytest.raises(CadxInputError, match="repeats.*whole number from 1"):
-        run_experiment(featured, alexnet_random, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", repeats=repeats),
+        run_experiment(demo, alexnet_random, ExperimentSettings(taps=("fc8",), ensemble_tap="fc8", repeats=repeats),
                        name="bad", user="tester")
-    with featured.sessions() as session:
+    with demo.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Experiment)) == 0
         assert session.scalar(select(func.count()).select_from(Prediction)) == 0
 
