@@ -728,6 +728,7 @@ def _inner_svc_decision(G_fit: np.ndarray, y_fit: np.ndarray, G_val: np.ndarray,
                          f"labels {len(y_fit)}")
     if not (y_fit.min() == 0 and y_fit.max() == 1):
         raise ValueError("The number of classes has to be greater than one; got 1 class")
+    _libsvm.set_verbosity_wrap(0)  # as SVC.fit does: else libsvm prints each fit's summary to stdout
     support, vectors, n_support, dual_coef, intercept, prob_a, prob_b, _status, _iterations = _libsvm.fit(
         G_fit, np.asarray(y_fit, dtype=np.float64), sample_weight=_NO_SAMPLE_WEIGHT,
         class_weight=_UNIT_CLASS_WEIGHT, C=float(C), nu=0.0, probability=False, shrinking=True, tol=1e-3,

@@ -162,6 +162,19 @@ def test_the_inner_grid_search_svm_is_scikit_learn_s_svc_bit_for_bit():
         svm._inner_svc_decision(np.eye(3), np.array([0, 1, 1]), np.eye(2), 1.0)
 
 
+def test_the_inner_grid_search_prints_nothing_in_a_fresh_process():
+    """libsvm prints a summary of every fit to stdout unless told not to, which SVC.fit does before each fit; the
+    direct call must too. In a fresh process (a CLI run, a background worker) no SVC has run before it, and each of the
+    tens of thousands of inner fits printed "optimization finished, #iter = ..." into the output and the job logs."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from cadx import svm; "
+            "print(svm._inner_svc_decision(np.eye(4) + 1, np.array([0, 1, 0, 1]), np.ones((2, 4)), 1.0).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "(2,)\n", out.stdout[:500]
+
+
 def test_grid_ties_resolved_like_gridsearchcv():
     scores = np.array([[0.5, 0.7], [0.6, 0.6], [0.7, 0.5], [np.nan, 1.0]])
     assert svm._best_index(scores) == 0  # first of the tied best means, NaN ranks last
