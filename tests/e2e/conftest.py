@@ -94,8 +94,9 @@ def app_server(tmp_path_factory, workspace_cache):
         yield url, data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(chromium_path):
+    """One headless Chromium per test process (each test gets a fresh context: cookies and storage of its own)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -159,11 +160,29 @@ def full_screenshot(page, name: str) -> Path:
         "[data-testid='stMain'], [data-testid='stAppViewContainer'], [data-testid='stSidebarContent']")]
         .map(e => e.scrollHeight), document.body.scrollHeight)""")
     page.set_viewport_size({"width": size["width"], "height": min(max(int(height) + 40, size["height"]), 8000)})
-    page.wait_for_timeout(500)
+    wait_until_drawn(page)
     try:
         return screenshot(page, name)
     finally:
         page.set_viewport_size(size)
+
+
+# every shown image loaded, every shown plotly chart and data frame drawn (its SVG, its scroller); one inside a closed
+# expander is never drawn
+_DRAWN = """() => {
+    const shown = selector => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility());
+    return shown("img").every(image => image.complete)
+        && shown("[data-testid='stPlotlyChart']").every(chart => chart.querySelector(".main-svg"))
+        && shown("[data-testid='stDataFrame']").every(frame => frame.querySelector(".dvn-scroller"));
+}"""
+
+
+def wait_until_drawn(page) -> None:
+    """Wait until the page's images have loaded and its charts and tables are drawn, then for the paint after two
+    animation frames: what a screenshot or a layout measurement needs, on a fast machine or a loaded one (a fixed
+    sleep is too short on the one and wasted on the other)."""
+    page.wait_for_function(_DRAWN)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def wait_for_app(page) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app
+from tests.e2e.conftest import full_screenshot, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,19 +33,6 @@ def server(app_server):
             pass
 
 
-def _shot(page, name: str) -> None:
-    """A screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport is first made
-    as tall as that container's content."""
-    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
-        "[data-testid='stMain'], [data-testid='stAppViewContainer'], [data-testid='stSidebarContent']")]
-        .map(e => e.scrollHeight), document.body.scrollHeight)""")
-    width = page.viewport_size["width"]
-    page.set_viewport_size({"width": width, "height": min(max(int(height) + 40, 1000), 6000)})
-    time.sleep(0.5)
-    screenshot(page, name)
-    page.set_viewport_size({"width": width, "height": 1000})
-
-
 def _open(page, url: str) -> None:
     page.goto(url)
     wait_for_app(page)
@@ -59,11 +45,11 @@ def test_start_a_sweep_and_read_its_results(server, page):
     # multipage mode until app.py has called st.navigation once
     _open(page, url)
     page.get_by_text("No experiment yet").wait_for()
-    _shot(page, "experiments-ui-00-overview-empty")
+    full_screenshot(page, "experiments-ui-00-overview-empty")
 
     _open(page, f"{url}/sweep")
     page.get_by_text("No sweep yet").wait_for()
-    _shot(page, "experiments-ui-01-sweep-empty")
+    full_screenshot(page, "experiments-ui-01-sweep-empty")
 
     # backbone: AlexNet (the paper's); weights: random (offline, fast); taps: fc8 only (+ fc6, the SVM1 tap)
     page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
@@ -95,7 +81,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
     name.fill("e2e sweep")
     name.press("Enter")
     wait_for_app(page)
-    _shot(page, "experiments-ui-02-sweep-form")
+    full_screenshot(page, "experiments-ui-02-sweep-form")
     page.get_by_role("button", name="Start sweep").click()
 
     # the page queues a job and starts the worker; the progress panel polls it until the chart appears
@@ -105,7 +91,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
         wait_for_app(page)
     except PlaywrightTimeoutError:
         pass
-    _shot(page, "experiments-ui-03-sweep-running")
+    full_screenshot(page, "experiments-ui-03-sweep-running")
     page.get_by_text(re.compile(r"finished: experiment #\d+")).wait_for(timeout=JOB_TIMEOUT_MS)
     page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
     wait_for_app(page)
@@ -114,39 +100,36 @@ def test_start_a_sweep_and_read_its_results(server, page):
     for text in ("AUC per tap", "e2e sweep", "RANDOM (UNTRAINED) CNN WEIGHTS", "SYNTHETIC DEMO DATA",
                  "fc6", "fc8"):  # fc6/fc8: the table of taps
         expect(body).to_contain_text(text)
-    time.sleep(1)  # let plotly finish drawing
-    _shot(page, "experiments-ui-04-sweep")
+    full_screenshot(page, "experiments-ui-04-sweep")
 
     _open(page, f"{url}/roc")
     page.get_by_text("Performance (Table 1)").wait_for()
     page.get_by_test_id("stPlotlyChart").first.wait_for()
     for text in ("Significance tests", "RANDOM (UNTRAINED) CNN WEIGHTS"):
         expect(page.locator("body")).to_contain_text(text)
-    time.sleep(1)
-    _shot(page, "experiments-ui-05-roc")
+    full_screenshot(page, "experiments-ui-05-roc")
     page.get_by_text("Lesion level (mean of its ROIs' probabilities)").click()
     wait_for_app(page)
     page.get_by_text(re.compile(r"20 lesions")).wait_for()
-    time.sleep(1)
-    _shot(page, "experiments-ui-06-roc-lesion")
+    full_screenshot(page, "experiments-ui-06-roc-lesion")
 
     _open(page, f"{url}/predictions")
     page.get_by_text("Open an ROI").wait_for()
     page.get_by_test_id("stImage").first.wait_for()
     for text in ("p1 SVM1 (CNN)", "Segmentation:"):
         expect(page.locator("body")).to_contain_text(text)
-    _shot(page, "experiments-ui-07-predictions")
+    full_screenshot(page, "experiments-ui-07-predictions")
 
     _open(page, f"{url}/experiments")
     page.get_by_text("Reproducibility").wait_for()
     page.get_by_text(re.compile(r"Yes, delete experiment #\d+ “e2e sweep”")).wait_for()
-    _shot(page, "experiments-ui-08-experiments")
+    full_screenshot(page, "experiments-ui-08-experiments")
 
     _open(page, url)
     page.get_by_text("Recent experiments").wait_for()
     page.get_by_text("All experiments").wait_for()  # shown once there is an experiment
-    _shot(page, "experiments-ui-09-overview")
+    full_screenshot(page, "experiments-ui-09-overview")
 
     for name in ("upload", "review"):
         _open(page, f"{url}/{name}")
-        _shot(page, f"experiments-ui-10-{name}")
+        full_screenshot(page, f"experiments-ui-10-{name}")

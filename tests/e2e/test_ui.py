@@ -15,7 +15,7 @@ from cadx.workflows import import_demo, open_workspace
 from cadx.workflows.accounts import add_user
 from db.models import ReviewEvent, Roi
 from tests.dicom_factory import disk_image, write_mammogram
-from tests.e2e.conftest import choose, full_screenshot, serve_app, wait_for_app
+from tests.e2e.conftest import choose, full_screenshot, serve_app, wait_for_app, wait_until_drawn
 
 pytestmark = pytest.mark.e2e
 
@@ -248,6 +248,11 @@ def experiment_server(tmp_path_factory, workspace_cache):
 # [scrollWidth, clientWidth] of each data frame's scroller on the page
 _TABLE_WIDTHS = """() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] .dvn-scroller'))
     .map(s => [s.scrollWidth, s.clientWidth])"""
+# every review grid cell has its tick box and open button (the grid is a fragment: its cells arrive after the page)
+_GRID_DRAWN = """() => {
+    const rows = [...document.querySelectorAll('.st-key-review_grid [class*="st-key-review_row_"]')];
+    return rows.length > 0 && rows.every(row => row.querySelector('[data-testid=stCheckbox]') && row.querySelector('button'));
+}"""
 # per review grid cell: [its text, vertical offset between tick box and open button, label lines ("malignant / CC R")]
 _GRID_CELLS = """() => Array.from(document.querySelectorAll('.st-key-review_grid [class*="st-key-review_row_"]')).map(row => {
     const box = row.querySelector('[data-testid=stCheckbox]').getBoundingClientRect();
@@ -274,7 +279,7 @@ def test_screenshots_of_every_page(experiment_server, browser, size):
             heading = "cadx — lesion database" if title == "Overview" else title
             page.get_by_role("heading", name=heading).first.wait_for()
             wait_for_app(page)
-            page.wait_for_timeout(1000)  # charts and images finish drawing
+            wait_until_drawn(page)
             _no_file_list(page)
             assert page.locator("[data-testid='stException']").count() == 0, title
             shot = full_screenshot(page, f"page-{title.lower().replace(' ', '-')}-{size[0]}x{size[1]}")
@@ -283,6 +288,7 @@ def test_screenshots_of_every_page(experiment_server, browser, size):
                 widths = page.evaluate(_TABLE_WIDTHS)
                 assert len(widths) >= 2 and all(scroll <= client + 1 for scroll, client in widths), widths
             if title == "Review ROIs":
+                page.wait_for_function(_GRID_DRAWN)
                 cells = page.evaluate(_GRID_CELLS)
                 assert cells, "no grid cell measured"
                 for text, row_gap, label_lines in cells:
