@@ -198,11 +198,15 @@ def wait_for_app(page) -> None:
 
 
 def choose(page, combobox, option) -> None:
-    """Open a select box and pick an option; a rerun landing while it opens can close the list, so try again."""
+    """Open a select box and pick an option; a rerun landing while it opens can close the list, so try again.
+
+    The box is scrolled into view first: a click that has to scroll the page to reach it opens the list and the
+    scroll closes it again (each such miss cost the 30 s wait below)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for attempt in range(3):
         wait_for_app(page)
+        combobox.scroll_into_view_if_needed()
         combobox.click()
         try:
             option.click(timeout=30_000)
