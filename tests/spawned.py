@@ -105,8 +105,7 @@ def review_one_roi(data_dir: str, database_url: str, worker: int, rounds: int, b
     from cadx.workflows import exclude_roi, include_roi, open_workspace
 
     workspace = open_workspace(data_dir, database_url)
-    start_together(barrier)
-    _wait_for_the_others()
+    barrier.wait(timeout=_START_TIMEOUT_S)
     for k in range(rounds):
         if (worker + k) % 2:
             exclude_roi(workspace, 1, reason="location_marker", user=f"process-{worker}", note=f"round {k}")
