@@ -168,10 +168,12 @@ def test_the_inner_grid_search_prints_nothing_in_a_fresh_process():
     tens of thousands of inner fits printed "optimization finished, #iter = ..." into the output and the job logs."""
     import subprocess
     import sys
+    from pathlib import Path
 
     code = ("import numpy as np; from cadx import svm; "
             "print(svm._inner_svc_decision(np.eye(4) + 1, np.array([0, 1, 0, 1]), np.ones((2, 4)), 1.0).shape)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    repo = Path(__file__).resolve().parents[1]  # whatever directory pytest was started from
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout == "(2,)\n", out.stdout[:500]
 
 
