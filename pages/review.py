@@ -87,18 +87,25 @@ def _decide(action: str, ids: list[int], reason: str | None = None, note: str | 
     state["review_flash"] = ("success", f"{what} {done} (by {plain(current_user())}).")
 
 
+def _used_note(key: str) -> None:
+    """A note belongs to the decision it was typed for: cleared once that decision is stored, so that it never
+    rides along with the next one (a failed decision keeps it, to be corrected)."""
+    if state.get("review_flash", ("",))[0] == "success":
+        state[key] = ""
+
+
 @_timed
 def _flag_open() -> None:
     if state["review_open"] is not None:
         _decide("exclude", [state["review_open"]], state.get("review_reason"), state.get("review_note"))
-        state["review_note"] = ""
+        _used_note("review_note")
 
 
 @_timed
 def _unflag_open() -> None:
     if state["review_open"] is not None:
         _decide("include", [state["review_open"]], note=state.get("review_note"))
-        state["review_note"] = ""
+        _used_note("review_note")
 
 
 def _clear_selection() -> None:
@@ -113,12 +120,23 @@ def _flag_selected() -> None:
             state.get("review_bulk_note"))
     if state["review_flash"][0] == "success":
         _clear_selection()
+    _used_note("review_bulk_note")
 
 
 def _unflag_selected() -> None:
     _decide("include", sorted(state["review_selected"]), note=state.get("review_bulk_note"))
     if state["review_flash"][0] == "success":
         _clear_selection()
+    _used_note("review_bulk_note")
+
+
+def _bulk_preview(n_selected: int) -> str:
+    """Exactly what the two bulk buttons would store, in words (the reason, the note, how many ROIs)."""
+    note = (state.get("review_bulk_note") or "").strip()
+    shown_note = f"note “{plain(note)}”" if note else "no note"
+    rois = f"{n_selected} ROI" + ("" if n_selected == 1 else "s")
+    return (f"*Flag selected* stores for {rois}: **{words.word(state.get('review_bulk_reason'))}**, {shown_note}. "
+            f"*Unflag selected* stores for {rois}: included again, {shown_note}.")
 
 
 def _select(ids: list[int], on: bool = True) -> None:
@@ -291,6 +309,8 @@ def _workbench(filters: RoiFilters) -> None:
                 st.toggle("Range select", key="review_range_mode", width="content",
                           help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
                                "between it and the last one ticked.")
+            if selected:
+                st.caption(_bulk_preview(len(selected)))
             with st.container(horizontal=True, vertical_alignment="bottom"):
                 st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
                           type="primary", key="review_bulk_flag", help=WHY_NOT)

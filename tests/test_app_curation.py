@@ -135,6 +135,36 @@ def test_bulk_flag_needs_a_note_for_other_then_flags_all_selected(demo_data_dir)
     assert _metrics(at)["Excluded"] == "0"
 
 
+def test_a_note_belongs_to_one_decision_and_the_bulk_preview_says_what_is_stored(demo_data_dir):
+    # Issue 25, item 1: ROIs bulk-flagged "compression paddle" were stored with the note of an earlier "other" flag.
+    at = _page("pages/review.py")
+    at.checkbox(key="review_sel_2").check().run()
+    at.selectbox(key="review_bulk_reason").set_value("other")
+    at.text_input(key="review_bulk_note").set_value("ruler/skin marker in field").run()
+    assert any("stores for 1 ROI: **other**, note “ruler/skin marker in field”" in _shown(c.value)
+               for c in at.caption)
+    _as(at, "Dr Bo").button(key="review_bulk_flag").click().run()
+    assert at.text_input(key="review_bulk_note").value == ""  # used: cleared
+    at.checkbox(key="review_sel_3").check().run()
+    at.checkbox(key="review_sel_4").check().run()
+    at.selectbox(key="review_bulk_reason").set_value("compression_paddle").run()
+    assert any("stores for 2 ROIs: **compression paddle**, no note." in c.value for c in at.caption)
+    _as(at, "Dr Bo").button(key="review_bulk_flag").click().run()
+    # the single-ROI note too: typed for one flag, gone after it
+    at.button(key="review_open_5").click().run()
+    at.selectbox(key="review_reason").set_value("other")
+    at.text_input(key="review_note").set_value("a ruler")
+    _as(at, "Dr Bo").button(key="review_flag").click().run()
+    assert at.text_input(key="review_note").value == ""
+    at.button(key="review_open_6").click().run()
+    at.selectbox(key="review_reason").set_value("location_marker")
+    _as(at, "Dr Bo").button(key="review_flag").click().run()
+    with _db(demo_data_dir).sessions() as session:
+        stored = {e.roi_id: (e.reason, e.note) for e in session.scalars(select(ReviewEvent))}
+    assert stored == {2: ("other", "ruler/skin marker in field"), 3: ("compression_paddle", None),
+                      4: ("compression_paddle", None), 5: ("other", "a ruler"), 6: ("location_marker", None)}
+
+
 def test_paging_through_the_grid(tmp_path, monkeypatch):
     data = tmp_path / "data"
     ws = open_workspace(data)
