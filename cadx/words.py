@@ -25,6 +25,11 @@ __all__ = [
     "word",
     "meaning",
     "with_code",
+    "EMPTY",
+    "empty_or",
+    "fold_text",
+    "CASE_COLUMNS",
+    "column_word",
 ]
 
 #: Why a reviewer leaves an ROI out of experiments (the codes the database accepts, in this order).
@@ -84,6 +89,36 @@ AUC_COLUMNS: dict[str, str] = {
     "binormal AUC": "binormal-fit AUC",
 }
 
+#: What a page shows for a value that is not there (no SVM2 run, no view in the header, ...): never ``None``/``nan``.
+EMPTY = "—"
+
+#: Readable names of the per-case (ROI or lesion) columns that result pages show and export (CSV headers), for the
+#: codes the workflows return (``cadx.workflows.results.roi_predictions`` and friends).
+CASE_COLUMNS: dict[str, str] = {
+    "roi_id": "ROI",
+    "lesion_id": "lesion id",
+    "lesion_key": "lesion",
+    "patient_key": "patient",
+    "n_rois": "ROIs",
+    "view": "view",
+    "laterality": "side",
+    "truth": "truth",
+    "label": "truth",
+    "fold": "fold",
+    "p1": "p1 (SVM1, CNN)",
+    "p2": "p2 (SVM2, analytic)",
+    "p3": "p3 (ensemble)",
+    "pz": "pz (z-scored ensemble; not a probability)",
+    "disagreement": "|p1 − p2|",
+    "right_p1": "SVM1 right",
+    "right_p2": "SVM2 right",
+    "right_p3": "ensemble right",
+    "right_pz": "z-ensemble right (pz ≥ 0)",
+    "included_now": "included now",
+    "qc_flags": "QC flags",
+    "status": "review status",
+}
+
 _REGISTRIES = (EXCLUSION_REASONS, QC_FLAGS, SEGMENTATION_QUALITIES, AUC_NAMES)
 
 
@@ -117,3 +152,31 @@ def with_code(code: str | None) -> str:
     words = word(code)
     return words if words == code else f"{words} ({code})"
 
+
+
+def empty_or(value: object, fmt: str = "{}") -> str:
+    """``value`` formatted with ``fmt``, or :data:`EMPTY` when there is none (None, NaN, ``""``).
+
+    >>> empty_or(None), empty_or(float("nan"), "{:.3f}"), empty_or(0.25, "{:.3f}")
+    ('—', '—', '0.250')
+    """
+    if value is None or value == "" or (isinstance(value, float) and value != value):  # NaN is not equal to itself
+        return EMPTY
+    return fmt.format(value)
+
+
+def fold_text(fold: int, *, n_folds: int, seed: int) -> str:
+    """The one way a case's cross-validation fold is shown: 1-based, out of how many, and of which seed.
+
+    ``fold`` is the stored, 0-based fold index (``Prediction.fold``); ``seed`` is the seed of the cross-validation
+    repeat the fold belongs to (the experiment's first seed on the result pages).
+
+    >>> fold_text(0, n_folds=5, seed=0)
+    'fold 1 of 5 (seed 0)'
+    """
+    return f"fold {int(fold) + 1} of {int(n_folds)} (seed {int(seed)})"
+
+
+def column_word(name: str) -> str:
+    """The readable name of a per-case column (:data:`CASE_COLUMNS`); other names unchanged."""
+    return CASE_COLUMNS.get(name, name)

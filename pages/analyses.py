@@ -9,8 +9,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cadx import words
 from cadx.errors import CadxError
-from cadx.workflows import METHOD_NAMES, roi_overlay
+from cadx.workflows import METHOD_NAMES, readable_cases, roi_overlay
 from cadx.workflows.analyses import (
     agreement_analysis,
     correlation_analysis,
@@ -79,8 +80,11 @@ with agree_tab:
             st.dataframe(agreement["table"], key="agree_table")
             st.caption("Rows: SVM1 (CNN); columns: SVM2 (analytic). McNemar tests the off-diagonal cells against "
                        "each other (exact binomial). The cases where p1 and p2 differ most:")
-            st.dataframe(agreement["disagreeing"], hide_index=True, key="agree_cases", column_config={
-                c: st.column_config.NumberColumn(format=THREE) for c in ("p1", "p2", "disagreement")})
+            st.dataframe(readable_cases(agreement["disagreeing"], n_folds=experiment["n_folds"],
+                                        seed=experiment["seed"]),
+                         hide_index=True, key="agree_cases", placeholder=words.EMPTY, column_config={
+                             words.column_word(c): st.column_config.NumberColumn(format=THREE)
+                             for c in ("p1", "p2", "disagreement")})
 
 # ---------------------------------------------------------------------------------------------- correlation ---
 with corr_tab:
@@ -166,9 +170,13 @@ with map_tab:
         st.error(str(exc))
     else:
         st.session_state[shown_key] = True
-        fig = px.scatter(frame, x="x", y="y", color=colour, custom_data=["roi_id"],
+        hover = frame.assign(view=[words.empty_or(v) for v in frame["view"]],
+                             qc_flags=[", ".join(words.word(c.strip()) for c in q.split(",")) if q else words.EMPTY
+                                       for q in frame["qc_flags"]])  # codes joined by the workflow -> words
+        fig = px.scatter(hover, x="x", y="y", color=colour, custom_data=["roi_id"],
                          hover_data={"roi_id": True, "lesion_key": True, "view": True, "p1": ":.3f",
                                      "qc_flags": True, "x": False, "y": False},
+                         labels={c: words.column_word(c) for c in hover.columns},
                          color_discrete_map={"benign": "#2ca02c", "malignant": "#d62728", "included": "#1f77b4",
                                              "flagged": "#ff7f0e", "excluded since": "#7f7f7f"})
         fig.update_layout(height=560, xaxis={"title": "t-SNE 1"}, yaxis={"title": "t-SNE 2"},

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cadx import words
 from cadx.labels import label_word
-from cadx.workflows import lesion_predictions, roi_overlay, roi_predictions
+from cadx.workflows import lesion_predictions, readable_cases, roi_overlay, roi_predictions
 from pages._shared import csv_download, pick_experiment, plain, workspace
 
 ws = workspace()
@@ -27,6 +27,7 @@ st.caption("Out-of-fold probabilities of malignancy: p1 from SVM1 (CNN features)
 
 experiment = pick_experiment("pred_experiment", purpose="predictions")
 experiment_id = experiment["id"]
+FOLDS = {"n_folds": experiment["n_folds"], "seed": experiment["seed"]}  # the first seed's folds, as every page shows
 
 left, middle, right = st.columns([2, 3, 2])
 level = left.radio("Level", list(LEVELS), format_func=LEVELS.get, key="pred_level")
@@ -35,8 +36,6 @@ only_wrong = right.checkbox("Only cases the ensemble gets wrong", key="pred_only
 
 frame = roi_predictions(ws, experiment_id) if level == "roi" else lesion_predictions(ws, experiment_id)
 id_column = "roi_id" if level == "roi" else "lesion_id"
-frame["truth"] = frame["truth"].map(label_word)
-frame["fold"] = frame["fold"] + 1
 right_column = "right_p3" if frame["p3"].notna().any() else "right_p1"
 if sort == "disagreement":
     frame = frame.sort_values(["disagreement", id_column], ascending=[False, True], na_position="last")
@@ -61,23 +60,18 @@ columns = {
                "right_p1", "right_p2", "right_p3", "right_pz", "patient_key"],
 }[level]
 st.caption("Click a row to open it below; click a column header to sort.")
-event = st.dataframe(frame[columns], hide_index=True, key=f"pred_table_{level}", on_select="rerun",
-                     selection_mode="single-row", column_config={
-    "roi_id": st.column_config.NumberColumn("ROI", format="%d"),
-    "lesion_id": st.column_config.NumberColumn("lesion id", format="%d"),
-    "lesion_key": "lesion", "patient_key": "patient", "n_rois": "ROIs",
-    "p1": st.column_config.NumberColumn("p1 (SVM1, CNN)", format=PROBABILITY),
-    "p2": st.column_config.NumberColumn("p2 (SVM2, analytic)", format=PROBABILITY),
-    "p3": st.column_config.NumberColumn("p3 (ensemble)", format=PROBABILITY),
-    "pz": st.column_config.NumberColumn("pz (z-scored ensemble; not a probability)", format="%.3f"),
-    "disagreement": st.column_config.NumberColumn("|p1 − p2|", format=PROBABILITY),
-    "right_p1": st.column_config.CheckboxColumn("SVM1 right"),
-    "right_p2": st.column_config.CheckboxColumn("SVM2 right"),
-    "right_p3": st.column_config.CheckboxColumn("ensemble right"),
-    "right_pz": st.column_config.CheckboxColumn("z-ensemble right (pz ≥ 0)"),
-    "included_now": st.column_config.CheckboxColumn("included now", help="Excluded by review since the run?"),
+shown = readable_cases(frame[columns], **FOLDS)  # the table and its CSV: truth in words, folds as on every page
+column = words.column_word
+event = st.dataframe(shown, hide_index=True, key=f"pred_table_{level}", on_select="rerun",
+                     selection_mode="single-row", placeholder=words.EMPTY, column_config={
+    column("roi_id"): st.column_config.NumberColumn(format="%d"),
+    column("lesion_id"): st.column_config.NumberColumn(format="%d"),
+    **{column(c): st.column_config.NumberColumn(format=PROBABILITY) for c in ("p1", "p2", "p3", "disagreement")},
+    column("pz"): st.column_config.NumberColumn(format="%.3f"),
+    **{column(f"right_{c}"): st.column_config.CheckboxColumn() for c in ("p1", "p2", "p3", "pz")},
+    column("included_now"): st.column_config.CheckboxColumn(help="Excluded by review since the run?"),
 })
-csv_download(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)", frame,
+csv_download(f"Predictions per {'ROI' if level == 'roi' else 'lesion'} (CSV)", shown,
              f"cadx-predictions-experiment{experiment_id}-{level}.csv", key="pred_csv")
 
 # ------------------------------------------------------------------------------------------------ open an ROI ---
@@ -128,7 +122,7 @@ picture.image(image, caption=caption, width=512)
 with details:
     st.markdown(f"**ROI {roi_id}** · lesion {plain(row['lesion_key'])} · patient {plain(row['patient_key'])} · "
                 f"{row['view'] or 'view unknown'} {row['laterality'] or ''}")
-    st.markdown(f"Truth: **{label_word(row['truth'])}** · fold {int(row['fold']) + 1}")
+    st.markdown(f"Truth: **{label_word(row['truth'])}** · {words.fold_text(row['fold'], **FOLDS)}")
     for column, name in (("p1", "p1 SVM1 (CNN)"), ("p2", "p2 SVM2 (analytic)"), ("p3", "p3 ensemble")):
         value = row[column]
         if value == value:  # not NaN
@@ -165,8 +159,9 @@ with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
         else:
             sens = occlusion["map"].sensitivity
             st.image(heat_overlay(image, sens), width=512,
-                     caption=f"p1 {occlusion['p1']:.3f} (stored {occlusion['p1_stored']:.3f}), fold "
-                             f"{occlusion['fold'] + 1}, tap {occlusion['tap']}; largest drop {sens.max():+.4f}, "
+                     caption=f"p1 {occlusion['p1']:.3f} (stored {occlusion['p1_stored']:.3f}), "
+                             f"{words.fold_text(occlusion['fold'], **FOLDS)}, tap {occlusion['tap']}; "
+                             f"largest drop {sens.max():+.4f}, "
                              f"largest rise {sens.min():+.4f} in p1")
             if occlusion["model_source"] == "refit":
                 st.info("This experiment was recorded before fold models were stored: its fold SVM was refitted "

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import streamlit as st
 
-from cadx.workflows import open_workspace
+from cadx import words
+from cadx.workflows import lesion_predictions, open_workspace, roi_predictions
 from cadx.workflows.analyses import agreement_analysis, correlation_analysis
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import demo_experiment
@@ -89,3 +91,48 @@ def test_predictions_page_explains_p1_by_occlusion(use, experiment_dir):
     assert not at.exception, at.exception
     assert len(at.image) == 2, "no occlusion map shown"
     assert not at.error, [e.value for e in at.error]
+
+
+_RAW_NAMES = {code for code, name in words.CASE_COLUMNS.items() if code != name}
+
+
+def _reads_plainly(at) -> None:
+    """No raw column name in any table, empty cells shown as words.EMPTY, no None/nan in the page's text."""
+    for table in at.dataframe:
+        assert not _RAW_NAMES & set(map(str, table.value.columns)), list(table.value.columns)
+        if set(table.value.columns) & {"fold", "truth"}:  # a table of cases: its empty cells read as EMPTY
+            assert table.proto.placeholder == words.EMPTY
+    text = " ".join(m.value for m in [*at.markdown, *at.caption])
+    assert not re.search(r"\b(None|nan|NaN)\b", text), text
+
+
+def test_the_same_case_reads_the_same_on_predictions_and_open_questions(use, experiment_dir):
+    # Issue 25, item 3: a lesion was "fold 2" on Predictions and "fold 1" on Open questions, truth words on one page
+    # and 0/1 on the other. The experiment: 3 folds, seed 0.
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    ws = open_workspace(data)
+    try:
+        stored = {"lesion": lesion_predictions(ws, experiment_id).set_index("lesion_key"),
+                  "roi": roi_predictions(ws, experiment_id).set_index("roi_id")}
+    finally:
+        ws.engine.dispose()
+    questions = open_page("pages/analyses.py", timeout=300)
+    predictions = open_page("pages/predictions.py", timeout=300)
+    for level, key in (("lesion", "lesion"), ("roi", "ROI")):
+        questions.radio(key="agree_level").set_value(level).run()
+        predictions.radio(key="pred_level").set_value(level).run()
+        assert not questions.exception and not predictions.exception
+        cases = _frame(questions, "|p1 − p2|")
+        table = _frame(predictions, "|p1 − p2|").set_index(key)
+        assert len(cases) == 10
+        for _, case in cases.iterrows():
+            fold = int(stored[level].at[case[key], "fold"])  # stored 0-based
+            assert case["fold"] == table.at[case[key], "fold"] == f"fold {fold + 1} of 3 (seed 0)"
+            truth = "malignant" if stored[level].at[case[key], "truth"] == 1 else "benign"
+            assert case["truth"] == table.at[case[key], "truth"] == truth
+        _reads_plainly(questions)
+        _reads_plainly(predictions)
+    # the opened ROI's details say its fold the same way
+    opened = int(predictions.selectbox(key="pred_open_roi_roi").value)
+    fold = int(stored["roi"].at[opened, "fold"])
+    assert any(f"fold {fold + 1} of 3 (seed 0)" in m.value for m in predictions.markdown)

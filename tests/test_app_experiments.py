@@ -14,6 +14,7 @@ import streamlit as st
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
+from cadx import words
 from cadx.records import to_json
 from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
@@ -367,12 +368,17 @@ def test_roc_page_lesion_level_uses_the_mean_of_each_lesions_rois(use, experimen
 
 
 # ------------------------------------------------------------------------------------------------ predictions ---
+# the table shows readable names (cadx.words.CASE_COLUMNS); the checks below use the codes
+_CODES = {words.column_word(c): c for c in ("roi_id", "lesion_id", "n_rois", "truth", "p1", "p2", "p3", "disagreement",
+                                            "right_p3")}
+
+
 def test_predictions_page_lists_rois_by_disagreement_and_opens_one(use, experiment_dir):
     data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
     at = _run("pages/predictions.py")
     text = _text(at)
     assert "SYNTHETIC DEMO DATA" in text and "RANDOM (UNTRAINED) CNN WEIGHTS" in text
-    table = at.dataframe[0].value
+    table = at.dataframe[0].value.rename(columns=_CODES)
     assert len(table) == 28
     assert table["disagreement"].is_monotonic_decreasing
     assert (table["disagreement"] - (table["p1"] - table["p2"]).abs()).abs().max() < 1e-12
@@ -385,7 +391,7 @@ def test_predictions_page_lists_rois_by_disagreement_and_opens_one(use, experime
 
     at.radio(key="pred_level").set_value("lesion").run()
     assert not at.exception, at.exception
-    lesions = at.dataframe[0].value
+    lesions = at.dataframe[0].value.rename(columns=_CODES)
     ws = open_workspace(data)
     try:
         expected = lesion_predictions(ws, experiment_id).set_index("lesion_id")

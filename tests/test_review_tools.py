@@ -50,6 +50,14 @@ def test_every_stored_code_has_words_and_its_code_in_the_tooltip():
     assert words.word(None) == "" and words.with_code("other") == "other"
 
 
+def test_one_way_to_show_a_fold_and_an_empty_value():
+    assert words.fold_text(0, n_folds=5, seed=0) == "fold 1 of 5 (seed 0)"  # stored folds are 0-based
+    assert words.fold_text(np.int64(4), n_folds=5, seed=7) == "fold 5 of 5 (seed 7)"
+    assert [words.empty_or(v) for v in (None, float("nan"), "", "CC")] == ["—", "—", "—", "CC"]
+    assert words.empty_or(0.5, "{:.3f}") == "0.500" and words.EMPTY == "—"
+    assert words.column_word("right_p1") == "SVM1 right" and words.column_word("tap") == "tap"
+
+
 def test_cli_exclude_says_the_reason_in_words(tmp_path, workspace_cache):
     from typer.testing import CliRunner
 

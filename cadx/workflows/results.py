@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import CursorResult, delete, select, update
 
-from cadx import stats
+from cadx import stats, words
 from cadx.backbones import backbone_label
 from cadx.errors import CadxInputError
+from cadx.labels import label_word
 from cadx.methods import METHODS
 from cadx.outline import decode_mask_png, draw_outline
 from cadx.records import LevelResults, MethodRecord, SweepLayer, read_results
@@ -43,6 +44,7 @@ __all__ = [
     "lesion_predictions",
     "list_experiments",
     "method_table",
+    "readable_cases",
     "rename_experiment",
     "repeats_table",
     "roc_curve_table",
@@ -428,6 +430,19 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
         frame["truth"] = rois.groupby("lesion_id")["truth"].max().to_numpy()
         frame["n_rois"] = rois.groupby("lesion_id").size().to_numpy()
     return _add_outcomes(frame[columns])
+
+
+def readable_cases(frame: pd.DataFrame, *, n_folds: int, seed: int) -> pd.DataFrame:
+    """Per-case rows (from :func:`roi_predictions`, :func:`lesion_predictions` or an analysis built on them) as
+    every page shows and exports them: the truth in words (``cadx.labels``), the fold as ``cadx.words.fold_text``
+    (1-based, of ``n_folds``, of the cross-validation with ``seed``) and readable column names
+    (``cadx.words.CASE_COLUMNS``). Empty values stay empty (pages show them as ``cadx.words.EMPTY``)."""
+    shown = frame.copy()
+    if "truth" in shown:
+        shown["truth"] = [label_word(t) for t in shown["truth"]]
+    if "fold" in shown:
+        shown["fold"] = [words.fold_text(f, n_folds=n_folds, seed=seed) for f in shown["fold"]]
+    return shown.rename(columns=words.column_word)
 
 
 def _add_outcomes(frame: pd.DataFrame) -> pd.DataFrame:

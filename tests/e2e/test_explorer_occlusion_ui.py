@@ -88,5 +88,6 @@ def test_occlusion_map_on_the_predictions_page(demo_experiment, page):
     page.get_by_role("button", name="Compute the occlusion map").click()
     wait_for_app(page)
     page.get_by_text("Scored by the fold's stored SVM (no refit).").wait_for()
-    expect(page.get_by_text(re.compile(r"p1 \d\.\d{3} \(stored \d\.\d{3}\), fold \d, tap fc8"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"p1 \d\.\d{3} \(stored \d\.\d{3}\), fold \d of \d+ \(seed \d+\), "
+                                       r"tap fc8"))).to_be_visible()
     screenshot(page, "occlusion-map-predictions")
