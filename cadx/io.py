@@ -28,6 +28,7 @@ import numpy as np
 
 from cadx import validation
 from cadx.errors import CadxInputError, ImageReadError
+from cadx.sources import parse_cbis_name
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -139,9 +140,10 @@ class Mammogram:
     modality : str or None
         DICOM Modality (e.g. ``"MG"``); None for rasters.
     view : str or None
-        DICOM ViewPosition (e.g. ``"CC"``, ``"MLO"``) or None.
+        DICOM ViewPosition (e.g. ``"CC"``, ``"MLO"``), else the view in a CBIS-DDSM PatientID; None otherwise.
     laterality : str or None
-        ``"L"`` or ``"R"`` from ImageLaterality, else Laterality; None otherwise.
+        ``"L"`` or ``"R"`` from ImageLaterality, else Laterality, else the side in a CBIS-DDSM PatientID; None
+        otherwise.
     photometric : str
         ``"MONOCHROME1"`` or ``"MONOCHROME2"`` as stored (rasters: ``"MONOCHROME2"``). ``pixels`` are already
         inverted for MONOCHROME1.
@@ -150,7 +152,12 @@ class Mammogram:
     burned_in_annotation : bool
         True when DICOM BurnedInAnnotation is ``"YES"`` (the pixels may show text that identifies the patient).
     patient_key : str or None
-        :func:`pseudonymise` of the DICOM PatientID when a key was given, else None.
+        :func:`pseudonymise` of the DICOM PatientID when a key was given, else None. A PatientID in a known
+        per-image naming (``patient_naming``) is pseudonymised by its patient part alone.
+    patient_naming : str or None
+        ``"CBIS-DDSM"`` when the PatientID follows CBIS-DDSM's naming (patient, side and view:
+        :func:`cadx.sources.parse_cbis_name`), which then also gives ``view`` and ``laterality`` where the header
+        has none; None otherwise.
     """
 
     pixels: np.ndarray
@@ -166,6 +173,7 @@ class Mammogram:
     header: dict[str, object]
     burned_in_annotation: bool
     patient_key: str | None
+    patient_naming: str | None = None
 
     def metadata(self) -> dict[str, object]:
         """Return every field except ``pixels`` as a JSON-serialisable dict.
@@ -713,12 +721,15 @@ def _dicom_from_bytes(
     except BaseException as exc:  # noqa: BLE001 - malformed attributes surface as assorted pydicom errors
         raise ImageReadError(source, f"the DICOM header is malformed ({_short(exc)})", corrupt_fix) from None
 
+    pid = _safe_str(ds, "PatientID")
+    # CBIS-DDSM's PatientID names the image, not the woman (Mass-Test_P_00820_LEFT_CC): the pseudonym is of its
+    # patient part, so that all her views share it, and its side and view stand in for missing header fields.
+    cbis = parse_cbis_name(pid) if pid else None
     patient_key = None
-    if key is not None:
-        pid = _safe_str(ds, "PatientID")
-        if pid:
-            patient_key = pseudonymise(pid, key=key)
-    laterality = _safe_str(ds, "ImageLaterality").upper() or _safe_str(ds, "Laterality").upper()
+    if key is not None and pid:
+        patient_key = pseudonymise(cbis.patient_id if cbis is not None else pid, key=key)
+    laterality = (_safe_str(ds, "ImageLaterality").upper() or _safe_str(ds, "Laterality").upper()
+                  or (cbis.laterality if cbis is not None else ""))
     return Mammogram(
         pixels=_finish(pixels),
         value_range=value_range,
@@ -727,12 +738,13 @@ def _dicom_from_bytes(
         source_sha256=hashlib.sha256(data).hexdigest(),
         source_format="dicom",
         modality=_safe_str(ds, "Modality") or None,
-        view=_safe_str(ds, "ViewPosition").upper() or None,
+        view=_safe_str(ds, "ViewPosition").upper() or (cbis.view if cbis is not None else None),
         laterality=laterality if laterality in ("L", "R") else None,
         photometric=str(ds.PhotometricInterpretation),
         header=header,
         burned_in_annotation=_safe_str(ds, "BurnedInAnnotation").upper() == "YES",
         patient_key=patient_key,
+        patient_naming="CBIS-DDSM" if cbis is not None else None,
     )
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "MiasFinding",
     "MiasSkip",
     "parse_mias_info",
+    "CbisName",
+    "parse_cbis_name",
     "CbisRow",
     "parse_cbis_csv",
     "ManifestRow",
@@ -163,6 +165,48 @@ def parse_mias_info(path: str | Path) -> tuple[list[MiasFinding], list[MiasSkip]
 
 # ------------------------------------------------------------------------------------------------ CBIS-DDSM ---
 @dataclass(frozen=True)
+class CbisName:
+    """CBIS-DDSM's name of one image: its DICOM PatientID and its folder, e.g. ``Mass-Test_P_00820_LEFT_CC`` (the
+    full mammogram) or ``Mass-Test_P_00820_LEFT_CC_1`` (abnormality 1's crop and mask).
+
+    The name carries the view and the side, so one woman's four views have four PatientIDs: ``patient_id`` is the
+    woman (``P_00820``, as in the case-description CSVs' ``patient_id`` column, shared by the mass and calc sets).
+    """
+
+    abnormality_type: str  # mass | calcification
+    split: str  # Training | Test
+    patient_id: str  # P_00820
+    side: str  # LEFT | RIGHT
+    view: str  # CC | MLO
+    abnormality_id: str | None  # the crop/mask folders' suffix; None for the full mammogram
+
+    @property
+    def laterality(self) -> str:
+        """``"L"`` or ``"R"``, as DICOM spells it."""
+        return self.side[0]
+
+
+_CBIS_NAME = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d{5})_(LEFT|RIGHT)_(CC|MLO)(?:_(\d+))?$", re.IGNORECASE)
+
+
+def parse_cbis_name(value: str) -> CbisName | None:
+    """The parts of a CBIS-DDSM image name (PatientID or folder name), or None when ``value`` is not one.
+
+    >>> parse_cbis_name("Mass-Test_P_00820_LEFT_MLO").patient_id
+    'P_00820'
+    >>> parse_cbis_name("ANON-1234") is None
+    True
+    """
+    match = _CBIS_NAME.match(value.strip())
+    if match is None:
+        return None
+    kind, split, patient, side, view, abnormality = match.groups()
+    return CbisName(abnormality_type="mass" if kind.lower() == "mass" else "calcification",
+                    split=split.capitalize(), patient_id=patient.upper(), side=side.upper(), view=view.upper(),
+                    abnormality_id=abnormality)
+
+
+@dataclass(frozen=True)
 class CbisRow:
     """One row of a CBIS-DDSM case-description CSV: one view (CC or MLO) of one abnormality."""
 
@@ -221,6 +265,7 @@ def parse_cbis_csv(path: str | Path) -> list[CbisRow]:
             if not record["image file path"].strip() or not record["ROI mask file path"].strip():
                 raise ManifestError(f"{where}", "image or ROI mask path is empty",
                                     "restore the row from the official CSV")
+            _check_cbis_folder(record, where, side=side, view=view)
             rows.append(
                 CbisRow(
                     csv_name=path.name,
@@ -238,6 +283,20 @@ def parse_cbis_csv(path: str | Path) -> list[CbisRow]:
                 )
             )
     return rows
+
+
+def _check_cbis_folder(record: dict[str, str], where: str, *, side: str, view: str) -> None:
+    """The image folder's CBIS-DDSM name (patient, side, view) must agree with the row's columns: the importer reads
+    the image from that folder, and a disagreeing one would store one woman's image under another."""
+    folder = Path(record["image file path"].strip()).parts[0]
+    name = parse_cbis_name(folder)
+    if name is None:
+        return  # a folder named otherwise (a user's own layout): the columns alone say who and which view
+    columns = (record["patient_id"].strip(), side, view)
+    if (name.patient_id, name.side, name.view) != columns:
+        raise ManifestError(f"{where}, column 'image file path'",
+                            f"folder {folder!r} is patient {name.patient_id} {name.side} {name.view}, but the row says "
+                            f"{' '.join(columns)}", "restore the row from the official CSV")
 
 
 # ------------------------------------------------------------------------------------------------- manifest ---

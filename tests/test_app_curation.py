@@ -15,7 +15,7 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from cadx.workflows import import_demo, open_workspace
-from db.models import Image, ReviewEvent, Roi
+from db.models import Image, Lesion, ReviewEvent, Roi
 from tests.apptest_support import open_page, point_app_at
 from tests.dicom_factory import disk_image, write_mammogram
 
@@ -274,6 +274,63 @@ def test_upload_dicom_mark_centre_preview_and_save(demo_data_dir, tmp_path):
     # The same file and lesion again: nothing new, said plainly.
     at.button(key="upload_save").click().run()
     assert any("already imported" in i.value for i in at.info)
+
+
+def test_upload_cbis_cc_and_mlo_of_one_breast_as_one_lesion(demo_data_dir, cbis_dicoms):
+    # Issue 25, item 2, with the real CBIS-DDSM files: the MLO got another pseudonym (the PatientID carries the view)
+    # and its lesion key made a second lesion; view stayed unknown; the pixel size was typed for every image.
+    files = [(f"{view}.dcm", cbis_dicoms[("P_00820", "LEFT", view)].read_bytes(), "application/dicom")
+             for view in ("CC", "MLO")]
+    at = _page("pages/upload.py")
+    at.file_uploader(key="upload_files").set_value(files).run()
+    assert not at.exception and not at.error
+
+    def mark(view: str) -> None:
+        shas = {str(n.key).removeprefix("upload_row_") for n in at.number_input if str(n.key).startswith("upload_row_")}
+        (sha,) = shas
+        assert at.selectbox(key=f"upload_view_{sha}").value == view
+        assert at.selectbox(key=f"upload_side_{sha}").value == "L"
+        assert at.selectbox(key="upload_patient").value.startswith("From the DICOM file")
+        assert any("follows CBIS-DDSM's naming" in c.value for c in at.caption)
+        at.number_input(key=f"upload_row_{sha}").set_value(2300.0)
+        at.number_input(key=f"upload_col_{sha}").set_value(1000.0)
+
+    mark("CC")
+    (pixel,) = [n for n in at.number_input if str(n.key).startswith("upload_pixel_")]
+    pixel.set_value(0.05)
+    at.selectbox(key="upload_lesion").set_value("New lesion…").run()
+    at.text_input(key="upload_new_lesion").set_value("L1")
+    at.radio(key="upload_label").set_value("malignant").run()
+    _as(at, "Dr Cy").button(key="upload_save").click().run()
+    assert any("as ROI #" in s.value for s in at.success), [e.value for e in at.error]
+
+    next(s for s in at.selectbox if s.label == "Image").set_value(1).run()  # the MLO, same upload
+    mark("MLO")
+    (pixel,) = [n for n in at.number_input if str(n.key).startswith("upload_pixel_")]
+    assert pixel.value == 0.05 and any("as given for another image of this upload" in c.value for c in at.caption)
+    at.run()
+    assert any("already has lesion **L1**" in _shown(i.value) for i in at.info)  # the same patient: the same lesion
+    assert not at.warning
+    _as(at, "Dr Cy").button(key="upload_save").click().run()
+    assert any("as ROI #" in s.value for s in at.success), [e.value for e in at.error]
+    with _db(demo_data_dir).sessions() as session:
+        lesions = session.scalars(select(Lesion).where(Lesion.key == "L1")).all()
+        assert len(lesions) == 1
+        rois = sorted(lesions[0].rois, key=lambda r: r.image.view)
+        assert [(r.image.view, r.image.laterality, r.image.pixel_spacing_row_mm) for r in rois] == [
+            ("CC", "L", 0.05), ("MLO", "L", 0.05)]
+        pseudonym = lesions[0].patient.key
+
+    # A new lesion key that another patient has: a warning, and Save waits for an explicit confirmation.
+    at.selectbox(key="upload_patient").set_value("New patient…").run()
+    at.text_input(key="upload_new_patient").set_value("STUDY-7").run()
+    assert any("already exists under another patient" in w.value and pseudonym in _shown(w.value)
+               for w in at.warning)
+    assert at.button(key="upload_save").disabled
+    assert any("confirm the lesion key that another patient has" in c.value for c in at.caption)
+    (confirm,) = [c for c in at.checkbox if str(c.key).startswith("upload_confirm_")]
+    confirm.check().run()
+    assert not at.button(key="upload_save").disabled
 
 
 def test_upload_png_needs_a_pixel_size(demo_data_dir):

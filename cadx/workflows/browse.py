@@ -79,6 +79,7 @@ __all__ = [
     "warm_thumbnails",
     "upload_patients",
     "patient_lesions",
+    "lesion_key_patients",
     "MAX_IMAGE_BYTES",
     "MAX_UPLOAD_BYTES",
     "MAX_ZIP_ENTRIES",
@@ -825,3 +826,20 @@ def patient_lesions(workspace: Workspace, patient_key: str | None) -> list[Lesio
             .group_by(Lesion.id, Lesion.key, Lesion.label).order_by(Lesion.key)
         ).all()
     return [LesionChoice(*r) for r in rows]
+
+
+def lesion_key_patients(workspace: Workspace, lesion_key: str, *, other_than: str | None) -> list[str]:
+    """Keys of the local patients, other than ``other_than``, that already have a lesion named ``lesion_key``.
+
+    A lesion key is unique within a patient only, so this is legal; but a view saved as a new lesion whose key
+    another patient already has is often one lesion split across two patients (the patient chosen wrongly), which
+    breaks the lesion and patient grouping of the folds: the upload page asks before it saves one.
+    """
+    if not lesion_key.strip():
+        return []
+    with workspace.sessions() as session:
+        query = (select(Patient.key).join(Lesion, Lesion.patient_id == Patient.id)
+                 .where(Patient.source == LOCAL_SOURCE, Lesion.key == lesion_key.strip()))
+        if other_than:
+            query = query.where(Patient.key != other_than)
+        return list(session.scalars(query.distinct().order_by(Patient.key)))
