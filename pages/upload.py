@@ -14,6 +14,7 @@ from cadx.workflows import (
     display_to_image_rc,
     filter_options,
     import_upload,
+    lesion_key_patients,
     patient_lesions,
     preview_roi,
     read_upload,
@@ -21,7 +22,7 @@ from cadx.workflows import (
     unpack_upload,
     upload_patients,
 )
-from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, lesion_key_patients, zoom_region
+from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, zoom_region
 from pages._shared import allowed, current_user, plain, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
