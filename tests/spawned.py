@@ -17,6 +17,7 @@ __all__ = [
     "compute_analytic_features_in",
     "first_pseudonym_key",
     "open_and_count_tables",
+    "restore_and_stop_at",
     "review_one_roi",
     "start_together",
     "upload_one_case",
@@ -112,3 +113,20 @@ def review_one_roi(data_dir: str, database_url: str, worker: int, rounds: int, b
         else:
             include_roi(workspace, 1, user=f"process-{worker}", note=f"round {k}")
     workspace.engine.dispose()
+
+
+def restore_and_stop_at(data_dir: str, url: str, backup: str, key_file: str, step: str, reached: str) -> None:
+    """Restore ``backup`` into the workspace and stop for good at the first progress message ``step``, after creating
+    the file ``reached`` (the test kills the process there, a state it waits for, not a time)."""
+    import threading
+
+    from cadx.workflows import open_workspace
+    from cadx.workflows.backup import load_backup_key, restore_workspace
+
+    def progress(done: int, total: int, message: str) -> None:
+        if message == step:
+            Path(reached).touch()
+            threading.Event().wait()  # until killed
+
+    workspace = open_workspace(data_dir, url)
+    restore_workspace(workspace, backup, key=load_backup_key(key_file), progress=progress)
