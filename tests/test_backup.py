@@ -24,6 +24,7 @@ from cadx.workflows import exclude_roi, import_demo, import_upload, open_workspa
 from cadx.workflows.backup import backup_workspace, restore_workspace, workspace_backup_key
 from db.models import Patient, Roi
 from tests.dicom_factory import disk_image, write_mammogram
+from tests.small_fs import nearly_full_fs
 from tests.spawned import first_pseudonym_key, restore_and_stop_at
 from tests.test_import_files import _snapshot
 
@@ -265,3 +266,13 @@ def test_a_restore_killed_mid_way_can_simply_be_run_again(workspace_cache, works
     assert _snapshot(target) == _snapshot(reference)
     target.engine.dispose()
     reference.engine.dispose()
+
+
+def test_a_full_disk_during_backup_leaves_no_partial_backup(workspace_cache, tmp_path):
+    data, _ = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=3, seed=4)
+    with nearly_full_fs(tmp_path / "full", free_bytes=64 * 1024) as full:
+        result = runner.invoke(app, ["backup", str(full / "b.tar"), "--data-dir", str(data)])
+        assert result.exit_code == 1, result.output
+        message = " ".join(result.output.split())
+        assert "No space left on device" in message and "Nothing was half-written" in message
+        assert sorted(p.name for p in full.iterdir()) == [".filler"]  # before: b.tar.partial was left
