@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, overload
 
 from alembic.migration import MigrationContext
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, select, text
 
 from cadx.errors import CadxInputError
 from cadx.workflows.gc import RESTORE_PLACED_FILE, RESTORE_STAGING_PREFIX, has_rows, remove_restored_files
@@ -64,10 +64,11 @@ _KEY_MEMBER = "secrets/pseudonym.key"
 _MANIFEST = "manifest.json"
 _SIGNATURE = "manifest.hmac"
 _SAFE_PART = re.compile(r"^[A-Za-z0-9._-]+$")
-# Read from an archive before its HMAC is checked, so capped: a manifest lists ~170 bytes per stored file (its name
-# and SHA-256; measured on a demo backup), so 64 MiB holds ~390,000 stored files (over 100,000 ROIs with their
-# outlines and segmentations, 15x CBIS-DDSM), and reading that much takes well under a second. It is streamed (into
-# the staging folder, through the HMAC) and parsed only once authenticated.
+# Read from an archive before its HMAC is checked, so capped: a manifest lists 150-180 bytes per stored file (its
+# name and SHA-256; 159 measured on the 20-lesion demo, feature chunks have longer names), so 64 MiB holds ~400,000
+# stored files (over 100,000 ROIs with their outlines and segmentations; CBIS-DDSM has ~3,600 lesions), and reading
+# that much takes well under a second. It is streamed (into the staging folder, through the HMAC) and parsed only
+# once authenticated.
 _MANIFEST_MAX_BYTES = 64 * 2**20
 _SIGNATURE_MAX_BYTES = 4096  # {"algorithm", "key_id", "hmac"}: ~130 bytes
 _COPY_BYTES = 2**20  # members are copied in pieces of this size, never read whole

@@ -2,11 +2,11 @@
 
 A killed import or segmentation sweep can leave files it wrote but never committed (and ``.tmp-`` files it was
 writing); a killed CNN extraction its ``.tmp-*`` chunk folder in the feature store; a killed restore its staging
-folder and the files it had moved into place before its rows were committed. :func:`collect_garbage` (``cadx gc``) removes them, and reports them; :func:`collect_after_crash`, called
-when a workspace opens, does so only when a writer's marker shows that one was killed (one directory listing
-otherwise). A file that a committed row uses is never removed, and neither is a file a running writer has not
-committed yet: collection takes the garbage-collection lock exclusively, which every writer holds shared while it
-writes (:func:`cadx.workflows.storage.writing_files`).
+folder and the files it had moved into place before its rows were committed. :func:`collect_garbage` (``cadx gc``)
+removes them, and reports them; :func:`collect_after_crash`, called when a workspace opens, does so only when a
+writer's marker shows that one was killed (one directory listing otherwise). A file that a committed row uses is
+never removed, and neither is a file a running writer has not committed yet: collection takes the garbage-collection
+lock exclusively, which every writer holds shared while it writes (:func:`cadx.workflows.storage.writing_files`).
 """
 
 from __future__ import annotations
