@@ -116,6 +116,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from cadx import backbones as _backbones
 from cadx import validation
 from cadx.backbones import BACKBONE_SPECS
+from cadx.diskspace import preallocated_memmap, require_free_space
 from cadx.errors import RoiError, UnknownNameError, WeightsUnavailableError
 
 if TYPE_CHECKING:
@@ -1216,7 +1217,7 @@ class _ChunkWriter:
         self._chunks.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(dir=self._chunks, prefix=".tmp-"))
         self._maps = {
-            tap: np.lib.format.open_memmap(self._tmp / f"{tap}.npy", mode="w+", dtype=np.float32, shape=(size, n))
+            tap: preallocated_memmap(self._tmp / f"{tap}.npy", np.float32, (size, n))  # no SIGBUS on a full disk
             for tap, n in self._n_features.items()
         }
 
@@ -1526,6 +1527,11 @@ def extract_to_store(
         return 0
     shapes = tap_shapes(loaded.name)
     n_features = {t: math.prod(shapes[t]) for t in tap_names}
+    row_bytes = 4 * sum(n_features.values())  # float32
+    require_free_space(store.root, row_bytes * len(todo),
+                       what=f"storing the {loaded.name} features of {len(todo)} ROIs ({len(tap_names)} taps, "
+                            f"{row_bytes:,} bytes per ROI)",
+                       fix="free space on that disk, or extract fewer taps (--taps) or fewer ROIs (--cohort)")
     with store.writer(todo, n_features, chunk_rows=chunk_rows, **key) as sink:
         extract_features(
             _Picked(rois_by_hash, todo), backbone=loaded, taps=tap_names, batch_size=batch_size,

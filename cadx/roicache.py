@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cadx.diskspace import preallocated_memmap
 from cadx.errors import RoiError
 from cadx.roi import roi_sha256
 
@@ -105,8 +106,8 @@ class DecodedRoiCache(Mapping):
                         raise RoiError(f"ROI {sha[:12]}", "decoded pixels do not match the ROI's hash",
                                        "the stored ROI file changed or is damaged; re-import it")
                     if out is None:
-                        out = np.lib.format.open_memmap(tmp / "rois.npy", mode="w+", dtype=np.uint16,
-                                                        shape=(len(part), *pixels.shape))
+                        out = preallocated_memmap(tmp / "rois.npy", np.uint16,  # no SIGBUS on a full disk
+                                                  (len(part), *pixels.shape))
                     if pixels.shape != out.shape[1:]:
                         raise RoiError(f"ROI {sha[:12]}", f"shape {pixels.shape}, not {out.shape[1:]}",
                                        "ROIs in one cache chunk share one shape (512x512)")

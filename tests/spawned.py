@@ -17,8 +17,11 @@ __all__ = [
     "compute_analytic_features_in",
     "first_pseudonym_key",
     "open_and_count_tables",
+    "restore_and_stop_at",
     "review_one_roi",
     "start_together",
+    "store_features_into",
+    "extract_and_stop",
     "upload_one_case",
 ]
 
@@ -112,3 +115,57 @@ def review_one_roi(data_dir: str, database_url: str, worker: int, rounds: int, b
         else:
             include_roi(workspace, 1, user=f"process-{worker}", note=f"round {k}")
     workspace.engine.dispose()
+
+
+def restore_and_stop_at(data_dir: str, url: str, backup: str, key_file: str, step: str, reached: str) -> None:
+    """Restore ``backup`` into the workspace and stop for good at the first progress message ``step``, after creating
+    the file ``reached`` (the test kills the process there, a state it waits for, not a time)."""
+    import threading
+
+    from cadx.workflows import open_workspace
+    from cadx.workflows.backup import load_backup_key, restore_workspace
+
+    def progress(done: int, total: int, message: str) -> None:
+        if message == step:
+            Path(reached).touch()
+            threading.Event().wait()  # until killed
+
+    workspace = open_workspace(data_dir, url)
+    restore_workspace(workspace, backup, key=load_backup_key(key_file), progress=progress)
+
+
+def store_features_into(root: str, n_rows: int, n_features: int, result: str) -> None:
+    """Store ``n_rows`` made-up feature rows in a FeatureStore at ``root``; writes what happened (``stored`` or the
+    error's class, errno and file name) to the file ``result`` (a process killed by a signal writes nothing)."""
+    import json
+
+    import numpy as np
+
+    from cadx.cnn import FeatureStore
+
+    hashes = [f"{i:064x}" for i in range(n_rows)]
+    try:
+        FeatureStore(root).write(hashes, {"fc8": np.ones((n_rows, n_features), np.float32)}, backbone="alexnet",
+                                 weights_sha256="ab" * 32)
+        outcome: dict[str, Any] = {"outcome": "stored"}
+    except OSError as exc:
+        outcome = {"outcome": type(exc).__name__, "errno": exc.errno, "filename": exc.filename}
+    Path(result).write_text(json.dumps(outcome))
+
+
+def extract_and_stop(data_dir: str, reached: str) -> None:
+    """Extract AlexNet's fc8 (random weights) of the workspace's ROIs, and stop for good after the first batch went
+    into the feature store's open chunk, after creating the file ``reached`` (the test kills the process there)."""
+    import threading
+
+    from cadx.workflows import open_workspace
+    from cadx.workflows.features import extract_cnn_features, resolve_backbone
+
+    def progress(done: int, total: int, message: str) -> None:
+        if done > 0:
+            Path(reached).touch()
+            threading.Event().wait()  # until killed
+
+    workspace = open_workspace(data_dir)
+    loaded, _ = resolve_backbone("alexnet", weights="random")
+    extract_cnn_features(workspace, loaded, taps=["fc8"], batch_size=2, chunk_rows=64, progress=progress)

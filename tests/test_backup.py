@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import signal
 import stat
 import tarfile
+import time
+import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from cadx.workflows import exclude_roi, import_demo, import_upload, open_workspa
 from cadx.workflows.backup import backup_workspace, restore_workspace, workspace_backup_key
 from db.models import Patient, Roi
 from tests.dicom_factory import disk_image, write_mammogram
-from tests.spawned import first_pseudonym_key
+from tests.small_fs import nearly_full_fs
+from tests.spawned import first_pseudonym_key, restore_and_stop_at
 from tests.test_import_files import _snapshot
 
 runner = CliRunner()
@@ -138,3 +143,136 @@ def test_a_truncated_key_is_a_clear_error_not_a_new_pseudonym(workspace):
     path.write_bytes(path.read_bytes()[:5])
     with pytest.raises(CadxInputError, match=r"pseudonym.key.*has 5 bytes, not 32.*from a backup"):
         workspace.pseudonym_key()
+
+
+# ---------------------------------------------------------------------------------------- untrusted archive sizes ---
+MiB = 2**20
+
+
+def _peak_mib(call) -> tuple[BaseException | None, float]:
+    """What ``call()`` raised, and the peak of Python's traced allocations meanwhile (bytes objects included)."""
+    tracemalloc.start()
+    try:
+        call()
+        error = None
+    except BaseException as exc:  # noqa: BLE001
+        error = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return error, peak / MiB
+
+
+def test_a_sparse_manifest_is_refused_before_any_of_it_is_read(workspace, tmp_path):
+    # 20 KB on disk; tarfile fills in the holes of a sparse member, so reading it meant 1.5 GB (before: 1.78 GB
+    # peak, and a MemoryError traceback at 3 GB)
+    info = tarfile.TarInfo("manifest.json")
+    info.size = 10240
+    info.pax_headers = {"GNU.sparse.map": "0,10240", "GNU.sparse.size": str(1_500_000_000)}
+    with tarfile.open(tmp_path / "sparse.tar", "w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b" " * 10240))
+        _add_member(archive, "manifest.hmac", b"{}")
+    assert (tmp_path / "sparse.tar").stat().st_size < 64 * 1024
+    before = _snapshot(workspace)
+    error, peak = _peak_mib(lambda: restore_workspace(workspace, tmp_path / "sparse.tar", key=bytes(32)))
+    assert isinstance(error, CadxInputError), error
+    assert "'manifest.json' is a sparse file (declaring 1,500,000,000 bytes)" in str(error)
+    assert peak < 8, f"peak {peak:.0f} MiB while refusing"
+    assert _snapshot(workspace) == before
+
+
+def test_a_manifest_over_the_cap_is_refused_from_its_header(workspace, tmp_path):
+    # A plain (not sparse) 1.5 GB member, in an archive file that is itself sparse on disk (the test's, not the
+    # archive's, economy): refused by its declared size, before any of it is read.
+    signature = tarfile.TarInfo("manifest.hmac")
+    signature.size = 2
+    manifest = tarfile.TarInfo("manifest.json")
+    manifest.size = 1_500_000_000
+    with open(tmp_path / "big.tar", "wb") as handle:
+        handle.write(signature.tobuf(tarfile.GNU_FORMAT) + b"{}".ljust(tarfile.BLOCKSIZE, b"\0")
+                     + manifest.tobuf(tarfile.GNU_FORMAT))
+        handle.truncate(handle.tell() + manifest.size + 3 * tarfile.BLOCKSIZE)  # data, padding and end blocks
+    with pytest.raises(CadxInputError, match=r"manifest.json is 1,500,000,000 bytes, over the 67,108,864 a cadx "
+                                             r"backup's manifest.json can have"):
+        restore_workspace(workspace, tmp_path / "big.tar", key=bytes(32))
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def test_restore_streams_the_files_instead_of_holding_the_backup(workspace, tmp_path):
+    big = workspace.data_dir / "rois" / "ab"
+    big.mkdir(parents=True)
+    for k in range(3):
+        with open(big / f"big-{k}.png", "wb") as handle:  # 40 MiB each, written without holding them
+            for _ in range(40):
+                handle.write(bytes([k + 1]) * MiB)
+    backup_workspace(workspace, tmp_path / "b.tar")
+    assert (tmp_path / "b.tar").stat().st_size > 120 * MiB
+    restored = open_workspace(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.sqlite'}")
+    error, peak = _peak_mib(lambda: restore_workspace(restored, tmp_path / "b.tar",
+                                                      key=workspace_backup_key(workspace)))
+    assert error is None, error
+    assert peak < 24, f"peak {peak:.0f} MiB restoring a {120} MiB backup"  # before: 120+ MiB (every file held)
+    for k in range(3):
+        assert (restored.data_dir / "rois" / "ab" / f"big-{k}.png").read_bytes() == bytes([k + 1]) * (40 * MiB)
+
+
+# ------------------------------------------------------------------------------------------- a restore killed -9 ---
+def _with_features(workspace) -> None:
+    """Some stored CNN features (made-up vectors: the store does not care) for every ROI."""
+    import numpy as np
+
+    from cadx.workflows.features import feature_store, roi_records
+
+    hashes = sorted({r.sha256 for r in roi_records(workspace, included_only=False)})
+    vectors = np.arange(len(hashes) * 8, dtype=np.float32).reshape(len(hashes), 8)
+    feature_store(workspace).write(hashes, {"fc8": vectors}, backbone="alexnet", weights_sha256="ab" * 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["checking stored files", "writing the database rows"])
+def test_a_restore_killed_mid_way_can_simply_be_run_again(workspace_cache, workspace, tmp_path, step):
+    workspace_cache.fill(workspace, import_demo, n_lesions=3, seed=4)
+    _with_features(workspace)
+    manifest = backup_workspace(workspace, tmp_path / "b.tar", include_features=True)
+    assert any(name.startswith("features/") for name in manifest["files"])
+    key_file = str(workspace.data_dir / "backup.key")
+    reference = open_workspace(tmp_path / "reference", f"sqlite:///{tmp_path / 'reference.sqlite'}")
+    restore_workspace(reference, tmp_path / "b.tar", key=workspace_backup_key(workspace))
+
+    data, url = tmp_path / "target", f"sqlite:///{tmp_path / 'target.sqlite'}"
+    reached = tmp_path / "reached"
+    process = multiprocessing.get_context("spawn").Process(
+        target=restore_and_stop_at, args=(str(data), url, str(tmp_path / "b.tar"), key_file, step, str(reached)))
+    process.start()
+    deadline = time.monotonic() + 300  # a limit for a loaded machine, not a measurement
+    while not reached.exists() and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reached.exists(), f"the restore never reached {step!r} (exit code {process.exitcode})"
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    leftovers = [p for p in data.rglob("*") if p.is_file() and (p.parts[len(data.parts)] in ("rois", "features")
+                                                                  or ".tmp-restore-" in str(p))]
+    assert leftovers, "the kill must land after the restore wrote something"
+
+    target = open_workspace(data, url)  # the next start cleans up after the killed restore ...
+    assert not list(data.glob("features/**/*.npy")) and not list(data.glob("rois/**/*.png"))
+    assert not list(data.glob(".tmp-restore-*"))
+    restore_workspace(target, tmp_path / "b.tar", key=workspace_backup_key(workspace))  # ... so this is accepted
+    assert _snapshot(target) == _snapshot(reference)
+    target.engine.dispose()
+    reference.engine.dispose()
+
+
+def test_a_full_disk_during_backup_leaves_no_partial_backup(workspace_cache, tmp_path):
+    data, _ = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=3, seed=4)
+    with nearly_full_fs(tmp_path / "full", free_bytes=64 * 1024) as full:
+        result = runner.invoke(app, ["backup", str(full / "b.tar"), "--data-dir", str(data)])
+        assert result.exit_code == 1, result.output
+        message = " ".join(result.output.split())
+        assert "No space left on device" in message and "Nothing was half-written" in message
+        assert sorted(p.name for p in full.iterdir()) == [".filler"]  # before: b.tar.partial was left

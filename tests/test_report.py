@@ -422,3 +422,21 @@ def test_a_stored_record_with_a_bad_field_is_refused_with_its_path(workspace):
     experiment_id = _store_record(workspace, bad)
     with pytest.raises(CadxInputError, match=rf"experiment {experiment_id}: config\.taps: got str 'fc8'.*a list"):
         explorer_backbone("alexnet", experiment_id=experiment_id, workspace=workspace)
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_no_truncated_report(demo_experiment, tmp_path):
+    from tests.small_fs import nearly_full_fs
+
+    workspace, experiment_id = demo_experiment
+    if workspace.engine.url.get_backend_name() != "sqlite":
+        pytest.skip("the CLI test runs once, on the SQLite workspace")
+    env = {"CADX_DATA_DIR": str(workspace.data_dir), "CADX_DATABASE_URL": str(workspace.engine.url)}
+    with nearly_full_fs(tmp_path / "full", free_bytes=16 * 1024) as full:
+        (full / "report.html").write_text("the previous report")
+        result = CliRunner().invoke(app, ["report", str(experiment_id), "--out", str(full / "report.html")], env=env)
+        assert result.exit_code == 1, result.output
+        message = " ".join(result.output.split())
+        assert "No space left on device" in message and "Nothing was half-written" in message
+        assert sorted(p.name for p in full.iterdir()) == [".filler", "report.html"]  # no temporary file left
+        assert (full / "report.html").read_text() == "the previous report"  # before: a truncated new one

@@ -23,6 +23,7 @@ written readable by their owner only (0600).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -30,17 +31,20 @@ import json
 import os
 import re
 import secrets
+import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import IO, Any, Literal, overload
 
 from alembic.migration import MigrationContext
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, select, text
 
 from cadx.errors import CadxInputError
+from cadx.workflows.gc import RESTORE_PLACED_FILE, RESTORE_STAGING_PREFIX, has_rows, remove_restored_files
 from cadx.workflows.importing import Progress
 from cadx.workflows.storage import writing_files
 from cadx.workflows.workspace import PSEUDONYM_KEY_BYTES, Workspace, _create_key_file, make_private_dirs
@@ -60,6 +64,15 @@ _KEY_MEMBER = "secrets/pseudonym.key"
 _MANIFEST = "manifest.json"
 _SIGNATURE = "manifest.hmac"
 _SAFE_PART = re.compile(r"^[A-Za-z0-9._-]+$")
+# Read from an archive before its HMAC is checked, so capped: a manifest lists 150-180 bytes per stored file (its
+# name and SHA-256; 159 measured on the 20-lesion demo, feature chunks have longer names), so 64 MiB holds ~400,000
+# stored files (over 100,000 ROIs with their outlines and segmentations; CBIS-DDSM has ~3,600 lesions), and reading
+# that much takes well under a second. It is streamed (into the staging folder, through the HMAC) and parsed only
+# once authenticated.
+_MANIFEST_MAX_BYTES = 64 * 2**20
+_SIGNATURE_MAX_BYTES = 4096  # {"algorithm", "key_id", "hmac"}: ~130 bytes
+_COPY_BYTES = 2**20  # members are copied in pieces of this size, never read whole
+_INSERT_ROWS = 1000  # rows inserted per statement (a restore holds at most this many rows decoded)
 _KEY_FIX = (f"give the backup key of the installation that made the backup: its data directory's {BACKUP_KEY_FILE} "
             f"(`cadx restore --key-file PATH`, or ${BACKUP_KEY_ENV})")
 
@@ -159,40 +172,70 @@ def backup_workspace(workspace: Workspace, target: str | Path, *, include_featur
         raise CadxInputError("backup key", f"has {len(key)} bytes, not {_BACKUP_KEY_BYTES}", _KEY_FIX)
     manifest: dict[str, Any] = {"format": BACKUP_FORMAT, "schema_revision": _revision(workspace), "tables": {},
                                 "files": {}}
-    partial = target.with_name(target.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as archive:
-        # One read transaction for all tables, so the rows are consistent with each other.
-        with workspace.engine.connect() as connection, connection.begin():
-            for table in _backed_up_tables():
-                rows = connection.execute(select(table).order_by(*table.primary_key.columns)).mappings().all()
-                payload = "".join(json.dumps({k: _encode(v) for k, v in row.items()}, sort_keys=True) + "\n"
-                                  for row in rows).encode()
-                _add(archive, f"tables/{table.name}.jsonl", payload)
-                manifest["tables"][table.name] = {"rows": len(rows), "sha256": _sha256(payload)}
-                _report(progress, len(manifest["tables"]), len(_backed_up_tables()), f"table {table.name}")
-        folders = _FILE_DIRS + ((_FEATURE_DIR,) if include_features else ())
-        paths = [path for folder in folders if (workspace.data_dir / folder).exists()
-                 for path in sorted((workspace.data_dir / folder).rglob("*"))
-                 if path.is_file() and not path.name.startswith(".tmp")]
-        for done, path in enumerate(paths, start=1):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:  # removed meanwhile by a failed import: no row of the snapshot uses it
-                continue
-            relative = path.relative_to(workspace.data_dir).as_posix()
-            _add(archive, f"files/{relative}", data)
-            manifest["files"][relative] = _sha256(data)
-            _report(progress, done, len(paths), "backing up stored files")
-        if include_pseudonym_key:
-            pseudonym_key = workspace.pseudonym_key()
-            _add(archive, _KEY_MEMBER, pseudonym_key)
-            manifest["pseudonym_key_sha256"] = _sha256(pseudonym_key)
-        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _add(archive, _MANIFEST, manifest_bytes)
-        _add(archive, _SIGNATURE, _sign(key, manifest_bytes))
-    partial.rename(target)
+    # Written under a unique temporary name beside the target (0600, from mkstemp), renamed when complete.
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial")
+    partial = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as archive:
+            _write_archive(workspace, archive, manifest, key, include_features=include_features,
+                           include_pseudonym_key=include_pseudonym_key, progress=progress)
+        partial.rename(target)
+    except BaseException:  # a full disk, a failed read, Ctrl-C: no half-written backup is left behind
+        partial.unlink(missing_ok=True)
+        raise
     return {**manifest, "key_id": backup_key_id(key)}
+
+
+def _write_archive(workspace: Workspace, archive: tarfile.TarFile, manifest: dict[str, Any], key: bytes, *,
+                   include_features: bool, include_pseudonym_key: bool, progress: Progress | None) -> None:
+    # One read transaction for all tables, so the rows are consistent with each other.
+    with workspace.engine.connect() as connection, connection.begin():
+        for table in _backed_up_tables():
+            rows = connection.execute(select(table).order_by(*table.primary_key.columns)).mappings().all()
+            payload = "".join(json.dumps({k: _encode(v) for k, v in row.items()}, sort_keys=True) + "\n"
+                              for row in rows).encode()
+            _add(archive, f"tables/{table.name}.jsonl", payload)
+            manifest["tables"][table.name] = {"rows": len(rows), "sha256": _sha256(payload)}
+            _report(progress, len(manifest["tables"]), len(_backed_up_tables()), f"table {table.name}")
+    folders = _FILE_DIRS + ((_FEATURE_DIR,) if include_features else ())
+    paths = [path for folder in folders if (workspace.data_dir / folder).exists()
+             for path in sorted((workspace.data_dir / folder).rglob("*"))
+             if path.is_file() and not any(part.startswith(".tmp") for part in path.parts)]
+    for done, path in enumerate(paths, start=1):
+        relative = path.relative_to(workspace.data_dir).as_posix()
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:  # removed meanwhile by a failed import: no row of the snapshot uses it
+            continue
+        with handle:
+            info = tarfile.TarInfo(f"files/{relative}")
+            info.size = os.fstat(handle.fileno()).st_size
+            hashing = _Hashing(handle)
+            archive.addfile(info, hashing)  # streamed: a stored file is never held whole
+        manifest["files"][relative] = hashing.hexdigest()
+        _report(progress, done, len(paths), "backing up stored files")
+    if include_pseudonym_key:
+        pseudonym_key = workspace.pseudonym_key()
+        _add(archive, _KEY_MEMBER, pseudonym_key)
+        manifest["pseudonym_key_sha256"] = _sha256(pseudonym_key)
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    _add(archive, _MANIFEST, manifest_bytes)
+    _add(archive, _SIGNATURE, _sign(key, manifest_bytes))
+
+
+class _Hashing(io.RawIOBase):
+    """A reader passing through what it reads, and its SHA-256."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle, self._hash = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _report(progress: Progress | None, done: int, total: int, message: str) -> None:
@@ -211,7 +254,10 @@ class _Damaged(Exception):
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
-    """Why an archive member is refused, or None for a regular file under a safe relative name."""
+    """Why an archive member is refused, or None for a regular file under a safe relative name (from its header
+    alone: nothing of its data is read)."""
+    if member.issparse():  # tarfile would fill in its holes: a few KB in the archive can read as gigabytes
+        return (f"is a sparse file (declaring {member.size:,} bytes); cadx backups hold no sparse files")
     if not member.isreg():
         kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk() else
                 "a FIFO" if member.isfifo() else "a device" if member.isdev() else
@@ -255,48 +301,95 @@ def restore_workspace(workspace: Workspace, source: str | Path, *, key: bytes | 
     this workspace, without creating one). The backup's pseudonym key, when it has one, replaces the new
     workspace's (nothing was pseudonymised with that yet: the workspace is empty). Returns the manifest;
     ``manifest["pseudonym_key_restored"]`` says which happened. Nothing is written unless everything checks out.
+
+    Every member is streamed (hashed while it is copied into a staging folder in the data directory, never held
+    whole), and moved into place only when all are verified; then the rows are written in one transaction. A
+    restore that fails, or is killed, leaves nothing: the next opening of the workspace removes what a killed one
+    had placed (:func:`cadx.workflows.gc.collect_garbage`), so the restore can simply be run again.
     """
     source = Path(source)
-    with workspace.sessions() as session:
-        if any(session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables):
-            raise CadxInputError(str(workspace.data_dir), "the target workspace is not empty",
-                                 "restore into a new data directory (and an empty database)")
+    if has_rows(workspace):
+        raise CadxInputError(str(workspace.data_dir), "the target workspace is not empty",
+                             "restore into a new data directory (and an empty database)")
     if key is None:
         key = workspace_backup_key(workspace, create=False)
         if key is None:
             raise CadxInputError(str(source), "restoring needs the backup key, and none was given", _KEY_FIX)
-    try:
-        manifest, tables, files, pseudonym_key = _read_verified(workspace, source, key, progress)
-    except _Damaged as exc:
-        raise CadxInputError(str(source), f"the backup is truncated or corrupt ({exc})",
-                             "use an intact copy of the backup (compare its size with the original)") from None
-    # Everything verified: now write the key and the files (owner-only), then all rows in one transaction.
-    with writing_files(workspace.data_dir):
-        _write_restored(workspace, tables, files, pseudonym_key, progress)
+    # The writer marker makes a killed restore visible at the next opening, and keeps `cadx gc` from taking the
+    # placed files for orphans before their rows are committed.
+    with writing_files(workspace.data_dir), _staging_folder(workspace.data_dir) as staging:
+        try:
+            manifest, files, pseudonym_key = _read_verified(workspace, source, key, staging, progress)
+        except _Damaged as exc:
+            raise CadxInputError(str(source), f"the backup is truncated or corrupt ({exc})",
+                                 "use an intact copy of the backup (compare its size with the original)") from None
+        # Everything verified: now move the files into place (owner-only), write the key, then all rows at once.
+        committed = False
+        try:
+            _write_restored(workspace, staging, manifest, files, pseudonym_key, progress)
+            committed = True
+        finally:
+            if not committed:  # e.g. a full disk or a database error: take the placed files away again
+                remove_restored_files(workspace.data_dir, staging)
     manifest["pseudonym_key_restored"] = pseudonym_key is not None
     return manifest
 
 
-def _write_restored(workspace: Workspace, tables: dict[str, list[dict[str, Any]]], files: dict[Path, bytes],
+@contextlib.contextmanager
+def _staging_folder(data_dir: Path) -> Iterator[Path]:
+    """A private folder in the data directory (same file system, so moving a file into place is a rename)."""
+    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=RESTORE_STAGING_PREFIX))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staged_rows(staging: Path, table: str) -> Iterator[dict[str, Any]]:
+    """The rows of a staged table file, one at a time."""
+    path = staging / "tables" / f"{table}.jsonl"
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise TypeError(f"a row of table {table} is {type(row).__name__}, not an object")
+                yield row
+
+
+def _write_restored(workspace: Workspace, staging: Path, manifest: dict[str, Any], files: dict[Path, Path],
                     pseudonym_key: bytes | None, progress: Progress | None) -> None:
-    if pseudonym_key is not None:
-        fd, staged = tempfile.mkstemp(dir=workspace.data_dir, prefix=".tmp-key-")  # private (0600), then renamed
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pseudonym_key)
-        os.replace(staged, workspace.pseudonym_key_path)
-    for done, (path, data) in enumerate(files.items(), start=1):
-        make_private_dirs(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+    # Which files are placed, written before any is: what a failed or killed restore has to take away again.
+    placed = [target.relative_to(workspace.data_dir).as_posix() for target in files.values()]
+    (staging / RESTORE_PLACED_FILE).write_text(json.dumps(placed))
+    for done, (staged, target) in enumerate(files.items(), start=1):
+        make_private_dirs(target.parent)
+        os.replace(staged, target)
         _report(progress, done, len(files), "writing stored files")
+    if pseudonym_key is not None:
+        fd, key_file = tempfile.mkstemp(dir=workspace.data_dir, prefix=".tmp-key-")  # private (0600), then renamed
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pseudonym_key)
+            os.replace(key_file, workspace.pseudonym_key_path)
+        except BaseException:
+            Path(key_file).unlink(missing_ok=True)
+            raise
     _report(progress, 0, 1, "writing the database rows")
     with workspace.engine.begin() as connection:
         for table in _backed_up_tables():
-            rows = [{column.name: _decode(row.get(column.name)) for column in table.columns}
-                    for row in tables.get(table.name, [])]
-            if rows:
-                connection.execute(insert(table), rows)
+            if table.name not in manifest["tables"]:
+                continue
+            batch: list[dict[str, Any]] = []
+            for row in _staged_rows(staging, table.name):
+                batch.append({column.name: _decode(row.get(column.name)) for column in table.columns})
+                if len(batch) == _INSERT_ROWS:
+                    connection.execute(insert(table), batch)
+                    batch = []
+            if batch:
+                connection.execute(insert(table), batch)
         if connection.dialect.name == "postgresql":  # keep the id sequences ahead of the restored ids
             for table in Base.metadata.sorted_tables:
                 connection.execute(text(
@@ -305,9 +398,29 @@ def _write_restored(workspace: Workspace, tables: dict[str, list[dict[str, Any]]
     _report(progress, 1, 1, "database rows written")
 
 
-def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Progress | None
-                   ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[Path, bytes], bytes | None]:
-    """Open, check and read everything of the backup; raises CadxInputError (refused) or _Damaged (unreadable)."""
+def _copy_member(archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, digest: Any) -> int:
+    """Stream ``member`` into the new file ``target`` (0600) through ``digest``; returns the newlines seen."""
+    handle = archive.extractfile(member)
+    if handle is None:
+        raise _Damaged(f"{member.name} cannot be read")
+    copied = newlines = 0
+    make_private_dirs(target.parent)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with handle, os.fdopen(fd, "wb") as out:
+        while piece := handle.read(_COPY_BYTES):
+            digest.update(piece)
+            out.write(piece)
+            copied += len(piece)
+            newlines += piece.count(b"\n")
+    if copied != member.size:
+        raise _Damaged(f"{member.name} is cut short")
+    return newlines
+
+
+def _read_verified(workspace: Workspace, source: Path, key: bytes, staging: Path, progress: Progress | None
+                   ) -> tuple[dict[str, Any], dict[Path, Path], bytes | None]:
+    """Open and check the backup, copying its members into ``staging``; returns the manifest, the staged files
+    (staged path -> target path) and the pseudonym key. Raises CadxInputError (refused) or _Damaged (unreadable)."""
     refuse = "restore only backups made by `cadx backup`; this one was crafted or damaged"
     try:
         archive = tarfile.open(source, "r:")
@@ -321,6 +434,7 @@ def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Pro
                              "give a file made by `cadx backup`") from exc
     try:
         with archive:
+            # Every header is checked before any member's data is read.
             members: dict[str, tarfile.TarInfo] = {}
             for member in archive.getmembers():
                 problem = _member_problem(member)
@@ -330,65 +444,81 @@ def _read_verified(workspace: Workspace, source: Path, key: bytes, progress: Pro
                     raise CadxInputError(str(source), f"archive member {member.name!r} appears twice", refuse)
                 members[member.name] = member
 
-            def read(name: str) -> bytes:
+            def member_named(name: str, *, max_bytes: int | None = None) -> tarfile.TarInfo:
                 if name not in members:
                     raise CadxInputError(str(source), f"{name} is missing",
                                          "the backup is incomplete; use another copy")
-                handle = archive.extractfile(members[name])
-                data = handle.read() if handle is not None else b""
+                if max_bytes is not None and members[name].size > max_bytes:
+                    raise CadxInputError(str(source), f"{name} is {members[name].size:,} bytes, over the "
+                                         f"{max_bytes:,} a cadx backup's {name} can have", refuse)
+                return members[name]
+
+            def read_small(name: str, max_bytes: int) -> bytes:
+                handle = archive.extractfile(member_named(name, max_bytes=max_bytes))
+                data = handle.read(max_bytes + 1) if handle is not None else b""
                 if len(data) != members[name].size:
                     raise _Damaged(f"{name} is cut short")
                 return data
 
-            manifest_bytes = read(_MANIFEST)
-            _check_signature(source, key, manifest_bytes, read(_SIGNATURE))
-            manifest = _parse_manifest(source, manifest_bytes)
+            mac = hmac.new(key, digestmod=hashlib.sha256)
+            _copy_member(archive, member_named(_MANIFEST, max_bytes=_MANIFEST_MAX_BYTES), staging / _MANIFEST,
+                         mac)
+            _check_signature(source, key, mac.hexdigest(), read_small(_SIGNATURE, _SIGNATURE_MAX_BYTES))
+            manifest = _parse_manifest(source, (staging / _MANIFEST).read_bytes())  # authenticated: now parsed
             if manifest["schema_revision"] != _revision(workspace):
                 raise CadxInputError(str(source), f"made with schema {manifest['schema_revision']}, this cadx has "
                                      f"{_revision(workspace)}", "restore with the cadx version that made the "
                                      "backup, then upgrade")
             known = {table.name for table in Base.metadata.sorted_tables}
-            tables: dict[str, list[dict[str, Any]]] = {}
             for name, info in manifest["tables"].items():
                 if name not in known:
                     raise CadxInputError(str(source), f"unknown table {name!r} in the manifest", refuse)
-                payload = read(f"tables/{name}.jsonl")
-                if _sha256(payload) != info.get("sha256"):
+                digest = hashlib.sha256()
+                _copy_member(archive, member_named(f"tables/{name}.jsonl"), staging / "tables" / f"{name}.jsonl",
+                             digest)
+                if digest.hexdigest() != info.get("sha256"):
                     raise CadxInputError(str(source), f"table {name} fails its checksum", "the backup is damaged")
-                tables[name] = [json.loads(line) for line in payload.decode().splitlines() if line]
-                if len(tables[name]) != info.get("rows"):
-                    raise CadxInputError(str(source), f"table {name} has {len(tables[name])} rows, the manifest "
+                n_rows = sum(1 for _ in _staged_rows(staging, name))
+                if n_rows != info.get("rows"):
+                    raise CadxInputError(str(source), f"table {name} has {n_rows} rows, the manifest "
                                          f"says {info.get('rows')}", "the backup is damaged")
-            broken = first_break({k: _decode(v) for k, v in row.items()} for row in tables.get("audit_events", []))
+            broken = first_break({k: _decode(v) for k, v in row.items()}
+                                 for row in _staged_rows(staging, "audit_events"))
             if broken is not None:
                 raise CadxInputError(str(source), f"the audit trail breaks at audit event {broken[0]}: {broken[1]}",
                                      "the audit trail was tampered with; restore an earlier backup")
             allowed = _FILE_DIRS + (_FEATURE_DIR,)
-            files: dict[Path, bytes] = {}
-            for done, (relative, digest) in enumerate(manifest["files"].items(), start=1):
+            files: dict[Path, Path] = {}
+            for done, (relative, digest_hex) in enumerate(manifest["files"].items(), start=1):
                 path = _stored_file_target(workspace, relative, allowed)
-                data = read(f"files/{relative}")
-                if _sha256(data) != digest:
+                staged = staging / "files" / relative
+                digest = hashlib.sha256()
+                _copy_member(archive, member_named(f"files/{relative}"), staged, digest)
+                if digest.hexdigest() != digest_hex:
                     raise CadxInputError(str(source), f"file {relative} fails its checksum", "the backup is damaged")
-                files[path] = data
+                files[staged] = path
                 _report(progress, done, len(manifest["files"]), "checking stored files")
             pseudonym_key = None
             if "pseudonym_key_sha256" in manifest:
-                pseudonym_key = read(_KEY_MEMBER)
+                pseudonym_key = read_small(_KEY_MEMBER, PSEUDONYM_KEY_BYTES)
                 if (_sha256(pseudonym_key) != manifest["pseudonym_key_sha256"]
                         or len(pseudonym_key) != PSEUDONYM_KEY_BYTES):
                     raise CadxInputError(str(source), "the pseudonym key fails its checksum", "the backup is damaged")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise _Damaged(str(exc) or type(exc).__name__) from None
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).is_relative_to(staging):
+            raise  # writing the staged copy failed (e.g. a full disk): not the backup's fault
         raise _Damaged(str(exc) or type(exc).__name__) from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, CadxInputError):
             raise
         raise CadxInputError(str(source), f"the backup's contents are malformed ({type(exc).__name__}: {exc})",
                              refuse) from None
-    return manifest, tables, files, pseudonym_key
+    return manifest, files, pseudonym_key
 
 
-def _check_signature(source: Path, key: bytes, manifest_bytes: bytes, signature_bytes: bytes) -> None:
+def _check_signature(source: Path, key: bytes, manifest_mac: str, signature_bytes: bytes) -> None:
     try:
         signature = json.loads(signature_bytes)
         claimed_id, mac = str(signature["key_id"]), str(signature["hmac"])
@@ -397,7 +527,7 @@ def _check_signature(source: Path, key: bytes, manifest_bytes: bytes, signature_
     if claimed_id != backup_key_id(key):
         raise CadxInputError(str(source), f"the backup was signed with backup key {claimed_id}, and the key given is "
                              f"{backup_key_id(key)}", _KEY_FIX)
-    if not hmac.compare_digest(mac, hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()):
+    if not hmac.compare_digest(mac, manifest_mac):
         raise CadxInputError(str(source), "the manifest fails its authentication (HMAC): the backup was changed "
                              "after it was made", "restore an untouched copy; do not trust this one")
 

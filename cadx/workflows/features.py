@@ -204,14 +204,16 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
     start = time.perf_counter()
     rois: Mapping[str, np.ndarray] = _LazyRois(workspace, records)
     n_cached = 0
-    if decoded_cache:
-        cache = decoded_roi_cache(workspace)
-        n_cached = cache.add([r.sha256 for r in records], rois.__getitem__, progress=progress)
-        rois = cache
     stages: dict[str, float] | None = {} if timings else None
-    n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
-                         chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
-                         device=device, timings=stages)
+    # As a writer: a killed extraction's `.tmp-*` chunk folder is then removed at the next opening (cadx.workflows.gc)
+    with writing_files(workspace.data_dir):
+        if decoded_cache:
+            cache = decoded_roi_cache(workspace)
+            n_cached = cache.add([r.sha256 for r in records], rois.__getitem__, progress=progress)
+            rois = cache
+        n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
+                             chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
+                             device=device, timings=stages)
     check = None
     if precision != "fp32" and sample > 0 and records:
         from cadx.precision import sample_check

@@ -10,9 +10,11 @@ use) printing the same HTML; no extra Python package.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,9 +149,28 @@ def html_to_pdf(html_text: str, out: Path, *, timeout: float = 120.0) -> Path:
         if done.returncode != 0 or not target.exists() or target.stat().st_size == 0:
             raise CadxInputError("--pdf", f"Chromium could not print the report (exit {done.returncode}): "
                                  f"{done.stderr.strip()[-300:]}", "write the HTML only and print it from a browser")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, out)
+        def copy(handle: Any) -> None:
+            with target.open("rb") as printed:
+                shutil.copyfileobj(printed, handle)
+
+        _write_replacing(out, copy)
     return out
+
+
+def _write_replacing(out: Path, write: Callable[[Any], object]) -> None:
+    """Write ``out`` through ``write(handle)`` into a temporary file beside it, renamed over ``out`` when complete
+    and removed when not (a full disk leaves neither a truncated report nor the temporary file). Unlike the data
+    directory's files, a report keeps the permissions the user's umask gives (it is made to be shared)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_report(workspace: Workspace, experiment_id: int, out: Path, *, level: str = "roi",
@@ -157,8 +178,7 @@ def write_report(workspace: Workspace, experiment_id: int, out: Path, *, level: 
     """Write the HTML report (and optionally its PDF); returns the paths written."""
     text = report_html(workspace, experiment_id, level=level)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    _write_replacing(out, lambda handle: handle.write(text.encode("utf-8")))
     written = {"html": out}
     if pdf is not None:
         written["pdf"] = html_to_pdf(text, pdf)
