@@ -27,6 +27,7 @@ from cadx.workflows.accounts import (
     can,
     create_first_admin,
     end_session,
+    host_refusal,
     issue_cookie_handoff,
     list_users,
     session_account,
@@ -98,7 +99,9 @@ def workspace() -> Workspace:
 
     A page opened by a direct link on a freshly started server runs without app.py (Streamlit's automatic
     ``pages/`` routing); it then hands over to app.py, which opens the same page under the app's navigation.
+    A browser that reached the server under a host name it must not answer to sees only why, before anything runs.
     """
+    _refuse_foreign_host()
     if not st.session_state.get("_cadx_routed"):
         page = sys._getframe(1).f_globals.get("__file__")
         if page:
@@ -111,6 +114,22 @@ def workspace() -> Workspace:
         st.stop()
     sign_in(ws)  # every page, however it was routed to, asks for the sign-in first when one is needed
     return ws
+
+
+def _refuse_foreign_host() -> None:
+    """Stop the page when the browser named a host this server must not answer to (DNS rebinding; serve.py
+    refuses such requests before Streamlit sees them, this covers ``streamlit run app.py``)."""
+    try:
+        host = st.context.headers.get("Host")
+    except Exception:  # noqa: BLE001 - no client context (e.g. tests)
+        host = None
+    if host is None:  # no HTTP request behind this session (AppTest); every browser sends a Host header
+        return
+    why = host_refusal(host, server_address=_server_address())
+    if why is not None:
+        st.title("cadx — host name refused")
+        st.error(plain(why), icon=":material/block:")  # the host name is the visitor's text
+        st.stop()
 
 
 def page_asked_before_sign_in(pages: dict, navigation) -> object | None:

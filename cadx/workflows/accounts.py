@@ -60,7 +60,7 @@ __all__ = ["ROLES", "SESSION_COOKIE", "Account", "SignInThrottled", "add_user", 
            "set_disabled", "logout_all", "authenticate", "list_users", "access_mode", "is_loopback", "can",
            "record_audit", "export_audit_csv", "audit_events", "start_session", "session_account", "end_session",
            "setup_token", "create_first_admin", "bootstrap_admin_from_env", "session_hours", "cli_actor",
-           "issue_cookie_handoff", "redeem_cookie_handoff"]
+           "issue_cookie_handoff", "redeem_cookie_handoff", "host_refusal", "ALLOWED_HOSTS_SETTING"]
 
 _LOG = logging.getLogger("cadx.accounts")
 _HASHER = PasswordHasher()  # Argon2id with argon2-cffi's current recommended parameters
@@ -429,6 +429,45 @@ def is_loopback(address: str | None) -> bool:
         return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
+
+
+#: host names a loopback-only server also answers to (comma-separated), e.g. the name of a reverse proxy on this machine
+ALLOWED_HOSTS_SETTING = "CADX_ALLOWED_HOSTS"
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, lower case, without port or trailing dot (``[::1]:8501`` -> ``::1``)."""
+    text = host_header.strip().lower()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text.rstrip(".")
+
+
+def host_refusal(host_header: str | None, *, server_address: str | None) -> str | None:
+    """Why a request naming ``host_header`` (its ``Host`` header) must be refused, or None when it may be served.
+
+    A server listening on loopback only is the one-command demo, where nobody signs in while no account exists. A
+    web page under a foreign name that resolves to 127.0.0.1 (DNS rebinding) would reach it from the visitor's
+    browser and act as admin, so such a server answers only to loopback names (``localhost``, ``127.0.0.0/8``,
+    ``[::1]``) and to the names in ``CADX_ALLOWED_HOSTS``. The same holds once accounts exist (a rebinding page
+    could otherwise guess passwords from every visitor's browser), as Jupyter does. A server reachable from the
+    network (accounts or first-run setup) answers to any name.
+    """
+    if not is_loopback(server_address):
+        return None
+    name = _host_name(host_header or "")
+    extra = {n.strip().lower().rstrip(".") for n in os.environ.get(ALLOWED_HOSTS_SETTING, "").split(",")}
+    if name and (is_loopback(name) or name in extra):
+        return None
+    shown = "".join(c for c in (host_header or "")[:100] if c.isprintable()) or "(none)"
+    return (f"cadx refuses the host name {shown!r}: this server listens on loopback only ({server_address}), so "
+            "it answers only to localhost, 127.0.0.1 and [::1]. A web page under another name that points to this "
+            "machine (DNS rebinding) could otherwise drive the app from your browser, as admin while no account "
+            f"exists. Open the app at http://localhost:PORT, or, to serve it under this name (e.g. behind a "
+            f"reverse proxy on this machine), set {ALLOWED_HOSTS_SETTING}={_host_name(shown) or 'NAME'} "
+            "(comma-separated names) and restart it.")
 
 
 def _auth_mode() -> str:
