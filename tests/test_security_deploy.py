@@ -5,14 +5,28 @@ The browser side of item 4 is tests/e2e/test_host_names.py."""
 
 from __future__ import annotations
 
+import threading
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from cadx.workflows.accounts import host_refusal
+from cadx.errors import CadxInputError
+from cadx.workflows.accounts import (
+    SignInThrottled,
+    add_user,
+    audit_events,
+    authenticate,
+    create_first_admin,
+    host_refusal,
+    set_password,
+)
+from db.models import SignInAttempt
 
 REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "correct horse battery"
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)  # every attempt of a test at one instant: no delay runs out meanwhile
 
 
 # ---------------------------------------------------------------------------------- item 4: DNS rebinding ---
@@ -35,6 +49,100 @@ def test_a_server_reachable_from_the_network_answers_to_any_host_name(monkeypatc
     for address in ("0.0.0.0", None, "192.168.1.20"):  # accounts or the first-run setup guard these
         assert host_refusal("cadx.example.org", server_address=address) is None
     assert host_refusal("cadx.example.org", server_address="localhost") is not None
+
+
+# ------------------------------------------------------------------------------------- item 5: throttling ---
+def _try(workspace, username: str, password: str, client: str | None, now: datetime = T0) -> str:
+    try:
+        return "ok" if authenticate(workspace, username, password, client=client, now=now) else "failed"
+    except SignInThrottled:
+        return "throttled"
+
+
+def test_parallel_wrong_passwords_are_checked_only_as_often_as_one_after_another(workspace):
+    """16 wrong passwords for one account from one client at the same moment: only the 3 free ones are checked
+    (before, all 16 were: each checked the throttle before any of them had recorded its failure)."""
+    add_user(workspace, "alice", PASSWORD, role="admin", by="setup")
+    n = 16
+    barrier, results = threading.Barrier(n), []
+
+    def guess() -> None:
+        barrier.wait(timeout=120)
+        results.append(_try(workspace, "alice", "wrong password!", "203.0.113.9"))
+
+    threads = [threading.Thread(target=guess) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["failed"] * 3 + ["throttled"] * 13
+    actions = [e.action for e in audit_events(workspace)]
+    assert actions.count("login_failed") == 3 and actions.count("login_throttled") == 13
+
+
+def test_a_clients_own_sign_ins_do_not_clear_its_failures(workspace):
+    """A guesser with an account of its own signs in to it between guesses: before, that reset its count."""
+    add_user(workspace, "mallory", PASSWORD, role="viewer", by="setup")
+    for i in range(9):  # one guess each at nine names
+        assert _try(workspace, f"user{i}", "Summer2026!!", "203.0.113.9") == "failed"
+    assert _try(workspace, "mallory", PASSWORD, "203.0.113.9") == "ok"
+    assert _try(workspace, "user9", "Summer2026!!", "203.0.113.9") == "failed"  # the 10th failure from it
+    assert _try(workspace, "user10", "Summer2026!!", "203.0.113.9") == "throttled"
+    assert _try(workspace, "mallory", PASSWORD, "203.0.113.9") == "throttled"
+    # one host, many IPv6 addresses of its /64: one client
+    assert _try(workspace, "user11", "Summer2026!!", "2001:db8:1:2::99") == "failed"
+    for i in range(9):
+        _try(workspace, f"v6user{i}", "Summer2026!!", f"2001:db8:1:2::{i + 1:x}")
+    assert _try(workspace, "user12", "Summer2026!!", "2001:db8:1:2:aaaa::1") == "throttled"
+
+
+def test_failures_from_another_client_do_not_make_the_right_password_wait(workspace):
+    """An anonymous client guessing at a named account locked its owner out (a victim waited 868 s)."""
+    add_user(workspace, "alice", PASSWORD, role="admin", by="setup")
+    for _ in range(3):
+        assert _try(workspace, "alice", "wrong password!", "203.0.113.9") == "failed"
+    assert _try(workspace, "alice", "wrong password!", "203.0.113.9") == "throttled"  # the guesser waits
+    assert _try(workspace, "alice", PASSWORD, "192.0.2.1") == "ok"  # the owner, from her own browser, does not
+    assert _try(workspace, "alice", PASSWORD, "203.0.113.9") == "throttled"
+    assert _try(workspace, "alice", PASSWORD, "203.0.113.9", T0 + timedelta(seconds=1)) == "ok"
+
+
+def test_a_guess_spread_over_very_many_clients_meets_the_cap(workspace):
+    add_user(workspace, "alice", PASSWORD, role="admin", by="setup")
+    with workspace.sessions.begin() as session:  # 100 failures recorded from 100 clients (no need to hash 100 times)
+        session.add_all(SignInAttempt(at=T0, account="alice", client=f"c-{i:032x}", ok=False) for i in range(100))
+    assert _try(workspace, "alice", PASSWORD, "192.0.2.1") == "throttled"
+    assert _try(workspace, "alice", PASSWORD, "192.0.2.1", T0 + timedelta(seconds=1)) == "ok"
+
+
+def test_the_first_run_setup_is_throttled_per_client_too(workspace):
+    from cadx.workflows import accounts
+
+    accounts._forget_setup_token()
+    for _ in range(3):
+        with pytest.raises(CadxInputError, match="wrong"):
+            create_first_admin(workspace, "alice", PASSWORD, token="guess", client="203.0.113.9", now=T0)
+    with pytest.raises(SignInThrottled):
+        create_first_admin(workspace, "alice", PASSWORD, token="guess", client="203.0.113.9", now=T0)
+    user = create_first_admin(workspace, "alice", PASSWORD, token=accounts.setup_token(), client="192.0.2.1", now=T0)
+    assert user.username == "alice"
+
+
+@pytest.mark.parametrize("password", ["1234567890", "0987654321", "qwertyuiop", "aaaaaaaaaaaa", "abcdefghijkl",
+                                      "password123", "Password123!", "1qaz2wsx3edc", "summer2026"])
+def test_common_and_sequential_passwords_are_refused(workspace, password):
+    with pytest.raises(CadxInputError, match="password.*too easy to guess"):
+        add_user(workspace, "alice.smith", password, role="viewer", by="setup")
+    add_user(workspace, "bob", PASSWORD, role="viewer", by="setup")
+    with pytest.raises(CadxInputError, match="too easy to guess"):
+        set_password(workspace, "bob", password, by="admin")
+    assert authenticate(workspace, "bob", PASSWORD) is not None  # the old password stays
+
+
+def test_a_password_made_of_the_user_name_is_refused(workspace):
+    with pytest.raises(CadxInputError, match="too easy to guess"):
+        add_user(workspace, "alice.smith", "alice.smith2026", role="viewer", by="setup")
+    add_user(workspace, "bob", "alice.smith2026", role="viewer", by="setup")  # for someone else it is a password
 
 
 # ----------------------------------------------------------------------------- item 7: usage statistics ---
