@@ -29,7 +29,7 @@ from cadx.workflows.accounts import (
     end_session,
     host_refusal,
     issue_cookie_handoff,
-    list_users,
+    oidc_account,
     session_account,
     session_hours,
     setup_token,
@@ -184,15 +184,15 @@ def _oidc_configured() -> bool:
 
 
 def _oidc_account(ws: Workspace) -> dict | None:
-    """The account of a user signed in through the OIDC provider: the local account with the same name (their
-    e-mail) gives the role, otherwise they may only view."""
+    """The account of a user signed in through the OIDC provider, by the ID token's issuer and subject only
+    (:func:`cadx.workflows.accounts.oidc_account`): the account an admin linked to that identity, else a viewer."""
     if not (_oidc_configured() and st.user.get("is_logged_in", False)):
         return None
-    name = str(st.user.get("email") or st.user.get("name") or "sso user")
-    users = {u.username: u for u in list_users(ws)}
-    if name in users and users[name].disabled:
+    account = oidc_account(ws, st.user.to_dict())
+    if account is None:
         return None
-    return {"username": name, "role": users[name].role if name in users else "viewer", "sso": True}
+    return {"username": account.username, "role": account.role, "sso": True,
+            "unlinked_identity": account.unlinked_identity}
 
 
 def _account() -> dict | None:
@@ -375,6 +375,10 @@ def reviewer_sidebar() -> None:
     account = _account()
     if account is not None:
         st.sidebar.markdown(f"Signed in as **{plain(account['username'])}** ({account['role']})")
+        if account.get("unlinked_identity") is not None:
+            st.sidebar.caption("Your single sign-on identity is not linked to a cadx account yet, so you may only "
+                               "view. An admin links it: `cadx user link-oidc ACCOUNT --identity "
+                               f"{account['unlinked_identity']}`.")
         st.sidebar.button("Sign out", on_click=_sign_out, args=(bool(account.get("sso")),))
         return
     st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user", max_chars=64,

@@ -14,13 +14,19 @@ import pytest
 
 from cadx.errors import CadxInputError
 from cadx.workflows.accounts import (
+    Account,
     SignInThrottled,
     add_user,
     audit_events,
     authenticate,
     create_first_admin,
     host_refusal,
+    link_oidc,
+    list_oidc_identities,
+    oidc_account,
+    set_disabled,
     set_password,
+    unlink_oidc,
 )
 from db.models import SignInAttempt
 
@@ -143,6 +149,112 @@ def test_a_password_made_of_the_user_name_is_refused(workspace):
     with pytest.raises(CadxInputError, match="too easy to guess"):
         add_user(workspace, "alice.smith", "alice.smith2026", role="viewer", by="setup")
     add_user(workspace, "bob", "alice.smith2026", role="viewer", by="setup")  # for someone else it is a password
+
+
+# -------------------------------------------------------------------------------- item 6: single sign-on ---
+IDP = "https://idp.lab.example"
+_AUTH_SECRETS = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                 "client_id": "cadx", "client_secret": "s",
+                 "server_metadata_url": "https://idp.lab.example/.well-known/openid-configuration"}
+
+
+def test_single_sign_on_maps_by_issuer_and_subject_only(workspace):
+    add_user(workspace, "alice@lab.example", PASSWORD, role="admin", by="setup")
+    add_user(workspace, "rex", PASSWORD, role="reviewer", by="setup")
+    forged = oidc_account(workspace, {"iss": IDP, "sub": "mallory-7", "email": "alice@lab.example", "name": "rex"})
+    assert forged == Account("sso #1", "viewer", unlinked_identity=1)  # before: alice@lab.example, admin
+    assert oidc_account(workspace, {"iss": IDP, "sub": "mallory-8", "name": "rex"}).role == "viewer"
+    assert oidc_account(workspace, {"iss": IDP, "email": "alice@lab.example"}) is None  # no subject: nobody
+    assert oidc_account(workspace, {"sub": "alice-1", "email": "alice@lab.example"}) is None  # no issuer
+
+    number = link_oidc(workspace, "alice@lab.example", issuer=IDP, subject="alice-1", by="admin")
+    assert oidc_account(workspace, {"iss": IDP, "sub": "alice-1", "email": "a.new.address@elsewhere.example"}) \
+        == Account("alice@lab.example", "admin")  # her provider-side name may change; the link holds
+    assert oidc_account(workspace, {"iss": "https://other-idp.example", "sub": "alice-1"}).role == "viewer"
+    assert oidc_account(workspace, {"iss": IDP, "sub": "mallory-7", "email": "alice@lab.example"}).role == "viewer"
+    with pytest.raises(CadxInputError, match="linked to alice@lab.example already"):
+        link_oidc(workspace, "rex", identity=number, by="admin")
+    link_oidc(workspace, "rex", identity=1, by="admin")  # mallory-7's identity, seen at its first sign-in
+    assert oidc_account(workspace, {"iss": IDP, "sub": "mallory-7"}) == Account("rex", "reviewer")
+    set_disabled(workspace, "rex", True, by="admin")
+    assert oidc_account(workspace, {"iss": IDP, "sub": "mallory-7"}) is None
+    unlink_oidc(workspace, identity=1, by="admin")
+    assert oidc_account(workspace, {"iss": IDP, "sub": "mallory-7"}).role == "viewer"
+    assert [(i["id"], i["issuer"], i["subject"], i["account"]) for i in list_oidc_identities(workspace)] == [
+        (1, IDP, "mallory-7", None), (2, IDP, "mallory-8", None), (3, IDP, "alice-1", "alice@lab.example"),
+        (4, "https://other-idp.example", "alice-1", None)]
+    actions = [e.action for e in audit_events(workspace)]
+    assert actions.count("sso_first_sign_in") == 3 and actions.count("sso_link") == 2 and "sso_unlink" in actions
+
+
+def test_link_oidc_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+
+    runner, data = CliRunner(), str(tmp_path / "data")
+    assert runner.invoke(app, ["user", "add", "carol", "--password-stdin", "--data-dir", data],
+                         input=PASSWORD + "\n").exit_code == 0
+    result = runner.invoke(app, ["user", "link-oidc", "carol", "--issuer", IDP, "--subject", "c-42",
+                                 "--data-dir", data])
+    assert result.exit_code == 0 and "#1 is linked to carol" in result.output, result.output
+    assert runner.invoke(app, ["user", "oidc-list", "--data-dir", data]).output.split() == [
+        "#1", IDP, "c-42", "carol"]
+    result = runner.invoke(app, ["user", "link-oidc", "carol", "--data-dir", data])
+    assert result.exit_code == 2 and "--identity N" in " ".join(result.output.split())
+    assert runner.invoke(app, ["user", "unlink-oidc", "--identity", "1", "--data-dir", data]).exit_code == 0
+    result = runner.invoke(app, ["user", "unlink-oidc", "--identity", "7", "--data-dir", data])
+    assert result.exit_code == 2 and "no single sign-on identity #7" in " ".join(result.output.split())
+
+
+@pytest.fixture
+def sso_data_dir(workspace_cache, tmp_path, monkeypatch):
+    import streamlit as st
+
+    from cadx.workflows import import_demo, open_workspace
+    from tests.apptest_support import point_app_at
+
+    data = tmp_path / "data"
+    workspace = open_workspace(data)
+    workspace_cache.fill(workspace, import_demo, n_lesions=2, seed=1)
+    add_user(workspace, "alice@lab.example", PASSWORD, role="admin", by="setup")
+    monkeypatch.delenv("CADX_AUTH", raising=False)
+    yield point_app_at(data, monkeypatch), workspace
+    st.cache_resource.clear()
+
+
+def _app_as(claims: dict):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.apptest_support import APP
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.secrets["auth"] = dict(_AUTH_SECRETS)
+    at.user = {"is_logged_in": True, **claims}
+    return at.run()
+
+
+def _signed_in_as(at) -> str | None:
+    import re
+
+    for m in at.sidebar.markdown:
+        if m.value.startswith("Signed in as"):
+            return re.sub(r"\\(.)", r"\1", m.value)
+    return None
+
+
+def test_a_forged_email_claim_does_not_sign_in_as_that_account(sso_data_dir):
+    """In the app: an identity whose e-mail claim equals an admin's account name only views (before: admin)."""
+    _, workspace = sso_data_dir
+    at = _app_as({"iss": IDP, "sub": "mallory-7", "email": "alice@lab.example", "name": "alice@lab.example"})
+    assert not at.exception
+    assert _signed_in_as(at) == "Signed in as **sso #1** (viewer)"
+    assert any("link-oidc ACCOUNT --identity 1" in c.value for c in at.sidebar.caption)
+    link_oidc(workspace, "alice@lab.example", issuer=IDP, subject="alice-1", by="admin")
+    at = _app_as({"iss": IDP, "sub": "alice-1", "name": "Alice"})
+    assert _signed_in_as(at) == "Signed in as **alice@lab.example** (admin)"
+    at = _app_as({"iss": IDP, "email": "alice@lab.example"})  # no subject claim: the sign-in screen
+    assert at.title[0].value == "cadx — sign in" and _signed_in_as(at) is None
 
 
 # ----------------------------------------------------------------------------- item 7: usage statistics ---

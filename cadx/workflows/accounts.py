@@ -49,19 +49,21 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cadx.csvsafe import write_rows_csv
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
 from db.audit_chain import append_event
-from db.models import ROLES, AuditEvent, AuthSession, SignInAttempt, User
+from db.models import ROLES, AuditEvent, AuthSession, OidcIdentity, SignInAttempt, User
 
 __all__ = ["ROLES", "SESSION_COOKIE", "Account", "SignInThrottled", "add_user", "set_password", "set_role",
            "set_disabled", "logout_all", "authenticate", "list_users", "access_mode", "is_loopback", "can",
            "record_audit", "export_audit_csv", "audit_events", "start_session", "session_account", "end_session",
            "setup_token", "create_first_admin", "bootstrap_admin_from_env", "session_hours", "cli_actor",
-           "issue_cookie_handoff", "redeem_cookie_handoff", "host_refusal", "ALLOWED_HOSTS_SETTING"]
+           "issue_cookie_handoff", "redeem_cookie_handoff", "host_refusal", "ALLOWED_HOSTS_SETTING",
+           "oidc_account", "link_oidc", "unlink_oidc", "list_oidc_identities"]
 
 _LOG = logging.getLogger("cadx.accounts")
 _HASHER = PasswordHasher()  # Argon2id with argon2-cffi's current recommended parameters
@@ -93,6 +95,8 @@ class Account:
 
     username: str
     role: str
+    #: a single sign-on identity not linked to any account yet (its id, for ``cadx user link-oidc``)
+    unlinked_identity: int | None = None
 
 
 class SignInThrottled(CadxInputError):
@@ -662,6 +666,110 @@ def bootstrap_admin_from_env(workspace: Workspace) -> str | None:
     except CadxInputError as exc:
         raise CadxInputError("CADX_ADMIN_PASSWORD_FILE", exc.problem, exc.fix) from None
     return username
+
+
+# ------------------------------------------------------------------------------------------ single sign-on ---
+def _claim(claims: Any, name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+
+
+def oidc_account(workspace: Workspace, claims: Any, *, now: datetime | None = None) -> Account | None:
+    """Who a user signed in through the OpenID Connect provider is (``claims``: the ID token's, ``st.user``).
+
+    Identified by the issuer (``iss``) and subject (``sub``) only, stored at the first sign-in: the account an
+    admin linked to that identity (``cadx user link-oidc``) with its role, or, while none is linked, a viewer
+    named ``sso #ID``. ``email`` and ``name`` never choose an account (a user can set them at many providers);
+    they are kept only as a hint for the admin. None (no access) when ``iss`` or ``sub`` is missing or the
+    linked account is disabled.
+    """
+    issuer, subject = _claim(claims, "iss"), _claim(claims, "sub")
+    if issuer is None or subject is None:
+        return None
+    hint = str(claims.get("email") or claims.get("name") or "")[:128] or None
+    for _ in range(2):  # a second try when a parallel first sign-in of the same identity stored it first
+        try:
+            with workspace.sessions.begin() as session:
+                identity = session.scalar(select(OidcIdentity).where(OidcIdentity.issuer == issuer,
+                                                                     OidcIdentity.subject == subject))
+                if identity is None:
+                    identity = OidcIdentity(issuer=issuer, subject=subject, claimed_name=hint,
+                                            first_seen_at=now or _now())
+                    session.add(identity)
+                    session.flush()
+                    record_audit(session, user=f"sso #{identity.id}", action="sso_first_sign_in", target="app",
+                                 detail={"issuer": issuer[:128]})
+                elif identity.claimed_name != hint:
+                    identity.claimed_name = hint
+                user = session.get(User, identity.user_id) if identity.user_id is not None else None
+                if user is None:
+                    return Account(f"sso #{identity.id}", "viewer", unlinked_identity=identity.id)
+                return None if user.disabled else Account(user.username, user.role)
+        except IntegrityError:
+            continue
+    return None
+
+
+def _identity(session: Session, *, identity: int | None, issuer: str | None, subject: str | None,
+              create: bool) -> OidcIdentity:
+    if identity is not None:
+        found = session.get(OidcIdentity, identity)
+        if found is None:
+            raise CadxInputError("identity", f"no single sign-on identity #{identity}",
+                                 "list them with `cadx user oidc-list` (one appears at its first sign-in)")
+        return found
+    if not issuer or not subject:
+        raise CadxInputError("identity", "neither an identity number nor both issuer and subject given",
+                             "pass --identity N (from `cadx user oidc-list`) or --issuer ISS --subject SUB")
+    if len(issuer) > 255 or len(subject) > 255:
+        raise CadxInputError("identity", "issuer or subject longer than 255 characters", "check the values")
+    found = session.scalar(select(OidcIdentity).where(OidcIdentity.issuer == issuer, OidcIdentity.subject == subject))
+    if found is None:
+        if not create:
+            raise CadxInputError("identity", f"no single sign-on identity {issuer} / {subject}",
+                                 "list them with `cadx user oidc-list`")
+        found = OidcIdentity(issuer=issuer, subject=subject)
+        session.add(found)
+    return found
+
+
+def link_oidc(workspace: Workspace, username: str, *, identity: int | None = None, issuer: str | None = None,
+              subject: str | None = None, by: str) -> int:
+    """Link a single sign-on identity (its number from :func:`list_oidc_identities`, or its issuer and subject,
+    also before its first sign-in) to a local account, whose role it then gets; returns the identity's number."""
+    with workspace.sessions.begin() as session:
+        user = _get(session, username)
+        found = _identity(session, identity=identity, issuer=issuer, subject=subject, create=True)
+        if found.user_id is not None and found.user_id != user.id:
+            other = session.get(User, found.user_id)
+            raise CadxInputError("identity", f"linked to {other.username if other else 'another account'} already",
+                                 "unlink it first with `cadx user unlink-oidc`")
+        found.user_id, found.linked_at = user.id, _now()
+        session.flush()
+        record_audit(session, user=by, action="sso_link", target=f"user {username}",
+                     detail={"identity": found.id, "issuer": found.issuer[:128], "subject": found.subject[:128]})
+        return found.id
+
+
+def unlink_oidc(workspace: Workspace, *, identity: int | None = None, issuer: str | None = None,
+                subject: str | None = None, by: str) -> None:
+    """Unlink a single sign-on identity from its account (it may then only view); its open page runs see it at
+    once."""
+    with workspace.sessions.begin() as session:
+        found = _identity(session, identity=identity, issuer=issuer, subject=subject, create=False)
+        previous = session.get(User, found.user_id) if found.user_id is not None else None
+        found.user_id, found.linked_at = None, None
+        record_audit(session, user=by, action="sso_unlink", target=f"user {previous.username if previous else '-'}",
+                     detail={"identity": found.id, "issuer": found.issuer[:128], "subject": found.subject[:128]})
+
+
+def list_oidc_identities(workspace: Workspace) -> list[dict[str, Any]]:
+    """The single sign-on identities seen or linked: number, issuer, subject, claimed name, linked account."""
+    with workspace.sessions() as session:
+        rows = session.execute(select(OidcIdentity, User.username).outerjoin(User, User.id == OidcIdentity.user_id)
+                               .order_by(OidcIdentity.id)).all()
+    return [{"id": identity.id, "issuer": identity.issuer, "subject": identity.subject,
+             "claimed_name": identity.claimed_name, "account": username} for identity, username in rows]
 
 
 def list_users(workspace: Workspace) -> list[User]:
