@@ -6,18 +6,26 @@ to sign in again.
 ``POST /api/cadx/session`` with a one-time code (issued right after a sign-in, valid 60 s, see
 ``cadx.workflows.accounts.issue_cookie_handoff``) sets the cookie; ``DELETE`` clears it. The cookie holds a random
 token stored in the database only as its SHA-256; the app checks it again on every page run.
+
+A server listening on loopback only answers only to loopback host names (and ``CADX_ALLOWED_HOSTS``): every HTTP
+request and WebSocket with another ``Host`` is refused here, before Streamlit sees it (DNS rebinding, see
+``cadx.workflows.accounts.host_refusal``); ``app.py`` checks again for ``streamlit run app.py``.
 """
 
 from __future__ import annotations
 
 import streamlit as st
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from streamlit import config as st_config
 
-from cadx.workflows.accounts import SESSION_COOKIE, redeem_cookie_handoff, session_hours
+from cadx.workflows.accounts import SESSION_COOKIE, host_refusal, redeem_cookie_handoff, session_hours
 
-__all__ = ["app", "session_cookie"]
+__all__ = ["app", "session_cookie", "LoopbackHostsOnly"]
 
 SESSION_ROUTE = "/api/cadx/session"
 
@@ -43,4 +51,27 @@ async def session_cookie(request: Request) -> Response:
     return response
 
 
-app = st.App("app.py", routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])])
+class LoopbackHostsOnly:
+    """ASGI middleware: refuse HTTP requests and WebSockets whose ``Host`` the server must not answer to.
+
+    Pure ASGI rather than starlette's BaseHTTPMiddleware, which passes WebSockets through unchecked.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            why = host_refusal(Headers(scope=scope).get("host"), server_address=st_config.get_option("server.address"))
+            if why is not None:
+                if scope["type"] == "websocket":  # closed before the handshake completes: the server answers 403
+                    await send({"type": "websocket.close", "code": 1008, "reason": "host name not allowed"})
+                    return
+                response = PlainTextResponse(why + "\n", status_code=403, headers={"X-Content-Type-Options": "nosniff"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+app = st.App("app.py", middleware=[Middleware(LoopbackHostsOnly)],
+             routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])])

@@ -961,6 +961,47 @@ def user_list_command(data_dir: DataDir = None) -> None:
         _out.print(f"{account.username}\t{account.role}{' (disabled)' if account.disabled else ''}")
 
 
+IdentityNumber = Annotated[int | None, typer.Option("--identity", help="The identity's number (cadx user oidc-list).")]
+Issuer = Annotated[str | None, typer.Option(help="The provider's issuer (the ID token's iss claim).")]
+Subject = Annotated[str | None, typer.Option(help="The user's id at the provider (the ID token's sub claim).")]
+
+
+@user_app.command("link-oidc")
+def user_link_oidc_command(username: str, identity: IdentityNumber = None, issuer: Issuer = None,
+                           subject: Subject = None, data_dir: DataDir = None, user: User = None) -> None:
+    """Link a single sign-on identity to an account: its users then get the account's name and role.
+
+    Identities are matched by issuer and subject only (never by e-mail or name, which users can edit at many
+    providers). One appears in `cadx user oidc-list` at its first sign-in; --issuer/--subject link it before.
+    """
+    from cadx.workflows.accounts import link_oidc
+
+    number = _run(lambda: link_oidc(_workspace(data_dir), username, identity=identity, issuer=issuer,
+                                    subject=subject, by=_user(user)))
+    _out.print(f"single sign-on identity #{number} is linked to {username}")
+
+
+@user_app.command("unlink-oidc")
+def user_unlink_oidc_command(identity: IdentityNumber = None, issuer: Issuer = None, subject: Subject = None,
+                             data_dir: DataDir = None, user: User = None) -> None:
+    """Unlink a single sign-on identity from its account: it may then only view."""
+    from cadx.workflows.accounts import unlink_oidc
+
+    _run(lambda: unlink_oidc(_workspace(data_dir), identity=identity, issuer=issuer, subject=subject,
+                             by=_user(user)))
+    _out.print("single sign-on identity unlinked")
+
+
+@user_app.command("oidc-list")
+def user_oidc_list_command(data_dir: DataDir = None) -> None:
+    """List the single sign-on identities seen or linked: number, issuer, subject, linked account, claimed name."""
+    from cadx.workflows.accounts import list_oidc_identities
+
+    for row in list_oidc_identities(_workspace(data_dir)):
+        typer.echo(f"#{row['id']}\t{row['issuer']}\t{row['subject']}\t{row['account'] or '(not linked)'}\t"
+                   f"{row['claimed_name'] or ''}")  # one line each, never wrapped
+
+
 @audit_app.command("export")
 def audit_export_command(target: Annotated[Path, typer.Argument(help="CSV file to write.")],
                          data_dir: DataDir = None) -> None:

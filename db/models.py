@@ -40,6 +40,7 @@ __all__ = [
     "Cohort",
     "AuthSession",
     "SignInAttempt",
+    "OidcIdentity",
     "LABELS",
     "ROLES",
     "EXCLUSION_REASONS",
@@ -375,6 +376,24 @@ class SignInAttempt(Base):
     account: Mapped[str] = mapped_column(String(128), index=True)
     client: Mapped[str] = mapped_column(String(64), index=True)
     ok: Mapped[bool] = mapped_column(Boolean)
+
+
+class OidcIdentity(Base):
+    """A single sign-on identity: its provider (the ID token's ``iss``) and the user's id there (``sub``), the only
+    claims that name a person for good (e-mail and display name are editable at many providers). Stored at its
+    first sign-in; it gets a local account's role only once an admin links it (``cadx user link-oidc``), never by
+    a matching name. ``claimed_name`` (e-mail or name at the last sign-in) only helps an admin recognise it."""
+
+    __tablename__ = "oidc_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_oidc_identity"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    claimed_name: Mapped[str | None] = mapped_column(String(128))
+    first_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEvent(Base):

@@ -27,8 +27,9 @@ from cadx.workflows.accounts import (
     can,
     create_first_admin,
     end_session,
+    host_refusal,
     issue_cookie_handoff,
-    list_users,
+    oidc_account,
     session_account,
     session_hours,
     setup_token,
@@ -98,7 +99,9 @@ def workspace() -> Workspace:
 
     A page opened by a direct link on a freshly started server runs without app.py (Streamlit's automatic
     ``pages/`` routing); it then hands over to app.py, which opens the same page under the app's navigation.
+    A browser that reached the server under a host name it must not answer to sees only why, before anything runs.
     """
+    _refuse_foreign_host()
     if not st.session_state.get("_cadx_routed"):
         page = sys._getframe(1).f_globals.get("__file__")
         if page:
@@ -111,6 +114,22 @@ def workspace() -> Workspace:
         st.stop()
     sign_in(ws)  # every page, however it was routed to, asks for the sign-in first when one is needed
     return ws
+
+
+def _refuse_foreign_host() -> None:
+    """Stop the page when the browser named a host this server must not answer to (DNS rebinding; serve.py
+    refuses such requests before Streamlit sees them, this covers ``streamlit run app.py``)."""
+    try:
+        host = st.context.headers.get("Host")
+    except Exception:  # noqa: BLE001 - no client context (e.g. tests)
+        host = None
+    if host is None:  # no HTTP request behind this session (AppTest); every browser sends a Host header
+        return
+    why = host_refusal(host, server_address=_server_address())
+    if why is not None:
+        st.title("cadx — host name refused")
+        st.error(plain(why), icon=":material/block:")  # the host name is the visitor's text
+        st.stop()
 
 
 def page_asked_before_sign_in(pages: dict, navigation) -> object | None:
@@ -165,15 +184,15 @@ def _oidc_configured() -> bool:
 
 
 def _oidc_account(ws: Workspace) -> dict | None:
-    """The account of a user signed in through the OIDC provider: the local account with the same name (their
-    e-mail) gives the role, otherwise they may only view."""
+    """The account of a user signed in through the OIDC provider, by the ID token's issuer and subject only
+    (:func:`cadx.workflows.accounts.oidc_account`): the account an admin linked to that identity, else a viewer."""
     if not (_oidc_configured() and st.user.get("is_logged_in", False)):
         return None
-    name = str(st.user.get("email") or st.user.get("name") or "sso user")
-    users = {u.username: u for u in list_users(ws)}
-    if name in users and users[name].disabled:
+    account = oidc_account(ws, st.user.to_dict())
+    if account is None:
         return None
-    return {"username": name, "role": users[name].role if name in users else "viewer", "sso": True}
+    return {"username": account.username, "role": account.role, "sso": True,
+            "unlinked_identity": account.unlinked_identity}
 
 
 def _account() -> dict | None:
@@ -356,6 +375,10 @@ def reviewer_sidebar() -> None:
     account = _account()
     if account is not None:
         st.sidebar.markdown(f"Signed in as **{plain(account['username'])}** ({account['role']})")
+        if account.get("unlinked_identity") is not None:
+            st.sidebar.caption("Your single sign-on identity is not linked to a cadx account yet, so you may only "
+                               "view. An admin links it: `cadx user link-oidc ACCOUNT --identity "
+                               f"{account['unlinked_identity']}`.")
         st.sidebar.button("Sign out", on_click=_sign_out, args=(bool(account.get("sso")),))
         return
     st.sidebar.text_input("Reviewer name", key="reviewer", placeholder="local user", max_chars=64,

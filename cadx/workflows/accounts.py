@@ -26,6 +26,7 @@ into the name field is recorded only as a keyed hash).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -38,7 +39,7 @@ import re
 import secrets
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,36 +47,44 @@ from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cadx.csvsafe import write_rows_csv
 from cadx.errors import CadxInputError
 from cadx.workflows.workspace import Workspace
 from db.audit_chain import append_event
-from db.models import ROLES, AuditEvent, AuthSession, SignInAttempt, User
+from db.models import ROLES, AuditEvent, AuthSession, OidcIdentity, SignInAttempt, User
 
 __all__ = ["ROLES", "SESSION_COOKIE", "Account", "SignInThrottled", "add_user", "set_password", "set_role",
            "set_disabled", "logout_all", "authenticate", "list_users", "access_mode", "is_loopback", "can",
            "record_audit", "export_audit_csv", "audit_events", "start_session", "session_account", "end_session",
            "setup_token", "create_first_admin", "bootstrap_admin_from_env", "session_hours", "cli_actor",
-           "issue_cookie_handoff", "redeem_cookie_handoff"]
+           "issue_cookie_handoff", "redeem_cookie_handoff", "host_refusal", "ALLOWED_HOSTS_SETTING",
+           "oidc_account", "link_oidc", "unlink_oidc", "list_oidc_identities"]
 
 _LOG = logging.getLogger("cadx.accounts")
 _HASHER = PasswordHasher()  # Argon2id with argon2-cffi's current recommended parameters
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{2,64}$")
 _MIN_PASSWORD = 10
 _MAX_PASSWORD = 1024
+#: the least zxcvbn score (0-4) a new password needs: 3 is at least 10^8 guesses ("safely unguessable")
+_MIN_PASSWORD_SCORE = 3
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 #: the least role allowed to do each action
 _NEEDS = {"view": "viewer", "upload": "reviewer", "review": "reviewer", "run": "reviewer", "delete": "admin",
           "accounts": "admin"}
 #: name of the browser cookie holding the session token
 SESSION_COOKIE = "cadx_session"
-#: failures allowed before waiting, per account and per client; the wait then doubles from 1 s up to the cap
-_FREE_FAILURES_ACCOUNT = 3
+#: failures allowed before waiting (see _wait): for one account from one client, from one client, for one account
+#: from all clients together; the wait then doubles from 1 s up to _MAX_WAIT_S
+_FREE_FAILURES_PAIR = 3
 _FREE_FAILURES_CLIENT = 10
+_FREE_FAILURES_ACCOUNT = 100
+_PG_SIGN_IN_LOCK = 0x6361736e  # "casn": serialises the sign-in check-and-record on PostgreSQL
+_SETUP_ACCOUNT = "first-run setup"  # what the first-run setup's token guesses are counted and audited as
 _MAX_WAIT_S = 900.0
 _THROTTLE_WINDOW = timedelta(hours=1)
 
@@ -86,6 +95,8 @@ class Account:
 
     username: str
     role: str
+    #: a single sign-on identity not linked to any account yet (its id, for ``cadx user link-oidc``)
+    unlinked_identity: int | None = None
 
 
 class SignInThrottled(CadxInputError):
@@ -119,7 +130,8 @@ def _check_username(username: str) -> None:
 
 
 def _check_password(password: str, *, username: str | None = None) -> None:
-    """The password rule: 10 to 1024 characters, not only blanks, not the user name."""
+    """The password rule: 10 to 1024 characters, not only blanks, not the user name, and not easy to guess
+    (common, sequential like ``1234567890``, repeated, a keyboard walk: a zxcvbn score of at least 3)."""
     if len(password) < _MIN_PASSWORD:
         raise CadxInputError("password", f"shorter than {_MIN_PASSWORD} characters",
                              f"choose a password of at least {_MIN_PASSWORD} characters")
@@ -129,6 +141,18 @@ def _check_password(password: str, *, username: str | None = None) -> None:
         raise CadxInputError("password", "only blanks", "choose a password with letters, digits or symbols")
     if username is not None and password.strip().lower() == username.lower():
         raise CadxInputError("password", "the same as the user name", "choose a password that is not the user name")
+    # zxcvbn (Dropbox's estimator: common-password and word lists, keyboard walks, sequences, repeats, dates, l33t)
+    # rather than a list of our own; imported here, since its lists cost every importing process time otherwise.
+    # Its first 100 characters only: its matching grows fast with length, and a longer password passes anyway.
+    from zxcvbn import zxcvbn
+
+    verdict = zxcvbn(password[:100], user_inputs=[u for u in (username, "cadx") if u])
+    if verdict["score"] < _MIN_PASSWORD_SCORE:
+        feedback = verdict["feedback"]
+        why = (feedback.get("warning") or "").rstrip(".") or "easy to guess"
+        raise CadxInputError("password", f"too easy to guess ({why}; about 10^{verdict['guesses_log10']:.0f} "
+                             "guesses)", " ".join(feedback.get("suggestions") or []) + " Choose a longer "
+                             "passphrase of a few unrelated words, or one from a password manager.")
 
 
 def record_audit(session: Session, *, user: str, action: str, target: str,
@@ -249,22 +273,99 @@ def _keyed(workspace: Workspace, purpose: str, value: str) -> str:
 
 
 def _client_key(workspace: Workspace, client: str | None) -> str:
-    return "local" if not client else "c-" + _keyed(workspace, "sign-in client", client)
+    """The throttle's name for a client address: IPv6 addresses by their /64 network, which one host usually
+    has whole (one client could otherwise take a fresh address for every guess)."""
+    if not client:
+        return "local"
+    try:
+        address = ipaddress.ip_address(client.strip().strip("[]"))
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        client = str(ipaddress.IPv6Network((address, 64), strict=False))
+    return "c-" + _keyed(workspace, "sign-in client", client)
 
 
-def _wait_for(session: Session, column: Any, key: str, free: int, now: datetime) -> float:
-    """Seconds still to wait before the next attempt for ``key`` (0 when none)."""
-    since = now - _THROTTLE_WINDOW
-    last_ok = session.scalar(select(func.max(SignInAttempt.at)).where(column == key, SignInAttempt.ok.is_(True)))
-    if last_ok is not None and last_ok > since:
-        since = last_ok
-    failures = session.execute(select(func.count(SignInAttempt.id), func.max(SignInAttempt.at))
-                               .where(column == key, SignInAttempt.ok.is_(False), SignInAttempt.at > since)).one()
-    n, last = int(failures[0] or 0), failures[1]
-    if n < free or last is None:
+def _delay(failures: int, last: datetime | None, free: int, now: datetime) -> float:
+    """Seconds still to wait after ``failures`` (the newest at ``last``) when ``free`` are allowed (0 when none)."""
+    if failures < free or last is None:
         return 0.0
-    delay = min(2.0 ** (n - free), _MAX_WAIT_S)
-    return max(0.0, delay - (now - last).total_seconds())
+    return max(0.0, min(2.0 ** (failures - free), _MAX_WAIT_S) - (now - last).total_seconds())
+
+
+def _failures(session: Session, *conditions: Any) -> tuple[int, datetime | None]:
+    row = session.execute(select(func.count(SignInAttempt.id), func.max(SignInAttempt.at))
+                          .where(SignInAttempt.ok.is_(False), *conditions)).one()
+    return int(row[0] or 0), row[1]
+
+
+def _wait(session: Session, account_key: str, client_key: str, now: datetime) -> float:
+    """Seconds to wait before the next attempt for this account from this client (0 when none).
+
+    Three counts over the last hour, each with its own free failures and doubling delay:
+
+    - this account from this client (3 free), since this client last signed in to it: the delay a guesser meets,
+      which never makes the right password from another client wait;
+    - this client for any account (10 free), not reset by its own successful sign-ins (a guesser with an account
+      of its own would otherwise clear its count by signing in to it between guesses);
+    - this account from every client together (100 free): the cap on a guess spread over many clients, far
+      beyond what one client can reach in an hour under the two delays above.
+    """
+    since = now - _THROTTLE_WINDOW
+    pair = (SignInAttempt.account == account_key, SignInAttempt.client == client_key)
+    last_ok = session.scalar(select(func.max(SignInAttempt.at)).where(*pair, SignInAttempt.ok.is_(True)))
+    pair_since = max(since, last_ok) if last_ok is not None else since
+    return max(_delay(*_failures(session, *pair, SignInAttempt.at > pair_since), _FREE_FAILURES_PAIR, now),
+               _delay(*_failures(session, SignInAttempt.client == client_key, SignInAttempt.at > since),
+                      _FREE_FAILURES_CLIENT, now),
+               _delay(*_failures(session, SignInAttempt.account == account_key, SignInAttempt.at > since),
+                      _FREE_FAILURES_ACCOUNT, now))
+
+
+@contextlib.contextmanager
+def _sign_in_lock(workspace: Workspace) -> Iterator[Session]:
+    """A transaction that holds the sign-in lock until it ends: one check-and-record at a time, so parallel
+    attempts each see the ones before them (an advisory lock on PostgreSQL, the write lock on SQLite)."""
+    with workspace.sessions() as session, session.begin():
+        connection = session.connection()
+        if connection.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SIGN_IN_LOCK})
+        else:  # pysqlite would begin lazily at the first write, after the counting reads: take the lock now
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+
+
+def _reserve_attempt(workspace: Workspace, account_key: str, client_key: str, now: datetime, *,
+                     target: str) -> int:
+    """Check the throttle and record the attempt as a failure, atomically; returns the attempt's id (set to a
+    success by :func:`_settle_attempt`). Raises :class:`SignInThrottled` (audited) when it must wait.
+
+    The attempt counts as failed from the moment it is allowed, before the slow password check: parallel attempts
+    then cannot all pass the check before any of them is recorded.
+    """
+    with _sign_in_lock(workspace) as session:
+        wait = _wait(session, account_key, client_key, now)
+        if wait > 0:
+            record_audit(session, user=account_key, action="login_throttled", target=target,
+                         detail={"client": client_key, "wait_s": round(wait, 1)})
+            _LOG.warning("sign-in throttled for %s from %s: %.0f s to wait", account_key, client_key, wait)
+            attempt_id = None
+        else:
+            attempt = SignInAttempt(at=now, account=account_key, client=client_key, ok=False)
+            session.add(attempt)
+            session.flush()
+            attempt_id = attempt.id
+    if attempt_id is None:
+        raise SignInThrottled(wait)  # the audit event above is committed
+    return attempt_id
+
+
+def _settle_attempt(session: Session, attempt_id: int, *, account: str | None = None) -> None:
+    """Mark a reserved attempt as a success (``account``: the name it signed in to, when it differs)."""
+    values: dict[str, Any] = {"ok": True}
+    if account is not None:
+        values["account"] = account
+    session.execute(update(SignInAttempt).where(SignInAttempt.id == attempt_id).values(**values))
 
 
 def authenticate(workspace: Workspace, username: str, password: str, *, client: str | None = None,
@@ -272,27 +373,18 @@ def authenticate(workspace: Workspace, username: str, password: str, *, client: 
     """The account when the password is right (and the account enabled), else None.
 
     Every attempt is audited: by the account's name when it exists, else by a keyed hash of what was typed (a
-    password typed into the name field never reaches the audit trail). After a few failures for one account or
-    from one client (``client``: its address), further attempts wait a doubling delay (1 s, 2 s, ... 15 min):
-    :class:`SignInThrottled`, audited as ``login_throttled``.
+    password typed into the name field never reaches the audit trail). After a few failures for one account from
+    one client, from one client (``client``: its address), or for one account from very many clients, further
+    attempts wait a doubling delay (1 s, 2 s, ... 15 min; see :func:`_wait`): :class:`SignInThrottled`, audited
+    as ``login_throttled``.
     """
     now = now or _now()
     username = (username or "")[:256]
-    with workspace.sessions.begin() as session:
-        user = session.scalar(select(User).where(User.username == username)) if username else None
-        account_key = user.username if user is not None else "unknown-" + _keyed(workspace, "sign-in name", username)
-        client_key = _client_key(workspace, client)
-        wait = max(_wait_for(session, SignInAttempt.account, account_key, _FREE_FAILURES_ACCOUNT, now),
-                   _wait_for(session, SignInAttempt.client, client_key, _FREE_FAILURES_CLIENT, now))
-        if wait > 0:
-            record_audit(session, user=account_key, action="login_throttled", target="app",
-                         detail={"client": client_key, "wait_s": round(wait, 1)})
-            _LOG.warning("sign-in throttled for %s from %s: %.0f s to wait", account_key, client_key, wait)
-            throttled = SignInThrottled(wait)
-        else:
-            throttled = None
-    if throttled is not None:
-        raise throttled  # the audit event above is committed
+    with workspace.sessions() as session:
+        known = session.scalar(select(User.username).where(User.username == username)) if username else None
+    account_key = known if known is not None else "unknown-" + _keyed(workspace, "sign-in name", username)
+    client_key = _client_key(workspace, client)
+    attempt_id = _reserve_attempt(workspace, account_key, client_key, now, target="app")
     with workspace.sessions.begin() as session:
         user = session.scalar(select(User).where(User.username == username)) if username else None
         ok = False
@@ -307,12 +399,12 @@ def authenticate(workspace: Workspace, username: str, password: str, *, client: 
                 _HASHER.verify(_dummy_hash(), password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 pass
-        session.add(SignInAttempt(at=now, account=account_key, client=client_key, ok=ok))
         record_audit(session, user=account_key, action="login" if ok else "login_failed", target="app",
                      detail={"client": client_key})
         if not ok or user is None:
             _LOG.info("failed sign-in for %s from %s", account_key, client_key)
             return None
+        _settle_attempt(session, attempt_id)
         if _HASHER.check_needs_rehash(user.password_hash):
             user.password_hash = _HASHER.hash(password)
         user.last_login_at = now
@@ -431,6 +523,45 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+#: host names a loopback-only server also answers to (comma-separated), e.g. the name of a reverse proxy on this machine
+ALLOWED_HOSTS_SETTING = "CADX_ALLOWED_HOSTS"
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, lower case, without port or trailing dot (``[::1]:8501`` -> ``::1``)."""
+    text = host_header.strip().lower()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text.rstrip(".")
+
+
+def host_refusal(host_header: str | None, *, server_address: str | None) -> str | None:
+    """Why a request naming ``host_header`` (its ``Host`` header) must be refused, or None when it may be served.
+
+    A server listening on loopback only is the one-command demo, where nobody signs in while no account exists. A
+    web page under a foreign name that resolves to 127.0.0.1 (DNS rebinding) would reach it from the visitor's
+    browser and act as admin, so such a server answers only to loopback names (``localhost``, ``127.0.0.0/8``,
+    ``[::1]``) and to the names in ``CADX_ALLOWED_HOSTS``. The same holds once accounts exist (a rebinding page
+    could otherwise guess passwords from every visitor's browser), as Jupyter does. A server reachable from the
+    network (accounts or first-run setup) answers to any name.
+    """
+    if not is_loopback(server_address):
+        return None
+    name = _host_name(host_header or "")
+    extra = {n.strip().lower().rstrip(".") for n in os.environ.get(ALLOWED_HOSTS_SETTING, "").split(",")}
+    if name and (is_loopback(name) or name in extra):
+        return None
+    shown = "".join(c for c in (host_header or "")[:100] if c.isprintable()) or "(none)"
+    return (f"cadx refuses the host name {shown!r}: this server listens on loopback only ({server_address}), so "
+            "it answers only to localhost, 127.0.0.1 and [::1]. A web page under another name that points to this "
+            "machine (DNS rebinding) could otherwise drive the app from your browser, as admin while no account "
+            f"exists. Open the app at http://localhost:PORT, or, to serve it under this name (e.g. behind a "
+            f"reverse proxy on this machine), set {ALLOWED_HOSTS_SETTING}={_host_name(shown) or 'NAME'} "
+            "(comma-separated names) and restart it.")
+
+
 def _auth_mode() -> str:
     mode = os.environ.get("CADX_AUTH", "auto").lower()
     if mode not in ("auto", "required", "off"):
@@ -493,27 +624,19 @@ def create_first_admin(workspace: Workspace, username: str, password: str, *, to
     """
     now = now or _now()
     client_key = _client_key(workspace, client)
-    with workspace.sessions.begin() as session:
-        wait = max(_wait_for(session, SignInAttempt.account, "first-run setup", _FREE_FAILURES_ACCOUNT, now),
-                   _wait_for(session, SignInAttempt.client, client_key, _FREE_FAILURES_CLIENT, now))
-        if wait > 0:
-            record_audit(session, user="first-run setup", action="login_throttled", target="setup",
-                         detail={"client": client_key, "wait_s": round(wait, 1)})
-    if wait > 0:
-        raise SignInThrottled(wait)
+    attempt_id = _reserve_attempt(workspace, _SETUP_ACCOUNT, client_key, now, target="setup")
     expected = setup_token()
     if not hmac.compare_digest((token or "").strip().encode(), expected.encode()):
         with workspace.sessions.begin() as session:
-            session.add(SignInAttempt(at=now, account="first-run setup", client=client_key, ok=False))
-            record_audit(session, user="first-run setup", action="setup_failed", target="setup",
+            record_audit(session, user=_SETUP_ACCOUNT, action="setup_failed", target="setup",
                          detail={"client": client_key})
         raise CadxInputError("setup token", "wrong one-time setup token",
                              "copy the token printed in the server's log (e.g. `docker logs CONTAINER`)")
     with workspace.sessions.begin() as session:
         if (session.scalar(select(func.count(User.id))) or 0) > 0:
             raise CadxInputError("setup", "an account exists already", "sign in with it")
-        user = _add_user(session, username, password, role="admin", by="first-run setup")
-        session.add(SignInAttempt(at=now, account=username, client=client_key, ok=True))
+        user = _add_user(session, username, password, role="admin", by=_SETUP_ACCOUNT)
+        _settle_attempt(session, attempt_id, account=username)
         session.expunge(user)
     _forget_setup_token()
     return user
@@ -543,6 +666,110 @@ def bootstrap_admin_from_env(workspace: Workspace) -> str | None:
     except CadxInputError as exc:
         raise CadxInputError("CADX_ADMIN_PASSWORD_FILE", exc.problem, exc.fix) from None
     return username
+
+
+# ------------------------------------------------------------------------------------------ single sign-on ---
+def _claim(claims: Any, name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+
+
+def oidc_account(workspace: Workspace, claims: Any, *, now: datetime | None = None) -> Account | None:
+    """Who a user signed in through the OpenID Connect provider is (``claims``: the ID token's, ``st.user``).
+
+    Identified by the issuer (``iss``) and subject (``sub``) only, stored at the first sign-in: the account an
+    admin linked to that identity (``cadx user link-oidc``) with its role, or, while none is linked, a viewer
+    named ``sso #ID``. ``email`` and ``name`` never choose an account (a user can set them at many providers);
+    they are kept only as a hint for the admin. None (no access) when ``iss`` or ``sub`` is missing or the
+    linked account is disabled.
+    """
+    issuer, subject = _claim(claims, "iss"), _claim(claims, "sub")
+    if issuer is None or subject is None:
+        return None
+    hint = str(claims.get("email") or claims.get("name") or "")[:128] or None
+    for _ in range(2):  # a second try when a parallel first sign-in of the same identity stored it first
+        try:
+            with workspace.sessions.begin() as session:
+                identity = session.scalar(select(OidcIdentity).where(OidcIdentity.issuer == issuer,
+                                                                     OidcIdentity.subject == subject))
+                if identity is None:
+                    identity = OidcIdentity(issuer=issuer, subject=subject, claimed_name=hint,
+                                            first_seen_at=now or _now())
+                    session.add(identity)
+                    session.flush()
+                    record_audit(session, user=f"sso #{identity.id}", action="sso_first_sign_in", target="app",
+                                 detail={"issuer": issuer[:128]})
+                elif identity.claimed_name != hint:
+                    identity.claimed_name = hint
+                user = session.get(User, identity.user_id) if identity.user_id is not None else None
+                if user is None:
+                    return Account(f"sso #{identity.id}", "viewer", unlinked_identity=identity.id)
+                return None if user.disabled else Account(user.username, user.role)
+        except IntegrityError:
+            continue
+    return None
+
+
+def _identity(session: Session, *, identity: int | None, issuer: str | None, subject: str | None,
+              create: bool) -> OidcIdentity:
+    if identity is not None:
+        found = session.get(OidcIdentity, identity)
+        if found is None:
+            raise CadxInputError("identity", f"no single sign-on identity #{identity}",
+                                 "list them with `cadx user oidc-list` (one appears at its first sign-in)")
+        return found
+    if not issuer or not subject:
+        raise CadxInputError("identity", "neither an identity number nor both issuer and subject given",
+                             "pass --identity N (from `cadx user oidc-list`) or --issuer ISS --subject SUB")
+    if len(issuer) > 255 or len(subject) > 255:
+        raise CadxInputError("identity", "issuer or subject longer than 255 characters", "check the values")
+    found = session.scalar(select(OidcIdentity).where(OidcIdentity.issuer == issuer, OidcIdentity.subject == subject))
+    if found is None:
+        if not create:
+            raise CadxInputError("identity", f"no single sign-on identity {issuer} / {subject}",
+                                 "list them with `cadx user oidc-list`")
+        found = OidcIdentity(issuer=issuer, subject=subject)
+        session.add(found)
+    return found
+
+
+def link_oidc(workspace: Workspace, username: str, *, identity: int | None = None, issuer: str | None = None,
+              subject: str | None = None, by: str) -> int:
+    """Link a single sign-on identity (its number from :func:`list_oidc_identities`, or its issuer and subject,
+    also before its first sign-in) to a local account, whose role it then gets; returns the identity's number."""
+    with workspace.sessions.begin() as session:
+        user = _get(session, username)
+        found = _identity(session, identity=identity, issuer=issuer, subject=subject, create=True)
+        if found.user_id is not None and found.user_id != user.id:
+            other = session.get(User, found.user_id)
+            raise CadxInputError("identity", f"linked to {other.username if other else 'another account'} already",
+                                 "unlink it first with `cadx user unlink-oidc`")
+        found.user_id, found.linked_at = user.id, _now()
+        session.flush()
+        record_audit(session, user=by, action="sso_link", target=f"user {username}",
+                     detail={"identity": found.id, "issuer": found.issuer[:128], "subject": found.subject[:128]})
+        return found.id
+
+
+def unlink_oidc(workspace: Workspace, *, identity: int | None = None, issuer: str | None = None,
+                subject: str | None = None, by: str) -> None:
+    """Unlink a single sign-on identity from its account (it may then only view); its open page runs see it at
+    once."""
+    with workspace.sessions.begin() as session:
+        found = _identity(session, identity=identity, issuer=issuer, subject=subject, create=False)
+        previous = session.get(User, found.user_id) if found.user_id is not None else None
+        found.user_id, found.linked_at = None, None
+        record_audit(session, user=by, action="sso_unlink", target=f"user {previous.username if previous else '-'}",
+                     detail={"identity": found.id, "issuer": found.issuer[:128], "subject": found.subject[:128]})
+
+
+def list_oidc_identities(workspace: Workspace) -> list[dict[str, Any]]:
+    """The single sign-on identities seen or linked: number, issuer, subject, claimed name, linked account."""
+    with workspace.sessions() as session:
+        rows = session.execute(select(OidcIdentity, User.username).outerjoin(User, User.id == OidcIdentity.user_id)
+                               .order_by(OidcIdentity.id)).all()
+    return [{"id": identity.id, "issuer": identity.issuer, "subject": identity.subject,
+             "claimed_name": identity.claimed_name, "account": username} for identity, username in rows]
 
 
 def list_users(workspace: Workspace) -> list[User]:
