@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
@@ -36,9 +37,17 @@ app = typer.Typer(help="cadx: breast-lesion CADx from mammograms (Huynh, Li & Gi
 import_app = typer.Typer(help="Import images and lesions into the database.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 
-# soft_wrap: an error is one line whatever the terminal width, so it can be read, grepped and copied whole
-_console = Console(stderr=True, soft_wrap=True)
-_out = Console(soft_wrap=True)
+# soft_wrap: an error is one line whatever the terminal width, so it can be read, grepped and copied whole.
+# markup=False: what is printed holds user text (experiment, cohort and file names, notes, reasons, error messages
+# quoting input), shown as typed; with markup on, a name like "[/x]" made rich raise after the experiment was stored,
+# and "[red]" restyled the output. Styles are given with _styled, never as [bold] tags (table cells included).
+_console = Console(stderr=True, soft_wrap=True, markup=False)
+_out = Console(soft_wrap=True, markup=False)
+
+
+def _styled(*parts: str | tuple[str, str]) -> Text:
+    """Console text from plain parts and ``(text, style)`` pairs: the one way the CLI styles what it prints."""
+    return Text.assemble(*parts)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", envvar="CADX_DATA_DIR", help="Data directory (default ~/.cadx).")
@@ -57,8 +66,8 @@ ReportPath = Annotated[Path | None, typer.Option("--report", help="Also write th
 def _workspace(data_dir: Path | None) -> Workspace:
     workspace = _run(lambda: open_workspace(data_dir))
     if workspace.collected is not None and workspace.collected.removed:
-        _console.print(f"[orange1]Removed {len(workspace.collected.removed)} orphan file(s) left by an interrupted "
-                       "import or sweep (no committed row used them).[/]")
+        _console.print(f"Removed {len(workspace.collected.removed)} orphan file(s) left by an interrupted "
+                       "import or sweep (no committed row used them).", style="orange1")
     return workspace
 
 
@@ -74,7 +83,8 @@ class _ProgressBar:
 
     def __enter__(self):
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_console
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=_console,
         )
         self._progress.__enter__()
         self._task = self._progress.add_task("starting", total=None)
@@ -96,21 +106,21 @@ def _finish(report: ImportReport, report_path: Path | None) -> None:
     for item in report.items:
         reason = (", ".join(words.with_code(f.strip()) for f in item.reason.split(",")) if item.status == "imported"
                   and item.reason else item.reason)  # QC flags in words, with their codes
-        table.add_row(item.name, f"[{colours[item.status]}]{item.status}[/]", reason)
+        table.add_row(item.name, _styled((item.status, colours[item.status])), reason)
     _out.print(table)
     if report_path is not None:
         report_path.write_text(json.dumps(report.to_dict(), indent=2))
     if report.committed:
-        _out.print(f"[bold]{report.n_imported} imported, {report.n_skipped} skipped, {report.n_errors} errors[/]")
+        _out.print(f"{report.n_imported} imported, {report.n_skipped} skipped, {report.n_errors} errors", style="bold")
     else:
-        _out.print(f"[bold red]Nothing was written: {report.n_errors} error(s).[/] Fix them, or rerun with "
-                   "--skip-errors to import the rest.")
+        _out.print(_styled((f"Nothing was written: {report.n_errors} error(s).", "bold red"), " Fix them, or rerun "
+                           "with --skip-errors to import the rest."))
     if report.n_errors:
         raise typer.Exit(2 if not report.committed else 1)
 
 
 def _fail(error: CadxError) -> NoReturn:
-    _console.print(f"[bold red]Error:[/] {error}")
+    _console.print(_styled(("Error:", "bold red"), f" {error}"))
     raise typer.Exit(2) from error
 
 
@@ -121,9 +131,9 @@ def _run(action):
         _fail(exc)
     except OSError as exc:  # disk full, permissions, a vanished mount: the workflows have rolled back by now
         where = f" {exc.filename}" if exc.filename else ""
-        _console.print(f"[bold red]Error:[/] could not read or write{where}: {exc.strerror or exc}. Nothing was "
-                       "half-written. Fix: check the free space and permissions of the data directory and the inputs, "
-                       "then run the command again.")
+        _console.print(_styled(("Error:", "bold red"), f" could not read or write{where}: {exc.strerror or exc}. "
+                               "Nothing was half-written. Fix: check the free space and permissions of the data "
+                               "directory and the inputs, then run the command again."))
         raise typer.Exit(1) from exc
 
 
@@ -266,7 +276,7 @@ def _cohort_records(workspace, cohort: str | None):
     from cadx.workflows.cohorts import resolve_cohort
 
     resolved = _run(lambda: resolve_cohort(workspace, cohort))
-    _console.print(f"[cyan]Cohort {resolved.name}: {_counts_line(resolved)}[/]")
+    _console.print(f"Cohort {resolved.name}: {_counts_line(resolved)}", style="cyan")
     return resolved.records
 
 
@@ -282,7 +292,7 @@ def _load_backbone(backbone, weights, weights_path):
 
     loaded, note = _run(lambda: resolve_backbone(backbone, weights=weights, weights_path=weights_path))
     colour = "red" if loaded.weights.source == "random" else "cyan"
-    _console.print(f"[{colour}]Backbone: {note}[/]")
+    _console.print(f"Backbone: {note}", style=colour)
     return loaded, note
 
 
@@ -329,10 +339,10 @@ def extract_command(backbone: Backbone = None, weights: Weights = "default", wei
     if report.precision_check:
         worst_tap = max(report.precision_check, key=lambda t: report.precision_check[t]["relative_error"])
         worst = report.precision_check[worst_tap]
-        _console.print(f"[yellow]{precision} against fp32 on a sample of {worst['n_rois']} ROIs: relative feature "
+        _console.print(f"{precision} against fp32 on a sample of {worst['n_rois']} ROIs: relative feature "
                        f"error up to {worst['relative_error']:.2%} ({worst_tap}). {precision} "
                        f"{MIAS_VERDICT.get(precision, 'was not checked on MIAS')} (see the README): fp32 stays the "
-                       f"reference.[/]")
+                       "reference.", style="yellow")
     if timings and report.timings:
         _out.print("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()
                                                        if k != "rois"))
@@ -371,16 +381,17 @@ def features_command(data_dir: DataDir = None,
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
                 data_dir, user, cohort=None, min_lesions=None) -> None:
-    from cadx.records import to_json
+    from cadx.records import experiment_name, to_json
     from cadx.workflows.cohorts import resolve_cohort
     from cadx.workflows.experiments import load_experiment, run_experiment
 
+    name = _run(lambda: experiment_name(name))  # before anything is loaded or computed
     workspace = _workspace(data_dir)
     minimum = min_lesions
     resolved = _run(lambda: resolve_cohort(workspace, cohort))
-    _console.print(f"[cyan]Cohort {resolved.name} ({resolved.definition.summary()}): {_counts_line(resolved)}[/]")
+    _console.print(f"Cohort {resolved.name} ({resolved.definition.summary()}): {_counts_line(resolved)}", style="cyan")
     for note in resolved.notes:
-        _console.print(f"[orange1]{note}[/]")
+        _console.print(note, style="orange1")
     _run(lambda: resolved.check(n_folds=folds, minimum_per_fold=minimum))  # the guard rails, before any work
     loaded, note = _load_backbone(backbone, weights, weights_path)
     settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, repeats=repeats,
@@ -406,12 +417,12 @@ def _print_experiment(record: ExperimentRecord) -> None:
     from cadx.workflows.results import best_tap_text, calibration_notes
 
     config, results = record.config, record.results
-    flags = []
+    flags: list[str | tuple[str, str]] = []
     if record.uses_synthetic_data:
-        flags.append("[orange1]SYNTHETIC DATA[/]")
+        flags += [" ", ("SYNTHETIC DATA", "orange1")]
     if record.uses_random_weights:
-        flags.append("[red]RANDOM (UNTRAINED) WEIGHTS[/]")
-    _out.print(f"Experiment {record.id} '{record.name}' ({record.seconds or 0.0:.1f} s) {' '.join(flags)}")
+        flags += [" ", ("RANDOM (UNTRAINED) WEIGHTS", "red")]
+    _out.print(_styled(f"Experiment {record.id} '{record.name}' ({record.seconds or 0.0:.1f} s)", *flags))
     if config.cohort is not None:
         _out.print(f"cohort {config.cohort.name}: {results.n_rois} ROIs, {results.n_lesions} lesions, "
                    f"{results.n_patients} patients; ROI set sha256 {config.cohort.roi_set_sha256[:16]}")
@@ -446,7 +457,7 @@ def _print_experiment(record: ExperimentRecord) -> None:
     level = LevelResults(level="roi", n_cases=results.n_rois, n_positive=results.n_malignant_rois,
                          methods=results.methods, comparisons=results.comparisons, repeats=results.repeats)
     for note in calibration_notes(level):
-        _out.print(f"[yellow]{note}[/]")
+        _out.print(note, style="yellow")
     if results.comparisons:
         table = Table(title="Comparisons (p-values; Bonferroni within each family of 3: the paper's, the "
                             "z-ensemble's)")
@@ -545,7 +556,7 @@ def experiments_command(json_path: JsonPath = None, data_dir: DataDir = None) ->
                       f"{e['backbone']} {e['ensemble_tap']}\n{e['n_folds']} folds × {e['repeats']} seed(s)\n"
                       f"{e['n_rois']} ROIs ({e['n_excluded']} excluded)\n"
                       f"cohort {e['cohort'] or '(before cohorts)'} · ROI set {(e['roi_set_sha256'] or '')[:12]}",
-                      auc + "".join(f"\n[bold red]{f}[/]" for f in flags))
+                      _styled(auc, *((f"\n{f}", "bold red") for f in flags)))
     _out.print(table)
     if json_path is not None:
         json_path.write_text(json.dumps(experiments, indent=2, default=str))
@@ -614,8 +625,6 @@ def analyses_command(
 ) -> None:
     """The paper's open questions on an experiment: do SVM1 and SVM2 err on the same lesions (2x2 table, McNemar,
     Spearman, most disagreeing), which tap components go with which analytic features, and Method D."""
-    from rich.markup import escape
-
     from cadx.workflows.analyses import agreement_analysis, correlation_analysis, fusion_analysis
     from cadx.workflows.experiments import json_safe
 
@@ -639,7 +648,7 @@ def analyses_command(
     disagreeing = agreement["disagreeing"]
     key = "lesion_key" if "lesion_key" in disagreeing.columns else "roi_id"
     _out.print("Most disagreeing: " + "; ".join(
-        f"{escape(str(r[key]))} ({'malignant' if r['truth'] == 1 else 'benign'}, p1 {r['p1']:.3f}, "
+        f"{r[key]} ({'malignant' if r['truth'] == 1 else 'benign'}, p1 {r['p1']:.3f}, "
         f"p2 {r['p2']:.3f})" for _, r in disagreeing.head(5).iterrows()))
     corr = _run(lambda: correlation_analysis(workspace, experiment_id, tap=tap, n_components=components))
     frame = corr["frame"]
@@ -717,9 +726,9 @@ def backup_command(target: Annotated[Path, typer.Argument(help="The backup file 
     _out.print(f"{rows} rows, {len(manifest['files'])} files and {pseudonym} backed up to {target}, signed with "
                f"backup key {manifest['key_id']}")
     if new_key:
-        _console.print(f"[bold orange1]New backup key:[/] {workspace.data_dir / BACKUP_KEY_FILE}. Restoring needs "
-                       "it (`cadx restore --key-file`): keep a copy away from the backups and this machine, e.g. in "
-                       "the lab's password manager.")
+        _console.print(_styled(("New backup key:", "bold orange1"), f" {workspace.data_dir / BACKUP_KEY_FILE}. "
+                               "Restoring needs it (`cadx restore --key-file`): keep a copy away from the backups and "
+                               "this machine, e.g. in the lab's password manager."))
 
 
 @app.command("restore")
@@ -735,9 +744,10 @@ def restore_command(source: Annotated[Path, typer.Argument(help="A file made by 
     rows = sum(t["rows"] for t in manifest["tables"].values())
     _out.print(f"{rows} rows and {len(manifest['files'])} files restored and verified")
     if not manifest["pseudonym_key_restored"]:
-        _console.print("[bold orange1]Warning:[/] the backup has no pseudonym key, so this workspace has a new one: "
-                       "a DICOM of a patient already here will get a new pseudonym (a second patient). Copy the "
-                       "original installation's pseudonym.key into the data directory before importing DICOMs.")
+        _console.print(_styled(("Warning:", "bold orange1"), " the backup has no pseudonym key, so this workspace has "
+                               "a new one: a DICOM of a patient already here will get a new pseudonym (a second "
+                               "patient). Copy the original installation's pseudonym.key into the data directory "
+                               "before importing DICOMs."))
 
 
 cohort_app = typer.Typer(help="Cohorts: named, saved selections of the ROIs an experiment uses.", no_args_is_help=True)
@@ -830,7 +840,7 @@ def _show_cohort(workspace, name: str, as_json: bool = False) -> None:
                                "roi_set_sha256": resolved.roi_set_sha256, "notes": resolved.notes,
                                "guard_rails": verdict}, indent=2))
         return
-    _out.print(f"[bold]{resolved.name}[/]: {resolved.definition.summary()}")
+    _out.print(_styled((resolved.name, "bold"), f": {resolved.definition.summary()}"))
     if resolved.definition.description:
         _out.print(resolved.definition.description)
     _out.print(_counts_line(resolved))
@@ -839,7 +849,7 @@ def _show_cohort(workspace, name: str, as_json: bool = False) -> None:
     _out.print("ROIs by source: " + ", ".join(f"{k} {v}" for k, v in resolved.rois_by_source.items())
                + f" ({'SYNTHETIC' if resolved.synthetic_used in ('synthetic', 'both') else resolved.synthetic_used})")
     for note in resolved.notes:
-        _out.print(f"[orange1]{note}[/]")
+        _out.print(note, style="orange1")
     _out.print(verdict)
 
 
@@ -867,8 +877,8 @@ def gc_command(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only lis
 
     report = _run(lambda: collect_garbage(_workspace(data_dir), dry_run=dry_run, user=_user(user)))
     if report.busy:
-        _console.print("[bold red]Busy:[/] an import or sweep is writing files right now. Fix: run `cadx gc` again "
-                       "when it has finished.")
+        _console.print(_styled(("Busy:", "bold red"), " an import or sweep is writing files right now. Fix: run "
+                               "`cadx gc` again when it has finished."))
         raise typer.Exit(1)
     for relative in report.orphans + report.temporaries:
         typer.echo(f"{'would remove' if dry_run else 'removed'} {relative}")  # one line each, never wrapped
@@ -1019,9 +1029,10 @@ def audit_verify_command(data_dir: DataDir = None) -> None:
 
     count, broken = _run(lambda: verify_audit_chain(_workspace(data_dir)))
     if broken is not None:
-        _console.print(f"[bold red]The audit trail is broken at audit event {broken[0]}:[/] {broken[1]}. "
-                       f"Events before it ({count} checked) are intact. Fix: compare with a backup "
-                       "(`cadx restore` into a new data directory checks its trail too) and find out who changed it.")
+        _console.print(_styled((f"The audit trail is broken at audit event {broken[0]}:", "bold red"),
+                               f" {broken[1]}. Events before it ({count} checked) are intact. Fix: compare with a "
+                               "backup (`cadx restore` into a new data directory checks its trail too) and find out "
+                               "who changed it."))
         raise typer.Exit(1)
     _out.print(f"{count} audit events, hash chain intact")
 

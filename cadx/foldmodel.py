@@ -17,6 +17,7 @@ reproduces it to rounding, ~1e-13).
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 
@@ -27,6 +28,16 @@ __all__ = ["FORMAT_VERSION", "FoldModel", "FoldModelError", "read_test_scores"]
 FORMAT_VERSION = 1
 _FLOAT_FIELDS = ("mean", "scale", "dual_coef", "test_decision", "test_proba")
 _INT_FIELDS = ("support", "test")
+_FIELDS = frozenset({"format_version", "keep", "scalars", *_FLOAT_FIELDS, *_INT_FIELDS})
+_SCORE_FIELDS = ("test", "test_decision", "test_proba")
+# Payloads come from backups (untrusted), so the zip directory and each member's .npy header are checked before any
+# member is inflated. A model holds 2 x width + n_support + 3 x n_test numbers: 64 MiB per member is 8 million
+# float64 values, twice the widest tap of any registered backbone (VGG16 conv1_2 at 256 x 256: 4.2 million).
+_MAX_MEMBER_BYTES = 64 * 1024**2
+_MAX_TOTAL_BYTES = 256 * 1024**2
+# Deflate cannot shrink data more than 1032:1; a directory claiming more (above a small floor) is forged.
+_MAX_DEFLATE_RATIO = 1032
+_RATIO_FLOOR_BYTES = 64 * 1024
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray], *, compress: bool) -> bytes:
@@ -45,6 +56,68 @@ def _npz_bytes(arrays: dict[str, np.ndarray], *, compress: bool) -> bytes:
 
 class FoldModelError(ValueError):
     """A stored fold model is malformed (wrong fields, shapes or types) or does not fit the given features."""
+
+
+def _read_members(payload: bytes, *, where: str, wanted: tuple[str, ...] | frozenset[str]) -> dict[str, np.ndarray]:
+    """The arrays ``wanted`` of an ``.npz`` payload whose members are all named in :data:`_FIELDS`, checked from
+    the zip directory (names, sizes, compression, ratio) and from each member's ``.npy`` header (no object dtype;
+    shape x item size = the member's size) before anything is inflated. ``np.load`` would inflate a member of any
+    size, and allocate whatever shape a header claims."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+        infos = archive.infolist()
+    except Exception as exc:  # not a zip, or its directory is broken
+        raise FoldModelError(f"{where}: not a readable fold model ({type(exc).__name__}: {exc})") from exc
+    with archive:
+        names = [info.filename for info in infos]
+        fields = [name.removesuffix(".npy") for name in names]
+        unknown = sorted(n for n, f in zip(names, fields, strict=True) if f not in _FIELDS or not n.endswith(".npy"))
+        if unknown or len(set(names)) != len(names):
+            raise FoldModelError(f"{where}: not a fold model: unknown or repeated members {unknown or sorted(names)}")
+        missing = sorted(set(wanted) - set(fields))
+        if missing:
+            raise FoldModelError(f"{where}: fields {sorted(fields)}; missing {missing}")
+        total = 0
+        for info in infos:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise FoldModelError(f"{where}: member {info.filename} uses zip compression {info.compress_type}; "
+                                     "fold models are stored or deflated")
+            if info.file_size > _MAX_MEMBER_BYTES:
+                raise FoldModelError(f"{where}: member {info.filename} inflates to {info.file_size} bytes, over the "
+                                     f"{_MAX_MEMBER_BYTES} a fold model's field can need")
+            if (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size) or (
+                    info.file_size > _RATIO_FLOOR_BYTES
+                    and info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1)):
+                raise FoldModelError(f"{where}: member {info.filename} claims {info.file_size} bytes from "
+                                     f"{info.compress_size} stored: a forged zip directory (zip bomb)")
+            total += info.file_size
+        if total > _MAX_TOTAL_BYTES:
+            raise FoldModelError(f"{where}: the members inflate to {total} bytes, over the {_MAX_TOTAL_BYTES} a "
+                                 "fold model can need (zip bomb)")
+        arrays = {}
+        for info, field in zip(infos, fields, strict=True):
+            if field not in wanted:
+                continue
+            try:
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f".npy format version {version} (fold models are written as 1.0)")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    header = member.tell()
+                    if dtype.hasobject:
+                        raise ValueError("an object array (it would need pickle)")
+                    if header + math.prod(shape) * dtype.itemsize != info.file_size:
+                        raise ValueError(f"its header declares shape {shape} of {dtype}, which does not fit its "
+                                         f"{info.file_size} bytes")
+                with archive.open(info) as member:
+                    arrays[field] = np.lib.format.read_array(member, allow_pickle=False)
+            except Exception as exc:  # truncated, CRC mismatch, malformed header
+                raise FoldModelError(f"{where}: not a readable fold model: member {info.filename}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -148,14 +221,7 @@ class FoldModel:
         FoldModelError
             Naming ``where`` and the field at fault.
         """
-        try:
-            with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except Exception as exc:  # not an npz, truncated, or an object array (pickle refused)
-            raise FoldModelError(f"{where}: not a readable fold model ({type(exc).__name__}: {exc})") from exc
-        expected = {"format_version", "keep", "scalars", *_FLOAT_FIELDS, *_INT_FIELDS}
-        if set(arrays) != expected:
-            raise FoldModelError(f"{where}: fields {sorted(arrays)}; expected {sorted(expected)}")
+        arrays = _read_members(payload, where=where, wanted=_FIELDS)
         if arrays["format_version"].shape != () or int(arrays["format_version"]) != FORMAT_VERSION:
             raise FoldModelError(f"{where}: format version {arrays['format_version']!r}, not {FORMAT_VERSION}")
         kinds = {"keep": "b", **dict.fromkeys(_FLOAT_FIELDS, "f"), **dict.fromkeys(_INT_FIELDS, "i"),
@@ -190,11 +256,8 @@ def read_test_scores(payload: bytes, *, where: str = "fold model") -> tuple[np.n
     """Only the test rows and their out-of-fold decision values and probabilities of :meth:`FoldModel.to_bytes` or
     :meth:`FoldModel.test_scores_bytes` output (an ``.npz`` is read member by member: the tap-wide scaler of a
     whole model is never decompressed)."""
-    try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-            test, decision, proba = data["test"], data["test_decision"], data["test_proba"]
-    except Exception as exc:
-        raise FoldModelError(f"{where}: not a readable fold model ({type(exc).__name__}: {exc})") from exc
+    arrays = _read_members(payload, where=where, wanted=_SCORE_FIELDS)
+    test, decision, proba = (arrays[k] for k in _SCORE_FIELDS)
     if not (test.dtype.kind == "i" and decision.dtype.kind == proba.dtype.kind == "f"
             and test.ndim == decision.ndim == proba.ndim == 1 and len(test) == len(decision) == len(proba)
             and (test >= 0).all()):

@@ -828,6 +828,8 @@ def _decode_dicom_pixels(ds: Dataset, source: str, corrupt_fix: str) -> np.ndarr
         )
     if not tsuid.is_compressed:
         _check_native_length(ds, source, n_frames, corrupt_fix)
+    else:
+        _check_codestream_end(ds, tsuid, ts_name, source, corrupt_fix)
     if tsuid == pd_uid.RLELossless and "pydicom" in decoder.available_plugins:
         # pydicom's own RLE decoder: ~10x slower than pylibjpeg-rle (about 1 s for a full-field mammogram) but it
         # reports corrupt data as an exception, where the Rust decoder panics and prints a backtrace to stderr.
@@ -849,6 +851,38 @@ def _decode_dicom_pixels(ds: Dataset, source: str, corrupt_fix: str) -> np.ndarr
             "export the 2-D mammogram as a single-frame greyscale DICOM file",
         )
     return arr
+
+
+def _check_codestream_end(ds: Dataset, tsuid: str, ts_name: str, source: str, corrupt_fix: str) -> None:
+    """Raise when a JPEG, JPEG-LS or JPEG 2000 frame lacks its closing marker (EOI / EOC, both FFD9).
+
+    The decoders do not: pyjpegls and libjpeg decode a codestream cut to a third into an image whose missing rows
+    are garbage or grey, without an error. Entropy-coded data never holds FFD9 (JPEG stuffs a 00 after every FF,
+    JPEG-LS and JPEG 2000 a byte below 0x90), so a frame that does not end with it was cut. DICOM pads a fragment
+    to an even length with 00 (and some writers with FF), which is stripped first. RLE needs no check here: its
+    header gives the segment offsets and pydicom's decoder (the one used) refuses short segments.
+    """
+    from pydicom import uid as pd_uid
+    from pydicom.encaps import generate_frames
+
+    marked = (*pd_uid.JPEGTransferSyntaxes, *pd_uid.JPEGLSTransferSyntaxes, *pd_uid.JPEG2000TransferSyntaxes)
+    if tsuid not in marked:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except _FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken item/fragment structure is a damaged file
+        raise ImageReadError(
+            source, f"the compressed pixel data ({ts_name}) cannot be split into frames ({_short(exc)})", corrupt_fix
+        ) from None
+    if not bytes(frame).rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+        raise ImageReadError(
+            source,
+            f"the compressed pixel data ({ts_name}, {len(frame)} bytes) has no end-of-image marker (FFD9): the "
+            "codestream is cut off, and decoding it would give an image with missing or garbage rows",
+            corrupt_fix,
+        )
 
 
 def _check_native_length(ds: Dataset, source: str, n_frames: int, corrupt_fix: str) -> None:
@@ -1094,6 +1128,20 @@ def _pgm_header(data: bytes, source: str) -> tuple[int, int, int, int]:
     return width, height, maxval, pos + 1
 
 
+#: What may follow a binary PGM's raster: a line end some writers add. Anything more means the header describes
+#: less than the file holds (the reader would keep only the first rows: a silent crop) or several images.
+_PGM_TRAILER_BYTES = 2
+
+
+def _pgm_extra_error(source: str, width: int, height: int, need: str, have: str) -> ImageReadError:
+    return ImageReadError(
+        source,
+        f"the PGM header gives {width}x{height} pixels ({need}) but the file holds {have} of pixel data: the "
+        "header does not describe the data (reading it would crop the image), or the file holds several images",
+        _PGM_FIX,
+    )
+
+
 def _parse_pgm(data: bytes, source: str) -> tuple[np.ndarray, int]:
     width, height, maxval, offset = _pgm_header(data, source)
     _check_pixels(source, height, width, bytes_per_sample=2 if maxval > 255 else 1)
@@ -1107,6 +1155,9 @@ def _parse_pgm(data: bytes, source: str) -> tuple[np.ndarray, int]:
                 f"the PGM file is truncated: {width}x{height} pixels need {need} bytes, it has {len(data) - offset}",
                 _PGM_FIX,
             )
+        extra = data[offset + need :]
+        if len(extra) > _PGM_TRAILER_BYTES or extra.strip():
+            raise _pgm_extra_error(source, width, height, f"{need} bytes", f"{len(data) - offset} bytes")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(height, width)
     else:
         text = re.sub(rb"#[^\r\n]*", b" ", data[offset:])
@@ -1115,6 +1166,8 @@ def _parse_pgm(data: bytes, source: str) -> tuple[np.ndarray, int]:
             raise ImageReadError(
                 source, f"the plain PGM (P2) file is truncated: {len(tokens)} of {count} values", _PGM_FIX
             )
+        if len(tokens) > count:
+            raise _pgm_extra_error(source, width, height, f"{count} values", f"{len(tokens)} values")
         try:
             arr = np.array(tokens[:count]).astype(np.int64).reshape(height, width)
         except ValueError:

@@ -41,6 +41,7 @@ from cadx.errors import CadxInputError
 from cadx.methods import METHODS
 
 __all__ = [
+    "EXPERIMENT_NAME_MAX",
     "SCHEMA_VERSION",
     "Binormal",
     "Calibration",
@@ -57,6 +58,7 @@ __all__ = [
     "SweepLayer",
     "WeightsRecord",
     "config_sha256",
+    "experiment_name",
     "from_json",
     "json_safe",
     "json_schema",
@@ -68,6 +70,28 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 """The version :class:`ExperimentResults` are written with (1: records from before this module, no key)."""
+
+EXPERIMENT_NAME_MAX = 128
+"""The longest experiment name, in characters: the ``experiments.name`` column (``db.models``) and every place a name
+is typed (``cadx sweep/evaluate --name``, the Sweep page, Rename) check this one limit through
+:func:`experiment_name`."""
+
+
+def experiment_name(value: str | None) -> str:
+    """``value`` with surrounding blanks removed, checked as an experiment name.
+
+    Raises
+    ------
+    CadxInputError
+        When it is empty or longer than :data:`EXPERIMENT_NAME_MAX` characters.
+    """
+    name = (value or "").strip()
+    if not name:
+        raise CadxInputError("name", "the experiment name is empty", "type a name")
+    if len(name) > EXPERIMENT_NAME_MAX:
+        raise CadxInputError("name", f"the experiment name has {len(name)} characters",
+                             f"use at most {EXPERIMENT_NAME_MAX}")
+    return name
 
 _OMIT_NONE = "omit_none"  # field metadata: the key is left out when the value is None
 _OMIT_IF = "omit_if"  # ... left out when the value equals this

@@ -20,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 
 from cadx import labels as _labels
 from cadx import words as _words
+from cadx.records import EXPERIMENT_NAME_MAX
 
 __all__ = [
     "Base",
@@ -226,7 +227,7 @@ class Experiment(Base):
     __tablename__ = "experiments"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(EXPERIMENT_NAME_MAX))
     kind: Mapped[str] = mapped_column(String(16))  # "sweep" | "evaluate"
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     config_sha256: Mapped[str] = mapped_column(String(64), index=True)

@@ -146,12 +146,18 @@ def page_asked_before_sign_in(pages: dict, navigation) -> object | None:
 def plain(text: object) -> str:
     """``text`` (user data: lesion keys, user names, notes, experiment names, file names) escaped so that the
     markdown of st.markdown / st.caption / st.info / widget labels shows it literally: no link, image, HTML,
-    colour directive, emoji shortcode or formula is interpreted, and it stays on one line."""
-    value = " ".join(str(text).split())
+    colour directive, emoji shortcode or formula is interpreted, and it stays on one line.
+
+    Backslashes do not stop GFM's autolinks: remark-gfm finds ``https://…``, ``www.…`` and ``a@b.c`` in the text
+    *after* escapes are resolved and links them. An invisible WORD JOINER (U+2060) inside each trigger (before
+    ``://`` and the ``.`` of ``www.``, after ``@``) leaves them inert and looking the same."""
+    value = _AUTOLINK_TRIGGER.sub(_WORD_JOINER, " ".join(str(text).split()))
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
 
 
 _MD_SPECIAL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~:$=&\"']")
+_WORD_JOINER = "\u2060"
+_AUTOLINK_TRIGGER = re.compile(r"(?i)(?<=www)(?=\.)|(?=://)|(?<=@)")
 
 
 def _server_address() -> str | None:

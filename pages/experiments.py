@@ -10,7 +10,7 @@ import streamlit as st
 from cadx import words
 from cadx.cohorts import CohortDefinition
 from cadx.errors import CadxInputError
-from cadx.records import to_json
+from cadx.records import EXPERIMENT_NAME_MAX, to_json
 from cadx.workflows import delete_experiment, list_experiments, rename_experiment
 from cadx.workflows.accounts import can
 from cadx.workflows.experiments import load_experiment
@@ -132,7 +132,8 @@ st.download_button("Config and results (JSON)", json.dumps(to_json(record), inde
 rename, remove = st.columns(2)
 with rename:
     st.markdown("**Rename**")
-    new_name = st.text_input("New name", value=e["name"], key=f"exp_new_name_{experiment_id}")
+    new_name = st.text_input("New name", value=e["name"], max_chars=EXPERIMENT_NAME_MAX,
+                             key=f"exp_new_name_{experiment_id}")
     if st.button("Rename", key="exp_rename", disabled=not can(current_role(), "run")):
         try:
             rename_experiment(ws, experiment_id, new_name, user=current_user())

@@ -6,6 +6,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cadx import words
+from cadx.errors import CadxInputError
+from cadx.records import EXPERIMENT_NAME_MAX
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.accounts import can
 from cadx.workflows.experiments import DEFAULT_FOLDS, MAX_REPEATS, ExperimentSettings
@@ -191,7 +193,8 @@ with st.expander("Start a sweep", expanded=not experiments):
                            key="sweep_analytic")
     cohort = cohort_picker("sweep_cohort", n_folds=int(n_folds))
     cohort_editor("sweep_cohort")
-    name = st.text_input("Name", value=f"{backbone} sweep", key=f"sweep_name_{backbone}")
+    name = st.text_input("Name", value=f"{backbone} sweep", max_chars=EXPERIMENT_NAME_MAX,
+                         key=f"sweep_name_{backbone}")
     may_run = can(current_role(), "run")
     if not may_run:
         st.caption("Starting a sweep needs the reviewer role.")
@@ -209,12 +212,16 @@ with st.expander("Start a sweep", expanded=not experiments):
                                           seed=int(seed), repeats=int(repeats), cohort=cohort["name"])
             params = {"backbone": backbone, "weights": weights, "name": name.strip() or f"{backbone} sweep",
                       **settings.to_params()}
-            job_id = submit_job(ws, "experiment", params, user=current_user())
-            ensure_worker(ws)
-            st.session_state.setdefault("sweep_jobs", []).append(job_id)
-            st.session_state["sweep_queued_toast"] = True
-            st.session_state["sweep_last_toast"] = f"Sweep queued as job {job_id}."
-            st.rerun()  # the job panel at the top shows it
+            try:
+                job_id = submit_job(ws, "experiment", params, user=current_user())
+            except CadxInputError as exc:  # e.g. a name over EXPERIMENT_NAME_MAX (a session from before the limit)
+                st.error(plain(exc))
+            else:
+                ensure_worker(ws)
+                st.session_state.setdefault("sweep_jobs", []).append(job_id)
+                st.session_state["sweep_queued_toast"] = True
+                st.session_state["sweep_last_toast"] = f"Sweep queued as job {job_id}."
+                st.rerun()  # the job panel at the top shows it
 
 # ------------------------------------------------------------------------------------------------- chart ---
 st.subheader("AUC per tap")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -33,8 +35,10 @@ def write_mammogram(
     view: str = "CC",
     laterality: str = "L",
     extra: dict | None = None,
+    syntax: str | None = None,
 ) -> Path:
-    """Write ``pixels`` (uint16, shape (H, W)) as an uncompressed MG DICOM, with PHI in standard and private tags."""
+    """Write ``pixels`` (uint16, shape (H, W)) as an MG DICOM, with PHI in standard and private tags; uncompressed
+    unless ``syntax`` names a transfer syntax pydicom can encode (RLE, JPEG-LS, JPEG 2000)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image - For Presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -67,7 +71,19 @@ def write_mammogram(
     for keyword, value in (extra or {}).items():
         setattr(ds, keyword, value)
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    if syntax is not None:
+        ds.compress(syntax)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cut_codestream(path: Path, keep: float = 1 / 3) -> Path:
+    """Rewrite the compressed DICOM at ``path`` with its frame's codestream cut to ``keep`` of its length: a valid
+    DICOM file whose pixel data ends part-way (as a broken transfer leaves it)."""
+    ds = dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: int(len(frame) * keep)]])
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from cadx import words
-from cadx.records import to_json
+from cadx.records import EXPERIMENT_NAME_MAX, to_json
 from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone
@@ -203,6 +203,7 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
     at.selectbox(key="sweep_ensemble_alexnet").select("fc8").run()
     at.number_input(key="sweep_folds").set_value(4).run()
     at.number_input(key="sweep_repeats").set_value(3).run()
+    assert at.text_input(key="sweep_name_alexnet").max_chars == EXPERIMENT_NAME_MAX  # the one limit (Rename's too)
     at.text_input(key="sweep_name_alexnet").input("queued from the page").run()
     at.button(key="sweep_start").click().run()
     assert not at.exception, at.exception
@@ -426,6 +427,7 @@ def test_experiments_page_shows_reproducibility_and_renames_and_deletes(use, exp
     scratch = _copy_experiment(data, experiment_id, "scratch copy")
     at = _run("pages/experiments.py")
     at.selectbox(key="exp_selected").select(scratch).run()
+    assert at.text_input(key=f"exp_new_name_{scratch}").max_chars == EXPERIMENT_NAME_MAX
     at.text_input(key=f"exp_new_name_{scratch}").input("renamed copy").run()
     at.button(key="exp_rename").click().run()
     assert any("renamed to “renamed copy”" in s.value for s in at.success)

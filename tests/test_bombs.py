@@ -207,3 +207,87 @@ def test_a_zip_whose_directory_understates_sizes_is_caught_while_unpacking():
     out = unpack_upload([("forged.zip", bytes(forged))])
     assert not out.images and len(out.refused) == 1
     assert peak < 20
+
+
+# ------------------------------------------------------------------------------------------- fold models ---
+def _fold_model():
+    from cadx.foldmodel import FoldModel
+
+    return FoldModel(keep=np.ones(4, bool), mean=np.zeros(4), scale=np.ones(4), support=np.arange(3),
+                     dual_coef=np.array([1.0, -1.0, 0.5]), intercept=0.1, gamma=0.25, coef0=0.0, degree=3, C=1.0,
+                     platt_a=-1.0, platt_b=0.0, test=np.arange(3), test_decision=np.zeros(3), test_proba=np.full(3, .5))
+
+
+def _npz_with_member(base: bytes, name: str, header_shape: tuple[int, ...], n_zero_bytes: int) -> bytes:
+    """``base``'s members, with ``name`` (added or replaced) as a float64 ``.npy`` whose header declares
+    ``header_shape`` and whose data is ``n_zero_bytes`` zeros, deflated on the fly (never held inflated)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(base)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info, src.read(info))
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with dst.open(info, "w", force_zip64=True) as member:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                          "shape": header_shape})
+            member.write(header.getvalue())
+            zeros = bytes(MiB)
+            for _ in range(n_zero_bytes // MiB):
+                member.write(zeros)
+            member.write(bytes(n_zero_bytes % MiB))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fold_model_bomb() -> bytes:
+    """A fold model whose ``mean`` inflates to 300 MiB from about 300 KB."""
+    return _npz_with_member(_fold_model().to_bytes(), "mean.npy", (300 * MiB // 8,), 300 * MiB)
+
+
+def test_a_fold_model_member_too_big_is_refused_from_the_zip_directory(fold_model_bomb):
+    """Before, np.load inflated every member (300 MiB here; 2 GB as easily) and only then checked names and sizes."""
+    from cadx.foldmodel import FoldModel, FoldModelError, read_test_scores
+
+    assert len(fold_model_bomb) < MiB
+    error, peak = _peak_mib(lambda: FoldModel.from_bytes(fold_model_bomb, where="experiment 3 fold 1"))
+    assert peak < 20, f"peak {peak:.0f} MiB while refusing a bomb"
+    assert isinstance(error, FoldModelError), error
+    assert "experiment 3 fold 1" in str(error) and "mean.npy inflates to" in str(error)
+    error, peak = _peak_mib(lambda: read_test_scores(fold_model_bomb, where="scores"))
+    assert peak < 20, f"peak {peak:.0f} MiB"
+    assert isinstance(error, FoldModelError) and "mean.npy" in str(error), error
+    assert FoldModel.from_bytes(_fold_model().to_bytes()).degree == 3  # a genuine one still loads
+
+
+def test_a_fold_model_member_of_unknown_name_is_refused_before_inflating(fold_model_bomb):
+    from cadx.foldmodel import FoldModel, FoldModelError
+
+    renamed = fold_model_bomb.replace(b"mean.npy", b"evil.npy")  # the local header's and the directory's name
+    assert renamed.count(b"evil.npy") == 2
+    error, peak = _peak_mib(lambda: FoldModel.from_bytes(renamed, where="restored model"))
+    assert peak < 20, f"peak {peak:.0f} MiB while refusing a bomb"
+    assert isinstance(error, FoldModelError), error
+    assert "unknown or repeated members ['evil.npy']" in str(error)
+
+
+def test_a_fold_model_npy_header_claiming_a_huge_shape_is_refused_before_allocating():
+    """A 300-byte member whose .npy header declares 200 million float64 values: np.load allocated 1.6 GB first."""
+    from cadx.foldmodel import FoldModel, FoldModelError
+
+    forged = _npz_with_member(_fold_model().to_bytes(), "support.npy", (200_000_000,), 24)
+    error, peak = _peak_mib(lambda: FoldModel.from_bytes(forged, where="restored model"))
+    assert peak < 20, f"peak {peak:.0f} MiB"
+    assert isinstance(error, FoldModelError), error
+    assert "support.npy" in str(error) and "does not fit its" in str(error)
+
+
+def test_a_fold_model_whose_directory_claims_more_than_deflate_can_give_is_refused():
+    from cadx.foldmodel import FoldModel, FoldModelError
+
+    real = bytearray(_fold_model().to_bytes())
+    cd = real.index(b"PK\x01\x02")  # the first member's central-directory entry
+    struct.pack_into("<I", real, cd + 24, 50 * MiB)  # its uncompressed size: far beyond 1032 x its stored size
+    with pytest.raises(FoldModelError, match="forged zip directory"):
+        FoldModel.from_bytes(bytes(real))

@@ -152,3 +152,56 @@ def test_an_error_is_one_unwrapped_line_in_a_narrow_terminal(tmp_path, monkeypat
     assert result.exit_code == 2
     error_line = next(line for line in result.output.splitlines() if line.startswith("Error:"))
     assert "unknown exclusion reason" in error_line and len(error_line) > 20
+
+
+MARKUP = "[/x] [red]boom[/red] [bold]"  # rich markup: "[/x]" made rich raise, "[red]" restyled the output
+
+
+def test_user_text_in_errors_and_notes_is_printed_literally(tmp_path):
+    """An error quoting user input and a cohort's description: with markup on, "[/x]" raised MarkupError."""
+    result = runner.invoke(app, ["exclude", "1", "--reason", MARKUP, "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2, result.output
+    assert MARKUP in result.output and "unknown exclusion reason" in result.output
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["demo", "--lesions", "3", "--data-dir", str(data)]).exit_code == 0
+    result = runner.invoke(app, ["cohort", "create", "tagged", "--source", "demo", "--synthetic", "synthetic",
+                                 "--description", MARKUP, "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert MARKUP in result.output
+    result = runner.invoke(app, ["cohort", "show", "tagged", "--data-dir", str(data)])
+    assert result.exit_code == 0 and MARKUP in result.output, result.output
+
+
+def test_experiment_names_have_one_limit_checked_before_any_work(tmp_path):
+    from cadx.errors import CadxInputError
+    from cadx.records import EXPERIMENT_NAME_MAX, experiment_name
+    from cadx.workflows import open_workspace
+    from cadx.workflows.jobs import submit_job
+    from db.models import Experiment
+
+    assert EXPERIMENT_NAME_MAX == 128 and Experiment.__table__.c.name.type.length == EXPERIMENT_NAME_MAX
+    assert experiment_name(" " + "x" * 128 + " ") == "x" * 128
+    data = tmp_path / "data"  # no data at all: a name refused before anything is looked at
+    result = runner.invoke(app, ["sweep", "--name", "x" * 135, "--data-dir", str(data)])
+    assert result.exit_code == 2, result.output
+    assert "the experiment name has 135 characters" in result.output and "at most 128" in result.output
+    workspace = open_workspace(data)
+    with pytest.raises(CadxInputError, match="at most 128"):  # the Sweep page's queue, and scripts
+        submit_job(workspace, "experiment", {"name": "x" * 129}, user="tester")
+    workspace.engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_sweep_named_with_markup_is_stored_and_listed_literally(tmp_path):
+    """Before, `cadx sweep --name '[/x]'` stored the experiment, then crashed printing it; `cadx experiments` then
+    crashed on every call."""
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["demo", "--lesions", "12", "--seed", "2", "--data-dir", str(data)]).exit_code == 0
+    result = runner.invoke(app, ["sweep", "--name", MARKUP, "--taps", "fc8", "--tap", "fc8", "--no-analytic",
+                                 "--repeats", "1", "--backbone", "alexnet", "--weights", "random", "--min-lesions-per-fold", "1",
+                                 "--data-dir", str(data), "--user", "tester"])
+    assert result.exit_code == 0, result.output
+    assert f"'{MARKUP}'" in result.output and "RANDOM (UNTRAINED) WEIGHTS" in result.output
+    result = runner.invoke(app, ["experiments", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "│ [/x] [red]boom[/red]   │" in result.output and "│ [bold]  " in result.output  # the cell wraps at 80

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from pydicom.uid import JPEGLSLossless
 from sqlalchemy import func, select
 
 from cadx.roi import decode_png16
 from cadx.workflows import import_dicom_folder, import_manifest
 from db.models import Base, Image, Lesion, Patient, Roi
-from tests.dicom_factory import PHI, PRIVATE_PHI, SEQUENCE_PHI, disk_image, write_mammogram
+from tests.dicom_factory import PHI, PRIVATE_PHI, SEQUENCE_PHI, cut_codestream, disk_image, write_mammogram
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -116,6 +117,14 @@ def _bad_case(kind: str, tmp_path: Path) -> tuple[Path, str]:
         data = _good_dicom(tmp_path, "full.dcm").read_bytes()
         (folder / "cut.dcm").write_bytes(data[: len(data) // 2])
         bad["image"], expect = "cut.dcm", "truncated"
+    elif kind == "jpegls-cut":  # a valid file whose JPEG-LS codestream stops a third of the way
+        write_mammogram(folder / "third.dcm", disk_image((400, 400), (200, 200), 30), syntax=JPEGLSLossless)
+        cut_codestream(folder / "third.dcm")
+        bad["image"], expect = "third.dcm", "end-of-image marker"
+    elif kind == "pgm-crop":  # the header gives fewer rows than the data holds
+        raster = np.full((300, 300), 100, np.uint8).tobytes()
+        (folder / "crop.pgm").write_bytes(b"P5\n300 200\n255\n" + raster)
+        bad["image"], bad["pixel_size_mm"], expect = "crop.pgm", "0.1", "crop the image"
     elif kind == "corrupt":
         (folder / "noise.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 8)
         bad["image"], expect = "noise.dcm", "no pixel data"
@@ -144,7 +153,7 @@ def _bad_case(kind: str, tmp_path: Path) -> tuple[Path, str]:
     return _write_csv(folder / "manifest.csv", [row, bad]), expect
 
 
-BAD_KINDS = ["truncated", "corrupt", "non-image", "centre-outside", "unknown-pixel-size", "no-spacing-dicom",
+BAD_KINDS = ["truncated", "jpegls-cut", "pgm-crop", "corrupt", "non-image", "centre-outside", "unknown-pixel-size", "no-spacing-dicom",
              "duplicate", "missing-file", "label-conflict"]
 
 

@@ -17,11 +17,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.pixels import get_encoder
 from pydicom.uid import (
+    JPEG2000,
     MPEG2MPML,
     DigitalMammographyXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
     generate_uid,
 )
@@ -38,6 +41,7 @@ from cadx.io import (
     require_pixel_spacing,
     to_uint16,
 )
+from tests.dicom_factory import cut_codestream
 
 KEY = b"k" * 32
 
@@ -365,6 +369,54 @@ def test_truncated_compressed_dicom(tmp_path: Path, syntax: pydicom.uid.UID) -> 
         assert_read_error(exc_info, path.name)
 
 
+def _jpeg_baseline_dicom(image: np.ndarray, path: Path) -> Path:
+    """An 8-bit JPEG Baseline DICOM; pydicom has no JPEG encoder, so Pillow (libjpeg) writes the codestream."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    ds = make_ds(image, bits_stored=8, LossyImageCompression="01")
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = pydicom.encaps.encapsulate([buf.getvalue()])
+    return save(ds, path)
+
+
+@pytest.mark.parametrize(
+    "syntax", [JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless, JPEGBaseline8Bit],
+    ids=lambda u: u.name)
+def test_codestream_cut_to_a_third_is_refused(tmp_path: Path, syntax: pydicom.uid.UID) -> None:
+    """A valid DICOM whose compressed frame stops a third of the way: pyjpegls and libjpeg decode it without error
+    into an image whose last rows are garbage or grey; it must be refused, naming the file."""
+    yy, xx = np.mgrid[:64, :64]
+    if syntax == JPEGBaseline8Bit:
+        image = ((yy * 3 + xx * 2) % 256).astype(np.uint8)
+        whole = _jpeg_baseline_dicom(image, tmp_path / "whole.dcm")
+    else:
+        image = ((yy * 37 + xx * 11) % 4096).astype(np.uint16)
+        ds = make_ds(image, bits_stored=12)
+        ds.compress(syntax, **({"jls_error": 2} if syntax == JPEGLSNearLossless else {}),
+                    **({"j2k_psnr": [80]} if syntax == JPEG2000 else {}))
+        whole = save(ds, tmp_path / "whole.dcm")
+    assert np.abs(read_image(whole).pixels - image).max() <= 8  # the uncut file reads (lossy: within 8)
+    cut = cut_codestream(whole.rename(tmp_path / "third.dcm"))
+    with pytest.raises(ImageReadError) as exc_info:
+        read_image(cut)
+    assert_read_error(exc_info, "third.dcm")
+    if syntax != RLELossless:  # RLE's decoder reports the short segment itself
+        assert "end-of-image marker" in exc_info.value.problem
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")  # pydicom warns, then cadx raises
+def test_jpegls_file_cut_is_refused(tmp_path: Path) -> None:
+    ds = make_ds(np.random.default_rng(1).integers(0, 4096, size=(32, 32), dtype=np.uint16), bits_stored=12)
+    ds.compress(JPEGLSLossless)
+    data = save(ds, tmp_path / "whole.dcm").read_bytes()
+    for cut in (len(data) // 3, len(data) - 7):
+        path = tmp_path / f"cut{cut}.dcm"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ImageReadError) as exc_info:
+            read_image(path)
+        assert_read_error(exc_info, path.name)
+
+
 def test_pixel_data_too_short(tmp_path: Path) -> None:
     ds = make_ds(np.zeros((32, 32), dtype=np.uint16))
     ds.PixelData = ds.PixelData[: 32 * 16 * 2]  # half of Rows * Columns * 16 bits
@@ -480,6 +532,30 @@ def test_pgm_variants(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as exc_info:
         read_image_bytes(p5[:-3], name="cut.pgm")
     assert_read_error(exc_info, "cut.pgm")
+
+
+def test_pgm_header_must_describe_all_the_data() -> None:
+    """A header giving fewer rows or columns than the data holds used to read as a crop; more, as a truncation
+    error. Both are refused naming the file; one trailing line end after the raster is accepted."""
+    values = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    raster = values.tobytes()
+    assert read_image_bytes(b"P5\n6 4\n255\n" + raster + b"\n", name="ok.pgm").pixels.shape == (4, 6)
+    np.testing.assert_array_equal(read_image_bytes(b"P5\n6 4\n255\n" + raster, name="ok.pgm").pixels, values)
+    for header, what in ((b"P5\n6 3\n255\n", "crop"), (b"P5\n5 4\n255\n", "crop"), (b"P5\n6 5\n255\n", "truncated")):
+        with pytest.raises(ImageReadError) as exc_info:
+            read_image_bytes(header + raster, name="rows.pgm")
+        assert_read_error(exc_info, "rows.pgm")
+        assert what in exc_info.value.problem
+    with pytest.raises(ImageReadError) as exc_info:
+        read_image_bytes(b"P5\n6 4\n255\n" + raster + b"P5\n6 4\n255\n" + raster, name="two.pgm")
+    assert_read_error(exc_info, "two.pgm")
+    plain = " ".join(str(v) for v in values.ravel()).encode()
+    assert read_image_bytes(b"P2\n6 4\n255\n" + plain + b"\n# end\n", name="ok.pgm").pixels.shape == (4, 6)
+    for header, what in ((b"P2\n6 3\n255\n", "crop"), (b"P2\n6 5\n255\n", "truncated")):
+        with pytest.raises(ImageReadError) as exc_info:
+            read_image_bytes(header + plain, name="plain.pgm")
+        assert_read_error(exc_info, "plain.pgm")
+        assert what in exc_info.value.problem
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])

@@ -53,6 +53,7 @@ from cadx.records import (
     SweepLayer,
     WeightsRecord,
     config_sha256,
+    experiment_name,
     from_json,
     json_safe,
     read_config,
@@ -562,6 +563,7 @@ def run_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettin
     compute the statistics again when they were, and stores exactly the record of an uninterrupted run. The stages
     not checkpointed keep their output elsewhere (features in their stores) or name the data (the cohort).
     """
+    name = experiment_name(name)  # before any work: the record could not be stored
     started = time.perf_counter()
     cohort = select_cohort(workspace, loaded, settings)
     meter = StageMeter.for_cohort(progress, cohort, settings)

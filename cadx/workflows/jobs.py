@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from cadx.errors import CadxError, CadxInputError
+from cadx.records import experiment_name
 from cadx.workflows.workspace import Workspace
 from db.models import Job, JobCheckpoint
 
@@ -159,6 +160,8 @@ def submit_job(workspace: Workspace, kind: str, params: dict[str, Any], *, user:
     """Queue a job; returns its id. ``params`` are those of the matching workflow (see ``_run_job``)."""
     if kind not in JOB_KINDS:
         raise CadxInputError("job kind", f"unknown job kind {kind!r}", f"use one of {list(JOB_KINDS)}")
+    if kind == "experiment" and params.get("name") is not None:  # refused now, not when the sweep has run
+        params = {**params, "name": experiment_name(params["name"])}
     with workspace.sessions.begin() as session:
         job = Job(kind=kind, params=params, status="queued", created_by=user, message="queued")
         session.add(job)

@@ -24,7 +24,7 @@ from cadx.errors import CadxInputError
 from cadx.labels import label_word
 from cadx.methods import METHODS
 from cadx.outline import decode_mask_png, draw_outline
-from cadx.records import LevelResults, MethodRecord, SweepLayer, read_results
+from cadx.records import LevelResults, MethodRecord, SweepLayer, experiment_name, read_results
 from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.experiments import compare_methods, method_statistics, record_of
@@ -58,7 +58,6 @@ Level = Literal["roi", "lesion"]
 #: Table-1 names of the classifiers (from the registry ``cadx.methods.METHODS``).
 METHOD_NAMES = {key: m.name for key, m in METHODS.items()}
 _SCORE_COLUMNS = [m.column for m in METHODS.values()]  # p1, p2, p3, pz
-_NAME_MAX = 128
 
 
 def _experiment(session: Any, experiment_id: int) -> Experiment:
@@ -164,11 +163,7 @@ def calibration_notes(results: LevelResults) -> list[str]:
 
 def rename_experiment(workspace: Workspace, experiment_id: int, name: str, *, user: str) -> None:
     """Give an experiment a new name (its config and numbers never change)."""
-    name = (name or "").strip()
-    if not name:
-        raise CadxInputError("name", "the name is empty", "type a name")
-    if len(name) > _NAME_MAX:
-        raise CadxInputError("name", f"the name has {len(name)} characters", f"use at most {_NAME_MAX}")
+    name = experiment_name(name)
     with workspace.sessions.begin() as session:
         experiment = _experiment(session, experiment_id)
         record_audit(session, user=user, action="experiment_rename", target=f"experiment {experiment_id}",
