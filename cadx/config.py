@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cadx.private import make_private_dirs
+
 __all__ = ["data_dir", "database_url"]
 
 _DEFAULT_DATA_DIR = Path.home() / ".cadx"
@@ -13,8 +15,7 @@ _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 def data_dir() -> Path:
     """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx``. Created when missing."""
     path = Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when cadx creates it
-    return path
+    return make_private_dirs(path)  # owner-only when cadx creates it (parents included)
 
 
 def database_url(directory: Path) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cadx.errors import RoiError
+from cadx.private import make_private_dirs, private_memmap, write_private
 from cadx.roi import roi_sha256
 
 __all__ = ["DecodedRoiCache"]
@@ -41,7 +42,7 @@ class DecodedRoiCache(Mapping):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
         self._index: dict[str, tuple[Path, int]] = {}
         self._seen: set[Path] = set()
         self._maps: dict[Path, np.ndarray] = {}
@@ -105,8 +106,7 @@ class DecodedRoiCache(Mapping):
                         raise RoiError(f"ROI {sha[:12]}", "decoded pixels do not match the ROI's hash",
                                        "the stored ROI file changed or is damaged; re-import it")
                     if out is None:
-                        out = np.lib.format.open_memmap(tmp / "rois.npy", mode="w+", dtype=np.uint16,
-                                                        shape=(len(part), *pixels.shape))
+                        out = private_memmap(tmp / "rois.npy", dtype=np.uint16, shape=(len(part), *pixels.shape))
                     if pixels.shape != out.shape[1:]:
                         raise RoiError(f"ROI {sha[:12]}", f"shape {pixels.shape}, not {out.shape[1:]}",
                                        "ROIs in one cache chunk share one shape (512x512)")
@@ -116,7 +116,7 @@ class DecodedRoiCache(Mapping):
                 if out is not None:
                     out.flush()
                 del out
-                (tmp / "manifest.json").write_text(json.dumps({"rois": part, "dtype": "uint16"}))
+                write_private(tmp / "manifest.json", json.dumps({"rois": part, "dtype": "uint16"}))
                 os.replace(tmp, self.root / uuid.uuid4().hex)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from cadx import config
 from cadx.errors import CadxInputError
+from cadx.private import make_private_dirs
 from cadx.workflows.gc import collect_after_crash
-from cadx.workflows.workspace import IMPORT_LOCK_FILE, Workspace, make_private_dirs, private_sqlite_file
+from cadx.workflows.workspace import IMPORT_LOCK_FILE, Workspace, private_sqlite_file
 from db.session import SchemaNewerThanCodeError, create_db_engine, init_db, session_factory
 
 __all__ = ["open_workspace"]

@@ -24,6 +24,7 @@ from sqlalchemy import select
 import cadx
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
+from cadx.private import make_private_dirs, open_private, write_private
 from cadx.records import LevelResults, json_safe
 from cadx.report import CohortSummary, LabelCounts, ReportData, render_report, roi_set_sha256
 from cadx.workflows.experiments import load_experiment
@@ -147,8 +148,9 @@ def html_to_pdf(html_text: str, out: Path, *, timeout: float = 120.0) -> Path:
         if done.returncode != 0 or not target.exists() or target.stat().st_size == 0:
             raise CadxInputError("--pdf", f"Chromium could not print the report (exit {done.returncode}): "
                                  f"{done.stderr.strip()[-300:]}", "write the HTML only and print it from a browser")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, out)
+        make_private_dirs(out.parent)
+        with target.open("rb") as printed, open_private(out) as copy:
+            shutil.copyfileobj(printed, copy)
     return out
 
 
@@ -157,8 +159,8 @@ def write_report(workspace: Workspace, experiment_id: int, out: Path, *, level: 
     """Write the HTML report (and optionally its PDF); returns the paths written."""
     text = report_html(workspace, experiment_id, level=level)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    make_private_dirs(out.parent)
+    write_private(out, text)
     written = {"html": out}
     if pdf is not None:
         written["pdf"] = html_to_pdf(text, pdf)
