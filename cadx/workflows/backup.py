@@ -132,10 +132,11 @@ def _revision(workspace: Workspace) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-# This server's sign-in state (hashes of session tokens, sign-in throttling counters): never written to a backup,
+# This server's sign-in state (hashes of session tokens, sign-in throttling counters) and its workspace identity
+# (the restored workspace keeps its own, see cadx.workflows.opening): never written to a backup,
 # and ignored in one made by an older cadx, so that a restored workspace starts with everyone signed out and a
 # backup from elsewhere cannot carry a session whose token its maker knows.
-_SERVER_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts"})
+_SERVER_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts", "workspace_identity"})
 
 
 def _backed_up_tables() -> list[Any]:
@@ -258,7 +259,7 @@ def restore_workspace(workspace: Workspace, source: str | Path, *, key: bytes | 
     """
     source = Path(source)
     with workspace.sessions() as session:
-        if any(session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables):
+        if any(session.scalar(select(func.count()).select_from(t)) for t in _backed_up_tables()):
             raise CadxInputError(str(workspace.data_dir), "the target workspace is not empty",
                                  "restore into a new data directory (and an empty database)")
     if key is None:
