@@ -118,6 +118,7 @@ from cadx import validation
 from cadx.backbones import BACKBONE_SPECS
 from cadx.diskspace import preallocated_memmap, require_free_space
 from cadx.errors import RoiError, UnknownNameError, WeightsUnavailableError
+from cadx.private import make_private_dirs, open_private, private_memmap, write_private
 
 if TYPE_CHECKING:
     from cadx.gram import ChunkedMatrix
@@ -1214,7 +1215,7 @@ class _ChunkWriter:
 
     def _open(self) -> None:
         size = min(self._chunk_rows, len(self._hashes) - self._start)
-        self._chunks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self._chunks)
         self._tmp = Path(tempfile.mkdtemp(dir=self._chunks, prefix=".tmp-"))
         self._maps = {
             tap: preallocated_memmap(self._tmp / f"{tap}.npy", np.float32, (size, n))  # no SIGBUS on a full disk
@@ -1249,7 +1250,7 @@ class _ChunkWriter:
             "taps": self._n_features,
             "created": time.time(),
         }
-        (self._tmp / "manifest.json").write_text(json.dumps(manifest))
+        write_private(self._tmp / "manifest.json", json.dumps(manifest))
         os.replace(self._tmp, self._chunks / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}")
         self._tmp = None
         self._start += self._filled
@@ -1262,7 +1263,8 @@ class _ChunkWriter:
             self._maps = {}
             for tap in self._n_features:
                 full = np.load(self._tmp / f"{tap}.npy", mmap_mode="r")
-                np.save(self._tmp / f"{tap}.part.npy", full[: self._filled])
+                with open_private(self._tmp / f"{tap}.part.npy") as part:
+                    np.save(part, full[: self._filled])
                 del full
                 os.replace(self._tmp / f"{tap}.part.npy", self._tmp / f"{tap}.npy")
             self._commit()
@@ -1307,7 +1309,7 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self.root)
         self._manifests: dict[Path, dict] = {}
 
     def _set_dir(self, backbone: str, weights_sha256: str, preprocessing: str) -> Path:

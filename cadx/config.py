@@ -11,10 +11,9 @@ _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 
 
 def data_dir() -> Path:
-    """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx``. Created when missing."""
-    path = Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when cadx creates it
-    return path
+    """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx`` (:func:`cadx.workflows.open_workspace` creates it,
+    owner-only, once it has checked that it and the database are one workspace)."""
+    return Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
 
 
 def database_url(directory: Path) -> str:

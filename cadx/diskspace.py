@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cadx.errors import CadxInputError
+from cadx.private import private_memmap
 
 __all__ = ["preallocated_memmap", "require_free_space", "megabytes"]
 
@@ -37,7 +38,7 @@ def require_free_space(folder: str | os.PathLike[str], needed: int, *, what: str
 def preallocated_memmap(path: str | os.PathLike[str], dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
     """A new ``.npy`` file at ``path`` opened as a writable memory map (``open_memmap(path, "w+", ...)``) whose
     disk blocks are all allocated: an ``OSError`` (ENOSPC, naming ``path``) instead of SIGBUS when they do not fit."""
-    out: np.memmap = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    out: np.memmap = private_memmap(path, dtype=dtype, shape=shape)  # owner-only, like every stored file
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size

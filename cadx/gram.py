@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
+from cadx.private import write_private
+
 __all__ = [
     "GRAM_ENGINES",
     "ChunkedMatrix",
@@ -248,8 +250,8 @@ class ChunkedMatrix:
 
     def save_index(self, path: str | os.PathLike[str]) -> None:
         """Write the pieces as JSON (see :meth:`load_index`)."""
-        Path(path).write_text(json.dumps({"pieces": [[p, list(r)] for p, r in self.pieces],
-                                          "n_features": self.n_features, "dtype": self.dtype_str}))
+        write_private(path, json.dumps({"pieces": [[p, list(r)] for p, r in self.pieces],
+                                        "n_features": self.n_features, "dtype": self.dtype_str}))
 
     @classmethod
     def load_index(cls, path: str | os.PathLike[str]) -> ChunkedMatrix:

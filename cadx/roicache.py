@@ -26,6 +26,7 @@ import numpy as np
 
 from cadx.diskspace import preallocated_memmap
 from cadx.errors import RoiError
+from cadx.private import make_private_dirs, private_memmap, write_private
 from cadx.roi import roi_sha256
 
 __all__ = ["DecodedRoiCache"]
@@ -42,7 +43,7 @@ class DecodedRoiCache(Mapping):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
         self._index: dict[str, tuple[Path, int]] = {}
         self._seen: set[Path] = set()
         self._maps: dict[Path, np.ndarray] = {}
@@ -117,7 +118,7 @@ class DecodedRoiCache(Mapping):
                 if out is not None:
                     out.flush()
                 del out
-                (tmp / "manifest.json").write_text(json.dumps({"rois": part, "dtype": "uint16"}))
+                write_private(tmp / "manifest.json", json.dumps({"rois": part, "dtype": "uint16"}))
                 os.replace(tmp, self.root / uuid.uuid4().hex)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,20 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs beside real data (issue 26.1): a shell set up for the user's own PostgreSQL or data directory
+# (CADX_DATABASE_URL, CADX_DATA_DIR, as the README suggests) must not lead a test into it, and no CADX_* setting of
+# the shell (CADX_AUTH, CADX_GRAM_ENGINE, CADX_DASK_SCHEDULER, ...) may change what a test sees. So every CADX_*
+# variable goes, before anything imports cadx, except the suite's own harness settings, which say where the suite's
+# resources are and never where cadx keeps data:
+#   CADX_TEST_*        e.g. CADX_TEST_POSTGRES_URL (the suite's own PostgreSQL database), CADX_TEST_WORKERS
+#   CADX_SHARED_DATA   the read-only folder of real mammograms (see ``shared_data``)
+#   CADX_CHROMIUM      the browser the e2e tests drive (tests/e2e/conftest.py)
+# Tests that need a setting set it themselves (monkeypatch.setenv, or the env of the process they start).
+_HARNESS_VARIABLES = ("CADX_SHARED_DATA", "CADX_CHROMIUM")
+for _variable in [v for v in os.environ if v.startswith("CADX_")]:
+    if not _variable.startswith("CADX_TEST_") and _variable not in _HARNESS_VARIABLES:
+        del os.environ[_variable]
+
 for _variable in ("COLUMNS", "LINES", "TERMINAL_WIDTH", "FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "TTY_COMPATIBLE",
                   "TTY_INTERACTIVE", "GITHUB_ACTIONS"):
     os.environ.pop(_variable, None)  # rich: 80 columns, no colour, whatever terminal or CI service runs pytest
@@ -70,6 +84,15 @@ def _app_served_on_loopback():
 
     with patch_config_options({"server.address": "127.0.0.1"}):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_workspace_is_the_suites(tmp_path_factory):
+    """Code that opens the default workspace (no data directory given) opens one in the suite's temporary folder,
+    never ``~/.cadx``."""
+    os.environ["CADX_DATA_DIR"] = str(tmp_path_factory.mktemp("default-data-dir"))
+    yield
+    os.environ.pop("CADX_DATA_DIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -314,12 +314,14 @@ NAMES = ["Wojcik_Halina_1958", "Ndlovu-Thandiwe-MRN8831", "Kowalczyk_Study_Folde
 
 
 def _every_trace(workspace, backup: Path | None = None) -> str:
-    """Everything stored: every row, every file's name and content in the data directory, and a backup."""
+    """Everything stored: every row, every file's name and content in the data directory, and a backup. Except the
+    workspace's identity (``_snapshot`` leaves out its row too): it names where the data directory and the database
+    are, cadx's own settings, never an input's name; it is not backed up."""
     rows, _ = _snapshot(workspace)
     text = json.dumps(rows, default=str)
     for path in workspace.data_dir.rglob("*"):
         text += "\n" + str(path.relative_to(workspace.data_dir))
-        if path.is_file():
+        if path.is_file() and path.name != "workspace.json":
             text += path.read_bytes().decode("latin-1")
     if backup is not None:
         text += backup.read_bytes().decode("latin-1")
@@ -663,3 +665,50 @@ def test_a_session_smuggled_into_a_signed_backup_does_not_sign_anyone_in(workspa
         assert session.execute(text("SELECT COUNT(*) FROM auth_sessions")).scalar() == 0
         assert session.execute(text("SELECT COUNT(*) FROM users")).scalar() == 1  # the rest is restored
     assert session_account(fresh, known_token) is None
+
+
+@pytest.mark.slow
+def test_a_whole_workspace_is_owner_only_under_a_permissive_umask(tmp_path):
+    # issue 26.3: mkdir(mode=0o700, parents=True) set the last folder only, open_memmap / np.save / write_text used
+    # the umask. Under 022 (files 0644, folders 0755 unless cadx says otherwise) run every kind of writer: import,
+    # both feature stores and the decoded-ROI cache, a sweep, the layer explorer's cache, a report, a backup.
+    from cadx.workflows.explorer import explorer_activations, explorer_rois
+    from cadx.workflows.features import resolve_backbone
+
+    data = tmp_path / "deep" / "data"  # parents cadx creates too
+    previous = os.umask(0o022)
+    try:
+        common = ["--data-dir", str(data)]
+        commands = [
+            ["demo", "--lesions", "12", "--seed", "2"],
+            ["extract", "--backbone", "alexnet", "--weights", "random", "--taps", "fc7,fc8", "--decoded-cache"],
+            ["features"],
+            ["sweep", "--backbone", "alexnet", "--weights", "random", "--taps", "fc7,fc8", "--tap", "fc8",
+             "--repeats", "1", "--min-lesions-per-fold", "1"],
+            ["report", "1", "--out", str(data / "exports" / "reports" / "study.html")],
+            ["backup", str(tmp_path / "backup.tar")],
+        ]
+        for command in commands:
+            result = runner.invoke(app, [*command, *common])
+            assert result.exit_code == 0, (command, result.output)
+        workspace = open_workspace(data)
+        try:
+            loaded, _ = resolve_backbone("alexnet", weights="random")
+            _, cached = explorer_activations(workspace, loaded, int(explorer_rois(workspace, 1)["roi_id"].iloc[0]))
+            assert not cached
+        finally:
+            workspace.engine.dispose()
+    finally:
+        os.umask(previous)
+    found = {}
+    for root, dirs, files in os.walk(tmp_path / "deep"):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            found[path.relative_to(tmp_path).as_posix()] = stat.S_IMODE(path.lstat().st_mode)
+    found["backup.tar"] = stat.S_IMODE((tmp_path / "backup.tar").stat().st_mode)
+    for store in ("data/features/", "data/cache/decoded-rois/", "data/rois/", "data/exports/reports/study.html",
+                  "data/cadx.sqlite", "data/backup.key", "data/pseudonym.key"):
+        assert any(p.startswith(f"deep/{store}") for p in found), store  # every kind of writer did write
+    assert any(p.endswith(".npy") for p in found) and any(p.endswith(".npz") for p in found)
+    readable = {path: oct(mode) for path, mode in found.items() if mode & 0o077}
+    assert not readable

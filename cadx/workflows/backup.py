@@ -44,7 +44,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, select, text
 
 from cadx.errors import CadxInputError
-from cadx.workflows.gc import RESTORE_PLACED_FILE, RESTORE_STAGING_PREFIX, has_rows, remove_restored_files
+from cadx.workflows.gc import (
+    RESTORE_PLACED_FILE,
+    RESTORE_STAGING_PREFIX,
+    WORKSPACE_STATE_TABLES,
+    has_rows,
+    remove_restored_files,
+)
 from cadx.workflows.importing import Progress
 from cadx.workflows.storage import writing_files
 from cadx.workflows.workspace import PSEUDONYM_KEY_BYTES, Workspace, _create_key_file, make_private_dirs
@@ -145,10 +151,11 @@ def _revision(workspace: Workspace) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-# This server's sign-in state (hashes of session tokens, sign-in throttling counters): never written to a backup,
+# This server's sign-in state (hashes of session tokens, sign-in throttling counters) and its workspace identity
+# (the restored workspace keeps its own, see cadx.workflows.opening): never written to a backup,
 # and ignored in one made by an older cadx, so that a restored workspace starts with everyone signed out and a
 # backup from elsewhere cannot carry a session whose token its maker knows.
-_SERVER_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts"})
+_SERVER_STATE_TABLES = WORKSPACE_STATE_TABLES
 
 
 def _backed_up_tables() -> list[Any]:

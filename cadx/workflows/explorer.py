@@ -21,9 +21,10 @@ from sqlalchemy import select
 from cadx.errors import CadxInputError
 from cadx.explorer import ActivationCacheError, RoiActivations, roi_activations, score_position
 from cadx.labels import label_word
+from cadx.private import make_private_dirs
 from cadx.workflows.experiments import load_experiment
 from cadx.workflows.features import feature_store, roi_records
-from cadx.workflows.workspace import Workspace, make_private_dirs
+from cadx.workflows.workspace import Workspace
 from db.models import Lesion, Roi
 
 if TYPE_CHECKING:

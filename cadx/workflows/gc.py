@@ -25,7 +25,7 @@ from cadx.workflows.workspace import Workspace
 from db.models import Base, Roi, Segmentation
 
 __all__ = ["GcReport", "collect_garbage", "collect_after_crash", "GC_FOLDERS", "RESTORE_STAGING_PREFIX",
-           "RESTORE_PLACED_FILE", "has_rows", "remove_restored_files"]
+           "RESTORE_PLACED_FILE", "WORKSPACE_STATE_TABLES", "has_rows", "remove_restored_files"]
 
 GC_FOLDERS = ("rois", "truth", "segmentations")
 # Unfinished chunk folders of cadx.cnn.FeatureStore and cadx.roicache.DecodedRoiCache (written by extractions)
@@ -34,10 +34,16 @@ RESTORE_STAGING_PREFIX = ".tmp-restore-"  # in the data directory: a restore's v
 RESTORE_PLACED_FILE = "placed.json"  # in the staging folder: the stored files the restore moves into place
 
 
+# Rows about the server, not the workspace's content: never backed up or restored, and not what makes a workspace
+# "not empty" (a restore target has its identity from its first opening, and may have seen a sign-in attempt).
+WORKSPACE_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts", "workspace_identity"})
+
+
 def has_rows(workspace: Workspace) -> bool:
-    """Whether any table of the workspace's database has a row."""
+    """Whether any content table of the workspace's database (all but :data:`WORKSPACE_STATE_TABLES`) has a row."""
     with workspace.sessions() as session:
-        return any(session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables)
+        return any(session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables
+                   if t.name not in WORKSPACE_STATE_TABLES)
 
 
 def remove_restored_files(data_dir: Path, staging: Path) -> int:

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from cadx.errors import CadxError, CadxInputError
+from cadx.private import open_private, write_private
 from cadx.records import experiment_name
 from cadx.workflows.workspace import Workspace
 from db.models import Job, JobCheckpoint
@@ -584,7 +585,7 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     at a time."""
     path = workspace.data_dir / pid_file
     me = _identity()
-    path.write_text(f"{me.pid} {me.started}")
+    write_private(path, f"{me.pid} {me.started}")
     # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
     # a busy machine, which would silence the job's heartbeat thread.
     import torch  # noqa: F401
@@ -638,12 +639,12 @@ def ensure_worker(workspace: Workspace) -> bool:
             continue
         env = dict(os.environ, CADX_DATA_DIR=str(workspace.data_dir),
                    CADX_DATABASE_URL=workspace.engine.url.render_as_string(hide_password=False))
-        log = open(workspace.data_dir / "worker.log", "ab")
+        log = open_private(workspace.data_dir / "worker.log", "ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "cadx.cli", "worker", "--idle-exit", "600", "--pid-file", _pid_file_name(index)],
             env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
         )
-        (workspace.data_dir / _pid_file_name(index)).write_text(f"{process.pid} {_process_start(process.pid) or ''}")
+        write_private(workspace.data_dir / _pid_file_name(index), f"{process.pid} {_process_start(process.pid) or ''}")
         alive.append(index)
         started = True
     return started

@@ -26,6 +26,7 @@ from sqlalchemy import select
 import cadx
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
+from cadx.private import make_private_dirs, open_private, write_private
 from cadx.records import LevelResults, json_safe
 from cadx.report import CohortSummary, LabelCounts, ReportData, render_report, roi_set_sha256
 from cadx.workflows.experiments import load_experiment
@@ -160,12 +161,12 @@ def html_to_pdf(html_text: str, out: Path, *, timeout: float = 120.0) -> Path:
 def _write_replacing(out: Path, write: Callable[[Any], object]) -> None:
     """Write ``out`` through ``write(handle)`` into a temporary file beside it, renamed over ``out`` when complete
     and removed when not (a full disk leaves neither a truncated report nor the temporary file). Unlike the data
-    directory's files, a report keeps the permissions the user's umask gives (it is made to be shared)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    directory's files, a report is owner-only (0600) too: it names patients' pseudonyms and the cohort; share it
+    on purpose (chmod, copy), never by a umask."""
+    make_private_dirs(out.parent)
     partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open_private(partial, "wb", exclusive=True) as handle:
             write(handle)
         os.replace(partial, out)
     except BaseException:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from cadx.workflows.workspace import make_private_dirs
+from cadx.private import make_private_dirs
 
 __all__ = ["write_once", "encode_mask_png", "writing_files", "lock_writers_folder", "WRITERS_DIR"]
 

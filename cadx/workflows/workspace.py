@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cadx.errors import CadxInputError
+from cadx.private import make_private_dirs
 
 __all__ = ["IMPORT_LOCK_FILE", "Workspace", "make_private_dirs", "private_sqlite_file"]
 
@@ -73,19 +74,6 @@ class Workspace:
     def pseudonym_key_path(self) -> Path:
         """Where :meth:`pseudonym_key` lives (inside the data directory, readable by its owner only)."""
         return self.data_dir / _PSEUDONYM_KEY_FILE
-
-
-def make_private_dirs(path: Path) -> None:
-    """Create the folder ``path`` and any missing parents readable by their owner only (0700)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:  # another process made it meanwhile
-            pass
 
 
 def _create_key_file(path: Path, content: bytes | None = None) -> None:
