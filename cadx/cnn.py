@@ -118,7 +118,7 @@ from cadx import validation
 from cadx.backbones import BACKBONE_SPECS
 from cadx.diskspace import preallocated_memmap, require_free_space
 from cadx.errors import RoiError, UnknownNameError, WeightsUnavailableError
-from cadx.private import make_private_dirs, open_private, private_memmap, write_private
+from cadx.private import make_private_dirs, open_private, write_private
 
 if TYPE_CHECKING:
     from cadx.gram import ChunkedMatrix

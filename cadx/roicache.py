@@ -26,7 +26,7 @@ import numpy as np
 
 from cadx.diskspace import preallocated_memmap
 from cadx.errors import RoiError
-from cadx.private import make_private_dirs, private_memmap, write_private
+from cadx.private import make_private_dirs, write_private
 from cadx.roi import roi_sha256
 
 __all__ = ["DecodedRoiCache"]

@@ -26,7 +26,7 @@ from sqlalchemy import select
 import cadx
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
-from cadx.private import make_private_dirs, open_private, write_private
+from cadx.private import make_private_dirs, open_private
 from cadx.records import LevelResults, json_safe
 from cadx.report import CohortSummary, LabelCounts, ReportData, render_report, roi_set_sha256
 from cadx.workflows.experiments import load_experiment
