@@ -239,7 +239,9 @@ def _signed_in_as(at) -> str | None:
 
     for m in at.sidebar.markdown:
         if m.value.startswith("Signed in as"):
-            return re.sub(r"\\(.)", r"\1", m.value)
+            # the text as the reader sees it: plain()'s markdown escapes and invisible word joiners (which keep
+            # an e-mail address from becoming a link) removed
+            return re.sub(r"\\(.)", r"\1", m.value).replace("\u2060", "")
     return None
 
 
