@@ -6,18 +6,30 @@ to sign in again.
 ``POST /api/cadx/session`` with a one-time code (issued right after a sign-in, valid 60 s, see
 ``cadx.workflows.accounts.issue_cookie_handoff``) sets the cookie; ``DELETE`` clears it. The cookie holds a random
 token stored in the database only as its SHA-256; the app checks it again on every page run.
+
+When the server stops (SIGTERM from ``docker stop``, Ctrl-C) it stops the data directory's background workers
+before it exits (``lifespan``): they run in their own session, so the signal would not reach them, and in a
+container they would be killed outright when the server exits. Each stops at its job's next unit boundary and
+leaves the job queued, to be resumed from its checkpoints.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import streamlit as st
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cadx import config
 from cadx.workflows.accounts import SESSION_COOKIE, redeem_cookie_handoff, session_hours
+from cadx.workflows.jobs import stop_workers
 
-__all__ = ["app", "session_cookie"]
+__all__ = ["app", "session_cookie", "lifespan"]
 
 SESSION_ROUTE = "/api/cadx/session"
 
@@ -43,4 +55,11 @@ async def session_cookie(request: Request) -> Response:
     return response
 
 
-app = st.App("app.py", routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])])
+@contextlib.asynccontextmanager
+async def lifespan(_app: Any) -> AsyncIterator[None]:
+    """The server's life: on its way out, stop the workers of its data directory and wait for them (see above)."""
+    yield
+    await asyncio.to_thread(stop_workers, config.data_dir())
+
+
+app = st.App("app.py", routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])], lifespan=lifespan)
