@@ -419,10 +419,13 @@ def test_stopping_the_server_stops_its_worker_at_a_unit_boundary_and_the_job_res
 
     try:
         _wait(lambda: len(saved()) >= 2, timeout=600, what="two finished folds", process=first)
+        stop_sent = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=300)
+        stopped_after = time.monotonic() - stop_sent
         # the worker had exited before the server did (in a container the server's exit kills all that is left)
-        assert first.poll() == 0, ((tmp_path / "first.log").read_text()[-3000:],
+        assert first.poll() == 0, (server.returncode, stopped_after, saved(), get_job(demo, job_id).message,
+                                   (tmp_path / "first.log").read_text()[-3000:],
                                    (tmp_path / "server.log").read_text()[-3000:])
     finally:
         for process in (server, first):

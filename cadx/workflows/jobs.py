@@ -29,6 +29,7 @@ shows as queued ("interrupted ... resumes from N finished units") and the next w
 from __future__ import annotations
 
 import os
+import select as _select
 import signal
 import socket
 import subprocess
@@ -685,6 +686,32 @@ def ensure_worker(workspace: Workspace) -> bool:
     return started
 
 
+def _exited(pid: int, started: float | None) -> bool:
+    """Whether the process ``pid`` (started at ``started``) has exited entirely, reaping it when it is our child.
+
+    Not "is a zombie": a process whose main thread has ended shows as one while its other threads still run (and
+    write), so the process's pidfd, readable once the whole process is gone, decides where the kernel has one."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our child (ensure_worker started it): reap it once it has exited
+    except ChildProcessError:
+        pass
+    start = _process_start(pid)
+    if start is None or (started is not None and abs(start - started) > _PID_START_TOLERANCE_S):
+        return True  # gone, or the PID is another process's now
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (OSError, AttributeError):  # no pidfd here (not Linux >= 5.3): the process table must do
+        return not _process_alive(pid, started)
+    try:
+        poller = _select.poll()
+        poller.register(fd, _select.POLLIN)
+        return bool(poller.poll(0))
+    finally:
+        os.close(fd)
+
+
 def stop_workers(data_dir: Path, *, timeout: float | None = None) -> list[int]:
     """Send SIGTERM to the workers of the data directory ``data_dir`` (those its PID files name, when still the
     same process) and wait until they have exited, at most ``timeout`` seconds (default
@@ -711,12 +738,7 @@ def stop_workers(data_dir: Path, *, timeout: float | None = None) -> list[int]:
     stopped = [pid for pid, _ in running]
     deadline = time.monotonic() + limit
     while running and time.monotonic() < deadline:
-        for pid, _ in running:
-            try:
-                psutil.Process(pid).wait(timeout=0)  # reaps it when it is our child (ensure_worker started it)
-            except (psutil.Error, psutil.TimeoutExpired):
-                pass
-        running = [(pid, started) for pid, started in running if _process_alive(pid, started)]
+        running = [(pid, started) for pid, started in running if not _exited(pid, started)]
         if running:
             time.sleep(0.1)
     for pid, _ in running:
