@@ -448,16 +448,19 @@ def _print_experiment(record: ExperimentRecord) -> None:
     for note in calibration_notes(level):
         _out.print(f"[yellow]{note}[/]")
     if results.comparisons:
-        table = Table(title="Comparisons (p-values; Bonferroni within each family of 3: the paper's, the "
-                            "z-ensemble's)")
-        for column in ("comparison", "family", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p",
-                       "adj."):
+        table = Table(title="Comparisons (headline: Nadeau-Bengio corrected t over every seed's folds; DeLong on "
+                            "within-fold ranks; ΔAUC = first - second; Bonferroni within each family of 3: the "
+                            "paper's, the z-ensemble's)")
+        for column in ("comparison", "family", "ΔAUC folds", "N-B p all seeds", "adj.", "fold t p", "adj.",
+                       "DeLong p (ranks)", "adj."):
             table.add_column(column)
         for c in results.comparisons:
-            table.add_row(c.comparison, c.family, _f(c.auc_difference, "+.3f"), _f(c.delong_p, ".3g"),
-                          _f(c.delong_p_bonferroni, ".3g"), _f(c.paired_t_p, ".3g"),
-                          _f(c.paired_t_p_bonferroni, ".3g"), _f(c.nadeau_bengio_p, ".3g"),
-                          _f(c.nadeau_bengio_p_bonferroni, ".3g"))
+            headline = c.repeated_nb_p if c.repeated_nb_p is not None else c.nadeau_bengio_p
+            headline_adj = (c.repeated_nb_p_bonferroni if c.repeated_nb_p is not None
+                            else c.nadeau_bengio_p_bonferroni)
+            table.add_row(c.comparison, c.family, _f(c.fold_mean_auc_difference, "+.3f"), _f(headline, ".3g"),
+                          _f(headline_adj, ".3g"), _f(c.paired_t_p, ".3g"), _f(c.paired_t_p_bonferroni, ".3g"),
+                          _f(c.rank_delong_p, ".3g"), _f(c.rank_delong_p_bonferroni, ".3g"))
         _out.print(table)
     if results.repeats is not None:
         seed_list = results.repeats.seeds
