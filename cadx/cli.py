@@ -679,8 +679,9 @@ def analyses_command(
             first, second = row["comparison"].split(" vs ")
             _out.print(f"  {row['comparison']}: mean-of-folds AUC({first}) - AUC({second}) "
                        f"{_f(row.get('fold_mean_auc_difference'), '+.3f')}, Nadeau-Bengio p "
-                       f"{_f(row.get('repeated_nb_p'), '.3g')} (Bonferroni {_f(row.get('repeated_nb_p_bonferroni'), '.3g')}); "
-                       f"DeLong on within-fold ranks: AUC difference {_f(row.get('rank_delong_auc_difference'), '+.3f')}, "
+                       f"{_f(row.get('repeated_nb_p'), '.3g')} "
+                       f"(Bonferroni {_f(row.get('repeated_nb_p_bonferroni'), '.3g')}); DeLong on within-fold "
+                       f"ranks: AUC difference {_f(row.get('rank_delong_auc_difference'), '+.3f')}, "
                        f"p {_f(row.get('rank_delong_p'), '.3g')}")
         out["fusion"] = {"tap": d["tap"], "method": method, "comparisons": d["comparisons"]}
     if json_path is not None:

@@ -31,7 +31,8 @@ from db.models import Roi
 if TYPE_CHECKING:
     from cadx.cnn import LoadedBackbone
 
-__all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "fold_operating_points", "correlation_analysis", "fusion_analysis",
+__all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "fold_operating_points",
+           "correlation_analysis", "fusion_analysis",
            "embedding_analysis", "occlusion_analysis"]
 
 
