@@ -54,6 +54,7 @@ __all__ = [
     "delong_ci",
     "delong_test",
     "fold_auc_summary",
+    "fold_mean_interval",
     "lesion_level_scores",
     "paired_t_test",
     "roc_points",
@@ -451,6 +452,21 @@ def fold_auc_summary(fold_aucs: ArrayLike) -> AucSummary:
     k = aucs.size
     sd = float(np.std(aucs, ddof=1))
     return AucSummary(mean=float(aucs.mean()), sd=sd, se=sd / math.sqrt(k), n_folds=k, aucs=_readonly(aucs))
+
+
+def fold_mean_interval(fold_aucs: ArrayLike, *, level: float = 0.95) -> tuple[float, float]:
+    """The interval of the paper's AUC (the mean of k fold AUCs): mean ± t(k − 1) · SE, SE = SD / √k.
+
+    A t interval with k − 1 degrees of freedom, because SE is estimated from only k folds (with 5 folds the
+    critical value is 2.78, not 1.96). Like the fold-wise paired t-test it treats the folds as independent, which
+    they are not (they share training data): read it as a lower bound on the uncertainty.
+    """
+    summary = fold_auc_summary(fold_aucs)
+    level = _as_level(level)
+    if summary.n_folds < 2 or not math.isfinite(summary.se):
+        return math.nan, math.nan
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, summary.n_folds - 1)) * summary.se
+    return summary.mean - half, summary.mean + half
 
 
 def roc_points(y_true: ArrayLike, scores: ArrayLike) -> RocPoints:

@@ -387,8 +387,13 @@ def test_a_schema_1_record_renders_with_its_stored_numbers(workspace, label):
 
     for comparison in stored["comparisons"]:
         first, second = comparison["comparison"].split(" vs ")
-        assert _value(_row(page, "tests-table", f"{names[first]} vs {names[second]}")[3]) == comparison[
-            "delong_p_bonferroni"]
+        row = _row(page, "tests-table", f"{names[first]} vs {names[second]}")
+        # schema 1: the headline is the first seed's Nadeau-Bengio test, as recorded; its pooled-probability DeLong
+        # test is not shown
+        assert row[4][0].startswith("Nadeau-Bengio corrected t, 1 seed × 3 folds")
+        assert _value(row[6]) == comparison["nadeau_bengio_p"]
+        assert _value(row[7]) == comparison["nadeau_bengio_p_bonferroni"]
+        assert repr(float(comparison["delong_p"])) not in page.sections["tests"]
     if label == "two_seeds":
         assert [c[0] for c in page.cells["repeats-table"][0]][-2:] == ["seed 0", "seed 1"]
         assert "seeds 0, 1" in " ".join(page.sections["methods"].split())

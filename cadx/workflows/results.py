@@ -51,7 +51,6 @@ __all__ = [
     "roi_overlay",
     "roi_predictions",
     "sweep_table",
-    "test_families_text",
 ]
 
 Level = Literal["roi", "lesion"]
@@ -396,23 +395,6 @@ def comparison_table(results: LevelResults) -> pd.DataFrame:
             "DeLong p (within-fold ranks, Bonferroni)": c.rank_delong_p_bonferroni,
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-
-
-def test_families_text(comparisons: list[Comparison]) -> str:
-    """The test families exactly as shown, for a methods text: e.g. "6 comparisons in 2 families, each
-    Bonferroni-corrected within its family: the paper's 3 (C vs A, C vs B, A vs B) and the z-scored ensemble's 3
-    (Z vs C, Z vs A, Z vs B)"."""
-    names = {"paper": "the paper's", "added": "the z-scored ensemble's", "requested": "the requested"}
-    families: dict[str, list[str]] = {}
-    for c in comparisons:
-        families.setdefault(c.family, []).append(c.comparison)
-    if not families:
-        return "no comparisons"
-    parts = [f"{names.get(f, f)} {len(pairs)} ({', '.join(pairs)})" for f, pairs in families.items()]
-    n = sum(len(pairs) for pairs in families.values())
-    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return (f"{n} comparison{'s' if n != 1 else ''} in {len(families)} famil{'ies' if len(families) != 1 else 'y'}, "
-            f"each Bonferroni-corrected within its family (p × its size, capped at 1): {joined}")
 
 
 def roc_curve_table(results: LevelResults) -> pd.DataFrame:
