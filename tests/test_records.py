@@ -132,3 +132,14 @@ def test_method_keys_are_those_of_the_registry():
         read_results(renamed)
     schema = json_schema()["$defs"]["ExperimentResults"]["properties"]["methods"]
     assert schema["propertyNames"] == {"enum": list(METHODS)} == {"enum": ["A", "B", "C", "Z"]}
+
+
+def test_a_schema_2_record_reads_with_the_schema_3_fields_empty():
+    """Schema 3 only added optional fields (the comparisons' within-fold-rank DeLong and repeated Nadeau-Bengio
+    tests, the folds' operating points): a schema-2 record reads as it is, those fields None."""
+    v2 = {**upgrade_results(copy.deepcopy(OLD["two_seeds"]["results"])), "schema_version": 2}
+    results = read_results(v2)
+    assert results.schema_version == SCHEMA_VERSION == 3
+    assert all(c.repeated_nb_p is None and c.rank_delong_p is None and c.fold_mean_auc_difference is None
+               for c in results.comparisons)
+    assert all(m.calibration is None or m.calibration.operating_point is None for m in results.methods.values())

@@ -787,8 +787,11 @@ def compare_methods(methods: Mapping[str, MethodRecord | Mapping[str, Any]], sco
                                                         n_test=n_test_all)
             block.append((f"{first} vs {second}", delong, rank_delong, paired, corrected, repeated,
                           float(np.mean(fa - fb)), len(by_seed_a)))
-        adjusted = {name: stats.bonferroni([row[index].p_value for row in block]).p_adjusted
-                    for name, index in (("delong", 1), ("rank", 2), ("paired", 3), ("nb", 4), ("repeated", 5))}
+        p_values: dict[str, list[float]] = {
+            "delong": [b[1].p_value for b in block], "rank": [b[2].p_value for b in block],
+            "paired": [b[3].p_value for b in block], "nb": [b[4].p_value for b in block],
+            "repeated": [b[5].p_value for b in block]}
+        adjusted = {name: stats.bonferroni(values).p_adjusted for name, values in p_values.items()}
         for i, (comparison, delong, rank_delong, paired, corrected, repeated, fold_mean, n_seeds) in enumerate(block):
             rows.append(Comparison(
                 comparison=comparison, family=family, auc_difference=_number(delong.difference),
