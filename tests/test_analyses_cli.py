@@ -38,7 +38,7 @@ def test_cadx_analyses_prints_and_writes_the_numbers(experiment, tmp_path):
     data, experiment_id = experiment
     out = tmp_path / "analyses.json"
     result = CliRunner().invoke(app, ["analyses", str(experiment_id), "--json", str(out), "--data-dir", str(data),
-                                      "--components", "3"])
+                                      "--components", "3", "--threshold", "0.5"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "McNemar exact p =" in text and "Strongest correlations, fc8 components" in text
