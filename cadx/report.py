@@ -668,7 +668,9 @@ def render_report(data: ReportData) -> str:
     out.append(section("fig3", "Fig. 3 — layer sweep", body))
 
     body = (f"<figure>{_roc_svg(methods, unit, warning)}<figcaption>Fitted binormal (solid) and empirical (dotted) "
-            f"ROC curves of the pooled out-of-fold probabilities, {unit}.</figcaption></figure>")
+            f"ROC curves of the pooled out-of-fold probabilities, {unit}. Pooled over folds, whose probability "
+            "levels differ (each fold has its own Platt sigmoid), so these curves and their AUCs describe the "
+            "pooled scores, not the paper's AUC (the mean of the fold AUCs, Table 1).</figcaption></figure>")
     out.append(section("fig4", "Fig. 4 — ROC curves", body))
 
     body = _table(["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "CI95 low", "CI95 high", "lesion AUC",
