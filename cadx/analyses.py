@@ -43,6 +43,10 @@ class ErrorAgreement:
         Spearman rank correlation of the two scores and its p-value.
     most_disagreeing : ndarray of int
         Indices of the cases with the largest |score1 − score2|, largest first.
+    refusal : str or None
+        Why φ and McNemar were not computed (then both are NaN): a classifier that calls every case one class has
+        errors that are just the cases of the other class, so their "correlation" and McNemar's test would only
+        restate the class counts.
     """
 
     table: np.ndarray
@@ -53,6 +57,7 @@ class ErrorAgreement:
     spearman_rho: float
     spearman_p: float
     most_disagreeing: np.ndarray
+    refusal: str | None = None
 
     @property
     def both_wrong(self) -> int:
@@ -70,18 +75,28 @@ def _scores(name: str, values: Any, n: int | None = None) -> np.ndarray:
     return array
 
 
-def error_agreement(score1: Any, score2: Any, y: Any, *, threshold: float = 0.5, top: int = 10) -> ErrorAgreement:
+def error_agreement(score1: Any, score2: Any, y: Any, *, threshold: Any = 0.5, threshold2: Any = None,
+                    top: int = 10, names: tuple[str, str] = ("the first classifier", "the second classifier"),
+                    unit: str = "cases") -> ErrorAgreement:
     """Do two classifiers err on the same cases?
 
     Parameters
     ----------
     score1, score2 : array-like of shape (n,)
-        Scores (e.g. out-of-fold probabilities p1 and p2); a case is called positive when its score ≥ ``threshold``.
+        Scores (e.g. out-of-fold decision values or probabilities); a case is called positive when its score is
+        at least its threshold.
     y : array-like of shape (n,)
         Truth, 0/1.
-    threshold : float, default=0.5
+    threshold : float or array-like of shape (n,), default=0.5
+        The first classifier's threshold, one for all cases or one per case (e.g. each case's fold's operating
+        point); also the second's unless ``threshold2`` is given.
+    threshold2 : float or array-like of shape (n,), optional
     top : int, default=10
         How many of the most disagreeing cases to return.
+    names, unit : the classifiers' and the cases' names, for the refusal's wording.
+
+    φ and McNemar are refused (NaN, with :attr:`ErrorAgreement.refusal`) when a classifier calls every case one
+    class.
     """
     truth = np.asarray(y)
     if truth.ndim != 1 or not np.isin(truth, (0, 1)).all():
@@ -90,14 +105,28 @@ def error_agreement(score1: Any, score2: Any, y: Any, *, threshold: float = 0.5,
     if n == 0:
         raise ValueError("no cases")
     s1, s2 = _scores("score1", score1, n), _scores("score2", score2, n)
-    right1 = (s1 >= threshold) == (truth == 1)
-    right2 = (s2 >= threshold) == (truth == 1)
+    t1 = _scores("threshold", np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n,)), n)
+    t2 = t1 if threshold2 is None else _scores("threshold2", np.broadcast_to(
+        np.asarray(threshold2, dtype=np.float64), (n,)), n)
+    called1, called2 = s1 >= t1, s2 >= t2
+    right1 = called1 == (truth == 1)
+    right2 = called2 == (truth == 1)
     table = np.array([[np.sum(right1 & right2), np.sum(right1 & ~right2)],
                       [np.sum(~right1 & right2), np.sum(~right1 & ~right2)]], dtype=int)
     discordant = int(table[0, 1] + table[1, 0])
     mcnemar = 1.0 if discordant == 0 else float(_sstats.binomtest(int(table[0, 1]), discordant, 0.5).pvalue)
     wrong1, wrong2 = (~right1).astype(float), (~right2).astype(float)
-    if wrong1.std() == 0 or wrong2.std() == 0:
+    refusal = None
+    for name, called in zip(names, (called1, called2), strict=True):
+        if called.all() or not called.any():
+            word = "malignant" if called.all() else "benign"
+            refusal = (f"{name} calls every one of the {n} {unit} {word} at its threshold, so its errors are "
+                       f"simply the {'benign' if word == 'malignant' else 'malignant'} {unit}: φ and McNemar "
+                       "would restate the class counts, not compare the classifiers (not computed)")
+            break
+    if refusal is not None:
+        phi, mcnemar = float("nan"), float("nan")
+    elif wrong1.std() == 0 or wrong2.std() == 0:
         phi = float("nan")
     else:
         phi = float(np.corrcoef(wrong1, wrong2)[0, 1])
@@ -109,7 +138,8 @@ def error_agreement(score1: Any, score2: Any, y: Any, *, threshold: float = 0.5,
     order = np.argsort(-np.abs(s1 - s2), kind="stable")[: max(int(top), 0)]
     both_wrong_expected = float(wrong1.sum() * wrong2.sum() / n)
     return ErrorAgreement(table=table, n=n, mcnemar_p=mcnemar, both_wrong_expected=both_wrong_expected,
-                          error_correlation=phi, spearman_rho=rho, spearman_p=p, most_disagreeing=order)
+                          error_correlation=phi, spearman_rho=rho, spearman_p=p, most_disagreeing=order,
+                          refusal=refusal)
 
 
 @dataclass(frozen=True)

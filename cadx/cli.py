@@ -459,16 +459,19 @@ def _print_experiment(record: ExperimentRecord) -> None:
     for note in calibration_notes(level):
         _out.print(note, style="yellow")
     if results.comparisons:
-        table = Table(title="Comparisons (p-values; Bonferroni within each family of 3: the paper's, the "
-                            "z-ensemble's)")
-        for column in ("comparison", "family", "ΔAUC", "DeLong p", "adj.", "fold t p", "adj.", "Nadeau-Bengio p",
-                       "adj."):
+        table = Table(title="Comparisons (headline: Nadeau-Bengio corrected t over every seed's folds; DeLong on "
+                            "within-fold ranks; ΔAUC = first - second; Bonferroni within each family of 3: the "
+                            "paper's, the z-ensemble's)")
+        for column in ("comparison", "family", "ΔAUC folds", "N-B p all seeds", "adj.", "fold t p", "adj.",
+                       "DeLong p (ranks)", "adj."):
             table.add_column(column)
         for c in results.comparisons:
-            table.add_row(c.comparison, c.family, _f(c.auc_difference, "+.3f"), _f(c.delong_p, ".3g"),
-                          _f(c.delong_p_bonferroni, ".3g"), _f(c.paired_t_p, ".3g"),
-                          _f(c.paired_t_p_bonferroni, ".3g"), _f(c.nadeau_bengio_p, ".3g"),
-                          _f(c.nadeau_bengio_p_bonferroni, ".3g"))
+            headline = c.repeated_nb_p if c.repeated_nb_p is not None else c.nadeau_bengio_p
+            headline_adj = (c.repeated_nb_p_bonferroni if c.repeated_nb_p is not None
+                            else c.nadeau_bengio_p_bonferroni)
+            table.add_row(c.comparison, c.family, _f(c.fold_mean_auc_difference, "+.3f"), _f(headline, ".3g"),
+                          _f(headline_adj, ".3g"), _f(c.paired_t_p, ".3g"), _f(c.paired_t_p_bonferroni, ".3g"),
+                          _f(c.rank_delong_p, ".3g"), _f(c.rank_delong_p_bonferroni, ".3g"))
         _out.print(table)
     if results.repeats is not None:
         seed_list = results.repeats.seeds
@@ -614,7 +617,9 @@ def report_command(
 def analyses_command(
     experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
     level: Annotated[str, typer.Option(help="lesion (mean of its ROIs) or roi, for the error agreement.")] = "lesion",
-    threshold: Annotated[float, typer.Option(help="Probability threshold for right/wrong.")] = 0.5,
+    threshold: Annotated[float | None, typer.Option(
+        help="A fixed probability threshold for right/wrong (default: each fold's operating point, chosen on its "
+             "training data and recorded with the experiment).")] = None,
     tap: Annotated[str | None, typer.Option(help="Tap for the correlations and Method D (default: SVM1's).")
                    ] = None,
     components: Annotated[int, typer.Option(help="Principal components of the tap correlated.")] = 10,
@@ -630,21 +635,28 @@ def analyses_command(
 
     if level not in ("roi", "lesion"):
         _fail(CadxInputError("--level", f"got {level!r}", "use roi or lesion"))
-    if not 0.0 < threshold < 1.0:
+    if threshold is not None and not 0.0 < threshold < 1.0:
         _fail(CadxInputError("--threshold", f"got {threshold}", "give a probability strictly between 0 and 1"))
     workspace = _workspace(data_dir)
     agreement = _run(lambda: agreement_analysis(workspace, experiment_id, level=level, threshold=threshold))
     result = agreement["result"]
-    table = Table(title=f"Experiment {experiment_id}: SVM1 vs SVM2 at {threshold:g} ({result.n} {level}s)")
+    table = Table(title=f"Experiment {experiment_id}: SVM1 vs SVM2 ({result.n} {level}s), called at "
+                        f"{agreement['called_at']}")
     for column in ("", "SVM2 right", "SVM2 wrong"):
         table.add_column(column)
     for name, row in zip(("SVM1 right", "SVM1 wrong"), result.table.tolist(), strict=True):
         table.add_row(name, *map(str, row))
     _out.print(table)
-    _out.print(f"McNemar exact p = {result.mcnemar_p:.4g} · both wrong {int(result.table[1][1])} "
-               f"(independent errors: {result.both_wrong_expected:.1f}) · error correlation (phi) "
-               f"{result.error_correlation:.3f} · Spearman rho(p1, p2) {result.spearman_rho:.3f} "
-               f"(p = {result.spearman_p:.3g})")
+    _out.print("Operating points per fold: " + "; ".join(
+        " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        for row in agreement["operating_points"].to_dict(orient="records")))
+    if result.refusal is not None:
+        _out.print(_styled((f"φ and McNemar: {result.refusal}.", "yellow")))
+    else:
+        _out.print(f"McNemar exact p = {result.mcnemar_p:.4g} · error correlation (phi) "
+                   f"{result.error_correlation:.3f}")
+    _out.print(f"Both wrong {int(result.table[1][1])} (independent errors: {result.both_wrong_expected:.1f}) · "
+               f"Spearman rho(p1, p2) {result.spearman_rho:.3f} (p = {result.spearman_p:.3g})")
     disagreeing = agreement["disagreeing"]
     key = "lesion_key" if "lesion_key" in disagreeing.columns else "roi_id"
     _out.print("Most disagreeing: " + "; ".join(
@@ -658,7 +670,9 @@ def analyses_command(
     _out.print(f"Strongest correlations, {corr['tap']} components x analytic features: " + "; ".join(
         f"{r['component']} ~ {r['feature']} r = {r['r']:+.2f}" for _, r in top.iterrows()))
     out = {"experiment_id": experiment_id, "agreement": {
-        "level": level, "threshold": threshold, "table": result.table, "n": result.n, "mcnemar_p": result.mcnemar_p,
+        "level": level, "threshold": threshold, "called_at": agreement["called_at"],
+        "operating_points": agreement["operating_points"].to_dict(orient="records"), "refusal": result.refusal,
+        "table": result.table, "n": result.n, "mcnemar_p": result.mcnemar_p,
         "both_wrong_expected": result.both_wrong_expected, "error_correlation": result.error_correlation,
         "spearman_rho": result.spearman_rho, "spearman_p": result.spearman_p,
         "most_disagreeing": disagreeing.to_dict(orient="records")},
@@ -667,11 +681,17 @@ def analyses_command(
     if fusion:
         d = _run(lambda: fusion_analysis(workspace, experiment_id, tap=tap))
         method = d["method"]
-        _out.print(f"Method D (fusion, {d['n_features']} features, tap {d['tap']}): AUC {method['auc_mean']:.3f} "
-                   f"+/- {method['auc_se']:.3f} (SE)")
+        _out.print(f"Method D (fusion, {d['n_features']} features, tap {d['tap']}): AUC (mean of fold AUCs) "
+                   f"{method['auc_mean']:.3f} +/- {method['auc_se']:.3f} (SE); pooled AUC (probabilities pooled "
+                   f"over folds) {_f(method['pooled_auc'])}")
         for row in d["comparisons"]:
-            _out.print(f"  {row['comparison']}: difference {row['auc_difference']:+.3f}, DeLong p "
-                       f"{row['delong_p']:.3g} (Bonferroni {row['delong_p_bonferroni']:.3g})")
+            first, second = row["comparison"].split(" vs ")
+            _out.print(f"  {row['comparison']}: mean-of-folds AUC({first}) - AUC({second}) "
+                       f"{_f(row.get('fold_mean_auc_difference'), '+.3f')}, Nadeau-Bengio p "
+                       f"{_f(row.get('repeated_nb_p'), '.3g')} "
+                       f"(Bonferroni {_f(row.get('repeated_nb_p_bonferroni'), '.3g')}); DeLong on within-fold "
+                       f"ranks: AUC difference {_f(row.get('rank_delong_auc_difference'), '+.3f')}, "
+                       f"p {_f(row.get('rank_delong_p'), '.3g')}")
         out["fusion"] = {"tap": d["tap"], "method": method, "comparisons": d["comparisons"]}
     if json_path is not None:
         json_path.write_text(json.dumps(json_safe(out), indent=2, default=str))

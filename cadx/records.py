@@ -13,7 +13,12 @@ records made before versions existed):
    Nadeau-Bengio fold sizes.
    :func:`upgrade_results` fills what can be known (``family``: ``"paper"``, as only the paper's three tests
    existed) and leaves the rest ``None``; the stored row is never rewritten (read-time upgrade).
-2. This schema.
+2. Records with cohorts, calibration, the z-ensemble and comparison families; their comparisons' headline
+   test was Nadeau-Bengio on the first seed's folds, their DeLong test ran on probabilities pooled over folds,
+   and the folds' operating points were not recorded. Read as they are (the new fields are ``None``).
+3. This schema: each comparison adds the mean-of-folds AUC difference, the DeLong test on within-fold ranks
+   (``rank_delong_*``) and the corrected repeated k-fold t-test over every seed's folds (``repeated_nb_*``);
+   each SVM's calibration adds the folds' operating points chosen on their training data.
 
 The JSON Schema published in ``docs/experiment-record.schema.json`` is :func:`json_schema` of
 :class:`ExperimentRecord` (``python -m cadx.records docs/experiment-record.schema.json`` rewrites it; a test checks
@@ -68,7 +73,7 @@ __all__ = [
     "upgrade_results",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version :class:`ExperimentResults` are written with (1: records from before this module, no key)."""
 
 EXPERIMENT_NAME_MAX = 128
@@ -225,6 +230,10 @@ class Calibration:
     floor: str
     inner_mean: list[list[float | None]]
     inner_sd: list[list[float | None]]
+    # schema 3: per seed and fold, the decision value above which a case is called malignant, chosen on the
+    # training fold only (``cadx.svm.operating_point``); None in older records
+    operating_point: list[list[float | None]] | None = _optional()
+    operating_point_rule: str | None = _optional()
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,25 @@ class Comparison:
     nadeau_bengio_p_bonferroni: float | None
     nadeau_bengio_n_train: float | None = _optional()  # lesions per training / test fold (schema 1: not recorded)
     nadeau_bengio_n_test: float | None = _optional()
+    # schema 3 (None in older records). ``auc_difference`` above is the difference of the two *pooled* AUCs (over
+    # probabilities pooled across folds); ``fold_mean_auc_difference`` is Table 1's: mean fold AUC of the first
+    # minus that of the second (first seed).
+    fold_mean_auc_difference: float | None = _optional()
+    # DeLong's paired test on each case's within-fold rank (``cadx.stats.within_fold_ranks``; first seed): pooling
+    # ranks, not probabilities whose level differs between folds
+    rank_delong_auc_difference: float | None = _optional()
+    rank_delong_p: float | None = _optional()
+    rank_delong_ci95: list[float | None] | None = _optional()
+    rank_delong_p_bonferroni: float | None = _optional()
+    # the headline test: Nadeau-Bengio's corrected t over every seed's folds (Bouckaert & Frank's corrected
+    # repeated k-fold t-test; df = seeds x folds - 1), its mean fold-AUC difference (first - second)
+    repeated_nb_mean_difference: float | None = _optional()
+    repeated_nb_t: float | None = _optional()
+    repeated_nb_df: int | None = _optional()
+    repeated_nb_p: float | None = _optional()
+    repeated_nb_p_bonferroni: float | None = _optional()
+    repeated_nb_n_seeds: int | None = _optional()
+    repeated_nb_n_folds: int | None = _optional()
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -502,8 +530,8 @@ def upgrade_results(results: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON of stored results in the current schema (a copy; the stored row is left as it is).
 
     Version 1 (no ``schema_version``): ``cohort`` and ``roi_set_sha256`` become None where missing (records from
-    before cohorts) and every comparison without a ``family`` is one of the paper's. A version newer than this
-    code knows is refused.
+    before cohorts) and every comparison without a ``family`` is one of the paper's. Version 2: the schema-3 fields
+    are optional, so only the version changes. A version newer than this code knows is refused.
     """
     if not isinstance(results, Mapping):
         raise _bad("results", results, "an object")
@@ -519,7 +547,8 @@ def upgrade_results(results: Mapping[str, Any]) -> dict[str, Any]:
         upgraded.setdefault("roi_set_sha256", None)
         upgraded["comparisons"] = [{"family": "paper", **c} if isinstance(c, Mapping) else c
                                    for c in results.get("comparisons", [])]
-        upgraded["schema_version"] = SCHEMA_VERSION
+    # 2 -> 3: only optional fields were added (None where not recorded)
+    upgraded["schema_version"] = SCHEMA_VERSION
     return upgraded
 
 

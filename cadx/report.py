@@ -14,24 +14,27 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cadx.records import ExperimentRecord, LevelResults, MethodRecord
+from cadx import stats
+from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD, CohortDefinition
+from cadx.records import Comparison, ExperimentRecord, LevelResults, MethodRecord
 
-__all__ = ["DISCLAIMER", "SECTIONS", "CohortSummary", "LabelCounts", "ReportData", "render_report", "svg_line_chart",
-           "methods_paragraph", "roi_set_sha256"]
+__all__ = ["DISCLAIMER", "ROI_PIXEL_MM", "SECTIONS", "CohortSummary", "LabelCounts", "ReportData", "render_report",
+           "svg_line_chart", "methods_paragraph", "protocol_items", "roi_set_sha256", "summary_items",
+           "test_families_text"]
 
 #: Section ids of a report, in order (the test checks every one is present).
-SECTIONS = ("summary", "cohort", "methods", "fig3", "fig4", "table1", "tests", "repeats", "provenance",
+SECTIONS = ("summary", "protocol", "cohort", "methods", "fig3", "fig4", "table1", "tests", "repeats", "provenance",
             "disclaimer")
 
 DISCLAIMER = ("Research use only. Not a medical device. These results come from a retrospective research "
               "experiment and must not be used to diagnose, treat or manage any patient.")
 
-_COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "D": "#9467bd"}
-_NAMES = {"A": "SVM1 (CNN)", "B": "SVM2 (analytic)", "C": "Ensemble", "D": "Fusion (Method D)"}
+_COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "Z": "#ff7f0e", "D": "#9467bd"}
+_NAMES = {"A": "SVM1 (CNN)", "B": "SVM2 (analytic)", "C": "Ensemble", "Z": "z-ensemble", "D": "Fusion (Method D)"}
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;max-width:60rem;margin:1.5rem auto;padding:0 1rem;color:#222;
 line-height:1.45}
@@ -85,6 +88,10 @@ class CohortSummary:
         Lesion type -> label -> lesions.
     excluded_by_reason : dict of str to int
         The experiment's excluded ROIs by their exclusion reason now.
+    source_pixel_mm : dict of (float, float) to int
+        ROIs by the (row, column) pixel spacing of their source image, in mm.
+    roi_pixel_mm : dict of float to int
+        ROIs by their own pixel size, in mm (cadx's ROIs: 0.1).
     """
 
     patients: int
@@ -97,6 +104,12 @@ class CohortSummary:
     rois_by_view: dict[str, dict[str, int]]
     lesions_by_type: dict[str, dict[str, int]]
     excluded_by_reason: dict[str, int]
+    source_pixel_mm: dict[tuple[float, float], int] = field(default_factory=dict)
+    roi_pixel_mm: dict[float, int] = field(default_factory=dict)
+
+
+ROI_PIXEL_MM = 0.1
+"""The pixel size every ROI is resampled to (``cadx.roi``), for records whose ROIs were not counted."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,15 @@ def roi_set_sha256(roi_hashes: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- SVG ---
+_CHAR_WIDTH = 0.62  # of the font size: an upper bound on Helvetica's mean advance for tap names (letters, digits)
+_TICK_FONT = 12
+
+
+def _text_width(text: str, font_size: float = _TICK_FONT) -> float:
+    """A conservative estimate of a label's width in pixels (no font metrics without a browser)."""
+    return len(text) * _CHAR_WIDTH * font_size
+
+
 def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: str, y_label: str,
                    x_range: tuple[float, float] = (0.0, 1.0), y_range: tuple[float, float] = (0.0, 1.0),
                    x_ticks: Sequence[tuple[float, str]] | None = None, width: int = 640, height: int = 480,
@@ -199,11 +221,23 @@ def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: 
         Room on the right for the legend, in pixels.
     """
     left, right, top, bottom = 64, legend_width, 54 if warning else 38, 52
+    (x0, x1), (y0, y1) = x_range, y_range
+    plot_w = width - left - right
+    tick_rotate = False
+    if x_ticks is not None and len(x_ticks) > 1 and x1 > x0 and not square:
+        # tap names are longer than the numbers of an ROC axis: tilt them when side by side they would overlap
+        values = sorted(float(v) for v, _label in x_ticks)
+        gap = min(b - a for a, b in zip(values, values[1:], strict=False)) / (x1 - x0) * plot_w
+        longest = max(_text_width(str(label)) for _v, label in x_ticks)
+        if longest + 4 > gap:
+            tick_rotate = True
+            extra = int(longest * 0.71) + 4  # the tilted label's height at 45 degrees
+            bottom += extra
+            height += extra
     plot_w, plot_h = width - left - right, height - top - bottom
     if square:
         plot_w = plot_h = min(plot_w, plot_h)
         width = left + plot_w + right
-    (x0, x1), (y0, y1) = x_range, y_range
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"empty axis range: x {x_range}, y {y_range}")
 
@@ -231,7 +265,13 @@ def svg_line_chart(series: Sequence[Mapping[str, Any]], *, title: str, x_label: 
     for value, label in ticks_x:
         x = px(value)
         parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + plot_h}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{x:.2f}" y="{top + plot_h + 16}" text-anchor="middle">{_e(label)}</text>')
+        if tick_rotate:
+            ty = top + plot_h + 12
+            parts.append(f'<text x="{x:.2f}" y="{ty}" text-anchor="end" data-tick="x" '
+                         f'transform="rotate(-45 {x:.2f} {ty})">{_e(label)}</text>')
+        else:
+            parts.append(f'<text x="{x:.2f}" y="{top + plot_h + 16}" text-anchor="middle" data-tick="x">'
+                         f'{_e(label)}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.2f}" y="{height - 12}" text-anchor="middle">{_e(x_label)}</text>')
     parts.append(f'<text transform="translate(16 {top + plot_h / 2:.2f}) rotate(-90)" '
                  f'text-anchor="middle">{_e(y_label)}</text>')
@@ -319,9 +359,12 @@ def _grid_text(grid: dict[str, list[Any]] | str) -> str:
             f"(cadx's default grid, {grid})")
 
 
-def methods_paragraph(experiment: ExperimentRecord, cohort: CohortSummary) -> str:
-    """The methods as a paragraph a reader can paste into a paper (HTML-escaped plain text)."""
+def methods_paragraph(experiment: ExperimentRecord, cohort: CohortSummary,
+                      comparisons: Sequence[Comparison] | None = None) -> str:
+    """The methods as a paragraph a reader can paste into a paper (HTML-escaped plain text); ``comparisons``: the
+    tests shown (default: the record's), named family by family."""
     config = experiment.config
+    comparisons = list(experiment.results.comparisons if comparisons is None else comparisons)
     weights = config.weights
     seeds = config.seeds
     analytic = config.analytic_version
@@ -330,7 +373,8 @@ def methods_paragraph(experiment: ExperimentRecord, cohort: CohortSummary) -> st
         f"{cohort.patients} patients ({cohort.lesions_by_label.get('malignant', 0)} malignant and "
         f"{cohort.lesions_by_label.get('benign', 0)} benign lesions); "
         f"{sum(cohort.excluded_by_reason.values())} ROIs were excluded at review.",
-        "Each ROI is a 51.2 mm × 51.2 mm field centred on the lesion, resampled to 512 × 512 pixels at 0.1 mm.",
+        "Each ROI is a 51.2 mm × 51.2 mm field centred on the lesion, resampled to 512 × 512 pixels at 0.1 mm "
+        f"({_pixel_text(cohort)}).",
         f"CNN features (Method A) were extracted with {config.backbone} "
         f"(weights {weights.name}, source {weights.source}, SHA-256 {weights.sha256}) "
         f"after preprocessing {config.preprocessing} (ROI scaled to [0, 1], resized with antialiasing to "
@@ -350,11 +394,203 @@ def methods_paragraph(experiment: ExperimentRecord, cohort: CohortSummary) -> st
         f"Performance was estimated by {config.n_folds}-fold stratified cross-validation grouped by "
         f"{config.cv_groups}, with seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(str(s) for s in seeds)}.")
-    text.append("The AUC is the mean of the fold AUCs (with their SD and SE); pooled ROC curves were fitted with "
-                "the maximum-likelihood binormal model; classifiers were compared by DeLong's test, a fold-wise "
-                "paired t-test and the Nadeau–Bengio corrected resampled t-test, with Bonferroni correction for "
-                "the three comparisons.")
+    text.append("The AUC is the mean of the fold AUCs (with their SD, SE and a t interval over the folds); ROC "
+                "curves of the probabilities pooled over folds were fitted with the maximum-likelihood binormal "
+                "model.")
+    if comparisons:
+        text.append(f"Classifiers were compared in {test_families_text(comparisons)}. "
+                    f"The headline test is the Nadeau–Bengio corrected resampled t-test over {_resamples(comparisons)} "
+                    "(Bouckaert & Frank's corrected repeated k-fold t-test; training and test sizes counted in "
+                    "lesions); beside it are the fold-wise paired t-test and the Nadeau–Bengio test on the first "
+                    "seed's folds and DeLong's test on each case's rank within its own fold. DeLong's test on the "
+                    "probabilities pooled over folds is not reported: probabilities of different folds come from "
+                    "different Platt sigmoids and are not comparable across folds.")
     return " ".join(_e(t) for t in text)
+
+
+def test_families_text(comparisons: Sequence[Comparison]) -> str:
+    """The test families exactly as the tests table shows them, e.g. "6 comparisons in 2 families, each
+    Bonferroni-corrected within its family (p × its size, capped at 1): the paper's 3 (C vs A, C vs B, A vs B) and
+    the z-scored ensemble's 3 (Z vs C, Z vs A, Z vs B)"."""
+    names = {"paper": "the paper's", "added": "the z-scored ensemble's", "requested": "the requested"}
+    families: dict[str, list[str]] = {}
+    for c in comparisons:
+        families.setdefault(c.family, []).append(c.comparison)
+    if not families:
+        return "no comparisons"
+    parts = [f"{names.get(f, f)} {len(pairs)} ({', '.join(pairs)})" for f, pairs in families.items()]
+    n = sum(len(pairs) for pairs in families.values())
+    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (f"{n} comparison{'s' if n != 1 else ''} in {len(families)} famil{'ies' if len(families) != 1 else 'y'}, "
+            f"each Bonferroni-corrected within its family (p × its size, capped at 1): {joined}")
+
+
+def _resamples(comparisons: Sequence[Comparison]) -> str:
+    c = comparisons[0]
+    if c.repeated_nb_n_seeds is None or c.repeated_nb_n_folds is None:
+        return "the first seed's folds (as recorded before every seed's folds were tested)"
+    seeds = c.repeated_nb_n_seeds
+    return (f"every seed's folds ({seeds} seed{'s' if seeds != 1 else ''} × "
+            f"{c.repeated_nb_n_folds // max(seeds, 1)} folds)")
+
+
+def _mm(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _pixel_text(cohort: CohortSummary) -> str:
+    """Source pixel size(s) and the resampling to the ROIs' pixel size, e.g. "source pixels 0.2 × 0.2 mm (47 ROIs),
+    upsampled ×2"."""
+    if not cohort.source_pixel_mm:
+        return "source pixel size not counted"
+    target = next(iter(cohort.roi_pixel_mm), ROI_PIXEL_MM)
+    parts = []
+    for (row, col), n in sorted(cohort.source_pixel_mm.items()):
+        factor = min(row, col) / target
+        how = ("not resampled" if math.isclose(factor, 1.0, rel_tol=1e-6) else
+               f"upsampled ×{_mm(factor)}" if factor > 1 else f"downsampled ×{_mm(1 / factor)}")
+        parts.append(f"source pixels {_mm(row)} × {_mm(col)} mm ({n} ROIs), {how} to {_mm(target)} mm")
+    return "; ".join(parts)
+
+
+def _cohort_text(experiment: ExperimentRecord) -> str:
+    """The cohort's name and definition in words, e.g. "paper: masses only, real data only, excluded ROIs out,
+    5-fold CV by lesion"."""
+    cohort = experiment.config.cohort
+    if cohort is None:
+        return "not recorded (the experiment ran before cohorts existed)"
+    try:
+        definition = CohortDefinition.from_dict(cohort.definition, source="config.cohort.definition")
+    except ValueError as exc:  # CadxInputError: a definition of another version
+        return f"{cohort.name} (definition not readable here: {exc})"
+    types = ("masses only" if tuple(definition.lesion_types) == ("masses",) else
+             "lesion types " + "/".join(definition.lesion_types) if definition.lesion_types else "all lesion types")
+    data = {"real": "real data only", "synthetic": "SYNTHETIC data only", "both": "real and SYNTHETIC data pooled",
+            "none": "no data"}.get(cohort.synthetic_used, cohort.synthetic_used)
+    review = {"included": "excluded ROIs out", "excluded": "excluded ROIs only",
+              "all": "excluded ROIs in"}.get(definition.review, definition.review)
+    words = [types, data, review, f"{experiment.config.n_folds}-fold CV by lesion"]
+    return f"{cohort.name}: {', '.join(words)} (definition: {definition.summary()})"
+
+
+def protocol_items(experiment: ExperimentRecord, results: LevelResults, cohort: CohortSummary
+                   ) -> list[tuple[str, str]]:
+    """The protocol as (item, text) rows: the cohort and its definition, the guard rail (and whether it was
+    lowered), each SVM's degenerate Platt folds, the backbone (and whether it is the paper's AlexNet) with the
+    weights note, the pixel sizes and the resampling, and how the AUC is summarised."""
+    config = experiment.config
+    minimum = config.min_lesions_per_class_per_fold
+    if minimum is None or minimum == MIN_LESIONS_PER_CLASS_PER_FOLD:
+        rail = f"default: at least {MIN_LESIONS_PER_CLASS_PER_FOLD} lesions of each class per fold"
+    else:
+        rail = (f"{'LOWERED' if minimum < MIN_LESIONS_PER_CLASS_PER_FOLD else 'raised'} to {minimum} lesions of "
+                f"each class per fold (--min-lesions-per-fold {minimum}; the default is "
+                f"{MIN_LESIONS_PER_CLASS_PER_FOLD})")
+    degenerate = []
+    for key in ("A", "B"):
+        method = results.methods.get(key)
+        if method is None:
+            continue
+        c = method.calibration
+        if c is None:
+            degenerate.append(f"{_NAMES[key]}: not recorded")
+            continue
+        seeds = len(c.seeds)
+        over = f" ({c.n_folds // seeds} folds × {seeds} seeds)" if seeds > 1 else ""
+        degenerate.append(f"{_NAMES[key]}: {c.n_clamped}/{c.n_folds} folds{over}")
+    degenerate_text = ("; ".join(degenerate) + ". A degenerate fold is one whose Platt slope was held at its floor "
+                       "(no signal in the inner cross-validation): its probabilities are flat"
+                       ) if degenerate else "none"
+    weights = config.weights
+    if config.backbone == "alexnet":
+        backbone = (f"alexnet (torchvision's AlexNet, weights {weights.name}, {weights.source}); the paper used "
+                    "Caffe's ImageNet AlexNet (96 conv1 filters; torchvision's has 64)")
+    else:
+        backbone = (f"{config.backbone} (weights {weights.name}, {weights.source}): NOT the paper's AlexNet "
+                    "(Huynh, Li & Giger 2016 used Caffe's ImageNet AlexNet)")
+    if weights.source == "random":
+        backbone += "; RANDOM (untrained) weights: a control, not a result"
+    note = experiment.results.weights_note
+    if note:
+        backbone += f"; weights note: {note}"
+    return [("cohort", _cohort_text(experiment)), ("guard rail", rail),
+            ("degenerate Platt folds", degenerate_text), ("backbone", backbone),
+            ("pixel size", _pixel_text(cohort)),
+            ("AUC (paper)", f"the mean of the {config.n_folds} fold AUCs of the first seed ({config.seed}) ± its SE, "
+                            "with a 95 % t interval over the folds (Summary, Table 1); with repeated "
+                            "cross-validation also the mean ± SD of that AUC over the seeds")]
+
+
+def summary_items(experiment: ExperimentRecord, results: LevelResults) -> list[dict[str, Any]]:
+    """Per classifier, the paper's AUC (mean of the first seed's fold AUCs) ± SE with its 95 % t interval and,
+    with repeats, the mean ± SD over seeds: dicts with ``key``, ``name``, ``auc``, ``se``, ``low``, ``high``,
+    ``n_folds``, ``seeds_mean``, ``seeds_sd``, ``n_seeds``."""
+    by_seed = results.repeats.methods if results.repeats is not None else {}
+    rows = []
+    for key, m in results.methods.items():
+        aucs = [a for a in m.fold_aucs if a is not None]
+        low, high = stats.fold_mean_interval(aucs) if len(aucs) >= 2 else (math.nan, math.nan)
+        repeated = by_seed.get(key)
+        rows.append({"key": key, "name": _NAMES.get(key, key), "auc": m.auc_mean, "se": m.auc_se, "low": low,
+                     "high": high, "n_folds": len(aucs),
+                     "seeds_mean": None if repeated is None else repeated.auc_mean,
+                     "seeds_sd": None if repeated is None else repeated.auc_sd_between_seeds,
+                     "n_seeds": 0 if repeated is None else len(repeated.auc_mean_by_seed)})
+    return rows
+
+
+def _span(name: str, value: Any, digits: int = 3) -> str:
+    attr = f' data-value="{float(value)!r}"' if _is_number(value) else ""
+    return f'<span data-key="{_e(name)}"{attr}>{_e(_fmt(value, digits))}</span>'
+
+
+def _summary_html(experiment: ExperimentRecord, results: LevelResults) -> str:
+    items = []
+    for r in summary_items(experiment, results):
+        text = (f"{_e(r['name'])}: AUC (paper: mean of {r['n_folds']} fold AUCs, first seed) "
+                f"{_span('auc', r['auc'])} ± {_span('se', r['se'])} (SE), 95 % t interval "
+                f"{_span('low', r['low'])} to {_span('high', r['high'])}")
+        if r["n_seeds"] > 1:
+            text += (f"; over {r['n_seeds']} seeds {_span('seeds_mean', r['seeds_mean'])} ± "
+                     f"{_span('seeds_sd', r['seeds_sd'])} (SD between seeds)")
+        items.append(f'<li data-method="{_e(r["key"])}">{text}</li>')
+    return '<ul id="summary-aucs">' + "".join(items) + "</ul>" if items else ""
+
+
+def _protocol_html(experiment: ExperimentRecord, results: LevelResults, cohort: CohortSummary) -> str:
+    rows = "".join(f'<tr><th>{_e(k)}</th><td class="text" data-key="{_e(k)}">{_e(v)}</td></tr>'
+                   for k, v in protocol_items(experiment, results, cohort))
+    return f'<table id="protocol-table"><tbody>{rows}</tbody></table>'
+
+
+def _tests_html(results: LevelResults, tests: Sequence[Mapping[str, Any]]) -> str:
+    """The tests as two tables: the headline (fold-level) test with the difference it tests, then the tests beside
+    it; and why the pooled-probability DeLong test is not shown."""
+    body = _table(["comparison", "family", "AUCs subtracted", "ΔAUC (mean of fold AUCs)", "headline test",
+                   "headline ΔAUC (mean over folds)", "headline p", "headline p (Bonferroni)"],
+                  [[r["comparison"], r["family"], r["AUCs subtracted"], r["ΔAUC (mean of fold AUCs)"],
+                    r["headline test"], r["headline ΔAUC (mean over folds)"], r["headline p"],
+                    r["headline p (Bonferroni)"]] for r in tests], table_id="tests-table", digits=4)
+    body += "<h3>Beside the headline</h3>" + _table(
+        ["comparison", "paired t p (first seed)", "paired t p (first seed, Bonferroni)",
+         "Nadeau-Bengio p (first seed)", "Nadeau-Bengio p (first seed, Bonferroni)",
+         "DeLong ΔAUC (within-fold ranks)", "DeLong p (within-fold ranks)",
+         "DeLong p (within-fold ranks, Bonferroni)"],
+        [[r["comparison"], r["paired t p (first seed)"], r["paired t p (first seed, Bonferroni)"],
+          r["Nadeau-Bengio p (first seed)"], r["Nadeau-Bengio p (first seed, Bonferroni)"],
+          r["DeLong ΔAUC (within-fold ranks)"], r["DeLong p (within-fold ranks)"],
+          r["DeLong p (within-fold ranks, Bonferroni)"]] for r in tests], table_id="tests-secondary-table",
+        digits=4)
+    degenerate = [f"{_NAMES[k]} {m.calibration.n_clamped}/{m.calibration.n_folds}"
+                  for k, m in results.methods.items() if m.calibration is not None and m.calibration.n_clamped]
+    body += ("<p>Every ΔAUC is the first classifier's AUC minus the second's. Headline: Nadeau–Bengio's corrected t "
+             "over the folds named; significant at 0.05 only where the Bonferroni-adjusted p &lt; 0.05. DeLong's "
+             "test runs on within-fold ranks; on the probabilities pooled over folds it is not shown, because "
+             "those probabilities are on fold-specific scales"
+             + (f" (Platt slope at its floor in {_e(', '.join(degenerate))} folds: there a whole fold is one "
+                "constant at its own level)" if degenerate else "") + ".</p>")
+    return body
+
 
 
 # ---------------------------------------------------------------------------------------------------- report ---
@@ -397,11 +633,9 @@ def render_report(data: ReportData) -> str:
                f"cross-validation by lesion; CNN {_e(config.backbone)} tap "
                f"{_e(config.ensemble_tap)}.</p>")
     methods = results.methods
-    if methods:
-        summary += "<ul>" + "".join(
-            f"<li>{_e(_NAMES.get(k, k))}: AUC {_e(_fmt(m.auc_mean))} ± {_e(_fmt(m.auc_sd))} "
-            f"(SD over folds)</li>" for k, m in methods.items()) + "</ul>"
+    summary += _summary_html(experiment, results)
     out.append(section("summary", "Summary", summary))
+    out.append(section("protocol", "Protocol", _protocol_html(experiment, results, cohort)))
 
     # cohort
     body = _table(["label", "patients", "lesions", "ROIs"],
@@ -419,8 +653,8 @@ def render_report(data: ReportData) -> str:
         else "<p>No ROI was excluded at review when the experiment ran.</p>")
     out.append(section("cohort", "Cohort and data", body))
 
-    out.append(section("methods", "Methods", f'<p id="methods-text">{methods_paragraph(experiment, cohort)}'
-                                             "</p>"))
+    paragraph = methods_paragraph(experiment, cohort, results.comparisons)
+    out.append(section("methods", "Methods", f'<p id="methods-text">{paragraph}</p>'))
 
     sweep = data.sweep
     if sweep:
@@ -434,7 +668,9 @@ def render_report(data: ReportData) -> str:
     out.append(section("fig3", "Fig. 3 — layer sweep", body))
 
     body = (f"<figure>{_roc_svg(methods, unit, warning)}<figcaption>Fitted binormal (solid) and empirical (dotted) "
-            f"ROC curves of the pooled out-of-fold probabilities, {unit}.</figcaption></figure>")
+            f"ROC curves of the pooled out-of-fold probabilities, {unit}. Pooled over folds, whose probability "
+            "levels differ (each fold has its own Platt sigmoid), so these curves and their AUCs describe the "
+            "pooled scores, not the paper's AUC (the mean of the fold AUCs, Table 1).</figcaption></figure>")
     out.append(section("fig4", "Fig. 4 — ROC curves", body))
 
     body = _table(["classifier", "AUC", "AUC.SD", "SE", "pooled AUC", "CI95 low", "CI95 high", "lesion AUC",
@@ -442,22 +678,18 @@ def render_report(data: ReportData) -> str:
                   [[r["classifier"], r["AUC"], r["AUC.SD"], r["SE"], r["pooled AUC"], r["CI95 low"],
                     r["CI95 high"], r["lesion AUC"], r["binormal AUC"], r["time (s)"]] for r in data.table1],
                   table_id="table1")
-    body += ("<p>AUC: mean of the fold AUCs; AUC.SD: their SD; SE: SD/√folds; pooled AUC with its DeLong 95 % CI; "
+    body += ("<p>AUC: mean of the fold AUCs; AUC.SD: their SD; SE: SD/√folds; pooled AUC (probabilities pooled "
+             "over folds, whose levels differ between folds: not the paper's AUC) with its DeLong 95 % CI; "
              "lesion AUC: ROIs averaged per lesion; binormal: ML fit.</p>")
     out.append(section("table1", "Table 1 — performance", body))
 
     tests = data.tests
     if tests:
-        body = _table(["comparison", "AUC difference", "DeLong p", "DeLong p (Bonferroni)", "paired t p",
-                       "paired t p (Bonferroni)", "Nadeau-Bengio p", "Nadeau-Bengio p (Bonferroni)"],
-                      [[r["comparison"], r["AUC difference"], r["DeLong p"], r["DeLong p (Bonferroni)"],
-                        r["paired t p"], r["paired t p (Bonferroni)"], r["Nadeau-Bengio p"],
-                        r["Nadeau-Bengio p (Bonferroni)"]] for r in tests], table_id="tests-table", digits=4)
-        body += ("<p>Bonferroni: each p-value × 3 (three comparisons), capped at 1; significant at 0.05 after "
-                 "correction only where the adjusted p &lt; 0.05.</p>")
+        body = _tests_html(results, tests)
     else:
         body = "<p>No comparisons: they need SVM1, SVM2 and the ensemble.</p>"
-    out.append(section("tests", "Significance tests (Bonferroni-corrected)", body))
+    out.append(section("tests", "Significance tests (headline: fold-level; Bonferroni within each family)",
+                       body))
 
     repeats = data.repeats
     if repeats:

@@ -54,9 +54,11 @@ __all__ = [
     "delong_ci",
     "delong_test",
     "fold_auc_summary",
+    "fold_mean_interval",
     "lesion_level_scores",
     "paired_t_test",
     "roc_points",
+    "within_fold_ranks",
 ]
 
 
@@ -450,6 +452,21 @@ def fold_auc_summary(fold_aucs: ArrayLike) -> AucSummary:
     k = aucs.size
     sd = float(np.std(aucs, ddof=1))
     return AucSummary(mean=float(aucs.mean()), sd=sd, se=sd / math.sqrt(k), n_folds=k, aucs=_readonly(aucs))
+
+
+def fold_mean_interval(fold_aucs: ArrayLike, *, level: float = 0.95) -> tuple[float, float]:
+    """The interval of the paper's AUC (the mean of k fold AUCs): mean ± t(k − 1) · SE, SE = SD / √k.
+
+    A t interval with k − 1 degrees of freedom, because SE is estimated from only k folds (with 5 folds the
+    critical value is 2.78, not 1.96). Like the fold-wise paired t-test it treats the folds as independent, which
+    they are not (they share training data): read it as a lower bound on the uncertainty.
+    """
+    summary = fold_auc_summary(fold_aucs)
+    level = _as_level(level)
+    if summary.n_folds < 2 or not math.isfinite(summary.se):
+        return math.nan, math.nan
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, summary.n_folds - 1)) * summary.se
+    return summary.mean - half, summary.mean + half
 
 
 def roc_points(y_true: ArrayLike, scores: ArrayLike) -> RocPoints:
@@ -875,7 +892,8 @@ def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: float, n_test: floa
     overlapping training sets, ``var = (1/J + n_test/n_train) * s**2``, with ``s**2`` the sample variance (ddof=1)
     of the differences; ``t = mean / sqrt(var)`` with J - 1 degrees of freedom. Nadeau & Bengio, "Inference for
     the generalization error", Machine Learning 52:239-281 (2003); for k-fold CV ``n_test / n_train = 1/(k-1)``
-    (Bouckaert & Frank 2004).
+    (Bouckaert & Frank 2004). For r-times repeated k-fold cross-validation pass all J = r·k differences (every
+    seed's folds): Bouckaert & Frank's corrected repeated k-fold test is this statistic with df = r·k - 1.
 
     Parameters
     ----------
@@ -900,6 +918,34 @@ def corrected_resampled_t_test(diffs: ArrayLike, *, n_train: float, n_test: floa
         return _t_result(float(d[0]), 0.0, j - 1)
     var = (1.0 / j + n_test / n_train) * float(np.var(d, ddof=1))
     return _t_result(float(d.mean()), math.sqrt(var), j - 1)
+
+
+def within_fold_ranks(scores: ArrayLike, folds: ArrayLike) -> np.ndarray:
+    """Each score as its mid-rank within its own test fold, scaled to (0, 1): ``(rank - 1/2) / n_fold``.
+
+    Out-of-fold scores of different folds come from different models (different Platt sigmoids, different
+    decision-value scales), so an ROC curve or DeLong test over the pooled raw scores also measures how each fold's
+    *level* goes with its prevalence; with a Platt slope held at its floor a whole fold is one constant at a
+    fold-specific level. Within-fold ranks keep each fold's ordering and put every fold on the same scale (a fold
+    of equal scores becomes all 1/2), so pooling them compares lesions of different folds only through their
+    place in their own fold. Ties get their mid-rank (``scipy.stats.rankdata``).
+
+    Parameters
+    ----------
+    scores : array_like, shape (n,)
+        Finite out-of-fold scores.
+    folds : array_like, shape (n,)
+        Test fold of each case.
+    """
+    s = _as_1d_float(scores, "scores")
+    f = np.asarray(folds)
+    if f.shape != s.shape:
+        raise ValueError(f"scores and folds must have one length; received {s.shape} and {f.shape}")
+    out = np.empty_like(s)
+    for fold in np.unique(f):
+        inside = f == fold
+        out[inside] = (scipy.stats.rankdata(s[inside]) - 0.5) / int(inside.sum())
+    return out
 
 
 def cv_unit_sizes(folds: ArrayLike, units: ArrayLike) -> tuple[float, float]:

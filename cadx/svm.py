@@ -103,6 +103,8 @@ __all__ = [
     "fold_auc",
     "make_plain_pipeline",
     "make_svm_pipeline",
+    "OPERATING_POINT_RULE",
+    "operating_point",
     "soft_vote",
     "sweep_layers",
     "z_vote",
@@ -273,6 +275,9 @@ class CvResult:
     inner_decision_mean, inner_decision_sd : ndarray of shape (n_folds,)
         Mean and SD of the inner cross-validated decision values of the chosen parameters on each outer training
         set: the standardisation of :attr:`decision_z` (no test data involved).
+    operating_point : ndarray of shape (n_folds,), optional
+        Per fold, the decision value at and above which a case is called malignant, chosen on the training fold
+        only (:func:`operating_point`).
     models : tuple of FoldModel, optional
         Each outer fold's fitted model (:class:`cadx.foldmodel.FoldModel`), when asked for with ``keep_models``.
     n_features : int
@@ -322,6 +327,7 @@ class CvResult:
     platt_clamped: np.ndarray | None = None
     inner_decision_mean: np.ndarray | None = None
     inner_decision_sd: np.ndarray | None = None
+    operating_point: np.ndarray | None = None
     models: tuple[FoldModel, ...] | None = None
     later_seeds: tuple[CvResult, ...] = ()
 
@@ -831,6 +837,28 @@ def _calibrate(f: np.ndarray, y: np.ndarray) -> tuple[float, float, float, bool]
     return a, b, float(res.x[0]) / sd, True
 
 
+OPERATING_POINT_RULE = ("training prevalence quantile: the k-th highest inner cross-validated decision value of "
+                        "the training fold, k = its malignant cases, so that the fold's training data are called "
+                        "malignant as often as they are malignant (test data not used)")
+"""How :func:`operating_point` chooses a fold's threshold (recorded with each experiment)."""
+
+
+def operating_point(inner_decision: Any, y_train: Any) -> float:
+    """A fold's operating point from its training data only: the decision value at and above which a case is
+    called malignant (:data:`OPERATING_POINT_RULE`).
+
+    A fixed probability threshold (0.5) calls every case benign when the probabilities sit below 0.5, as they do
+    on a small cohort with a minority of malignant cases or in a fold whose Platt slope is held at its floor; the
+    decision values still rank the cases, and this quantile of the inner cross-validated ones keeps the training
+    prevalence.
+    """
+    f = np.sort(np.asarray(inner_decision, dtype=np.float64))[::-1]
+    n_pos = int(np.sum(np.asarray(y_train) == 1))
+    if f.size == 0 or n_pos == 0:
+        return float("inf")  # no malignant training case: nothing is called malignant
+    return float(f[min(n_pos, f.size) - 1])
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
@@ -861,6 +889,7 @@ class _FoldOutput:
     seconds: float
     gram_engine: str = "numpy"
     model: FoldModel | None = None
+    operating_point: float = float("nan")  # NaN: a checkpoint written before operating points existed
 
 
 def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: np.ndarray, svc: SVC, c: dict[str, Any],
@@ -931,13 +960,15 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     a, b, free_slope, clamped = _calibrate(oof_best, y_tr)
     proba = _sigmoid(a * decision + b)
     inner_mean, inner_sd = _zscore_params(oof_best)
+    threshold = operating_point(oof_best, y_tr)
     model = _fold_model(*fitted, (a, b), test, decision, proba) if keep_model else None
     t2 = time.perf_counter()
     return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
                        scores=scores, platt=(a, b), platt_free_slope=free_slope, platt_clamped=clamped,
                        inner_mean=inner_mean, inner_sd=inner_sd, n_kept=n_kept, n_nonconstant=n_nonconstant,
                        gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
-                       gram_engine=(gram_engine or "numpy") if engine == "gram" else "numpy", model=model)
+                       gram_engine=(gram_engine or "numpy") if engine == "gram" else "numpy", model=model,
+                       operating_point=threshold)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -977,6 +1008,7 @@ def _encode_fold(out: _FoldOutput) -> bytes:
     arrays["platt"] = np.asarray(out.platt, dtype=np.float64)
     arrays.update({k: np.asarray(getattr(out, k)) for k in _FOLD_SCALARS})
     arrays["gram_engine"] = np.asarray(np.str_(out.gram_engine))
+    arrays["operating_point"] = np.asarray(out.operating_point, dtype=np.float64)
     if out.model is not None:
         arrays["model"] = np.frombuffer(out.model.to_bytes(), dtype=np.uint8)
     np.savez(buffer, allow_pickle=False, **arrays)
@@ -994,6 +1026,7 @@ def _decode_fold(payload: bytes) -> _FoldOutput:
             gram_seconds=float(data["gram_seconds"]), svm_seconds=float(data["svm_seconds"]),
             seconds=float(data["seconds"]),
             gram_engine=str(data["gram_engine"]) if "gram_engine" in data.files else "numpy",
+            operating_point=float(data["operating_point"]) if "operating_point" in data.files else float("nan"),
             model=FoldModel.from_bytes(data["model"].tobytes(), where="checkpointed fold model")
             if "model" in data.files else None)
 
@@ -1089,6 +1122,7 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
         platt_clamped=np.array([o.platt_clamped for o in outputs], dtype=bool),
         inner_decision_mean=np.array([o.inner_mean for o in outputs]),
         inner_decision_sd=np.array([o.inner_sd for o in outputs]),
+        operating_point=np.array([o.operating_point for o in outputs]),
         n_features=n_features,
         n_features_kept=np.array([o.n_kept for o in outputs]),
         splits=splits, inner_splits=inner_splits,

@@ -26,7 +26,8 @@ NAMES = {**METHOD_NAMES, "D": "Method D: fusion (CNN + analytic features, one SV
 
 
 @st.cache_data(show_spinner="Comparing the two classifiers' errors…", max_entries=32)
-def _agreement(_ws, data_dir: str, experiment_id: int, config_sha256: str, level: str, threshold: float) -> dict:
+def _agreement(_ws, data_dir: str, experiment_id: int, config_sha256: str, level: str,
+               threshold: float | None) -> dict:
     return agreement_analysis(_ws, experiment_id, level=level, threshold=threshold)
 
 
@@ -65,18 +66,28 @@ with agree_tab:
         left, right = st.columns(2)
         level = left.radio("Level", ["lesion", "roi"], horizontal=True, key="agree_level",
                            format_func={"lesion": "Lesions (mean of their ROIs)", "roi": "ROIs"}.get)
-        threshold = right.slider("Threshold (called malignant at p ≥ threshold)", 0.05, 0.95, 0.5, 0.05,
-                                 key="agree_threshold")
+        point = right.radio("Called malignant at", ["fold", "fixed"], horizontal=True, key="agree_point",
+                            format_func={"fold": "each fold's operating point (its training data)",
+                                         "fixed": "a fixed probability"}.get)
+        threshold = (None if point == "fold" else
+                     float(right.slider("p ≥", 0.05, 0.95, 0.5, 0.05, key="agree_threshold")))
         try:
-            agreement = _agreement(*key, level, float(threshold))
+            agreement = _agreement(*key, level, threshold)
         except CadxError as exc:
             st.error(str(exc))
         else:
             r = agreement["result"]
+            st.caption(f"Called malignant at {agreement['called_at']}.")
+            if r.refusal is not None:
+                st.warning(f"φ and McNemar: {r.refusal}.")
+                tested = ""
+            else:
+                tested = (f"; error correlation (φ) {r.error_correlation:.3f}; McNemar exact p = {r.mcnemar_p:.4g} "
+                          "(do they err equally often?)")
             st.markdown(f"**{r.n} {'lesions' if level == 'lesion' else 'ROIs'}**: both wrong on **{r.both_wrong}** "
-                        f"(independent errors would give {r.both_wrong_expected:.1f}); error correlation (φ) "
-                        f"{r.error_correlation:.3f}; McNemar exact p = {r.mcnemar_p:.4g} (do they err equally "
-                        f"often?); Spearman ρ(p1, p2) = {r.spearman_rho:.3f} (p = {r.spearman_p:.3g}).")
+                        f"(independent errors would give {r.both_wrong_expected:.1f}){tested}; Spearman ρ(p1, p2) = "
+                        f"{r.spearman_rho:.3f} (p = {r.spearman_p:.3g}).")
+            st.dataframe(agreement["operating_points"], hide_index=True, key="agree_points")
             st.dataframe(agreement["table"], key="agree_table")
             st.caption("Rows: SVM1 (CNN); columns: SVM2 (analytic). McNemar tests the off-diagonal cells against "
                        "each other (exact binomial). The cases where p1 and p2 differ most:")
@@ -131,21 +142,24 @@ with fusion_tab:
                 st.session_state[f"fusion_done_{experiment_id}_{tap_d}"] = True
                 m = fusion["method"]
                 ci = m.get("pooled_ci95") or [None, None]
-                st.markdown(f"**Method D** ({fusion['n_features']} features, tap {fusion['tap']}): AUC "
-                            f"{m['auc_mean']:.3f} ± {m['auc_sd']:.3f} over the experiment's folds; pooled AUC "
-                            f"{m['pooled_auc']:.3f}.")
+                st.markdown(f"**Method D** ({fusion['n_features']} features, tap {fusion['tap']}): AUC (mean of "
+                            f"fold AUCs) {m['auc_mean']:.3f} ± {m['auc_sd']:.3f} (SD over the experiment's folds); "
+                            f"pooled AUC (probabilities pooled over folds) {m['pooled_auc']:.3f}.")
                 st.dataframe(pd.DataFrame([{"classifier": NAMES["D"], "features": fusion["n_features"],
-                                            "AUC": m["auc_mean"], "AUC.SD": m["auc_sd"], "SE": m["auc_se"],
-                                            "pooled AUC": m["pooled_auc"],
+                                            "AUC (mean of folds)": m["auc_mean"], "AUC.SD": m["auc_sd"],
+                                            "SE": m["auc_se"], "pooled AUC (pooled over folds)": m["pooled_auc"],
                                             "95 % CI": f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "",
                                             "lesion AUC": m["lesion_auc"]}]), hide_index=True, key="fusion_table",
                              column_config={c: st.column_config.NumberColumn(format=THREE)
-                                            for c in ("AUC", "AUC.SD", "SE", "pooled AUC", "lesion AUC")})
+                                            for c in ("AUC (mean of folds)", "AUC.SD", "SE",
+                                                      "pooled AUC (pooled over folds)", "lesion AUC")})
                 tests = pd.DataFrame([{"comparison": f"D vs {NAMES.get(c['comparison'][-1], c['comparison'][-1])}",
-                                       "AUC difference": c["auc_difference"], "DeLong p": c["delong_p"],
-                                       "DeLong p (Bonferroni)": c["delong_p_bonferroni"],
+                                       "ΔAUC (mean of fold AUCs, D − other)": c.get("fold_mean_auc_difference"),
+                                       "Nadeau-Bengio p": c.get("repeated_nb_p"),
+                                       "Nadeau-Bengio p (Bonferroni)": c.get("repeated_nb_p_bonferroni"),
                                        "paired t p (Bonferroni)": c["paired_t_p_bonferroni"],
-                                       "Nadeau-Bengio p (Bonferroni)": c["nadeau_bengio_p_bonferroni"]}
+                                       "DeLong ΔAUC (within-fold ranks)": c.get("rank_delong_auc_difference"),
+                                       "DeLong p (within-fold ranks, Bonferroni)": c.get("rank_delong_p_bonferroni")}
                                       for c in fusion["comparisons"]])
                 st.dataframe(tests, hide_index=True, key="fusion_tests", column_config={
                     c: st.column_config.NumberColumn(format="%.4f") for c in tests.columns if c != "comparison"})

@@ -154,26 +154,29 @@ tests = comparison_table(results)
 if tests.empty:
     st.info("No comparisons: they need SVM1, SVM2 and the ensembles.")
 else:
-    st.caption("DeLong: paired test of the pooled AUCs. Paired t: on the fold AUCs (k − 1 df). Nadeau–Bengio: "
-               "the paired t with the variance corrected for overlapping training sets (training and test sizes "
-               "counted in lesions). Bonferroni: p × 3 within each family (the paper's three comparisons; the "
-               "z-scored ensemble's three), capped at 1.")
-    short = {"AUC difference": "ΔAUC", "DeLong p": "DeLong p", "DeLong p (Bonferroni)": "DeLong p×3",
-             "paired t p": "t-test p", "paired t p (Bonferroni)": "t-test p×3", "Nadeau-Bengio p": "N–B p",
-             "Nadeau-Bengio p (Bonferroni)": "N–B p×3"}
+    st.caption("Headline: Nadeau–Bengio's corrected t over every seed's folds (Bouckaert & Frank's corrected "
+               "repeated k-fold test; training and test sizes counted in lesions). Beside it the paired t and "
+               "Nadeau–Bengio tests on the first seed's folds, and DeLong's test on each case's rank within its own "
+               "fold (probabilities of different folds are on different scales, so DeLong on them pooled is not "
+               "shown). Every ΔAUC is the first classifier's AUC minus the second's. Bonferroni: p × 3 within each "
+               "family (the paper's three comparisons; the z-scored ensemble's three), capped at 1.")
+    short = {"ΔAUC (mean of fold AUCs)": "ΔAUC folds", "headline ΔAUC (mean over folds)": "ΔAUC seeds×folds",
+             "headline p": "N–B p (all seeds)", "headline p (Bonferroni)": "N–B p×3 (all seeds)",
+             "paired t p (first seed)": "t-test p", "Nadeau-Bengio p (first seed)": "N–B p (seed 1)",
+             "DeLong p (within-fold ranks)": "DeLong p (ranks)",
+             "DeLong p (within-fold ranks, Bonferroni)": "DeLong p×3 (ranks)"}
     # Short classifier names and one CI column, so that the table fits a 1440-px screen; the CSV keeps every column.
     shown_tests = tests.assign(
         comparison=tests["comparison"].replace(_SHORT_NAMES, regex=True),
         **{"95 % CI": [f"{lo:.3f} to {hi:.3f}" if pd.notna(lo) else "" for lo, hi in
                        zip(tests["DeLong CI95 low"], tests["DeLong CI95 high"], strict=True)]})
-    shown_tests = shown_tests[["comparison", "family", "AUC difference", "95 % CI", "DeLong p", "DeLong p (Bonferroni)",
-                               "paired t p", "paired t p (Bonferroni)", "Nadeau-Bengio p",
-                               "Nadeau-Bengio p (Bonferroni)"]]
+    shown_tests = shown_tests[["comparison", "family", "AUCs subtracted", "headline test", *short, "95 % CI"]]
     st.dataframe(shown_tests, hide_index=True, width="stretch", column_config={
         "comparison": st.column_config.TextColumn(pinned=True),
         "family": st.column_config.TextColumn(width="small",
                                               help="paper: the paper's three comparisons; added: the z-ensemble's"),
-        "95 % CI": st.column_config.TextColumn(width="small", help="DeLong 95 % CI of the AUC difference"),
+        "95 % CI": st.column_config.TextColumn(width="small",
+                                               help="DeLong 95 % CI of the within-fold-rank AUC difference"),
         **{c: st.column_config.NumberColumn(short[c], format=FOUR, help=c, width="small")
            for c in short}})
 

@@ -28,13 +28,13 @@ def test_error_agreement_by_hand():
 
 
 def test_mcnemar_exact_on_one_sided_discordance():
-    y = np.ones(10, dtype=int)
-    s1 = np.full(10, 0.9)
-    s2 = np.array([0.1] * 6 + [0.9] * 4)
+    y = np.array([1] * 10 + [0])  # one benign case, so that neither classifier calls every case one class
+    s1 = np.array([0.9] * 10 + [0.1])
+    s2 = np.array([0.1] * 6 + [0.9] * 4 + [0.1])
     result = error_agreement(s1, s2, y)
-    assert result.table.tolist() == [[4, 6], [0, 0]]
+    assert result.table.tolist() == [[5, 6], [0, 0]] and result.refusal is None
     assert result.mcnemar_p == pytest.approx(2 * 0.5**6)  # exact binomial, two-sided
-    assert np.isnan(result.error_correlation) and np.isnan(result.spearman_rho)  # SVM1 never errs; constant p1
+    assert np.isnan(result.error_correlation)  # SVM1 never errs
 
 
 def test_error_agreement_threshold_and_bad_input():
@@ -47,6 +47,36 @@ def test_error_agreement_threshold_and_bad_input():
         error_agreement(np.r_[S1[:7], np.nan], S2, Y)
     with pytest.raises(ValueError, match="0/1"):
         error_agreement(S1, S2, Y * 2)
+
+
+def test_phi_and_mcnemar_are_refused_when_a_classifier_calls_every_case_one_class():
+    """Every p1 and p2 below 0.5 (as on the MIAS masses): both call every lesion benign. The old code reported
+    φ = 1.000 and McNemar p = 1, as if the two classifiers erred alike; their errors are just the malignant cases."""
+    low1, low2 = S1 * 0.4, S2 * 0.4  # all < 0.5
+    result = error_agreement(low1, low2, Y, names=("SVM1 (CNN)", "SVM2 (analytic)"), unit="lesions")
+    assert result.table.tolist() == [[4, 0], [0, 4]]  # right on the 4 benign, wrong on the 4 malignant
+    assert np.isnan(result.error_correlation) and np.isnan(result.mcnemar_p)
+    assert result.refusal is not None and result.refusal.startswith(
+        "SVM1 (CNN) calls every one of the 8 lesions benign at its threshold")
+    # one classifier calling everything malignant is refused too, and a usable pair is not
+    assert error_agreement(S1 + 1, S2, Y).refusal.startswith("the first classifier calls every one of the 8 "
+                                                               "cases malignant")
+    assert error_agreement(S1, S2, Y).refusal is None
+
+
+def test_per_case_thresholds_and_the_training_prevalence_operating_point():
+    from cadx.svm import operating_point
+
+    # inner decision values 3 1 2 5 4 with 2 malignant training cases: the 2nd highest, 4
+    assert operating_point([3.0, 1.0, 2.0, 5.0, 4.0], [1, 0, 0, 1, 0]) == 4.0
+    assert operating_point([3.0, 1.0], [0, 0]) == float("inf")
+    # per-case thresholds (e.g. two folds with their own operating points) against a hand count
+    t1 = np.array([0.5] * 4 + [0.2] * 4)  # SVM1 in the second half: 0.1 0.25 0.7 0.4 -> F T T T: wrong 5 6 7
+    result = error_agreement(S1, S2, Y, threshold=t1, threshold2=0.5)
+    right1 = np.array([1, 1, 0, 0, 1, 0, 0, 0], dtype=bool)
+    right2 = np.array([1, 0, 1, 0, 1, 0, 1, 1], dtype=bool)
+    assert result.table.tolist() == [[int((right1 & right2).sum()), int((right1 & ~right2).sum())],
+                                     [int((~right1 & right2).sum()), int((~right1 & ~right2).sum())]]
 
 
 def test_pc_feature_correlation_by_hand():
@@ -104,10 +134,21 @@ def test_analyses_on_a_stored_experiment(workspace_cache, workspace):
 
     # (a) the 2 x 2 table agrees with the right/wrong columns of the lesion predictions
     lesions = lesion_predictions(workspace, experiment_id)
-    agreement = agreement_analysis(workspace, experiment_id, level="lesion", top=4)
+    agreement = agreement_analysis(workspace, experiment_id, level="lesion", top=4, threshold=0.5)
     r1, r2 = lesions["right_p1"].astype(bool), lesions["right_p2"].astype(bool)
     assert agreement["result"].table.tolist() == [[int((r1 & r2).sum()), int((r1 & ~r2).sum())],
                                                   [int((~r1 & r2).sum()), int((~r1 & ~r2).sum())]]
+    # by default each fold's operating point, chosen on its training data and recorded with the experiment
+    record = experiment_data(workspace, experiment_id).record
+    points = {key: np.array(record.results.methods[key].calibration.operating_point[0]) for key in ("A", "B")}
+    chosen = agreement_analysis(workspace, experiment_id, level="lesion", top=4)
+    folds, truth = lesions["fold"].to_numpy(int), lesions["truth"].to_numpy(int) == 1
+    r1 = (lesions["decision1"].to_numpy(float) >= points["A"][folds]) == truth
+    r2 = (lesions["decision2"].to_numpy(float) >= points["B"][folds]) == truth
+    assert chosen["result"].table.tolist() == [[int((r1 & r2).sum()), int((r1 & ~r2).sum())],
+                                               [int((~r1 & r2).sum()), int((~r1 & ~r2).sum())]]
+    assert chosen["operating_points"]["SVM1 decision ≥"].tolist() == points["A"].tolist()
+    assert "training data" in chosen["called_at"]
     top = agreement["disagreeing"]
     assert len(top) == 4 and top["disagreement"].is_monotonic_decreasing
     assert top["disagreement"].iloc[0] == pytest.approx(lesions["disagreement"].max())

@@ -69,7 +69,7 @@ def test_open_questions_page_shows_the_four_analyses(use, experiment_dir):
     # Method D on request
     at.button(key="fusion_run").click().run(timeout=600)
     assert not at.exception, at.exception
-    tests = _frame(at, "AUC difference")
+    tests = _frame(at, "ΔAUC (mean of fold AUCs, D − other)")
     assert list(tests["comparison"]) == ["D vs SVM1 (CNN features)", "D vs SVM2 (analytic features)",
                                          "D vs Ensemble (SVM1 + SVM2)"]
     assert _frame(at, "features")["features"].item() == 1000 + 21

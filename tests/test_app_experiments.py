@@ -311,7 +311,9 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     for (_, row), key in zip(timing.iterrows(), "ABCZ"):
         assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
     tests = at.dataframe[-1].value
-    assert len(tests) == 6 and "DeLong p (Bonferroni)" in tests.columns and "Nadeau-Bengio p" in tests.columns
+    assert len(tests) == 6 and "headline p (Bonferroni)" in tests.columns and "Nadeau-Bengio p (first seed)" in \
+        tests.columns and "DeLong p (within-fold ranks)" in tests.columns
+    assert not any(c.startswith("DeLong p") and "ranks" not in c for c in tests.columns)  # no pooled-probability DeLong
     assert tests["family"].tolist() == ["paper"] * 3 + ["added"] * 3
     spec = _plotly(at)
     names = [t["name"] for t in spec["data"]]

@@ -101,7 +101,9 @@ def test_guard_rails_refuse_one_class_and_fewer_than_5_lesions_per_class_per_fol
     assert str(caught.value) == (
         "cohort 'MIAS masses': has 33 benign and 14 malignant lesions: fewer than 5 malignant lesions per fold for "
         "5-fold cross-validation (needs 25 of each class). Fix: use at most 2 folds (--folds 2), or widen the cohort "
-        "/ import more cases")
+        "/ import more cases; or keep 5 folds with --min-lesions-per-fold 2 (the record keeps the lowered guard "
+        "rail), at a cost: about 2 malignant lesions per test fold, so each fold AUC moves in steps of "
+        "1/(2 × 6) = 0.083 to 1/(2 × 7) = 0.071 (with 6-7 benign lesions per fold)")
     with pytest.raises(CohortTooSmallError, match="24 benign and 30 malignant lesions: fewer than 5 benign"):
         check_cohort_size({"benign": 24, "malignant": 30}, n_folds=5)
     with pytest.raises(CohortTooSmallError, match="one class only"):
@@ -109,6 +111,19 @@ def test_guard_rails_refuse_one_class_and_fewer_than_5_lesions_per_class_per_fol
     with pytest.raises(CohortTooSmallError, match="at least 10 lesions of each class are needed even for 2 folds"):
         check_cohort_size({"benign": 9, "malignant": 9}, n_folds=2)
     check_cohort_size({"benign": 2, "malignant": 2}, n_folds=2, minimum_per_fold=1)
+
+
+def test_guard_rail_on_all_mias_masses_offers_the_paper_5_folds_with_its_cost():
+    """The complete MIAS masses (38 benign / 20 malignant) at 5 folds: besides 4 folds, the refusal offers the way
+    that keeps 5 (--min-lesions-per-fold 4) and what it costs: 4 malignant per fold, AUC steps 1/(4 x 7 or 8)."""
+    with pytest.raises(CohortTooSmallError) as caught:
+        check_cohort_size({"benign": 38, "malignant": 20}, n_folds=5, cohort="cohort 'paper'")
+    text = str(caught.value)
+    assert "use at most 4 folds (--folds 4)" in text
+    assert "keep 5 folds with --min-lesions-per-fold 4" in text
+    assert "about 4 malignant lesions per test fold" in text
+    assert f"1/(4 × 7) = {1 / 28:.3f} to 1/(4 × 8) = {1 / 32:.3f}" in text
+    check_cohort_size({"benign": 38, "malignant": 20}, n_folds=5, minimum_per_fold=4)  # the advice works
     with pytest.raises(CadxInputError, match="at least 1"):
         check_cohort_size({"benign": 2, "malignant": 2}, n_folds=2, minimum_per_fold=0)
 

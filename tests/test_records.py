@@ -80,8 +80,8 @@ def test_upgrading_leaves_the_stored_json_alone_and_refuses_newer_records():
     upgrade_results(old)
     assert old == OLD["one_seed"]["results"]
     current = upgrade_results(old)
-    assert upgrade_results(current) == current  # schema 2 is left as it is
-    with pytest.raises(CadxInputError, match=r"results.schema_version: .*schema 3.*update cadx"):
+    assert upgrade_results(current) == current  # the current schema is left as it is
+    with pytest.raises(CadxInputError, match=rf"results.schema_version: .*schema {SCHEMA_VERSION + 1}.*update cadx"):
         read_results({**current, "schema_version": SCHEMA_VERSION + 1})
     with pytest.raises(CadxInputError, match="results.schema_version"):
         read_results({**current, "schema_version": "2"})
@@ -132,3 +132,14 @@ def test_method_keys_are_those_of_the_registry():
         read_results(renamed)
     schema = json_schema()["$defs"]["ExperimentResults"]["properties"]["methods"]
     assert schema["propertyNames"] == {"enum": list(METHODS)} == {"enum": ["A", "B", "C", "Z"]}
+
+
+def test_a_schema_2_record_reads_with_the_schema_3_fields_empty():
+    """Schema 3 only added optional fields (the comparisons' within-fold-rank DeLong and repeated Nadeau-Bengio
+    tests, the folds' operating points): a schema-2 record reads as it is, those fields None."""
+    v2 = {**upgrade_results(copy.deepcopy(OLD["two_seeds"]["results"])), "schema_version": 2}
+    results = read_results(v2)
+    assert results.schema_version == SCHEMA_VERSION == 3
+    assert all(c.repeated_nb_p is None and c.rank_delong_p is None and c.fold_mean_auc_difference is None
+               for c in results.comparisons)
+    assert all(m.calibration is None or m.calibration.operating_point is None for m in results.methods.values())

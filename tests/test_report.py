@@ -387,8 +387,13 @@ def test_a_schema_1_record_renders_with_its_stored_numbers(workspace, label):
 
     for comparison in stored["comparisons"]:
         first, second = comparison["comparison"].split(" vs ")
-        assert _value(_row(page, "tests-table", f"{names[first]} vs {names[second]}")[3]) == comparison[
-            "delong_p_bonferroni"]
+        row = _row(page, "tests-table", f"{names[first]} vs {names[second]}")
+        # schema 1: the headline is the first seed's Nadeau-Bengio test, as recorded; its pooled-probability DeLong
+        # test is not shown
+        assert row[4][0].startswith("Nadeau-Bengio corrected t, 1 seed × 3 folds")
+        assert _value(row[6]) == comparison["nadeau_bengio_p"]
+        assert _value(row[7]) == comparison["nadeau_bengio_p_bonferroni"]
+        assert repr(float(comparison["delong_p"])) not in page.sections["tests"]
     if label == "two_seeds":
         assert [c[0] for c in page.cells["repeats-table"][0]][-2:] == ["seed 0", "seed 1"]
         assert "seeds 0, 1" in " ".join(page.sections["methods"].split())
@@ -440,3 +445,100 @@ def test_a_full_disk_leaves_no_truncated_report(demo_experiment, tmp_path):
         assert "No space left on device" in message and "Nothing was half-written" in message
         assert sorted(p.name for p in full.iterdir()) == [".filler", "report.html"]  # no temporary file left
         assert (full / "report.html").read_text() == "the previous report"  # before: a truncated new one
+
+
+# ------------------------------------------------------------------------- issue 24: the report states its protocol ---
+def _tick_labels(svg: str, taps: list[str]) -> list[tuple[float, str, bool]]:
+    return [(float(x), label, "rotate(" in rest) for x, rest, label in
+            re.findall(r'<text x="([0-9.]+)"([^>]*)>([^<]*)</text>', svg) if label in taps]
+
+
+def test_fig3_tap_names_never_overlap_at_the_report_width():
+    """Tap names side by side at the report's width (the figure is drawn 640 px wide, narrower than the page, so it
+    is never scaled): long names that would overlap are tilted 45°, and tilted ones stand at least a line height
+    (12 px font: 17 px along the axis) apart; short ones stay level."""
+    char_width = 0.62  # of the font size: an upper bound on Helvetica's mean advance for letters and digits
+
+    def chart(taps: list[str]) -> str:
+        return svg_line_chart([{"name": "AUC", "x": list(range(len(taps))), "y": [0.6] * len(taps)}],
+                              title="Fig. 3", x_label="tap", y_label="AUC", x_range=(-0.5, len(taps) - 0.5),
+                              y_range=(0.4, 1.0), x_ticks=list(enumerate(taps)))
+
+    long = [f"features.denseblock{i}.conv" for i in range(12)]
+    for taps in (long, ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8"],
+                 ["stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "pool"]):
+        ticks = _tick_labels(chart(taps), taps)
+        assert [t[1] for t in ticks] == taps
+        for (x1, a, tilted), (x2, b, _) in zip(ticks, ticks[1:], strict=False):
+            if tilted:
+                assert x2 - x1 >= 12 * 2 ** 0.5
+            else:  # level labels: half of each estimated width on either side of its tick
+                assert x2 - x1 >= (len(a) + len(b)) / 2 * char_width * 12, (a, b, x2 - x1)
+    assert all(t[2] for t in _tick_labels(chart(long), long))
+    assert not any(t[2] for t in _tick_labels(chart(["conv1", "conv2", "fc6"]), ["conv1", "conv2", "fc6"]))
+
+
+@pytest.mark.slow
+def test_report_of_a_mias_masses_experiment_states_its_protocol(tmp_path, mias_dir):
+    """The paper's cohort on the shared MIAS copy (33 benign / 14 malignant masses: the guard rail lowered to 2 per
+    fold), EfficientNet-Lite0's ImageNet weights, 2 seeds: the report states the cohort and its definition, the
+    lowered guard rail, each SVM's degenerate Platt folds, that the backbone is not the paper's AlexNet (with the
+    weights note), the source pixel size and the resampling to 0.1 mm, AUC (paper) = mean of fold AUCs ± SE with
+    its t interval and the mean ± SD over seeds, the test families as shown, and a fold-level headline test."""
+    import scipy.stats
+
+    from cadx.workflows import open_workspace
+
+    workspace = open_workspace(tmp_path / "data")
+    import_mias(workspace, mias_dir, user="tester")
+    loaded, note = resolve_backbone("efficientnet_lite0")
+    settings = ExperimentSettings(cohort="paper", min_lesions_per_class_per_fold=2, repeats=2,
+                                  taps=("stage7", "pool"), ensemble_tap="pool", seed=0)
+    experiment_id = run_experiment(workspace, loaded, settings, name="MIAS masses", user="tester",
+                                   weights_note=note)
+    summary = experiment_summary(workspace, experiment_id)
+    results = summary["results"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = ARTIFACTS / "report-mias-masses.html"
+    write_report(workspace, experiment_id, out)
+    text = out.read_text()
+    page = _parse(text)
+    _assert_self_contained(text, page)
+    assert list(page.sections) == list(SECTIONS)
+    protocol = {row[0][0]: row[1][0] for row in page.cells["protocol-table"]}
+    assert protocol["cohort"].startswith("paper: masses only, real data only, excluded ROIs out, 5-fold CV by lesion")
+    assert "LOWERED to 2 lesions of each class per fold (--min-lesions-per-fold 2; the default is 5)" in protocol[
+        "guard rail"]
+    for key, name in (("A", "SVM1 (CNN)"), ("B", "SVM2 (analytic)")):
+        calibration = results["methods"][key]["calibration"]
+        assert calibration["n_folds"] == 10
+        assert f"{name}: {calibration['n_clamped']}/10 folds (5 folds × 2 seeds)" in protocol[
+            "degenerate Platt folds"]
+    assert "efficientnet_lite0" in protocol["backbone"] and "NOT the paper's AlexNet" in protocol["backbone"]
+    assert note and f"weights note: {note}" in protocol["backbone"]
+    n_rois = results["n_rois"]
+    assert protocol["pixel size"] == f"source pixels 0.2 × 0.2 mm ({n_rois} ROIs), upsampled ×2 to 0.1 mm"
+    assert protocol["AUC (paper)"].startswith("the mean of the 5 fold AUCs of the first seed (0) ± its SE")
+    # the Summary: AUC (paper) ± SE, its 95 % t interval (by hand), and the mean ± SD over the 2 seeds
+    for key in ("A", "B", "C"):
+        item = re.search(rf'<li data-method="{key}">(.*?)</li>', text).group(1)
+        values = {k: float(v) for k, v in re.findall(r'data-key="(\w+)" data-value="([^"]+)"', item)}
+        method, repeated = results["methods"][key], results["repeats"]["methods"][key]
+        half = scipy.stats.t.ppf(0.975, 4) * method["auc_se"]
+        assert values["auc"] == method["auc_mean"] and values["se"] == method["auc_se"]
+        assert values["low"] == pytest.approx(method["auc_mean"] - half, abs=1e-12)
+        assert values["high"] == pytest.approx(method["auc_mean"] + half, abs=1e-12)
+        assert values["seeds_mean"] == repeated["auc_mean"] and values["seeds_sd"] == repeated["auc_sd_between_seeds"]
+        assert "AUC (paper: mean of 5 fold AUCs, first seed)" in re.sub(r"<[^>]+>", "", item)
+    methods = " ".join(page.sections["methods"].split())
+    assert ("6 comparisons in 2 families, each Bonferroni-corrected within its family (p × its size, capped at 1): "
+            "the paper's 3 (C vs A, C vs B, A vs B) and the z-scored ensemble's 3 (Z vs C, Z vs A, Z vs B)") in methods
+    assert "source pixels 0.2 × 0.2 mm" in methods
+    # the tests: a fold-level headline over both seeds' folds; the pooled-probability DeLong p-values are not shown
+    rows = page.cells["tests-table"][1:]
+    assert len(rows) == 6 and {r[4][0] for r in rows} == {"Nadeau-Bengio corrected t, 2 seeds × 5 folds"}
+    tests_html = re.search(r'<section id="tests">(.*?)</section>', text, re.S).group(1)
+    for comparison in results["comparisons"]:
+        assert f'data-value="{float(comparison["delong_p"])!r}"' not in tests_html
+        assert f'data-value="{float(comparison["auc_difference"])!r}"' not in text
+        assert f'data-value="{float(comparison["repeated_nb_p"])!r}"' in tests_html

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
@@ -168,8 +169,12 @@ def test_roi_level_is_what_the_experiment_stored_and_tables_follow_it(demo):
         .tolist() == [0.71, 0.5, 0.9, 0.72, 0.76, 2.5]
     tests = comparison_table(results)
     assert tests["comparison"].tolist()[0] == "Ensemble (SVM1 + SVM2) vs SVM1 (CNN features)"
-    assert tests.loc[0, ["DeLong p", "DeLong p (Bonferroni)", "paired t p", "Nadeau-Bengio p (Bonferroni)"]] \
-        .tolist() == [0.2, 0.6, 0.3, 1.0]
+    # a record of schema 1: its headline is the first seed's Nadeau-Bengio test as recorded; its DeLong test on
+    # probabilities pooled over folds (0.2) is not shown, and no within-fold-rank DeLong was recorded
+    assert tests.loc[0, ["headline p", "headline p (Bonferroni)", "paired t p (first seed)",
+                         "Nadeau-Bengio p (first seed, Bonferroni)"]].tolist() == [0.4, 1.0, 0.3, 1.0]
+    assert tests.loc[0, "headline test"].startswith("Nadeau-Bengio corrected t, 1 seed × ")
+    assert 0.2 not in tests.loc[0].tolist() and pd.isna(tests.loc[0, "DeLong p (within-fold ranks)"])
     curves = roc_curve_table(results)
     assert len(curves) == 3 * (3 + 3)
     assert set(curves["curve"]) == {"empirical", "binormal"}

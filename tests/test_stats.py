@@ -439,3 +439,94 @@ _S = [0.1, 0.8, 0.3, 0.6, 0.5, 0.4]
 def test_bad_inputs_raise_clear_value_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ------------------------------------------------------------------ issue 24: tests a reader can trust ---
+def _floored_folds() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Five folds of 12 cases; SVM1's scores are one constant per fold in folds 0-2 (a Platt slope at its floor),
+    at a level that rises with the fold's share of malignant cases, and informative in folds 3-4; SVM2 ranks
+    moderately well everywhere."""
+    rng = np.random.default_rng(7)
+    malignant_per_fold = [2, 4, 6, 3, 4]
+    y = np.concatenate([[1] * m + [0] * (12 - m) for m in malignant_per_fold])
+    folds = np.repeat(np.arange(5), 12)
+    a = np.empty(y.size)
+    for k, m in enumerate(malignant_per_fold):
+        inside = folds == k
+        a[inside] = 0.05 * m if k < 3 else 0.2 + 0.1 * y[inside] + rng.normal(0, 0.1, inside.sum())
+    b = 0.3 + 0.15 * y + rng.normal(0, 0.1, y.size)
+    return y, folds, a, b
+
+
+def test_within_fold_ranks_put_a_constant_fold_at_one_half_and_ignore_its_level():
+    y, folds, a, _b = _floored_folds()
+    ranks = stats.within_fold_ranks(a, folds)
+    assert np.all(ranks[folds < 3] == 0.5)
+    inside = folds == 3
+    expected = (scipy.stats.rankdata(a[inside]) - 0.5) / inside.sum()
+    np.testing.assert_allclose(ranks[inside], expected, rtol=0, atol=0)
+    # the pooled AUC of the raw scores rises with the fold levels; that of the ranks does not move with them
+    shifted = np.where(folds < 3, a * 10, a)
+    assert stats.auc(y, a) != stats.auc(y, shifted)
+    assert stats.auc(y, stats.within_fold_ranks(a, folds)) == stats.auc(y, stats.within_fold_ranks(shifted, folds))
+
+
+def test_floored_platt_folds_inflate_the_pooled_auc_and_the_headline_test_is_fold_level():
+    """Folds built with SVM1's probabilities constant at fold-specific levels: pooling them inflates SVM1's AUC
+    far above its mean fold AUC. The comparison's headline is the corrected t over the folds, the DeLong test shown
+    runs on within-fold ranks, and the pooled-probability DeLong never appears in the table."""
+    from cadx.records import LevelResults
+    from cadx.svm import fold_auc
+    from cadx.workflows.experiments import compare_methods, method_statistics
+    from cadx.workflows.results import comparison_table
+
+    y, folds, a, b = _floored_folds()
+    lesions = np.arange(y.size)
+    fa, fb = fold_auc(a, y, folds), fold_auc(b, y, folds)
+    assert np.all(fa[:3] == 0.5)  # constant folds: no ranking inside them
+    assert stats.auc(y, a) > float(np.mean(fa)) + 0.1  # the artefact: pooled levels, not a ranking
+    methods = {key: method_statistics(key, s, None, y, lesions, 0, 0.0, fold_aucs=f)
+               for key, s, f in (("A", a, fa), ("B", b, fb))}
+    (row,) = compare_methods(methods, {"A": a, "B": b}, y, folds, 5, lesions=lesions, pairs=[("A", "B")])
+    assert row.auc_difference == pytest.approx(stats.auc(y, a) - stats.auc(y, b))  # recorded as before
+    assert row.fold_mean_auc_difference == pytest.approx(float(np.mean(fa - fb)))
+    ranked = stats.delong_test(y, stats.within_fold_ranks(a, folds), stats.within_fold_ranks(b, folds))
+    assert row.rank_delong_p == pytest.approx(ranked.p_value) and row.rank_delong_p != row.delong_p
+    table = comparison_table(LevelResults(level="roi", n_cases=y.size, n_positive=int(y.sum()), methods=methods,
+                                          comparisons=[row]))
+    shown = table.iloc[0]
+    assert shown["headline test"] == "Nadeau-Bengio corrected t, 1 seed × 5 folds"
+    assert shown["headline p"] == row.repeated_nb_p == row.nadeau_bengio_p  # one seed: the same test
+    assert shown["AUCs subtracted"] == "AUC(SVM1 (CNN)) − AUC(SVM2 (analytic))"
+    assert shown["ΔAUC (mean of fold AUCs)"] == pytest.approx(float(np.mean(fa - fb)))
+    assert row.delong_p not in shown.tolist() and row.auc_difference not in shown.tolist()
+    assert not any("pooled" in c.lower() and "delong" in c.lower() for c in table.columns)
+
+
+def test_repeated_corrected_t_over_seeds_and_folds_matches_a_hand_computation():
+    """Bouckaert & Frank's corrected repeated k-fold t over 3 seeds × 5 folds, by hand with scipy.stats.t."""
+    from cadx.workflows.experiments import compare_methods
+
+    rng = np.random.default_rng(3)
+    n_seeds, k = 3, 5
+    lesions = np.arange(50)
+    y = np.tile([0, 1], 25)
+    folds_by_seed = [rng.permutation(np.repeat(np.arange(k), 10)) for _ in range(n_seeds)]
+    auc_a = [list(0.6 + 0.1 * rng.random(k)) for _ in range(n_seeds)]
+    auc_b = [list(0.55 + 0.1 * rng.random(k)) for _ in range(n_seeds)]
+    scores = {"A": rng.random(50), "B": rng.random(50)}
+    methods = {"A": {"fold_aucs": auc_a[0]}, "B": {"fold_aucs": auc_b[0]}}
+    (row,) = compare_methods(methods, scores, y, folds_by_seed[0], k, lesions=lesions, pairs=[("A", "B")],
+                             fold_aucs_by_seed={"A": auc_a, "B": auc_b}, folds_by_seed=folds_by_seed)
+    d = (np.array(auc_a) - np.array(auc_b)).ravel()
+    j = d.size
+    n_test, n_train = 10.0, 40.0  # lesions per test / training fold
+    t = d.mean() / math.sqrt((1 / j + n_test / n_train) * d.var(ddof=1))
+    p = 2 * scipy.stats.t.sf(abs(t), df=j - 1)
+    assert row.repeated_nb_n_seeds == 3 and row.repeated_nb_n_folds == 15 and row.repeated_nb_df == 14
+    assert row.repeated_nb_mean_difference == pytest.approx(d.mean(), rel=1e-12)
+    assert row.repeated_nb_t == pytest.approx(t, rel=1e-12)
+    assert row.repeated_nb_p == pytest.approx(p, rel=1e-12)
+    first = np.array(auc_a[0]) - np.array(auc_b[0])  # the first seed's own test is kept beside it
+    t1 = first.mean() / math.sqrt((1 / k + 1 / 4) * first.var(ddof=1))
+    assert row.nadeau_bengio_p == pytest.approx(2 * scipy.stats.t.sf(abs(t1), df=k - 1), rel=1e-12)

@@ -31,7 +31,8 @@ from db.models import Roi
 if TYPE_CHECKING:
     from cadx.cnn import LoadedBackbone
 
-__all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "correlation_analysis", "fusion_analysis",
+__all__ = ["ExperimentData", "experiment_data", "agreement_analysis", "fold_operating_points",
+           "correlation_analysis", "fusion_analysis",
            "embedding_analysis", "occlusion_analysis"]
 
 
@@ -111,21 +112,69 @@ def _analytic(workspace: Workspace, data: ExperimentData) -> tuple[np.ndarray, l
     return X, names
 
 
-def agreement_analysis(workspace: Workspace, experiment_id: int, *, level: str = "lesion", threshold: float = 0.5,
-                       top: int = 10) -> dict[str, Any]:
-    """Do SVM1 and SVM2 err on the same lesions (or ROIs)? The 2 × 2 table, McNemar, Spearman, and the cases with
-    the largest |p1 − p2|."""
+def fold_operating_points(record: ExperimentRecord, key: str) -> np.ndarray:
+    """The first seed's per-fold operating points of SVM ``key`` (``"A"`` or ``"B"``): decision values chosen on
+    each training fold (``cadx.svm.operating_point``), as recorded; a record made before they were recorded (schema
+    2 or older) is refused with the fix."""
+    method = record.results.methods.get(key)
+    calibration = None if method is None else method.calibration
+    if calibration is None or not calibration.operating_point:
+        raise CadxInputError(f"experiment {record.id}", "it was recorded before each fold's operating point (chosen "
+                             "on its training data) was stored", "run the experiment again, or give a fixed "
+                             "probability threshold (--threshold)")
+    points = np.array([np.nan if v is None else v for v in calibration.operating_point[0]], dtype=np.float64)
+    if not np.isfinite(points).all():
+        raise CadxInputError(f"experiment {record.id}", f"SVM {key}'s recorded operating points are not all finite",
+                             "run the experiment again")
+    return points
+
+
+def agreement_analysis(workspace: Workspace, experiment_id: int, *, level: str = "lesion",
+                       threshold: float | None = None, top: int = 10) -> dict[str, Any]:
+    """Do SVM1 and SVM2 err on the same lesions (or ROIs)? The 2 × 2 table, McNemar, φ, Spearman, and the cases
+    with the largest |p1 − p2|.
+
+    ``threshold=None`` (the default) calls a case malignant where its decision value (a lesion: the mean of its
+    ROIs') reaches its fold's operating point, chosen on that fold's training data only and recorded with the
+    experiment (``fold_operating_points``); a number is a fixed probability threshold on p1 and p2 instead. Either
+    way φ and McNemar are refused, with the reason, when a classifier calls every case one class. The result's
+    ``operating_points`` gives each fold's thresholds."""
     frame = (lesion_predictions(workspace, experiment_id) if level == "lesion"
              else roi_predictions(workspace, experiment_id))
     if frame.empty or frame["p2"].isna().any():
         raise CadxInputError(f"experiment {experiment_id}", "no SVM2 probabilities (it ran SVM1 only)",
                              "pick an experiment with analytic features")
-    result = error_agreement(frame["p1"].to_numpy(float), frame["p2"].to_numpy(float),
-                             frame["truth"].to_numpy(int), threshold=threshold, top=top)
+    unit = "lesions" if level == "lesion" else "ROIs"
+    names = ("SVM1 (CNN)", "SVM2 (analytic)")
+    folds = frame["fold"].to_numpy(dtype=int)
+    if threshold is None:
+        record = load_experiment(workspace, experiment_id)
+        points = {key: fold_operating_points(record, key) for key in ("A", "B")}
+        rule = record.results.methods["A"].calibration.operating_point_rule  # type: ignore[union-attr]
+        result = error_agreement(frame["decision1"].to_numpy(float), frame["decision2"].to_numpy(float),
+                                 frame["truth"].to_numpy(int), threshold=points["A"][folds],
+                                 threshold2=points["B"][folds], top=top, names=names, unit=unit)
+        operating = pd.DataFrame({"fold": np.arange(len(points["A"])), "SVM1 decision ≥": points["A"],
+                                  "SVM2 decision ≥": points["B"]})
+        called = "each fold's operating point (decision value, chosen on its training data: " + str(rule) + ")"
+    else:
+        result = error_agreement(frame["p1"].to_numpy(float), frame["p2"].to_numpy(float),
+                                 frame["truth"].to_numpy(int), threshold=threshold, top=top, names=names, unit=unit)
+        operating = pd.DataFrame({"fold": sorted(set(folds.tolist())), "SVM1 p ≥": threshold, "SVM2 p ≥": threshold})
+        called = f"a fixed probability threshold of {threshold:g} (not chosen on training data)"
+    frame = frame.copy()  # right/wrong as called here (the predictions' own columns use each method's fixed cut)
+    truth = frame["truth"].to_numpy(int) == 1
+    if threshold is None:
+        frame["right_p1"] = (frame["decision1"].to_numpy(float) >= points["A"][folds]) == truth
+        frame["right_p2"] = (frame["decision2"].to_numpy(float) >= points["B"][folds]) == truth
+    else:
+        frame["right_p1"] = (frame["p1"].to_numpy(float) >= threshold) == truth
+        frame["right_p2"] = (frame["p2"].to_numpy(float) >= threshold) == truth
     columns = [c for c in ("roi_id", "lesion_id", "lesion_key", "patient_key", "view", "truth", "fold", "p1", "p2",
                            "disagreement", "right_p1", "right_p2") if c in frame.columns]
     table = pd.DataFrame(result.table, index=["SVM1 right", "SVM1 wrong"], columns=["SVM2 right", "SVM2 wrong"])
-    return {"level": level, "threshold": threshold, "result": result, "table": table,
+    return {"level": level, "threshold": threshold, "called_at": called, "operating_points": operating,
+            "result": result, "table": table,
             "disagreeing": frame.iloc[result.most_disagreeing][columns].reset_index(drop=True)}
 
 

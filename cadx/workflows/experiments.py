@@ -499,7 +499,12 @@ def experiment_statistics(settings: ExperimentSettings, cohort: CohortStage, fea
             methods[key] = method_statistics(METHODS[key].title, runs[0], None, y, lesions, settings.seed,
                                              method_a.seconds + b.seconds,
                                              fold_aucs=fold_auc(runs[0], y, method_a.fold))
-        comparisons = compare_methods(methods, scores, y, method_a.fold, cohort.n_folds, lesions=lesions)
+        by_seed: dict[str, list[list[float | None]]] = {
+            "A": [_numbers(r.fold_auc) for r in cv.runs_a], "B": [_numbers(r.fold_auc) for r in cv.runs_b],
+            **{key: [_numbers(fold_auc(s, y, a.fold)) for a, s in zip(cv.runs_a, runs, strict=True)]
+               for key, runs in cv.runs_fused.items()}}
+        comparisons = compare_methods(methods, scores, y, method_a.fold, cohort.n_folds, lesions=lesions,
+                                      fold_aucs_by_seed=by_seed, folds_by_seed=[r.fold for r in cv.runs_a])
     repeats = None
     if repeated:
         repeats = repeated_cv_summary(methods, list(cv.runs_a), list(cv.runs_b),
@@ -646,9 +651,10 @@ def calibration_record(runs: list[CvResult]) -> Calibration:
     ``slope``: the free maximum-likelihood slope per seed and fold (decision-value units, before the floor);
     ``clamped``: folds where the floor was active (the classifier's probabilities are flat there, so the
     probability ensemble equals the other classifier in those folds); ``n_clamped`` of ``n_folds`` over all seeds;
-    ``inner_mean``/``inner_sd``: the training-fold standardisation of the z-scored ensemble.
+    ``inner_mean``/``inner_sd``: the training-fold standardisation of the z-scored ensemble; ``operating_point``:
+    each fold's threshold on the decision values, chosen on its training data (``cadx.svm.operating_point``).
     """
-    from cadx.svm import _PLATT_MIN_SLOPE
+    from cadx.svm import _PLATT_MIN_SLOPE, OPERATING_POINT_RULE
 
     def per_fold(name: str) -> list[list[float | None]]:
         return [_numbers(getattr(r, name)) for r in runs]
@@ -664,6 +670,8 @@ def calibration_record(runs: list[CvResult]) -> Calibration:
         floor=f"{_PLATT_MIN_SLOPE:g} / SD of the inner decision values",
         inner_mean=per_fold("inner_decision_mean"),
         inner_sd=per_fold("inner_decision_sd"),
+        operating_point=(per_fold("operating_point") if all(r.operating_point is not None for r in runs) else None),
+        operating_point_rule=OPERATING_POINT_RULE,
     )
 
 
@@ -738,30 +746,55 @@ def _bootstrap(y: np.ndarray, proba: np.ndarray, lesions: np.ndarray, seed: int)
 
 def compare_methods(methods: Mapping[str, MethodRecord | Mapping[str, Any]], scores: Mapping[str, np.ndarray],
                     y: np.ndarray, folds: np.ndarray, n_folds: int, *, lesions: np.ndarray,
-                    pairs: list[tuple[str, str]] | None = None) -> list[Comparison]:
-    """DeLong, fold-wise paired t and Nadeau-Bengio p-values, Bonferroni-adjusted within each family of
-    ``cadx.methods.comparison_families``: the paper's (C vs A, C vs B, A vs B) and the added z-ensemble's; or, with
-    ``pairs``, those pairs as one family (e.g. Method D against A, B and C).
+                    pairs: list[tuple[str, str]] | None = None,
+                    fold_aucs_by_seed: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
+                    folds_by_seed: Sequence[np.ndarray] | None = None) -> list[Comparison]:
+    """The significance tests of each family of ``cadx.methods.comparison_families`` (the paper's C vs A, C vs B,
+    A vs B and the added z-ensemble's), or, with ``pairs``, those pairs as one family (e.g. Method D against A, B
+    and C); every p-value Bonferroni-adjusted within its family.
+
+    The headline test is fold-level: Nadeau & Bengio's corrected t over every seed's folds (``repeated_nb_*``;
+    Bouckaert & Frank's corrected repeated k-fold t-test), from ``fold_aucs_by_seed`` (method -> per seed, its
+    fold AUCs; default: the methods' own first-seed fold AUCs) with ``folds_by_seed`` (each seed's test fold per
+    case, for the lesion counts). Beside it: the paired t and Nadeau-Bengio tests on the first seed's folds, and
+    DeLong's test on within-fold ranks (``stats.within_fold_ranks``), so that a fold whose scores sit at a
+    fold-specific level (a Platt slope at its floor) cannot make a pooled ROC difference. DeLong on the
+    probabilities pooled over folds is kept in the record (``delong_*``, ``auc_difference``) as before but is not
+    a finding: those probabilities are not comparable across folds.
 
     ``methods`` give each method's fold AUCs (records, or their JSON form). Nadeau & Bengio's ``n_train``/``n_test``
     count lesions (``stats.cv_unit_sizes``), not ROIs: the views of one lesion are not independent test cases.
     """
     n_train, n_test = stats.cv_unit_sizes(folds, lesions)
+    seed_folds = list(folds_by_seed) if folds_by_seed is not None else [folds]
+    sizes = np.array([stats.cv_unit_sizes(f, lesions) for f in seed_folds])
+    n_train_all, n_test_all = float(sizes[:, 0].mean()), float(sizes[:, 1].mean())
+    ranks = {key: stats.within_fold_ranks(values, folds) for key, values in scores.items()}
     rows: list[Comparison] = []
     families = comparison_families(set(scores)) if pairs is None else {"requested": list(pairs)}
     for family, family_pairs in families.items():
         block = []
         for first, second in family_pairs:
             delong = stats.delong_test(y, scores[first], scores[second])
+            rank_delong = stats.delong_test(y, ranks[first], ranks[second])
             fa = np.asarray(_fold_aucs(methods[first]), dtype=float)
             fb = np.asarray(_fold_aucs(methods[second]), dtype=float)
             paired = stats.paired_t_test(fa, fb)
             corrected = stats.corrected_resampled_t_test(fa - fb, n_train=n_train, n_test=n_test)
-            block.append((f"{first} vs {second}", delong, paired, corrected))
-        adjusted = {name: stats.bonferroni([p for p in values]).p_adjusted for name, values in (
-            ("delong", [d.p_value for _, d, _, _ in block]), ("paired", [p.p_value for _, _, p, _ in block]),
-            ("nb", [c.p_value for _, _, _, c in block]))}
-        for i, (comparison, delong, paired, corrected) in enumerate(block):
+            by_seed_a = fold_aucs_by_seed[first] if fold_aucs_by_seed is not None else [fa]
+            by_seed_b = fold_aucs_by_seed[second] if fold_aucs_by_seed is not None else [fb]
+            diffs = np.concatenate([np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+                                    for a, b in zip(by_seed_a, by_seed_b, strict=True)])
+            repeated = stats.corrected_resampled_t_test(diffs[np.isfinite(diffs)], n_train=n_train_all,
+                                                        n_test=n_test_all)
+            block.append((f"{first} vs {second}", delong, rank_delong, paired, corrected, repeated,
+                          float(np.mean(fa - fb)), len(by_seed_a)))
+        p_values: dict[str, list[float]] = {
+            "delong": [b[1].p_value for b in block], "rank": [b[2].p_value for b in block],
+            "paired": [b[3].p_value for b in block], "nb": [b[4].p_value for b in block],
+            "repeated": [b[5].p_value for b in block]}
+        adjusted = {name: stats.bonferroni(values).p_adjusted for name, values in p_values.items()}
+        for i, (comparison, delong, rank_delong, paired, corrected, repeated, fold_mean, n_seeds) in enumerate(block):
             rows.append(Comparison(
                 comparison=comparison, family=family, auc_difference=_number(delong.difference),
                 delong_p=_number(delong.p_value), delong_ci95=[_number(delong.ci_lower), _number(delong.ci_upper)],
@@ -769,7 +802,16 @@ def compare_methods(methods: Mapping[str, MethodRecord | Mapping[str, Any]], sco
                 nadeau_bengio_n_train=_number(n_train), nadeau_bengio_n_test=_number(n_test),
                 delong_p_bonferroni=_number(adjusted["delong"][i]),
                 paired_t_p_bonferroni=_number(adjusted["paired"][i]),
-                nadeau_bengio_p_bonferroni=_number(adjusted["nb"][i])))
+                nadeau_bengio_p_bonferroni=_number(adjusted["nb"][i]),
+                fold_mean_auc_difference=_number(fold_mean),
+                rank_delong_auc_difference=_number(rank_delong.difference),
+                rank_delong_p=_number(rank_delong.p_value),
+                rank_delong_ci95=[_number(rank_delong.ci_lower), _number(rank_delong.ci_upper)],
+                rank_delong_p_bonferroni=_number(adjusted["rank"][i]),
+                repeated_nb_mean_difference=_number(repeated.mean_difference), repeated_nb_t=_number(repeated.t),
+                repeated_nb_df=int(repeated.df), repeated_nb_p=_number(repeated.p_value),
+                repeated_nb_p_bonferroni=_number(adjusted["repeated"][i]), repeated_nb_n_seeds=int(n_seeds),
+                repeated_nb_n_folds=int(repeated.df + 1)))
     return rows
 
 

@@ -46,15 +46,16 @@ _LABELS = LABELS  # cadx.labels
 
 
 def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: list[int]) -> CohortSummary:
-    """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, and the excluded
-    ROIs by their exclusion reason (the reason recorded now)."""
+    """Patients, lesions and ROIs of an ROI set by label, ROIs by view, lesions by lesion type, the excluded
+    ROIs by their exclusion reason (the reason recorded now), and ROIs by source-image and ROI pixel size."""
     ids = [int(i) for i in roi_ids]
     rows: list[Any] = []
     with workspace.sessions() as session:
         for start in range(0, len(ids), 500):  # bounded IN lists
             chunk = ids[start:start + 500]
             rows += session.execute(
-                select(Roi.id, Lesion.id, Lesion.patient_id, Lesion.label, Lesion.lesion_type, Image.view)
+                select(Roi.id, Lesion.id, Lesion.patient_id, Lesion.label, Lesion.lesion_type, Image.view,
+                       Image.pixel_spacing_row_mm, Image.pixel_spacing_col_mm, Roi.pixel_size_mm)
                 .join(Lesion, Roi.lesion_id == Lesion.id).join(Image, Roi.image_id == Image.id)
                 .where(Roi.id.in_(chunk))).all()
         reasons: dict[str, int] = {}
@@ -75,11 +76,19 @@ def cohort_summary(workspace: Workspace, roi_ids: list[int], excluded_roi_ids: l
     by_type: dict[str, dict[str, int]] = {}
     for kind, label in lesion_type.values():
         by_type.setdefault(kind, dict.fromkeys(labels, 0))[label] += 1
+    source_pixels: dict[tuple[float, float], int] = {}
+    roi_pixels: dict[float, int] = {}
+    for r in rows:
+        spacing = (round(float(r[6]), 6), round(float(r[7]), 6))
+        source_pixels[spacing] = source_pixels.get(spacing, 0) + 1
+        roi_pixels[round(float(r[8]), 6)] = roi_pixels.get(round(float(r[8]), 6), 0) + 1
     return CohortSummary(patients=len({r[2] for r in rows}), lesions=len({r[1] for r in rows}), rois=len(rows),
                          rois_deleted_since=missing, label_names=labels, by_label=by_label,
                          lesions_by_label={k: v.lesions for k, v in by_label.items()},
                          rois_by_view=dict(sorted(by_view.items())), lesions_by_type=dict(sorted(by_type.items())),
-                         excluded_by_reason=dict(sorted(reasons.items())))
+                         excluded_by_reason=dict(sorted(reasons.items())),
+                         source_pixel_mm=dict(sorted(source_pixels.items())),
+                         roi_pixel_mm=dict(sorted(roi_pixels.items())))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from cadx.errors import CadxInputError
 from cadx.labels import label_word
 from cadx.methods import METHODS
 from cadx.outline import decode_mask_png, draw_outline
-from cadx.records import LevelResults, MethodRecord, SweepLayer, experiment_name, read_results
+from cadx.records import Comparison, LevelResults, MethodRecord, SweepLayer, experiment_name, read_results
 from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.experiments import compare_methods, method_statistics, record_of
@@ -37,10 +37,12 @@ __all__ = [
     "backbone_choices",
     "backbone_status",
     "best_tap_text",
+    "COMPARISON_COLUMNS",
     "calibration_notes",
     "comparison_table",
     "delete_experiment",
     "experiment_results",
+    "headline_test_name",
     "lesion_predictions",
     "list_experiments",
     "method_table",
@@ -269,7 +271,15 @@ def experiment_results(workspace: Workspace, experiment_id: int, level: Level = 
         scores[key] = s
     comparisons = []
     if {"A", "B", "C"} <= methods.keys():
-        comparisons = compare_methods(methods, scores, y, folds, config.n_folds, lesions=ids)
+        # the headline test runs over every seed's folds: each seed's lesion scores and folds
+        seeds = [lesions] + [lesion_predictions(workspace, experiment_id, repeat=r) for r in range(1, config.repeats)]
+        if any(not (frame["lesion_id"].to_numpy() == ids).all() for frame in seeds):
+            raise RuntimeError("the seeds' lesion predictions cover different lesions")
+        by_seed = {key: [list(fold_auc(frame[METHODS[key].column].to_numpy(dtype=float), y,
+                                       frame["fold"].to_numpy(dtype=int))) for frame in seeds] for key in methods}
+        comparisons = compare_methods(methods, scores, y, folds, config.n_folds, lesions=ids,
+                                      fold_aucs_by_seed=by_seed,
+                                      folds_by_seed=[frame["fold"].to_numpy(dtype=int) for frame in seeds])
     return LevelResults(level="lesion", n_cases=int(len(y)), n_positive=int(y.sum()), methods=methods,
                         comparisons=comparisons, repeats=results.repeats)
 
@@ -319,30 +329,69 @@ def repeats_table(results: LevelResults) -> pd.DataFrame:
                                        *(f"seed {s}" for s in seeds)])
 
 
+COMPARISON_COLUMNS = [
+    "comparison", "family", "AUCs subtracted", "ΔAUC (mean of fold AUCs)", "headline test",
+    "headline ΔAUC (mean over folds)", "headline p", "headline p (Bonferroni)", "paired t p (first seed)",
+    "paired t p (first seed, Bonferroni)", "Nadeau-Bengio p (first seed)", "Nadeau-Bengio p (first seed, Bonferroni)",
+    "DeLong ΔAUC (within-fold ranks)", "DeLong CI95 low", "DeLong CI95 high", "DeLong p (within-fold ranks)",
+    "DeLong p (within-fold ranks, Bonferroni)"]
+"""The columns of :func:`comparison_table` (the report and the ROC page show them under these names)."""
+
+
+def headline_test_name(c: Comparison, n_folds: int) -> str:
+    """The name of a comparison's headline test, with the resamples it ran over, e.g. "Nadeau-Bengio corrected t,
+    5 seeds × 5 folds" (a record of schema 2 or older: the first seed's folds only, as recorded)."""
+    if c.repeated_nb_p is None or c.repeated_nb_n_seeds is None or c.repeated_nb_n_folds is None:
+        return f"Nadeau-Bengio corrected t, 1 seed × {n_folds} folds (as recorded; rerun for every seed's folds)"
+    seeds = c.repeated_nb_n_seeds
+    per_seed = c.repeated_nb_n_folds // seeds if seeds else c.repeated_nb_n_folds
+    return f"Nadeau-Bengio corrected t, {seeds} seed{'s' if seeds != 1 else ''} × {per_seed} folds"
+
+
 def comparison_table(results: LevelResults) -> pd.DataFrame:
-    """The significance tests of ``experiment_results``: DeLong, fold-wise paired t, Nadeau-Bengio corrected t,
-    each with its Bonferroni-adjusted p-value within its family (``paper``: the paper's 3 comparisons; ``added``:
-    the z-scored ensemble's 3)."""
+    """The significance tests of ``experiment_results``, one row per comparison, every p-value with its
+    Bonferroni-adjusted one within its family (``paper``: the paper's 3 comparisons; ``added``: the z-scored
+    ensemble's 3; ``requested``: Method D's).
+
+    The **headline** is fold-level: Nadeau-Bengio's corrected t over every seed's folds (Bouckaert & Frank's
+    corrected repeated k-fold t-test). Beside it the fold-wise paired t and Nadeau-Bengio tests on the first seed's
+    folds and DeLong's test on within-fold ranks (comparable across folds). DeLong on the probabilities pooled
+    over folds is not shown: those probabilities are on fold-specific scales (a Platt slope held at its floor
+    makes a whole fold one constant at its own level), so their pooled AUC difference is not a finding; it stays
+    in the record. Every difference is the first classifier's AUC minus the second's ("AUCs subtracted")."""
     rows = []
+    methods = results.methods
     for c in results.comparisons:
         first, second = c.pair
+        fold_mean = c.fold_mean_auc_difference
+        if fold_mean is None and first in methods and second in methods:  # a record of schema 2 or older
+            fa = np.asarray(methods[first].fold_aucs, dtype=float)
+            fb = np.asarray(methods[second].fold_aucs, dtype=float)
+            fold_mean = float(np.mean(fa - fb)) if fa.shape == fb.shape else None
+        repeated = c.repeated_nb_p is not None
+        n_folds = len(methods[first].fold_aucs) if first in methods else 0
+        rank_ci = c.rank_delong_ci95 or [None, None]
         rows.append({
             "comparison": f"{METHOD_NAMES.get(first, first)} vs {METHOD_NAMES.get(second, second)}",
             "family": c.family,
-            "AUC difference": c.auc_difference,
-            "DeLong CI95 low": c.delong_ci95[0],
-            "DeLong CI95 high": c.delong_ci95[1],
-            "DeLong p": c.delong_p,
-            "DeLong p (Bonferroni)": c.delong_p_bonferroni,
-            "paired t p": c.paired_t_p,
-            "paired t p (Bonferroni)": c.paired_t_p_bonferroni,
-            "Nadeau-Bengio p": c.nadeau_bengio_p,
-            "Nadeau-Bengio p (Bonferroni)": c.nadeau_bengio_p_bonferroni,
+            "AUCs subtracted": f"AUC({METHODS[first].short if first in METHODS else first}) − "
+                               f"AUC({METHODS[second].short if second in METHODS else second})",
+            "ΔAUC (mean of fold AUCs)": fold_mean,
+            "headline test": headline_test_name(c, n_folds),
+            "headline ΔAUC (mean over folds)": c.repeated_nb_mean_difference if repeated else fold_mean,
+            "headline p": c.repeated_nb_p if repeated else c.nadeau_bengio_p,
+            "headline p (Bonferroni)": c.repeated_nb_p_bonferroni if repeated else c.nadeau_bengio_p_bonferroni,
+            "paired t p (first seed)": c.paired_t_p,
+            "paired t p (first seed, Bonferroni)": c.paired_t_p_bonferroni,
+            "Nadeau-Bengio p (first seed)": c.nadeau_bengio_p,
+            "Nadeau-Bengio p (first seed, Bonferroni)": c.nadeau_bengio_p_bonferroni,
+            "DeLong ΔAUC (within-fold ranks)": c.rank_delong_auc_difference,
+            "DeLong CI95 low": rank_ci[0],
+            "DeLong CI95 high": rank_ci[1],
+            "DeLong p (within-fold ranks)": c.rank_delong_p,
+            "DeLong p (within-fold ranks, Bonferroni)": c.rank_delong_p_bonferroni,
         })
-    return pd.DataFrame(rows, columns=["comparison", "family", "AUC difference", "DeLong CI95 low", "DeLong CI95 high",
-                                       "DeLong p", "DeLong p (Bonferroni)", "paired t p",
-                                       "paired t p (Bonferroni)", "Nadeau-Bengio p",
-                                       "Nadeau-Bengio p (Bonferroni)"])
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def roc_curve_table(results: LevelResults) -> pd.DataFrame:
@@ -395,11 +444,13 @@ def roi_predictions(workspace: Workspace, experiment_id: int, *, repeat: int | N
     return _add_outcomes(frame)
 
 
-def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame:
-    """One row per lesion: the mean of its ROIs' p1, p2 and p3 (computed with ``cadx.stats.lesion_level_scores``),
-    its truth, fold and number of ROIs, |p1 - p2| and right-or-wrong at 0.5."""
-    rois = roi_predictions(workspace, experiment_id)
-    columns = ["lesion_id", "lesion_key", "patient_key", "n_rois", "fold", "truth", *_SCORE_COLUMNS]
+def lesion_predictions(workspace: Workspace, experiment_id: int, *, repeat: int = 0) -> pd.DataFrame:
+    """One row per lesion: the mean of its ROIs' p1, p2, p3, pz and decision values (computed with
+    ``cadx.stats.lesion_level_scores``), its truth, fold and number of ROIs, |p1 - p2| and right-or-wrong at each
+    method's fixed threshold; ``repeat`` picks the seed (0: the first)."""
+    rois = roi_predictions(workspace, experiment_id, repeat=repeat)
+    columns = ["lesion_id", "lesion_key", "patient_key", "n_rois", "fold", "truth", *_SCORE_COLUMNS, "decision1",
+               "decision2"]
     if rois.empty:
         return _add_outcomes(pd.DataFrame(columns=columns))
     first = rois.groupby("lesion_id", sort=True).first()
@@ -410,7 +461,7 @@ def lesion_predictions(workspace: Workspace, experiment_id: int) -> pd.DataFrame
                           "patient_key": first["patient_key"].to_numpy(), "fold": first["fold"].to_numpy()})
     groups = rois["lesion_id"].to_numpy()
     truth = rois["truth"].to_numpy(dtype=int)
-    for column in _SCORE_COLUMNS:
+    for column in (*_SCORE_COLUMNS, "decision1", "decision2"):
         values = rois[column]
         if values.isna().any():
             frame[column] = np.nan
