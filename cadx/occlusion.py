@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OcclusionMap", "heat_overlay", "occlusion_map", "patch_positions"]
+__all__ = ["DEGENERATE_DELTA_P", "OcclusionMap", "OcclusionScale", "colour_bar", "heat_overlay", "occlusion_map",
+           "occlusion_scale", "patch_positions"]
+
+# Below this largest |change in p1| (probability units) hiding any region moves p1 by less than a rounding of its
+# three shown decimals would notice: the map's colours are then noise stretched to full red/blue, not an explanation.
+DEGENERATE_DELTA_P = 0.01
 
 
 @dataclass(frozen=True)
@@ -108,3 +113,51 @@ def heat_overlay(rgb: np.ndarray, sensitivity: np.ndarray, *, alpha: float = 0.5
     colour[..., 2] = 255.0 * (strength < 0)
     weight = alpha * np.abs(strength)[..., None]
     return np.clip(np.rint(rgb * (1.0 - weight) + colour * weight), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class OcclusionScale:
+    """How to read a map: the colour scale in probability units and whether the map means anything.
+
+    Attributes
+    ----------
+    max_abs : float
+        The largest |Δp| of the map: full red is ``+max_abs``, full blue ``-max_abs`` (symmetric around 0).
+    degenerate : bool
+        The map explains nothing: its largest |Δp| is below :data:`DEGENERATE_DELTA_P` or the fold's Platt slope
+        was held at its floor (p1 flat by construction).
+    message : str or None
+        Why, in words, when ``degenerate``.
+    """
+
+    max_abs: float
+    degenerate: bool
+    message: str | None
+
+
+def occlusion_scale(sensitivity: np.ndarray, *, platt_clamped: bool = False,
+                    threshold: float = DEGENERATE_DELTA_P) -> OcclusionScale:
+    """The colour scale of ``sensitivity`` (in p units) and whether the fold is degenerate (see
+    :class:`OcclusionScale`); ``platt_clamped``: the fold's SVM1 Platt slope was held at its floor."""
+    max_abs = float(np.abs(np.asarray(sensitivity, dtype=np.float64)).max())
+    reasons = []
+    if platt_clamped:
+        reasons.append("this fold's Platt slope was held at its floor (SVM1's inner cross-validated scores carried "
+                       "no signal), so p1 is nearly flat by construction")
+    if max_abs < threshold:
+        reasons.append(f"hiding any region changes p1 by at most {max_abs:.4f}, below {threshold:g}")
+    if not reasons:
+        return OcclusionScale(max_abs=max_abs, degenerate=False, message=None)
+    return OcclusionScale(max_abs=max_abs, degenerate=True, message=(
+        "Degenerate fold: " + "; ".join(reasons) + ". The colours are stretched to the largest change however small: "
+        "this map means nothing about the ROI."))
+
+
+def colour_bar(max_abs: float, *, width: int = 512, height: int = 24, alpha: float = 0.55,
+               background: int = 128) -> np.ndarray:
+    """The legend of :func:`heat_overlay` (H, W, 3 uint8): left ``-max_abs`` (full blue), centre 0 (the grey
+    background unchanged), right ``+max_abs`` (full red), blended over a uniform grey as the map is."""
+    values = np.linspace(-1.0, 1.0, width) * (max_abs if max_abs > 0 else 1.0)
+    strip = np.broadcast_to(values, (height, width))
+    grey = np.full((height, width, 3), background, dtype=np.uint8)
+    return heat_overlay(grey, np.asarray(strip) if max_abs > 0 else np.zeros((height, width)), alpha=alpha)

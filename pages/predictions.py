@@ -147,7 +147,7 @@ with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
     o_stride = o_right.select_slider("Stride", [16, 32, 48, 64, 128], value=32, key="occ_stride")
     if st.button("Compute the occlusion map", key="occ_run", icon=":material/blur_on:"):
         from cadx.errors import CadxError
-        from cadx.occlusion import heat_overlay
+        from cadx.occlusion import colour_bar, heat_overlay
         from cadx.workflows.analyses import occlusion_analysis
 
         try:
@@ -158,11 +158,17 @@ with st.expander("Why did SVM1 say this? (occlusion sensitivity of p1)"):
             st.error(str(exc))
         else:
             sens = occlusion["map"].sensitivity
+            scale = occlusion["scale"]
+            if scale.degenerate:  # said above the map, in words: full red/blue of a flat p1 is not an explanation
+                st.warning(scale.message, icon=":material/warning:")
             st.image(heat_overlay(image, sens), width=512,
                      caption=f"p1 {occlusion['p1']:.3f} (stored {occlusion['p1_stored']:.3f}), "
                              f"{words.fold_text(occlusion['fold'], **FOLDS)}, tap {occlusion['tap']}; "
                              f"largest drop {sens.max():+.4f}, "
                              f"largest rise {sens.min():+.4f} in p1")
+            st.image(colour_bar(scale.max_abs), width=512,
+                     caption=f"Colour scale, change in p1 when the region is hidden (Δp = p1 − p1 hidden): "
+                             f"blue {-scale.max_abs:+.4f} · grey 0 · red {scale.max_abs:+.4f}")
             if occlusion["model_source"] == "refit":
                 st.info("This experiment was recorded before fold models were stored: its fold SVM was refitted "
                         "from the stored features with the fold's stored parameters (same decision value).")

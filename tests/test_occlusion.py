@@ -99,3 +99,36 @@ def test_occlusion_of_a_stored_experiment_reproduces_p1(workspace_cache, workspa
         assert result.sensitivity[r + 5, c + 5] == pytest.approx(out["p1"] - s)
     with pytest.raises(Exception, match="not in experiment"):
         occlusion_analysis(workspace, experiment_id, 10_000, loaded=loaded)
+
+
+def test_a_flat_p1_is_called_degenerate_in_words():
+    """SVM1 carried no signal: p1 moves by 0.0001 at most. The map would be full red/blue; the scale says so."""
+    from cadx.occlusion import DEGENERATE_DELTA_P, occlusion_scale
+
+    image = np.ones((8, 8))
+    result = occlusion_map(image, lambda stack: 0.5 + 0.0001 * (1 - stack[:, 0, 0]), patch=4, stride=4, fill=0.0)
+    scale = occlusion_scale(result.sensitivity)
+    assert scale.max_abs == pytest.approx(0.0001) and DEGENERATE_DELTA_P == 0.01
+    assert scale.degenerate and "at most 0.0001, below 0.01" in scale.message and "means nothing" in scale.message
+    clamped = occlusion_scale(np.full((2, 2), 0.3), platt_clamped=True)  # a large change, but a floored slope
+    assert clamped.degenerate and "Platt slope was held at its floor" in clamped.message
+
+
+def test_a_planted_signal_gets_a_colour_bar_over_its_max_change():
+    from cadx.occlusion import colour_bar, occlusion_scale
+
+    image = np.ones((8, 8))
+    # hiding (0, 0) drops the score by 0.2, hiding (7, 7) raises it by 0.3: by hand the largest |Δp| is 0.3
+    result = occlusion_map(image, lambda stack: 0.5 + 0.2 * stack[:, 0, 0] - 0.3 * stack[:, 7, 7], patch=4,
+                           stride=4, fill=0.0)
+    assert result.sensitivity[0, 0] == pytest.approx(0.2) and result.sensitivity[7, 7] == pytest.approx(-0.3)
+    scale = occlusion_scale(result.sensitivity)
+    assert scale.max_abs == pytest.approx(0.3) and not scale.degenerate and scale.message is None
+    bar = colour_bar(scale.max_abs, width=101, height=4, alpha=0.5)
+    # the ends are full blue (-0.3) and full red (+0.3), the centre (0) the grey unchanged, as heat_overlay draws
+    assert bar.shape == (4, 101, 3)
+    assert bar[0, 0].tolist() == [64, 64, 192] and bar[0, 100].tolist() == [192, 64, 64]
+    assert bar[0, 50].tolist() == [128, 128, 128]
+    # the map's own colour at (7, 7) (Δp -0.3) is the bar's left end over the same grey
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    assert heat_overlay(grey, result.sensitivity, alpha=0.5)[7, 7].tolist() == bar[0, 0].tolist()

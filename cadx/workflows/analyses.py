@@ -300,10 +300,13 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
 
     Returns a dict with ``map`` (:class:`cadx.occlusion.OcclusionMap`, in p1 units), ``p1_stored``, ``p1``
     (recomputed), ``decision_stored``, ``decision``, ``fold``, ``tap``, ``patch``, ``stride``, ``model_source``
-    (``"stored"`` or ``"refit"``).
+    (``"stored"`` or ``"refit"``), ``platt_clamped`` (the fold's SVM1 Platt slope was held at its floor in the
+    first seed, whose folds the predictions are; False when the record predates calibration records) and
+    ``scale`` (:class:`cadx.occlusion.OcclusionScale`: the colour scale in p units and whether the map is
+    degenerate).
     """
     from cadx.cnn import extract_features
-    from cadx.occlusion import occlusion_map
+    from cadx.occlusion import occlusion_map, occlusion_scale
     from cadx.roi import decode_png16
 
     data = experiment_data(workspace, experiment_id)
@@ -336,9 +339,21 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
         return np.asarray(to_p1(decide(np.asarray(features, dtype=np.float64))))
 
     result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
-    return {"map": result, "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
+    clamped = _fold_clamped(data, fold)
+    return {"map": result, "platt_clamped": clamped,
+            "scale": occlusion_scale(result.sensitivity, platt_clamped=clamped), "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
             "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
             "stride": stride, "model_source": source}
+
+
+def _fold_clamped(data: ExperimentData, fold: int) -> bool:
+    """Whether SVM1's Platt slope was held at its floor in ``fold`` of the first seed (the record's calibration)."""
+    method = data.record.results.methods.get("A")
+    calibration = None if method is None else method.calibration
+    if calibration is None or not calibration.clamped:
+        return False
+    first = calibration.clamped[0]
+    return bool(first[fold]) if 0 <= fold < len(first) else False
 
 
 def _refitted_scorer(workspace: Workspace, data: ExperimentData, index: int, tap: str) -> _Scorer:
