@@ -148,6 +148,7 @@ __all__ = [
     "get_backbone",
     "load_backbone",
     "network_input",
+    "pretrained_available",
     "preprocess_rois",
     "tap_shapes",
 ]
@@ -761,6 +762,17 @@ def _state_dict_sha256(model: nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def pretrained_available(name: str) -> bool:
+    """Whether ``name``'s default pretrained weights are here (torch cache or package, checksum checked), without
+    downloading: what a page may open on without a missing-weights error."""
+    try:
+        _resolve_weights_file(get_backbone(name).default_weights.spec, None, download=False,
+                              timeout=_DOWNLOAD_TIMEOUT_S, progress=None)
+    except WeightsUnavailableError:
+        return False
+    return True
 
 
 def load_backbone(

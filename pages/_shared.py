@@ -39,7 +39,8 @@ from cadx.workflows.accounts import (
 __all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", "sign_in", "reviewer_sidebar",
            "mark_routed", "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in",
            "figure_downloads", "figure_config",
-           "FIGURE_EXPORT", "plain", "csv_download", "SYNTHETIC_BADGE", "RANDOM_WEIGHTS_BADGE"]
+           "FIGURE_EXPORT", "plain", "csv_download", "picked_experiment_text", "SYNTHETIC_BADGE",
+           "RANDOM_WEIGHTS_BADGE"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -422,11 +423,20 @@ def pick_experiment(key: str, *, purpose: str) -> dict:
                               f"{by_id[i]['created_at']:%Y-%m-%d %H:%M})")
     st.session_state["cadx_experiment"] = experiment_id
     experiment = by_id[experiment_id]
+    st.markdown(picked_experiment_text(experiment, newest=by_id[ids[0]]))
     badges = [b for b, on in ((SYNTHETIC_BADGE, experiment["uses_synthetic_data"]),
                               (RANDOM_WEIGHTS_BADGE, experiment["uses_random_weights"])) if on]
     if badges:
         st.markdown(" ".join(badges))
     return experiment
+
+
+def picked_experiment_text(experiment: dict, *, newest: dict) -> str:
+    """Which experiment a results page shows, and why: the newest, or one picked (here or on another page)."""
+    shown = f"Showing **experiment #{experiment['id']} '{plain(experiment['name'])}'**"
+    if experiment["id"] == newest["id"]:
+        return f"{shown} (newest)."
+    return f"{shown} (picked; the newest is #{newest['id']} '{plain(newest['name'])}')."
 
 
 def csv_download(label: str, frame, file_name: str, **kwargs) -> None:

@@ -12,7 +12,14 @@ from cadx.cnn import BACKBONES
 from cadx.errors import CadxError, WeightsUnavailableError
 from cadx.explorer import mosaic, to_uint8
 from cadx.workflows import list_experiments, roi_overlay
-from cadx.workflows.explorer import explorer_activations, explorer_backbone, explorer_rois, tap_aucs, tap_scores
+from cadx.workflows.explorer import (
+    explorer_activations,
+    explorer_backbone,
+    explorer_rois,
+    explorer_start,
+    tap_aucs,
+    tap_scores,
+)
 from pages._shared import plain, workspace
 
 ws = workspace()
@@ -49,11 +56,14 @@ st.caption("Pick a backbone, a sweep to take AUCs from and an ROI: see the ROI a
            "through the network once; afterwards every view comes from the cache.")
 
 pick_backbone, pick_experiment, pick_weights = st.columns(3)
+start_backbone, start_experiment = explorer_start(ws)  # the backbone and sweep last used, not a missing-weights error
 backbone = pick_backbone.selectbox("Backbone", list(BACKBONES), format_func=backbone_label,
-                                   key="lx_backbone")
+                                   index=list(BACKBONES).index(start_backbone), key="lx_backbone")
 experiments = {e["id"]: e for e in list_experiments(ws) if e["backbone"] == backbone and e["auc_A"] is not None}
+experiment_choices = [NO_EXPERIMENT, *experiments]
 experiment_id = pick_experiment.selectbox(
-    "AUCs and scores from", [NO_EXPERIMENT, *experiments], key=f"lx_experiment_{backbone}",
+    "AUCs and scores from", experiment_choices, key=f"lx_experiment_{backbone}",
+    index=experiment_choices.index(start_experiment) if start_experiment in experiment_choices else 0,
     format_func=lambda i: "no experiment (maps only)" if i == NO_EXPERIMENT else
     f"#{i} {experiments[i]['name']} ({len(experiments[i]['taps'])} taps, {experiments[i]['n_rois']} ROIs)")
 experiment = experiments.get(experiment_id)

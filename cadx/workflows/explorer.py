@@ -30,8 +30,8 @@ from db.models import Lesion, Roi
 if TYPE_CHECKING:
     from cadx.cnn import LoadedBackbone
 
-__all__ = ["activation_cache_path", "explorer_activations", "explorer_backbone", "explorer_rois", "tap_aucs",
-           "tap_scores"]
+__all__ = ["activation_cache_path", "explorer_activations", "explorer_backbone", "explorer_rois", "explorer_start",
+           "tap_aucs", "tap_scores"]
 
 TOP_MAPS = 8
 
@@ -54,11 +54,25 @@ def explorer_backbone(name: str, *, experiment_id: int | None = None, workspace:
     return load_backbone(name, weights, download=False)
 
 
+def explorer_start(workspace: Workspace) -> tuple[str, int | None]:
+    """Where the explorer opens: the backbone and experiment last used (the newest experiment with a stored sweep,
+    i.e. with tap AUCs to show), else the backbone a default run would use here (AlexNet when its ImageNet weights
+    are here, else EfficientNet-Lite0, whose weights ship with cadx; ``resolve_backbone``) and no experiment."""
+    from cadx.cnn import pretrained_available
+    from cadx.workflows.results import list_experiments
+
+    for experiment in list_experiments(workspace):  # newest first
+        if experiment["best_tap"] is not None and experiment["auc_A"] is not None:
+            return str(experiment["backbone"]), int(experiment["id"])
+    return ("alexnet" if pretrained_available("alexnet") else "efficientnet_lite0"), None
+
+
 def explorer_rois(workspace: Workspace, experiment_id: int | None = None) -> pd.DataFrame:
     """The ROIs to pick from: the experiment's (in its order, with their fold) or every included ROI.
 
-    Columns: roi_id, sha256, label (benign/malignant), lesion_key, view, fold (1-based; NaN without experiment),
-    index (row in the experiment; -1 without).
+    Real ROIs come first (synthetic phantoms after them, each group in the order above), so the explorer opens on
+    a real mammogram whenever there is one. Columns: roi_id, sha256, label (benign/malignant), lesion_key, view,
+    synthetic, fold (1-based; NaN without experiment), index (row in the experiment; -1 without).
     """
     records = {r.id: r for r in roi_records(workspace, included_only=experiment_id is None)}
     with workspace.sessions() as session:
@@ -74,11 +88,14 @@ def explorer_rois(workspace: Workspace, experiment_id: int | None = None) -> pd.
         if missing:
             raise CadxInputError(f"experiment {experiment_id}", f"ROIs {missing[:5]} are gone",
                                  "pick another experiment")
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "roi_id": ids, "sha256": [records[i].sha256 for i in ids],
         "label": [label_word(records[i].label) for i in ids],
         "lesion_key": [keys[i] for i in ids], "view": [records[i].view for i in ids],
+        "synthetic": [bool(records[i].is_synthetic) for i in ids],
         "fold": folds, "index": list(range(len(ids))) if experiment_id is not None else [-1] * len(ids)})
+    # a stable sort: within each group the experiment's (or the ids') order is kept
+    return frame.sort_values("synthetic", kind="stable").reset_index(drop=True)
 
 
 def activation_cache_path(workspace: Workspace, loaded: LoadedBackbone, roi_sha256: str, *, preprocessing: str,
