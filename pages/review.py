@@ -37,7 +37,7 @@ from cadx.workflows.browse import (
     warm_thumbnails,
 )
 from cadx.workflows.cohorts import list_cohorts
-from pages._shared import SYNTHETIC_BADGE, current_role, current_user, plain, signed_in, workspace
+from pages._shared import SYNTHETIC_BADGE, csv_download, current_role, current_user, plain, signed_in, workspace
 
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
 THUMBNAILS = {"small": 64, "medium": 80, "large": 120}  # minimum grid column width, px: 7-9 columns at 1440 px
@@ -472,3 +472,19 @@ def _large(roi_id: int, window) -> None:
 
 
 _workbench(filters)
+
+
+def _decisions_export() -> None:
+    """Every review decision (centres, flags, reasons, notes, who, when) as a CSV, formulas neutralised."""
+    from cadx.workflows import review_decisions
+
+    decisions = review_decisions(ws)
+    with st.expander(f"Export the review decisions ({len(decisions)})"):
+        st.caption("One row per decision, oldest first: when (UTC), who, exclude or include, the reason and note, "
+                   "and the ROI it was about (lesion, patient key, view, its marked centre in source-image pixels "
+                   "and how it was obtained, quality flags, its state now).")
+        csv_download("Review decisions (CSV)", decisions, "cadx-review-decisions.csv", key="review_decisions_csv",
+                     disabled=decisions.empty)
+
+
+_decisions_export()

@@ -80,6 +80,41 @@ def test_bulk_exclude_and_include_in_one_transaction(demo):
     assert [h.user for h in roi_history(demo, ids[0])] == ["ana", "ben"]
 
 
+def test_review_decisions_export_every_decision_with_its_roi(demo):
+    """The CSV a collaborator asked for: one row per decision with the ROI's centre, flags, reason, note, who and
+    when; a note that looks like a formula cannot run in a spreadsheet."""
+    import csv
+    from datetime import datetime
+
+    from cadx.csvsafe import frame_csv_bytes
+    from cadx.workflows import review_decisions
+    from db.models import Lesion
+
+    assert review_decisions(demo).empty
+    ids = [r.id for r in browse_rois(demo).rows][:2]
+    exclude_roi(demo, ids[0], reason="other", user="ana", note="=HYPERLINK(\"http://x\")")
+    exclude_roi(demo, ids[1], reason="location_marker", user="ana")
+    include_roi(demo, ids[0], user="ben", note="fine after all")
+    frame = review_decisions(demo)
+    assert list(frame["roi_id"]) == [ids[0], ids[1], ids[0]]
+    assert list(frame["user"]) == ["ana", "ana", "ben"] and list(frame["action"]) == ["exclude", "exclude", "include"]
+    assert list(frame["reason"].fillna("")) == ["other", "location_marker", ""]
+    assert list(frame["included_now"]) == [True, False, True]
+    with demo.sessions() as session:
+        roi = session.get(Roi, ids[1])
+        centre, flags, key = (roi.centre_row, roi.centre_col), ";".join(roi.qc_flags), session.get(Lesion,
+                                                                                                  roi.lesion_id).key
+        times = [e.at for e in session.scalars(select(ReviewEvent).order_by(ReviewEvent.id))]
+    second = frame.iloc[1]
+    assert (second["centre_row"], second["centre_col"]) == centre and second["qc_flags"] == flags
+    assert second["lesion_key"] == key and second["exclusion_reason_now"] == "location_marker"
+    assert [datetime.fromisoformat(t).replace(tzinfo=None) for t in frame["at_utc"]] == \
+        [t.replace(tzinfo=None, microsecond=0) for t in times]
+    assert all(t.endswith("+00:00") for t in frame["at_utc"])
+    rows = list(csv.DictReader(io.StringIO(frame_csv_bytes(frame).decode())))
+    assert rows[0]["note"] == "'=HYPERLINK(\"http://x\")" and rows[2]["note"] == "fine after all"
+
+
 def test_bulk_with_an_unknown_roi_writes_nothing(demo):
     with pytest.raises(CadxInputError, match="no such ROI"):
         exclude_rois(demo, [1, 2, 99999], reason="location_marker", user="ana")

@@ -63,7 +63,7 @@ from .results import (
     roi_predictions,
     sweep_table,
 )
-from .review import exclude_roi, exclude_rois, include_roi, include_rois
+from .review import exclude_roi, exclude_rois, include_roi, include_rois, review_decisions
 from .workspace import Workspace
 
 __all__ = [
@@ -116,6 +116,7 @@ __all__ = [
     "rename_experiment",
     "repeats_table",
     "review_counts",
+    "review_decisions",
     "roc_curve_table",
     "roi_display",
     "roi_history",

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC
 
+import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadx.errors import CadxInputError
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.workspace import Workspace
-from db.models import EXCLUSION_REASONS, ReviewEvent, Roi
+from db.models import EXCLUSION_REASONS, Image, Lesion, Patient, ReviewEvent, Roi
 
-__all__ = ["exclude_roi", "include_roi", "exclude_rois", "include_rois"]
+__all__ = ["exclude_roi", "include_roi", "exclude_rois", "include_rois", "review_decisions",
+           "REVIEW_DECISION_COLUMNS"]
+
+REVIEW_DECISION_COLUMNS = (
+    "event_id", "at_utc", "user", "action", "reason", "note", "roi_id", "lesion_key", "patient_key", "label",
+    "view", "laterality", "image", "centre_row", "centre_col", "centre_source", "qc_flags", "included_now",
+    "exclusion_reason_now")
 
 MAX_BULK = 10_000
 
@@ -100,3 +108,35 @@ def _record(workspace: Workspace, roi_ids: Iterable[int], *, action: str, reason
 
 def _targets(ids: list[int]) -> str:
     return f"roi {ids[0]}" if len(ids) == 1 else f"{len(ids)} rois"
+
+
+def review_decisions(workspace: Workspace) -> pd.DataFrame:
+    """Every review decision, oldest first, with the ROI it was about: the export a collaborator asks for.
+
+    One row per :class:`~db.models.ReviewEvent` (:data:`REVIEW_DECISION_COLUMNS`): when (ISO 8601, UTC), who,
+    what (``exclude``/``include``), why (the reason code) and the note; the ROI's lesion, patient key (opaque),
+    label, view, laterality, source image name, marked centre (row, column in source-image pixels) with how it was
+    obtained, its quality-control flags (``;``-joined) and its state now. Written as CSV through
+    ``cadx.csvsafe`` (free-text cells cannot act as spreadsheet formulas).
+    """
+    with workspace.sessions() as session:
+        rows = session.execute(
+            select(ReviewEvent, Roi, Lesion.key, Lesion.label, Patient.key, Image.source_name, Image.view,
+                   Image.laterality)
+            .join(Roi, ReviewEvent.roi_id == Roi.id).join(Lesion, Roi.lesion_id == Lesion.id)
+            .join(Patient, Lesion.patient_id == Patient.id).join(Image, Roi.image_id == Image.id)
+            .order_by(ReviewEvent.at, ReviewEvent.id)).all()
+        records = [{
+            "event_id": event.id, "at_utc": _utc_text(event.at), "user": event.user, "action": event.action,
+            "reason": event.reason, "note": event.note, "roi_id": roi.id, "lesion_key": lesion_key,
+            "patient_key": patient_key, "label": label, "view": view, "laterality": laterality, "image": image,
+            "centre_row": roi.centre_row, "centre_col": roi.centre_col, "centre_source": roi.centre_source,
+            "qc_flags": ";".join(roi.qc_flags or []), "included_now": bool(roi.included),
+            "exclusion_reason_now": roi.exclusion_reason,
+        } for event, roi, lesion_key, label, patient_key, image, view, laterality in rows]
+    return pd.DataFrame(records, columns=list(REVIEW_DECISION_COLUMNS))
+
+
+def _utc_text(at) -> str:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones: one spelling for both
+    return (at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)).isoformat(timespec="seconds")
