@@ -14,7 +14,7 @@ from cadx.csvsafe import frame_csv_bytes
 from cadx.methods import METHODS
 from cadx.records import LevelResults
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
-from cadx.workflows.report import report_html
+from cadx.workflows.report import chromium_path, report_html, report_pdf
 from cadx.workflows.results import calibration_notes
 from pages._shared import figure_config, figure_downloads, pick_experiment, workspace
 
@@ -31,6 +31,22 @@ _SHORT_NAMES = {re.escape(m.name): m.short for m in METHODS.values()}
 def _results(_ws, data_dir: str, experiment_id: int, config_sha256: str, created_at: str,
              level: str) -> LevelResults:
     return experiment_results(_ws, experiment_id, level)
+
+
+def _pdf_download() -> None:
+    """The study report as a PDF (printed by headless Chromium on the server), or a disabled button saying why not."""
+    if chromium_path() is None:
+        st.download_button("Study report (PDF)", b"", file_name=f"{stem}-report.pdf", disabled=True,
+                           key="roc_report_pdf", icon=":material/picture_as_pdf:",
+                           help="Needs Chromium on the server (/usr/bin/chromium or $CADX_CHROMIUM): not found. "
+                                "Download the HTML and print it from your browser.")
+        st.caption("PDF: no Chromium on this server (install it or set CADX_CHROMIUM); the HTML prints to PDF "
+                   "from any browser.")
+        return
+    st.download_button("Study report (PDF)", lambda: report_pdf(ws, experiment_id, level=level, results=results),
+                       file_name=f"{stem}-report.pdf", mime="application/pdf", on_click="ignore",
+                       key="roc_report_pdf", icon=":material/picture_as_pdf:",
+                       help="The same report printed to PDF by headless Chromium on the server (seconds).")
 
 
 st.title("ROC curves")
@@ -186,6 +202,7 @@ st.download_button("Study report (HTML)", lambda: report_html(ws, experiment_id,
                    icon=":material/description:",
                    help="One self-contained page: cohort, methods paragraph, Fig. 3, Fig. 4, Table 1, tests, repeated "
                         "CV, provenance and disclaimer (print it to PDF from the browser or with `cadx report --pdf`).")
+_pdf_download()
 d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Table 1 (CSV)", frame_csv_bytes(table.rename(columns=words.AUC_COLUMNS)),
                    file_name=f"{stem}-table1.csv",

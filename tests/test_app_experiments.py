@@ -19,6 +19,7 @@ from cadx.records import EXPERIMENT_NAME_MAX, to_json
 from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone
+from cadx.workflows.report import chromium_path
 from db.models import Experiment, Job, Prediction
 from tests.apptest_support import open_page, point_app_at
 from tests.workspace_cache import SMALL_SWEEP, demo_experiment
@@ -322,6 +323,10 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     assert "RANDOM (UNTRAINED) CNN WEIGHTS" in spec["layout"]["title"]["text"]
     labels = [b.label for b in at.get("download_button")]
     assert {"Table 1 (CSV)", "Significance tests (CSV)", "Curve points (CSV)"} <= set(labels)
+    # which experiment the page picked, in words; the report's PDF from the page (Chromium here: enabled)
+    assert f"Showing **experiment #{experiment_id} 'small sweep'** (newest)." in text
+    pdf = next(b for b in at.get("download_button") if b.label == "Study report (PDF)")
+    assert pdf.disabled == (chromium_path() is None)
     assert next(b for b in at.get("download_button") if b.label == "Repeated CV (CSV)").disabled  # one seed
 
 
@@ -391,6 +396,7 @@ def test_predictions_page_lists_rois_by_disagreement_and_opens_one(use, experime
     top = int(table.iloc[0]["roi_id"])
     assert f"**ROI {top}**" in text
     assert any(b.label == "Predictions per ROI (CSV)" for b in at.get("download_button"))
+    assert f"Showing **experiment #{experiment_id} 'small sweep'** (newest)." in text
 
     at.radio(key="pred_level").set_value("lesion").run()
     assert not at.exception, at.exception
@@ -486,3 +492,14 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path, workspace_cache):
     assert not at.exception, at.exception
     assert at.dataframe[0].value["repeats"].tolist() == [2]
     assert any("5 to 6 (2 repeats" in str(v) for d in at.dataframe for v in d.value.get("value", []))
+
+
+def test_explorer_opens_on_the_backbone_and_experiment_last_used(use, experiment_dir):
+    """Not AlexNet's missing-weights error with no experiment: the newest experiment with a sweep (AlexNet,
+    random weights) and its tap AUCs."""
+    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    at = _run("pages/explorer.py")
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="lx_backbone").value == "alexnet"
+    assert at.selectbox(key="lx_experiment_alexnet").value == experiment_id
+    assert "**fc8** 1000 · AUC" in _text(at)

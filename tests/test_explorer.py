@@ -169,3 +169,33 @@ def test_explorer_page_on_mias(mias, use):
         at.radio(key="lx_weights").set_value("random").run()
     assert not at.exception and not at.error and any("Pick an experiment" in i.value for i in at.info)
     assert "**conv1** 64×63×63" in "\n".join(m.value for m in at.markdown)
+
+
+def test_explorer_starts_on_the_newest_swept_experiment_and_real_rois_first(workspace_cache, workspace):
+    """Known answers: with no experiment, the backbone a default run would use and none; with experiments, the
+    newest with a sweep; ROIs marked real come before the synthetic ones, each group in its own order."""
+    from sqlalchemy import update
+
+    from cadx.cnn import pretrained_available
+    from cadx.workflows import import_demo
+    from cadx.workflows.explorer import explorer_rois, explorer_start
+    from db.models import Roi
+
+    workspace_cache.fill(workspace, import_demo, n_lesions=4, seed=1)
+    assert explorer_start(workspace) == ("alexnet" if pretrained_available("alexnet") else "efficientnet_lite0",
+                                         None)
+    ids = explorer_rois(workspace)["roi_id"].tolist()
+    assert ids == sorted(ids) and len(ids) >= 4
+    real = [ids[2], ids[-1]]
+    with workspace.sessions() as session, session.begin():
+        session.execute(update(Roi).where(Roi.id.in_(real)).values(is_synthetic=False))
+    rois = explorer_rois(workspace)
+    assert rois["roi_id"].tolist() == real + [i for i in ids if i not in real]
+    assert rois["synthetic"].tolist() == [False, False] + [True] * (len(ids) - 2)
+
+
+def test_explorer_start_is_the_newest_experiment_with_a_sweep(mias):
+    from cadx.workflows.explorer import explorer_start
+
+    ws, _loaded, experiment_id = mias
+    assert explorer_start(ws) == ("alexnet", experiment_id)

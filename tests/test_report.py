@@ -259,6 +259,11 @@ def test_pdf_is_printed_by_chromium(demo_experiment, tmp_path):
     written = write_report(workspace, experiment_id, tmp_path / "r.html", pdf=tmp_path / "r.pdf")
     data = written["pdf"].read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 10_000
+    # the ROC page's download: the same report, printed the same way, as bytes (nothing left behind)
+    from cadx.workflows.report import report_pdf
+
+    page = report_pdf(workspace, experiment_id)
+    assert page.startswith(b"%PDF-") and abs(len(page) - len(data)) < len(data) // 10
 
 
 # ----------------------------------------------------------------------------------------------- on real MIAS ---

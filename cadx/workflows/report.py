@@ -40,7 +40,8 @@ from cadx.workflows.results import (
 from cadx.workflows.workspace import Workspace
 from db.models import Image, Lesion, Roi
 
-__all__ = ["cohort_summary", "report_data", "report_html", "write_report", "html_to_pdf", "chromium_path"]
+__all__ = ["cohort_summary", "report_data", "report_html", "report_pdf", "write_report", "html_to_pdf",
+           "chromium_path"]
 
 _LABELS = LABELS  # cadx.labels
 
@@ -130,6 +131,15 @@ def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",
                 results: LevelResults | None = None) -> str:
     """The study report of an experiment as one self-contained HTML string."""
     return render_report(report_data(workspace, experiment_id, level=level, results=results))
+
+
+def report_pdf(workspace: Workspace, experiment_id: int, *, level: str = "roi",
+               results: LevelResults | None = None) -> bytes:
+    """The study report printed to PDF (:func:`html_to_pdf`: headless Chromium), as bytes for a download; raises
+    :class:`cadx.errors.CadxInputError` when there is no Chromium (:func:`chromium_path` is None)."""
+    text = report_html(workspace, experiment_id, level=level, results=results)
+    with tempfile.TemporaryDirectory(prefix="cadx-report-pdf-") as tmp:
+        return html_to_pdf(text, Path(tmp) / "report.pdf").read_bytes()
 
 
 def chromium_path() -> Path | None:
