@@ -497,7 +497,7 @@ def test_pages_show_a_repeated_cross_validation(use, tmp_path, workspace_cache):
 def test_explorer_opens_on_the_backbone_and_experiment_last_used(use, experiment_dir):
     """Not AlexNet's missing-weights error with no experiment: the newest experiment with a sweep (AlexNet,
     random weights) and its tap AUCs."""
-    data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
+    _data, experiment_id = use(experiment_dir[0]), experiment_dir[1]
     at = _run("pages/explorer.py")
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="lx_backbone").value == "alexnet"

@@ -341,7 +341,8 @@ def occlusion_analysis(workspace: Workspace, experiment_id: int, roi_id: int, *,
     result = occlusion_map(pixels, score, patch=patch, stride=stride, batch_size=16)
     clamped = _fold_clamped(data, fold)
     return {"map": result, "platt_clamped": clamped,
-            "scale": occlusion_scale(result.sensitivity, platt_clamped=clamped), "p1": result.base_score, "p1_stored": float(data.predictions["p1"].iloc[index]),
+            "scale": occlusion_scale(result.sensitivity, platt_clamped=clamped), "p1": result.base_score,
+            "p1_stored": float(data.predictions["p1"].iloc[index]),
             "decision": decision, "decision_stored": decision_stored, "fold": fold, "tap": tap, "patch": patch,
             "stride": stride, "model_source": source}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pandas as pd
 from sqlalchemy import select
@@ -137,6 +137,7 @@ def review_decisions(workspace: Workspace) -> pd.DataFrame:
     return pd.DataFrame(records, columns=list(REVIEW_DECISION_COLUMNS))
 
 
-def _utc_text(at) -> str:
+def _utc_text(at: datetime) -> str:
     # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones: one spelling for both
-    return (at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)).isoformat(timespec="seconds")
+    aware = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return aware.isoformat(timespec="seconds")
