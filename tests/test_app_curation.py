@@ -163,6 +163,10 @@ def test_a_note_belongs_to_one_decision_and_the_bulk_preview_says_what_is_stored
         stored = {e.roi_id: (e.reason, e.note) for e in session.scalars(select(ReviewEvent))}
     assert stored == {2: ("other", "ruler/skin marker in field"), 3: ("compression_paddle", None),
                       4: ("compression_paddle", None), 5: ("other", "a ruler"), 6: ("location_marker", None)}
+    # issue 25 item 11: the five decisions are there to download as a CSV (review_decisions, tested in test_review)
+    at.run()
+    assert any(e.label == "Export the review decisions (5)" for e in at.expander)
+    assert not next(b for b in at.get("download_button") if b.label == "Review decisions (CSV)").disabled
 
 
 def test_paging_through_the_grid(tmp_path, monkeypatch):
