@@ -28,7 +28,7 @@ import scipy.stats
 __all__ = ["PowerSummary", "auc_difference_se", "difference_power", "hanley_mcneil_variance", "lesions_needed",
            "smallest_detectable_difference"]
 
-_METHOD = "analytic: Hanley & McNeil (1982) AUC variances, correlation r between the two AUCs (1983)"
+_METHOD = "analytic (Hanley & McNeil 1982 AUC variances; r, the correlation of the two AUCs, as in their 1983 paper)"
 
 
 def _auc(value: float, name: str) -> float:

@@ -376,8 +376,8 @@ def _count_rows(by: Mapping[str, Mapping[str, int]], columns: Sequence[str]) -> 
 
 
 def chance_section(data: ReportData) -> str:
-    """The body of *Better than chance?*: the permutation test's table, what was permuted, the best tap's
-    selection-adjusted p and, when nothing beats chance, the plain sentence."""
+    """The body of *Better than chance?*: the permutation test's table, what was permuted and the best tap's
+    selection-adjusted p."""
     if data.permutation is None:
         body = ("<p>No permutation test has run on this experiment: whether its AUCs beat chance on a cohort of this "
                 f"size is unknown. Run <code>cadx permutation-test {data.experiment.id}</code> (or <em>Run "
@@ -388,10 +388,7 @@ def chance_section(data: ReportData) -> str:
         body += f"<p>{_e(data.permutation_caption)}</p>"
     if data.best_tap_line:
         body += f'<p id="best-tap">{_e(data.best_tap_line)}</p>'
-    sentence = _chance_words(data)
-    if sentence:
-        body += f'<p id="chance-sentence"><strong>{_e(sentence)}</strong></p>'
-    return body
+    return body  # the plain sentence when nothing beats chance is the Summary's (#summary-chance)
 
 
 def _chance_words(data: ReportData) -> str:
@@ -410,7 +407,7 @@ def power_section(data: ReportData) -> str:
     body = _table(["comparison", "r", "smallest ΔAUC (α = 0.05)", f"smallest ΔAUC (α = {family:.3g})",
                    "power for 0.81 → 0.86", "lesions needed (α = 0.05)", f"lesions needed (α = {family:.3g})"],
                   rows, table_id="power-table")
-    body += (f"<p>{_e(data.power[0][0].sentence())} Analytic, not simulated: {_e(data.power[0][0].method)}; "
+    body += (f"<p>{_e(data.power[0][0].sentence())} Not simulated: {_e(data.power[0][0].method)}; "
              "two-sided z test, 80 % power; r is the observed correlation of the two lesion-level AUC estimates "
              "(DeLong); counts in lesions at this cohort's class ratio.</p>")
     return body

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from cadx import stats
@@ -43,6 +44,8 @@ def power_analysis(workspace: Workspace, experiment_id: int, *, alpha: float = 0
     lesions = lesion_predictions(workspace, experiment_id)
     y = lesions["truth"].to_numpy(dtype=int)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if min(n_pos, n_neg) < 2:  # e.g. an old record whose ROIs are gone from this database
+        return []
     families: dict[str, int] = {}
     for c in comparisons:
         families[c.family] = families.get(c.family, 0) + 1
@@ -51,6 +54,8 @@ def power_analysis(workspace: Workspace, experiment_id: int, *, alpha: float = 0
         first, second = c.pair
         a = lesions[METHODS[first].column].to_numpy(dtype=float)
         b = lesions[METHODS[second].column].to_numpy(dtype=float)
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            continue  # a classifier without stored scores (older records)
         test = stats.delong_test(y, a, b)
         r = test.correlation if test.correlation == test.correlation else 0.0  # NaN (a constant score): 0
         reference = min(test.auc_a, test.auc_b)
