@@ -317,3 +317,35 @@ def test_the_report_shows_the_permutation_test_the_power_and_says_nothing_beats_
     assert "cadx permutation-test 5" in page.sections["chance"]
     assert "distinguishable" not in page.sections["summary"]
     assert "No comparisons, so no power" in page.sections["power"]
+
+
+@pytest.mark.slow
+def test_the_cli_runs_or_queues_a_permutation_test(tmp_path, workspace_cache):
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.workflows import open_workspace
+    from cadx.workflows.jobs import list_jobs
+    from tests.workspace_cache import SMALL_SWEEP, demo_experiment
+
+    data, experiment_id = workspace_cache.data_dir(tmp_path / "data", demo_experiment, **SMALL_SWEEP)
+    runner = CliRunner()
+    result = runner.invoke(app, ["permutation-test", str(experiment_id), "--permutations", "1", "--data-dir",
+                                 str(data), "--user", "tester"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"Better than chance? Experiment {experiment_id} against its permutation null" in text
+    assert "lesion labels permuted within the first seed's outer folds" in text
+    assert "the maximum of 2 taps: selection-adjusted p = " in text and "(max over 2 taps, 1 permutations" in text
+    result = runner.invoke(app, ["permutation-test", str(experiment_id), "--queue", "--permutations", "20",
+                                 "--data-dir", str(data)])
+    assert result.exit_code == 0 and "queued as job" in result.output, result.output
+    ws = open_workspace(data)
+    try:
+        [job] = [j for j in list_jobs(ws) if j.kind == "permutation"]
+        assert job.params["permutations"] == 20 and job.params["experiment_id"] == experiment_id
+    finally:
+        ws.engine.dispose()
+    result = runner.invoke(app, ["permutation-test", str(experiment_id), "--permutations", "0", "--data-dir",
+                                 str(data)])
+    assert result.exit_code == 2 and "give a whole number from 1 to 100000" in result.output, result.output

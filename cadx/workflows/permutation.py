@@ -5,9 +5,10 @@ The experiment's ROIs, labels, lesion and patient groups and first-seed outer fo
 permutation permutes the lesion labels within those folds and reruns the whole nested cross-validation of every tap,
 of Method B and of the fusions (``cadx.permutation.cv_statistics``) with the experiment's seed, grid and inner
 folds; it is one checkpoint unit (stage ``"permutation"``, unit = its index, payload the JSON of its AUCs) under a
-scope naming the experiment, its data, the permutation seed and the code version, so a killed worker's job resumes
-at the first unfinished permutation, and a test asked again with more permutations reuses the ones done (a
-permutation's labels depend only on the seed and its index). The result is a ``permutation_tests`` row.
+scope naming the experiment, its data, the permutation seed and the code version, so a killed worker's job (or a
+failed or cancelled one submitted again) resumes at the first unfinished permutation; the number of permutations is
+not part of the scope, since a permutation's labels depend only on the seed and its index. The result is a
+``permutation_tests`` row.
 """
 
 from __future__ import annotations
