@@ -109,7 +109,8 @@ def smallest_detectable_difference(auc: float, n_pos: float, n_neg: float, r: fl
     """The smallest ``d > 0`` with ``(z_{alpha/2} + z_beta) SE(auc, auc + d) = d``: the AUC gain over ``auc`` that
     a cohort of ``n_pos`` malignant and ``n_neg`` benign lesions detects with probability ``power``.
 
-    Returns ``inf`` when no gain up to AUC 1 is detectable (the cohort is too small for any)."""
+    Returns ``inf`` when no gain up to AUC 1 is detectable (the cohort is too small for any), and 0 when every gain
+    is (two classifiers that rank alike, ``r`` = 1: the difference has almost no variance)."""
     base = _auc(auc, "auc")
     k = _z_sum(alpha, power)
     top = 1.0 - 1e-9
@@ -117,9 +118,12 @@ def smallest_detectable_difference(auc: float, n_pos: float, n_neg: float, r: fl
     def gap(d: float) -> float:
         return k * auc_difference_se(base, base + d, n_pos, n_neg, r) - d
 
+    low = 1e-12
+    if gap(low) <= 0:
+        return 0.0
     if gap(top - base) > 0:
         return math.inf
-    return float(scipy.optimize.brentq(gap, 1e-12, top - base, xtol=1e-10))
+    return float(scipy.optimize.brentq(gap, low, top - base, xtol=1e-10))
 
 
 def lesions_needed(auc1: float, auc2: float, fraction_malignant: float, r: float, *, alpha: float = 0.05,

@@ -41,6 +41,8 @@ def test_the_smallest_detectable_difference_solves_its_equation():
     assert difference_power(0.57, 0.57 + d, 20, 38, 0.78) == pytest.approx(0.8, abs=1e-4)
     assert smallest_detectable_difference(0.57, 200, 380, 0.78) < d  # more lesions, smaller detectable gains
     assert math.isinf(smallest_detectable_difference(0.9, 1, 1, 0.0))  # two lesions detect nothing
+    # two classifiers ranking alike (r = 1, e.g. an ensemble that ranks by one SVM alone): no root to bracket
+    assert smallest_detectable_difference(0.45 + 0.05, 6, 6, 1.0) == 0.0
 
 
 def test_the_issue_s_reference_numbers():
