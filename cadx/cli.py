@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
-from cadx.permutation import DEFAULT_PERMUTATIONS, monte_carlo_se
+from cadx.permutation import DEFAULT_PERMUTATIONS, chance_sentence, monte_carlo_se
 from cadx.records import ExperimentRecord
 from cadx.workflows import (
     ImportReport,
@@ -393,6 +393,9 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
     record = load_experiment(workspace, experiment_id)
     _print_experiment(record)
     _print_power(workspace, experiment_id)
+    sentence = chance_sentence({k: m.pooled_ci95 for k, m in record.results.methods.items()})
+    if sentence:
+        _out.print(f"[yellow]{sentence}[/]")
     _out.print(f"Better than chance? `cadx permutation-test {experiment_id}` reruns the nested cross-validation on "
                "permuted labels.")
     if json_path is not None:
@@ -495,7 +498,6 @@ def _print_power(workspace: Workspace, experiment_id: int) -> None:
 
 
 def _print_permutation_test(workspace: Workspace, experiment_id: int) -> None:
-    from cadx.permutation import chance_sentence
     from cadx.workflows.experiments import load_experiment
     from cadx.workflows.permutation import latest_permutation_test, permutation_caption, permutation_table
     from cadx.workflows.results import best_tap_text

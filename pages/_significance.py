@@ -49,11 +49,15 @@ def permutation_panel(ws, experiment_id: int) -> None:
 
     progress()
     test = latest_permutation_test(ws, experiment_id)
+    record = load_experiment(ws, experiment_id)
+    sentence = chance_sentence({k: m.pooled_ci95 for k, m in record.results.methods.items()},
+                               None if test is None else test.result)
+    if sentence:  # the plain words of the report's Summary
+        st.warning(sentence)
     if test is None:
         st.caption("No permutation test yet. A permutation test reruns the whole nested cross-validation on "
                    "permuted labels: it tells whether the AUCs above could be chance on a cohort of this size.")
     else:
-        record = load_experiment(ws, experiment_id)
         st.caption(permutation_caption(test))
         st.dataframe(permutation_table(test.result, record), hide_index=True, width="stretch", column_config={
             **{c: st.column_config.NumberColumn(format=_THREE) for c in
@@ -66,9 +70,6 @@ def permutation_panel(ws, experiment_id: int) -> None:
             top = results.sweep[best]
             st.markdown(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, record.config.repeats,
                                       n_taps=len(results.sweep), permutation=test.result))
-        sentence = chance_sentence({k: m.pooled_ci95 for k, m in results.methods.items()}, test.result)
-        if sentence:
-            st.warning(sentence)
     may_run = can(current_role(), "run")
     left, right = st.columns([1, 2])
     n = left.number_input("Permutations", min_value=1, max_value=MAX_PERMUTATIONS, value=DEFAULT_PERMUTATIONS,
