@@ -176,8 +176,10 @@ class PermutationResult:
     """The permutation test of an experiment's headline AUCs.
 
     ``statistics``: by key (``"A"``, ``"B"``, ``"C"``, ``"Z"`` and ``tap_name(t)`` per tap); ``best_tap``: the tap
-    with the highest observed AUC, ``best_tap_p_max``: its selection-adjusted p (max-statistic, with its MC SE) and
-    ``best_tap_p_bonferroni``: ``min(1, n_taps x p)``; ``null_values``: every permutation's statistics (for plots).
+    with the highest observed AUC on the first seed's folds (the pages name the best tap by its mean over seeds,
+    which may be another), ``best_tap_p_max``: the selection-adjusted p of the best of the taps (max-statistic,
+    with its MC SE; it holds whichever tap is named) and ``best_tap_p_bonferroni``: ``min(1, n_taps x p)`` of
+    ``best_tap``; ``null_values``: every permutation's statistics (for plots).
     """
 
     n_permutations: int

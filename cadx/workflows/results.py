@@ -147,13 +147,15 @@ def best_tap_text(tap: str | None, auc_mean: float | None, sd_between_seeds: flo
     if permutation is None or permutation.best_tap_p_max is None:
         return text + (", not adjusted for choosing it (a permutation test gives the selection-adjusted p: "
                        "`cadx permutation-test`)")
-    null = permutation.statistics.get(tap_name(tap))
-    spread = (f"; one run's spread under the null: SD {null.null.sd:.3f} (permutation null of {tap}; the seed SD "
-              "understates the uncertainty)" if null is not None and null.null.sd is not None else "")
+    own = permutation.statistics.get(tap_name(tap))
+    spread = (f"; one run's spread under the null: SD {own.null.sd:.3f} (permutation null of {tap}; the seed SD "
+              "understates the uncertainty)" if own is not None and own.null.sd is not None else "")
+    # Bonferroni for the tap named here (chosen by its mean over seeds; the permutations use the first seed's folds)
+    bonferroni = (f"; {tap}'s own p {own.p_value:.3g} × {permutation.n_taps} taps (Bonferroni): "
+                  f"{min(1.0, permutation.n_taps * own.p_value):.3g}" if own is not None else "")
     return (text + f": selection-adjusted p = {permutation.best_tap_p_max:.3g} ± "
-            f"{permutation.best_tap_p_max_mc_se or 0.0:.2g} (max over {permutation.n_taps} taps, "
-            f"{permutation.n_permutations} permutations; Bonferroni × {permutation.n_taps}: "
-            f"{permutation.best_tap_p_bonferroni or 1.0:.3g})" + spread)
+            f"{permutation.best_tap_p_max_mc_se or 0.0:.2g} (max-statistic over {permutation.n_taps} taps, "
+            f"{permutation.n_permutations} permutations{bonferroni})" + spread)
 
 
 def calibration_notes(results: LevelResults) -> list[str]:
