@@ -15,6 +15,7 @@ from rich.text import Text
 
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
+from cadx.permutation import DEFAULT_PERMUTATIONS, chance_sentence, monte_carlo_se
 from cadx.records import ExperimentRecord
 from cadx.workflows import (
     ImportReport,
@@ -402,6 +403,12 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
                                                     weights_note=note, progress=bar))
     record = load_experiment(workspace, experiment_id)
     _print_experiment(record)
+    _print_power(workspace, experiment_id)
+    sentence = chance_sentence({k: m.pooled_ci95 for k, m in record.results.methods.items()})
+    if sentence:
+        _out.print(f"[yellow]{sentence}[/]")
+    _out.print(f"Better than chance? `cadx permutation-test {experiment_id}` reruns the nested cross-validation on "
+               "permuted labels.")
     if json_path is not None:
         json_path.write_text(json.dumps(to_json(record), indent=2))
         _out.print(f"written to {json_path}")
@@ -441,7 +448,7 @@ def _print_experiment(record: ExperimentRecord) -> None:
         _out.print(table)
         best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
         top = results.sweep[best]
-        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, seeds))
+        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, seeds, n_taps=len(results.sweep)))
     table = Table(title="Classifiers (Table 1; first seed" + (f", seed SD over {seeds} seeds)" if seeds > 1 else ")"))
     for column in ("classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC",
                    "degenerate folds", "seconds"):
@@ -482,6 +489,55 @@ def _print_experiment(record: ExperimentRecord) -> None:
             table.add_row(r.title, _f(r.auc_mean), _f(r.auc_sd_between_seeds),
                           " ".join(_f(a) for a in r.auc_mean_by_seed))
         _out.print(table)
+
+
+def _print_power(workspace: Workspace, experiment_id: int) -> None:
+    """The power panel (``cadx.workflows.power``): what this cohort could show at all."""
+    from cadx.workflows.power import POWER_CAPTION, power_analysis
+
+    rows = _run(lambda: power_analysis(workspace, experiment_id))
+    if not rows:
+        return
+    table = Table(title="What could this cohort show? (80 % power, lesions)")
+    for column in ("comparison", "r", "smallest ΔAUC α=0.05", "α/3", "power 0.81→0.86", "lesions needed α=0.05",
+                   "α/3"):
+        table.add_column(column)
+    for row in rows:
+        a, f = row.at_alpha, row.at_family
+        table.add_row(row.comparison, f"{a.r:.2f}", f"{a.smallest_difference:.3f}", f"{f.smallest_difference:.3f}",
+                      f"{a.power_for_target:.2f}", f"{a.lesions_for_target} ({a.malignant_for_target} mal.)",
+                      f"{f.lesions_for_target} ({f.malignant_for_target} mal.)")
+    _out.print(table)
+    _out.print(POWER_CAPTION)
+
+
+def _print_permutation_test(workspace: Workspace, experiment_id: int) -> None:
+    from cadx.workflows.experiments import load_experiment
+    from cadx.workflows.permutation import latest_permutation_test, permutation_caption, permutation_table
+    from cadx.workflows.results import best_tap_text
+
+    test = _run(lambda: latest_permutation_test(workspace, experiment_id))
+    if test is None:
+        return
+    record = load_experiment(workspace, experiment_id)
+    table = Table(title=f"Better than chance? Experiment {experiment_id} against its permutation null "
+                        "(fold-mean AUC, first seed)")
+    frame = permutation_table(test.result, record)
+    for column in (*frame.columns[:6], "p ± Monte-Carlo SE"):
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(str(row[0]), *(_f(v) for v in row[1:6]), f"{row[6]:.3g} ± {row[7]:.2g}")
+    _out.print(table)
+    _out.print(permutation_caption(test))
+    results = record.results
+    if len(results.sweep) > 1:
+        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
+        top = results.sweep[best]
+        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, record.config.repeats,
+                                 n_taps=len(results.sweep), permutation=test.result))
+    sentence = chance_sentence({k: m.pooled_ci95 for k, m in results.methods.items()}, test.result)
+    if sentence:
+        _out.print(f"[yellow]{sentence}[/]")
 
 
 Folds = Annotated[int | None, typer.Option(help="Cross-validation folds (by lesion). Default: the cohort's (5).")]
@@ -696,6 +752,36 @@ def analyses_command(
     if json_path is not None:
         json_path.write_text(json.dumps(json_safe(out), indent=2, default=str))
         _out.print(f"written to {json_path}")
+
+
+@app.command("permutation-test")
+def permutation_test_command(
+    experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
+    permutations: Annotated[int, typer.Option(
+        help=f"Label permutations, each a rerun of the whole nested cross-validation (default "
+             f"{DEFAULT_PERMUTATIONS}: Monte-Carlo SE {monte_carlo_se(0.05, DEFAULT_PERMUTATIONS):.3f} at p = 0.05; "
+             "the smallest p is 1/(1 + N)).")] = DEFAULT_PERMUTATIONS,
+    seed: Annotated[int, typer.Option(help="Seed of the permutations (the test is deterministic).")] = 0,
+    queue: Annotated[bool, typer.Option("--queue", help="Queue it as a background job (`cadx worker` runs it; "
+                                                        "resumable) instead of running it here.")] = False,
+    data_dir: DataDir = None, user: User = None,
+) -> None:
+    """Is an experiment better than chance? Lesion labels permuted within its folds, the nested CV rerun per
+    permutation: each headline AUC's permutation p (with its Monte-Carlo SE), the best tap's selection-adjusted p."""
+    from cadx.workflows.jobs import submit_job
+    from cadx.workflows.permutation import run_permutation_test
+
+    workspace = _workspace(data_dir)
+    if queue:
+        job_id = _run(lambda: submit_job(workspace, "permutation", {
+            "experiment_id": experiment_id, "permutations": permutations, "seed": seed,
+            "name": f"permutation test of experiment {experiment_id}"}, user=_user(user)))
+        _out.print(f"queued as job {job_id}; `cadx worker` runs it")
+        return
+    with _ProgressBar() as bar:
+        _run(lambda: run_permutation_test(workspace, experiment_id, permutations=permutations, seed=seed,
+                                          user=_user(user), progress=bar))
+    _print_permutation_test(workspace, experiment_id)
 
 
 @app.command("worker")

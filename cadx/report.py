@@ -20,15 +20,17 @@ from typing import Any
 
 from cadx import stats
 from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD, CohortDefinition
+from cadx.permutation import PermutationResult, chance_sentence
+from cadx.power import PowerSummary
 from cadx.records import Comparison, ExperimentRecord, LevelResults, MethodRecord
 
 __all__ = ["DISCLAIMER", "ROI_PIXEL_MM", "SECTIONS", "CohortSummary", "LabelCounts", "ReportData", "render_report",
            "svg_line_chart", "methods_paragraph", "protocol_items", "roi_set_sha256", "summary_items",
-           "test_families_text"]
+           "test_families_text", "chance_section", "power_section"]
 
 #: Section ids of a report, in order (the test checks every one is present).
-SECTIONS = ("summary", "protocol", "cohort", "methods", "fig3", "fig4", "table1", "tests", "repeats", "provenance",
-            "disclaimer")
+SECTIONS = ("summary", "protocol", "cohort", "methods", "fig3", "fig4", "table1", "tests", "chance", "power",
+            "repeats", "provenance", "disclaimer")
 
 DISCLAIMER = ("Research use only. Not a medical device. These results come from a retrospective research "
               "experiment and must not be used to diagnose, treat or manage any patient.")
@@ -130,6 +132,12 @@ class ReportData:
         The ROI set's SHA-256 (recorded, or computed from the ROI hashes of an older record; None without them).
     generated_at, generator : str
         When and by which cadx the report was made.
+    permutation, permutation_rows, permutation_caption, best_tap_line
+        The newest permutation test (None: none ran), its table rows
+        (``cadx.workflows.permutation.permutation_table``), what it permuted, and the best tap's sentence with its
+        selection-adjusted p.
+    power : list of (PowerSummary, PowerSummary)
+        Per comparison, the power summary at alpha and at its family's Bonferroni alpha.
     """
 
     experiment: ExperimentRecord
@@ -142,6 +150,11 @@ class ReportData:
     roi_set_sha256: str | None
     generated_at: str
     generator: str
+    permutation: PermutationResult | None = None
+    permutation_rows: list[dict[str, Any]] = field(default_factory=list)
+    permutation_caption: str = ""
+    best_tap_line: str = ""
+    power: list[tuple[PowerSummary, PowerSummary]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers ---
@@ -598,6 +611,44 @@ def _count_rows(by: Mapping[str, Mapping[str, int]], columns: Sequence[str]) -> 
     return [[key, *(values.get(c, 0) for c in columns)] for key, values in by.items()]
 
 
+def chance_section(data: ReportData) -> str:
+    """The body of *Better than chance?*: the permutation test's table, what was permuted and the best tap's
+    selection-adjusted p."""
+    if data.permutation is None:
+        body = ("<p>No permutation test has run on this experiment: whether its AUCs beat chance on a cohort of this "
+                f"size is unknown. Run <code>cadx permutation-test {data.experiment.id}</code> (or <em>Run "
+                "permutation test</em> on the ROC curves page).</p>")
+    else:
+        columns = ["statistic", "observed AUC", "null mean", "null SD", "null 5 %", "null 95 %", "p", "p MC SE"]
+        body = _table(columns, [[r[c] for c in columns] for r in data.permutation_rows], table_id="permutation-table")
+        body += f"<p>{_e(data.permutation_caption)}</p>"
+    if data.best_tap_line:
+        body += f'<p id="best-tap">{_e(data.best_tap_line)}</p>'
+    return body  # the plain sentence when nothing beats chance is the Summary's (#summary-chance)
+
+
+def _chance_words(data: ReportData) -> str:
+    return chance_sentence({k: m.pooled_ci95 for k, m in data.results.methods.items()}, data.permutation)
+
+
+def power_section(data: ReportData) -> str:
+    """The body of *What could this cohort show?*: per comparison, the smallest detectable AUC difference and the
+    lesions the paper's effect needs, at alpha and at the family's Bonferroni alpha."""
+    if not data.power:
+        return "<p>No comparisons, so no power to compute.</p>"
+    rows = [[a.comparison, a.r, a.smallest_difference, f.smallest_difference, a.power_for_target,
+             f"{a.lesions_for_target} ({a.malignant_for_target} malignant)",
+             f"{f.lesions_for_target} ({f.malignant_for_target} malignant)"] for a, f in data.power]
+    family = data.power[0][1].alpha
+    body = _table(["comparison", "r", "smallest ΔAUC (α = 0.05)", f"smallest ΔAUC (α = {family:.3g})",
+                   "power for 0.81 → 0.86", "lesions needed (α = 0.05)", f"lesions needed (α = {family:.3g})"],
+                  rows, table_id="power-table")
+    body += (f"<p>{_e(data.power[0][0].sentence())} Not simulated: {_e(data.power[0][0].method)}; "
+             "two-sided z test, 80 % power; r is the observed correlation of the two lesion-level AUC estimates "
+             "(DeLong); counts in lesions at this cohort's class ratio.</p>")
+    return body
+
+
 def render_report(data: ReportData) -> str:
     """The report as one HTML string.
 
@@ -634,6 +685,9 @@ def render_report(data: ReportData) -> str:
                f"{_e(config.ensemble_tap)}.</p>")
     methods = results.methods
     summary += _summary_html(experiment, results)
+    chance = _chance_words(data)
+    if chance:
+        summary += f'<p id="summary-chance"><strong>{_e(chance)}</strong></p>'
     out.append(section("summary", "Summary", summary))
     out.append(section("protocol", "Protocol", _protocol_html(experiment, results, cohort)))
 
@@ -690,6 +744,8 @@ def render_report(data: ReportData) -> str:
         body = "<p>No comparisons: they need SVM1, SVM2 and the ensemble.</p>"
     out.append(section("tests", "Significance tests (headline: fold-level; Bonferroni within each family)",
                        body))
+    out.append(section("chance", "Better than chance? (permutation test)", chance_section(data)))
+    out.append(section("power", "What could this cohort show? (power)", power_section(data)))
 
     repeats = data.repeats
     if repeats:

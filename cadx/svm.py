@@ -469,10 +469,27 @@ def _cv_groups(lesions: Any, patients: Any, n: int) -> np.ndarray:
     return patient_ids
 
 
-def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, seed: int
+def _fixed_outer_splits(outer_folds: Any, groups: np.ndarray, n_folds: int
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The outer splits of a given fold id per ROI (0 .. n_folds - 1), checked to keep every group in one fold."""
+    folds = np.asarray(outer_folds)
+    if folds.shape != groups.shape or folds.dtype.kind not in "iu":
+        raise ValueError(f"outer_folds must hold one integer fold id per ROI, shape {groups.shape}; got shape "
+                         f"{folds.shape}, dtype {folds.dtype}")
+    if sorted(np.unique(folds).tolist()) != list(range(n_folds)):
+        raise ValueError(f"outer_folds must use the fold ids 0..{n_folds - 1} (n_folds={n_folds}); got "
+                         f"{sorted(np.unique(folds).tolist())}")
+    _, group_code = np.unique(groups, return_inverse=True)
+    if (np.unique(np.stack([group_code, folds]), axis=1).shape[1]) != group_code.max() + 1:
+        raise ValueError("outer_folds splits a lesion (or patient) between folds; give folds of whole groups")
+    return [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(n_folds)]
+
+
+def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, seed: int, outer_folds: Any = None
                  ) -> tuple[tuple[tuple[np.ndarray, np.ndarray], ...],
                             tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]]:
-    """Outer StratifiedGroupKFold splits and, per outer training set, inner ones (indices into the full data)."""
+    """Outer StratifiedGroupKFold splits (or those of ``outer_folds``, a fold id per ROI) and, per outer training
+    set, inner ones (indices into the full data)."""
     for name, k in (("n_folds", n_folds), ("n_inner", n_inner)):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {k!r}")
@@ -480,12 +497,16 @@ def _make_splits(y: np.ndarray, groups: np.ndarray, n_folds: int, n_inner: int, 
     if n_groups < n_folds:
         raise ValueError(f"{n_groups} groups (lesions/patients) cannot fill n_folds={n_folds} folds; "
                          f"use n_folds <= {n_groups}")
-    outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     splits: list[tuple[np.ndarray, np.ndarray]] = []
     inner_splits: list[tuple[tuple[np.ndarray, np.ndarray], ...]] = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for train, test in outer.split(np.zeros(len(y)), y, groups):
+        if outer_folds is None:
+            outer = list(StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+                         .split(np.zeros(len(y)), y, groups))
+        else:
+            outer = _fixed_outer_splits(outer_folds, groups, n_folds)
+        for train, test in outer:
             inner_cv = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
             if len(np.unique(groups[train])) < n_inner:
                 raise ValueError(f"an outer training set has {len(np.unique(groups[train]))} groups, fewer than "
@@ -1164,7 +1185,8 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1,
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
-                             checkpoint: Any = None, keep_models: bool = False) -> CvResult:
+                             checkpoint: Any = None, keep_models: bool = False,
+                             outer_folds: Any = None) -> CvResult:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -1215,6 +1237,10 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         the numbers of an uninterrupted run. The caller keys the store by its inputs (data, grid, seeds).
     keep_models : bool, default=False
         Keep the first seed's fitted fold models (:attr:`CvResult.models`), e.g. to store them with an experiment.
+    outer_folds : array-like of int, shape (n_rois,), optional
+        A fixed outer fold id per ROI (``0 .. n_folds - 1``, whole lesions/patients per fold), e.g. a stored
+        experiment's, instead of ``StratifiedGroupKFold``; only with ``repeats=1``. The inner splits are still
+        drawn with ``seed`` from the labels given (a permutation test reruns the whole nested search this way).
 
     Returns
     -------
@@ -1230,7 +1256,9 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     p = int(_load(source, len(y01)).shape[1])
     grid, candidates = _check_grid(default_grid(p) if grid is None else grid)
     t0 = time.perf_counter()
-    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s) for s in seeds}
+    if outer_folds is not None and repeats != 1:
+        raise ValueError(f"outer_folds fixes one fold assignment: give repeats=1 (got repeats={repeats})")
+    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s, outer_folds) for s in seeds}
     jobs, labels = [], []
     for s in seeds:
         splits, inner_splits = plans[s]
@@ -1403,7 +1431,8 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
                  n_folds: int = 5, n_inner: int = 5, grid: Mapping[str, Sequence[Any]] | None = None, seed: int = 0,
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
                  block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
-                 gram_engine: str | None = None, checkpoint: Any = None, keep_models: bool = False) -> SweepResult:
+                 gram_engine: str | None = None, checkpoint: Any = None, keep_models: bool = False,
+                 outer_folds: Any = None) -> SweepResult:
     """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
 
     Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
@@ -1417,6 +1446,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
         a path to a ``.npy`` file, or a cheap callable that returns the array (e.g. loads a memmap). With a
         remote Dask cluster, files must be visible to the workers at the same path.
     y, groups, patients, n_folds, n_inner, seed, repeats, engine, n_jobs, scheduler, block_columns, gram_engine
+    outer_folds
         As for :func:`cross_validate_by_lesion`.
     grid : mapping, optional
         One grid for all taps; default :func:`default_grid` of each tap's width.
@@ -1439,7 +1469,9 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
     y01 = _check_labels(y)
     cv_groups = _cv_groups(groups, patients, len(y01))
     t0 = time.perf_counter()
-    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s) for s in seeds}
+    if outer_folds is not None and repeats != 1:
+        raise ValueError(f"outer_folds fixes one fold assignment: give repeats=1 (got repeats={repeats})")
+    plans = {s: _make_splits(y01, cv_groups, n_folds, n_inner, s, outer_folds) for s in seeds}
     sources, widths, grids, cands = {}, {}, {}, {}
     for name, src in feature_sources.items():
         sources[name] = _as_source(src)

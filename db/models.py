@@ -34,6 +34,7 @@ __all__ = [
     "Experiment",
     "Prediction",
     "FoldModelRecord",
+    "PermutationTest",
     "Job",
     "JobCheckpoint",
     "User",
@@ -284,6 +285,24 @@ class FoldModelRecord(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     # the fold's test rows and their out-of-fold scores alone (small): read without the tap-wide scaler
     scores: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PermutationTest(Base):
+    """A label-permutation test of an experiment's headline AUCs (``cadx.permutation.PermutationResult`` as JSON):
+    lesion labels permuted within the first seed's outer folds, the whole nested cross-validation rerun per
+    permutation. The newest row of an experiment is the one the pages and the report show."""
+
+    __tablename__ = "permutation_tests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    n_permutations: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    code_version: Mapped[str] = mapped_column(String(64))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class Job(Base):

@@ -17,6 +17,7 @@ from cadx.workflows import comparison_table, experiment_results, method_table, r
 from cadx.workflows.report import chromium_path, report_html, report_pdf
 from cadx.workflows.results import calibration_notes
 from pages._shared import figure_config, figure_downloads, pick_experiment, workspace
+from pages._significance import permutation_panel, power_panel
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
@@ -195,6 +196,9 @@ else:
                                                help="DeLong 95 % CI of the within-fold-rank AUC difference"),
         **{c: st.column_config.NumberColumn(short[c], format=FOUR, help=c, width="small")
            for c in short}})
+
+permutation_panel(ws, experiment_id)  # pages/_significance.py: better than chance? what could this cohort show?
+power_panel(ws, experiment_id)
 
 st.subheader("Downloads")
 st.download_button("Study report (HTML)", lambda: report_html(ws, experiment_id, level=level, results=results).encode(),

@@ -20,6 +20,7 @@ from cadx.workflows.jobs import (
     retry_job,
     submit_job,
 )
+from cadx.workflows.permutation import latest_permutation_test
 from cadx.workflows.results import best_tap_text
 from pages._cohorts import cohort_editor, cohort_picker
 from pages._shared import (
@@ -284,7 +285,9 @@ for experiment_id in selected:
     rows = table[table["experiment_id"] == experiment_id]
     if not rows.empty:
         top = rows.loc[rows["auc_mean"].idxmax()]
-        text = best_tap_text(top["tap"], top["auc_mean"], top["auc_sd_between_seeds"], int(top["repeats"]))
+        tested = latest_permutation_test(ws, int(experiment_id))  # the selection-adjusted p, once one ran
+        text = best_tap_text(top["tap"], top["auc_mean"], top["auc_sd_between_seeds"], int(top["repeats"]),
+                             n_taps=len(rows), permutation=None if tested is None else tested.result)
         st.markdown(f"#{experiment_id}: {text}")
 
 st.subheader("Feature lengths and time per tap")

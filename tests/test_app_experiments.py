@@ -311,7 +311,7 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     timing = at.dataframe[1].value  # the "Time and details" expander
     for (_, row), key in zip(timing.iterrows(), "ABCZ"):
         assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
-    tests = at.dataframe[-1].value
+    tests = next(d.value for d in at.dataframe if "headline p (Bonferroni)" in d.value.columns)
     assert len(tests) == 6 and "headline p (Bonferroni)" in tests.columns and "Nadeau-Bengio p (first seed)" in \
         tests.columns and "DeLong p (within-fold ranks)" in tests.columns
     assert not any(c.startswith("DeLong p") and "ranks" not in c for c in tests.columns)  # no pooled-probability DeLong

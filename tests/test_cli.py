@@ -78,6 +78,8 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
                                  str(evaluate_json), *common])
     assert result.exit_code == 0, result.output
     assert "Repeated cross-validation" in result.output and "Comparisons" in result.output
+    assert "What could this cohort show? (80 % power, lesions)" in result.output  # the power panel (issue 24)
+    assert "Hanley & McNeil (1982) variances" in " ".join(result.output.split())
     results = json.loads(evaluate_json.read_text())["results"]
     assert results["repeats"]["seeds"] == [1, 2] and set(results["repeats"]["methods"]) == {"A", "B", "C", "Z"}
     # the first seed's SVM1 is the Table-1 row

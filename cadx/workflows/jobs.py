@@ -60,7 +60,7 @@ __all__ = ["JOB_KINDS", "submit_job", "cancel_job", "retry_job", "list_jobs", "g
            "run_next_job", "run_worker", "ensure_worker", "reap_dead_jobs", "max_parallel_jobs", "JobCancelled",
            "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
 
-JOB_KINDS = ("extract", "features", "experiment")
+JOB_KINDS = ("extract", "features", "experiment", "permutation")
 _PID_FILE = "worker.pid"
 _MAX_ATTEMPTS = 3
 _PID_START_TOLERANCE_S = 1.0  # process start times are recorded to clock ticks
@@ -540,6 +540,15 @@ def _run_job(workspace: Workspace, job: Job, progress: _Reporter, checkpoints: J
     from cadx.workflows.features import compute_analytic_features, extract_cnn_features, resolve_backbone
 
     params = dict(job.params)
+    if job.kind == "permutation":  # a label-permutation test of a stored experiment (each permutation a unit)
+        from cadx.permutation import DEFAULT_PERMUTATIONS
+        from cadx.workflows.permutation import run_permutation_test
+
+        tested = int(params["experiment_id"])
+        n = int(params.get("permutations") or DEFAULT_PERMUTATIONS)
+        test_id = run_permutation_test(workspace, tested, permutations=n, seed=int(params.get("seed") or 0),
+                                       user=job.created_by, progress=progress, checkpoints=checkpoints)
+        return f"permutation test {test_id} of experiment {tested} done ({n} permutations)", tested
     if job.kind == "features":
         report = compute_analytic_features(workspace, progress=progress)
         return f"{report.n_computed} ROIs analysed ({report.n_failed} failed segmentations)", None

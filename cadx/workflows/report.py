@@ -27,7 +27,7 @@ import cadx
 from cadx.errors import CadxInputError
 from cadx.labels import LABELS
 from cadx.private import make_private_dirs, open_private
-from cadx.records import LevelResults, json_safe
+from cadx.records import ExperimentRecord, LevelResults, json_safe
 from cadx.report import CohortSummary, LabelCounts, ReportData, render_report, roi_set_sha256
 from cadx.workflows.experiments import load_experiment
 from cadx.workflows.results import (
@@ -113,6 +113,7 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
     elif results.level != level:
         raise ValueError(f"results are at {results.level!r} level, the report asked for {level!r}")
     roi_set = config.roi_set_sha256 or (roi_set_sha256(config.roi_sha256) if config.roi_sha256 else None)
+    significance = _significance(workspace, experiment)
     return ReportData(
         experiment=experiment,
         results=results,
@@ -124,7 +125,29 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
         roi_set_sha256=roi_set,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generator=f"cadx {cadx.__version__}",
+        **significance,
     )
+
+
+def _significance(workspace: Workspace, experiment: ExperimentRecord) -> dict[str, Any]:
+    """The report's *Better than chance?* and *What could this cohort show?* inputs (issue 24)."""
+    from cadx.workflows.permutation import latest_permutation_test, permutation_caption, permutation_table
+    from cadx.workflows.power import power_analysis
+    from cadx.workflows.results import best_tap_text
+
+    test = latest_permutation_test(workspace, experiment.id)
+    results = experiment.results
+    best_line = ""
+    if len(results.sweep) > 1:
+        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
+        top = results.sweep[best]
+        best_line = best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, experiment.config.repeats,
+                                  n_taps=len(results.sweep), permutation=None if test is None else test.result)
+    return {"permutation": None if test is None else test.result,
+            "permutation_rows": [] if test is None else _records(permutation_table(test.result, experiment)),
+            "permutation_caption": "" if test is None else permutation_caption(test),
+            "best_tap_line": best_line,
+            "power": [(r.at_alpha, r.at_family) for r in power_analysis(workspace, experiment.id)]}
 
 
 def report_html(workspace: Workspace, experiment_id: int, *, level: str = "roi",

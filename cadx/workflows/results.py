@@ -24,6 +24,7 @@ from cadx.errors import CadxInputError
 from cadx.labels import label_word
 from cadx.methods import METHODS
 from cadx.outline import decode_mask_png, draw_outline
+from cadx.permutation import PermutationResult, tap_name
 from cadx.records import Comparison, LevelResults, MethodRecord, SweepLayer, experiment_name, read_results
 from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
@@ -127,15 +128,37 @@ def _auc_or_lowest(layer: SweepLayer) -> float:
     return -1.0 if layer.auc_mean is None else layer.auc_mean
 
 
-def best_tap_text(tap: str | None, auc_mean: float | None, sd_between_seeds: float | None, repeats: int) -> str:
+def best_tap_text(tap: str | None, auc_mean: float | None, sd_between_seeds: float | None, repeats: int, *,
+                  n_taps: int | None = None, permutation: PermutationResult | None = None) -> str:
     """The tap with the highest mean AUC, always with its spread between seeds, e.g. ``"best tap fc6: 0.812 ±
-    0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured (None or NaN: not measured)."""
+    0.021 (SD over 5 seeds)"``; with one seed it says that no spread was measured (None or NaN: not measured).
+
+    With ``n_taps > 1`` it says the tap is the maximum of ``n_taps`` (chosen after looking at all of them) and, with
+    the experiment's ``permutation`` test, gives the selection-adjusted p (max-statistic over the taps; Bonferroni
+    beside it) and one run's spread under the null (the permutation null SD of that tap), which the seed SD
+    understates; without one it says that the choice is not adjusted for."""
     if tap is None or auc_mean is None or math.isnan(auc_mean):
         return ""
     if repeats > 1 and sd_between_seeds is not None and not math.isnan(sd_between_seeds):
-        return f"best tap {tap}: {auc_mean:.3f} ± {sd_between_seeds:.3f} (SD over {repeats} seeds)"
-    return (f"highest AUC at {tap}: {auc_mean:.3f} on one seed (no spread measured: repeat over seeds "
-            "before calling a tap best)")
+        text = f"best tap {tap}: {auc_mean:.3f} ± {sd_between_seeds:.3f} (SD over {repeats} seeds)"
+    else:
+        text = (f"highest AUC at {tap}: {auc_mean:.3f} on one seed (no spread measured: repeat over seeds "
+                "before calling a tap best)")
+    if n_taps is None or n_taps < 2:
+        return text
+    text += f"; the maximum of {n_taps} taps"
+    if permutation is None or permutation.best_tap_p_max is None:
+        return text + (", not adjusted for choosing it (a permutation test gives the selection-adjusted p: "
+                       "`cadx permutation-test`)")
+    own = permutation.statistics.get(tap_name(tap))
+    spread = (f"; one run's spread under the null: SD {own.null.sd:.3f} (permutation null of {tap}; the seed SD "
+              "understates the uncertainty)" if own is not None and own.null.sd is not None else "")
+    # Bonferroni for the tap named here (chosen by its mean over seeds; the permutations use the first seed's folds)
+    bonferroni = (f"; {tap}'s own p {own.p_value:.3g} × {permutation.n_taps} taps (Bonferroni): "
+                  f"{min(1.0, permutation.n_taps * own.p_value):.3g}" if own is not None else "")
+    return (text + f": selection-adjusted p = {permutation.best_tap_p_max:.3g} ± "
+            f"{permutation.best_tap_p_max_mc_se or 0.0:.2g} (max-statistic over {permutation.n_taps} taps, "
+            f"{permutation.n_permutations} permutations{bonferroni})" + spread)
 
 
 def calibration_notes(results: LevelResults) -> list[str]:
