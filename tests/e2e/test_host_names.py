@@ -18,14 +18,13 @@ _OPEN_WEBSOCKET = """() => new Promise(done => {
 
 
 @pytest.fixture(scope="module")
-def rebinding_browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
+def rebinding_browser(browser, chromium_path):
+    # A second Chromium from the session's own Playwright (tests/e2e/conftest.py: one per test process; a second
+    # sync_playwright() in the same process fails, "Sync API inside the asyncio loop").
     rules = "--host-resolver-rules=MAP evil.example 127.0.0.1,MAP allowed.example 127.0.0.1"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=[*CHROMIUM_ARGS, rules])
-        yield browser
-        browser.close()
+    rebinding = browser.browser_type.launch(executable_path=str(chromium_path), args=[*CHROMIUM_ARGS, rules])
+    yield rebinding
+    rebinding.close()
 
 
 @pytest.fixture
