@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cadx.private import make_private_dirs
+
 __all__ = ["data_dir", "database_url"]
 
 _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 
 
 def data_dir() -> Path:
-    """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx`` (:func:`cadx.workflows.open_workspace` creates it,
-    owner-only, once it has checked that it and the database are one workspace)."""
-    return Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
+    """The data directory: ``$CADX_DATA_DIR``, else ``~/.cadx``. Created when missing."""
+    path = Path(os.environ.get("CADX_DATA_DIR") or _DEFAULT_DATA_DIR).expanduser()
+    return make_private_dirs(path)  # owner-only when cadx creates it (parents included)
 
 
 def database_url(directory: Path) -> str:

@@ -43,7 +43,6 @@ __all__ = [
     "AuthSession",
     "SignInAttempt",
     "OidcIdentity",
-    "WorkspaceIdentity",
     "LABELS",
     "ROLES",
     "EXCLUSION_REASONS",
@@ -443,20 +442,4 @@ class Cohort(Base):
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     version: Mapped[int] = mapped_column(Integer)  # cadx.cohorts.COHORT_SCHEMA_VERSION when saved
     created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
-
-
-class WorkspaceIdentity(Base):
-    """Which workspace this database is (one row): a random id, also written into the data directory that holds
-    its files (``workspace.json``), so that opening a database with another workspace's data directory is refused
-    instead of leaving rows whose files are elsewhere (see :func:`cadx.workflows.open_workspace`).
-
-    State of this installation, like the sign-in tables: never backed up, restored or copied into another
-    workspace."""
-
-    __tablename__ = "workspace_identity"
-
-    id: Mapped[int] = mapped_column(primary_key=True)  # always 1: one row
-    workspace_id: Mapped[str] = mapped_column(String(32))
-    data_dir: Mapped[str] = mapped_column(Text)  # where the files were when the workspace was made (for messages)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)

@@ -8,7 +8,7 @@ worker, a CLI command) take turns: a lock file beside a SQLite database, an advi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from filelock import FileLock
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["create_db_engine", "init_db", "session_factory", "alembic_config", "SchemaNewerThanCodeError"]
@@ -62,12 +62,10 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
-def init_db(engine: Engine, *, then: Callable[[Connection], None] | None = None) -> None:
+def init_db(engine: Engine) -> None:
     """Create or upgrade the schema of ``engine``'s database to the newest migration, one process at a time.
 
-    ``then(connection)`` runs after the upgrade in the same transaction, still holding the lock (so processes
-    opening one database at once take turns for it too). Raises :class:`SchemaNewerThanCodeError`, touching nothing,
-    when a newer cadx has upgraded the database.
+    Raises :class:`SchemaNewerThanCodeError`, touching nothing, when a newer cadx has upgraded the database.
     """
     config = alembic_config(engine)
     scripts = ScriptDirectory.from_config(config)
@@ -79,8 +77,6 @@ def init_db(engine: Engine, *, then: Callable[[Connection], None] | None = None)
             raise SchemaNewerThanCodeError(current, scripts.get_current_head())
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-        if then is not None:
-            then(connection)
 
 
 def _known(scripts: ScriptDirectory, revision: str | None) -> bool:

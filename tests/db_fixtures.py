@@ -15,10 +15,10 @@ import hashlib
 import os
 
 import pytest
-from sqlalchemy import create_engine, delete, make_url, text
+from sqlalchemy import create_engine, make_url, text
 
 from cadx.workflows import open_workspace
-from db.models import Base, WorkspaceIdentity
+from db.models import Base
 from db.session import create_db_engine
 
 _MIGRATED: dict[str, str] = {}  # PostgreSQL URL -> fingerprint of its freshly migrated schema
@@ -136,8 +136,6 @@ def _migrated_sqlite(tmp_path_factory):
     """A migrated, empty SQLite database file: copied for each ``workspace`` instead of migrating again."""
     data = tmp_path_factory.mktemp("migrated-sqlite")
     workspace = open_workspace(data, f"sqlite:///{data / 'cadx.sqlite'}")
-    with workspace.engine.begin() as connection:  # each copy is a new workspace: it records its own identity
-        connection.execute(delete(WorkspaceIdentity))
     workspace.engine.dispose()
     return data / "cadx.sqlite"
 

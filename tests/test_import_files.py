@@ -27,13 +27,12 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def _snapshot(workspace) -> tuple[dict, list]:
-    """Every row of every table, and every file of the data directory (except the database itself; the workspace's
-    identity, on both sides, is each workspace's own)."""
+    """Every row of every table, and every file of the data directory (except the database itself)."""
     with workspace.sessions() as session:
         rows = {table.name: [tuple(r) for r in session.execute(table.select().order_by(*table.primary_key.columns))]
-                for table in Base.metadata.sorted_tables if table.name != "workspace_identity"}
+                for table in Base.metadata.sorted_tables}
     files = sorted(str(p.relative_to(workspace.data_dir)) for p in workspace.data_dir.rglob("*")
-                   if p.is_file() and not p.name.startswith("cadx.sqlite") and p.name != "workspace.json")
+                   if p.is_file() and not p.name.startswith("cadx.sqlite"))
     return rows, files
 
 

@@ -314,14 +314,12 @@ NAMES = ["Wojcik_Halina_1958", "Ndlovu-Thandiwe-MRN8831", "Kowalczyk_Study_Folde
 
 
 def _every_trace(workspace, backup: Path | None = None) -> str:
-    """Everything stored: every row, every file's name and content in the data directory, and a backup. Except the
-    workspace's identity (``_snapshot`` leaves out its row too): it names where the data directory and the database
-    are, cadx's own settings, never an input's name; it is not backed up."""
+    """Everything stored: every row, every file's name and content in the data directory, and a backup."""
     rows, _ = _snapshot(workspace)
     text = json.dumps(rows, default=str)
     for path in workspace.data_dir.rglob("*"):
         text += "\n" + str(path.relative_to(workspace.data_dir))
-        if path.is_file() and path.name != "workspace.json":
+        if path.is_file():
             text += path.read_bytes().decode("latin-1")
     if backup is not None:
         text += backup.read_bytes().decode("latin-1")

@@ -38,7 +38,7 @@ from filelock import FileLock
 from sqlalchemy import func, insert, select, text
 
 from cadx.workflows import Workspace, open_workspace
-from db.models import Base, WorkspaceIdentity
+from db.models import Base
 from db.session import create_db_engine
 
 __all__ = ["SMALL_SWEEP", "WorkspaceCache", "demo_experiment", "demo_with_features"]
@@ -49,8 +49,6 @@ _DB_FILE = "cadx.sqlite"
 _NOT_COPIED = {_DB_FILE, f"{_DB_FILE}-wal", f"{_DB_FILE}-shm", f"{_DB_FILE}-journal", f"{_DB_FILE}.migrate-lock",
                ".import.lock", ".writers",
                "backup.key"}
-# the template's identity: a data_dir() copy keeps it with the copied database; fill() leaves the workspace its own
-_IDENTITY = {"workspace.json", WorkspaceIdentity.__tablename__}
 
 
 class WorkspaceCache:
@@ -105,12 +103,12 @@ class WorkspaceCache:
         template, result = self._template(build, kwargs)
         with workspace.engine.connect() as connection:
             used = [t.name for t in Base.metadata.sorted_tables
-                    if t.name not in _IDENTITY and connection.scalar(select(func.count()).select_from(t))]
+                    if connection.scalar(select(func.count()).select_from(t))]
         if used:
             raise ValueError(f"WorkspaceCache.fill needs an empty workspace; {workspace.data_dir} has rows in {used}: "
                              f"call {build.__name__} itself there")
         for entry in template.iterdir():
-            if entry.name in _NOT_COPIED or entry.name in _IDENTITY:
+            if entry.name in _NOT_COPIED:
                 continue
             if entry.is_dir():
                 shutil.copytree(entry, workspace.data_dir / entry.name, dirs_exist_ok=True)
@@ -120,8 +118,6 @@ class WorkspaceCache:
         try:
             with source.connect() as reading, workspace.engine.begin() as writing:
                 for table in Base.metadata.sorted_tables:
-                    if table.name in _IDENTITY:
-                        continue
                     rows = [dict(row._mapping) for row in reading.execute(select(table))]
                     if rows:
                         writing.execute(insert(table), rows)

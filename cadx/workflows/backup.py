@@ -151,8 +151,7 @@ def _revision(workspace: Workspace) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-# This server's sign-in state (hashes of session tokens, sign-in throttling counters) and its workspace identity
-# (the restored workspace keeps its own, see cadx.workflows.opening): never written to a backup,
+# This server's sign-in state (hashes of session tokens, sign-in throttling counters): never written to a backup,
 # and ignored in one made by an older cadx, so that a restored workspace starts with everyone signed out and a
 # backup from elsewhere cannot carry a session whose token its maker knows.
 _SERVER_STATE_TABLES = WORKSPACE_STATE_TABLES

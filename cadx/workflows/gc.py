@@ -35,8 +35,8 @@ RESTORE_PLACED_FILE = "placed.json"  # in the staging folder: the stored files t
 
 
 # Rows about the server, not the workspace's content: never backed up or restored, and not what makes a workspace
-# "not empty" (a restore target has its identity from its first opening, and may have seen a sign-in attempt).
-WORKSPACE_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts", "workspace_identity"})
+# "not empty" (a restore target may have seen a sign-in attempt).
+WORKSPACE_STATE_TABLES = frozenset({"auth_sessions", "sign_in_attempts"})
 
 
 def has_rows(workspace: Workspace) -> bool:

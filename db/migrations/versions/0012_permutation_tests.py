@@ -1,14 +1,14 @@
 """permutation_tests: label-permutation tests of an experiment's headline AUCs (issue 24)
 
 Revision ID: 0012
-Revises: 0011
+Revises: 0010
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0012'
-down_revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
