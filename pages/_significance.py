@@ -96,7 +96,13 @@ def power_panel(ws, experiment_id: int) -> None:
         return
     st.caption(POWER_CAPTION)
     table = power_table(rows)
+    # Short headers (the full name on hover) so that the table fits a 1440-px screen
+    short = {c: c.replace("smallest ΔAUC", "min ΔAUC").replace("lesions for 0.81→0.86", "n for .81→.86")
+              .replace("power for 0.81→0.86", "power .81→.86") for c in table.columns}
     st.dataframe(table, hide_index=True, width="stretch", column_config={
-        c: st.column_config.NumberColumn(format=_THREE) for c in table.columns
-        if c not in ("comparison", "malignant", "benign") and not c.startswith("lesions")})
+        "comparison": st.column_config.TextColumn(pinned=True),
+        **{c: (st.column_config.NumberColumn(short[c], format=_THREE, help=c, width="small")
+               if c not in ("comparison", "malignant", "benign") and not c.startswith("lesions")
+               else st.column_config.Column(short[c], help=c, width="small"))
+           for c in table.columns if c != "comparison"}})
     st.markdown(rows[0].at_alpha.sentence())

@@ -87,7 +87,7 @@ with agree_tab:
             st.markdown(f"**{r.n} {'lesions' if level == 'lesion' else 'ROIs'}**: both wrong on **{r.both_wrong}** "
                         f"(independent errors would give {r.both_wrong_expected:.1f}){tested}; Spearman ρ(p1, p2) = "
                         f"{r.spearman_rho:.3f} (p = {r.spearman_p:.3g}).")
-            st.dataframe(agreement["operating_points"], hide_index=True, key="agree_points")
+            st.dataframe(agreement["operating_points"], hide_index=True, key="agree_points", placeholder=words.EMPTY)
             st.dataframe(agreement["table"], key="agree_table")
             st.caption("Rows: SVM1 (CNN); columns: SVM2 (analytic). McNemar tests the off-diagonal cells against "
                        "each other (exact binomial). The cases where p1 and p2 differ most:")

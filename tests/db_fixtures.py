@@ -57,11 +57,22 @@ def _worker_database(url: str, worker: str) -> str:
 
 
 def _reset_postgres(url: str) -> None:
-    """Drop everything: an empty database."""
+    """Drop everything in the schema: an empty database.
+
+    Everything, not only the tables today's models know: the database outlives a checkout, and a table left by
+    another revision of the code (e.g. one a later commit reverted) would otherwise fail the migration tests."""
     engine = create_db_engine(url)
     with engine.begin() as connection:
-        Base.metadata.drop_all(connection)
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        for kind, catalogue in (("VIEW", "SELECT viewname FROM pg_views WHERE schemaname = current_schema()"),
+                                ("TABLE", "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"),
+                                ("SEQUENCE", "SELECT sequencename FROM pg_sequences "
+                                             "WHERE schemaname = current_schema()")):
+            for name in connection.execute(text(catalogue)).scalars().all():
+                connection.execute(text(f'DROP {kind} IF EXISTS "{name}" CASCADE'))
+        for signature in connection.execute(text(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                "WHERE p.pronamespace = current_schema()::regnamespace")).scalars().all():
+            connection.execute(text(f"DROP FUNCTION IF EXISTS {signature} CASCADE"))
     engine.dispose()
     _MIGRATED.pop(url, None)
 

@@ -89,7 +89,9 @@ def test_predictions_page_explains_p1_by_occlusion(use, experiment_dir):
     at.select_slider(key="occ_stride").set_value(128)
     at.button(key="occ_run").click().run(timeout=600)
     assert not at.exception, at.exception
-    assert len(at.image) == 2, "no occlusion map shown"
+    assert len(at.image) == 3, "no occlusion map and colour bar shown"  # the ROI, its map, the map's colour scale
+    captions = [c for image in at.image[1:] for c in image.proto.imgs[0].caption.splitlines()]
+    assert captions[0].startswith("p1 ") and captions[1].startswith("Colour scale, change in p1"), captions
     assert not at.error, [e.value for e in at.error]
 
 

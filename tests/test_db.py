@@ -135,7 +135,7 @@ def test_a_database_from_a_newer_cadx_is_refused_untouched(workspace):
                                              r"\(newest '00\d\d[^']*'\); nothing was changed\. Fix: open it with"):
         open_workspace(workspace.data_dir, url)
     result = CliRunner().invoke(app, ["stats", "--data-dir", str(workspace.data_dir)],
-                                env={"CADX_DATABASE_URL": url})
+                                env={"CADX_DATABASE_URL": url, "CADX_DATA_DIR": str(workspace.data_dir)})
     assert result.exit_code == 2 and "newer than this cadx knows" in result.output and "Traceback" not in result.output
     with workspace.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [

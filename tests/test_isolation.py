@@ -72,3 +72,61 @@ def test_a_sentinel_database_and_data_dir_in_the_environment_stay_untouched(tmp_
     assert _tree(user) == before  # byte for byte, and nothing new beside them (no -wal, no keys, no folders)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(_SUBSET)} passed" in result.stdout
+
+
+# Issue 26.2: `cadx … --data-dir D` with CADX_DATABASE_URL naming another workspace's database wrote rows into that
+# database and files into D. A database URL from the environment now pairs only with CADX_DATA_DIR's directory.
+def _split_workspace_cases(tmp_path: Path) -> tuple[Path, Path, str]:
+    home, other = tmp_path / "home", tmp_path / "other"
+    from cadx.workflows import open_workspace
+
+    workspace = open_workspace(home)  # a real workspace: its SQLite database is the one named in the environment
+    workspace.engine.dispose()
+    return home, other, f"sqlite:///{home / 'cadx.sqlite'}"
+
+
+def _rows(database: Path) -> dict[str, int]:
+    with sqlite3.connect(database) as connection:
+        names = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: connection.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+
+
+@pytest.mark.parametrize("data_dir_env", [None, "home"], ids=["CADX_DATA_DIR unset", "CADX_DATA_DIR the database's"])
+def test_data_dir_of_another_workspace_than_the_database_is_refused_before_writing(tmp_path, monkeypatch,
+                                                                                  data_dir_env):
+    from typer.testing import CliRunner
+
+    from cadx.cli import app
+    from cadx.errors import CadxInputError
+    from cadx.workflows import open_workspace
+
+    home, other, url = _split_workspace_cases(tmp_path)
+    before, files_before = _rows(home / "cadx.sqlite"), _tree(home)
+    env = {"CADX_DATABASE_URL": url, "CADX_DATA_DIR": str(home) if data_dir_env else None}
+    for name, value in env.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    with pytest.raises(CadxInputError, match=r"one workspace split in two; nothing was opened or written\. Fix: "
+                                             r"export CADX_DATA_DIR"):
+        open_workspace(other)
+    result = CliRunner().invoke(app, ["stats", "--data-dir", str(other)], env=env)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "CADX_DATABASE_URL names a database while CADX_DATA_DIR" in said and "unset CADX_DATABASE_URL" in said
+    assert "Traceback" not in result.output
+    assert not other.exists()  # nothing written into D
+    assert _rows(home / "cadx.sqlite") == before and _tree(home) == files_before  # nor into the database's workspace
+    if data_dir_env:  # the pair as exported: --data-dir naming the same directory, or no --data-dir, opens it
+        assert CliRunner().invoke(app, ["stats", "--data-dir", str(home)], env=env).exit_code == 0
+        assert CliRunner().invoke(app, ["stats"], env=env).exit_code == 0
+    else:  # without CADX_DATA_DIR the default directory is not paired with the database either
+        assert CliRunner().invoke(app, ["stats"], env=env).exit_code == 2
+
+
+def test_the_app_script_refuses_a_database_url_without_its_data_directory(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADX_")}
+    env["CADX_DATABASE_URL"] = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "app.sh")], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "CADX_DATABASE_URL is set but CADX_DATA_DIR is not" in result.stderr and "Fix:" in result.stderr
+    assert not (tmp_path / "elsewhere.sqlite").exists()

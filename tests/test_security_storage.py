@@ -231,7 +231,8 @@ def test_audit_verify_names_the_first_broken_event(workspace, sql, broken_index)
         with workspace.sessions.begin() as session:
             record_audit(session, user="alice", action="exclude", target=f"roi {n}", detail={"n": n, "x": 0.25})
     data_dir = str(workspace.data_dir)
-    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False)}
+    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False),
+           "CADX_DATA_DIR": str(workspace.data_dir)}
     result = runner.invoke(app, ["audit", "verify", "--data-dir", data_dir], env=env)
     assert result.exit_code == 0 and "4 audit events, hash chain intact" in result.output, result.output
     with workspace.sessions() as session:
@@ -416,7 +417,8 @@ def test_gc_removes_only_orphans_and_reports_them(workspace_cache, workspace):
     committed = _committed_files(workspace)
     assert any(n.startswith("truth/") for n in committed) and mask in committed
     orphans = _plant_orphans(workspace)
-    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False)}
+    env = {"CADX_DATABASE_URL": workspace.engine.url.render_as_string(hide_password=False),
+           "CADX_DATA_DIR": str(workspace.data_dir)}
     data_dir = str(workspace.data_dir)
 
     result = runner.invoke(app, ["gc", "--dry-run", "--data-dir", data_dir], env=env)

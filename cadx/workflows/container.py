@@ -171,10 +171,13 @@ def check_health(*, url: str | None = None, timeout: float = 10.0) -> str | None
     from sqlalchemy.engine import make_url
 
     from cadx import config
+    from cadx.errors import CadxInputError
     from db.session import create_db_engine
 
-    directory = Path(os.environ.get("CADX_DATA_DIR") or Path.home() / ".cadx")
-    database = config.database_url(directory)
+    try:
+        database = config.database_url(config.data_dir_path())
+    except CadxInputError as exc:
+        return str(exc)
     parsed = make_url(database)
     if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).is_file():
         return f"no database at {parsed.database} (the start creates it; see the container's log)"

@@ -20,12 +20,9 @@ __all__ = ["open_workspace"]
 
 def open_workspace(data_dir: str | Path | None = None, database_url: str | None = None) -> Workspace:
     """Open (creating and migrating when needed) the workspace in ``data_dir`` (default ``$CADX_DATA_DIR``)."""
-    if data_dir is None:
-        directory = config.data_dir()
-    else:
-        directory = Path(data_dir).expanduser()
+    directory = config.data_dir_path() if data_dir is None else Path(data_dir).expanduser()
+    url = database_url or config.database_url(directory)  # refuses a split workspace before anything is written
     make_private_dirs(directory)
-    url = database_url or config.database_url(directory)
     private_sqlite_file(url)
     engine = create_db_engine(url)
     try:
