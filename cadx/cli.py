@@ -406,7 +406,7 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
     _print_power(workspace, experiment_id)
     sentence = chance_sentence({k: m.pooled_ci95 for k, m in record.results.methods.items()})
     if sentence:
-        _out.print(f"[yellow]{sentence}[/]")
+        _out.print(_styled((sentence, "yellow")))
     _out.print(f"Better than chance? `cadx permutation-test {experiment_id}` reruns the nested cross-validation on "
                "permuted labels.")
     if json_path is not None:
@@ -537,7 +537,7 @@ def _print_permutation_test(workspace: Workspace, experiment_id: int) -> None:
                                  n_taps=len(results.sweep), permutation=test.result))
     sentence = chance_sentence({k: m.pooled_ci95 for k, m in results.methods.items()}, test.result)
     if sentence:
-        _out.print(f"[yellow]{sentence}[/]")
+        _out.print(_styled((sentence, "yellow")))
 
 
 Folds = Annotated[int | None, typer.Option(help="Cross-validation folds (by lesion). Default: the cohort's (5).")]

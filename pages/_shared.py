@@ -295,11 +295,20 @@ def sign_in(ws: Workspace) -> None:
         username = st.text_input("User name")
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in")
-    if submitted:
+    if submitted:  # every way a sign-in can fail says why (issue 25.8: under load one failed with no word)
+        if not username.strip() or not password:
+            st.error("Enter both your user name and your password. (A name or password the browser filled in "
+                     "by itself may not have reached the page: type it, or click into the field, then sign in.)")
+            st.stop()
         try:
-            user = authenticate(ws, username.strip(), password, client=_client())
+            with st.spinner("Checking the password…"):  # Argon2id: about a second of CPU, longer on a busy machine
+                user = authenticate(ws, username.strip(), password, client=_client())
         except SignInThrottled as exc:
             st.error(f"Too many failed sign-ins: try again in {exc.wait_s:.0f} s.")
+            st.stop()
+        except Exception as exc:  # noqa: BLE001 - e.g. a database locked or gone: say so instead of a blank form
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            st.error(f"Signing in failed: {plain(reason)}. Nothing was changed; try again in a moment.")
             st.stop()
         if user is None:
             st.error("Wrong user name or password (or the account is disabled).")

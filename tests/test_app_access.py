@@ -280,3 +280,29 @@ def test_plain_escapes_every_markdown_construct(payload):
     assert re.sub(r"\\(.)", r"\1", escaped).replace("\u2060", "") == " ".join(payload.split())
     for special in "[]()<>`*_:$#&!":
         assert re.search(r"(?<!\\)" + re.escape(special), escaped) is None, (special, escaped)
+
+
+def test_every_failed_sign_in_says_why(data_dir, monkeypatch):
+    # Issue 25.8: under load a sign-in failed with no word (it worked on a second try). Each way it can fail has one.
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    _sign_in(at, "rex", "")
+    assert at.title[0].value == "cadx — sign in" and len(at.error) == 1
+    assert at.error[0].value.startswith("Enter both your user name and your password")
+    _sign_in(at, "   ", PASSWORD)
+    assert at.error[0].value.startswith("Enter both your user name and your password")
+
+    from sqlalchemy.exc import OperationalError
+
+    import pages._shared as shared
+
+    def locked(*args, **kwargs):
+        raise OperationalError("UPDATE sign_in_attempts", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(shared, "authenticate", locked)
+    _sign_in(at, "rex", PASSWORD)
+    assert not at.exception and at.title[0].value == "cadx — sign in"
+    assert at.error[0].value.startswith("Signing in failed: ") and "database is locked" in at.error[0].value
+    assert at.error[0].value.endswith("Nothing was changed; try again in a moment.")
+    monkeypatch.undo()
+    _sign_in(at, "rex", PASSWORD)  # and the same form then signs in
+    assert _signed_in_as(at) == "Signed in as **rex** (reviewer)"

@@ -311,10 +311,13 @@ def test_roc_page_shows_table1_curves_and_tests_at_roi_level(use, experiment_dir
     timing = at.dataframe[1].value  # the "Time and details" expander
     for (_, row), key in zip(timing.iterrows(), "ABCZ"):
         assert row["time (s)"] == pytest.approx(methods[key]["seconds"])
+    # two tables that each fit the screen: the headline test over every seed's folds, then the first seed's tests
     tests = next(d.value for d in at.dataframe if "headline p (Bonferroni)" in d.value.columns)
-    assert len(tests) == 6 and "headline p (Bonferroni)" in tests.columns and "Nadeau-Bengio p (first seed)" in \
-        tests.columns and "DeLong p (within-fold ranks)" in tests.columns
-    assert not any(c.startswith("DeLong p") and "ranks" not in c for c in tests.columns)  # no pooled-probability DeLong
+    beside = next(d.value for d in at.dataframe if "Nadeau-Bengio p (first seed)" in d.value.columns)
+    assert len(tests) == len(beside) == 6 and "AUCs subtracted" in tests.columns
+    assert "DeLong p (within-fold ranks)" in beside.columns and list(beside["comparison"]) == list(tests["comparison"])
+    shown = [*tests.columns, *beside.columns]
+    assert not any(c.startswith("DeLong p") and "ranks" not in c for c in shown)  # no pooled-probability DeLong
     assert tests["family"].tolist() == ["paper"] * 3 + ["added"] * 3
     spec = _plotly(at)
     names = [t["name"] for t in spec["data"]]

@@ -335,10 +335,16 @@ def test_the_cli_runs_or_queues_a_permutation_test(tmp_path, workspace_cache):
 
     data, experiment_id = workspace_cache.data_dir(tmp_path / "data", demo_experiment, **SMALL_SWEEP)
     runner = CliRunner()
-    result = runner.invoke(app, ["permutation-test", str(experiment_id), "--permutations", "1", "--data-dir",
-                                 str(data), "--user", "tester"])
+    import cadx.cli
+
+    # the plain-words sentence, whatever this small cohort's intervals say: printed as words, not as a markup tag
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cadx.cli, "chance_sentence", lambda *a, **k: "No classifier is distinguishable from chance.")
+        result = runner.invoke(app, ["permutation-test", str(experiment_id), "--permutations", "1", "--data-dir",
+                                     str(data), "--user", "tester"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
+    assert "No classifier is distinguishable from chance." in text and "[yellow]" not in text and "[/]" not in text
     assert f"Better than chance? Experiment {experiment_id} against its permutation null" in text
     assert "lesion labels permuted within the first seed's outer folds" in text
     assert "the maximum of 2 taps: selection-adjusted p = " in text and "(max-statistic over 2 taps, 1 perm" in text
