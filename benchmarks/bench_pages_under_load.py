@@ -115,9 +115,9 @@ def main() -> None:
         quiet = measure(data, args.repeats)
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
         try:
-            time.sleep(5 if hogs else 0)  # let the load settle
-            loaded_load = os.getloadavg()
+            time.sleep(5 if hogs else 0)
             loaded = measure(data, args.repeats) if hogs else None
+            loaded_load = os.getloadavg()  # after the measurement: the 1-minute average needs a minute to rise
         finally:
             for hog in hogs:
                 hog.kill()
