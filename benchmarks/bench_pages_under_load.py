@@ -37,24 +37,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import cli, shared_data  # noqa: E402
+
 PAGES = {"Review ROIs": "pages/review.py", "ROC curves": "pages/roc.py", "Predictions": "pages/predictions.py",
          "Open questions": "pages/analyses.py"}
 
 
-def _shared_data() -> Path:
-    return Path(os.environ.get("CADX_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def _cli(data: Path, *args: str) -> None:
-    env = dict(os.environ, CADX_DATA_DIR=str(data), PYTHONPATH=str(REPO))
-    env.pop("CADX_DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "cadx.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL)
-
-
 def build(data: Path) -> None:
     """MIAS and one experiment on its masses, through the CLI as a user would."""
-    _cli(data, "import", "mias", str(_shared_data() / "mini-mias" / "all-mias"))
-    _cli(data, "evaluate", "--cohort", "paper", "--repeats", "1", "--min-lesions-per-fold", "2")
+    cli(data, "import", "mias", str(shared_data() / "mini-mias" / "all-mias"))
+    cli(data, "evaluate", "--cohort", "paper", "--repeats", "1", "--min-lesions-per-fold", "2")
 
 
 def _open(page: str) -> tuple[float, float]:

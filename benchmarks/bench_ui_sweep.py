@@ -47,17 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import cli, shared_data  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, serve_app, wait_for_app  # noqa: E402
-
-
-def _shared_data() -> Path:
-    return Path(os.environ.get("CADX_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def _cli(data: Path, *args: str) -> None:
-    env = dict(os.environ, CADX_DATA_DIR=str(data), PYTHONPATH=str(REPO))
-    env.pop("CADX_DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "cadx.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 class _LoadSampler(threading.Thread):
@@ -105,8 +96,8 @@ def run(cohort: str, *, hog: bool, timeout_s: float) -> dict:
     data.mkdir(parents=True)
     t_setup = time.perf_counter()
     if cohort == "mias":
-        _cli(data, "import", "mias", str(_shared_data() / "mini-mias" / "all-mias"))
-        _cli(data, "cohort", "create", "MIAS", "--source", "mias")
+        cli(data, "import", "mias", str(shared_data() / "mini-mias" / "all-mias"))
+        cli(data, "cohort", "create", "MIAS", "--source", "mias")
     setup_s = time.perf_counter() - t_setup
 
     competitor = None

@@ -421,7 +421,7 @@ def _f(value: float | None, spec: str = ".3f") -> str:
 
 def _print_experiment(record: ExperimentRecord) -> None:
     from cadx.records import LevelResults
-    from cadx.workflows.results import best_tap_text, calibration_notes
+    from cadx.workflows.results import calibration_notes, sweep_best_tap_text
 
     config, results = record.config, record.results
     flags: list[str | tuple[str, str]] = []
@@ -446,9 +446,7 @@ def _print_experiment(record: ExperimentRecord) -> None:
                           "–" if seed_sd is None else f"±{seed_sd:.3f}", _f(layer.auc_sd), _f(layer.auc_se),
                           f"{layer.seconds:.1f}")
         _out.print(table)
-        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
-        top = results.sweep[best]
-        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, seeds, n_taps=len(results.sweep)))
+        _out.print(sweep_best_tap_text(results, seeds))
     table = Table(title="Classifiers (Table 1; first seed" + (f", seed SD over {seeds} seeds)" if seeds > 1 else ")"))
     for column in ("classifier", "AUC", "seed SD", "AUC.SD", "SE", "pooled AUC [95% CI]", "lesion AUC",
                    "degenerate folds", "seconds"):
@@ -514,7 +512,7 @@ def _print_power(workspace: Workspace, experiment_id: int) -> None:
 def _print_permutation_test(workspace: Workspace, experiment_id: int) -> None:
     from cadx.workflows.experiments import load_experiment
     from cadx.workflows.permutation import latest_permutation_test, permutation_caption, permutation_table
-    from cadx.workflows.results import best_tap_text
+    from cadx.workflows.results import sweep_best_tap_text
 
     test = _run(lambda: latest_permutation_test(workspace, experiment_id))
     if test is None:
@@ -530,11 +528,8 @@ def _print_permutation_test(workspace: Workspace, experiment_id: int) -> None:
     _out.print(table)
     _out.print(permutation_caption(test))
     results = record.results
-    if len(results.sweep) > 1:
-        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
-        top = results.sweep[best]
-        _out.print(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, record.config.repeats,
-                                 n_taps=len(results.sweep), permutation=test.result))
+    if best_line := sweep_best_tap_text(results, record.config.repeats, permutation=test.result):
+        _out.print(best_line)
     sentence = chance_sentence({k: m.pooled_ci95 for k, m in results.methods.items()}, test.result)
     if sentence:
         _out.print(_styled((sentence, "yellow")))

@@ -16,7 +16,7 @@ from cadx.workflows.permutation import (
     permutation_table,
 )
 from cadx.workflows.power import POWER_CAPTION, power_analysis, power_table
-from cadx.workflows.results import best_tap_text
+from cadx.workflows.results import sweep_best_tap_text
 from pages._shared import current_role, current_user, plain
 
 __all__ = ["permutation_panel", "power_panel"]
@@ -64,12 +64,8 @@ def permutation_panel(ws, experiment_id: int) -> None:
                ("observed AUC", "null mean", "null SD", "null 5 %", "null 95 %")},
             "p": st.column_config.NumberColumn(format="%.3g"),
             "p MC SE": st.column_config.NumberColumn(format="%.2g", help="Monte-Carlo SE of p: √(p(1 − p)/B)")})
-        results = record.results
-        if len(results.sweep) > 1:
-            best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
-            top = results.sweep[best]
-            st.markdown(best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, record.config.repeats,
-                                      n_taps=len(results.sweep), permutation=test.result))
+        if best_line := sweep_best_tap_text(record.results, record.config.repeats, permutation=test.result):
+            st.markdown(best_line)
     may_run = can(current_role(), "run")
     left, right = st.columns([1, 2])
     n = left.number_input("Permutations", min_value=1, max_value=MAX_PERMUTATIONS, value=DEFAULT_PERMUTATIONS,

@@ -133,16 +133,12 @@ def _significance(workspace: Workspace, experiment: ExperimentRecord) -> dict[st
     """The report's *Better than chance?* and *What could this cohort show?* inputs (issue 24)."""
     from cadx.workflows.permutation import latest_permutation_test, permutation_caption, permutation_table
     from cadx.workflows.power import power_analysis
-    from cadx.workflows.results import best_tap_text
+    from cadx.workflows.results import sweep_best_tap_text
 
     test = latest_permutation_test(workspace, experiment.id)
     results = experiment.results
-    best_line = ""
-    if len(results.sweep) > 1:
-        best = max(results.sweep, key=lambda t: results.sweep[t].auc_mean or -1.0)
-        top = results.sweep[best]
-        best_line = best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, experiment.config.repeats,
-                                  n_taps=len(results.sweep), permutation=None if test is None else test.result)
+    best_line = sweep_best_tap_text(results, experiment.config.repeats,
+                                    permutation=None if test is None else test.result)
     return {"permutation": None if test is None else test.result,
             "permutation_rows": [] if test is None else _records(permutation_table(test.result, experiment)),
             "permutation_caption": "" if test is None else permutation_caption(test),

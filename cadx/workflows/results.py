@@ -25,7 +25,15 @@ from cadx.labels import label_word
 from cadx.methods import METHODS
 from cadx.outline import decode_mask_png, draw_outline
 from cadx.permutation import PermutationResult, tap_name
-from cadx.records import Comparison, LevelResults, MethodRecord, SweepLayer, experiment_name, read_results
+from cadx.records import (
+    Comparison,
+    ExperimentResults,
+    LevelResults,
+    MethodRecord,
+    SweepLayer,
+    experiment_name,
+    read_results,
+)
 from cadx.roi import decode_png16
 from cadx.workflows.accounts import record_audit
 from cadx.workflows.experiments import compare_methods, method_statistics, record_of
@@ -38,6 +46,7 @@ __all__ = [
     "backbone_choices",
     "backbone_status",
     "best_tap_text",
+    "sweep_best_tap_text",
     "COMPARISON_COLUMNS",
     "calibration_notes",
     "comparison_table",
@@ -126,6 +135,18 @@ def list_experiments(workspace: Workspace, *, limit: int | None = None) -> list[
 
 def _auc_or_lowest(layer: SweepLayer) -> float:
     return -1.0 if layer.auc_mean is None else layer.auc_mean
+
+
+def sweep_best_tap_text(results: ExperimentResults, repeats: int, *,
+                        permutation: PermutationResult | None = None) -> str:
+    """:func:`best_tap_text` of an experiment's sweep: the tap with the highest mean AUC over
+    seeds, the maximum of all the sweep's taps; "" when the experiment swept fewer than two taps."""
+    if len(results.sweep) < 2:
+        return ""
+    best = max(results.sweep, key=lambda t: _auc_or_lowest(results.sweep[t]))
+    top = results.sweep[best]
+    return best_tap_text(best, top.auc_mean, top.auc_sd_between_seeds, repeats, n_taps=len(results.sweep),
+                         permutation=permutation)
 
 
 def best_tap_text(tap: str | None, auc_mean: float | None, sd_between_seeds: float | None, repeats: int, *,
