@@ -18,14 +18,18 @@ from cadx.workflows.jobs import get_job, list_jobs, submit_job
 from db.models import Experiment, Job
 
 
-def _extract_slowly(data_dir: str) -> None:
+def _extract_until_told(data_dir: str, first_chunk_committed) -> None:
     workspace = open_workspace(data_dir)
     loaded, _ = resolve_backbone("alexnet", weights="random")
 
-    def slow(done, total, message):
-        time.sleep(0.3)  # give the test time to kill us between chunks
+    def hold(done, total, message):
+        # Progress comes after the batch's rows reached the store, so at 4 ROIs the first chunk is committed.
+        # Hold there until killed: the kill lands mid-way however fast or loaded the machine (no race with a poll).
+        if done >= 4:
+            first_chunk_committed.set()
+            time.sleep(3600)
 
-    extract_cnn_features(workspace, loaded, taps=["fc8"], batch_size=2, chunk_rows=4, progress=slow)
+    extract_cnn_features(workspace, loaded, taps=["fc8"], batch_size=2, chunk_rows=4, progress=hold)
 
 
 def _committed(workspace, loaded, hashes) -> int:
@@ -42,15 +46,15 @@ def test_killed_extraction_resumes_from_the_store(workspace_cache, tmp_path):
     hashes = sorted({r.sha256 for r in roi_records(workspace, included_only=False)})
     loaded, _ = resolve_backbone("alexnet", weights="random")
 
-    process = multiprocessing.get_context("spawn").Process(target=_extract_slowly, args=(str(data),))
+    context = multiprocessing.get_context("spawn")
+    first_chunk_committed = context.Event()
+    process = context.Process(target=_extract_until_told, args=(str(data), first_chunk_committed))
     process.start()
-    deadline = time.monotonic() + 120
-    while _committed(workspace, loaded, hashes) < 4 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert first_chunk_committed.wait(600), "the extraction never reached its first chunk"
     os.kill(process.pid, signal.SIGKILL)
     process.join()
     done_before = _committed(workspace, loaded, hashes)
-    assert 4 <= done_before < len(hashes), "the kill must land mid-way"
+    assert done_before == 4 < len(hashes), "the kill lands after the first chunk of 4 ROIs"
 
     report = extract_cnn_features(workspace, loaded, taps=["fc8"])
     assert report.n_extracted == len(hashes) - done_before  # only the unfinished ROIs
