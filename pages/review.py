@@ -29,6 +29,7 @@ from cadx.workflows import (
 from cadx.workflows.accounts import can
 from cadx.workflows.browse import (
     ROI_GREY_RANGE,
+    centre_width_window,
     display_windows,
     matching_roi_ids,
     neighbour_roi,
@@ -108,6 +109,7 @@ def _used_note(key: str) -> None:
 @_timed
 def _flag_open() -> None:
     if state["review_open"] is not None:
+        _moved()
         _decide("exclude", [state["review_open"]], state.get("review_reason"), state.get("review_note"))
         _used_note("review_note")
 
@@ -115,6 +117,7 @@ def _flag_open() -> None:
 @_timed
 def _unflag_open() -> None:
     if state["review_open"] is not None:
+        _moved()
         _decide("include", [state["review_open"]], note=state.get("review_note"))
         _used_note("review_note")
 
@@ -181,13 +184,19 @@ def _select_range(filters: RoiFilters) -> None:
 def _toggle_open() -> None:
     roi_id = state["review_open"]
     if roi_id is not None:
+        _moved()
         _select([roi_id], roi_id not in state["review_selected"])
         state["review_anchor"] = roi_id
 
 
+def _moved() -> None:
+    """The current ROI moved or was acted on by key: bring it into view once drawn (:func:`_keep_in_view`)."""
+    state["review_moved"] = state.get("review_moved", 0) + 1
+
+
 def _open(roi_id: int | None) -> None:
     state["review_open"] = roi_id
-    state["review_moved"] = state.get("review_moved", 0) + 1  # bring it into view once drawn
+    _moved()
 
 
 @_timed
@@ -203,7 +212,7 @@ def _step(filters: RoiFilters, page_key: str, page_size: int, step: int) -> None
         state["review_flash"] = ("info", "No more ROIs in this direction (with these filters).")
         return
     state["review_open"] = target
-    state["review_moved"] = state.get("review_moved", 0) + 1  # bring it into view once drawn
+    _moved()
     page = roi_page_number(ws, filters, target, page_size=page_size)
     # turn the grid page: a new pagination widget starting on that page
     if page != state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)):
@@ -315,7 +324,9 @@ st.html("""<style>
   overflow-y: auto; overflow-x: hidden; padding-right: 0.25rem; }
 .st-key-review_detail button p { white-space: nowrap; }
 .st-key-review_actions { flex-wrap: wrap; }
-.st-key-review_detail_image img { max-height: min(300px, 36vh); width: auto !important; max-width: 100%; }
+.st-key-review_detail_image img { max-height: min(270px, 30vh); width: auto !important; max-width: 100%; }
+/* grid cells: little padding, so that a lesion key and "malignant" fit on their lines */
+.st-key-review_grid > div { padding: 0.3rem !important; }
 .st-key-review_history p { margin-bottom: 0.15rem; overflow-wrap: anywhere; }
 /* Open large fits the viewport: the image is at most as tall as the window leaves room for. */
 div[role="dialog"] [data-testid="stImage"] img { max-height: calc(100vh - 15rem); width: auto !important;
@@ -453,8 +464,7 @@ def _workbench(filters: RoiFilters) -> None:
                     # view and side
                     st.caption(f"{plain(roi.lesion_key)}  \n{roi.label} {_short_type(roi.lesion_type)}  \n"
                                f"{roi.view or '?'} {roi.laterality or ''}"
-                               + (" · synthetic" if roi.is_synthetic and mixed else ""),
-                               help=f"Lesion {plain(roi.lesion_key)}: {lesion_type_title(roi.lesion_type)}")
+                               + (" · synthetic" if roi.is_synthetic and mixed else ""))
                     if not roi.included:  # words that wrap (a badge would cut them off), the code in the tooltip
                         st.caption(f":red[excluded: {words.word(roi.exclusion_reason)}]",
                                    help=words.meaning(roi.exclusion_reason))
@@ -487,25 +497,35 @@ def _prefetch(filters: RoiFilters, listing, size: int) -> None:
 
 
 def _window(roi) -> tuple[float, float] | None:
-    """The display window chosen for the current ROI: a preset, or centre and width in the ROI's grey values."""
+    """The display window chosen (in the controls below the actions, read from their state): a preset, or centre
+    and width in the ROI's grey values; None is the automatic contrast."""
+    window = display_windows(roi_image_header(ws, roi)).get(state.get("review_window") or "")
+    if not state.get("review_manual_window"):
+        return window
+    centre, width = state.get("review_manual_centre"), state.get("review_manual_width")
+    if centre is None or width is None:  # just switched on: it starts from what is shown
+        return window or roi_auto_window(ws, roi)
+    return centre_width_window(centre, width, value_range=ROI_GREY_RANGE)
+
+
+def _window_controls(roi) -> None:
     with st.expander("Window / level", expanded=bool(state.get("review_manual_window"))):
         windows = display_windows(roi_image_header(ws, roi))
-        window_name = st.selectbox("Preset", list(windows), key="review_window",
-                                   help="Display only: the stored ROI and the experiments are not changed.")
-        window = windows.get(window_name) if window_name in windows else None
+        name = st.selectbox("Preset", list(windows), key="review_window",
+                            help="Display only: the stored ROI and the experiments are not changed.")
         if st.toggle("Manual (centre / width)", key="review_manual_window"):
-            start = window or roi_auto_window(ws, roi)
-            window = manual_window("review_manual", start=start, value_range=ROI_GREY_RANGE)
-    return window
+            manual_window("review_manual", start=windows.get(name) or roi_auto_window(ws, roi),
+                          value_range=ROI_GREY_RANGE)
 
 
 def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
-    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.button("◀ k", key="review_prev", on_click=_step, args=(filters, page_key, page_size, -1),
                   help="Previous ROI (key k)")
         st.button("j ▶", key="review_next", on_click=_step, args=(filters, page_key, page_size, 1),
                   help="Next ROI (key j)")
         st.number_input("Open ROI number", min_value=1, step=1, value=None, key="review_goto", width=150,
+                        placeholder="open ROI #", label_visibility="collapsed",  # a row, not a row and a label
                         on_change=lambda: _open(state["review_goto"]))
     roi = get_roi(ws, state["review_open"]) if state["review_open"] is not None else None
     if state["review_open"] is not None and roi is None:
@@ -521,10 +541,10 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
         st.image(overlay, caption=(outline.description if outline is not None
                                    else "No outline: the Method-B segmentation is not computed yet."))
     with st.container(border=True):
-        with st.container(horizontal=True, gap="small"):
+        with st.container(horizontal=True, gap="small", vertical_alignment="bottom"):
             st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
-                         disabled=not MAY_REVIEW, help=WHY_NOT, width=170)
-            st.text_input("Note", key="review_note", placeholder="optional, except for 'other'",
+                         disabled=not MAY_REVIEW, help=WHY_NOT, width=150)
+            st.text_input("Note", key="review_note", placeholder="note (for 'other')", label_visibility="collapsed",
                           disabled=not MAY_REVIEW, width="stretch")
         with st.container(horizontal=True, gap="small", key="review_actions"):
             st.button("Flag (f)", on_click=_flag_open, type="primary", key="review_flag",
@@ -536,6 +556,7 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
             st.button("Open large (o)", key="review_enlarge", on_click=_open, args=(roi.id,))
     if state.get("review_enlarge"):
         _large(roi.id, window)
+    _window_controls(roi)  # below the actions: a display setting, not on the way to them
     status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
     with st.container(horizontal=True, gap="xsmall"):
         st.badge(status, color="blue" if roi.included else "orange",
