@@ -51,7 +51,7 @@ from pages._shared import (
 )
 
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
-DETAIL_WIDTH = 340  # px: room for the four action buttons in two rows at any screen width
+DETAIL_WIDTH = 320  # px: room for the four action buttons in two rows at any screen width
 THUMBNAILS = {"small": 64, "medium": 80, "large": 120}  # minimum grid column width, px: 7-9 columns at 1440 px
 # key -> (button key clicked, what it does); the same table drives the handler and the help text
 SHORTCUTS = {"j": ("review_next", "next ROI"), "k": ("review_prev", "previous ROI"),
@@ -269,10 +269,13 @@ def _keep_in_view(roi_id: int, moved: int) -> None:
     const button = doc.querySelector('.st-key-review_open_{roi_id} button');
     if (!body || !detail || !button) {{ if (tries++ < 100) setTimeout(run, 50); return; }}
     const box = scroller(body);
-    const top = parseFloat(win.getComputedStyle(detail).top) || 0;
+    const top = parseFloat(win.getComputedStyle(detail.parentElement).top) || 0;  // where the column sticks
     const gap = body.getBoundingClientRect().top - box.getBoundingClientRect().top - top;
     if (gap > 0) box.scrollTop += gap;
-    button.closest('[data-testid="stVerticalBlock"]').scrollIntoView({{block: 'nearest'}});
+    const cell = button.closest('[data-testid="stVerticalBlock"]');
+    cell.scrollIntoView({{block: 'nearest'}});
+    const under = top - (cell.getBoundingClientRect().top - box.getBoundingClientRect().top);
+    if (under > 0) box.scrollTop -= under;  // not under the app's header
   }};
   setTimeout(run, 0);
 }})();
@@ -320,17 +323,18 @@ st.html("""<style>
 /* The current ROI and its actions stay in view beside the grid: sticky, at most the viewport's height (its lower
    part - history, other views - scrolls inside it). A fixed width, so that narrow screens squeeze the grid (fewer
    columns), never the buttons. */
-.st-key-review_detail { position: sticky; top: 3.75rem; align-self: flex-start; max-height: calc(100vh - 4.5rem);
-  overflow-y: auto; overflow-x: hidden; padding-right: 0.25rem; }
+.st-key-review_body > div:has(> .st-key-review_detail) { position: sticky; top: 3.75rem; align-self: flex-start; }
+.st-key-review_detail { max-height: calc(100vh - 4.5rem); overflow-y: auto; overflow-x: hidden;
+  padding-right: 0.25rem; }
 .st-key-review_detail button p { white-space: nowrap; }
 .st-key-review_actions { flex-wrap: wrap; }
-.st-key-review_detail_image img { max-height: min(270px, 30vh); width: auto !important; max-width: 100%; }
+.st-key-review_detail_image img { height: min(270px, 30vh) !important; width: 100% !important; object-fit: contain; }
 /* grid cells: little padding, so that a lesion key and "malignant" fit on their lines */
 .st-key-review_grid > div { padding: 0.3rem !important; }
 .st-key-review_history p { margin-bottom: 0.15rem; overflow-wrap: anywhere; }
 /* Open large fits the viewport: the image is at most as tall as the window leaves room for. */
-div[role="dialog"] [data-testid="stImage"] img { max-height: calc(100vh - 15rem); width: auto !important;
-  max-width: 100%; margin: 0 auto; display: block; }
+[role="dialog"] [data-testid="stImage"] img { height: calc(100vh - 15rem) !important; width: 100% !important;
+  object-fit: contain; }
 .st-key-review_grid img { image-rendering: auto; }
 .st-key-review_grid [data-testid="stCheckbox"] label { min-height: 0; }
 /* Narrow cells: the tick box and the open button stay on one line; words wrap between words, never inside one. */
@@ -408,32 +412,32 @@ def _workbench(filters: RoiFilters) -> None:
     if flash is not None:
         {"success": st.success, "info": st.info}.get(flash[0], st.error)(flash[1])
 
+    selected = state["review_selected"]
+    with st.container(border=True):
+        with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+            st.markdown(f"**{len(selected)} selected**", width="content")
+            st.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word,
+                         key="review_bulk_reason", width=200)
+            st.text_input("Note (needed for 'other')", key="review_bulk_note", width=200)
+            st.toggle("Range select", key="review_range_mode", width="content",
+                      help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
+                           "between it and the last one ticked.")
+        if selected:
+            st.caption(_bulk_preview(len(selected)))
+        with st.container(horizontal=True, vertical_alignment="bottom"):
+            st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
+                      type="primary", key="review_bulk_flag", help=WHY_NOT)
+            st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected or not MAY_REVIEW,
+                      key="review_bulk_unflag", help=WHY_NOT)
+            st.button("Select this page", on_click=_select, args=([r.id for r in listing.rows],),
+                      disabled=not listing.rows, key="review_select_page")
+            st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
+            st.number_input("From ROI #", min_value=1, step=1, value=None, key="review_range_from", width=120)
+            st.number_input("to ROI #", min_value=1, step=1, value=None, key="review_range_to", width=120)
+            st.button("Select range", on_click=_select_range, args=(filters,), key="review_select_range")
+
     body = st.container(horizontal=True, gap="medium", key="review_body")
     with body.container(width="stretch"):
-        selected = state["review_selected"]
-        with st.container(border=True):
-            with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
-                st.markdown(f"**{len(selected)} selected**", width="content")
-                st.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word,
-                             key="review_bulk_reason", width=200)
-                st.text_input("Note (needed for 'other')", key="review_bulk_note", width=200)
-                st.toggle("Range select", key="review_range_mode", width="content",
-                          help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
-                               "between it and the last one ticked.")
-            if selected:
-                st.caption(_bulk_preview(len(selected)))
-            with st.container(horizontal=True, vertical_alignment="bottom"):
-                st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
-                          type="primary", key="review_bulk_flag", help=WHY_NOT)
-                st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected or not MAY_REVIEW,
-                          key="review_bulk_unflag", help=WHY_NOT)
-                st.button("Select this page", on_click=_select, args=([r.id for r in listing.rows],),
-                          disabled=not listing.rows, key="review_select_page")
-                st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
-                st.number_input("From ROI #", min_value=1, step=1, value=None, key="review_range_from", width=120)
-                st.number_input("to ROI #", min_value=1, step=1, value=None, key="review_range_to", width=120)
-                st.button("Select range", on_click=_select_range, args=(filters,), key="review_select_range")
-
         if not listing.rows:
             st.info("No ROI matches these filters.")
         else:
@@ -541,11 +545,10 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
         st.image(overlay, caption=(outline.description if outline is not None
                                    else "No outline: the Method-B segmentation is not computed yet."))
     with st.container(border=True):
-        with st.container(horizontal=True, gap="small", vertical_alignment="bottom"):
-            st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
-                         disabled=not MAY_REVIEW, help=WHY_NOT, width=150)
-            st.text_input("Note", key="review_note", placeholder="note (for 'other')", label_visibility="collapsed",
-                          disabled=not MAY_REVIEW, width="stretch")
+        st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
+                     disabled=not MAY_REVIEW, help=WHY_NOT)
+        st.text_input("Note", key="review_note", placeholder="note (optional, except for 'other')",
+                      label_visibility="collapsed", disabled=not MAY_REVIEW)
         with st.container(horizontal=True, gap="small", key="review_actions"):
             st.button("Flag (f)", on_click=_flag_open, type="primary", key="review_flag",
                       disabled=not (MAY_REVIEW and roi.included), help=WHY_NOT or "Flag with the artifact above")
