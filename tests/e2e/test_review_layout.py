@@ -38,7 +38,9 @@ def _review(browser, url: str, size: tuple[int, int], query: str = ""):
 
 
 def _key(page, key: str) -> None:
-    page.wait_for_function("() => window.__cadxReviewKeysInstalled === true")
+    page.wait_for_function("() => window.__cadxReviewKeysInstalled === true")  # the page's key handler is there
+    button = {"j": "review_next", "f": "review_flag", "u": "review_unflag", "o": "review_enlarge"}[key]
+    page.wait_for_selector(f".st-key-{button} button:not([disabled])")  # drawn, and enabled (the fragment's own run)
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
     page.keyboard.press(key)
     page.wait_for_timeout(300)
@@ -125,7 +127,7 @@ def test_open_large_fits_the_viewport(review_server, browser, size):
     try:
         _key(page, "j")
         page.locator(".st-key-review_detail").get_by_role("heading", name="ROI #1").wait_for()
-        page.keyboard.press("o")
+        _key(page, "o")
         dialog = page.get_by_role("dialog")
         dialog.wait_for()
         wait_for_app(page)
