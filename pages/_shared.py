@@ -40,7 +40,7 @@ __all__ = ["workspace", "signed_in", "current_user", "current_role", "allowed", 
            "mark_routed", "pick_experiment", "ensure_demo_data", "sidebar_menu", "page_asked_before_sign_in",
            "figure_downloads", "figure_config",
            "FIGURE_EXPORT", "plain", "csv_download", "picked_experiment_text", "SYNTHETIC_BADGE",
-           "RANDOM_WEIGHTS_BADGE"]
+           "RANDOM_WEIGHTS_BADGE", "manual_window"]
 
 SYNTHETIC_BADGE = ":orange-badge[SYNTHETIC DEMO DATA]"
 RANDOM_WEIGHTS_BADGE = ":red-badge[RANDOM (UNTRAINED) CNN WEIGHTS]"
@@ -489,3 +489,21 @@ def figure_downloads(fig, stem: str, *, height: int = FIGURE_EXPORT.height) -> N
                         file_name=f"{stem}.png", mime="image/png", on_click="ignore")
     svg.download_button("Figure (SVG)", lambda: fig.to_image(format="svg", width=width, height=height),
                         file_name=f"{stem}.svg", mime="image/svg+xml", on_click="ignore")
+
+
+def manual_window(key: str, *, start: tuple[float, float], value_range: tuple[float, float]) -> tuple[float, float]:
+    """Centre and width fields in the image's own grey values (as a DICOM viewer gives them), starting from the
+    window shown now (``start``, fractions of ``value_range``); returns the window as fractions for display."""
+    from cadx.workflows.browse import centre_width_window, window_centre_width
+
+    centre0, width0 = window_centre_width(start, value_range=value_range)
+    lo, hi = float(value_range[0]), float(value_range[1])
+    with st.container(horizontal=True, gap="small"):
+        centre = st.number_input("Centre (grey value)", min_value=lo, max_value=hi, value=float(round(centre0)),
+                                 step=1.0, format="%.0f", key=f"{key}_centre", width=170,
+                                 help=f"Grey value shown mid-grey; this image's grey values run {lo:g}–{hi:g}.")
+        width = st.number_input("Width (grey values)", min_value=1.0, max_value=hi - lo + 1, step=1.0,
+                                value=float(max(1, round(width0))), format="%.0f", key=f"{key}_width", width=170,
+                                help="Grey values from black to white: centre − width/2 is black, centre + width/2 "
+                                     "white.")
+    return centre_width_window(centre, width, value_range=value_range)

@@ -11,6 +11,7 @@ import streamlit as st
 
 from cadx import words
 from cadx.errors import CadxError
+from cadx.palette import LABEL_COLOURS, STATUS_COLOURS
 from cadx.workflows import METHOD_NAMES, readable_cases, roi_overlay
 from cadx.workflows.analyses import (
     agreement_analysis,
@@ -22,6 +23,7 @@ from pages._shared import pick_experiment, workspace
 
 ws = workspace()
 THREE = "%.3f"
+MAP_COLOURS = {**LABEL_COLOURS, **STATUS_COLOURS}  # the t-SNE map: Okabe-Ito, never red against green
 NAMES = {**METHOD_NAMES, "D": "Method D: fusion (CNN + analytic features, one SVM)"}
 
 
@@ -191,8 +193,7 @@ with map_tab:
                          hover_data={"roi_id": True, "lesion_key": True, "view": True, "p1": ":.3f",
                                      "qc_flags": True, "x": False, "y": False},
                          labels={c: words.column_word(c) for c in hover.columns},
-                         color_discrete_map={"benign": "#2ca02c", "malignant": "#d62728", "included": "#1f77b4",
-                                             "flagged": "#ff7f0e", "excluded since": "#7f7f7f"})
+                         color_discrete_map=MAP_COLOURS)
         fig.update_layout(height=560, xaxis={"title": "t-SNE 1"}, yaxis={"title": "t-SNE 2"},
                           title=f"t-SNE of {tap_e} ({len(frame)} ROIs)")
         event = st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode="points")

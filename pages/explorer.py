@@ -11,6 +11,7 @@ from cadx.backbones import backbone_label
 from cadx.cnn import BACKBONES
 from cadx.errors import CadxError, WeightsUnavailableError
 from cadx.explorer import mosaic, to_uint8
+from cadx.palette import LABEL_COLOURS
 from cadx.workflows import list_experiments, roi_overlay
 from cadx.workflows.explorer import (
     explorer_activations,
@@ -25,7 +26,7 @@ from pages._shared import plain, workspace
 ws = workspace()
 NO_EXPERIMENT = 0
 COLUMNS = 4
-COLOURS = {"benign": "#1f77b4", "malignant": "#d62728"}
+COLOURS = LABEL_COLOURS  # colour-blind safe (Okabe-Ito)
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=4)

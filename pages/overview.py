@@ -30,6 +30,12 @@ patients.metric("Patients", stats["patients"])
 lesions.metric("Lesions", stats["lesions"])
 included.metric("ROIs included", stats["rois_included"])
 excluded.metric("ROIs excluded", stats["rois_excluded"])
+# real and synthetic apart: a total that mixes patient images with phantoms says nothing about either
+st.dataframe(pd.DataFrame([{"data": title, **{column: stats["by_origin"][origin][count] for column, count in (
+    ("patients", "patients"), ("lesions", "lesions"), ("ROIs", "rois"), ("ROIs included", "rois_included"),
+    ("ROIs excluded", "rois_excluded"))}} for origin, title in (("real", "real (patient images)"),
+                                                                 ("synthetic", "synthetic (cadx phantoms)"))]),
+             hide_index=True, key="overview_by_origin")
 
 st.subheader("Lesions by label")
 st.dataframe(pd.DataFrame([stats["lesions_by_label"]]), hide_index=True)

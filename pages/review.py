@@ -8,12 +8,11 @@ keyboard shortcuts drive the common moves. Every decision is recorded with who a
 import threading
 import time
 
-import pandas as pd
 import streamlit as st
 
 from cadx import words
 from cadx.errors import CadxInputError
-from cadx.lesion_types import lesion_type_title
+from cadx.lesion_types import LESION_TYPES, lesion_type_title
 from cadx.workflows import (
     RoiFilters,
     browse_rois,
@@ -29,17 +28,30 @@ from cadx.workflows import (
 )
 from cadx.workflows.accounts import can
 from cadx.workflows.browse import (
+    ROI_GREY_RANGE,
+    centre_width_window,
     display_windows,
     matching_roi_ids,
     neighbour_roi,
+    roi_auto_window,
     roi_image_header,
     roi_page_number,
     warm_thumbnails,
 )
 from cadx.workflows.cohorts import list_cohorts
-from pages._shared import SYNTHETIC_BADGE, csv_download, current_role, current_user, plain, signed_in, workspace
+from pages._shared import (
+    SYNTHETIC_BADGE,
+    csv_download,
+    current_role,
+    current_user,
+    manual_window,
+    plain,
+    signed_in,
+    workspace,
+)
 
 SYNTHETIC = ":orange-badge[SYNTHETIC]"
+DETAIL_WIDTH = 320  # px: room for the four action buttons in two rows at any screen width
 THUMBNAILS = {"small": 64, "medium": 80, "large": 120}  # minimum grid column width, px: 7-9 columns at 1440 px
 # key -> (button key clicked, what it does); the same table drives the handler and the help text
 SHORTCUTS = {"j": ("review_next", "next ROI"), "k": ("review_prev", "previous ROI"),
@@ -97,6 +109,7 @@ def _used_note(key: str) -> None:
 @_timed
 def _flag_open() -> None:
     if state["review_open"] is not None:
+        _moved()
         _decide("exclude", [state["review_open"]], state.get("review_reason"), state.get("review_note"))
         _used_note("review_note")
 
@@ -104,6 +117,7 @@ def _flag_open() -> None:
 @_timed
 def _unflag_open() -> None:
     if state["review_open"] is not None:
+        _moved()
         _decide("include", [state["review_open"]], note=state.get("review_note"))
         _used_note("review_note")
 
@@ -170,12 +184,19 @@ def _select_range(filters: RoiFilters) -> None:
 def _toggle_open() -> None:
     roi_id = state["review_open"]
     if roi_id is not None:
+        _moved()
         _select([roi_id], roi_id not in state["review_selected"])
         state["review_anchor"] = roi_id
 
 
+def _moved() -> None:
+    """The current ROI moved or was acted on by key: bring it into view once drawn (:func:`_keep_in_view`)."""
+    state["review_moved"] = state.get("review_moved", 0) + 1
+
+
 def _open(roi_id: int | None) -> None:
     state["review_open"] = roi_id
+    _moved()
 
 
 @_timed
@@ -191,6 +212,7 @@ def _step(filters: RoiFilters, page_key: str, page_size: int, step: int) -> None
         state["review_flash"] = ("info", "No more ROIs in this direction (with these filters).")
         return
     state["review_open"] = target
+    _moved()
     page = roi_page_number(ws, filters, target, page_size=page_size)
     # turn the grid page: a new pagination widget starting on that page
     if page != state.get(page_key, state.get("review_page_defaults", {}).get(page_key, 1)):
@@ -224,9 +246,95 @@ def _keyboard() -> None:
 </script>""", unsafe_allow_javascript=True)
 
 
+def _keep_in_view(roi_id: int, moved: int) -> None:
+    """After a move (j/k, ▸, a number), bring the current ROI into view: the page scrolls until the detail column
+    (sticky) sits at the top, then as little as needed to show the ROI's grid cell. Runs once per move."""
+    st.html(f"""<script>
+(() => {{
+  const doc = window.parent ? window.parent.document : document;
+  const win = doc.defaultView;
+  if (win.__cadxReviewMoved === {moved}) return;
+  win.__cadxReviewMoved = {moved};
+  const scroller = el => {{
+    for (let e = el && el.parentElement; e; e = e.parentElement) {{
+      const style = win.getComputedStyle(e);
+      if (/(auto|scroll)/.test(style.overflowY) && e.scrollHeight > e.clientHeight) return e;
+    }}
+    return doc.scrollingElement;
+  }};
+  let tries = 0;
+  const run = () => {{
+    const body = doc.querySelector('.st-key-review_body');
+    const detail = doc.querySelector('.st-key-review_detail');
+    const button = doc.querySelector('.st-key-review_open_{roi_id} button');
+    if (!body || !detail || !button) {{ if (tries++ < 100) setTimeout(run, 50); return; }}
+    const box = scroller(body);
+    const top = parseFloat(win.getComputedStyle(detail.parentElement).top) || 0;  // where the column sticks
+    const gap = body.getBoundingClientRect().top - box.getBoundingClientRect().top - top;
+    if (gap > 0) box.scrollTop += gap;
+    const cell = button.closest('[data-testid="stVerticalBlock"]');
+    cell.scrollIntoView({{block: 'nearest'}});
+    const under = top - (cell.getBoundingClientRect().top - box.getBoundingClientRect().top);
+    if (under > 0) box.scrollTop -= under;  // not under the app's header
+  }};
+  setTimeout(run, 0);
+}})();
+</script>""", unsafe_allow_javascript=True)
+
+
+# ---------------------------------------------------------------------------------------- filters in URL ---
+# Each filter's query parameter: a reload or a shared link keeps what the grid shows.
+URL_FILTERS = {"review_f_label": "label", "review_f_view": "view", "review_f_status": "status",
+               "review_f_reason": "reason", "review_f_flag": "flag", "review_f_synthetic": "data",
+               "review_f_lesion": "lesion", "review_f_cohort": "cohort"}
+LISTS = {"review_f_label", "review_f_view", "review_f_reason", "review_f_flag"}
+
+
+def _filters_from_url(choices: dict[str, list[str]]) -> None:
+    """Seed the filters from the URL on a page's first run (values that are no longer offered are dropped)."""
+    if state.get("_review_url_read"):
+        return
+    state["_review_url_read"] = True
+    for key, name in URL_FILTERS.items():
+        if name not in st.query_params:
+            continue
+        if key in LISTS:
+            state[key] = [v for v in st.query_params.get_all(name) if v in choices[key]]
+        elif key == "review_f_lesion":
+            state[key] = st.query_params[name][:128]
+        elif st.query_params[name] in choices[key]:
+            state[key] = st.query_params[name]
+
+
+def _filters_to_url(defaults: dict[str, object]) -> None:
+    """Write the filters that differ from their defaults into the URL (and drop the others)."""
+    for key, name in URL_FILTERS.items():
+        value = state.get(key)
+        if value in (None, "", [], defaults.get(key)):
+            if name in st.query_params:
+                del st.query_params[name]
+        elif (list(value) if key in LISTS else value) != (st.query_params.get_all(name) if key in LISTS
+                                                           else st.query_params.get(name)):
+            st.query_params[name] = list(value) if key in LISTS else value
+
+
 # ------------------------------------------------------------------------------------------------- page ---
 st.html("""<style>
-.st-key-review_detail { position: sticky; top: 3.75rem; align-self: flex-start; }
+/* The current ROI and its actions stay in view beside the grid: sticky, at most the viewport's height (its lower
+   part - history, other views - scrolls inside it). A fixed width, so that narrow screens squeeze the grid (fewer
+   columns), never the buttons. */
+.st-key-review_body > div:has(> .st-key-review_detail) { position: sticky; top: 3.75rem; align-self: flex-start; }
+.st-key-review_detail { max-height: calc(100vh - 4.5rem); overflow-y: auto; overflow-x: hidden;
+  padding-right: 0.25rem; }
+.st-key-review_detail button p { white-space: nowrap; }
+.st-key-review_actions { flex-wrap: wrap; }
+.st-key-review_detail_image img { height: min(270px, 30vh) !important; width: 100% !important; object-fit: contain; }
+/* grid cells: little padding, so that a lesion key and "malignant" fit on their lines */
+.st-key-review_grid > div { padding: 0.3rem !important; }
+.st-key-review_history p { margin-bottom: 0.15rem; overflow-wrap: anywhere; }
+/* Open large fits the viewport: the image is at most as tall as the window leaves room for. */
+[role="dialog"] [data-testid="stImage"] img { height: calc(100vh - 15rem) !important; width: 100% !important;
+  object-fit: contain; }
 .st-key-review_grid img { image-rendering: auto; }
 .st-key-review_grid [data-testid="stCheckbox"] label { min-height: 0; }
 /* Narrow cells: the tick box and the open button stay on one line; words wrap between words, never inside one. */
@@ -236,10 +344,7 @@ st.html("""<style>
 .st-key-review_grid [data-testid="stCaptionContainer"] * { overflow-wrap: normal; word-break: normal; hyphens: none; }
 </style>""")
 st.title("Review ROIs")
-counts = review_counts(ws)
-if counts["synthetic"]:
-    st.markdown(f"{SYNTHETIC_BADGE} {counts['synthetic']} of {counts['rois']} ROIs are synthetic lesion phantoms "
-                "generated by cadx, not patient images.")
+banner = st.empty()  # the synthetic banner: says what the filters show, so it is drawn after them
 who = f"you are **{plain(current_user())}**" + ("" if signed_in() else " (set your name under *Reviewer name* in the "
                                                                    "sidebar)")
 st.caption("Flag ROIs showing an artifact (compression paddle, location marker, …) to leave them out of "
@@ -249,25 +354,35 @@ if WHY_NOT:
     st.info(WHY_NOT, icon=":material/visibility:")
 
 options = filter_options(ws)
+cohorts = ["any", *[c.name for c in list_cohorts(ws)]]
+DATA = {"all": None, "synthetic only": True, "real only": False}
+STATUSES = ["all", "included", "excluded"]
+_filters_from_url({"review_f_label": options["labels"], "review_f_view": options["views"],
+                   "review_f_reason": options["reasons"], "review_f_flag": options["qc_flags"],
+                   "review_f_status": STATUSES, "review_f_synthetic": list(DATA), "review_f_cohort": cohorts})
 with st.expander("Filters", expanded=True):
     # A row of fixed-width filters that wraps on a narrow screen (columns would squeeze each label into a word column).
     with st.container(horizontal=True, gap="small"):
         labels = st.multiselect("Label", options["labels"], key="review_f_label", placeholder="any", width=170)
         views = st.multiselect("View", options["views"], key="review_f_view", placeholder="any", width=170)
-        status = st.selectbox("Status", ["all", "included", "excluded"], key="review_f_status", width=120)
+        status = st.selectbox("Status", STATUSES, key="review_f_status", width=120)
         reasons = st.multiselect("Exclusion reason", options["reasons"], key="review_f_reason", placeholder="any",
                                  format_func=words.word, width=200)
         flags = st.multiselect("QC flag", options["qc_flags"], key="review_f_flag", placeholder="any",
                                format_func=words.word, width=200)
-        synthetic = st.selectbox("Data", ["all", "synthetic only", "real only"], key="review_f_synthetic", width=140)
+        synthetic = st.selectbox("Data", list(DATA), key="review_f_synthetic", width=140)
         lesion_text = st.text_input("Lesion key contains", key="review_f_lesion", width=160)
-    cohort = st.selectbox("Cohort", ["any", *[c.name for c in list_cohorts(ws)]], key="review_f_cohort",
+    cohort = st.selectbox("Cohort", cohorts, key="review_f_cohort",
                           help="Only the ROIs this cohort selects (whatever their review status: the Status "
                                "filter decides that).")
 filters = RoiFilters(labels=tuple(labels), views=tuple(views), status=status, reasons=tuple(reasons),
                      qc_flags=tuple(flags),
-                     synthetic={"all": None, "synthetic only": True, "real only": False}[synthetic],
-                     lesion=lesion_text, cohort=None if cohort == "any" else cohort)
+                     synthetic=DATA[synthetic], lesion=lesion_text, cohort=None if cohort == "any" else cohort)
+_filters_to_url({"review_f_status": "all", "review_f_synthetic": "all", "review_f_cohort": "any"})
+shown_counts = review_counts(ws, filters)
+if shown_counts["synthetic"]:
+    banner.markdown(f"{SYNTHETIC_BADGE} {shown_counts['synthetic']} of the {shown_counts['rois']} ROIs matching the "
+                    "filters are synthetic lesion phantoms generated by cadx, not patient images.")
 _keyboard()
 
 
@@ -297,32 +412,32 @@ def _workbench(filters: RoiFilters) -> None:
     if flash is not None:
         {"success": st.success, "info": st.info}.get(flash[0], st.error)(flash[1])
 
-    grid_side, detail_side = st.columns([5, 2], gap="medium")
-    with grid_side:
-        selected = state["review_selected"]
-        with st.container(border=True):
-            with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
-                st.markdown(f"**{len(selected)} selected**", width="content")
-                st.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word,
-                             key="review_bulk_reason", width=200)
-                st.text_input("Note (needed for 'other')", key="review_bulk_note", width=200)
-                st.toggle("Range select", key="review_range_mode", width="content",
-                          help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
-                               "between it and the last one ticked.")
-            if selected:
-                st.caption(_bulk_preview(len(selected)))
-            with st.container(horizontal=True, vertical_alignment="bottom"):
-                st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
-                          type="primary", key="review_bulk_flag", help=WHY_NOT)
-                st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected or not MAY_REVIEW,
-                          key="review_bulk_unflag", help=WHY_NOT)
-                st.button("Select this page", on_click=_select, args=([r.id for r in listing.rows],),
-                          disabled=not listing.rows, key="review_select_page")
-                st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
-                st.number_input("From ROI #", min_value=1, step=1, value=None, key="review_range_from", width=120)
-                st.number_input("to ROI #", min_value=1, step=1, value=None, key="review_range_to", width=120)
-                st.button("Select range", on_click=_select_range, args=(filters,), key="review_select_range")
+    selected = state["review_selected"]
+    with st.container(border=True):
+        with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+            st.markdown(f"**{len(selected)} selected**", width="content")
+            st.selectbox("Reason", list(words.EXCLUSION_REASONS), format_func=words.word,
+                         key="review_bulk_reason", width=200)
+            st.text_input("Note (needed for 'other')", key="review_bulk_note", width=200)
+            st.toggle("Range select", key="review_range_mode", width="content",
+                      help="Like shift-click: ticking an ROI also selects every ROI (matching the filters) "
+                           "between it and the last one ticked.")
+        if selected:
+            st.caption(_bulk_preview(len(selected)))
+        with st.container(horizontal=True, vertical_alignment="bottom"):
+            st.button("Flag selected", on_click=_flag_selected, disabled=not selected or not MAY_REVIEW,
+                      type="primary", key="review_bulk_flag", help=WHY_NOT)
+            st.button("Unflag selected", on_click=_unflag_selected, disabled=not selected or not MAY_REVIEW,
+                      key="review_bulk_unflag", help=WHY_NOT)
+            st.button("Select this page", on_click=_select, args=([r.id for r in listing.rows],),
+                      disabled=not listing.rows, key="review_select_page")
+            st.button("Clear selection", on_click=_clear_selection, disabled=not selected, key="review_clear")
+            st.number_input("From ROI #", min_value=1, step=1, value=None, key="review_range_from", width=120)
+            st.number_input("to ROI #", min_value=1, step=1, value=None, key="review_range_to", width=120)
+            st.button("Select range", on_click=_select_range, args=(filters,), key="review_select_range")
 
+    body = st.container(horizontal=True, gap="medium", key="review_body")
+    with body.container(width="stretch"):
         if not listing.rows:
             st.info("No ROI matches these filters.")
         else:
@@ -349,7 +464,10 @@ def _workbench(filters: RoiFilters) -> None:
                         st.button("▸" if not current else "◉", key=f"review_open_{roi.id}", on_click=_open,
                                   args=(roi.id,), type="primary" if current else "tertiary",
                                   help=f"Show ROI #{roi.id} beside the grid")
-                    st.caption(f"{roi.label}  \n{roi.view or '?'} {roi.laterality or ''}"  # two short lines
+                    # three short lines: the source's own id (MIAS mdbNNN, CBIS-DDSM key), label and lesion type,
+                    # view and side
+                    st.caption(f"{plain(roi.lesion_key)}  \n{roi.label} {_short_type(roi.lesion_type)}  \n"
+                               f"{roi.view or '?'} {roi.laterality or ''}"
                                + (" · synthetic" if roi.is_synthetic and mixed else ""))
                     if not roi.included:  # words that wrap (a badge would cut them off), the code in the tooltip
                         st.caption(f":red[excluded: {words.word(roi.exclusion_reason)}]",
@@ -357,10 +475,17 @@ def _workbench(filters: RoiFilters) -> None:
                     for flag in roi.qc_flags:
                         st.caption(words.word(flag), help=words.meaning(flag))
 
-    with detail_side, st.container(key="review_detail"):
+    with body.container(key="review_detail", width=DETAIL_WIDTH):
         _detail(filters, page_key, page_size)
+    if state["review_open"] is not None and state.get("review_moved"):
+        _keep_in_view(state["review_open"], state["review_moved"])
     state["_review_fragment_s"] = time.perf_counter() - start
     _prefetch(filters, listing, THUMBNAILS[state.get("review_thumbs") or "medium"])
+
+
+def _short_type(code: str | None) -> str:
+    """A lesion type in a word or two for a thumbnail (MIAS's own class codes; the title is in the tooltip)."""
+    return "type unknown" if code is None else code if code in LESION_TYPES else plain(code)
 
 
 def _prefetch(filters: RoiFilters, listing, size: int) -> None:
@@ -375,13 +500,36 @@ def _prefetch(filters: RoiFilters, listing, size: int) -> None:
     state["_review_prefetch"] = thread
 
 
+def _window(roi) -> tuple[float, float] | None:
+    """The display window chosen (in the controls below the actions, read from their state): a preset, or centre
+    and width in the ROI's grey values; None is the automatic contrast."""
+    window = display_windows(roi_image_header(ws, roi)).get(state.get("review_window") or "")
+    if not state.get("review_manual_window"):
+        return window
+    centre, width = state.get("review_manual_centre"), state.get("review_manual_width")
+    if centre is None or width is None:  # just switched on: it starts from what is shown
+        return window or roi_auto_window(ws, roi)
+    return centre_width_window(centre, width, value_range=ROI_GREY_RANGE)
+
+
+def _window_controls(roi) -> None:
+    with st.expander("Window / level", expanded=bool(state.get("review_manual_window"))):
+        windows = display_windows(roi_image_header(ws, roi))
+        name = st.selectbox("Preset", list(windows), key="review_window",
+                            help="Display only: the stored ROI and the experiments are not changed.")
+        if st.toggle("Manual (centre / width)", key="review_manual_window"):
+            manual_window("review_manual", start=windows.get(name) or roi_auto_window(ws, roi),
+                          value_range=ROI_GREY_RANGE)
+
+
 def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
-    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.button("◀ k", key="review_prev", on_click=_step, args=(filters, page_key, page_size, -1),
                   help="Previous ROI (key k)")
         st.button("j ▶", key="review_next", on_click=_step, args=(filters, page_key, page_size, 1),
                   help="Next ROI (key j)")
         st.number_input("Open ROI number", min_value=1, step=1, value=None, key="review_goto", width=150,
+                        placeholder="open ROI #", label_visibility="collapsed",  # a row, not a row and a label
                         on_change=lambda: _open(state["review_goto"]))
     roi = get_roi(ws, state["review_open"]) if state["review_open"] is not None else None
     if state["review_open"] is not None and roi is None:
@@ -391,35 +539,17 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
                 "flag it.")
         return
     st.subheader(f"ROI #{roi.id}")
-    windows = display_windows(roi_image_header(ws, roi))
-    window_name = st.selectbox("Window / level", list(windows), key="review_window",
-                               help="Display only: the stored ROI and the experiments are not changed.")
-    window = windows.get(window_name)
-    if window_name not in windows:
-        window = None
-    if st.toggle("Manual window", key="review_manual_window"):
-        low, high = st.slider("Window (% of the grey range)", 0, 100, (0, 100), key="review_manual_range")
-        window = (low / 100, max(high, low + 1) / 100)
+    window = _window(roi)
     overlay, outline = roi_outline_image(ws, roi, size=384, window=window)
-    st.image(overlay, width="stretch", caption=(outline.description if outline is not None
-                                                else "No outline: the Method-B segmentation is not computed yet."))
-    status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
-    st.markdown(
-        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · "
-        f"view {plain(roi.view or '?')} "
-        f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}"
-        + (f"  \n{SYNTHETIC} a cadx lesion phantom, not a patient image." if roi.is_synthetic else ""))
-    with st.container(horizontal=True, gap="xsmall"):
-        st.badge(status, color="green" if roi.included else "red",
-                 help=None if roi.included else words.meaning(roi.exclusion_reason))
-        for flag in roi.qc_flags:
-            st.badge(words.word(flag), color="gray", help=words.meaning(flag))
+    with st.container(key="review_detail_image"):
+        st.image(overlay, caption=(outline.description if outline is not None
+                                   else "No outline: the Method-B segmentation is not computed yet."))
     with st.container(border=True):
         st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
                      disabled=not MAY_REVIEW, help=WHY_NOT)
-        st.text_input("Note", key="review_note", placeholder="optional, except for 'other'",
-                      disabled=not MAY_REVIEW)
-        with st.container(horizontal=True, gap="small"):
+        st.text_input("Note", key="review_note", placeholder="note (optional, except for 'other')",
+                      label_visibility="collapsed", disabled=not MAY_REVIEW)
+        with st.container(horizontal=True, gap="small", key="review_actions"):
             st.button("Flag (f)", on_click=_flag_open, type="primary", key="review_flag",
                       disabled=not (MAY_REVIEW and roi.included), help=WHY_NOT or "Flag with the artifact above")
             st.button("Unflag (u)", on_click=_unflag_open, key="review_unflag",
@@ -429,18 +559,30 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
             st.button("Open large (o)", key="review_enlarge", on_click=_open, args=(roi.id,))
     if state.get("review_enlarge"):
         _large(roi.id, window)
+    _window_controls(roi)  # below the actions: a display setting, not on the way to them
+    status = ("included" if roi.included else f"excluded: {words.word(roi.exclusion_reason)}")
+    with st.container(horizontal=True, gap="xsmall"):
+        st.badge(status, color="blue" if roi.included else "orange",
+                 help=None if roi.included else words.meaning(roi.exclusion_reason))
+        for flag in roi.qc_flags:
+            st.badge(words.word(flag), color="gray", help=words.meaning(flag))
+    st.markdown(
+        f"Lesion **{plain(roi.lesion_key)}** ({roi.label}) of patient {plain(roi.patient_key)} · "
+        f"view {plain(roi.view or '?')} "
+        f"{roi.laterality or ''} · centre row {roi.centre_rc[0]:.1f}, column {roi.centre_rc[1]:.1f}"
+        + (f"  \n{SYNTHETIC} a cadx lesion phantom, not a patient image." if roi.is_synthetic else ""))
 
     history = roi_history(ws, roi.id)
     if history:
-        st.markdown("**Review history**")
-        st.dataframe(
-            pd.DataFrame([{"when (UTC)": h.at.strftime("%Y-%m-%d %H:%M"), "who": h.user,
-                           "decision": {"exclude": "flagged", "include": "included"}.get(h.action, h.action),
-                           "reason": words.word(h.reason), "note": h.note or ""} for h in history]),
-            hide_index=True, width="stretch", column_config={
-                "note": st.column_config.TextColumn(width="medium"),
-                "reason": st.column_config.TextColumn(help="Exclusion reason in words (stored codes: "
-                                                           + ", ".join(words.EXCLUSION_REASONS) + ")")})
+        # lines that wrap (a table this narrow cut its columns off)
+        with st.container(key="review_history", gap=None):
+            st.markdown("**Review history**")
+            for h in history:
+                what = ({"exclude": "flagged", "include": "included again"}.get(h.action, h.action)
+                        + (f": {words.word(h.reason)}" if h.reason else ""))
+                st.markdown(f"{h.at.strftime('%Y-%m-%d %H:%M')} UTC · {plain(h.user)} · {what}"
+                            + (f" · note: {plain(h.note)}" if h.note else ""),
+                            help=words.meaning(h.reason) if h.reason else None)
     else:
         st.caption("No review decision yet: included since import.")
 
@@ -467,7 +609,7 @@ def _large(roi_id: int, window) -> None:
     roi = get_roi(ws, roi_id)
     st.markdown(f"**ROI #{roi.id}** · lesion {plain(roi.lesion_key)} ({roi.label}) · {roi.view or '?'} "
                 f"{roi.laterality or ''} · 51.2 mm at 0.1 mm per pixel")
-    overlay, outline = roi_outline_image(ws, roi, size=512, window=window)
+    overlay, outline = roi_outline_image(ws, roi, size=512, window=window)  # the detail view's window and contrast
     st.image(overlay, width="stretch", caption=outline.description if outline is not None else "No outline.")
 
 

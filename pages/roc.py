@@ -12,6 +12,7 @@ import streamlit as st
 from cadx import words
 from cadx.csvsafe import frame_csv_bytes
 from cadx.methods import METHODS
+from cadx.palette import METHOD_COLOURS
 from cadx.records import LevelResults
 from cadx.workflows import comparison_table, experiment_results, method_table, repeats_table, roc_curve_table
 from cadx.workflows.report import chromium_path, report_html, report_pdf
@@ -21,7 +22,7 @@ from pages._significance import permutation_panel, power_panel
 
 ws = workspace()
 LEVELS = {"roi": "ROI level (every view)", "lesion": "Lesion level (mean of its ROIs' probabilities)"}
-COLOURS = {"A": "#1f77b4", "B": "#2ca02c", "C": "#d62728", "Z": "#9467bd"}
+COLOURS = METHOD_COLOURS  # colour-blind safe (Okabe-Ito)
 FOUR = "%.4f"
 THREE = "%.3f"
 # Long classifier names -> the short ones of the chart legend (for narrow tables).

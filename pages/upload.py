@@ -22,8 +22,8 @@ from cadx.workflows import (
     unpack_upload,
     upload_patients,
 )
-from cadx.workflows.browse import MAX_IMAGE_BYTES, display_windows, zoom_region
-from pages._shared import allowed, current_user, plain, workspace
+from cadx.workflows.browse import MAX_IMAGE_BYTES, REGION_WINDOW, auto_window, display_windows, zoom_region
+from pages._shared import allowed, current_user, manual_window, plain, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
 ZOOMS = {"fit": None, "½×": 0.5, "1:1": 1.0, "2×": 2.0, "4×": 4.0, "8×": 8.0}  # screen pixels per image pixel
@@ -45,9 +45,10 @@ def _read(data_dir: str, sha256: str, _upload):
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _display(data_dir: str, sha256: str, centre_rc, pixel_size_mm, region, window, _image):
+def _display(data_dir: str, sha256: str, centre_rc, pixel_size_mm, region, window, region_contrast, _image):
     spacing = None if pixel_size_mm is None else (pixel_size_mm, pixel_size_mm)
-    return display_image(_image, centre_rc=centre_rc, pixel_spacing_mm=spacing, region=region, window=window)
+    return display_image(_image, centre_rc=centre_rc, pixel_spacing_mm=spacing, region=region, window=window,
+                         region_contrast=region_contrast)
 
 
 def _on_click(click_key: str, row_key: str, col_key: str, view_key: str, shape: tuple[int, int], region) -> None:
@@ -179,18 +180,19 @@ with left:
     st.subheader("Click the lesion centre")
     view_key = f"upload_viewc_{sha}"
     st.session_state.setdefault(view_key, centre or ((rows - 1) / 2, (cols - 1) / 2))
-    windows = display_windows(image.header)
     zoom = st.segmented_control("Zoom", list(ZOOMS), default="fit", key=f"upload_zoom_{sha}",
                                 help="Screen pixels per image pixel. Zoom in to mark the centre at full resolution: "
                                      "a click on the zoomed view lands on the image pixel under it.") or "fit"
+    scale = ZOOMS[zoom]
+    # a zoomed view keeps the whole image's contrast; stretching the region shown is one more choice
+    windows = {**display_windows(image.header), **({REGION_WINDOW: None} if scale is not None else {})}
     z2, z3 = st.columns([3, 1], vertical_alignment="bottom")
     window_name = z2.selectbox("Window / level", list(windows), key=f"upload_window_{sha}",
                                help="Display only: the stored ROI keeps the file's own presentation values.")
     window = windows.get(window_name)
-    if z3.toggle("Manual", key=f"upload_manual_{sha}", help="Set the window yourself"):
-        low, high = st.slider("Window (% of the grey range)", 0, 100, (0, 100), key=f"upload_manual_range_{sha}")
-        window = (low / 100, max(high, low + 1) / 100)
-    scale = ZOOMS[zoom]
+    if z3.toggle("Manual", key=f"upload_manual_{sha}", help="Set the window yourself, in grey values"):
+        start = window or auto_window(image.pixels[::4, ::4], value_range=image.value_range)
+        window = manual_window(f"upload_manual_{sha}", start=start, value_range=image.value_range)
     region = None
     if scale is not None:
         region = zoom_region((rows, cols), centre_rc=st.session_state[view_key], scale=scale)
@@ -202,7 +204,8 @@ with left:
             st.button("▶", key="upload_pan_right", on_click=_pan, args=(view_key, 0, rw / 2), help="Pan right")
             st.button("Centre the view on the mark", key="upload_pan_mark", on_click=_centre_view,
                       args=(view_key, centre), disabled=centre is None)
-    shown = _display(str(ws.data_dir), upload.sha256, centre, pixel_size, region, window, image)
+    shown = _display(str(ws.data_dir), upload.sha256, centre, pixel_size, region, window,
+                     window_name == REGION_WINDOW and window is None, image)
     st.caption(f"{shown.describe()}. The red cross is the centre and the yellow box the 51.2 mm field the ROI "
                "will cover.")
     streamlit_image_coordinates(shown.pixels, key=click_key, image_format="JPEG" if scale is None else "PNG",

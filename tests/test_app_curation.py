@@ -98,8 +98,9 @@ def test_flag_and_unflag_through_the_ui_reach_the_database_and_counts(demo_data_
         assert not roi.included and roi.exclusion_reason == "location_marker"
         (event,) = session.scalars(select(ReviewEvent).where(ReviewEvent.roi_id == 1)).all()
         assert (event.user, event.action, event.note) == ("Dr Ada", "exclude", "marker at the edge")
-    history = at.dataframe[0].value
-    assert list(history["who"]) == ["Dr Ada"] and list(history["reason"]) == ["location marker"]  # words
+    history = [m.value for m in at.markdown if " UTC · " in m.value]  # one wrapping line per decision
+    assert len(history) == 1 and history[0].endswith("UTC · Dr Ada · flagged: location marker · note: marker at the "
+                                                     "edge"), history  # words, not codes
 
     _as(at, "Dr Ada").button(key="review_unflag").click().run()
     assert _metrics(at)["Excluded"] == "0"
@@ -107,7 +108,8 @@ def test_flag_and_unflag_through_the_ui_reach_the_database_and_counts(demo_data_
         assert session.get(Roi, 1).included
         assert [e.action for e in session.scalars(select(ReviewEvent).order_by(ReviewEvent.id))] == ["exclude",
                                                                                                       "include"]
-    assert len(at.dataframe[0].value) == 2
+    assert [m.value.split(" · ")[2] for m in at.markdown if " UTC · " in m.value] == [
+        "flagged: location marker", "included again"]
 
 
 def test_bulk_flag_needs_a_note_for_other_then_flags_all_selected(demo_data_dir):

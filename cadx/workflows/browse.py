@@ -71,6 +71,13 @@ __all__ = [
     "preview_roi",
     "roi_display",
     "display_windows",
+    "auto_window",
+    "roi_auto_window",
+    "centre_width_window",
+    "window_centre_width",
+    "ROI_GREY_RANGE",
+    "AUTO_WINDOW",
+    "REGION_WINDOW",
     "roi_image_header",
     "zoom_region",
     "matching_roi_ids",
@@ -129,6 +136,7 @@ class RoiRow:
     is_synthetic: bool
     centre_rc: tuple[float, float]
     truth_mask_file: str | None
+    lesion_type: str | None = None  # a code of cadx.lesion_types.LESION_TYPES (None: never recorded)
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ class RoiPage:
 def _roi_columns() -> tuple[Any, ...]:
     return (Roi.id, Roi.sha256, Roi.file, Roi.lesion_id, Lesion.key, Patient.key, Lesion.label, Image.view,
             Image.laterality, Roi.included, Roi.exclusion_reason, Roi.qc_flags, Roi.is_synthetic, Roi.centre_row,
-            Roi.centre_col, Roi.truth_mask_file)
+            Roi.centre_col, Roi.truth_mask_file, Lesion.lesion_type)
 
 
 def _joined(query: Select[Any]) -> Select[Any]:
@@ -159,7 +167,7 @@ def _to_row(r: Any) -> RoiRow:
     return RoiRow(id=r[0], sha256=r[1], file=r[2], lesion_id=r[3], lesion_key=r[4], patient_key=r[5], label=r[6],
                   view=r[7], laterality=r[8], included=bool(r[9]), exclusion_reason=r[10],
                   qc_flags=tuple(r[11] or ()), is_synthetic=bool(r[12]), centre_rc=(float(r[13]), float(r[14])),
-                  truth_mask_file=r[15])
+                  truth_mask_file=r[15], lesion_type=r[16])
 
 
 def _escape_like(text: str) -> str:
@@ -197,6 +205,17 @@ def _conditions(filters: RoiFilters) -> list[ColumnElement[bool]]:
     return where
 
 
+def _where(workspace: Workspace, filters: RoiFilters) -> list[ColumnElement[bool]]:
+    """The conditions of ``filters``, a cohort's ROI set included."""
+    where = _conditions(filters)
+    if filters.cohort:
+        from cadx.workflows.cohorts import get_cohort, resolve_cohort
+
+        definition = dataclasses.replace(get_cohort(workspace, filters.cohort).definition, review="all")
+        where.append(Roi.id.in_(sorted({r.id for r in resolve_cohort(workspace, definition).records})))
+    return where
+
+
 def browse_rois(workspace: Workspace, filters: RoiFilters | None = None, *, page: int = 1,
                 page_size: int = 48) -> RoiPage:
     """One page (1-based, ordered by ROI id) of the ROIs matching ``filters``, and how many match in all.
@@ -206,12 +225,7 @@ def browse_rois(workspace: Workspace, filters: RoiFilters | None = None, *, page
     filters = filters or RoiFilters()
     if page_size < 1:
         raise CadxInputError("page size", f"{page_size} is not a positive number", "show at least one ROI per page")
-    where = _conditions(filters)
-    if filters.cohort:
-        from cadx.workflows.cohorts import get_cohort, resolve_cohort
-
-        definition = dataclasses.replace(get_cohort(workspace, filters.cohort).definition, review="all")
-        where.append(Roi.id.in_(sorted({r.id for r in resolve_cohort(workspace, definition).records})))
+    where = _where(workspace, filters)
     with workspace.sessions() as session:
         total = session.scalar(_joined(select(func.count(Roi.id)).select_from(Roi)).where(*where)) or 0
         n_pages = max(1, -(-total // page_size))
@@ -263,13 +277,16 @@ def get_roi(workspace: Workspace, roi_id: int) -> RoiRow | None:
     return None if row is None else _to_row(row)
 
 
-def review_counts(workspace: Workspace) -> dict[str, int]:
-    """ROIs in all, included, excluded and synthetic (one aggregate query)."""
+def review_counts(workspace: Workspace, filters: RoiFilters | None = None) -> dict[str, int]:
+    """ROIs in all, included, excluded and synthetic (one aggregate query); with ``filters``, of the ROIs matching
+    them (the synthetic banner says what the grid shows: none when only real ROIs match)."""
+    where = [] if filters is None else _where(workspace, filters)
     with workspace.sessions() as session:
         total, included, synthetic = session.execute(
-            select(func.count(Roi.id),
-                   func.coalesce(func.sum(case((Roi.included.is_(True), 1), else_=0)), 0),
-                   func.coalesce(func.sum(case((Roi.is_synthetic.is_(True), 1), else_=0)), 0))
+            _joined(select(func.count(Roi.id),
+                           func.coalesce(func.sum(case((Roi.included.is_(True), 1), else_=0)), 0),
+                           func.coalesce(func.sum(case((Roi.is_synthetic.is_(True), 1), else_=0)), 0))
+                    .select_from(Roi)).where(*where)
         ).one()
     return {"rois": int(total), "included": int(included), "excluded": int(total) - int(included),
             "synthetic": int(synthetic)}
@@ -360,8 +377,12 @@ def roi_history(workspace: Workspace, roi_id: int) -> list[HistoryEntry]:
 
 
 # ========================================================================================== review: images ===
+#: The grey values of a stored ROI (16-bit PNG): the presentation range its windows are fractions of.
+ROI_GREY_RANGE = (0.0, 65535.0)
+
+
 def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None,
-                value_range: tuple[float, float] = (0.0, 65535.0)) -> np.ndarray:
+                value_range: tuple[float, float] = ROI_GREY_RANGE) -> np.ndarray:
     """uint8 display version of image or ROI pixels.
 
     ``window=None`` stretches the contrast between the 0.5th and 99.5th percentiles (minimum and maximum when
@@ -371,9 +392,7 @@ def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None
     """
     pixels = np.asarray(pixels, dtype=np.float32)
     if window is None:
-        lo, hi = np.percentile(pixels, (0.5, 99.5))
-        if hi <= lo:  # mostly flat (a small bright lesion on a uniform field): stretch min to max instead
-            lo, hi = float(pixels.min()), float(pixels.max())
+        lo, hi = _stretch(pixels)
     else:
         span = float(value_range[1]) - float(value_range[0])
         lo, hi = (float(value_range[0]) + float(f) * span for f in window)
@@ -383,8 +402,47 @@ def roi_display(pixels: np.ndarray, *, window: tuple[float, float] | None = None
     return shown
 
 
+def _stretch(pixels: np.ndarray) -> tuple[float, float]:
+    """The grey values shown black and white by the automatic contrast: the 0.5th and 99.5th percentiles (minimum
+    and maximum when those are equal)."""
+    lo, hi = (float(v) for v in np.percentile(pixels, (0.5, 99.5)))
+    if hi <= lo:  # mostly flat (a small bright lesion on a uniform field): stretch min to max instead
+        lo, hi = float(pixels.min()), float(pixels.max())
+    return lo, hi
+
+
+def auto_window(pixels: np.ndarray, *, value_range: tuple[float, float] = ROI_GREY_RANGE) -> tuple[float, float]:
+    """The automatic contrast of ``pixels`` as a window (fractions of ``value_range``): shown through it, another
+    view (a zoomed region, a larger copy) keeps exactly the contrast that ``pixels`` are shown with."""
+    lo, hi = _stretch(np.asarray(pixels, dtype=np.float32))
+    span = float(value_range[1]) - float(value_range[0])
+    return (lo - float(value_range[0])) / span, (hi - float(value_range[0])) / span
+
+
+def centre_width_window(centre: float, width: float, *,
+                        value_range: tuple[float, float] = ROI_GREY_RANGE) -> tuple[float, float]:
+    """A window given as its centre and width in grey values (grey ``centre - width/2`` black, ``centre + width/2``
+    white) as fractions of ``value_range``, the form :func:`roi_display` takes."""
+    if not width > 0:
+        raise CadxInputError("window width", f"{width!r} is not a positive number of grey values",
+                             "give a width of at least 1")
+    span = float(value_range[1]) - float(value_range[0])
+    lo, hi = float(centre) - float(width) / 2, float(centre) + float(width) / 2
+    return (lo - float(value_range[0])) / span, (hi - float(value_range[0])) / span
+
+
+def window_centre_width(window: tuple[float, float], *,
+                        value_range: tuple[float, float] = ROI_GREY_RANGE) -> tuple[float, float]:
+    """The inverse of :func:`centre_width_window`: a window's (centre, width) in grey values."""
+    span = float(value_range[1]) - float(value_range[0])
+    lo, hi = (float(value_range[0]) + float(f) * span for f in window)
+    return (lo + hi) / 2, hi - lo
+
+
 AUTO_WINDOW = "auto contrast (0.5–99.5 %)"
 FULL_WINDOW = "full range"
+#: A zoomed view keeps the whole image's automatic contrast; this window stretches the region shown instead.
+REGION_WINDOW = "auto contrast of the zoomed region"
 
 
 def _numbers(value: Any) -> list[float]:
@@ -442,6 +500,12 @@ def roi_image_header(workspace: Workspace, roi: RoiRow) -> dict[str, Any]:
 
 def _load_roi(workspace: Workspace, roi: RoiRow) -> np.ndarray:
     return cadx_roi.decode_png16(workspace.path(roi.file).read_bytes())
+
+
+def roi_auto_window(workspace: Workspace, roi: RoiRow) -> tuple[float, float]:
+    """The automatic contrast of a stored ROI as a window (fractions of :data:`ROI_GREY_RANGE`): where a manual
+    window starts from."""
+    return auto_window(_load_roi(workspace, roi), value_range=ROI_GREY_RANGE)
 
 
 def roi_thumbnail(workspace: Workspace, roi: RoiRow, *, size: int = 128) -> Path:
@@ -710,25 +774,12 @@ def zoom_region(image_shape: tuple[int, int], *, centre_rc: tuple[float, float],
     return r0, c0, h, w
 
 
-def display_image(image: cadx_io.Mammogram, *, max_width: int = 640, max_height: int = 800,
-                  centre_rc: tuple[float, float] | None = None,
-                  pixel_spacing_mm: tuple[float, float] | None = None,
-                  region: tuple[int, int, int, int] | None = None,
-                  window: tuple[float, float] | None = None) -> DisplayImage:
-    """The image (or its ``region``) fitted to ``max_width`` x ``max_height``, shown through ``window``.
-
-    A region smaller than the view is magnified by whole pixel replication when it fits a whole number of times
-    (nearest neighbour otherwise), so each image pixel stays a visible square; a larger one is area averaged.
-    ``window`` is a pair of fractions of the image's presentation range (:func:`display_windows`); None stretches
-    the contrast of the region shown. With ``centre_rc``, a red cross marks the centre and, when the pixel size is
-    known, a box shows the 51.2 mm field that the ROI will cover.
-    """
-    rows, cols = image.pixels.shape
+def _shown_pixels(pixels: np.ndarray, region: tuple[int, int, int, int] | None, max_width: int,
+                  max_height: int) -> np.ndarray:
+    """The grey values of (the ``region`` of) an image at its display size, before any window (float32)."""
+    rows, cols = pixels.shape
     r0, c0, rh, rw = region or (0, 0, rows, cols)
-    if not (0 <= r0 and 0 <= c0 and rh >= 1 and rw >= 1 and r0 + rh <= rows and c0 + rw <= cols):
-        raise CadxInputError("zoom region", f"{region!r} is not inside the {cols} x {rows} image",
-                             "zoom out and choose the region again")
-    source = np.asarray(image.pixels[r0:r0 + rh, c0:c0 + rw], dtype=np.float32)
+    source = np.asarray(pixels[r0:r0 + rh, c0:c0 + rw], dtype=np.float32)
     scale = min(max_width / rw, max_height / rh)
     if scale >= 1:
         scale = float(int(scale)) if scale >= 2 or region is not None else 1.0
@@ -737,8 +788,33 @@ def display_image(image: cadx_io.Mammogram, *, max_width: int = 640, max_height:
     else:
         h, w = _display_shape((rh, rw), max_width, max_height)
         resample = PILImage.Resampling.BOX
-    small = source if (h, w) == (rh, rw) else np.asarray(
-        PILImage.fromarray(source, mode="F").resize((w, h), resample))
+    return source if (h, w) == (rh, rw) else np.asarray(PILImage.fromarray(source, mode="F").resize((w, h), resample))
+
+
+def display_image(image: cadx_io.Mammogram, *, max_width: int = 640, max_height: int = 800,
+                  centre_rc: tuple[float, float] | None = None,
+                  pixel_spacing_mm: tuple[float, float] | None = None,
+                  region: tuple[int, int, int, int] | None = None,
+                  window: tuple[float, float] | None = None,
+                  region_contrast: bool = False) -> DisplayImage:
+    """The image (or its ``region``) fitted to ``max_width`` x ``max_height``, shown through ``window``.
+
+    A region smaller than the view is magnified by whole pixel replication when it fits a whole number of times
+    (nearest neighbour otherwise), so each image pixel stays a visible square; a larger one is area averaged.
+    ``window`` is a pair of fractions of the image's presentation range (:func:`display_windows`); None is the
+    automatic contrast of the whole image as the fit view shows it, so that zooming in never changes the grey of a
+    pixel; ``region_contrast=True`` stretches the region shown instead. With ``centre_rc``, a red cross marks the
+    centre and, when the pixel size is known, a box shows the 51.2 mm field that the ROI will cover.
+    """
+    rows, cols = image.pixels.shape
+    r0, c0, rh, rw = region or (0, 0, rows, cols)
+    if not (0 <= r0 and 0 <= c0 and rh >= 1 and rw >= 1 and r0 + rh <= rows and c0 + rw <= cols):
+        raise CadxInputError("zoom region", f"{region!r} is not inside the {cols} x {rows} image",
+                             "zoom out and choose the region again")
+    small = _shown_pixels(image.pixels, region, max_width, max_height)
+    h, w = small.shape
+    if window is None and region is not None and not region_contrast:  # the fit view's contrast
+        window = auto_window(_shown_pixels(image.pixels, None, max_width, max_height), value_range=image.value_range)
     grey = roi_display(small, window=window, value_range=image.value_range)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if centre_rc is not None:

@@ -15,7 +15,8 @@ __all__ = ["dataset_stats", "findings_without_roi"]
 
 
 def dataset_stats(workspace: Workspace) -> dict[str, Any]:
-    """Counts of patients, lesions and ROIs (included/excluded), by label, view, exclusion reason and QC flag."""
+    """Counts of patients, lesions and ROIs (included/excluded), by label, view, exclusion reason and QC flag, and
+    real and synthetic apart (``by_origin``)."""
     with workspace.sessions() as session:
         n_patients = session.scalar(select(func.count(Patient.id))) or 0
         n_synthetic_patients = session.scalar(select(func.count(Patient.id)).where(Patient.is_synthetic)) or 0
@@ -26,6 +27,7 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
             .join(Lesion, Roi.lesion_id == Lesion.id)
             .join(Image, Roi.image_id == Image.id)
         ).all()
+        synthetic_lesions = session.scalar(select(func.count(Lesion.id)).where(Lesion.is_synthetic)) or 0
         n_imports = session.scalar(select(func.count(ImportRun.id))) or 0
         lesions_by_type = dict(session.execute(
             select(Lesion.lesion_type, func.count(Lesion.id)).group_by(Lesion.lesion_type)).all())
@@ -43,6 +45,14 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
         for flag in flags or []:
             by_flag[flag] = by_flag.get(flag, 0) + 1
     n_included = sum(1 for row in roi_rows if row[0])
+    by_origin = {}
+    for origin, synthetic in (("real", False), ("synthetic", True)):
+        rows = [row for row in roi_rows if bool(row[5]) is synthetic]
+        kept = sum(1 for row in rows if row[0])
+        by_origin[origin] = {
+            "patients": n_synthetic_patients if synthetic else n_patients - n_synthetic_patients,
+            "lesions": synthetic_lesions if synthetic else sum(lesions_by_label.values()) - synthetic_lesions,
+            "rois": len(rows), "rois_included": kept, "rois_excluded": len(rows) - kept}
     return {
         "patients": n_patients,
         "synthetic_patients": n_synthetic_patients,
@@ -52,6 +62,7 @@ def dataset_stats(workspace: Workspace) -> dict[str, Any]:
         "rois_included": n_included,
         "rois_excluded": len(roi_rows) - n_included,
         "synthetic_rois": sum(1 for row in roi_rows if row[5]),
+        "by_origin": by_origin,  # real and synthetic totals apart: {"real": {"patients": n, ...}, "synthetic": ...}
         "rois_by_label": dict(sorted(by_label.items())),
         "rois_by_view": dict(sorted(by_view.items())),
         "excluded_by_reason": dict(sorted(by_reason.items())),
