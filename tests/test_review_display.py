@@ -185,3 +185,45 @@ def test_the_tsne_map_and_the_other_charts_use_the_palette():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in (
                     "#2ca02c", "#d62728", "#1f77b4", "#ff7f0e"):
                 pytest.fail(f"{name} still colours with {node.value}")
+
+
+# ---------------------------------------------------------------------------------------- thumbnails ---
+# Issue 25.8: the grid's first render made its thumbnails the slow way (a partition of every ROI pixel for the
+# contrast, every pixel mapped before shrinking). The fast path must give the same contrast limits and the same
+# thumbnail wherever no window edge cuts through a thumbnail pixel's box.
+def test_the_histogram_percentiles_equal_numpys():
+    from cadx.workflows.browse import _integer_percentiles
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 70, size=2))
+        high = int(rng.choice([2, 300, 65536]))
+        pixels = rng.integers(0, high, size=shape).astype(np.uint16)
+        assert _integer_percentiles(pixels, (0.5, 99.5)) == pytest.approx(np.percentile(pixels, (0.5, 99.5)),
+                                                                          abs=1e-9)
+    assert _integer_percentiles(np.full((4, 4), 7, np.uint16), (0.5, 99.5)) == [7.0, 7.0]
+
+
+def test_a_thumbnail_of_a_ramp_is_the_mapped_then_shrunk_ramp():
+    import io
+
+    from PIL import Image as PILImage
+
+    from cadx.workflows.browse import thumbnail_png
+
+    # a ramp 0..65535 across the columns: its 0.5th and 99.5th percentiles are known, and a 4 x 4 box spans 4
+    # adjacent columns, so mapping then shrinking and shrinking then mapping agree except in the two clipped bands
+    ramp = np.tile(np.linspace(0, 65535, 512).round().astype(np.uint16), (512, 1))
+    lo, hi = np.percentile(ramp, (0.5, 99.5))
+    mapped = np.rint(np.clip((ramp.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255))
+    expected = mapped.reshape(128, 4, 128, 4).mean(axis=(1, 3))
+    got = np.asarray(PILImage.open(io.BytesIO(thumbnail_png(ramp, size=128))))
+    assert got.shape == (128, 128) and got.dtype == np.uint8
+    assert np.abs(got.astype(float) - expected).max() <= 1.0  # rounding only
+    assert got[:, 0].max() == 0 and got[:, -1].min() == 255
+    flat = np.full((512, 512), 1234, np.uint16)
+    flat[0, 0] = 1300  # mostly flat: stretched min to max, as roi_display does
+    shown = np.asarray(PILImage.open(io.BytesIO(thumbnail_png(flat, size=128))))
+    assert shown[0, 0] == round(255 / 16) and shown[1:, 1:].max() == 0
+    with pytest.raises(Exception, match="is not an unsigned integer type"):
+        thumbnail_png(ramp.astype(np.float32), size=128)

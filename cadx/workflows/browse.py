@@ -63,6 +63,7 @@ __all__ = [
     "roi_history",
     "roi_outline",
     "roi_thumbnail",
+    "thumbnail_png",
     "roi_outline_image",
     "unpack_upload",
     "read_upload",
@@ -512,14 +513,47 @@ def roi_thumbnail(workspace: Workspace, roi: RoiRow, *, size: int = 128) -> Path
     """A ``size`` px 8-bit PNG of the ROI, made once and cached under the data directory by the ROI's hash."""
     path = workspace.path(f"thumbs/{size}/{roi.sha256[:2]}/{roi.sha256}.png")
     if not path.exists():
-        def encode() -> bytes:
-            image = PILImage.fromarray(roi_display(_load_roi(workspace, roi)), mode="L")
-            buffer = _io.BytesIO()
-            image.resize((size, size), PILImage.Resampling.BOX).save(buffer, format="PNG")
-            return buffer.getvalue()
-
-        write_once(path, encode)
+        write_once(path, lambda: thumbnail_png(_load_roi(workspace, roi), size=size))
     return path
+
+
+def _integer_percentiles(pixels: np.ndarray, q: tuple[float, ...]) -> list[float]:
+    """``np.percentile(pixels, q)`` (its default linear method) of unsigned-integer pixels from their histogram: one
+    counting pass instead of a partition of every pixel."""
+    counts = np.cumsum(np.bincount(pixels.ravel()))
+    out = []
+    for p in q:
+        position = p / 100.0 * (pixels.size - 1)
+        below = int(np.floor(position))
+        a, b = np.searchsorted(counts, [below, min(below + 1, pixels.size - 1)], side="right")
+        out.append(float(a) + (float(b) - float(a)) * (position - below))
+    return out
+
+
+def thumbnail_png(pixels: np.ndarray, *, size: int) -> bytes:
+    """An 8-bit ``size`` px PNG of ROI ``pixels`` (uint16, (H, W)) through the automatic contrast of the full-size
+    ROI (:func:`roi_display` with no window).
+
+    Made on the Review grid's first render, so made cheaply (issue 25.8: under load the grid stayed grey for seconds):
+    the contrast limits from the histogram (the same values as ``np.percentile``), the shrink before the grey mapping
+    (one mapped pixel per thumbnail pixel, not per ROI pixel) and the fastest PNG compression: 2.6-3.6x faster than
+    mapping then shrinking, on MIAS. Shrinking first differs from mapping first only where a window edge cuts through
+    a pixel's box (on MIAS 0.02-0.05 % of thumbnail pixels, by up to 18 grey levels); the detail view and every
+    export use :func:`roi_display`."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.kind != "u":
+        raise CadxInputError("ROI pixels", f"dtype {pixels.dtype} is not an unsigned integer type",
+                             "pass the stored ROI (uint16)")
+    lo, hi = _integer_percentiles(pixels, (0.5, 99.5))
+    if hi <= lo:  # as in _stretch: mostly flat, stretch min to max
+        lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    small = PILImage.fromarray(pixels.astype(np.float32), mode="F").resize((size, size), PILImage.Resampling.BOX)
+    grey = np.rint(np.clip((np.asarray(small) - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    buffer = _io.BytesIO()
+    PILImage.fromarray(grey, mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def warm_thumbnails(workspace: Workspace, filters: RoiFilters | None, *, pages: Iterable[int], page_size: int,
