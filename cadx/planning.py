@@ -25,6 +25,8 @@ CALIBRATION_SPREAD = 1.6
 run): a 2-core machine shared with others varies by about this much from one minute to the next."""
 
 _Z = 1.645  # the range of an ETA: the 90 % interval of the smoothed log rate
+_CLIP = 3.0  # one unit counts as at most 3x slower or faster than the smoothed rate (a unit slowed by another
+# user's job says little of the next); a lasting change still comes through, by 3^alpha per unit
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,15 @@ class EtaSmoother:
     ``observe(seconds, work)`` after each unit (``work`` in any unit of work, e.g. parts of the progress bar);
     ``eta(work_left)`` is the :class:`TimeRange` left: the work left times the smoothed rate, the range its 90 %
     interval. The smoothed rate is ``exp(m)`` where ``m`` is the exponentially weighted mean (weight ``alpha`` for
-    the newest unit) of ``log(seconds / work)``, and the range ``exp(m ± 1.645 s)`` with ``s`` the exponentially
-    weighted SD of those logarithms.
+    the newest unit) of ``log(seconds / work)``, each unit's deviation from ``m`` clipped to ``± log 3``, and the
+    range ``exp(m ± 1.645 s)`` with ``s`` the exponentially weighted SD of those (clipped) deviations.
 
     Examples
     --------
     >>> eta = EtaSmoother(alpha=0.5)
-    >>> eta.observe(10.0, 1)
-    >>> eta.observe(40.0, 1)
-    >>> round(eta.eta(3).seconds, 6)  # geometric: 10 s, then 40 s per unit -> 20 s per unit
+    >>> eta.observe(16.0, 1)
+    >>> eta.observe(25.0, 1)
+    >>> round(eta.eta(3).seconds, 6)  # geometric: 16 s, then 25 s per unit -> 20 s per unit
     60.0
     """
 
@@ -129,7 +131,7 @@ class EtaSmoother:
         if self._mean is None:
             self._mean = x
             return
-        delta = x - self._mean
+        delta = min(max(x - self._mean, -math.log(_CLIP)), math.log(_CLIP))
         self._mean += self.alpha * delta
         self._var = (1.0 - self.alpha) * (self._var + self.alpha * delta * delta)
 

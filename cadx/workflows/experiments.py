@@ -79,7 +79,8 @@ from db.models import Experiment, Prediction, Roi
 if TYPE_CHECKING:  # cadx.svm loads scikit-learn: imported where the work is done, so pages start faster
     from cadx.svm import CvResult, SweepResult
 
-__all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "CohortStage", "CvStage", "ExperimentSettings",
+__all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "SWEEP_PRESETS", "CohortStage", "CvStage",
+           "ExperimentSettings",
            "FeatureStage", "PROGRESS_SCALE", "StageMeter", "SweepEstimate", "calibrate", "calibration_record",
            "code_version", "cohort_sha256", "compare_methods", "estimate_experiment", "measured_ratios",
            "cross_validate", "experiment_statistics", "experiment_summary", "json_safe",
@@ -95,6 +96,10 @@ fold assignment is luck (EfficientNet ``stage6`` on MIAS: 0.629 on seed 0, 0.537
 
 MAX_REPEATS = 20
 """The most seeds one experiment may repeat its cross-validation with."""
+
+SWEEP_PRESETS: dict[str, int] = {"quick": 1, "full": DEFAULT_REPEATS}
+"""Seeds of each preset: ``quick`` (one seed, for a live demo: one split's luck) and ``full`` (the repeated
+cross-validation whose numbers are the ones to quote); the sweep page and ``cadx sweep --quick`` read them here."""
 
 DEFAULT_FOLDS: int = CohortDefinition.n_folds
 """The folds a form offers first: the presets' (``ExperimentSettings.n_folds=None`` takes the cohort's own)."""

@@ -58,8 +58,8 @@ from cadx.workflows.workspace import Workspace
 from db.models import Job, JobCheckpoint
 
 __all__ = ["JOB_KINDS", "submit_job", "cancel_job", "retry_job", "list_jobs", "get_job", "job_history",
-           "run_next_job", "run_worker", "ensure_worker", "reap_dead_jobs", "max_parallel_jobs", "JobCancelled",
-           "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
+           "run_next_job", "run_worker", "ensure_worker", "kept_work", "reap_dead_jobs", "max_parallel_jobs",
+           "JobCancelled", "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
 
 JOB_KINDS = ("extract", "features", "experiment", "permutation")
 _PID_FILE = "worker.pid"
@@ -283,6 +283,13 @@ def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = Non
             eta_low_seconds=j.eta_low_seconds if j.status == "running" else None,
             eta_high_seconds=j.eta_high_seconds if j.status == "running" else None))
     return views
+
+
+def kept_work(workspace: Workspace, job_id: int) -> str:
+    """What a job's checkpoints keep now, e.g. ``"3 finished units and the statistics stage"`` (a cancelled or
+    failed job resumes from them: ``retry_job``)."""
+    with workspace.sessions() as session:
+        return _kept_work(session, job_id)
 
 
 def _kept_work(session: Session, job_id: int) -> str:
