@@ -705,6 +705,23 @@ def calibrate(workspace: Workspace, loaded: Any, settings: ExperimentSettings, c
     return ratios
 
 
+_CALIBRATION_KEEP_S = 600.0  # a calibration stands for this long (a page re-estimates on every changed field)
+_calibrations: dict[tuple[Any, ...], tuple[float, dict[str, list[float]]]] = {}
+
+
+def _recent_calibration(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage,
+                        parts: Sequence[str]) -> dict[str, list[float]]:
+    """:func:`calibrate`, or its result of the last ``_CALIBRATION_KEEP_S`` seconds for the same work."""
+    key = (str(workspace.data_dir), loaded.name, loaded.weights.sha256, settings.precision, settings.n_inner,
+           json.dumps(settings.grid, sort_keys=True), cohort.sweep_taps, tuple(sorted(parts)))
+    now = time.monotonic()
+    kept = _calibrations.get(key)
+    if kept is None or now - kept[0] > _CALIBRATION_KEEP_S:
+        kept = (now, calibrate(workspace, loaded, settings, cohort, parts=parts))
+        _calibrations[key] = kept
+    return kept[1]
+
+
 def estimate_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettings) -> SweepEstimate:
     """How long :func:`run_experiment` with ``settings`` will take on this machine, with a range, before it runs.
 
@@ -736,7 +753,7 @@ def estimate_experiment(workspace: Workspace, loaded: Any, settings: ExperimentS
                          n_extract=n_extract, n_segment=n_segment, analytic=settings.analytic)
     measured = measured_ratios(workspace, backbone=cohort.backbone)
     needed = [part for part, cost in model.items() if cost > 0 and part != "statistics" and part not in measured]
-    calibrated = calibrate(workspace, loaded, settings, cohort, parts=needed) if needed else {}
+    calibrated = _recent_calibration(workspace, loaded, settings, cohort, needed) if needed else {}
     ratios = {**calibrated, **measured}
     parts = {part: scaled_estimate({part: cost}, ratios).seconds for part, cost in model.items() if cost > 0}
     n_runs = len(measured.get("sweep", []))
