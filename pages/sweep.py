@@ -224,7 +224,8 @@ with st.expander("Start a sweep", expanded=not experiments):
     # the cohort first: its folds are this sweep's folds unless chosen otherwise here (one place for the folds)
     cohort_info = cohort_select("sweep_cohort")
     cohort_folds = cohort_info.definition.n_folds
-    if st.session_state.get("sweep_folds_of") != cohort_info.name:  # another cohort: start from its folds
+    # another cohort (or the page opened again, which drops the field's state): start from the cohort's folds
+    if st.session_state.get("sweep_folds_of") != cohort_info.name or "sweep_folds" not in st.session_state:
         st.session_state["sweep_folds_of"] = cohort_info.name
         st.session_state["sweep_folds"] = cohort_folds
     st.session_state.setdefault("sweep_repeats", defaults.repeats)
@@ -238,7 +239,7 @@ with st.expander("Start a sweep", expanded=not experiments):
              help="Quick: one seed, for a live demo (one split's luck). Full: the repeated cross-validation whose "
                   "numbers are the ones to quote.")
     c1, c2, c3, c4, c5 = st.columns(5)
-    n_folds = c1.number_input(FOLDS_FIELD, min_value=2, max_value=10, step=1, key="sweep_folds",
+    n_folds = c1.number_input(FOLDS_FIELD, min_value=2, max_value=20, step=1, key="sweep_folds",
                               help="Starts from the cohort's folds.")
     minimum = c2.number_input(MINIMUM_FIELD, min_value=1, max_value=50, step=1, key="sweep_min_lesions",
                               help="The guard rail: a cohort with fewer lesions of a class than this per fold is "

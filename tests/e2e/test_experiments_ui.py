@@ -71,7 +71,7 @@ def test_start_a_sweep_and_read_its_results(server, page):
     page.get_by_test_id("stSelectbox").filter(has_text="Cohort (which ROIs").click()
     page.get_by_role("option", name=re.compile(r"^paper")).click()
     wait_for_app(page)
-    folds = page.get_by_label("Folds (cross-validation by lesion)")
+    folds = page.get_by_role("spinbutton", name="Folds (cross-validation by lesion)")
     expect(folds).to_have_value("5")
     refusal = page.get_by_test_id("stAlert").filter(has_text="cannot be used for this experiment")
     expect(refusal).to_contain_text("set “Folds (cross-validation by lesion)” to 2 or fewer")
