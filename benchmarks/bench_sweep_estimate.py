@@ -8,8 +8,8 @@ load (1-minute load average and CPU count), which the actual time depends on.
 
 Usage::
 
-    python benchmarks/bench_sweep_estimate.py                # AlexNet (random weights), 3 taps, 5 folds, 1 seed
-    python benchmarks/bench_sweep_estimate.py --repeats 2 --taps fc6,fc7,fc8,conv5
+    python benchmarks/bench_sweep_estimate.py                # AlexNet (random weights), 6 taps, 5 folds, 2 seeds
+    python benchmarks/bench_sweep_estimate.py --repeats 1 --taps fc6,fc7,fc8
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _one(workspace, loaded, settings: ExperimentSettings, label: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--taps", default="conv5,fc6,fc7")
+    parser.add_argument("--taps", default="conv3,conv5,pool5,fc6,fc7,fc8")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     if not MIAS.is_dir():
         sys.exit(f"MIAS not found at {MIAS}")

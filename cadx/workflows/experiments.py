@@ -636,8 +636,10 @@ def _model_parts(n_rois: int, n_train: float, n_folds: int, repeats: int, widths
 
 def measured_ratios(workspace: Workspace, *, backbone: str | None = None) -> dict[str, list[float]]:
     """This machine's measured / modelled seconds, from the records of the newest experiments: one ratio per
-    swept tap (its cross-validation's seconds over all seeds and folds), one per extraction of at least 8 ROIs
-    with ``backbone``, and one for the newest segmentations. Method B's folds are priced at the sweep's rate."""
+    swept tap (its cross-validation's seconds over all seeds and folds; under ``"sweep"`` and, by the tap's
+    width, ``"sweep:<width>"``: the cost model misprices some widths, and the same width costs the same again),
+    one per Method B (its wall time), one per extraction of at least 8 ROIs with ``backbone``, and one for the
+    newest segmentations."""
     from db.models import Segmentation
 
     ratios: dict[str, list[float]] = {"sweep": [], "extract": [], "analytic": []}
@@ -651,9 +653,14 @@ def measured_ratios(workspace: Workspace, *, backbone: str | None = None) -> dic
             n_folds, repeats = int(config["n_folds"]), int(config.get("repeats") or 1)
             n_train = int(results["n_rois"]) * (n_folds - 1) / n_folds
             for layer in (results.get("sweep") or {}).values():
-                model = repeats * n_folds * _fold_cost(n_train, int(layer["n_features"]))
+                width = int(layer["n_features"])
+                model = repeats * n_folds * _fold_cost(n_train, width)
                 if float(layer.get("seconds") or 0.0) > 0:
                     ratios["sweep"].append(float(layer["seconds"]) / model)
+                    ratios.setdefault(f"sweep:{width}", []).append(float(layer["seconds"]) / model)
+            b_seconds = float(((results.get("methods") or {}).get("B") or {}).get("seconds") or 0.0)
+            if b_seconds > 0:  # the wall time of Method B's cross-validation, every seed
+                ratios.setdefault("B", []).append(b_seconds / (repeats * n_folds * _fold_cost(n_train, 21)))
             extraction = results.get("extraction") or {}
             if backbone in (None, config.get("backbone")) and int(extraction.get("n_extracted") or 0) >= 8:
                 ratios["extract"].append(float(extraction["seconds"])
@@ -663,7 +670,8 @@ def measured_ratios(workspace: Workspace, *, backbone: str | None = None) -> dic
     timed = [float(t) for t in segmentations if t and t > 0]
     if len(timed) >= 8:
         ratios["analytic"].append(float(np.mean(timed)) / _SECONDS_PER_SEGMENTED_ROI)
-    ratios["B"] = list(ratios["sweep"])
+    if "B" not in ratios:
+        ratios["B"] = list(ratios["sweep"])
     return {part: values for part, values in ratios.items() if values}
 
 
@@ -755,7 +763,17 @@ def estimate_experiment(workspace: Workspace, loaded: Any, settings: ExperimentS
     needed = [part for part, cost in model.items() if cost > 0 and part != "statistics" and part not in measured]
     calibrated = _recent_calibration(workspace, loaded, settings, cohort, needed) if needed else {}
     ratios = {**calibrated, **measured}
-    parts = {part: scaled_estimate({part: cost}, ratios).seconds for part, cost in model.items() if cost > 0}
+    # the sweep tap by tap: a width measured before takes its own rate, another the rate of every tap measured
+    del model["sweep"]
+    for width in widths.values():
+        key = f"sweep:{width}"
+        model[key] = model.get(key, 0.0) + settings.repeats * cohort.n_folds * _fold_cost(cohort.n_train, width)
+        ratios.setdefault(key, list(ratios["sweep"]))
+    parts: dict[str, float] = {}
+    for part, cost in model.items():
+        if cost > 0:
+            name = part.split(":")[0]
+            parts[name] = parts.get(name, 0.0) + scaled_estimate({part: cost}, ratios).seconds
     n_runs = len(measured.get("sweep", []))
     basis = []
     if measured:
