@@ -274,6 +274,7 @@ def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_hist
                 finished_at=now - timedelta(minutes=1)))
             session.execute(update(Job).where(Job.id == running).values(
                 status="running", slot=0, progress_done=4200, progress_total=10_000, eta_seconds=330.0,
+                eta_low_seconds=240.0, eta_high_seconds=480.0,
                 message="sweep: 23/55 folds x taps fitted (fc6 fold 3/5)", started_at=now - timedelta(seconds=200),
                 heartbeat_at=now, worker=me.label, worker_host=me.host, worker_pid=me.pid,
                 worker_started=me.started))
@@ -284,7 +285,8 @@ def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_hist
         assert f"**Job {queued}** · features · features · queued · by dave" in text
         import re
 
-        assert re.search(r"elapsed \d+ min \d\d s · about 5 min 30 s left", text), text  # started 200 s ago
+        # started 200 s ago; the smoothed time left with its range
+        assert re.search(r"elapsed \d+ min \d\d s · about 5 min 30 s \(4 min 00 s – 8 min 00 s\) left", text), text
         assert any(p.proto.text.startswith("42% · sweep: 23/55") for p in at.get("progress"))
         assert at.button(key="sweep_start").label == "Queue sweep"  # queues visibly behind the running job
         history = next(d.value for d in at.dataframe if "attempts" in d.value.columns)
