@@ -16,6 +16,7 @@ from rich.text import Text
 from cadx import words
 from cadx.errors import CadxError, CadxInputError
 from cadx.permutation import DEFAULT_PERMUTATIONS, chance_sentence, monte_carlo_se
+from cadx.planning import duration_words
 from cadx.records import ExperimentRecord
 from cadx.workflows import (
     ImportReport,
@@ -30,7 +31,7 @@ from cadx.workflows import (
     include_roi,
     open_workspace,
 )
-from cadx.workflows.experiments import MAX_REPEATS, ExperimentSettings
+from cadx.workflows.experiments import MAX_REPEATS, SWEEP_PRESETS, ExperimentSettings
 
 __all__ = ["app"]
 
@@ -381,7 +382,7 @@ def features_command(data_dir: DataDir = None,
 
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
-                data_dir, user, cohort=None, min_lesions=None) -> None:
+                data_dir, user, cohort=None, min_lesions=None, *, estimate=False) -> None:
     from cadx.records import experiment_name, to_json
     from cadx.workflows.cohorts import resolve_cohort
     from cadx.workflows.experiments import load_experiment, run_experiment
@@ -398,6 +399,9 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
     settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, repeats=repeats,
                                   analytic=analytic, n_jobs=n_jobs, cohort=resolved.name,
                                   min_lesions_per_class_per_fold=minimum)
+    if estimate:
+        _print_estimate(workspace, loaded, settings, json_path)
+        return
     with _ProgressBar() as bar:
         experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
                                                     weights_note=note, progress=bar))
@@ -411,6 +415,23 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
                "permuted labels.")
     if json_path is not None:
         json_path.write_text(json.dumps(to_json(record), indent=2))
+        _out.print(f"written to {json_path}")
+
+
+def _print_estimate(workspace, loaded, settings, json_path) -> None:
+    """``--estimate``: how long the run would take here, with its range; nothing is run or stored."""
+    from cadx.workflows.experiments import estimate_experiment
+
+    planned = _run(lambda: estimate_experiment(workspace, loaded, settings))
+    data = planned.to_dict()
+    if json_path is not None and str(json_path) == "-":
+        _out.print_json(json.dumps(data))
+        return
+    _out.print(f"Estimated time on this machine: {planned.time.words()} for {planned.n_units} units of work "
+               f"({settings.repeats} seed{'s' if settings.repeats != 1 else ''}); from {planned.basis}.")
+    _out.print("By stage: " + ", ".join(f"{part} {duration_words(seconds)}" for part, seconds in planned.parts.items()))
+    if json_path is not None:
+        json_path.write_text(json.dumps(data, indent=2))
         _out.print(f"written to {json_path}")
 
 
@@ -557,7 +578,13 @@ Repeats = Annotated[int, typer.Option(help=f"Repeat the cross-validation with se
                                            "the sweep averages over them and shows the SD between seeds; Table 1 "
                                            "stays the first seed's. 1 = a single split (faster, but luck).")]
 Jobs = Annotated[int, typer.Option("--jobs", help="Parallel processes (or set CADX_DASK_SCHEDULER).")]
-JsonPath = Annotated[Path | None, typer.Option("--json", help="Write config and results as JSON here.")]
+JsonPath = Annotated[Path | None, typer.Option("--json", help="Write config and results as JSON here (with "
+                                                               "--estimate: the estimate; '-' prints it).")]
+Estimate = Annotated[bool, typer.Option("--estimate", help="Only say how long it would take on this machine, with "
+                                                           "a range (from earlier runs' measured seconds, or a "
+                                                           "short calibration); run nothing.")]
+Quick = Annotated[bool, typer.Option("--quick", help=f"The quick preset: {SWEEP_PRESETS['quick']} seed (a live "
+                                                     "demo; one split's luck), whatever --repeats says.")]
 _DEFAULTS = ExperimentSettings()  # the one home of the experiment defaults (CLI, sweep page, job runner)
 
 
@@ -572,11 +599,14 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
                   no_analytic: Annotated[bool, typer.Option("--no-analytic",
                                                             help="Skip Method B and the ensemble.")] = False,
                   cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
+                  estimate: Estimate = False, quick: Quick = False,
                   data_dir: DataDir = None, user: User = None) -> None:
     """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
     tap_list = tuple(taps.split(",")) if taps else None
+    if quick:
+        repeats = SWEEP_PRESETS["quick"]
     _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, repeats, not no_analytic, jobs,
-                json_path, data_dir, user, cohort, min_lesions_per_fold)
+                json_path, data_dir, user, cohort, min_lesions_per_fold, estimate=estimate)
 
 
 @app.command("evaluate")

@@ -32,6 +32,8 @@ __all__ = [
     "REVIEW_CHOICES",
     "QC_CHOICES",
     "MIN_LESIONS_PER_CLASS_PER_FOLD",
+    "FOLDS_FIELD",
+    "MINIMUM_FIELD",
     "CohortDefinition",
     "CohortTooSmallError",
     "PRESETS",
@@ -50,6 +52,10 @@ REVIEW_CHOICES = ("included", "excluded", "all")
 QC_CHOICES = ("any", "unflagged")
 #: Guard rail: each class needs at least this many lesions per cross-validation fold.
 MIN_LESIONS_PER_CLASS_PER_FOLD = 5
+#: The web page's names of the two settings a refusal's fix names (the CLI's are ``--folds`` and
+#: ``--min-lesions-per-fold``); the sweep page labels its fields with these.
+FOLDS_FIELD = "Folds (cross-validation by lesion)"
+MINIMUM_FIELD = "Minimum lesions of each class per fold"
 _MAX_FOLDS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
 
@@ -241,39 +247,49 @@ def check_cohort_size(lesions_by_label: Mapping[str, int], *, n_folds: int, coho
     counts = {label: int(lesions_by_label.get(label, 0)) for label in LABELS}
     shown = f"{counts['benign']} benign and {counts['malignant']} malignant lesions"
     if min(counts.values()) == 0:
-        raise CohortTooSmallError(
-            cohort, f"has {shown}: one class only, so no AUC can be computed",
-            "widen the cohort (labels, lesion types, sources, review status) or import cases of the missing class")
+        fix = ("widen the cohort (labels, lesion types, sources, review status) or import cases of the missing "
+               "class")
+        raise CohortTooSmallError(cohort, f"has {shown}: one class only, so no AUC can be computed", fix,
+                                  page_fix=fix)
     needed = minimum_per_fold * n_folds
     fewest = min(counts.values())
     if fewest < needed:
         short = [label for label, n in counts.items() if n < needed]
         folds_fit = fewest // minimum_per_fold
-        fix = (f"use at most {folds_fit} folds (--folds {folds_fit}), or widen the cohort / import more cases"
-               if folds_fit >= 2 else
-               f"widen the cohort (e.g. more lesion types or sources) or import more cases: at least "
-               f"{2 * minimum_per_fold} lesions of each class are needed even for 2 folds")
-        fix += _keep_folds_advice(counts, n_folds=n_folds)
+        keep = _keep_folds_facts(counts, n_folds=n_folds)
+        # one set of facts (folds_fit, keep), two renderings: the command line's flags and the page's fields
+        if folds_fit >= 2:
+            fix = f"use at most {folds_fit} folds (--folds {folds_fit}), or widen the cohort / import more cases"
+            page_fix = (f"set “{FOLDS_FIELD}” to {folds_fit} or fewer, or widen the cohort / import more cases")
+        else:
+            fix = page_fix = (f"widen the cohort (e.g. more lesion types or sources) or import more cases: at least "
+                              f"{2 * minimum_per_fold} lesions of each class are needed even for 2 folds")
+        if keep is not None:
+            lowest, cost = keep
+            fix += (f"; or keep {n_folds} folds with --min-lesions-per-fold {lowest} (the record keeps the lowered "
+                    f"guard rail), at a cost: {cost}")
+            page_fix += (f"; or keep {n_folds} folds by setting “{MINIMUM_FIELD}” to {lowest} (the experiment "
+                         f"records the lowered guard rail), at a cost: {cost}")
         raise CohortTooSmallError(
             cohort, f"has {shown}: fewer than {minimum_per_fold} {' and '.join(short)} lesions per fold for "
-            f"{n_folds}-fold cross-validation (needs {needed} of each class)", fix)
+            f"{n_folds}-fold cross-validation (needs {needed} of each class)", fix, page_fix=page_fix)
 
 
-def _keep_folds_advice(counts: Mapping[str, int], *, n_folds: int) -> str:
+def _keep_folds_facts(counts: Mapping[str, int], *, n_folds: int) -> tuple[int, str] | None:
     """The other way out of the guard rail: keep ``n_folds`` (e.g. the paper's 5) by lowering the minimum to what
     the rarer class gives per fold, and what that costs: each test fold's AUC is a Mann-Whitney statistic over
-    (malignant x benign) pairs of that fold, so it moves in steps of 1 / (pairs in the fold)."""
+    (malignant x benign) pairs of that fold, so it moves in steps of 1 / (pairs in the fold). Returns (the minimum
+    that keeps the folds, the cost in words), or None when it would leave one lesion of a class per fold."""
     per_fold = {label: (n // n_folds, -(-n // n_folds)) for label, n in counts.items()}  # fewest, most per fold
     rarer = min(counts, key=lambda label: counts[label])
     other = next(label for label in counts if label != rarer)
     lowest = per_fold[rarer][0]
     if lowest < 2:  # one lesion of a class per fold: every fold AUC is a single ranking, not an estimate
-        return ""
+        return None
     pairs = sorted({lowest * per_fold[other][0], lowest * per_fold[other][1]})
     steps = " to ".join(f"1/({lowest} × {p // lowest}) = {1 / p:.3f}" for p in pairs)
-    return (f"; or keep {n_folds} folds with --min-lesions-per-fold {lowest} (the record keeps the lowered guard "
-            f"rail), at a cost: about {lowest} {rarer} lesions per test fold, so each fold AUC moves in steps of "
-            f"{steps} (with {per_fold[other][0]}-{per_fold[other][1]} {other} lesions per fold)")
+    return lowest, (f"about {lowest} {rarer} lesions per test fold, so each fold AUC moves in steps of {steps} "
+                    f"(with {per_fold[other][0]}-{per_fold[other][1]} {other} lesions per fold)")
 
 
 def roi_set_sha256(roi_hashes: Iterable[str]) -> str:

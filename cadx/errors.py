@@ -26,14 +26,27 @@ class CadxInputError(CadxError, ValueError):
     problem : str
         What is wrong with it.
     fix : str
-        What the user can do about it.
+        What the user can do about it, in the command line's words (flags such as ``--folds 4``).
+    page_fix : str, optional
+        The same fix in the web page's words (its fields and buttons), where they differ: the facts are the
+        error's, the two renderings its raiser's. Pages show :attr:`fix_on_page`.
     """
 
-    def __init__(self, source: str, problem: str, fix: str) -> None:
+    def __init__(self, source: str, problem: str, fix: str, *, page_fix: str | None = None) -> None:
         self.source = str(source)
         self.problem = problem
         self.fix = fix
+        self.page_fix = page_fix
         super().__init__(f"{self.source}: {problem}. Fix: {fix}")
+
+    @property
+    def fix_on_page(self) -> str:
+        """The fix as a web page says it (``page_fix``, else ``fix``)."""
+        return self.page_fix or self.fix
+
+    def on_page(self) -> str:
+        """The whole message in the web page's words."""
+        return f"{self.source}: {self.problem}. Fix: {self.fix_on_page}"
 
 
 class ImageReadError(CadxInputError):

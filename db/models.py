@@ -335,6 +335,9 @@ class Job(Base):
     # claims so far (> 1: resumed after a dead worker)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    # the range of the smoothed time left (cadx.planning.EtaSmoother), beside its most likely value
+    eta_low_seconds: Mapped[float | None] = mapped_column(Float)
+    eta_high_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class JobCheckpoint(Base):

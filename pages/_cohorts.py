@@ -9,10 +9,10 @@ from cadx.cohorts import DEFAULT_COHORT, LABELS, QC_CHOICES, REVIEW_CHOICES, SYN
 from cadx.errors import CadxInputError
 from cadx.lesion_types import LESION_TYPE_GROUPS, LESION_TYPES, UNKNOWN_TYPE, lesion_type_title
 from cadx.workflows.accounts import can
-from cadx.workflows.cohorts import cohort_options, cohort_preview, list_cohorts, save_cohort
-from pages._shared import SYNTHETIC_BADGE, current_role, current_user, workspace
+from cadx.workflows.cohorts import CohortInfo, cohort_options, cohort_preview, list_cohorts, save_cohort
+from pages._shared import SYNTHETIC_BADGE, current_role, current_user, plain, workspace
 
-__all__ = ["cohort_picker", "cohort_editor"]
+__all__ = ["cohort_select", "cohort_verdict", "cohort_editor"]
 
 _SYNTHETIC = {"auto": "Real data only (synthetic only when there is no real data)", "real": "Real data only",
               "synthetic": "Synthetic phantoms only", "both": "Real AND synthetic pooled (explicit)"}
@@ -28,11 +28,8 @@ def _title(info) -> str:
     return info.name
 
 
-def cohort_picker(key: str, *, n_folds: int | None = None) -> dict:
-    """Choose a cohort; shows what it selects now and whether an experiment may start on it with ``n_folds``.
-
-    Returns :func:`cadx.workflows.cohorts.cohort_preview`'s dict (``refused`` is the reason and fix, or None).
-    """
+def cohort_select(key: str) -> CohortInfo:
+    """Choose a cohort (a cohort just saved by :func:`cohort_editor` is chosen at once); returns it."""
     ws = workspace()
     cohorts = {c.name: c for c in list_cohorts(ws)}
     names = list(cohorts)
@@ -43,7 +40,16 @@ def cohort_picker(key: str, *, n_folds: int | None = None) -> dict:
         st.session_state[key] = DEFAULT_COHORT
     name = st.selectbox("Cohort (which ROIs the experiment uses)", names, key=key,
                         format_func=lambda n: _title(cohorts[n]))
-    preview = cohort_preview(ws, name, n_folds=n_folds)
+    return cohorts[name]
+
+
+def cohort_verdict(name: str, *, n_folds: int | None = None, minimum_per_fold: int | None = None) -> dict:
+    """What the cohort ``name`` selects now and whether an experiment may start on it with ``n_folds`` and the
+    guard rail ``minimum_per_fold`` (the refusal's fix in the page's words: its fields, never command-line flags).
+
+    Returns :func:`cadx.workflows.cohorts.cohort_preview`'s dict (``refused`` is the reason and fix, or None).
+    """
+    preview = cohort_preview(workspace(), name, n_folds=n_folds, minimum_per_fold=minimum_per_fold)
     counts = preview["counts"]
     st.caption(preview["summary"])
     patients, lesions, rois, identity = st.columns(4)
@@ -64,7 +70,7 @@ def cohort_picker(key: str, *, n_folds: int | None = None) -> dict:
     for note in preview["notes"]:
         st.info(note)
     if preview["refused"]:
-        st.error(f"Cohort **{name}** cannot be used for this experiment: {preview['refused']}")
+        st.error(f"Cohort **{plain(name)}** cannot be used for this experiment: {preview['refused']}")
     return preview
 
 
@@ -95,8 +101,12 @@ def cohort_editor(picker_key: str) -> None:
         chosen_runs = c10.multiselect("Import runs", list(runs), key="cohort_new_runs", placeholder="any",
                                       format_func=lambda i: f"#{i} {runs[i]['kind']} {runs[i]['source']} "
                                                             f"({runs[i]['n_imported']} ROIs)")
-        folds = c11.number_input("Folds", min_value=2, max_value=20, value=5, step=1, key="cohort_new_folds")
+        folds = c11.number_input("Folds", min_value=2, max_value=20, value=5, step=1, key="cohort_new_folds",
+                                 help="The folds every experiment on this cohort uses by default (the sweep "
+                                      "page starts from them).")
         description = st.text_input("Description (optional)", key="cohort_new_description")
+        replace = st.checkbox("Replace the saved cohort of this name", key="cohort_new_replace",
+                              help="Experiments run on the old definition keep their copy of it.")
         may_save = can(current_role(), "run")
         if not may_save:
             st.caption("Saving a cohort needs the reviewer role.")
@@ -106,9 +116,9 @@ def cohort_editor(picker_key: str) -> None:
                     sources=tuple(sources), synthetic=synthetic, lesion_types=tuple(types), labels=tuple(labels),
                     views=tuple(views), lateralities=tuple(sides), qc=qc, exclude_qc_flags=tuple(flags),
                     review=review, import_runs=tuple(chosen_runs), n_folds=int(folds), description=description)
-                info = save_cohort(ws, name, definition, user=current_user())
+                info = save_cohort(ws, name, definition, user=current_user(), replace=replace)
             except CadxInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc.on_page()))  # the fix in the page's words (no command-line flags)
             else:
                 st.session_state[f"{picker_key}_pending"] = info.name
                 st.toast(f"Cohort {info.name} saved.")

@@ -5,24 +5,28 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from cadx import words
-from cadx.errors import CadxInputError
+from cadx import cohorts, words
+from cadx.cohorts import FOLDS_FIELD, MINIMUM_FIELD
+from cadx.errors import CadxError, CadxInputError
+from cadx.planning import duration_words
 from cadx.records import EXPERIMENT_NAME_MAX
 from cadx.workflows import backbone_choices, backbone_status, list_experiments, sweep_table
 from cadx.workflows.accounts import can
-from cadx.workflows.experiments import DEFAULT_FOLDS, MAX_REPEATS, ExperimentSettings
+from cadx.workflows.experiments import MAX_REPEATS, SWEEP_PRESETS, ExperimentSettings, estimate_experiment
+from cadx.workflows.features import resolve_backbone
 from cadx.workflows.jobs import (
     cancel_job,
     ensure_worker,
     get_job,
     job_history,
+    kept_work,
     max_parallel_jobs,
     retry_job,
     submit_job,
 )
 from cadx.workflows.permutation import latest_permutation_test
 from cadx.workflows.results import best_tap_text
-from pages._cohorts import cohort_editor, cohort_picker
+from pages._cohorts import cohort_editor, cohort_select, cohort_verdict
 from pages._shared import (
     RANDOM_WEIGHTS_BADGE,
     SYNTHETIC_BADGE,
@@ -37,6 +41,8 @@ from pages._shared import (
 
 ws = workspace()
 WEIGHTS = {"default": "Pretrained (ImageNet)", "random": "Random (untrained)"}
+PRESET_WORDS = {"quick": f"Quick ({SWEEP_PRESETS['quick']} seed: a live demo)",
+                "full": f"Full ({SWEEP_PRESETS['full']} seeds: the numbers to quote)"}
 
 
 @st.cache_data(ttl=600, show_spinner="Checking which CNN backbone and weights are available…")
@@ -47,6 +53,31 @@ def _backbone_status() -> dict:
 @st.cache_resource(show_spinner=False)
 def _choices() -> dict:
     return backbone_choices()
+
+
+@st.cache_resource(show_spinner="Loading the backbone for the estimate…")
+def _loaded(backbone: str, weights: str):
+    return resolve_backbone(backbone, weights=weights)[0]
+
+
+@st.cache_data(ttl=600, show_spinner="Estimating the time on this machine…")
+def _estimate(backbone: str, weights: str, params: dict, n_experiments: int) -> dict:
+    # n_experiments: a new experiment's measured seconds refine the estimate, so it is part of the cache key
+    return estimate_experiment(ws, _loaded(backbone, weights), ExperimentSettings.from_params(params)).to_dict()
+
+
+def _show_estimate(backbone: str, weights: str, settings: ExperimentSettings) -> None:
+    """Before Start: how long the sweep will take here, with its range and what the rates were measured on."""
+    try:
+        planned = _estimate(backbone, weights, settings.to_params(), len(experiments))
+    except CadxError as exc:  # e.g. weights that are not on this machine: said above, the estimate waits
+        st.caption(f"No time estimate: {plain(exc)}")
+        return
+    st.info(f"Estimated time on this machine: **about {duration_words(planned['seconds'])}** "
+            f"({duration_words(planned['low'])} – {duration_words(planned['high'])}) for "
+            f"{planned['n_units']} units of work, from {planned['basis']}."
+            + ("" if settings.repeats == 1 else " For a live demo, the Quick preset (1 seed) is about "
+               f"{settings.repeats} times faster in the cross-validation."))
 
 
 def _badges(experiments: list[dict]) -> str:
@@ -73,17 +104,6 @@ experiments = list_experiments(ws)
 ACTIVE = ("queued", "running")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def _active_jobs() -> list:
     return [j for j in job_history(ws, limit=50) if j.status in ACTIVE]
 
@@ -105,11 +125,25 @@ def job_panel() -> None:
                 st.progress(0.0, text=f"queued: number {job.queue_position} in line ({job.message})")
             else:
                 st.progress(job.fraction, text=f"{job.fraction:.0%} · {job.message}")
-                eta = f" · about {_duration(job.eta_seconds)} left" if job.eta_seconds is not None else \
-                    " · estimating the time left"
-                st.caption(f"elapsed {_duration(job.seconds)}{eta}")
-            if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not can(current_role(), "run")):
-                cancel_job(ws, job.id, user=current_user())
+                left = job.eta  # smoothed per-unit cost, with its range (cadx.planning.EtaSmoother)
+                eta = f" · {left.words()} left" if left is not None else " · estimating the time left"
+                st.caption(f"elapsed {duration_words(job.seconds)}{eta}")
+            may = can(current_role(), "run")
+            if st.session_state.get("sweep_confirm_cancel") == job.id:
+                st.warning(f"Cancel job {job.id}? Its finished units ({kept_work(ws, job.id)} so far) are kept: "
+                           "Resume continues from them.")
+                yes, no = st.columns(2)
+                if yes.button(f"Yes, cancel job {job.id}", key=f"confirm_cancel_{job.id}", disabled=not may):
+                    cancel_job(ws, job.id, user=current_user())
+                    st.session_state.pop("sweep_confirm_cancel", None)
+                    if job.id not in st.session_state.setdefault("sweep_jobs", []):
+                        st.session_state["sweep_jobs"].append(job.id)  # so that Resume is offered below
+                    st.rerun()
+                if no.button("Keep it running", key=f"keep_job_{job.id}"):
+                    st.session_state.pop("sweep_confirm_cancel", None)
+                    st.rerun()
+            elif st.button("Cancel…", key=f"cancel_job_{job.id}", disabled=not may):
+                st.session_state["sweep_confirm_cancel"] = job.id
                 st.rerun()
     for job_id in reversed(st.session_state.get("sweep_jobs", [])[-3:]):
         job = get_job(ws, job_id)
@@ -121,7 +155,13 @@ def job_panel() -> None:
         elif job.status == "failed":
             st.error(f"Job {job.id} failed: {plain(job.error)}")
         else:
-            st.warning(f"Job {job.id} {job.status}: {plain(job.message)}")
+            st.warning(f"Job {job.id} {job.status}: {plain(job.message)}. Kept: {kept_work(ws, job.id)}.")
+            if job.status == "cancelled" and st.button(f"Resume job {job.id}", key=f"resume_job_{job.id}",
+                                                       disabled=not can(current_role(), "run")):
+                if retry_job(ws, job.id, user=current_user()):
+                    ensure_worker(ws)
+                    st.rerun()
+                st.error(f"Job {job.id} is still stopping at its next unit; resume it in a moment.")
     if active_at_start and not jobs:
         st.rerun()  # a job finished: redraw the page with its results
 
@@ -138,7 +178,7 @@ with st.expander("Job history (every user's jobs: done, failed with the reason, 
         st.dataframe(
             [{"job": h.id, "kind": h.kind, "name": h.name, "status": h.status, "by": h.created_by,
               "queued at": h.created_at.strftime("%Y-%m-%d %H:%M:%S") if h.created_at else "",
-              "took": _duration(h.seconds), "done": f"{h.fraction:.0%}", "attempts": h.attempts,
+              "took": duration_words(h.seconds), "done": f"{h.fraction:.0%}", "attempts": h.attempts,
               "experiment": h.experiment_id, "message / error": (h.error or h.message or "")[:300]}
              for h in history], hide_index=True)
         stopped = [h for h in history if h.status in ("failed", "cancelled")]
@@ -180,22 +220,60 @@ with st.expander("Start a sweep", expanded=not experiments):
     ensemble_tap = st.selectbox("Tap for SVM1 and the ensemble", info["taps"],
                                 index=info["taps"].index(info["ensemble_tap"]), key=f"sweep_ensemble_{backbone}",
                                 help="The paper used AlexNet's fc6. This tap is always part of the sweep.")
-    c1, c2, c3, c4 = st.columns(4)
     defaults = ExperimentSettings()  # the one home of the defaults (the CLI and the job runner read them too)
-    n_folds = c1.number_input("Folds (cross-validation by lesion)", min_value=2, max_value=10,
-                              value=defaults.n_folds or DEFAULT_FOLDS, step=1, key="sweep_folds")
-    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, step=1, key="sweep_seed")
-    repeats = c3.number_input("Repeats (seeds)", min_value=1, max_value=MAX_REPEATS, value=defaults.repeats, step=1,
-                              key="sweep_repeats",
+    # the cohort first: its folds are this sweep's folds unless chosen otherwise here (one place for the folds)
+    cohort_info = cohort_select("sweep_cohort")
+    cohort_folds = cohort_info.definition.n_folds
+    # another cohort (or the page opened again, which drops the field's state): start from the cohort's folds
+    if st.session_state.get("sweep_folds_of") != cohort_info.name or "sweep_folds" not in st.session_state:
+        st.session_state["sweep_folds_of"] = cohort_info.name
+        st.session_state["sweep_folds"] = cohort_folds
+    st.session_state.setdefault("sweep_repeats", defaults.repeats)
+    st.session_state.setdefault("sweep_min_lesions", cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD)
+
+    def _preset_changed() -> None:
+        st.session_state["sweep_repeats"] = SWEEP_PRESETS[st.session_state["sweep_preset"]]
+
+    st.radio("Preset", list(SWEEP_PRESETS), key="sweep_preset", horizontal=True, on_change=_preset_changed,
+             index=list(SWEEP_PRESETS).index("full"), format_func=PRESET_WORDS.get,
+             help="Quick: one seed, for a live demo (one split's luck). Full: the repeated cross-validation whose "
+                  "numbers are the ones to quote.")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    n_folds = c1.number_input(FOLDS_FIELD, min_value=2, max_value=20, step=1, key="sweep_folds",
+                              help="Starts from the cohort's folds.")
+    minimum = c2.number_input(MINIMUM_FIELD, min_value=1, max_value=50, step=1, key="sweep_min_lesions",
+                              help="The guard rail: a cohort with fewer lesions of a class than this per fold is "
+                                   f"refused (default {cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD}). Lower it only to "
+                                   "try the pipeline on a small set; the experiment records it.")
+    seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, step=1, key="sweep_seed")
+    repeats = c4.number_input("Repeats (seeds)", min_value=1, max_value=MAX_REPEATS, step=1, key="sweep_repeats",
                               help="Repeat the cross-validation with seeds seed, seed+1, …: the chart averages "
                                    "over them and shows the SD between seeds; the time grows in proportion. One "
                                    "seed is one split's luck.")
-    analytic = c4.checkbox("Also run SVM2 (analytic features) and the ensemble", value=defaults.analytic,
+    analytic = c5.checkbox("Also run SVM2 (analytic features) and the ensemble", value=defaults.analytic,
                            key="sweep_analytic")
-    cohort = cohort_picker("sweep_cohort", n_folds=int(n_folds))
+    folds_note = None
+    if int(n_folds) != cohort_folds:
+        folds_note = (f"Cohort {plain(cohort_info.name)} sets {cohort_folds} folds; this sweep uses "
+                      f"{int(n_folds)} (chosen here); the experiment records both.")
+        st.info(folds_note)
+    lowered = int(minimum) < cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD
+    if lowered:
+        st.warning(f"Guard rail lowered to {int(minimum)} lesions of each class per fold (default "
+                   f"{cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD}): fold AUCs on so few lesions move in coarse steps. "
+                   "The experiment records the lowered guard rail.")
+    cohort = cohort_verdict(cohort_info.name, n_folds=int(n_folds), minimum_per_fold=int(minimum))
     cohort_editor("sweep_cohort")
     name = st.text_input("Name", value=f"{backbone} sweep", max_chars=EXPERIMENT_NAME_MAX,
                          key=f"sweep_name_{backbone}")
+    settings = ExperimentSettings(
+        taps=tuple(t for t in info["taps"] if t in taps), ensemble_tap=ensemble_tap, analytic=analytic,
+        n_folds=int(n_folds), seed=int(seed), repeats=int(repeats), cohort=cohort["name"],
+        min_lesions_per_class_per_fold=int(minimum) if int(minimum) != cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD
+        else None,
+        extra={"folds_chosen_over_cohort": {"cohort": cohort_folds, "sweep": int(n_folds)}} if folds_note else {})
+    if taps and not cohort["refused"]:
+        _show_estimate(backbone, weights, settings)
     may_run = can(current_role(), "run")
     if not may_run:
         st.caption("Starting a sweep needs the reviewer role.")
@@ -208,9 +286,6 @@ with st.expander("Start a sweep", expanded=not experiments):
         if not taps:
             st.error("Choose at least one tap.")
         else:
-            settings = ExperimentSettings(taps=tuple(t for t in info["taps"] if t in taps),
-                                          ensemble_tap=ensemble_tap, analytic=analytic, n_folds=int(n_folds),
-                                          seed=int(seed), repeats=int(repeats), cohort=cohort["name"])
             params = {"backbone": backbone, "weights": weights, "name": name.strip() or f"{backbone} sweep",
                       **settings.to_params()}
             try:

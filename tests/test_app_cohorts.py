@@ -54,23 +54,57 @@ def test_the_sweep_page_shows_the_cohort_and_refuses_one_too_small_before_anythi
     assert _metrics(at)["ROIs (benign / malignant)"].endswith("/ 0)")
     assert any("one class only" in e.value for e in at.error)
 
-    # the same name again: a clear error, nothing saved twice
+    # the same name again: a clear error in the page's words (no command-line flag), nothing saved twice
     at.text_input(key="cohort_new_name").input("benign only").run()
     at.button(key="cohort_new_save").click().run()
-    assert any("exists already" in e.value for e in at.error)
+    errors = " ".join(e.value for e in at.error)
+    assert "exists already" in errors and "tick “Replace the saved cohort of this name”" in errors
+    assert "--replace" not in errors
+    at.checkbox(key="cohort_new_replace").check().run()
+    at.multiselect(key="cohort_new_labels").set_value(["malignant"]).run()
+    at.button(key="cohort_new_save").click().run()
+    assert not any("exists already" in e.value for e in at.error)
+    assert _metrics(at)["Lesions (benign / malignant)"] == "6 (0 / 6)"  # replaced: the malignant ones now
 
-    # with the guard rail lowered (12 lesions), the sweep starts and its job names the cohort
-    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)
+    # the guard rail's fix in the page's words: its fields, never "--folds" or "--min-lesions-per-fold"
     at.selectbox(key="sweep_cohort").select("paper").run()
-    assert not at.button(key="sweep_start").disabled
+    assert at.number_input(key="sweep_folds").value == 5  # the paper cohort's folds
+    at.number_input(key="sweep_folds").set_value(2).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "6 benign and 6 malignant lesions: fewer than 5" in errors and "--" not in errors
+    assert "keep 2 folds by setting “Minimum lesions of each class per fold” to 3" in errors
+    assert at.button(key="sweep_start").disabled
+    # the guard rail is a field of the page: lowered there, the sweep starts and its job records it
+    at.number_input(key="sweep_min_lesions").set_value(3).run()
+    assert not at.error and not at.button(key="sweep_start").disabled
+    assert any("Guard rail lowered to 3 lesions of each class per fold" in w.value for w in at.warning)
     at.button(key="sweep_start").click().run()
     ws = open_workspace(app_data)
     try:
         with ws.sessions() as session:
             job = session.scalars(select(Job).order_by(Job.id.desc())).first()
         assert job.params["cohort"] == "paper" and job.status == "queued"
+        assert job.params["min_lesions_per_class_per_fold"] == 3 and job.params["n_folds"] == 2
+        assert job.params["extra"] == {"folds_chosen_over_cohort": {"cohort": 5, "sweep": 2}}
     finally:
         ws.engine.dispose()
+
+
+def test_a_cohort_s_own_folds_are_the_sweep_page_s_default(app_data):
+    ws = open_workspace(app_data)
+    try:
+        from cadx.cohorts import CohortDefinition
+        from cadx.workflows.cohorts import save_cohort
+
+        save_cohort(ws, "two folds", CohortDefinition(n_folds=2), user="tester", replace=True)
+    finally:
+        ws.engine.dispose()
+    at = open_page("pages/sweep.py")
+    at.selectbox(key="sweep_cohort").select("two folds").run()
+    assert at.number_input(key="sweep_folds").value == 2  # not the page's 5 overriding the cohort's 2
+    assert not any("sets 2 folds" in i.value for i in at.info)  # the cohort's own: nothing to say
+    at.selectbox(key="sweep_cohort").select("all").run()
+    assert at.number_input(key="sweep_folds").value == 5
 
 
 def test_the_review_page_filters_by_cohort(app_data):

@@ -19,6 +19,7 @@ from cadx.records import EXPERIMENT_NAME_MAX, to_json
 from cadx.workflows import delete_experiment, experiment_results, import_demo, lesion_predictions, open_workspace
 from cadx.workflows.experiments import ExperimentSettings, experiment_summary, run_experiment
 from cadx.workflows.features import resolve_backbone
+from cadx.workflows.jobs import get_job
 from cadx.workflows.report import chromium_path
 from db.models import Experiment, Job, Prediction
 from tests.apptest_support import open_page, point_app_at
@@ -202,7 +203,18 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
     assert any("RANDOM (UNTRAINED) CNN WEIGHTS" in m.value for m in at.markdown)
     at.multiselect(key="sweep_taps_alexnet").set_value(["fc8"]).run()
     at.selectbox(key="sweep_ensemble_alexnet").select("fc8").run()
+    assert at.number_input(key="sweep_folds").value == 5  # the cohort's ("all": 5), one place for the folds
     at.number_input(key="sweep_folds").set_value(4).run()
+    # another choice than the cohort's is said in words (and recorded below)
+    assert any("Cohort all sets 5 folds; this sweep uses 4 (chosen here); the experiment records both." in i.value
+               for i in at.info)
+    at.radio(key="sweep_preset").set_value("quick").run()  # the live-demo preset: one seed
+    assert at.number_input(key="sweep_repeats").value == 1
+    # before Start: the time on this machine, from the stored experiment's measured seconds, with a range
+    estimate = next(i.value for i in at.info if i.value.startswith("Estimated time on this machine"))
+    # fc8 and Method B, one seed, 4 folds: 8 checkpointed units
+    assert "for 8 units of work, from the seconds measured by earlier experiments on this machine (2 taps" in estimate
+    assert " – " in estimate  # a range
     at.number_input(key="sweep_repeats").set_value(3).run()
     assert at.text_input(key="sweep_name_alexnet").max_chars == EXPERIMENT_NAME_MAX  # the one limit (Rename's too)
     at.text_input(key="sweep_name_alexnet").input("queued from the page").run()
@@ -220,11 +232,22 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
             "n_folds": 4, "seed": 0, "repeats": 3, "name": "queued from the page", "cohort": "all"}
         # the page writes ExperimentSettings as the job runner reads them back (one typed settings object)
         assert ExperimentSettings.from_params(job.params) == ExperimentSettings(
-            taps=("fc8",), ensemble_tap="fc8", n_folds=4, repeats=3, cohort="all")
+            taps=("fc8",), ensemble_tap="fc8", n_folds=4, repeats=3, cohort="all",
+            extra={"folds_chosen_over_cohort": {"cohort": 5, "sweep": 4}})
         assert any(f"Job {job.id}" in m.value for m in at.markdown)
+        # Cancel asks first (the finished units are kept), then offers Resume
         at.button(key=f"cancel_job_{job.id}").click().run()
-        with ws.sessions() as session:
-            assert session.get(Job, job.id).status == "cancelled"
+        assert get_job(ws, job.id).status == "queued"  # not yet: a question first
+        assert any(f"Cancel job {job.id}? Its finished units (0 finished units so far) are kept" in w.value
+                   for w in at.warning)
+        at.button(key=f"keep_job_{job.id}").click().run()
+        assert get_job(ws, job.id).status == "queued" and not at.button(key=f"cancel_job_{job.id}").disabled
+        at.button(key=f"cancel_job_{job.id}").click().run()
+        at.button(key=f"confirm_cancel_{job.id}").click().run()
+        assert get_job(ws, job.id).status == "cancelled"
+        at.button(key=f"resume_job_{job.id}").click().run()
+        assert not at.exception, at.exception
+        assert get_job(ws, job.id).status == "queued" and len(started) >= 2  # queued again, a worker asked for
     finally:
         ws.engine.dispose()
 
@@ -251,6 +274,7 @@ def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_hist
                 finished_at=now - timedelta(minutes=1)))
             session.execute(update(Job).where(Job.id == running).values(
                 status="running", slot=0, progress_done=4200, progress_total=10_000, eta_seconds=330.0,
+                eta_low_seconds=240.0, eta_high_seconds=480.0,
                 message="sweep: 23/55 folds x taps fitted (fc6 fold 3/5)", started_at=now - timedelta(seconds=200),
                 heartbeat_at=now, worker=me.label, worker_host=me.host, worker_pid=me.pid,
                 worker_started=me.started))
@@ -261,7 +285,8 @@ def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_hist
         assert f"**Job {queued}** · features · features · queued · by dave" in text
         import re
 
-        assert re.search(r"elapsed \d+ min \d\d s · about 5 min 30 s left", text), text  # started 200 s ago
+        # started 200 s ago; the smoothed time left with its range
+        assert re.search(r"elapsed \d+ min \d\d s · about 5 min 30 s \(4 min 00 s – 8 min 00 s\) left", text), text
         assert any(p.proto.text.startswith("42% · sweep: 23/55") for p in at.get("progress"))
         assert at.button(key="sweep_start").label == "Queue sweep"  # queues visibly behind the running job
         history = next(d.value for d in at.dataframe if "attempts" in d.value.columns)

@@ -73,6 +73,21 @@ def test_sweep_and_evaluate_write_their_json_and_refuse_bad_repeats(tmp_path):
     assert list(sweep["results"]["sweep"]) == ["fc7", "fc8"] and list(sweep["results"]["methods"]) == ["A"]
     assert sweep["uses_synthetic_data"] and "repeats" not in sweep["config"]  # one seed: the config as before
 
+    # --estimate: the time of a sweep on this machine, from the first sweep's measured seconds; nothing runs
+    result = runner.invoke(app, ["sweep", "--taps", "fc7,fc8", "--tap", "fc8", "--no-analytic", "--quick",
+                                 "--estimate", "--json", "-", *common])
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output[result.output.index("{"):])
+    assert planned["n_units"] == 2 * 1 * 5  # two taps x one seed (--quick) x five folds
+    assert "extract" not in planned["parts"]  # the features are stored: nothing to extract
+    # the same work as the first sweep (its taps' widths measured once each): exactly the seconds it recorded
+    assert planned["parts"]["sweep"] == pytest.approx(sum(v["seconds"] for v in sweep["results"]["sweep"].values()))
+    assert planned["low"] <= planned["seconds"] <= planned["high"]
+    text = " ".join(runner.invoke(app, ["sweep", "--taps", "fc8", "--tap", "fc8", "--no-analytic", "--estimate",
+                                        *common]).output.split())
+    assert "Estimated time on this machine: about" in text and "for 25 units of work (5 seeds)" in text
+    assert "from the seconds measured by earlier experiments on this machine" in text
+
     evaluate_json = tmp_path / "evaluate.json"
     result = runner.invoke(app, ["evaluate", "--tap", "fc8", "--seed", "1", "--repeats", "2", "--json",
                                  str(evaluate_json), *common])

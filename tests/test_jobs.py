@@ -375,6 +375,68 @@ def test_submitting_a_failed_job_again_resumes_from_its_checkpoints(demo, monkey
         f"resumed: 4 of {len(UNITS)} units restored from checkpoints, {len(UNITS) - 4} computed. experiment ")
 
 
+@pytest.mark.slow
+def test_a_cancelled_job_keeps_its_finished_units_and_resume_redoes_none_of_them(demo, monkeypatch):
+    """Issue 25.4: cancelling threw away 18 minutes of work in one click. Now a cancelled job keeps its checkpoints
+    and Resume (``retry_job``, the page's button) computes only the units it had not finished."""
+    import cadx.svm
+
+    real_fold = cadx.svm._run_fold
+    computed = []
+    job_id = submit_job(demo, "experiment", PARAMS, user="alice")
+
+    def cancelling_fold(*args, **kwargs):
+        computed.append(args[-1])
+        result = real_fold(*args, **kwargs)
+        if len(computed) == 3:  # the user cancels while the third fold runs: it still finishes and is kept
+            assert cancel_job(demo, job_id, user="alice")
+        return result
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", cancelling_fold)
+    monkeypatch.setattr(jobs, "_PROGRESS_WRITE_S", 0.0)  # every report reaches the row (and sees the cancel)
+    assert run_next_job(demo) == job_id
+    cancelled = get_job(demo, job_id)
+    assert cancelled.status == "cancelled" and cancelled.slot is None and cancelled.message == "cancelled by alice"
+    with demo.sessions() as session:
+        kept = set(session.scalars(select(JobCheckpoint.unit).where(JobCheckpoint.job_id == job_id)))
+    assert len(kept) == 3 and kept <= UNITS
+    assert jobs.kept_work(demo, job_id) == "3 finished units"  # what the page's Resume offer says
+
+    monkeypatch.setattr(cadx.svm, "_run_fold", lambda *a, **k: computed.append(a[-1]) or real_fold(*a, **k))
+    computed.clear()
+    assert retry_job(demo, job_id, user="alice")  # Resume
+    assert run_next_job(demo) == job_id
+    done = get_job(demo, job_id)
+    assert done.status == "done" and done.experiment_id is not None
+    assert len(computed) == len(UNITS) - 3  # no finished unit redone
+    assert done.message.startswith(f"resumed: 3 of {len(UNITS)} units restored from checkpoints, "
+                                   f"{len(UNITS) - 3} computed")
+
+
+def test_the_running_job_s_eta_is_smoothed_with_its_range(workspace, monkeypatch):
+    """The reporter's ETA is the smoother's: known unit times give the known time left and its range."""
+    clock = iter([0.0, 10.0, 20.0, 30.0, 70.0])
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(jobs, "_PROGRESS_WRITE_S", 0.0)
+    me = jobs._identity()
+    job_id = submit_job(workspace, "features", {}, user="alice")
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", worker=me.label))
+    report = jobs._Reporter(workspace, job_id, me)
+    report(0, 10, "start")
+    for done in (1, 2, 3):  # 10 s per unit
+        report(done, 10, f"unit {done}")
+    view = job_history(workspace)[0]
+    assert (view.eta_seconds, view.eta_low_seconds, view.eta_high_seconds) == pytest.approx((70.0, 70.0, 70.0))
+    report(4, 10, "a slow unit")  # 40 s: counted as 3x (the clip), weight 0.25 -> 10 * 3^0.25 s per unit
+    view = job_history(workspace)[0]
+    assert view.eta_seconds == pytest.approx(6 * 10 * 3 ** 0.25)
+    assert view.eta_low_seconds < view.eta_seconds < view.eta_high_seconds
+    assert view.eta.words().startswith("about 1 min 19 s (")
+    with workspace.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
+
+
 # ---------------------------------------------------------------------------------- stopping the app's server ---
 def _serve(data_dir: Path, tmp_path: Path) -> subprocess.Popen:
     """``streamlit run serve.py`` (what the Docker image runs) over ``data_dir`` on a free loopback port."""

@@ -104,7 +104,9 @@ def save_cohort(workspace: Workspace, name: str, definition: CohortDefinition, *
             row = session.scalar(select(Cohort).where(Cohort.name == name))
             if row is not None and not replace:
                 raise CadxInputError(f"cohort {name!r}", "exists already",
-                                     "choose another name, or replace it (--replace)")
+                                     "choose another name, or replace it (--replace)",
+                                     page_fix="choose another name, or tick “Replace the saved cohort of this "
+                                              "name” and save again")
             if row is None:
                 row = Cohort(name=name, definition=data, version=data["version"], created_by=user)
                 session.add(row)
@@ -275,15 +277,17 @@ def cohort_options(workspace: Workspace) -> dict[str, list[Any]]:
     }
 
 
-def cohort_preview(workspace: Workspace, cohort: str | None, *, n_folds: int | None = None) -> dict[str, Any]:
+def cohort_preview(workspace: Workspace, cohort: str | None, *, n_folds: int | None = None,
+                   minimum_per_fold: int | None = None) -> dict[str, Any]:
     """What a page shows before anything runs: the cohort's selection, counts, notes and the guard rails' verdict
-    (``refused``: the reason and the fix, or None when an experiment may start with ``n_folds`` folds)."""
+    (``refused``: the reason and the fix in the page's words, or None when an experiment may start with
+    ``n_folds`` folds and the guard rail ``minimum_per_fold``)."""
     resolved = resolve_cohort(workspace, cohort)
     try:
-        resolved.check(n_folds=n_folds)
+        resolved.check(n_folds=n_folds, minimum_per_fold=minimum_per_fold)
         refused = None
     except CadxInputError as exc:
-        refused = f"{exc.problem}. Fix: {exc.fix}"
+        refused = f"{exc.problem}. Fix: {exc.fix_on_page}"
     return {"name": resolved.name, "summary": resolved.definition.summary(),
             "description": resolved.definition.description, "n_folds": resolved.definition.n_folds,
             "counts": resolved.counts(), "synthetic_used": resolved.synthetic_used,

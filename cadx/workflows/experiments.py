@@ -38,6 +38,7 @@ from cadx import stats
 from cadx.cohorts import MIN_LESIONS_PER_CLASS_PER_FOLD, CohortDefinition
 from cadx.errors import CadxInputError
 from cadx.methods import METHODS, comparison_families, fusions
+from cadx.planning import TimeRange, scaled_estimate
 from cadx.records import (
     Binormal,
     Calibration,
@@ -78,9 +79,11 @@ from db.models import Experiment, Prediction, Roi
 if TYPE_CHECKING:  # cadx.svm loads scikit-learn: imported where the work is done, so pages start faster
     from cadx.svm import CvResult, SweepResult
 
-__all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "CohortStage", "CvStage", "ExperimentSettings",
-           "FeatureStage", "PROGRESS_SCALE", "StageMeter", "calibration_record", "code_version", "cohort_sha256",
-           "compare_methods", "cross_validate", "experiment_statistics", "experiment_summary", "json_safe",
+__all__ = ["DEFAULT_FOLDS", "DEFAULT_REPEATS", "MAX_REPEATS", "SWEEP_PRESETS", "CohortStage", "CvStage",
+           "ExperimentSettings",
+           "FeatureStage", "PROGRESS_SCALE", "StageMeter", "SweepEstimate", "calibrate", "calibration_record",
+           "code_version", "cohort_sha256", "compare_methods", "estimate_experiment", "measured_ratios",
+           "cross_validate", "experiment_statistics", "experiment_summary", "json_safe",
            "load_experiment", "method_statistics", "prepare_features", "read_statistics", "record_of",
            "repeated_cv_summary", "run_experiment", "select_cohort", "statistics_payload", "store_experiment"]
 
@@ -93,6 +96,10 @@ fold assignment is luck (EfficientNet ``stage6`` on MIAS: 0.629 on seed 0, 0.537
 
 MAX_REPEATS = 20
 """The most seeds one experiment may repeat its cross-validation with."""
+
+SWEEP_PRESETS: dict[str, int] = {"quick": 1, "full": DEFAULT_REPEATS}
+"""Seeds of each preset: ``quick`` (one seed, for a live demo: one split's luck) and ``full`` (the repeated
+cross-validation whose numbers are the ones to quote); the sweep page and ``cadx sweep --quick`` read them here."""
 
 DEFAULT_FOLDS: int = CohortDefinition.n_folds
 """The folds a form offers first: the presets' (``ExperimentSettings.n_folds=None`` takes the cohort's own)."""
@@ -589,6 +596,195 @@ def run_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettin
 
 
 _STATISTICS = "statistics"  # the name of the statistics stage's checkpoint
+
+
+# ------------------------------------------------------------------------------------------------ estimate ---
+_HISTORY = 20  # the newest experiments whose measured seconds calibrate an estimate
+_CALIBRATION_ROIS = 80  # the short calibration's random training set (one real nested CV of 2 folds)
+_CALIBRATION_WIDTH = 1024
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """How long an experiment will take on this machine, before it starts (``estimate_experiment``).
+
+    ``time``: the most likely seconds and a range; ``parts``: the most likely seconds of each stage (``extract``,
+    ``analytic``, ``sweep``, ``B``, ``statistics``); ``n_units``: the checkpointed units (tap x seed x fold, and
+    Method B's folds); ``basis``: in words, what the rates of this machine were measured on."""
+
+    time: TimeRange
+    parts: dict[str, float]
+    n_units: int
+    basis: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.time.seconds, "low": self.time.low, "high": self.time.high,
+                "parts": dict(self.parts), "n_units": self.n_units, "basis": self.basis}
+
+
+def _model_parts(n_rois: int, n_train: float, n_folds: int, repeats: int, widths: Mapping[str, int], *,
+                 n_extract: int, n_segment: int, analytic: bool) -> dict[str, float]:
+    """Seconds of each stage on the reference machine (the progress bar's cost model, with the real widths)."""
+    return {
+        "extract": n_extract * _SECONDS_PER_EXTRACTED_ROI,
+        "analytic": n_segment * _SECONDS_PER_SEGMENTED_ROI if analytic else 0.0,
+        "sweep": sum(repeats * n_folds * _fold_cost(n_train, w) for w in widths.values()),
+        "B": repeats * n_folds * _fold_cost(n_train, 21) if analytic else 0.0,
+        "statistics": _SECONDS_STATISTICS,
+    }
+
+
+def measured_ratios(workspace: Workspace, *, backbone: str | None = None) -> dict[str, list[float]]:
+    """This machine's measured / modelled seconds, from the records of the newest experiments: one ratio per
+    swept tap (its cross-validation's seconds over all seeds and folds; under ``"sweep"`` and, by the tap's
+    width, ``"sweep:<width>"``: the cost model misprices some widths, and the same width costs the same again),
+    one per Method B (its wall time), one per extraction of at least 8 ROIs with ``backbone``, and one for the
+    newest segmentations."""
+    from db.models import Segmentation
+
+    ratios: dict[str, list[float]] = {"sweep": [], "extract": [], "analytic": []}
+    with workspace.sessions() as session:
+        rows = session.execute(select(Experiment.config, Experiment.results)
+                               .order_by(Experiment.id.desc()).limit(_HISTORY)).all()
+        segmentations = list(session.scalars(select(Segmentation.seconds).order_by(Segmentation.id.desc())
+                                             .limit(200)))
+    for config, results in rows:
+        try:
+            n_folds, repeats = int(config["n_folds"]), int(config.get("repeats") or 1)
+            n_train = int(results["n_rois"]) * (n_folds - 1) / n_folds
+            for layer in (results.get("sweep") or {}).values():
+                width = int(layer["n_features"])
+                model = repeats * n_folds * _fold_cost(n_train, width)
+                if float(layer.get("seconds") or 0.0) > 0:
+                    ratios["sweep"].append(float(layer["seconds"]) / model)
+                    ratios.setdefault(f"sweep:{width}", []).append(float(layer["seconds"]) / model)
+            b_seconds = float(((results.get("methods") or {}).get("B") or {}).get("seconds") or 0.0)
+            if b_seconds > 0:  # the wall time of Method B's cross-validation, every seed
+                ratios.setdefault("B", []).append(b_seconds / (repeats * n_folds * _fold_cost(n_train, 21)))
+            extraction = results.get("extraction") or {}
+            if backbone in (None, config.get("backbone")) and int(extraction.get("n_extracted") or 0) >= 8:
+                ratios["extract"].append(float(extraction["seconds"])
+                                         / (int(extraction["n_extracted"]) * _SECONDS_PER_EXTRACTED_ROI))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a record from before these fields
+            continue
+    timed = [float(t) for t in segmentations if t and t > 0]
+    if len(timed) >= 8:
+        ratios["analytic"].append(float(np.mean(timed)) / _SECONDS_PER_SEGMENTED_ROI)
+    if "B" not in ratios:
+        ratios["B"] = list(ratios["sweep"])
+    return {part: values for part, values in ratios.items() if values}
+
+
+def calibrate(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage, *,
+              parts: Sequence[str]) -> dict[str, list[float]]:
+    """A short calibration of the ``parts`` no earlier run measured (a few seconds): one real nested
+    cross-validation (2 outer folds) on random features for ``sweep`` and ``B``, 16 ROIs through the backbone
+    for ``extract``, two of the cohort's ROIs segmented for ``analytic``; measured / modelled seconds each."""
+    ratios: dict[str, list[float]] = {}
+    if {"sweep", "B"} & set(parts):
+        from cadx.svm import cross_validate_by_lesion
+
+        rng = np.random.default_rng(0)
+        n, width = _CALIBRATION_ROIS, _CALIBRATION_WIDTH
+        y = np.arange(n) % 2
+        X = (rng.standard_normal((n, width)) + 0.3 * y[:, None]).astype(np.float32)
+        began = time.perf_counter()
+        cross_validate_by_lesion(X, y, np.arange(n), n_folds=2, n_inner=settings.n_inner, grid=settings.grid,
+                                 seed=0)
+        ratio = (time.perf_counter() - began) / (2 * _fold_cost(n / 2, width))
+        ratios["sweep"] = ratios["B"] = [ratio]
+    if "extract" in parts:
+        from cadx.cnn import extract_features
+
+        rois = np.random.default_rng(0).integers(0, 4096, size=(16, 512, 512), dtype=np.uint16)
+        began = time.perf_counter()
+        extract_features(rois, backbone=loaded, taps=cohort.sweep_taps, batch_size=16,
+                         precision=settings.precision)
+        ratios["extract"] = [(time.perf_counter() - began) / (16 * _SECONDS_PER_EXTRACTED_ROI)]
+    if "analytic" in parts and cohort.records:
+        from cadx.analytic import analyse_roi
+        from cadx.workflows.features import load_roi_pixels
+
+        sample = cohort.records[:2]
+        began = time.perf_counter()
+        for record in sample:
+            analyse_roi(load_roi_pixels(workspace, record), pixel_size_mm=0.1)
+        ratios["analytic"] = [(time.perf_counter() - began) / (len(sample) * _SECONDS_PER_SEGMENTED_ROI)]
+    return ratios
+
+
+_CALIBRATION_KEEP_S = 600.0  # a calibration stands for this long (a page re-estimates on every changed field)
+_calibrations: dict[tuple[Any, ...], tuple[float, dict[str, list[float]]]] = {}
+
+
+def _recent_calibration(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage,
+                        parts: Sequence[str]) -> dict[str, list[float]]:
+    """:func:`calibrate`, or its result of the last ``_CALIBRATION_KEEP_S`` seconds for the same work."""
+    key = (str(workspace.data_dir), loaded.name, loaded.weights.sha256, settings.precision, settings.n_inner,
+           json.dumps(settings.grid, sort_keys=True), cohort.sweep_taps, tuple(sorted(parts)))
+    now = time.monotonic()
+    kept = _calibrations.get(key)
+    if kept is None or now - kept[0] > _CALIBRATION_KEEP_S:
+        kept = (now, calibrate(workspace, loaded, settings, cohort, parts=parts))
+        _calibrations[key] = kept
+    return kept[1]
+
+
+def estimate_experiment(workspace: Workspace, loaded: Any, settings: ExperimentSettings) -> SweepEstimate:
+    """How long :func:`run_experiment` with ``settings`` will take on this machine, with a range, before it runs.
+
+    The cost model of the progress bar (seconds on the reference machine per stage, with the taps' real widths
+    and only the ROIs whose features are not stored yet) times the rates this machine measured: the seconds that
+    the newest experiments recorded per tap, extraction and segmentation (:func:`measured_ratios`), or, for a
+    stage no earlier run measured, a short calibration (:func:`calibrate`). The range is the spread of those
+    rates (``cadx.planning.scaled_estimate``). Refuses (``CadxInputError``) what ``run_experiment`` would refuse."""
+    from cadx.analytic import FEATURES_VERSION
+    from cadx.cnn import feature_preprocessing, tap_shapes
+    from cadx.workflows.features import feature_store
+    from db.models import Segmentation
+
+    _check_repeats(settings.repeats)
+    cohort = select_cohort(workspace, loaded, settings)
+    shapes = tap_shapes(cohort.backbone)
+    widths = {tap: int(np.prod(shapes[tap])) for tap in cohort.sweep_taps}
+    hashes = cohort.hashes
+    n_extract = len(feature_store(workspace).missing(
+        hashes, backbone=cohort.backbone, weights_sha256=loaded.weights.sha256, taps=cohort.sweep_taps,
+        preprocessing=feature_preprocessing(settings.precision)))
+    n_segment = 0
+    if settings.analytic:
+        with workspace.sessions() as session:
+            done = set(session.scalars(select(Segmentation.roi_sha256)
+                                       .where(Segmentation.version == FEATURES_VERSION)))
+        n_segment = len(set(hashes) - done)
+    model = _model_parts(len(hashes), cohort.n_train, cohort.n_folds, settings.repeats, widths,
+                         n_extract=n_extract, n_segment=n_segment, analytic=settings.analytic)
+    measured = measured_ratios(workspace, backbone=cohort.backbone)
+    needed = [part for part, cost in model.items() if cost > 0 and part != "statistics" and part not in measured]
+    calibrated = _recent_calibration(workspace, loaded, settings, cohort, needed) if needed else {}
+    ratios = {**calibrated, **measured}
+    # the sweep tap by tap: a width measured before takes its own rate, another the rate of every tap measured
+    del model["sweep"]
+    for width in widths.values():
+        key = f"sweep:{width}"
+        model[key] = model.get(key, 0.0) + settings.repeats * cohort.n_folds * _fold_cost(cohort.n_train, width)
+        ratios.setdefault(key, list(ratios["sweep"]))
+    parts: dict[str, float] = {}
+    for part, cost in model.items():
+        if cost > 0:
+            name = part.split(":")[0]
+            parts[name] = parts.get(name, 0.0) + scaled_estimate({part: cost}, ratios).seconds
+    n_runs = len(measured.get("sweep", []))
+    basis = []
+    if measured:
+        basis.append(f"the seconds measured by earlier experiments on this machine ({n_runs} taps swept"
+                     + (", extraction" if "extract" in measured else "")
+                     + (", segmentation" if "analytic" in measured else "") + ")")
+    if calibrated:
+        basis.append(f"a short calibration now ({', '.join(sorted(calibrated))})")
+    n_units = (len(cohort.sweep_taps) + (1 if settings.analytic else 0)) * settings.repeats * cohort.n_folds
+    return SweepEstimate(time=scaled_estimate(model, ratios), parts=parts, n_units=n_units,
+                         basis=" and ".join(basis))
 
 
 def statistics_payload(results: ExperimentResults) -> bytes:

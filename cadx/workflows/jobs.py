@@ -51,14 +51,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from cadx.errors import CadxError, CadxInputError
+from cadx.planning import EtaSmoother, TimeRange
 from cadx.private import open_private, write_private
 from cadx.records import experiment_name
 from cadx.workflows.workspace import Workspace
 from db.models import Job, JobCheckpoint
 
 __all__ = ["JOB_KINDS", "submit_job", "cancel_job", "retry_job", "list_jobs", "get_job", "job_history",
-           "run_next_job", "run_worker", "ensure_worker", "reap_dead_jobs", "max_parallel_jobs", "JobCancelled",
-           "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
+           "run_next_job", "run_worker", "ensure_worker", "kept_work", "reap_dead_jobs", "max_parallel_jobs",
+           "JobCancelled", "JobCheckpoints", "JobView", "JobInterrupted", "stop_workers"]
 
 JOB_KINDS = ("extract", "features", "experiment", "permutation")
 _PID_FILE = "worker.pid"
@@ -66,6 +67,7 @@ _MAX_ATTEMPTS = 3
 _PID_START_TOLERANCE_S = 1.0  # process start times are recorded to clock ticks
 _PROGRESS_WRITE_S = 2.0  # progress is written to the job row at most this often (and at the end)
 _STAGE = "stage"  # checkpoint rows "stage:<name>" hold a whole stage's output (JobCheckpoints.load_stage)
+_NO_ETA: dict[str, Any] = dict(eta_seconds=None, eta_low_seconds=None, eta_high_seconds=None)  # not running
 T = TypeVar("T")
 
 
@@ -188,7 +190,7 @@ def cancel_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
     with workspace.sessions.begin() as session:
         result = _updated(
             session, update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
-            .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now(), eta_seconds=None)
+            .values(status="cancelled", message=f"cancelled by {user}", finished_at=_now(), **_NO_ETA)
         )
         return result == 1
 
@@ -199,7 +201,7 @@ def retry_job(workspace: Workspace, job_id: int, *, user: str) -> bool:
         result = _updated(
             session, update(Job).where(Job.id == job_id, Job.status.in_(("failed", "cancelled")), Job.slot.is_(None))
             .values(status="queued", message=f"queued again by {user} (resumes from its checkpoints)",
-                    error=None, finished_at=None, attempts=0, eta_seconds=None)
+                    error=None, finished_at=None, attempts=0, **_NO_ETA)
         )
         return result == 1
 
@@ -236,6 +238,17 @@ class JobView:
     attempts: int
     experiment_id: int | None
     queue_position: int | None  # 1 = next to start
+    eta_low_seconds: float | None = None  # the range of the smoothed ETA (cadx.planning.EtaSmoother)
+    eta_high_seconds: float | None = None
+
+    @property
+    def eta(self) -> TimeRange | None:
+        """The time left with its range, while running and once estimated."""
+        if self.eta_seconds is None:
+            return None
+        low = self.eta_seconds if self.eta_low_seconds is None else self.eta_low_seconds
+        high = self.eta_seconds if self.eta_high_seconds is None else self.eta_high_seconds
+        return TimeRange(self.eta_seconds, low, high)
 
 
 @overload
@@ -266,8 +279,17 @@ def job_history(workspace: Workspace, *, limit: int = 50, kind: str | None = Non
             seconds=seconds, fraction=min(max(fraction, 0.0), 1.0),
             eta_seconds=j.eta_seconds if j.status == "running" else None, message=j.message, error=j.error,
             attempts=j.attempts, experiment_id=j.experiment_id,
-            queue_position=queued.index(j.id) + 1 if j.id in queued else None))
+            queue_position=queued.index(j.id) + 1 if j.id in queued else None,
+            eta_low_seconds=j.eta_low_seconds if j.status == "running" else None,
+            eta_high_seconds=j.eta_high_seconds if j.status == "running" else None))
     return views
+
+
+def kept_work(workspace: Workspace, job_id: int) -> str:
+    """What a job's checkpoints keep now, e.g. ``"3 finished units and the statistics stage"`` (a cancelled or
+    failed job resumes from them: ``retry_job``)."""
+    with workspace.sessions() as session:
+        return _kept_work(session, job_id)
 
 
 def _kept_work(session: Session, job_id: int) -> str:
@@ -301,12 +323,12 @@ def reap_dead_jobs(workspace: Workspace) -> list[int]:
             since = "" if job.heartbeat_at is None else \
                 f", no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
             if job.attempts >= _MAX_ATTEMPTS:
-                values = dict(status="failed", finished_at=now, eta_seconds=None, message="failed",
+                values = dict(status="failed", finished_at=now, **_NO_ETA, message="failed",
                               error=f"the worker running this job stopped {job.attempts} times (last: {job.worker}"
                                     f"{since}); {n_done} are kept: submit it again (Retry) to "
                                     "resume from them")
             else:
-                values = dict(status="queued", eta_seconds=None,
+                values = dict(status="queued", **_NO_ETA,
                               message=f"worker {job.worker} stopped{since}; queued again to resume from {n_done}")
             changed = _updated(session, update(Job).where(*same).values(slot=None, worker=None, **values))
         if changed == 1:
@@ -333,7 +355,7 @@ def _claim(workspace: Workspace, me: _Identity) -> Job | None:
                     update(Job).where(Job.id == candidate, Job.status == "queued")
                     .values(status="running", slot=free[0], worker=me.label, worker_host=me.host,
                             worker_pid=me.pid, worker_started=me.started, started_at=func.coalesce(Job.started_at, now),
-                            heartbeat_at=now, attempts=Job.attempts + 1, eta_seconds=None,
+                            heartbeat_at=now, attempts=Job.attempts + 1, **_NO_ETA,
                             message="started")
                 )
         except IntegrityError:  # another process took that slot at the same moment: look again
@@ -488,8 +510,9 @@ class _Heartbeat:
 
 
 class _Reporter:
-    """A progress callback that writes to the job row (throttled), estimates the ETA from the measured rate of
-    work and notices cancellation (or the job being taken from this worker) and a request to stop (``stop``).
+    """A progress callback that writes to the job row (throttled), estimates the ETA and its range from the
+    measured cost of each unit of work (``cadx.planning.EtaSmoother``) and notices cancellation (or the job being
+    taken from this worker) and a request to stop (``stop``).
     Progress is reported after a unit's checkpoint is saved, so stopping here loses no finished unit."""
 
     def __init__(self, workspace: Workspace, job_id: int, me: _Identity,
@@ -501,20 +524,18 @@ class _Reporter:
         self._last_write = 0.0
         self._last_call: float | None = None
         self._last_done = 0
-        self._work_seconds = 0.0
-        self._work_done = 0
+        self._smoother = EtaSmoother()  # per-unit cost, exponentially weighted: an ETA that does not swing
 
-    def _eta(self, done: int, total: int | None, now: float) -> float | None:
+    def _eta(self, done: int, total: int | None, now: float) -> TimeRange | None:
         if self._last_call is not None and done > self._last_done:
             dt = now - self._last_call
             if dt >= 0.05:  # units restored from checkpoints arrive in a burst: not a measure of the rate
-                self._work_seconds += dt
-                self._work_done += done - self._last_done
+                self._smoother.observe(dt, done - self._last_done)
         if done != self._last_done or self._last_call is None:
             self._last_call, self._last_done = now, done
-        if not total or self._work_done <= 0 or self._work_seconds <= 0:
+        if not total:
             return None
-        return max(total - done, 0) * self._work_seconds / self._work_done
+        return self._smoother.eta(max(total - done, 0))
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -529,7 +550,10 @@ class _Reporter:
                 update(Job).where(Job.id == self._job_id, Job.status == "running", Job.worker == self._me.label)
                 .values(progress_done=int(done),
                         progress_total=None if total is None else int(total),
-                        message=message[:250], heartbeat_at=_now(), eta_seconds=eta)
+                        message=message[:250], heartbeat_at=_now(),
+                        eta_seconds=None if eta is None else eta.seconds,
+                        eta_low_seconds=None if eta is None else eta.low,
+                        eta_high_seconds=None if eta is None else eta.high)
             )
         if updated == 0:
             raise JobCancelled(f"job {self._job_id} was cancelled or taken over")
@@ -594,7 +618,7 @@ def run_next_job(workspace: Workspace, *, stop: threading.Event | None = None) -
     except JobInterrupted:
         with workspace.sessions.begin() as session:
             session.execute(update(Job).where(*mine, Job.status == "running").values(
-                status="queued", attempts=Job.attempts - 1, eta_seconds=None,
+                status="queued", attempts=Job.attempts - 1, **_NO_ETA,
                 message=f"interrupted: worker {me.label} was stopped; queued again to resume from "
                         f"{_kept_work(session, job.id)}"))
             session.execute(update(Job).where(*mine).values(slot=None, worker=None))
@@ -604,13 +628,13 @@ def run_next_job(workspace: Workspace, *, stop: threading.Event | None = None) -
         with workspace.sessions.begin() as session:
             session.execute(update(Job).where(*mine, Job.status == "running")
                             .values(status="failed", error=detail, finished_at=_now(), message="failed",
-                                    eta_seconds=None))
+                                    **_NO_ETA))
             session.execute(update(Job).where(*mine).values(slot=None))
         return job.id
     with workspace.sessions.begin() as session:
         finished = _updated(session, update(Job).where(*mine, Job.status == "running")
                                    .values(status="done", message=message[:250], experiment_id=experiment_id,
-                                           finished_at=_now(), eta_seconds=None,
+                                           finished_at=_now(), **_NO_ETA,
                                            progress_done=func.coalesce(Job.progress_total, Job.progress_done))
                                    )
         session.execute(update(Job).where(*mine).values(slot=None))

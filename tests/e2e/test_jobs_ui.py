@@ -145,12 +145,12 @@ def _fill_sweep_form(page, url: str, *, taps: list[str], name: str, svm2: bool, 
         page.keyboard.press("Enter")
     page.keyboard.press("Escape")
     wait_for_app(page)
+    _choose(page, "Cohort (which ROIs", cohort)  # first: the folds start from the cohort's
     _number(page, "Folds (cross-validation by lesion)", 2)
     _number(page, "Repeats (seeds)", 1)
     if not svm2:
         page.get_by_text("Also run SVM2 (analytic features) and the ensemble").click()
         wait_for_app(page)
-    _choose(page, "Cohort (which ROIs", cohort)
     expect(page.get_by_text("cannot be used for this experiment")).to_have_count(0, timeout=120_000)
     box = page.get_by_label("Name", exact=True)
     box.fill(name)
@@ -244,6 +244,41 @@ def test_a_killed_worker_s_job_resumes_and_redoes_only_the_missing_units(jobs_se
     summary = experiment_summary(open_workspace(data), job.experiment_id)
     assert set(summary["results"]["sweep"]) == {"fc6", "fc8"} and "B" in summary["results"]["methods"]
     assert all(len(v["fold_aucs"]) == 2 for v in summary["results"]["sweep"].values())
+
+
+def test_cancel_asks_keeps_the_finished_units_and_resume_redoes_none(jobs_server, page, tmp_path):
+    """Issue 25.4: Cancel asks for confirmation, keeps the checkpoints and offers Resume, which redoes no finished
+    unit (today one click threw away 18 minutes of work)."""
+    url, data = jobs_server
+    first = _test_worker(data, tmp_path / "cancelled.log", fold_sleep=3, save_log=tmp_path / "first.units")
+    try:
+        _fill_sweep_form(page, url, taps=["fc8"], name="cancel then resume", svm2=False)
+        expect(page.get_by_text(re.compile(r"Estimated time on this machine: about .+ for 4 units of work"))
+               ).to_be_visible(timeout=180_000)  # before Start: fc6 and fc8 x 2 folds, one seed
+        job_id = _start(page, data, "cancel then resume", first)
+        _wait(lambda: len(_checkpoints(data, job_id)) >= 1, timeout=JOB_TIMEOUT_MS / 1000,
+              what="the first finished fold", process=first)
+        page.get_by_role("button", name="Cancel…").click()
+        expect(page.get_by_text(re.compile(rf"Cancel job {job_id}\? Its finished units .* are kept"))).to_be_visible()
+        assert get_job(open_workspace(data), job_id).status == "running"  # a question, not yet a cancel
+        page.get_by_role("button", name=f"Yes, cancel job {job_id}").click()
+        # the worker stops at its next unit boundary and frees the run slot; the finished units stay
+        _wait(lambda: (lambda j: j.status == "cancelled" and j.slot is None)(get_job(open_workspace(data), job_id)),
+              timeout=120, what="the job to stop", process=first)
+    finally:
+        first.terminate()
+        first.wait()
+    kept = {u for u, _ in _checkpoints(data, job_id)}
+    assert kept and kept == set((tmp_path / "first.units").read_text().split())
+    resume = page.get_by_role("button", name=f"Resume job {job_id}")
+    expect(resume).to_be_visible(timeout=60_000)
+    resume.click()  # the page queues it again and starts a worker, which restores the kept units
+    page.get_by_text(re.compile(rf"Job {job_id} finished: experiment #\d+")).wait_for(timeout=JOB_TIMEOUT_MS)
+    all_units = 2 * 2  # fc6 and fc8 x 2 folds (one seed, no SVM2)
+    expect(page.get_by_text(f"resumed: {len(kept)} of {all_units} units restored from checkpoints, "
+                            f"{all_units - len(kept)} computed")).to_be_visible()
+    job = get_job(open_workspace(data), job_id)
+    assert job.status == "done" and job.message.startswith(f"resumed: {len(kept)} of {all_units} units restored")
 
 
 def _mias_masses(mias_dir: Path) -> dict:
