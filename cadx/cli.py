@@ -920,7 +920,8 @@ Many = list[str] | None
 @cohort_app.command("create")
 def cohort_create_command(
     name: Annotated[str, typer.Argument(help="The cohort's name (letters, digits, spaces, _.+-).")],
-    source: Annotated[Many, typer.Option("--source", help="Dataset: mias, cbis-ddsm, local, demo (repeat).")] = None,
+    source: Annotated[Many, typer.Option("--source",
+                                         help="Dataset: mias, cbis-ddsm, ddsm, local, demo (repeat).")] = None,
     synthetic: Annotated[str, typer.Option(help="auto (real only when real data exists), real, synthetic, or both "
                                                 "(pool real and synthetic: explicit only).")] = "auto",
     lesion_type: Annotated[Many, typer.Option("--lesion-type", help="masses, calcifications, or a type: CIRC, SPIC, "

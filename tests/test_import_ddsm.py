@@ -167,7 +167,7 @@ def test_pixel_size_is_resolution_times_original_over_stored_size(workspace, tmp
     assert truth is not None and truth.sum() * 0.01 == pytest.approx(math.pi * 8.0 ** 2, rel=0.03)
 
 
-@pytest.mark.parametrize("case", ["no_ics", "chain_leaves_image", "view_without_image"])
+@pytest.mark.parametrize("case", ["no_ics", "chain_leaves_image", "view_without_image", "outline_missing"])
 def test_bad_ddsm_inputs_are_item_errors_naming_the_file_and_the_fix_with_nothing_written(workspace, tmp_path,
                                                                                          case):
     root = tmp_path / "synthetic-ddsm"
@@ -178,9 +178,12 @@ def test_bad_ddsm_inputs_are_item_errors_naming_the_file_and_the_fix_with_nothin
     elif case == "chain_leaves_image":
         _write_case(root / "9002", case="C-9002-1", chain=((3990, 1500), [4] * 20 + [2] * 5 + [0] * 20))
         expected = ("9002/C_9002_1.LEFT_CC.OVERLAY", "leaves the 4000 x 3000 image", "Fix: restore the .OVERLAY")
-    else:
+    elif case == "view_without_image":
         _write_case(root / "9002", case="C-9002-1", write_image=False)
         expected = ("9002/C_9002_1.LEFT_CC.OVERLAY", "C_9002_1.LEFT_CC.jpg is not in 9002/", "Fix: copy the view's")
+    else:  # the .ics says the view has an outline, but its .OVERLAY file is gone: an expert outline is not lost quietly
+        (_write_case(root / "9002", case="C-9002-1") / "C_9002_1.LEFT_CC.OVERLAY").unlink()
+        expected = ("9002/C-9002-1.ics", "LEFT_CC has an outline (OVERLAY), but no", "Fix: copy the view's .OVERLAY")
     before = _counts(workspace)
 
     report = import_ddsm(workspace, root, user="tester")

@@ -92,9 +92,10 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
     """Import CBIS-DDSM from its case-description CSVs and the DICOM tree under ``folder``.
 
     A lesion is patient + side + abnormality type + abnormality id; its CC and MLO rows become ROIs of that lesion.
-    The centre is the centroid of the ROI mask. Files are matched by folder, not by name (the CSVs say
-    ``000000.dcm`` where TCIA downloads say ``1-1.dcm``), and the mask is told from the crop by content: the mask is
-    binary and has the full image's size. ``pixel_size_mm`` is used for files whose header gives none.
+    The centre is the centroid of the ROI mask, and the mask is stored as the ROI's reference outline. Files are
+    matched by folder, not by name (the CSVs say ``000000.dcm`` where TCIA downloads say ``1-1.dcm``), and the mask
+    is told from the crop by content: the mask is binary and has the full image's size. ``pixel_size_mm`` is used
+    for files whose header gives none.
     """
     folder = Path(folder)
     rows: list[CbisRow] = []
@@ -164,7 +165,8 @@ def _read_dicom_with_fallback(path: Path, pixel_size_mm: float | None) -> cadx_i
 
 
 def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
-                      pixel_size_mm: float | None) -> tuple[tuple[float, float], float]:
+                      pixel_size_mm: float | None) -> tuple[tuple[float, float], float, np.ndarray]:
+    """The ROI mask's centroid, its extent in mm and the mask itself (the expert's outline: the reference)."""
     directory = folder / Path(row.mask_path).parts[0]
     candidates = _dicoms_under(directory, row)
     for path in candidates:
@@ -183,7 +185,7 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
         spacing = cadx_io.require_pixel_spacing(image, str(path))
         extent_rows = (rows_idx.max() - rows_idx.min() + 1) * spacing[0]
         extent_cols = (cols_idx.max() - cols_idx.min() + 1) * spacing[1]
-        return centre, float(max(extent_rows, extent_cols))
+        return centre, float(max(extent_rows, extent_cols)), inside
     raise ImageReadError(str(directory), f"no binary full-size ROI mask among {len(candidates)} DICOM file(s)",
                          "download the ROI mask series of this row from TCIA")
 
@@ -271,7 +273,14 @@ def _ddsm_case(folder: Path, case_dir: Path, report: ImportReport, view_names: S
         report.add(f"{where}/{ics_files[0].name}", "error", _ddsm_reason(exc))
         return []
     out: list[_DdsmView] = []
-    for overlay in sorted(case_dir.glob("*.OVERLAY")):
+    overlays = sorted(case_dir.glob("*.OVERLAY"))
+    for view in case.views.values():
+        if view.has_overlay and not any(p.name.endswith(f".{view.name}.OVERLAY") for p in overlays):
+            report.add(f"{where}/{ics_files[0].name}", "error",
+                       f"{ics_files[0].name} says {view.name} has an outline (OVERLAY), but no "
+                       f"*.{view.name}.OVERLAY file is in {where}/. Fix: copy the view's .OVERLAY file from the DDSM "
+                       "distribution into the case folder")
+    for overlay in overlays:
         name = f"{where}/{overlay.name}"
         view_name = next((v for v in view_names if overlay.name.endswith(f".{v}.OVERLAY")), None)
         if view_name is None or view_name not in case.views:
