@@ -231,3 +231,21 @@ def test_a_segmentation_off_the_imported_outline_by_a_known_shift_scores_the_dic
 
     assert radius == pytest.approx(r, rel=0.01)
     assert score.reference == "expert outline" and score.dice == pytest.approx(expected, abs=0.01)
+
+
+def test_a_failed_segmentation_of_an_outlined_lesion_scores_dice_zero(workspace, tmp_path):
+    """The expert saw a lesion where Method B found none: it counts, as Dice 0 with no boundary to measure."""
+    from cadx.analytic import FEATURES_VERSION
+
+    _write_case(tmp_path / "synthetic" / "9001")
+    assert import_ddsm(workspace, tmp_path / "synthetic", user="tester").committed
+    with workspace.sessions.begin() as session:
+        roi = session.scalar(select(Roi))
+        session.add(Segmentation(roi_sha256=roi.sha256, version=FEATURES_VERSION, quality="failed", mask_file=None,
+                                 features={}, seconds=0.0))
+
+    (score,) = segmentation_scores(workspace)
+
+    assert score.quality == "failed" and score.dice == 0.0 and score.boundary_mm is None
+    assert score.reference_mm2 == pytest.approx(math.pi * 8.0 ** 2, rel=0.03)
+    assert segmentation_scores(workspace, version="another-version") == []  # scored per feature version
