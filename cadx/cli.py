@@ -714,7 +714,8 @@ def report_command(
     level: Annotated[str, typer.Option(help="roi (every view) or lesion (mean of its ROIs).")] = "roi",
     data_dir: DataDir = None,
 ) -> None:
-    """Write an experiment's study report: cohort, methods, Fig. 3, Fig. 4, Table 1, tests, provenance."""
+    """Write an experiment's study report: cohort, methods, Fig. 3, Fig. 4, Table 1, segmentation against the
+    reference outlines, tests, provenance."""
     from cadx.workflows.report import write_report
 
     if level not in ("roi", "lesion"):

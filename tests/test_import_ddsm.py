@@ -165,6 +165,12 @@ def test_pixel_size_is_resolution_times_original_over_stored_size(workspace, tmp
         truth = decode_mask_png(workspace.path(roi.truth_mask_file).read_bytes())
     # an 8 mm disc on the 0.1 mm ROI grid
     assert truth is not None and truth.sum() * 0.01 == pytest.approx(math.pi * 8.0 ** 2, rel=0.03)
+    # before any segmentation, the review's ROI view draws the expert's outline, called that (not a phantom's truth)
+    from cadx.workflows import RoiFilters, browse_rois, roi_outline
+
+    (row,) = browse_rois(workspace, RoiFilters()).rows
+    outline = roi_outline(workspace, row)
+    assert outline is not None and outline.kind == "truth" and outline.description.startswith("the expert's outline")
 
 
 @pytest.mark.parametrize("case", ["no_ics", "chain_leaves_image", "view_without_image", "outline_missing"])
