@@ -24,6 +24,7 @@ from cadx.workflows import (
     dataset_stats,
     exclude_roi,
     import_cbis_ddsm,
+    import_ddsm,
     import_demo,
     import_dicom_folder,
     import_manifest,
@@ -164,6 +165,20 @@ def import_cbis_command(
         result = _run(lambda: import_cbis_ddsm(workspace, folder, csv, user=_user(user), pixel_size_mm=pixel_size_mm,
                                                skip_errors=skip_errors, allow_burned_in=allow_burned_in,
                                                progress=bar))
+    _finish(result, report)
+
+
+@import_app.command("ddsm")
+def import_ddsm_command(
+    folder: Annotated[Path, typer.Argument(help="Folder of DDSM case folders (each: C-NNNN-N.ics, the views' JPEGs "
+                                           "and their .OVERLAY outlines), as in mini-DDSM")],
+    data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False, report: ReportPath = None,
+) -> None:
+    """Import DDSM in its own format: .ics case files, views and .OVERLAY outlines (stored as reference outlines)."""
+    workspace = _workspace(data_dir)
+    with _ProgressBar() as bar:
+        result = _run(lambda: import_ddsm(workspace, folder, user=_user(user), skip_errors=skip_errors,
+                                          progress=bar))
     _finish(result, report)
 
 
@@ -356,8 +371,15 @@ def features_command(data_dir: DataDir = None,
                                                           "malignant AUC over the cohort's ROIs.")] = False,
                      cohort: Annotated[str | None, typer.Option(
                          "--cohort", help="Only this cohort's ROIs (default: every ROI; the report uses the "
-                                          "default cohort, all).")] = None) -> None:
-    """Method B: segment every ROI from its centre and compute analytic features (only ROIs not done yet)."""
+                                          "default cohort, all).")] = None,
+                     json_path: Annotated[Path | None, typer.Option(
+                         "--json", help="Write the segmentation scores against the reference outlines as JSON "
+                                        "here (one entry per ROI with dice and boundary_mm).")] = None) -> None:
+    """Method B: segment every ROI from its centre and compute analytic features (only ROIs not done yet).
+
+    ROIs with a reference outline (DDSM and CBIS-DDSM experts, synthetic phantoms) get their segmentation scored:
+    Dice and mean boundary distance in mm (--report prints them, --json writes them).
+    """
     from cadx.analytic import FEATURE_NAMES, feature_aucs
     from cadx.workflows.features import analytic_matrix, compute_analytic_features
 
@@ -379,6 +401,40 @@ def features_command(data_dir: DataDir = None,
             table.add_row(name, f"{aucs[name]:.3f}")
         _out.print(table)
         _out.print("segmentation quality: " + ", ".join(f"{q}: {quality.count(q)}" for q in sorted(set(quality))))
+    if report or json_path is not None:
+        _segmentation_scores(workspace, [r.id for r in chosen] if chosen is not None else None,
+                             printed=report, json_path=json_path)
+
+
+def _segmentation_scores(workspace: Workspace, roi_ids: list[int] | None, *, printed: bool,
+                         json_path: Path | None) -> None:
+    """Method B's segmentations against the reference outlines: a table and a summary, and/or JSON."""
+    from cadx.analytic import FEATURES_VERSION
+    from cadx.segscore import score_summary
+    from cadx.workflows.features import segmentation_scores
+
+    scores = _run(lambda: segmentation_scores(workspace, roi_ids))
+    summary = score_summary([s.dice for s in scores], [s.boundary_mm for s in scores])
+    if json_path is not None:
+        json_path.write_text(json.dumps({"version": FEATURES_VERSION, "summary": summary,
+                                         "rois": [s.to_dict() for s in scores]}, indent=2))
+        _out.print(f"segmentation scores written to {json_path}")
+    if not printed:
+        return
+    if not scores:
+        _out.print("No ROI has a reference outline (DDSM or CBIS-DDSM expert outline, phantom truth): no "
+                   "segmentation scored.")
+        return
+    table = Table(title=f"Method B segmentation against the reference outline ({len(scores)} ROIs)")
+    for column, justify in (("ROI", "right"), ("lesion", "left"), ("reference", "left"), ("quality", "left"),
+                            ("Dice", "right"), ("boundary mm", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for s in scores:
+        table.add_row(str(s.roi_id), s.lesion_key, s.reference, s.quality, f"{s.dice:.3f}", _f(s.boundary_mm, ".2f"))
+    _out.print(table)
+    _out.print(f"Dice median {_f(summary['dice_median'])} (IQR {_f(summary['dice_q1'])}-{_f(summary['dice_q3'])}); "
+               f"mean boundary distance median {_f(summary['boundary_mm_median'], '.2f')} mm "
+               f"(IQR {_f(summary['boundary_mm_q1'], '.2f')}-{_f(summary['boundary_mm_q3'], '.2f')} mm)")
 
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
@@ -683,7 +739,8 @@ def report_command(
     level: Annotated[str, typer.Option(help="roi (every view) or lesion (mean of its ROIs).")] = "roi",
     data_dir: DataDir = None,
 ) -> None:
-    """Write an experiment's study report: cohort, methods, Fig. 3, Fig. 4, Table 1, tests, provenance."""
+    """Write an experiment's study report: cohort, methods, Fig. 3, Fig. 4, Table 1, segmentation against the
+    reference outlines, tests, provenance."""
     from cadx.workflows.report import write_report
 
     if level not in ("roi", "lesion"):
@@ -889,7 +946,8 @@ Many = list[str] | None
 @cohort_app.command("create")
 def cohort_create_command(
     name: Annotated[str, typer.Argument(help="The cohort's name (letters, digits, spaces, _.+-).")],
-    source: Annotated[Many, typer.Option("--source", help="Dataset: mias, cbis-ddsm, local, demo (repeat).")] = None,
+    source: Annotated[Many, typer.Option("--source",
+                                         help="Dataset: mias, cbis-ddsm, ddsm, local, demo (repeat).")] = None,
     synthetic: Annotated[str, typer.Option(help="auto (real only when real data exists), real, synthetic, or both "
                                                 "(pool real and synthetic: explicit only).")] = "auto",
     lesion_type: Annotated[Many, typer.Option("--lesion-type", help="masses, calcifications, or a type: CIRC, SPIC, "

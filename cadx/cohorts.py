@@ -93,8 +93,8 @@ class CohortDefinition:
 
     Parameters
     ----------
-    sources : datasets by patient source: ``mias``, ``cbis-ddsm``, ``local`` (manifests, DICOM folders, uploads),
-        ``demo``.
+    sources : datasets by patient source: ``mias``, ``cbis-ddsm``, ``ddsm``, ``local`` (manifests, DICOM folders,
+        uploads), ``demo``.
     synthetic : one of :data:`SYNTHETIC_CHOICES`.
     lesion_types : registry codes (``CIRC``, ``mass``, ...), groups (``masses``, ``calcifications``) or ``unknown``.
     labels : ``benign`` and/or ``malignant``.

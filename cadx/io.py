@@ -42,6 +42,7 @@ __all__ = [
     "read_dicom",
     "read_image",
     "read_image_bytes",
+    "read_jpeg",
     "read_raster",
     "require_pixel_spacing",
     "to_uint16",
@@ -446,6 +447,20 @@ def read_raster(path: _PathLike, *, pixel_spacing_mm: float | tuple[float, float
             )
         raise _unknown_format_error(data, source)
     return _raster_from_bytes(data, source, fmt, spacing)
+
+
+def read_jpeg(path: _PathLike, *, pixel_spacing_mm: float | tuple[float, float] | None) -> Mammogram:
+    """Read a greyscale JPEG view, as datasets such as mini-DDSM distribute them (lossy: only where a dataset is
+    published that way; :func:`read_image` and the manifests keep refusing JPEG).
+
+    Parameters and result as :func:`read_raster` (``value_range`` ``(0, 255)``, ``source_format`` ``"jpeg"``).
+    """
+    source = os.fspath(path)
+    spacing = _validate_user_spacing(pixel_spacing_mm, source)
+    data = _read_file(path, source)
+    if data[:3] != b"\xff\xd8\xff":
+        raise ImageReadError(source, "this is not a JPEG file", "give the view's JPEG image as the dataset ships it")
+    return _raster_from_bytes(data, source, "jpeg", spacing)
 
 
 # ----------------------------------------------------------------------------------------------------------------

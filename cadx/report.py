@@ -26,11 +26,12 @@ from cadx.records import Comparison, ExperimentRecord, LevelResults, MethodRecor
 
 __all__ = ["DISCLAIMER", "ROI_PIXEL_MM", "SECTIONS", "CohortSummary", "LabelCounts", "ReportData", "render_report",
            "svg_line_chart", "methods_paragraph", "protocol_items", "roi_set_sha256", "summary_items",
-           "test_families_text", "chance_section", "power_section"]
+           "test_families_text", "chance_section", "power_section",
+           "segmentation_section"]
 
 #: Section ids of a report, in order (the test checks every one is present).
-SECTIONS = ("summary", "protocol", "cohort", "methods", "fig3", "fig4", "table1", "tests", "chance", "power",
-            "repeats", "provenance", "disclaimer")
+SECTIONS = ("summary", "protocol", "cohort", "methods", "fig3", "fig4", "table1", "segmentation", "tests", "chance",
+            "power", "repeats", "provenance", "disclaimer")
 
 DISCLAIMER = ("Research use only. Not a medical device. These results come from a retrospective research "
               "experiment and must not be used to diagnose, treat or manage any patient.")
@@ -155,6 +156,27 @@ class ReportData:
     permutation_caption: str = ""
     best_tap_line: str = ""
     power: list[tuple[PowerSummary, PowerSummary]] = field(default_factory=list)
+    segmentation: dict[str, Any] | None = None
+
+
+def segmentation_section(data: ReportData) -> str:
+    """The body of *Segmentation against the reference outline*: Method B's Dice and mean boundary distance over the
+    experiment's ROIs that have one (``cadx.segscore.score_summary`` with the count by reference and version)."""
+    seg = data.segmentation
+    if not seg or not seg.get("n"):
+        why = ("no Method B features" if data.experiment.config.analytic_version is None
+               else "no ROI of the experiment has a reference outline (DDSM or CBIS-DDSM expert outline, synthetic "
+                    "phantom truth)")
+        return f"<p>Not scored: {_e(why)}.</p>"
+    rows = [["Dice", seg["dice_median"], seg["dice_q1"], seg["dice_q3"]],
+            ["mean boundary distance (mm)", seg["boundary_mm_median"], seg["boundary_mm_q1"], seg["boundary_mm_q3"]]]
+    body = _table(["measure", "median", "Q1", "Q3"], rows, table_id="segmentation-table")
+    references = ", ".join(f"{n} against the {kind}" for kind, n in seg.get("by_reference", {}).items())
+    body += (f"<p>Method B's seeded segmentation (features {_e(seg['version'])}) of {_e(seg['n'])} ROIs scored "
+             f"against their reference outline ({_e(references)}): Dice 2|A∩B|/(|A|+|B|), 1 for perfect agreement; "
+             "mean boundary distance: the mean, over both outlines' boundary pixels, of the distance to the other "
+             "outline. A failed segmentation counts as Dice 0.</p>")
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------- helpers ---
@@ -736,6 +758,8 @@ def render_report(data: ReportData) -> str:
              "over folds, whose levels differ between folds: not the paper's AUC) with its DeLong 95 % CI; "
              "lesion AUC: ROIs averaged per lesion; binormal: ML fit.</p>")
     out.append(section("table1", "Table 1 — performance", body))
+    out.append(section("segmentation", "Segmentation against the reference outline (Method B)",
+                       segmentation_section(data)))
 
     tests = data.tests
     if tests:

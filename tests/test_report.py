@@ -9,6 +9,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -222,6 +223,14 @@ def test_report_on_demo_has_every_section_the_stored_numbers_and_no_external_res
     for value in (summary["config_sha256"], summary["code_version"], roi_set_sha256(config["roi_sha256"])):
         assert value in provenance
     assert "Not a medical device" in page.sections["disclaimer"]
+    # Method B against the phantoms' true outlines (issue 27.3): the median Dice over the experiment's ROIs
+    from cadx.workflows.features import segmentation_scores
+
+    scores = segmentation_scores(workspace, config["roi_ids"], version=config["analytic_version"])
+    assert len(scores) == len(config["roi_ids"])  # every phantom ROI has its truth
+    dice_row = _row(page, "segmentation-table", "Dice")
+    assert _value(dice_row[1]) == pytest.approx(float(np.median([s.dice for s in scores])), abs=5e-4)
+    assert f"{len(scores)} against the synthetic phantom truth" in " ".join(page.sections["segmentation"].split())
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from .browse import (
 )
 from .datasets import (
     import_cbis_ddsm,
+    import_ddsm,
     import_demo,
     import_dicom_folder,
     import_manifest,
@@ -96,6 +97,7 @@ __all__ = [
     "filter_options",
     "get_roi",
     "import_cbis_ddsm",
+    "import_ddsm",
     "import_demo",
     "import_dicom_folder",
     "import_manifest",

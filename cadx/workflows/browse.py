@@ -342,7 +342,8 @@ def lesion_view(workspace: Workspace, lesion_id: int) -> LesionView | None:
 
 
 def roi_outline(workspace: Workspace, roi: RoiRow) -> Outline | None:
-    """The outline to draw on ``roi``: its newest Method-B segmentation mask, else a synthetic phantom's truth."""
+    """The outline to draw on ``roi``: its newest Method-B segmentation mask, else its reference outline (a synthetic
+    phantom's truth, or an expert's outline from DDSM or CBIS-DDSM)."""
     with workspace.sessions() as session:
         seg = session.execute(
             select(Segmentation.mask_file, Segmentation.version, Segmentation.quality)
@@ -353,7 +354,9 @@ def roi_outline(workspace: Workspace, roi: RoiRow) -> Outline | None:
         return Outline("segmentation", seg[0], f"Method-B segmentation (version {seg[1]}, quality {seg[2]})")
     if roi.truth_mask_file and workspace.path(roi.truth_mask_file).exists():
         return Outline("truth", roi.truth_mask_file,
-                       "true outline of the synthetic phantom (ground truth; no segmentation computed yet)")
+                       "true outline of the synthetic phantom (ground truth; no segmentation computed yet)"
+                       if roi.is_synthetic else
+                       "the expert's outline (reference segmentation from the dataset; no segmentation computed yet)")
     return None
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cadx import io as cadx_io
-from cadx.errors import ImageReadError, ManifestError
+from cadx.errors import CadxInputError, ImageReadError, ManifestError
 from cadx.lesion_types import normalise_lesion_type
 from cadx.sources import (
     MIAS_PIXEL_MM,
@@ -24,10 +25,12 @@ from cadx.workflows.importing import LOCAL_SOURCE, Finding, ImportReport, Progre
 from cadx.workflows.workspace import Workspace
 
 if TYPE_CHECKING:
+    from cadx.ddsm import IcsView, OverlayAbnormality
     from cadx.phantoms import PhantomLesion, PhantomView
     from cadx.sources import MiasFinding
 
-__all__ = ["import_mias", "import_cbis_ddsm", "import_manifest", "import_dicom_folder", "import_demo", "import_upload"]
+__all__ = ["import_mias", "import_cbis_ddsm", "import_ddsm", "import_manifest", "import_dicom_folder", "import_demo",
+           "import_upload"]
 
 
 # ----------------------------------------------------------------------------------------------------- MIAS ---
@@ -89,9 +92,10 @@ def import_cbis_ddsm(workspace: Workspace, folder: str | Path, csv_paths: Sequen
     """Import CBIS-DDSM from its case-description CSVs and the DICOM tree under ``folder``.
 
     A lesion is patient + side + abnormality type + abnormality id; its CC and MLO rows become ROIs of that lesion.
-    The centre is the centroid of the ROI mask. Files are matched by folder, not by name (the CSVs say
-    ``000000.dcm`` where TCIA downloads say ``1-1.dcm``), and the mask is told from the crop by content: the mask is
-    binary and has the full image's size. ``pixel_size_mm`` is used for files whose header gives none.
+    The centre is the centroid of the ROI mask, and the mask is stored as the ROI's reference outline. Files are
+    matched by folder, not by name (the CSVs say ``000000.dcm`` where TCIA downloads say ``1-1.dcm``), and the mask
+    is told from the crop by content: the mask is binary and has the full image's size. ``pixel_size_mm`` is used
+    for files whose header gives none.
     """
     folder = Path(folder)
     rows: list[CbisRow] = []
@@ -161,7 +165,8 @@ def _read_dicom_with_fallback(path: Path, pixel_size_mm: float | None) -> cadx_i
 
 
 def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
-                      pixel_size_mm: float | None) -> tuple[tuple[float, float], float]:
+                      pixel_size_mm: float | None) -> tuple[tuple[float, float], float, np.ndarray]:
+    """The ROI mask's centroid, its extent in mm and the mask itself (the expert's outline: the reference)."""
     directory = folder / Path(row.mask_path).parts[0]
     candidates = _dicoms_under(directory, row)
     for path in candidates:
@@ -180,9 +185,198 @@ def _centre_from_mask(folder: Path, row: CbisRow, image: cadx_io.Mammogram,
         spacing = cadx_io.require_pixel_spacing(image, str(path))
         extent_rows = (rows_idx.max() - rows_idx.min() + 1) * spacing[0]
         extent_cols = (cols_idx.max() - cols_idx.min() + 1) * spacing[1]
-        return centre, float(max(extent_rows, extent_cols))
+        return centre, float(max(extent_rows, extent_cols)), inside
     raise ImageReadError(str(directory), f"no binary full-size ROI mask among {len(candidates)} DICOM file(s)",
                          "download the ROI mask series of this row from TCIA")
+
+
+# ----------------------------------------------------------------------------------------------------- DDSM ---
+@dataclass(frozen=True)
+class _DdsmView:
+    """One outlined abnormality of one view, checked and ready to become a finding."""
+
+    name: str  # report item name: "0029/C_0029_1.LEFT_CC.OVERLAY abnormality 1"
+    case: str
+    view: IcsView
+    image: Path
+    stored_shape: tuple[int, int]
+    abnormality: OverlayAbnormality
+
+    @property
+    def lesion_key(self) -> str:
+        # DDSM numbers a case's abnormalities per breast: one number in the CC and MLO overlays is one lesion.
+        return f"{self.case}/{self.view.side}/{self.abnormality.number}"
+
+
+def import_ddsm(workspace: Workspace, folder: str | Path, *, user: str, skip_errors: bool = False,
+                progress: Progress | None = None) -> ImportReport:
+    """Import DDSM cases in their own format (the mini-DDSM layout): under ``folder``, each case folder holds its
+    ``.ics`` case file, the views (``C_NNNN_N.LEFT_CC.jpg``, ...) and one ``.OVERLAY`` file per outlined view.
+
+    Each outlined abnormality of a view becomes an ROI; the CC and MLO outlines of one abnormality number are two
+    views of one lesion. The centre is the outline's centroid and the outline itself is stored as the ROI's
+    reference segmentation (``Roi.truth_mask_file``). Pixel size per view: the ``.ics`` RESOLUTION times the
+    original size over the stored size. The lesion keeps its DDSM type, shape and margins (or calcification type
+    and distribution), assessment and subtlety in ``Lesion.truth``; study date and age are never stored.
+
+    A case without its ``.ics`` file, an outline leaving its image or a view without its image is an item error
+    naming the file and the fix; with any error nothing is written unless ``skip_errors``.
+    """
+    from cadx.ddsm import VIEW_NAMES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(str(folder), "is not a folder", "give the folder holding the DDSM case folders")
+    source = _opaque_name(workspace.pseudonym_key(), folder.name, prefix="folder")
+    report = ImportReport(kind="ddsm", source=source)
+    case_dirs = sorted({p.parent for pattern in ("*.ics", "*.OVERLAY") for p in folder.rglob(pattern)})
+    if not case_dirs:
+        raise ManifestError(str(folder), "holds no DDSM case (no .ics or .OVERLAY file in it or below)",
+                            "give the folder holding the DDSM case folders (each with C-NNNN-N.ics)")
+    views: list[_DdsmView] = []
+    for case_dir in case_dirs:
+        views.extend(_ddsm_case(folder, case_dir, report, VIEW_NAMES))
+    by_lesion: dict[str, list[_DdsmView]] = {}
+    for view in views:
+        by_lesion.setdefault(view.lesion_key, []).append(view)
+    usable = []
+    for group in by_lesion.values():
+        if len({v.abnormality.label for v in group}) > 1:
+            for view in group:
+                report.add(view.name, "skipped", "its views disagree on pathology ("
+                           + ", ".join(f"{v.view.view}: {v.abnormality.pathology}" for v in group) + "); not imported",
+                           code="conflicting_pathology")
+        else:
+            usable.extend(group)
+    usable.sort(key=lambda v: (str(v.image), v.abnormality.number))
+    return run_import(workspace, (f for v in usable if (f := _ddsm_finding(v, report)) is not None), kind="ddsm",
+                      source=source, user=user, report=report, skip_errors=skip_errors,
+                      total_images=len({v.image for v in usable}), progress=progress)
+
+
+def _ddsm_case(folder: Path, case_dir: Path, report: ImportReport, view_names: Sequence[str]) -> list[_DdsmView]:
+    """The outlined views of one case folder; its problems go to ``report`` as item errors."""
+    from cadx.ddsm import parse_ics, parse_overlay
+
+    where = case_dir.relative_to(folder).as_posix() if case_dir != folder else case_dir.name
+    ics_files = sorted(case_dir.glob("*.ics"))
+    if len(ics_files) != 1:
+        problem = ("has no .ics case file" if not ics_files
+                   else f"has {len(ics_files)} .ics files ({', '.join(p.name for p in ics_files)})")
+        report.add(f"{where}/", "error", f"the case folder {problem}: without it the views' original size and pixel "
+                   "size are unknown. Fix: put the case's own C-NNNN-N.ics file (from the DDSM distribution) in the "
+                   "folder, one per case folder")
+        return []
+    try:
+        case = parse_ics(ics_files[0])
+    except CadxInputError as exc:
+        report.add(f"{where}/{ics_files[0].name}", "error", _ddsm_reason(exc))
+        return []
+    out: list[_DdsmView] = []
+    overlays = sorted(case_dir.glob("*.OVERLAY"))
+    for view in case.views.values():
+        if view.has_overlay and not any(p.name.endswith(f".{view.name}.OVERLAY") for p in overlays):
+            report.add(f"{where}/{ics_files[0].name}", "error",
+                       f"{ics_files[0].name} says {view.name} has an outline (OVERLAY), but no "
+                       f"*.{view.name}.OVERLAY file is in {where}/. Fix: copy the view's .OVERLAY file from the DDSM "
+                       "distribution into the case folder")
+    for overlay in overlays:
+        name = f"{where}/{overlay.name}"
+        view_name = next((v for v in view_names if overlay.name.endswith(f".{v}.OVERLAY")), None)
+        if view_name is None or view_name not in case.views:
+            report.add(name, "error", f"the file name names no view of {ics_files[0].name} "
+                       f"({', '.join(case.views)}). Fix: keep DDSM's names, C_NNNN_N.<SIDE>_<VIEW>.OVERLAY")
+            continue
+        try:
+            abnormalities = parse_overlay(overlay)
+        except CadxInputError as exc:
+            report.add(name, "error", _ddsm_reason(exc))
+            continue
+        image = _ddsm_view_image(overlay)
+        if image is None:
+            for abnormality in abnormalities:
+                report.add(f"{name} abnormality {abnormality.number}", "error",
+                           f"the view {view_name} has an outline but no image: "
+                           f"{overlay.name.removesuffix('.OVERLAY')}.jpg is not in {where}/. Fix: copy the view's "
+                           "image (the mini-DDSM JPEG) next to its .OVERLAY file, or remove the .OVERLAY file")
+            continue
+        try:
+            stored_shape = _jpeg_shape(image)
+        except CadxInputError as exc:
+            report.add(f"{where}/{image.name}", "error", _ddsm_reason(exc))
+            continue
+        out.extend(_DdsmView(f"{name} abnormality {a.number}", case.case, case.views[view_name], image,
+                              stored_shape, a) for a in abnormalities)
+    return out
+
+
+def _ddsm_view_image(overlay: Path) -> Path | None:
+    stem = overlay.name.removesuffix(".OVERLAY")
+    candidates = (overlay.with_name(stem + suffix) for suffix in (".jpg", ".jpeg", ".JPG", ".JPEG"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _jpeg_shape(path: Path) -> tuple[int, int]:
+    """(rows, columns) from the JPEG's header, without decoding it."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(str(path), f"the JPEG cannot be read ({exc})", "copy the view's image again") from None
+
+
+def _ddsm_reason(exc: CadxInputError) -> str:
+    # DDSM's file names are the dataset's public case ids (never a patient's): the file is named, not its full path.
+    where = Path(exc.source.split(",")[0]).name
+    rest = exc.source.partition(",")[2].strip()
+    return f"{where}{f' ({rest})' if rest else ''}: {exc.problem}. Fix: {exc.fix}"
+
+
+def _ddsm_finding(view: _DdsmView, report: ImportReport) -> Finding | None:
+    """The finding of one outlined view, or None (reported) when its outline does not fit its image."""
+    from cadx.ddsm import outline_mask, stored_pixel_mm
+
+    abnormality = view.abnormality
+    try:
+        mask = outline_mask(abnormality.boundary, view.view, view.stored_shape,
+                            source=f"{abnormality.path.name}, abnormality {abnormality.number}")
+    except CadxInputError as exc:
+        report.add(view.name, "error", _ddsm_reason(exc))
+        return None
+    if not mask.any():
+        report.add(view.name, "error", f"{abnormality.path.name}: the outline encloses no pixel of the stored view. "
+                   "Fix: restore the .OVERLAY file from the DDSM distribution")
+        return None
+    spacing = stored_pixel_mm(view.view, view.stored_shape)
+    rows, cols = np.nonzero(mask)
+    size_mm = max((rows.max() - rows.min() + 1) * spacing[0], (cols.max() - cols.min() + 1) * spacing[1])
+    original = f"{view.view.lines}x{view.view.pixels_per_line}"
+    descriptors = {k.lower(): v for k, v in abnormality.descriptors.items()}
+    return Finding(
+        name=view.name,
+        image_key=str(view.image),
+        load_image=lambda: cadx_io.read_jpeg(view.image, pixel_spacing_mm=spacing),
+        image_name=f"{view.case}/{view.image.name}",
+        patient_source="ddsm",
+        patient_key=view.case,
+        lesion_key=view.lesion_key,
+        label=abnormality.label,
+        pathology_source=f"DDSM overlay ({abnormality.pathology})",
+        lesion_type=normalise_lesion_type(abnormality.lesion_type.lower()),
+        lesion_size_mm=float(size_mm),
+        centre_rc=(float(rows.mean()), float(cols.mean())),
+        centre_source="centroid of the DDSM outline (.OVERLAY chain code)",
+        view=view.view.view,
+        laterality=view.view.side[0],
+        pixel_spacing_source=(f"DDSM .ics {view.view.micron:g} um x original {original} / stored "
+                              f"{view.stored_shape[0]}x{view.stored_shape[1]}"),
+        lesion_truth={"source": "DDSM overlay", "lesion_type": abnormality.lesion_type, **descriptors,
+                      "assessment": abnormality.assessment, "subtlety": abnormality.subtlety,
+                      "pathology": abnormality.pathology},
+        truth_mask=mask,
+    )
 
 
 # ------------------------------------------------------------------------------------ manifests and DICOM ---

@@ -43,6 +43,8 @@ __all__ = [
     "compute_analytic_features",
     "analytic_matrix",
     "cnn_tap_loader",
+    "SegmentationScoreRow",
+    "segmentation_scores",
 ]
 
 _BATCH_COMMIT = 25  # analytic results committed in batches: a killed run keeps what it finished
@@ -333,3 +335,63 @@ def analytic_matrix(workspace: Workspace, hashes: list[str]) -> tuple[np.ndarray
     X = np.array([[np.nan if rows[h].features.get(name) is None else rows[h].features[name]
                    for name in FEATURE_NAMES] for h in hashes], dtype=np.float64)
     return X, list(FEATURE_NAMES), [rows[h].quality for h in hashes]
+
+
+# ------------------------------------------------------------------------------- Method B against the expert ---
+@dataclass(frozen=True)
+class SegmentationScoreRow:
+    """Method B's segmentation of one ROI scored against the ROI's reference outline (:mod:`cadx.segscore`)."""
+
+    roi_id: int
+    lesion_key: str
+    reference: str  # "expert outline" or "synthetic phantom truth"
+    quality: str  # of the segmentation
+    dice: float
+    boundary_mm: float | None
+    segmented_mm2: float
+    reference_mm2: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roi_id": self.roi_id, "lesion": self.lesion_key, "reference": self.reference,
+                "quality": self.quality, "dice": self.dice, "boundary_mm": self.boundary_mm,
+                "segmented_mm2": self.segmented_mm2, "reference_mm2": self.reference_mm2}
+
+
+def segmentation_scores(workspace: Workspace, roi_ids: Iterable[int] | None = None, *,
+                        version: str | None = None) -> list[SegmentationScoreRow]:
+    """Dice and mean boundary distance of Method B's segmentation against the reference outline, for every ROI
+    (of ``roi_ids``, default all) that has one and has been segmented with ``version`` (default: the current
+    ``cadx.analytic.FEATURES_VERSION``). ROIs without a reference outline or not segmented yet are left out.
+
+    A failed segmentation (no mask) scores Dice 0 and no boundary distance: it still counts, as the expert saw a
+    lesion there.
+    """
+    from cadx.analytic import FEATURES_VERSION
+    from cadx.outline import decode_mask_png
+    from cadx.roi import ROI_PIXEL_MM
+    from cadx.segscore import score_segmentation
+
+    version = version or FEATURES_VERSION
+    query = (select(Roi.id, Roi.truth_mask_file, Roi.is_synthetic, Lesion.key, Segmentation.quality,
+                    Segmentation.mask_file)
+             .join(Lesion, Roi.lesion_id == Lesion.id)
+             .join(Segmentation, (Segmentation.roi_sha256 == Roi.sha256) & (Segmentation.version == version))
+             .where(Roi.truth_mask_file.is_not(None)).order_by(Roi.id))
+    wanted = None if roi_ids is None else {int(i) for i in roi_ids}
+    with workspace.sessions() as session:
+        rows = [r for r in session.execute(query).all() if wanted is None or r[0] in wanted]
+    out = []
+    for roi_id, truth_file, synthetic, lesion_key, quality, mask_file in rows:
+        reference = decode_mask_png(workspace.path(str(truth_file)).read_bytes())
+        assert reference is not None  # no shape asked for: always a mask
+        if mask_file:
+            mask = decode_mask_png(workspace.path(mask_file).read_bytes(), shape=reference.shape)
+            if mask is None:
+                raise ValueError(f"ROI {roi_id}: its segmentation and its reference outline differ in size")
+        else:
+            mask = np.zeros_like(reference)
+        score = score_segmentation(mask, reference, pixel_size_mm=ROI_PIXEL_MM)
+        out.append(SegmentationScoreRow(roi_id, lesion_key,
+                                        "synthetic phantom truth" if synthetic else "expert outline", quality,
+                                        score.dice, score.boundary_mm, score.segmented_mm2, score.reference_mm2))
+    return out

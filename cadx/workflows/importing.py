@@ -117,8 +117,10 @@ class Finding:
     pathology_source: str
     centre_source: str
     centre_rc: tuple[float, float] | None = None
-    # For centres derived from the image itself (CBIS-DDSM masks): returns (centre_rc, lesion size in mm).
-    locate: Callable[[cadx_io.Mammogram], tuple[tuple[float, float], float | None]] | None = None
+    # For centres derived from the image itself (CBIS-DDSM masks): returns (centre_rc, lesion size in mm, the
+    # lesion's outline as a bool (H, W) mask in source pixels or None); the outline becomes the reference outline.
+    locate: Callable[[cadx_io.Mammogram],
+                     tuple[tuple[float, float], float | None, np.ndarray | None]] | None = None
     lesion_type: str | None = None
     lesion_size_mm: float | None = None
     view: str | None = None
@@ -126,7 +128,8 @@ class Finding:
     pixel_spacing_source: str | None = None  # overrides the reader's (e.g. the dataset's documented size)
     is_synthetic: bool = False
     lesion_truth: dict[str, Any] | None = None
-    truth_mask: np.ndarray | None = None  # bool (H, W) in source pixels: a phantom's true outline
+    # bool (H, W) in source pixels: the reference outline (a phantom's truth, a DDSM expert's outline)
+    truth_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -348,8 +351,10 @@ def _prepare_image(
             report.add(finding.name, "skipped", "already imported (same image file and lesion)")
             continue
         try:
+            outline = finding.truth_mask
             if finding.locate is not None:
-                centre, size_mm = finding.locate(image)
+                centre, size_mm, located = finding.locate(image)
+                outline = located if outline is None else outline
             elif finding.centre_rc is not None:
                 centre, size_mm = finding.centre_rc, finding.lesion_size_mm
             else:
@@ -374,8 +379,8 @@ def _prepare_image(
         if created:
             created_files.append(workspace.path(relative))
         truth_file = None
-        if finding.truth_mask is not None:
-            truth = cadx_roi.crop_mask(finding.truth_mask, centre_rc=centre, pixel_spacing_mm=image.pixel_spacing_mm)
+        if outline is not None:
+            truth = cadx_roi.crop_mask(outline, centre_rc=centre, pixel_spacing_mm=image.pixel_spacing_mm)
             truth_file, created = _store_truth_png(workspace.data_dir, sha, truth)
             if created:
                 created_files.append(workspace.path(truth_file))

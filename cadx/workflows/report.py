@@ -125,8 +125,25 @@ def report_data(workspace: Workspace, experiment_id: int, *, level: str = "roi",
         roi_set_sha256=roi_set,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generator=f"cadx {cadx.__version__}",
+        segmentation=_segmentation(workspace, experiment),
         **significance,
     )
+
+
+def _segmentation(workspace: Workspace, experiment: ExperimentRecord) -> dict[str, Any] | None:
+    """Method B against the reference outlines over the experiment's ROIs, with its feature version (issue 27.3)."""
+    from cadx.segscore import score_summary
+    from cadx.workflows.features import segmentation_scores
+
+    version = experiment.config.analytic_version
+    if version is None:
+        return None
+    scores = segmentation_scores(workspace, experiment.config.roi_ids, version=version)
+    by_reference: dict[str, int] = {}
+    for score in scores:
+        by_reference[score.reference] = by_reference.get(score.reference, 0) + 1
+    return {"version": version, "by_reference": by_reference,
+            **score_summary([s.dice for s in scores], [s.boundary_mm for s in scores])}
 
 
 def _significance(workspace: Workspace, experiment: ExperimentRecord) -> dict[str, Any]:
