@@ -117,7 +117,7 @@ caption = "ROI 51.2 mm × 51.2 mm at 0.1 mm"
 if info["has_outline"]:
     caption += " · yellow: Method B segmentation"
 if info["has_truth_outline"]:
-    caption += " · cyan: true outline of the synthetic phantom"
+    caption += f" · cyan: {info['truth_outline']}"
 picture.image(image, caption=caption, width=512)
 with details:
     st.markdown(f"**ROI {roi_id}** · lesion {plain(row['lesion_key'])} · patient {plain(row['patient_key'])} · "

@@ -64,6 +64,7 @@ def test_mini_ddsm_imports_two_lesions_of_four_rois_with_their_outlines(workspac
         assert (cc.rows, cc.columns) == (2324, 1336)
         assert cc.pixel_spacing_row_mm == pytest.approx(0.1) and cc.pixel_spacing_col_mm == pytest.approx(0.1)
         cc_roi = next(r for r in rois if r.image is cc)
+        cc_roi_id = cc_roi.id
         # the centre is the outline's centroid: inside the drawn outline's box (README: rows 927-1264, cols 187-595)
         assert 927 < cc_roi.centre_row < 1264 and 187 < cc_roi.centre_col < 595
         truth_files = {r.image.source_name: r.truth_mask_file for r in rois}
@@ -78,6 +79,12 @@ def test_mini_ddsm_imports_two_lesions_of_four_rois_with_their_outlines(workspac
     expected_mm2 = _shoelace_mm2(chain_points(boundary), ics.views["LEFT_CC"].micron / 1000)
     mask = decode_mask_png(workspace.path(truth_files["C-0029-1/C_0029_1.LEFT_CC.jpg"]).read_bytes())
     assert mask is not None and mask.sum() * 0.01 == pytest.approx(expected_mm2, rel=0.02)
+
+    # a real dataset's outline is named as the expert's, never as a synthetic phantom's truth (Predictions, Review)
+    from cadx.workflows.results import roi_overlay
+
+    _, info = roi_overlay(workspace, cc_roi_id)
+    assert info["has_truth_outline"] and info["truth_outline"].startswith("the expert's outline")
 
     again = import_ddsm(workspace, mini_ddsm_dir, user="tester")
     assert again.n_imported == 0 and again.n_skipped == 4  # importing twice adds nothing

@@ -257,6 +257,7 @@ def test_roi_overlay_draws_the_true_outline_of_a_phantom(demo):
     image, info = roi_overlay(demo, record.id)
     assert image.shape == (512, 512, 3) and image.dtype == np.uint8
     assert info["has_truth_outline"] and not info["has_outline"]  # no Method B segmentation yet
+    assert info["truth_outline"] == "true outline of the synthetic phantom"
     assert info["segmentation_quality"] is None
     cyan = (image == np.array([0, 220, 255], dtype=np.uint8)).all(axis=2)
     assert 0 < cyan.sum() < 512 * 512 // 10  # an outline, not a filled region

@@ -559,7 +559,8 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
     rgb : ndarray of uint8, shape (512, 512, 3)
     info : dict
         ``segmentation_quality``, ``segmentation_reason``, ``has_outline``, ``has_truth_outline``,
-        ``segmentation_version``.
+        ``truth_outline`` (what the reference outline is, in words: a synthetic phantom's truth or the dataset
+        expert's outline), ``segmentation_version``.
     """
     with workspace.sessions() as session:
         roi = session.get(Roi, roi_id)
@@ -571,7 +572,7 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
         query = select(Segmentation).where(Segmentation.roi_sha256 == roi.sha256)
         query = query.where(Segmentation.version == version) if version else query.order_by(Segmentation.id.desc())
         segmentation = session.scalars(query.limit(1)).first()
-        roi_file, truth_file = roi.file, roi.truth_mask_file
+        roi_file, truth_file, synthetic = roi.file, roi.truth_mask_file, roi.is_synthetic
         seg = None if segmentation is None else (segmentation.quality, segmentation.reason, segmentation.mask_file,
                                                  segmentation.version)
     pixels = decode_png16(workspace.path(roi_file).read_bytes()).astype(np.float64)
@@ -583,6 +584,8 @@ def roi_overlay(workspace: Workspace, roi_id: int, *, experiment_id: int | None 
     if truth_file and workspace.path(truth_file).exists():
         truth = decode_mask_png(workspace.path(truth_file).read_bytes(), shape=rgb.shape[:2])
         info["has_truth_outline"] = draw_outline(rgb, truth, "truth")
+        info["truth_outline"] = ("true outline of the synthetic phantom" if synthetic
+                                 else "the expert's outline from the dataset (reference segmentation)")
     if seg is not None:
         quality, reason, mask_file, seg_version = seg
         info.update(segmentation_quality=quality, segmentation_reason=reason, segmentation_version=seg_version)
