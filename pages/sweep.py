@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -39,6 +41,7 @@ from pages._shared import (
     workspace,
 )
 
+_log = logging.getLogger(__name__)
 ws = workspace()
 WEIGHTS = {"default": "Pretrained (ImageNet)", "random": "Random (untrained)"}
 PRESET_WORDS = {"quick": f"Quick ({SWEEP_PRESETS['quick']} seed: a live demo)",
@@ -72,6 +75,11 @@ def _show_estimate(backbone: str, weights: str, settings: ExperimentSettings) ->
         planned = _estimate(backbone, weights, settings.to_params(), len(experiments))
     except CadxError as exc:  # e.g. weights that are not on this machine: said above, the estimate waits
         st.caption(f"No time estimate: {plain(exc)}")
+        return
+    except Exception as exc:  # noqa: BLE001 - advice only: a failed estimate (e.g. a busy database) never blocks Start
+        _log.warning("sweep time estimate failed", exc_info=True)
+        st.caption(f"No time estimate now ({type(exc).__name__}); Start works without it, and the estimate is tried "
+                   "again when the page next runs.")
         return
     st.info(f"Estimated time on this machine: **about {duration_words(planned['seconds'])}** "
             f"({duration_words(planned['low'])} – {duration_words(planned['high'])}) for "
@@ -272,8 +280,9 @@ with st.expander("Start a sweep", expanded=not experiments):
         min_lesions_per_class_per_fold=int(minimum) if int(minimum) != cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD
         else None,
         extra={"folds_chosen_over_cohort": {"cohort": cohort_folds, "sweep": int(n_folds)}} if folds_note else {})
-    if taps and not cohort["refused"]:
-        _show_estimate(backbone, weights, settings)
+    # the estimate's slot sits above Start but is filled after it: Start is on the page (and clickable) while the
+    # estimate is still being computed, which can take a while on a loaded machine
+    estimate_slot = st.empty()
     may_run = can(current_role(), "run")
     if not may_run:
         st.caption("Starting a sweep needs the reviewer role.")
@@ -298,6 +307,9 @@ with st.expander("Start a sweep", expanded=not experiments):
                 st.session_state["sweep_queued_toast"] = True
                 st.session_state["sweep_last_toast"] = f"Sweep queued as job {job_id}."
                 st.rerun()  # the job panel at the top shows it
+    if taps and not cohort["refused"]:
+        with estimate_slot.container():
+            _show_estimate(backbone, weights, settings)
 
 # ------------------------------------------------------------------------------------------------- chart ---
 st.subheader("AUC per tap")

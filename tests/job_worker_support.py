@@ -1,16 +1,19 @@
 """A ``cadx worker`` for the job tests, run as a subprocess: ``python -m tests.job_worker_support DATA_DIR DB_URL
-[--fold-sleep S] [--save-log FILE] [--idle-exit S] [--pid-file NAME] [--as-host NAME]``.
+[--fold-sleep S] [--save-log FILE] [--idle-exit S] [--pid-file NAME] [--as-host NAME] [--hold-after N --release-file FILE]``.
 
 ``--fold-sleep`` makes every cross-validation fold sleep that long first (a deliberately slow fold, longer than the
 stale limit the test sets); ``--save-log`` appends the unit of every checkpoint this worker saves, i.e. every unit
 it computed itself (not the units it restored); ``--as-host`` makes the worker record another host name on the
 jobs it claims, so that other processes on this machine judge its liveness by its heartbeat alone (the PID check
-does not apply across hosts). Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
+does not apply across hosts); ``--hold-after N`` makes every fold after the worker's first N saved checkpoints
+wait until ``--release-file`` exists (a job caught mid-run however fast the machine: the test acts, then releases
+it). Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
@@ -23,6 +26,8 @@ def main() -> None:
     parser.add_argument("--idle-exit", type=float, default=3.0)
     parser.add_argument("--pid-file", default="worker.pid")
     parser.add_argument("--as-host")
+    parser.add_argument("--hold-after", type=int)
+    parser.add_argument("--release-file")
     args = parser.parse_args()
 
     import cadx.svm
@@ -36,15 +41,28 @@ def main() -> None:
             return real_fold(*a, **k)
 
         cadx.svm._run_fold = slow_fold
-    if args.save_log:
-        real_save = jobs._ScopedCheckpoints.save
+    saved = []
+    real_save = jobs._ScopedCheckpoints.save
 
-        def logged_save(self, unit, payload):
-            real_save(self, unit, payload)
+    def logged_save(self, unit, payload):
+        real_save(self, unit, payload)
+        saved.append(f"{self._prefix}{unit}")
+        if args.save_log:
             with open(args.save_log, "a") as log:
                 log.write(f"{self._prefix}{unit}\n")
 
-        jobs._ScopedCheckpoints.save = logged_save
+    jobs._ScopedCheckpoints.save = logged_save
+    if args.hold_after is not None:
+        if not args.release_file:
+            parser.error("--hold-after needs --release-file")
+        held_fold = cadx.svm._run_fold
+
+        def held(*a, **k):
+            while len(saved) >= args.hold_after and not os.path.exists(args.release_file):
+                time.sleep(0.1)
+            return held_fold(*a, **k)
+
+        cadx.svm._run_fold = held
     if args.as_host:
         real_identity = jobs._identity
 

@@ -252,6 +252,42 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
         ws.engine.dispose()
 
 
+def test_a_failed_time_estimate_never_hides_start(use, empty_dir, monkeypatch):
+    """The estimate is advice: when it fails (here a database busy with a worker's writes, as on a loaded CI
+    machine), the page says so and Start is there and queues the sweep."""
+    from sqlalchemy.exc import OperationalError
+
+    import cadx.workflows.experiments as experiments
+    import cadx.workflows.jobs as jobs
+
+    def busy(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    data = use(empty_dir)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
+    monkeypatch.setattr(experiments, "estimate_experiment", busy)
+    monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)  # 4 demo lesions
+    at = _run("pages/sweep.py")
+    at.selectbox(key="sweep_backbone").select("alexnet").run()
+    at.radio(key="sweep_weights").set_value("random").run()
+    at.number_input(key="sweep_folds").set_value(2).run()
+    at.number_input(key="sweep_seed").set_value(71).run()  # settings no other test estimated (the cache)
+    assert not at.exception, at.exception
+    assert any("No time estimate now (OperationalError); Start works without it" in c.value for c in at.caption)
+    assert not any(i.value.startswith("Estimated time") for i in at.info)
+    assert not at.button(key="sweep_start").disabled
+    at.button(key="sweep_start").click().run()
+    assert not at.exception, at.exception
+    ws = open_workspace(data)
+    try:
+        with ws.sessions() as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert job is not None and job.kind == "experiment" and job.params["seed"] == 71
+        jobs.cancel_job(ws, job.id, user="tester")
+    finally:
+        ws.engine.dispose()
+
+
 def test_sweep_page_shows_running_jobs_on_top_with_eta_and_every_user_s_job_history(use, empty_dir, monkeypatch):
     from datetime import datetime, timedelta
 

@@ -3,6 +3,7 @@ database or data directory, whatever the shell that runs it has set."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -86,7 +87,9 @@ def _split_workspace_cases(tmp_path: Path) -> tuple[Path, Path, str]:
 
 
 def _rows(database: Path) -> dict[str, int]:
-    with sqlite3.connect(database) as connection:
+    # closed here, not at garbage collection: SQLite removes its -wal/-shm files when the last connection closes,
+    # and a file vanishing later would race the tree comparison
+    with contextlib.closing(sqlite3.connect(database)) as connection:
         names = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {n: connection.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 

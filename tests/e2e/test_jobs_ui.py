@@ -250,7 +250,9 @@ def test_cancel_asks_keeps_the_finished_units_and_resume_redoes_none(jobs_server
     """Issue 25.4: Cancel asks for confirmation, keeps the checkpoints and offers Resume, which redoes no finished
     unit (today one click threw away 18 minutes of work)."""
     url, data = jobs_server
-    first = _test_worker(data, tmp_path / "cancelled.log", fold_sleep=3, save_log=tmp_path / "first.units")
+    release = tmp_path / "release"  # the folds after the first checkpoint wait for it: the job is mid-run when cancelled
+    first = _test_worker(data, tmp_path / "cancelled.log", save_log=tmp_path / "first.units", hold_after=1,
+                         release_file=release)
     try:
         _fill_sweep_form(page, url, taps=["fc8"], name="cancel then resume", svm2=False)
         expect(page.get_by_text(re.compile(r"Estimated time on this machine: about .+ for 4 units of work"))
@@ -262,6 +264,8 @@ def test_cancel_asks_keeps_the_finished_units_and_resume_redoes_none(jobs_server
         expect(page.get_by_text(re.compile(rf"Cancel job {job_id}\? Its finished units .* are kept"))).to_be_visible()
         assert get_job(open_workspace(data), job_id).status == "running"  # a question, not yet a cancel
         page.get_by_role("button", name=f"Yes, cancel job {job_id}").click()
+        _wait(lambda: get_job(open_workspace(data), job_id).status == "cancelled", timeout=60, what="the cancel")
+        release.touch()  # the held fold runs; the worker stops at the next unit boundary
         # the worker stops at its next unit boundary and frees the run slot; the finished units stay
         _wait(lambda: (lambda j: j.status == "cancelled" and j.slot is None)(get_job(open_workspace(data), job_id)),
               timeout=120, what="the job to stop", process=first)
