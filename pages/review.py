@@ -276,6 +276,15 @@ def _keep_in_view(roi_id: int, moved: int) -> None:
     cell.scrollIntoView({{block: 'nearest'}});
     const under = top - (cell.getBoundingClientRect().top - box.getBoundingClientRect().top);
     if (under > 0) box.scrollTop -= under;  // not under the app's header
+    // the rest of the rerun may still be drawing (a flag adds its caption to the cell, a message above the grid):
+    // place it again whenever the grid changes size during the next second
+    if (!win.__cadxReviewObserver && win.ResizeObserver) {{
+      const observer = new win.ResizeObserver(() => run());
+      win.__cadxReviewObserver = observer;
+      observer.observe(body);
+      observer.observe(cell);
+      setTimeout(() => {{ observer.disconnect(); win.__cadxReviewObserver = null; }}, 1000);
+    }}
   }};
   setTimeout(run, 0);
 }})();

@@ -252,7 +252,7 @@ def test_sweep_page_queues_a_job_with_the_chosen_settings_and_cancels_it(use, ex
         ws.engine.dispose()
 
 
-def test_a_failed_time_estimate_never_hides_start(use, empty_dir, monkeypatch):
+def test_a_failed_time_estimate_never_hides_start(use, tmp_path, workspace_cache, monkeypatch):
     """The estimate is advice: when it fails (here a database busy with a worker's writes, as on a loaded CI
     machine), the page says so and Start is there and queues the sweep."""
     from sqlalchemy.exc import OperationalError
@@ -263,7 +263,8 @@ def test_a_failed_time_estimate_never_hides_start(use, empty_dir, monkeypatch):
     def busy(*args, **kwargs):
         raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
-    data = use(empty_dir)
+    # a workspace of its own: the job it queues must not show in another test's job history
+    data = use(workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)[0])
     monkeypatch.setattr(jobs, "ensure_worker", lambda ws: True)
     monkeypatch.setattr(experiments, "estimate_experiment", busy)
     monkeypatch.setattr("cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD", 1)  # 4 demo lesions

@@ -5,6 +5,7 @@ reload, and the thumbnails name the lesion's source id and type. Screenshots go 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -81,6 +82,18 @@ def _inside(box, viewport, header: float = 0) -> bool:
     return left >= 0 and top >= header - 0.5 and right <= viewport[0] + 0.5 and bottom <= viewport[1] + 0.5
 
 
+def _boxes_once_placed(page, roi_id: int, whats: tuple[str, ...]) -> dict:
+    """The boxes of ``whats`` once the page has placed them inside the viewport (the page scrolls after its rerun has
+    drawn: a state to wait for, not a delay), or as they are after 30 s, for the assertion to show."""
+    deadline = time.monotonic() + 30
+    while True:
+        boxes = page.evaluate(_BOXES, roi_id)
+        placed = all(boxes[w] is not None and _inside(boxes[w], boxes["viewport"], boxes["header"]) for w in whats)
+        if placed or time.monotonic() > deadline:
+            return boxes
+        page.wait_for_timeout(100)
+
+
 @pytest.mark.parametrize("size", SIZES, ids=["1440x900", "1024x768"])
 def test_the_current_roi_and_its_actions_stay_in_view_while_pressing_j(review_server, browser, size):
     url, _data = review_server
@@ -94,8 +107,7 @@ def test_the_current_roi_and_its_actions_stay_in_view_while_pressing_j(review_se
             page.locator(".st-key-review_detail").get_by_role("heading", name=f"ROI #{n}").wait_for()
             wait_for_app(page)
             wait_until_drawn(page)
-            page.wait_for_timeout(200)  # the scroll after the redraw
-            boxes = page.evaluate(_BOXES, n)
+            boxes = _boxes_once_placed(page, n, ("cell", "heading", "image", "flag", "unflag"))
             for what in ("cell", "heading", "image", "flag", "unflag"):
                 assert boxes[what] is not None, f"after {n} j: no {what}"
                 assert _inside(boxes[what], boxes["viewport"], boxes["header"]), (f"after {n} j the current ROI's {what} is out of "
@@ -107,7 +119,7 @@ def test_the_current_roi_and_its_actions_stay_in_view_while_pressing_j(review_se
             _key(page, key)  # flag the one in view with the reason shown, then unflag it (the next size starts over)
             page.get_by_text(done).wait_for()
             wait_for_app(page)
-            boxes = page.evaluate(_BOXES, 13)
+            boxes = _boxes_once_placed(page, 13, ("cell", "heading", "flag", "unflag"))
             for what in ("cell", "heading", "flag", "unflag"):
                 assert _inside(boxes[what], boxes["viewport"], boxes["header"]), (key, what, boxes)
             assert page.evaluate(_CUT_BUTTONS) == [], f"cut button labels at {size}"
