@@ -241,6 +241,8 @@ class DicomwebServer:
                 # dicomweb-client warns about non-standard answers; cadx validates the answer itself
                 warnings.simplefilter("ignore", UserWarning)
                 return call()
+        except CadxInputError:  # already says what went wrong (and is a ValueError too)
+            raise
         except requests.exceptions.SSLError:
             raise CadxInputError(where, f"could not {what}: the server's TLS certificate could not be verified",
                                  "install the CA certificate that signed it (REQUESTS_CA_BUNDLE), or, for a test "
