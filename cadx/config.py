@@ -113,15 +113,15 @@ def dicomweb_credentials(file: Path | None = None) -> DicomwebCredentials | None
             raise CadxInputError(str(file), "the line has an empty user or password (user:password expected)",
                                  _CREDENTIALS_FIX)
         return DicomwebCredentials(user=user, password=password)
-    user = os.environ.get("CADX_DICOMWEB_USER") or None
-    password = os.environ.get("CADX_DICOMWEB_PASSWORD") or None
+    env_user = os.environ.get("CADX_DICOMWEB_USER") or None
+    env_password = os.environ.get("CADX_DICOMWEB_PASSWORD") or None
     token = os.environ.get("CADX_DICOMWEB_TOKEN") or None
-    if token and (user or password):
+    if token and (env_user or env_password):
         raise CadxInputError("CADX_DICOMWEB_TOKEN", "is set together with CADX_DICOMWEB_USER/PASSWORD",
                              "set either the token or the user and password, not both")
     if token:
         return DicomwebCredentials(token=token)
-    if bool(user) != bool(password):
-        missing = "CADX_DICOMWEB_PASSWORD" if user else "CADX_DICOMWEB_USER"
+    if bool(env_user) != bool(env_password):
+        missing = "CADX_DICOMWEB_PASSWORD" if env_user else "CADX_DICOMWEB_USER"
         raise CadxInputError(missing, "is not set while its partner is", f"set {missing} too, or neither")
-    return DicomwebCredentials(user=user, password=password) if user else None
+    return DicomwebCredentials(user=env_user, password=env_password) if env_user else None

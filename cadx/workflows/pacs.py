@@ -121,8 +121,9 @@ def import_dicomweb(workspace: Workspace, url: str, labels: str | Path, *, user:
 
     def check(image: cadx_io.Mammogram) -> None:
         if (image.modality or "").upper() != "MG":
-            raise CadxInputError(image.source_name, f"the file's Modality is {image.modality or 'missing'}, not MG "
-                                 "(the server's search said MG)", "import only mammograms")
+            raise CadxInputError("the retrieved instance",
+                                 f"the file's Modality is {image.modality or 'missing'}, not MG (the server's search "
+                                 "said MG)", "import only mammograms")
 
     return _import_rows(workspace, importable, kind="dicomweb", source=source, user=user, report=report,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress, fetch=fetch,
