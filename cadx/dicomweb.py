@@ -103,7 +103,7 @@ class DicomwebServer:
         self.url = server_name(url)
         self._session = requests.Session()
         self._session.verify = verify_tls
-        self._session.trust_env = False  # a ~/.netrc must not add credentials the user did not give
+        # trust_env stays on: REQUESTS_CA_BUNDLE (the fix for an unverified certificate) and proxies apply
         if credentials is not None and credentials.token:
             self._session.auth = _BearerAuth(credentials.token)
         elif credentials is not None and credentials.user:
