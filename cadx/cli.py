@@ -39,6 +39,8 @@ __all__ = ["app"]
 app = typer.Typer(help="cadx: breast-lesion CADx from mammograms (Huynh, Li & Giger 2016).", no_args_is_help=True)
 import_app = typer.Typer(help="Import images and lesions into the database.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+export_app = typer.Typer(help="Send results out of cadx.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 # soft_wrap: an error is one line whatever the terminal width, so it can be read, grepped and copied whole.
 # markup=False: what is printed holds user text (experiment, cohort and file names, notes, reasons, error messages
@@ -211,6 +213,75 @@ def import_dicom_command(folder: Annotated[Path, typer.Argument(help="Folder of 
                                                   skip_errors=skip_errors, allow_burned_in=allow_burned_in,
                                                   progress=bar))
     _finish(result, report)
+
+
+Credentials = Annotated[Path | None, typer.Option(
+    "--credentials", help="File with one line: user:password, or a bearer token (keep it chmod 600). Default: "
+    "CADX_DICOMWEB_USER + CADX_DICOMWEB_PASSWORD, or CADX_DICOMWEB_TOKEN. Never stored, never printed.")]
+Insecure = Annotated[bool, typer.Option(
+    "--insecure", help="Do NOT verify the server's TLS certificate (only for a test server you trust).")]
+
+
+def _tls(insecure: bool) -> bool:
+    """Whether to verify TLS; says so loudly when not."""
+    if insecure:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # warned once here, not per request
+        _console.print("WARNING: --insecure: the server's TLS certificate is NOT verified; anyone between here and "
+                       "the server can read the images and the credentials, or pose as the server.",
+                       style="bold red")
+    return not insecure
+
+
+@import_app.command("dicomweb")
+def import_dicomweb_command(
+    url: Annotated[str, typer.Argument(help="The server's DICOMweb root, e.g. https://pacs.example.org/dicom-web")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV as for 'cadx import dicom', its file column holding "
+                                         "each instance's SOP Instance UID")],
+    patient: Annotated[str | None, typer.Option("--patient", help="Only this PatientID.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="Only this Series Instance UID (must be MG).")] = None,
+    date_from: Annotated[str | None, typer.Option("--date-from", help="Studies on or after YYYYMMDD.")] = None,
+    date_to: Annotated[str | None, typer.Option("--date-to", help="Studies on or before YYYYMMDD.")] = None,
+    credentials: Credentials = None, insecure: Insecure = False,
+    data_dir: DataDir = None, user: User = None, skip_errors: SkipErrors = False, report: ReportPath = None,
+    allow_burned_in: AllowBurnedIn = False,
+) -> None:
+    """Import mammograms (Modality MG) from a PACS over DICOMweb (QIDO-RS search, WADO-RS retrieval) with a labels
+    file; de-identified, size-limited and all-or-nothing like 'cadx import dicom'."""
+    from cadx.config import dicomweb_credentials
+    from cadx.workflows.pacs import import_dicomweb
+
+    secret = _run(lambda: dicomweb_credentials(credentials))
+    verify = _tls(insecure)
+    workspace = _workspace(data_dir)
+    with _ProgressBar() as bar:
+        result = _run(lambda: import_dicomweb(
+            workspace, url, labels, user=_user(user), credentials=secret, verify_tls=verify, patient_id=patient,
+            study_uid=study, series_uid=series, date_from=date_from, date_to=date_to, skip_errors=skip_errors,
+            allow_burned_in=allow_burned_in, progress=bar))
+    _finish(result, report)
+
+
+@export_app.command("dicomweb")
+def export_dicomweb_command(
+    url: Annotated[str, typer.Argument(help="The server's DICOMweb root, e.g. https://pacs.example.org/dicom-web")],
+    folder: Annotated[Path, typer.Option("--from", help="Folder whose DICOM files are sent (e.g. SR/SEG exports)")],
+    credentials: Credentials = None, insecure: Insecure = False,
+) -> None:
+    """Store every DICOM file of a folder on a PACS over DICOMweb (STOW-RS)."""
+    from cadx.config import dicomweb_credentials
+    from cadx.workflows.pacs import export_dicomweb_folder
+
+    secret = _run(lambda: dicomweb_credentials(credentials))
+    verify = _tls(insecure)
+    with _ProgressBar() as bar:
+        stored = _run(lambda: export_dicomweb_folder(url, folder, credentials=secret, verify_tls=verify,
+                                                     progress=bar))
+    _out.print(f"{len(stored)} instance(s) stored")
+    for uid in stored:
+        _out.print(uid)
 
 
 @app.command("demo")

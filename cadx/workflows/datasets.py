@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -413,15 +413,24 @@ def import_dicom_folder(workspace: Workspace, folder: str | Path, labels: str | 
 
 def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, source: str, user: str,
                  report: ImportReport | None = None, skip_errors: bool, allow_burned_in: bool,
-                 progress: Progress | None) -> ImportReport:
+                 progress: Progress | None, fetch: Callable[[ManifestRow], bytes] | None = None,
+                 check: Callable[[cadx_io.Mammogram], None] | None = None) -> ImportReport:
+    """Import manifest rows. ``fetch(row)`` gives an image's bytes when they come from elsewhere than the row's
+    path (a PACS); ``check(image)`` may refuse an image once read (e.g. one that is not a mammogram)."""
     key = workspace.pseudonym_key()
     rows = sorted(rows, key=lambda r: (str(r.image), r.line))
 
+    def load(row: ManifestRow) -> cadx_io.Mammogram:
+        image = _read_row_image(row, key, fetch=fetch)
+        if check is not None:
+            check(image)
+        return image
+
     def make(row: ManifestRow) -> Finding:
         return Finding(
-            name=f"{'labels' if kind == 'dicom' else kind} {source} row {row.line}",
+            name=f"{'labels' if kind in ('dicom', 'dicomweb') else kind} {source} row {row.line}",
             image_key=str(row.image),
-            load_image=lambda: _read_row_image(row, key),
+            load_image=lambda: load(row),
             image_name=_opaque_name(key, row.image.name),
             patient_source=LOCAL_SOURCE,
             patient_key=row.patient,
@@ -441,22 +450,34 @@ def _import_rows(workspace: Workspace, rows: list[ManifestRow], *, kind: str, so
                       total_images=len({r.image for r in rows}), progress=progress)
 
 
-def _read_row_image(row: ManifestRow, key: bytes) -> cadx_io.Mammogram:
-    if row.image.is_dir():
-        raise ImageReadError(str(row.image), "this is a folder, not an image file",
-                             "give the path of an image file in the folder (relative to the manifest)")
-    if not row.image.is_file():
-        raise ImageReadError(str(row.image), "file not found", "check the image path (relative to the manifest)")
-    image = cadx_io.read_image(row.image, pseudonym_key=key)
+def _read_row_image(row: ManifestRow, key: bytes, *,
+                    fetch: Callable[[ManifestRow], bytes] | None = None) -> cadx_io.Mammogram:
+    if fetch is not None:
+        data = fetch(row)  # downloaded once, read from memory (twice when the row gives the pixel size)
+        name = _opaque_name(key, row.image.name)
+
+        def read(spacing: float | None, *, keyed: bool = True) -> cadx_io.Mammogram:
+            return cadx_io.read_image_bytes(data, name=name, pixel_spacing_mm=spacing,
+                                            pseudonym_key=key if keyed else None)
+    else:
+        if row.image.is_dir():
+            raise ImageReadError(str(row.image), "this is a folder, not an image file",
+                                 "give the path of an image file in the folder (relative to the manifest)")
+        if not row.image.is_file():
+            raise ImageReadError(str(row.image), "file not found", "check the image path (relative to the manifest)")
+
+        def read(spacing: float | None, *, keyed: bool = True) -> cadx_io.Mammogram:
+            return cadx_io.read_image(row.image, pixel_spacing_mm=spacing, pseudonym_key=key if keyed else None)
+    image = read(None)
     if image.source_format != "dicom":
         if row.pixel_size_mm is None:
             raise ManifestError(f"row {row.line}, column 'pixel_size_mm'",
                                 f"the image is a {image.source_format.upper()} file, which carries no pixel size",
                                 "give the pixel size in mm in the pixel_size_mm column")
-        return cadx_io.read_image(row.image, pixel_spacing_mm=row.pixel_size_mm)
+        return read(row.pixel_size_mm, keyed=False)
     if row.pixel_size_mm is not None:
         if image.pixel_spacing_mm is None:
-            return cadx_io.read_image(row.image, pixel_spacing_mm=row.pixel_size_mm, pseudonym_key=key)
+            return read(row.pixel_size_mm)
         if not np.allclose(image.pixel_spacing_mm, row.pixel_size_mm, rtol=0.01):
             raise ManifestError(f"row {row.line}, column 'pixel_size_mm'",
                                 f"{row.pixel_size_mm} mm disagrees with the file's {image.pixel_spacing_source} "
