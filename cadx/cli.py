@@ -39,7 +39,8 @@ __all__ = ["app"]
 app = typer.Typer(help="cadx: breast-lesion CADx from mammograms (Huynh, Li & Giger 2016).", no_args_is_help=True)
 import_app = typer.Typer(help="Import images and lesions into the database.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
-export_app = typer.Typer(help="Send results out of cadx.", no_args_is_help=True)
+export_app = typer.Typer(help="Export review decisions and segmentations as standard DICOM (SR, SEG) and send DICOM "
+                              "files to a PACS (DICOMweb STOW-RS).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 # soft_wrap: an error is one line whatever the terminal width, so it can be read, grepped and copied whole.
@@ -820,6 +821,41 @@ def report_command(
     written = _run(lambda: write_report(workspace, experiment_id, out, level=level, pdf=pdf))
     for kind, path in written.items():
         _out.print(f"{kind.upper()} report written to {path}")
+
+
+ExportTarget = Annotated[str, typer.Argument(
+    metavar="EXPERIMENT-or-COHORT",
+    help="An experiment id (`cadx experiments`: its included and excluded ROIs) or a cohort name (a preset or "
+         "one saved with `cadx cohort create`).")]
+ExportOut = Annotated[Path, typer.Option("--out", help="The folder to write roi-<id>.<kind>.dcm files into "
+                                                      "(created if missing).")]
+
+
+def _export(kind: str, target: str, out: Path, data_dir: Path | None) -> None:
+    from cadx.workflows.export import export_dicom
+
+    workspace = _workspace(data_dir)
+    report = _run(lambda: export_dicom(workspace, kind, target, out))
+    _out.print(f"{len(report.files)} {kind.upper()} file(s) of {report.n_rois} ROI(s) of {report.target} written "
+               f"to {report.out} in {report.seconds:.1f} s")
+    if report.skipped_roi_ids:
+        shown = ", ".join(map(str, report.skipped_roi_ids[:20])) + ("…" if len(report.skipped_roi_ids) > 20 else "")
+        _out.print(f"{len(report.skipped_roi_ids)} ROI(s) have no stored mask, so no SEG: {shown} "
+                   "(run `cadx features` for Method B's segmentations)")
+
+
+@export_app.command("sr")
+def export_sr_command(target: ExportTarget, out: ExportOut, data_dir: DataDir = None) -> None:
+    """One DICOM SR (TID 1500 measurement report) per ROI: lesion centre and outlines on the source image, finding
+    site, pathology, review state and every review decision (who, when, reason, note)."""
+    _export("sr", target, out, data_dir)
+
+
+@export_app.command("seg")
+def export_seg_command(target: ExportTarget, out: ExportOut, data_dir: DataDir = None) -> None:
+    """One binary DICOM SEG per ROI on its source image: Method B's segmentation and the reference outline as
+    segments (ROIs with neither are skipped)."""
+    _export("seg", target, out, data_dir)
 
 
 @app.command("analyses")

@@ -594,6 +594,7 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
                             help=words.meaning(h.reason) if h.reason else None)
     else:
         st.caption("No review decision yet: included since import.")
+    _dicom_downloads(ws, roi.id, has_mask=outline is not None)
 
     lesion = lesion_view(ws, roi.lesion_id)
     others = [r for r in lesion.rois if r.id != roi.id]  # the current ROI is shown above: never twice
@@ -614,6 +615,23 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
 
 
 @st.dialog("ROI", width="large")
+def _dicom_downloads(ws, roi_id: int, *, has_mask: bool) -> None:
+    """The ROI as DICOM SR (review, centre, outlines) and SEG (its masks on the source image), built on click."""
+    from cadx.workflows.export import roi_dicom_bytes
+
+    def _file(kind: str):
+        return lambda: roi_dicom_bytes(ws, roi_id)[kind][1]
+
+    with st.container(horizontal=True, gap="small", key="review_dicom"):
+        st.download_button("DICOM SR", _file("sr"), file_name=f"roi-{roi_id:06d}.sr.dcm",
+                           mime="application/dicom", key="review_download_sr",
+                           help="Review decisions, centre and outlines as a DICOM structured report (TID 1500)")
+        st.download_button("DICOM SEG", _file("seg"), file_name=f"roi-{roi_id:06d}.seg.dcm",
+                           mime="application/dicom", key="review_download_seg", disabled=not has_mask,
+                           help="The segmentations on the source image as a DICOM SEG" if has_mask
+                           else "No segmentation or reference outline to export")
+
+
 def _large(roi_id: int, window) -> None:
     roi = get_roi(ws, roi_id)
     st.markdown(f"**ROI #{roi.id}** · lesion {plain(roi.lesion_key)} ({roi.label}) · {roi.view or '?'} "

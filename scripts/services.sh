@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install (when missing) and start the services the tests need, on loopback only: PostgreSQL with a cadx role and
-# a cadx_test database, Debian's Chromium for the browser tests, and an Orthanc PACS with its DICOMweb plugin
-# (http://127.0.0.1:8042/dicom-web/, basic auth cadx/cadx, and cadx-reader with a password no other text holds, so
-# tests can prove it never reaches output or database) for the DICOMweb import tests. Needs root on Debian.
+# a cadx_test database, Debian's Chromium for the browser tests, dicom3tools (dciodvfy) for the DICOM export, and
+# an Orthanc PACS with its DICOMweb plugin (http://127.0.0.1:8042/dicom-web/, basic auth cadx/cadx, and cadx-reader
+# with a password no other text holds, so tests can prove it never reaches output or database) for the DICOMweb
+# tests. Needs root on Debian.
 set -euo pipefail
 need=()
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
@@ -13,6 +14,15 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "cadx: installing ${need[*]}" >&2
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# dciodvfy (Debian dicom3tools) checks the exported SR and SEG files (tests/test_export_dicom.py); optional: where
+# the package does not exist the test skips that check (under CI=true it fails, so CI must have it).
+if ! command -v dciodvfy >/dev/null; then
+  if apt-cache show dicom3tools >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-cache show dicom3tools >/dev/null 2>&1; }; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null || echo "cadx: dicom3tools did not install" >&2
+  else
+    echo "cadx: no dicom3tools package here; the DICOM export test skips its dciodvfy check" >&2
+  fi
 fi
 version=$(ls /usr/lib/postgresql | sort -V | tail -1)
 if ! pg_lsclusters -h | grep -q "^$version main"; then

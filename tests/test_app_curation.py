@@ -86,6 +86,9 @@ def test_flag_and_unflag_through_the_ui_reach_the_database_and_counts(demo_data_
     at.button(key="review_open_1").click().run()
     assert any(s.value == "ROI #1" for s in at.subheader)
     assert any("true outline of the synthetic phantom" in c for i in at.image for c in i.captions)
+    # issue 27.5: the open ROI as DICOM SR and SEG (built on click by cadx.workflows.export.roi_dicom_bytes)
+    downloads = {b.label: b for b in at.get("download_button")}
+    assert not downloads["DICOM SR"].disabled and not downloads["DICOM SEG"].disabled  # a phantom has its truth
     at.selectbox(key="review_reason").set_value("location_marker")
     at.text_input(key="review_note").set_value("marker at the edge")
     _as(at, "Dr Ada").button(key="review_flag").click().run()
