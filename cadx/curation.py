@@ -151,8 +151,7 @@ def rank_suspect_labels(labels: np.ndarray, p_malignant: np.ndarray) -> list[Sus
                              "confident learning needs at least 2 lesions of each label")
     pred_probs = np.column_stack([1.0 - p, p])
     scores = get_label_quality_scores(labels, pred_probs, method="self_confidence")
-    flagged = np.zeros(len(labels), dtype=bool)
-    flagged[find_label_issues(labels, pred_probs, filter_by="prune_by_noise_rate")] = True
+    flagged = np.asarray(find_label_issues(labels, pred_probs, filter_by="prune_by_noise_rate"), dtype=bool)
     thresholds = get_confident_thresholds(labels, pred_probs)  # t_k: mean p_k of the examples labelled k
     order = np.lexsort((np.arange(len(labels)), scores))
     out = []

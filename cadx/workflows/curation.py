@@ -348,8 +348,7 @@ def fold_leaks(workspace: Workspace, experiment_id: int, pairs: pd.DataFrame) ->
     fold = {(int(r.roi_id), int(r.repeat)): int(r.fold) for r in predictions.itertuples()}
     seeds = sorted(int(s) for s in predictions["repeat"].unique())
     rows = []
-    for pair in pairs.itertuples(index=False):
-        row = pair._asdict()
+    for row in pairs.to_dict("records"):
         if row["patient_a"] == row["patient_b"] or row["hamming"] is None or pd.isna(row["hamming"]):
             continue
         differ = [s for s in seeds if (row["roi_a"], s) in fold and (row["roi_b"], s) in fold
