@@ -214,7 +214,7 @@ def hash_pairs(hashes: np.ndarray, *, max_distance: int = DEFAULT_HAMMING, block
         raise CadxInputError("--hamming", f"got {max_distance}", "use 0 to 64 bits (default "
                              f"{DEFAULT_HAMMING})")
     h = np.asarray(hashes, dtype=np.uint64)
-    out = []
+    out: list[tuple[int, int, int]] = []
     for start in range(0, len(h), block):
         rows = h[start:start + block]
         distance = np.bitwise_count(rows[:, None] ^ h[None, :]).astype(np.int64)

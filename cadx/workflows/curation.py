@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cadx import curation
 from cadx.errors import CadxInputError
@@ -115,7 +116,7 @@ def suspect_labels(workspace: Workspace, experiment_id: int, *, classifier: str 
 
 
 # ------------------------------------------------------------------------------------------------- disputes ---
-def _lesion(session: Any, lesion_key: str, patient_key: str | None) -> Lesion:
+def _lesion(session: Session, lesion_key: str, patient_key: str | None) -> Lesion:
     query = select(Lesion).join(Patient, Lesion.patient_id == Patient.id).where(Lesion.key == lesion_key.strip())
     if patient_key:
         query = query.where(Patient.key == patient_key.strip())
@@ -128,7 +129,8 @@ def _lesion(session: Any, lesion_key: str, patient_key: str | None) -> Lesion:
         patients = sorted(lesion.patient.key for lesion in found)
         raise CadxInputError(f"lesion {lesion_key!r}", f"{len(found)} patients have a lesion of this key "
                              f"({', '.join(patients[:5])})", "say which with --patient")
-    return found[0]
+    lesion: Lesion = found[0]
+    return lesion
 
 
 def dispute_label(workspace: Workspace, lesion_key: str, *, user: str, reason: str | None = None,
