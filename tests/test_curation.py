@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from scipy.ndimage import gaussian_filter
 from sqlalchemy import select
+from streamlit.testing.v1 import AppTest  # noqa: F401  (loaded: conftest serves the app under test on loopback)
 from typer.testing import CliRunner
 
 from cadx import curation
@@ -355,3 +356,38 @@ def test_cli_suspects_dispute_duplicates_and_similar(tmp_path, workspace_cache):
     assert set(cosine_only["class"]) == {"look-alike"} and (cosine_only["cosine"] >= 0.95).all()
     with pytest.raises(CadxInputError, match="no stored features of tap 'fc7'"):
         similar_cases(ws, roi["P1"], tap="fc7")
+
+
+# ------------------------------------------------------------------------------------------ the Review page ---
+@pytest.mark.slow
+def test_review_page_shows_similar_cases_and_opens_one(tmp_path, monkeypatch, workspace_cache):
+    import streamlit as st
+
+    from cadx.cnn import PREPROCESSING_VERSION
+    from tests.apptest_support import open_page, point_app_at
+
+    data, _ = workspace_cache.data_dir(tmp_path / "data", import_demo, n_lesions=4, seed=1)
+    ws = open_workspace(data)
+    records = roi_records(ws, included_only=False)
+    hashes = list(dict.fromkeys(r.sha256 for r in records))
+    # ROI i's vector points at angle i/10 rad: the nearest of the first are the next ones, in order
+    vectors = np.array([[np.cos(i / 10), np.sin(i / 10)] for i in range(len(hashes))])
+    feature_store(ws).write(hashes, {"fc6": vectors}, backbone="alexnet", weights_sha256="ab" * 32,
+                            preprocessing=PREPROCESSING_VERSION)
+    first = next(r for r in records if r.sha256 == hashes[0])
+    point_app_at(data, monkeypatch)
+    try:
+        at = open_page("pages/review.py")
+        at.button(key=f"review_open_{first.id}").click().run()
+        assert any(s.value == f"ROI #{first.id}" for s in at.subheader)
+        assert any(e.label.startswith("Similar cases (tap fc6 of alexnet)") for e in at.expander)
+        at.toggle(key="review_similar_on").set_value(True).run()
+        assert not at.exception, at.exception
+        expected = similar_cases(ws, first.id, tap="fc6", k=6)[0]["roi_id"].tolist()
+        shown = [int(str(b.key).removeprefix("review_similar_")) for b in at.button
+                 if str(b.key).startswith("review_similar_")]
+        assert sorted(shown) == sorted(expected) and len(shown) == min(6, len(hashes) - 1)  # laid out in 3 columns
+        at.button(key=f"review_similar_{expected[0]}").click().run()
+        assert at.session_state["review_open"] == expected[0]
+    finally:
+        st.cache_resource.clear()

@@ -40,6 +40,7 @@ __all__ = [
     "fold_leaks",
     "label_disputes",
     "similar_cases",
+    "stored_taps",
     "suspect_labels",
     "tap_features",
 ]
@@ -204,6 +205,25 @@ def _roi_table(workspace: Workspace) -> pd.DataFrame:
                                  "patient_id", "patient_key", "view", "image_id"])
 
 
+def _stored_sets(workspace: Workspace) -> list[dict[str, Any]]:
+    from cadx.cnn import PREPROCESSING_VERSION
+
+    out = []
+    for manifest in sorted(feature_store(workspace).root.glob(f"*/*/{PREPROCESSING_VERSION}/chunks/*/manifest.json")):
+        if manifest.parent.name.startswith("."):  # a chunk still being written
+            continue
+        try:
+            out.append(json.loads(manifest.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def stored_taps(workspace: Workspace) -> list[tuple[str, str]]:
+    """``(backbone, tap)`` of every CNN tap with stored fp32 features (what :func:`similar_cases` can use)."""
+    return sorted({(info["backbone"], tap) for info in _stored_sets(workspace) for tap in info.get("taps", {})})
+
+
 def tap_features(workspace: Workspace, tap: str, hashes: list[str], *, backbone: str | None = None
                  ) -> tuple[np.ndarray, list[str], str]:
     """The stored fp32 features of ``tap`` for those of ``hashes`` (unique ROI hashes) the store has.
@@ -218,17 +238,9 @@ def tap_features(workspace: Workspace, tap: str, hashes: list[str], *, backbone:
     source : str
         ``"backbone tap (weights sha256[:12])"``.
     """
-    from cadx.cnn import PREPROCESSING_VERSION
-
     store = feature_store(workspace)
     sets: dict[tuple[str, str], set[str]] = {}
-    for manifest in sorted(store.root.glob(f"*/*/{PREPROCESSING_VERSION}/chunks/*/manifest.json")):
-        if manifest.parent.name.startswith("."):
-            continue
-        try:
-            info = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
+    for info in _stored_sets(workspace):
         if tap in info.get("taps", {}) and (backbone is None or info.get("backbone") == backbone):
             sets.setdefault((info["backbone"], info["weights_sha256"]), set()).update(info["rois"])
     if not sets:
