@@ -345,6 +345,149 @@ def include_command(roi_id: int, note: Annotated[str | None, typer.Option()] = N
     _out.print(f"ROI {roi_id} included by {event.user}")
 
 
+# ---------------------------------------------------------------------------------------------------- curation ---
+CurationJson = Annotated[Path | None, typer.Option("--json", help="Also write every row as JSON here ('-' prints "
+                                                                  "it instead of the table).")]
+BackboneOfTap = Annotated[str | None, typer.Option(
+    "--backbone", help="The backbone whose stored features to use, when the tap is stored for several.")]
+
+
+def _write_json(path: Path | None, payload: object) -> bool:
+    """Write ``payload`` as JSON to ``path`` ('-': stdout); True when it went to stdout (print no table then)."""
+    if path is None:
+        return False
+    text = json.dumps(payload, indent=2, default=str)
+    if str(path) == "-":
+        typer.echo(text)
+        return True
+    path.write_text(text)
+    _console.print(f"written to {path}")
+    return False
+
+
+def _frame_table(frame, title: str, columns: list[str]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in frame[columns].itertuples(index=False):
+        table.add_row(*("" if v is None or (isinstance(v, float) and v != v) else
+                        f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+@app.command("suspects")
+def suspects_command(
+    experiment_id: Annotated[int, typer.Argument(help="The experiment (see `cadx experiments`).")],
+    top: Annotated[int, typer.Option("--top", help="Show the N most suspect lesions.")] = 20,
+    classifier: Annotated[str, typer.Option(help="Whose out-of-fold probability: svm1 (p1), svm2 (p2) or "
+                                                 "ensemble (p3).")] = "ensemble",
+    json_path: CurationJson = None, data_dir: DataDir = None,
+) -> None:
+    """Lesions whose label is most likely wrong (confident learning on the out-of-fold probabilities, lesion level).
+
+    Nothing is changed: a reviewer looks at each and may `cadx dispute` its label."""
+    from cadx.workflows.curation import suspect_labels
+
+    if top < 1:
+        _fail(CadxInputError("--top", f"got {top}", "use 1 or more"))
+    report = _run(lambda: suspect_labels(_workspace(data_dir), experiment_id, classifier=classifier))
+    if _write_json(json_path, report.to_dict()):
+        return
+    _out.print(f"Method: {report.method}.")
+    _out.print(f"Experiment {experiment_id}, {report.classifier} ({report.column}), one row per lesion: the mean of "
+               f"its ROIs' out-of-fold probability, averaged over {report.n_seeds} seed(s). {report.n_flagged} of "
+               f"{len(report.rows)} lesions flagged as likely label errors; labels are never changed automatically.")
+    _out.print(_frame_table(report.rows.head(top), f"The {min(top, len(report.rows))} most suspect labels",
+                            ["rank", "lesion_key", "patient_key", "label", "p", "score", "flagged", "disputed"]))
+    for row in report.rows.head(top).itertuples(index=False):  # the reasons whole, one line each (never folded)
+        _out.print(f"{row.rank}. {row.lesion_key}: {row.reason}")
+
+
+@app.command("dispute")
+def dispute_command(
+    lesion_key: Annotated[str, typer.Argument(help="The lesion (as `cadx suspects` lists it).")],
+    reason: Annotated[str | None, typer.Option(help="Why the label looks wrong (required unless --clear).")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Withdraw the dispute.")] = False,
+    patient: Annotated[str | None, typer.Option(help="The lesion's patient key, when several patients have a "
+                                                     "lesion of this key.")] = None,
+    data_dir: DataDir = None, user: User = None,
+) -> None:
+    """Mark a lesion's label as disputed (a review event on each of its ROIs; the label itself is not changed)."""
+    from cadx.workflows.curation import dispute_label
+
+    events = _run(lambda: dispute_label(_workspace(data_dir), lesion_key, user=_user(user), reason=reason,
+                                        clear=clear, patient_key=patient))
+    what = "dispute withdrawn" if clear else "label disputed"
+    _out.print(f"lesion {lesion_key}: {what} by {events[0].user} ({len(events)} ROI(s))")
+
+
+@app.command("duplicates")
+def duplicates_command(
+    tap: Annotated[str | None, typer.Option(help="Also compare the stored features of this CNN tap (cosine).")
+                   ] = None,
+    hamming: Annotated[int, typer.Option(help="Near duplicates: at most this many of the 64 pHash bits differ.")
+                       ] = 6,
+    k: Annotated[int, typer.Option("--k", help="With --tap: nearest neighbours kept per ROI.")] = 5,
+    min_cosine: Annotated[float, typer.Option(help="With --tap: report neighbours at least this similar.")] = 0.98,
+    experiment: Annotated[int | None, typer.Option(help="Warn about the pairs this experiment put in different "
+                                                        "outer folds.")] = None,
+    backbone: BackboneOfTap = None, json_path: CurationJson = None, data_dir: DataDir = None,
+) -> None:
+    """Exact and near-duplicate ROIs across the whole database, classified: views of one lesion, one image under
+    two patients (a patient-key error that leaks across folds), or look-alikes."""
+    from cadx.workflows.curation import duplicate_pairs, fold_leaks
+
+    workspace = _workspace(data_dir)
+    pairs = _run(lambda: duplicate_pairs(workspace, hamming=hamming, tap=tap, backbone=backbone, k=k,
+                                         min_cosine=min_cosine))
+    leaks = None if experiment is None else _run(lambda: fold_leaks(workspace, experiment, pairs))
+    payload = {"hamming": hamming, "tap": tap, "min_cosine": min_cosine if tap else None,
+               "pairs": json.loads(pairs.to_json(orient="records"))}
+    if leaks is not None:
+        payload["experiment"] = experiment
+        payload["fold_leaks"] = json.loads(leaks.to_json(orient="records"))
+    if _write_json(json_path, payload):
+        return
+    counts = pairs["class"].value_counts().to_dict() if not pairs.empty else {}
+    _out.print(f"{len(pairs)} pair(s) (pHash within {hamming} bits" + (f", {tap} cosine ≥ {min_cosine}" if tap
+                                                                        else "") + ")"
+               + ("".join(f"; {n} {c}" for c, n in counts.items())))
+    if not pairs.empty:
+        _out.print(_frame_table(pairs, "Duplicate and look-alike ROIs",
+                                ["roi_a", "roi_b", "patient_a", "patient_b", "lesion_a", "lesion_b", "view_a",
+                                 "view_b", "evidence", "class"]))
+    if leaks is not None:
+        if leaks.empty:
+            _out.print(f"Experiment {experiment}: no duplicate of different patients lies in different outer folds.")
+        else:
+            _out.print(_styled((f"Warning: experiment {experiment} has {len(leaks)} duplicate pair(s) of different "
+                                "patients in different outer folds: the same image was trained on and tested; fix "
+                                "the patient keys (or exclude one ROI) and rerun.", "bold yellow")))
+            for row in leaks.itertuples(index=False):
+                _out.print(f"  ROI {row.roi_a} ({row.patient_a}) / ROI {row.roi_b} ({row.patient_b}): "
+                           f"{row.evidence}; folds {', '.join(row.folds)} in seed(s) "
+                           f"{', '.join(str(s) for s in row.seeds)}")
+
+
+@app.command("similar")
+def similar_command(
+    roi_id: Annotated[int, typer.Argument(help="The ROI (as the Review page or `cadx duplicates` lists it).")],
+    tap: Annotated[str, typer.Option(help="The CNN tap whose stored features to compare.")],
+    k: Annotated[int, typer.Option("--k", help="How many similar cases.")] = 8,
+    backbone: BackboneOfTap = None, json_path: CurationJson = None, data_dir: DataDir = None,
+) -> None:
+    """An ROI's most similar ROIs (cosine similarity of a tap's stored features), with label and lesion."""
+    from cadx.workflows.curation import similar_cases
+
+    frame, source = _run(lambda: similar_cases(_workspace(data_dir), roi_id, tap=tap, k=k, backbone=backbone))
+    if _write_json(json_path, {"roi_id": roi_id, "features": source,
+                               "similar": json.loads(frame.to_json(orient="records"))}):
+        return
+    _out.print(_frame_table(frame, f"ROIs most similar to ROI {roi_id} ({source}, cosine)",
+                            ["rank", "roi_id", "lesion_key", "patient_key", "label", "lesion_type", "view", "cosine",
+                             "distance"]))
+
+
 # ------------------------------------------------------------------------------------------ features, experiments ---
 Backbone = Annotated[str | None, typer.Option(
     help="alexnet, vgg16, resnet50 or efficientnet_lite0. Default: AlexNet when its ImageNet weights are available, "

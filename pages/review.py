@@ -11,7 +11,7 @@ import time
 import streamlit as st
 
 from cadx import words
-from cadx.errors import CadxInputError
+from cadx.errors import CadxError, CadxInputError
 from cadx.lesion_types import LESION_TYPES, lesion_type_title
 from cadx.workflows import (
     RoiFilters,
@@ -611,6 +611,38 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
                 st.image(image, width="stretch",
                          caption=f"#{view_roi.id} {view_roi.view or '?'} {view_roi.laterality or ''}: {state_text}")
                 st.button("Show", key=f"review_view_{view_roi.id}", on_click=_open, args=(view_roi.id,),
+                          type="tertiary")
+    _similar(roi)
+
+
+def _similar(roi) -> None:
+    """The current ROI's nearest ROIs in a stored tap's features (cosine), each with a button to open it; computed
+    only when asked (it reads the tap's features of every ROI)."""
+    from cadx.workflows.curation import similar_cases, stored_taps
+
+    taps = stored_taps(ws)
+    if not taps:
+        return
+    choice = state.get("review_similar_tap")
+    label = f"{choice[1]} of {choice[0]}" if choice in taps else f"{taps[0][1]} of {taps[0][0]}"
+    with st.expander(f"Similar cases (tap {label})"):
+        backbone, tap = st.selectbox("Tap", taps, format_func=lambda t: f"{t[1]} ({t[0]})", key="review_similar_tap")
+        if not st.toggle("Find the 6 most similar ROIs", key="review_similar_on"):
+            return
+        try:
+            frame, source = similar_cases(ws, roi.id, tap=tap, k=6, backbone=backbone)
+        except CadxError as exc:
+            st.info(str(exc))
+            return
+        st.caption(f"Cosine similarity of the stored {source} features; identical ROIs counted once.")
+        for row, cell in zip(frame.itertuples(index=False), st.columns(3, gap="small") * 2, strict=False):
+            near = get_roi(ws, int(row.roi_id))
+            if near is None:
+                continue
+            with cell:
+                st.image(str(roi_thumbnail(ws, near, size=128)), width="stretch",
+                         caption=f"#{row.roi_id} {plain(row.lesion_key)} ({row.label}) · cosine {row.cosine:.3f}")
+                st.button("Open", key=f"review_similar_{row.roi_id}", on_click=_open, args=(int(row.roi_id),),
                           type="tertiary")
 
 
