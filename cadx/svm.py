@@ -2,7 +2,8 @@
 
 The paper standardises every feature, trains an SVM with the polynomial kernel
 ``K(x, y) = (a xᵀy + c)^d`` whose ``a, c, d`` are chosen by a five-fold cross-validated grid search, and
-evaluates it by five-fold cross-validation *by lesion*. This module does exactly that, two ways:
+evaluates it by five-fold cross-validation *by lesion*. This module does exactly that, two ways, and approximately
+a third:
 
 ``engine="plain"``
     scikit-learn's own ``GridSearchCV(Pipeline([VarianceThreshold(0), StandardScaler(), (SimpleImputer()),
