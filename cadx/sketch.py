@@ -47,11 +47,12 @@ __all__ = ["DEFAULT_COMPONENTS", "SketchHashes", "count_sketch_add", "hashes_fro
            "poly_features", "sketch_hashes"]
 
 DEFAULT_COMPONENTS = 1024
-"""The default sketch size ``D``. Not yet shown to keep every tap within 0.01 AUC of the exact engine: on MIAS (82 ROIs,
-AlexNet random weights, avgmax-pooled conv3, seed 0) the differences were -0.001 (D=256), -0.020 (1024) and +0.051
-(2048); pool5 (avgmax, 512 wide): -0.002, -0.054, -0.116. On so few ROIs the grid search's discrete choice, not the sketch error, dominates those differences (with
-one fixed kernel the error shrinks with D: ``tests/test_scale_engines.py``). Rerun
-``benchmarks/bench_approx_engine.py`` on the phantom set of ~600 ROIs to choose it."""
+"""The default sketch size ``D``. Not yet shown to keep every tap within 0.01 AUC of the exact engine. On MIAS (82
+ROIs, AlexNet random weights, avgmax-pooled taps, seed 0) the differences were, for D = 256, 1024, 2048: conv3
+-0.001, -0.020, +0.051; pool5 -0.002, -0.054, -0.116. On so few ROIs, with chance-level features, the grid search's
+discrete choice dominates those differences, not the sketch error (with one fixed kernel the error shrinks with D:
+``tests/test_scale_engines.py``). Rerun ``benchmarks/bench_approx_engine.py`` on the ~600-ROI phantom set to choose
+it."""
 
 _MAX_ITER = 5000  # liblinear epochs; a non-converged fit is still a valid (slightly less optimal) classifier
 
