@@ -653,7 +653,8 @@ def _segmentation_scores(workspace: Workspace, roi_ids: list[int] | None, *, pri
 
 
 def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, repeats, analytic, n_jobs, json_path,
-                data_dir, user, cohort=None, min_lesions=None, *, estimate=False) -> None:
+                data_dir, user, cohort=None, min_lesions=None, *, estimate=False, tap_pooling="flatten",
+                svm_engine="exact", sketch_components=None) -> None:
     from cadx.records import experiment_name, to_json
     from cadx.workflows.cohorts import resolve_cohort
     from cadx.workflows.experiments import load_experiment, run_experiment
@@ -669,7 +670,8 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
     loaded, note = _load_backbone(backbone, weights, weights_path)
     settings = ExperimentSettings(taps=taps, ensemble_tap=tap, n_folds=folds, seed=seed, repeats=repeats,
                                   analytic=analytic, n_jobs=n_jobs, cohort=resolved.name,
-                                  min_lesions_per_class_per_fold=minimum)
+                                  min_lesions_per_class_per_fold=minimum, tap_pooling=tap_pooling,
+                                  svm_engine=svm_engine, sketch_components=sketch_components)
     if estimate:
         _print_estimate(workspace, loaded, settings, json_path)
         return
@@ -677,6 +679,11 @@ def _experiment(name, backbone, weights, weights_path, taps, tap, folds, seed, r
         experiment_id = _run(lambda: run_experiment(workspace, loaded, settings, name=name, user=_user(user),
                                                     weights_note=note, progress=bar))
     record = load_experiment(workspace, experiment_id)
+    engine = record.config.svm_engine
+    _console.print(f"SVM engine: {engine.engine if engine else 'gram'} "
+                   f"({engine.reason if engine else 'exact polynomial-kernel SVM (the default)'}"
+                   f"{f'; sketch size {engine.components}' if engine and engine.components else ''}); "
+                   f"taps: {record.config.tap_pooling}", style="cyan")
     _print_experiment(record)
     _print_power(workspace, experiment_id)
     sentence = chance_sentence({k: m.pooled_ci95 for k, m in record.results.methods.items()})
@@ -871,13 +878,30 @@ def sweep_command(name: Annotated[str, typer.Option(help="Experiment name.")] = 
                                                             help="Skip Method B and the ensemble.")] = False,
                   cohort: CohortOption = None, min_lesions_per_fold: MinLesions = None,
                   estimate: Estimate = False, quick: Quick = False,
+                  tap_pooling: Annotated[str, typer.Option(
+                      "--tap-pooling", help="flatten (the paper's whole map), avg, max or avgmax: a conv tap "
+                                            "reduced to its channels (fc taps unchanged).")] = "flatten",
+                  svm_engine: Annotated[str, typer.Option(
+                      "--svm-engine", help="exact (the default), approx (Tensor-Sketch features and a linear SVM: "
+                                           "linear in n) or auto (exact up to 5,000 training ROIs).")] = "exact",
+                  sketch_components: Annotated[int | None, typer.Option(
+                      "--sketch-components", help="Sketch size of the approximate engine (default 1024).")] = None,
                   data_dir: DataDir = None, user: User = None) -> None:
     """The paper's Fig. 3: an SVM per CNN tap, plus Method B and the ensemble at one tap (Fig. 4, Table 1)."""
+    from cadx.cnn import TAP_POOLINGS
+    from cadx.svm import SVM_ENGINES
+
     tap_list = tuple(taps.split(",")) if taps else None
     if quick:
         repeats = SWEEP_PRESETS["quick"]
+    if tap_pooling not in TAP_POOLINGS:
+        raise typer.BadParameter(f"{tap_pooling!r} is not one of {', '.join(TAP_POOLINGS)}",
+                                 param_hint="--tap-pooling")
+    if svm_engine not in SVM_ENGINES:
+        raise typer.BadParameter(f"{svm_engine!r} is not one of {', '.join(SVM_ENGINES)}", param_hint="--svm-engine")
     _experiment(name, backbone, weights, weights_path, tap_list, tap, folds, seed, repeats, not no_analytic, jobs,
-                json_path, data_dir, user, cohort, min_lesions_per_fold, estimate=estimate)
+                json_path, data_dir, user, cohort, min_lesions_per_fold, estimate=estimate, tap_pooling=tap_pooling,
+                svm_engine=svm_engine, sketch_components=sketch_components)
 
 
 @app.command("evaluate")

@@ -151,6 +151,9 @@ __all__ = [
     "pretrained_available",
     "preprocess_rois",
     "tap_shapes",
+    "tap_widths",
+    "pool_tap",
+    "TAP_POOLINGS",
 ]
 
 INPUT_SIZE = 256
@@ -180,13 +183,56 @@ MIXED_FP32_MODULES: Mapping[str, tuple[str, ...]] = {
 multiply-adds at 256x256)."""
 
 
-def feature_preprocessing(precision: str = "fp32") -> str:
-    """The feature-store key (``preprocessing``) of features extracted at ``precision``.
+TAP_POOLINGS = ("flatten", "avg", "max", "avgmax")
+"""How a convolutional tap's (C, H, W) map becomes a feature vector: ``flatten`` (the paper's: all ``C·H·W`` values,
+in C, H, W order; the default), ``avg`` / ``max`` (global average / max pooling over H, W: ``C`` values; Antropova,
+Huynh & Giger 2017 fused average-pooled VGG features) or ``avgmax`` (both, ``2C`` values: the averages, then the
+maxima). Vector taps (fc) are the same under every pooling."""
+
+
+def _check_pooling(pooling: str) -> str:
+    return validation.choice(pooling, name="tap_pooling", choices=TAP_POOLINGS)
+
+
+def feature_preprocessing(precision: str = "fp32", *, pooling: str = "flatten") -> str:
+    """The feature-store key (``preprocessing``) of features extracted at ``precision`` with ``pooling``.
 
     ``fp32`` keeps :data:`PREPROCESSING_VERSION` (the keys of every store written so far); autocast runs append
     ``+bf16`` / ``+fp16``, so features of different precisions live in different sets and never mix in a sweep.
+    A pooling other than ``flatten`` appends ``+pool-<pooling>`` (its own set, fc taps included, so a pooled sweep
+    never reads a flattened map and the reverse).
     """
-    return PREPROCESSING_VERSION if _check_precision(precision) == "fp32" else f"{PREPROCESSING_VERSION}+{precision}"
+    key = PREPROCESSING_VERSION if _check_precision(precision) == "fp32" else f"{PREPROCESSING_VERSION}+{precision}"
+    return key if _check_pooling(pooling) == "flatten" else f"{key}+pool-{pooling}"
+
+
+def pool_tap(output: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One tap's batch output ``(n, ...)`` as ``(n, features)`` under ``pooling`` (:data:`TAP_POOLINGS`).
+
+    A map ``(n, C, H, W)`` is flattened, or pooled over ``H, W`` on the device before anything is copied, so a
+    pooled tap's flattened map never reaches the host or the store; any other shape is flattened.
+    """
+    pooling = _check_pooling(pooling)
+    if output.ndim != 4 or pooling == "flatten":
+        return output.reshape(output.shape[0], -1)
+    x = output.float()  # pooled in float32 also under autocast: the sum of a 63x63 map in fp16 loses digits
+    if pooling == "avg":
+        return x.mean(dim=(2, 3))
+    if pooling == "max":
+        return x.amax(dim=(2, 3))
+    return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
+def tap_widths(name: str, *, pooling: str = "flatten", input_size: int = INPUT_SIZE) -> dict[str, int]:
+    """Feature-vector length of every tap of a backbone under ``pooling`` (``C``, ``2C`` or ``C·H·W`` for a map)."""
+    pooling = _check_pooling(pooling)
+    widths = {}
+    for tap, shape in tap_shapes(name, input_size).items():
+        if len(shape) == 3 and pooling != "flatten":
+            widths[tap] = int(shape[0]) * (2 if pooling == "avgmax" else 1)
+        else:
+            widths[tap] = math.prod(shape)
+    return widths
 
 
 def _check_precision(precision: str) -> str:
@@ -1069,14 +1115,14 @@ def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray, *, backbone: LoadedBackbone | str, taps: Iterable[str] | None = ...,
     batch_size: int = ..., device: str | torch.device | None = ..., progress: ProgressCallback | None = ...,
     sink: None = ..., num_threads: int | None = ..., num_workers: int = ..., precision: str = ...,
-    pin_memory: bool | None = ..., timings: dict[str, float] | None = ...,
+    pin_memory: bool | None = ..., timings: dict[str, float] | None = ..., pooling: str = ...,
 ) -> dict[str, np.ndarray]: ...  # fmt: skip
 @overload
 def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray, *, backbone: LoadedBackbone | str, taps: Iterable[str] | None = ...,
     batch_size: int = ..., device: str | torch.device | None = ..., progress: ProgressCallback | None = ...,
     sink: Sink, num_threads: int | None = ..., num_workers: int = ..., precision: str = ...,
-    pin_memory: bool | None = ..., timings: dict[str, float] | None = ...,
+    pin_memory: bool | None = ..., timings: dict[str, float] | None = ..., pooling: str = ...,
 ) -> None: ...  # fmt: skip
 def extract_features(
     rois: Iterable[np.ndarray] | np.ndarray,
@@ -1092,6 +1138,7 @@ def extract_features(
     precision: str = "fp32",
     pin_memory: bool | None = None,
     timings: dict[str, float] | None = None,
+    pooling: str = "flatten",
 ) -> dict[str, np.ndarray] | None:
     """Run ROIs through a backbone once and collect every requested tap, batch by batch.
 
@@ -1127,6 +1174,8 @@ def extract_features(
         normalise, summed over workers), ``wait`` (this process waiting for an input batch), ``copy``
         (host to device), ``forward``, ``write`` (device to host and the sink), ``total``, and ``rois``.
         On CUDA each stage is synchronised when timings are asked for.
+    pooling : {"flatten", "avg", "max", "avgmax"}, default="flatten"
+        How a convolutional map becomes a vector (:data:`TAP_POOLINGS`, :func:`pool_tap`); fc taps are unchanged.
 
     Returns
     -------
@@ -1139,6 +1188,7 @@ def extract_features(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an integer >= 0; got {num_workers!r}")
     _check_precision(precision)
+    _check_pooling(pooling)
     loaded = _as_loaded(backbone)
     fp32_modules = _check_mixed(precision, loaded.name)
     tap_names = _check_taps(loaded.backbone, taps)
@@ -1174,7 +1224,7 @@ def extract_features(
                     out = extractor(x)
             sync()
             t2 = time.perf_counter()
-            arrays = {t: out[t][:n].reshape(n, -1).float().cpu().numpy() for t in tap_names}
+            arrays = {t: pool_tap(out[t][:n], pooling).float().cpu().numpy() for t in tap_names}
             rows = range(done, done + n)
             if sink is not None:
                 sink(rows, arrays)
@@ -1192,10 +1242,8 @@ def extract_features(
         timings.update(clock, total=time.perf_counter() - started, rois=float(done))
     if sink is not None:
         return None
-    shapes = tap_shapes(loaded.name)
-    return {
-        t: np.concatenate(v) if v else np.empty((0, math.prod(shapes[t])), np.float32) for t, v in collected.items()
-    }
+    widths = tap_widths(loaded.name, pooling=pooling)
+    return {t: np.concatenate(v) if v else np.empty((0, widths[t]), np.float32) for t, v in collected.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1512,6 +1560,7 @@ def extract_to_store(
     precision: str = "fp32",
     pin_memory: bool | None = None,
     timings: dict[str, float] | None = None,
+    pooling: str = "flatten",
 ) -> int:
     """Extract and store the features of the ROIs the store lacks; the number extracted.
 
@@ -1521,8 +1570,9 @@ def extract_to_store(
         ROI SHA-256 -> ROI (H, W) uint16; only missing ROIs are read (a lazy mapping works).
     store : FeatureStore
     backbone : LoadedBackbone or str
-    taps, batch_size, device, progress, num_threads, num_workers, precision, pin_memory, timings
-        As in :func:`extract_features`. Features are stored under ``feature_preprocessing(precision)``.
+    taps, batch_size, device, progress, num_threads, num_workers, precision, pin_memory, timings, pooling
+        As in :func:`extract_features`. Features are stored under ``feature_preprocessing(precision,
+        pooling=pooling)``.
     chunk_rows : int
         ROIs per committed chunk.
 
@@ -1533,14 +1583,15 @@ def extract_to_store(
     """
     loaded = _as_loaded(backbone)
     _check_mixed(_check_precision(precision), loaded.name)  # before the store is touched
+    _check_pooling(pooling)
     tap_names = _check_taps(loaded.backbone, taps)
     key = {"backbone": loaded.name, "weights_sha256": loaded.weights.sha256,
-           "preprocessing": feature_preprocessing(precision)}
+           "preprocessing": feature_preprocessing(precision, pooling=pooling)}
     todo = store.missing(rois_by_hash.keys(), taps=tap_names, **key)
     if not todo:
         return 0
-    shapes = tap_shapes(loaded.name)
-    n_features = {t: math.prod(shapes[t]) for t in tap_names}
+    widths = tap_widths(loaded.name, pooling=pooling)
+    n_features = {t: widths[t] for t in tap_names}
     row_bytes = 4 * sum(n_features.values())  # float32
     require_free_space(store.root, row_bytes * len(todo),
                        what=f"storing the {loaded.name} features of {len(todo)} ROIs ({len(tap_names)} taps, "
@@ -1550,7 +1601,7 @@ def extract_to_store(
         extract_features(
             _Picked(rois_by_hash, todo), backbone=loaded, taps=tap_names, batch_size=batch_size,
             device=device, sink=sink, num_threads=num_threads, num_workers=num_workers, precision=precision,
-            pin_memory=pin_memory, timings=timings,
+            pin_memory=pin_memory, timings=timings, pooling=pooling,
             progress=None if progress is None else (lambda d, _t, m: progress(d, len(todo), m)),
         )  # fmt: skip
     return len(todo)

@@ -48,6 +48,7 @@ from cadx.methods import METHODS
 __all__ = [
     "EXPERIMENT_NAME_MAX",
     "SCHEMA_VERSION",
+    "SvmEngineRecord",
     "Binormal",
     "Calibration",
     "CohortRecord",
@@ -139,12 +140,25 @@ class CohortRecord:
 
 
 @dataclass(frozen=True)
+class SvmEngineRecord:
+    """Which SVM engine ran and why (``cadx.svm.resolve_svm_engine``): ``requested`` is the user's ``exact``,
+    ``approx`` or ``auto``, ``engine`` the one that ran (``gram`` = exact, ``approx``), ``components`` the sketch
+    size of the approximate engine (0 for the exact one)."""
+
+    requested: str
+    engine: str
+    reason: str
+    components: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that determines an experiment's numbers; its SHA-256 (:func:`config_sha256`) names them.
 
     ``grid`` is the SVM grid (parameter -> values) or ``"cadx.svm.default_grid"``; ``repeats`` is left out of the
-    JSON when 1 and ``min_lesions_per_class_per_fold`` when the default, so that the records made before either
-    existed keep their SHA-256; ``extra`` holds keys a caller added (``ExperimentSettings.extra``), stored at the
+    JSON when 1, ``min_lesions_per_class_per_fold`` when the default, ``tap_pooling`` when ``flatten`` and
+    ``svm_engine`` when the exact engine was asked for, so that the records made before any of them existed keep
+    their SHA-256; ``extra`` holds keys a caller added (``ExperimentSettings.extra``), stored at the
     top level. ``cohort`` and ``roi_set_sha256`` are None in records made before cohorts existed.
     """
 
@@ -166,6 +180,8 @@ class ExperimentConfig:
     roi_set_sha256: str | None = _optional()
     repeats: int = field(default=1, metadata={_OMIT_IF: 1})
     min_lesions_per_class_per_fold: int | None = _optional()
+    tap_pooling: str = field(default="flatten", metadata={_OMIT_IF: "flatten"})
+    svm_engine: SvmEngineRecord | None = _optional()
     extra: dict[str, Any] = field(default_factory=dict, metadata={_FLATTEN: True})
 
     @property

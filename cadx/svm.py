@@ -2,11 +2,17 @@
 
 The paper standardises every feature, trains an SVM with the polynomial kernel
 ``K(x, y) = (a xᵀy + c)^d`` whose ``a, c, d`` are chosen by a five-fold cross-validated grid search, and
-evaluates it by five-fold cross-validation *by lesion*. This module does exactly that, two ways:
+evaluates it by five-fold cross-validation *by lesion*. This module does exactly that, two ways, and approximately
+a third:
 
 ``engine="plain"``
     scikit-learn's own ``GridSearchCV(Pipeline([VarianceThreshold(0), StandardScaler(), (SimpleImputer()),
     SVC(kernel="poly")]))`` (:func:`make_plain_pipeline`), refitted in each outer fold. The reference.
+``engine="approx"``
+    The same grid, folds, standardisation and Platt step on explicit Tensor-Sketch features of the kernel with a
+    linear SVM (:mod:`cadx.sketch`): memory and time linear in the number of ROIs, an approximation whose error
+    is measured (``benchmarks/bench_approx_engine.py``). :func:`resolve_svm_engine` maps the user's
+    ``exact|approx|auto`` (:data:`SVM_ENGINES`) to an engine.
 ``engine="gram"`` (default)
     The same numbers, much faster. The polynomial kernel sees the data only through ``zᵢᵀzⱼ`` (``z`` the
     standardised features), so each standardised Gram matrix is computed once, in float64, and every grid
@@ -103,8 +109,11 @@ __all__ = [
     "fold_auc",
     "make_plain_pipeline",
     "make_svm_pipeline",
+    "AUTO_EXACT_MAX_TRAIN",
     "OPERATING_POINT_RULE",
+    "SVM_ENGINES",
     "operating_point",
+    "resolve_svm_engine",
     "soft_vote",
     "sweep_layers",
     "z_vote",
@@ -114,7 +123,13 @@ Progress = Callable[[int, int, str], None]
 FeatureSource = Any  # array of shape (n_rois, n_features), np.memmap, path to a .npy file, or a callable returning one
 
 _GRID_KEYS = ("gamma", "coef0", "degree", "C")
-_ENGINES = ("gram", "plain")
+_ENGINES = ("gram", "plain", "approx")
+SVM_ENGINES = ("exact", "approx", "auto")
+"""What a user asks for (CLI ``--svm-engine``, the sweep page, ``ExperimentSettings.svm_engine``): ``exact`` (the Gram
+engine, the default), ``approx`` (Tensor-Sketch features and a linear SVM) or ``auto`` (:func:`resolve_svm_engine`)."""
+AUTO_EXACT_MAX_TRAIN = 5000
+"""``auto`` runs the exact engine up to this many outer-training ROIs and the approximate one above: the exact
+engine's six ``n x n`` float64 Grams per fold are 1.2 GB at 5,000 and grow with ``n^2``, its SVM fits faster still."""
 _DASK_ENV = "CADX_DASK_SCHEDULER"
 _DEFAULT_BLOCK_COLUMNS = 8192
 _PLATT_MIN_SLOPE = 1e-3  # in units of 1 / sd(decision values)
@@ -788,15 +803,115 @@ def _grid_search_gram_unchecked(G_inner: Sequence[np.ndarray], inner_pos: Sequen
             oof[ci, val] = dec
             scores[ci, k] = _rank_auc(y_tr[val], dec)
         vals.append(val)
-    # The rank AUC can differ from roc_auc_score in the last bit, and GridSearchCV breaks exact ties by grid
-    # order: rescore the contenders for the best mean with roc_auc_score itself, so the choice is GridSearchCV's.
+    _rescore_contenders(scores, oof, vals, y_tr)
+    return scores, oof
+
+
+def _rescore_contenders(scores: np.ndarray, oof: np.ndarray, vals: Sequence[np.ndarray], y_tr: np.ndarray) -> None:
+    """The rank AUC can differ from roc_auc_score in the last bit, and GridSearchCV breaks exact ties by grid
+    order: rescore the contenders for the best mean with roc_auc_score itself (in place), so the choice is
+    GridSearchCV's."""
     means = np.average(scores, axis=1)
     if not np.isnan(means).all():
         contenders = np.flatnonzero(means >= np.nanmax(means) - 1e-9)
         for cj in contenders:
             for k, val in enumerate(vals):
                 scores[cj, k] = _safe_auc(y_tr[val], oof[cj, val])
-    return scores, oof
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Approximate engine: Tensor-Sketch features and a linear SVM (cadx.sketch)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _approx_scalers(X: Any, order: np.ndarray, n_tr: int, inner_fit: Sequence[np.ndarray], block_columns: int
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+    """The full-width scalers ``(keep, mean, inv_scale)`` of the outer training rows (first) and of each inner
+    training part (rows of ``X[order]``: training rows first), in one pass over the columns; and the number of
+    features not constant over all rows."""
+    p = X.shape[1]
+    scalers = [(np.zeros(p, dtype=bool), np.zeros(p), np.zeros(p)) for _ in range(1 + len(inner_fit))]
+    n_nonconstant = 0
+    for j0 in range(0, p, block_columns):
+        j1 = min(p, j0 + block_columns)
+        Xb = np.asarray(np.asarray(X[:, j0:j1])[order], dtype=np.float64, order="C")
+        has_nan = bool(np.isnan(Xb).any())
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            n_nonconstant += int((np.nanmax(Xb, axis=0) > np.nanmin(Xb, axis=0)).sum())
+        XT = Xb[:n_tr]
+        for (keep, mean, inv), rows in zip(scalers, [np.arange(n_tr), *inner_fit], strict=True):
+            keep[j0:j1], mean[j0:j1], inv[j0:j1] = _fit_scaler(XT[rows], has_nan)
+    return scalers, n_nonconstant
+
+
+def _approx_sketches(X: Any, rows: np.ndarray, scaler: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     hashes: Any, block_columns: int) -> np.ndarray:
+    """Count sketches (max_degree, len(rows), D) of ``X[rows]`` standardised with ``scaler``, streamed by column
+    blocks (memory ``O(len(rows) · (block + max_degree · D))``, whatever the width)."""
+    from cadx.sketch import count_sketch_add
+
+    _, mean, inv = scaler
+    p = X.shape[1]
+    out = np.zeros((hashes.max_degree, len(rows), hashes.n_components))
+    for j0 in range(0, p, block_columns):
+        j1 = min(p, j0 + block_columns)
+        if not inv[j0:j1].any():
+            continue  # every feature of the block dropped by the zero-variance filter
+        Xb = np.asarray(np.asarray(X[:, j0:j1])[rows], dtype=np.float64, order="C")
+        Z = _standardize(Xb, mean[j0:j1], inv[j0:j1], bool(np.isnan(Xb).any()), Xb)
+        count_sketch_add(out, Z, hashes, j0)
+    if not np.isfinite(out).all():
+        raise ValueError("features contain infinite values (or overflow float64 after standardisation); "
+                         "allowed are finite numbers and NaN (missing, imputed)")
+    return out
+
+
+def _approx_fold(X: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 inner: Sequence[tuple[np.ndarray, np.ndarray]], candidates: Sequence[dict[str, Any]],
+                 block_columns: int, components: int, sketch_seed: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray, int, int, float]:
+    """The approximate engine's outer fold: the same inner grid search (one scaler per inner training part), refit
+    and decision values as the Gram engine, on Tensor-Sketch features with a linear SVM.
+
+    Returns ``(decision, scores, oof, best, oof_best, n_kept, n_nonconstant, sketch_seconds)``.
+    """
+    from cadx.sketch import linear_svm_decision, poly_features, sketch_hashes
+
+    t0 = time.perf_counter()
+    order = np.concatenate([train, test])
+    n_tr = len(train)
+    position = np.empty(len(y), dtype=np.int64)
+    position[train] = np.arange(n_tr)
+    inner_pos = [(position[a], position[v]) for a, v in inner]
+    y_tr = y[train]
+    b = max(1, int(block_columns))
+    scalers, n_nonconstant = _approx_scalers(X, order, n_tr, [f for f, _ in inner_pos], b)
+    hashes = sketch_hashes(int(X.shape[1]), max(int(c["degree"]) for c in candidates), int(components),
+                           seed=sketch_seed)
+    sketch_seconds = time.perf_counter() - t0
+    scores = np.full((len(candidates), len(inner_pos)), np.nan)
+    oof = np.zeros((len(candidates), n_tr))
+    for k, (fit, val) in enumerate(inner_pos):
+        t_sketch = time.perf_counter()
+        S = _approx_sketches(X, train, scalers[1 + k], hashes, b)
+        sketch_seconds += time.perf_counter() - t_sketch
+        y_fit = y_tr[fit]
+        for ci, c in enumerate(candidates):
+            F = poly_features(S, hashes, gamma=c["gamma"], coef0=c["coef0"], degree=c["degree"])
+            dec = linear_svm_decision(F[fit], y_fit, F[val], C=c["C"])
+            oof[ci, val] = dec
+            scores[ci, k] = _rank_auc(y_tr[val], dec)
+        del S
+    _rescore_contenders(scores, oof, [v for _, v in inner_pos], y_tr)
+    best = _best_index(scores)
+    c = candidates[best]
+    t_sketch = time.perf_counter()
+    S = _approx_sketches(X, order, scalers[0], hashes, b)
+    sketch_seconds += time.perf_counter() - t_sketch
+    F = poly_features(S, hashes, gamma=c["gamma"], coef0=c["coef0"], degree=c["degree"])
+    decision = linear_svm_decision(F[:n_tr], y_tr, F[n_tr:], C=c["C"])
+    return decision, scores, oof, best, oof[best], int(scalers[0][0].sum()), n_nonconstant, sketch_seconds
 
 
 def _fit_platt(f: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -926,7 +1041,7 @@ def _fold_model(keep: np.ndarray, mean: np.ndarray, scale: np.ndarray, support: 
 def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
               inner: Sequence[tuple[np.ndarray, np.ndarray]], grid: Mapping[str, list[Any]], engine: str,
               block_columns: int, name: str = "X", gram_engine: str | None = None,
-              keep_model: bool = False) -> _FoldOutput:
+              keep_model: bool = False, components: int = 0, sketch_seed: int = 0) -> _FoldOutput:
     """One outer fold: inner grid search, refit on the outer training set, decision values for its test set
     (and, with ``keep_model``, the fitted model: :class:`cadx.foldmodel.FoldModel`)."""
     t0 = time.perf_counter()
@@ -936,7 +1051,12 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     position[train] = np.arange(len(train))
     inner_pos = [(position[a], position[b]) for a, b in inner]
     y_tr = y[train]
-    if engine == "gram":
+    if engine == "approx":
+        decision, scores, oof, best, oof_best, n_kept, n_nonconstant, sketch_s = _approx_fold(
+            X, y, train, test, inner, candidates, block_columns, components, sketch_seed)
+        t1 = t0 + sketch_s  # the sketching counts as the fold's "Gram" time, the linear fits as its SVM time
+        keep_model = False  # a linear model on sketch features is no FoldModel (cadx.foldmodel: kernel SVMs)
+    elif engine == "gram":
         gram_engine = resolve_gram_engine(gram_engine)  # here, in the worker: its own CUDA device, if any
         scalers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if keep_model else None
         G_outer, G_inner, n_kept, n_nonconstant = _fold_grams(X, train, test, inner, block_columns=block_columns,
@@ -987,7 +1107,8 @@ def _run_fold(source: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     return _FoldOutput(decision=np.asarray(decision, dtype=np.float64), proba=proba, best_index=best,
                        scores=scores, platt=(a, b), platt_free_slope=free_slope, platt_clamped=clamped,
                        inner_mean=inner_mean, inner_sd=inner_sd, n_kept=n_kept, n_nonconstant=n_nonconstant,
-                       gram_seconds=t1 - t0 if engine == "gram" else 0.0, svm_seconds=t2 - t1, seconds=t2 - t0,
+                       gram_seconds=t1 - t0 if engine in ("gram", "approx") else 0.0, svm_seconds=t2 - t1,
+                       seconds=t2 - t0,
                        gram_engine=(gram_engine or "numpy") if engine == "gram" else "numpy", model=model,
                        operating_point=threshold)
 
@@ -1157,6 +1278,44 @@ def _assemble(outputs: Sequence[_FoldOutput], y: np.ndarray, groups: np.ndarray,
     )
 
 
+def resolve_svm_engine(requested: str, n_train: int) -> tuple[str, str]:
+    """The engine that runs for ``requested`` (one of :data:`SVM_ENGINES`) with ``n_train`` outer-training ROIs.
+
+    Returns
+    -------
+    engine : {"gram", "approx"}
+        The ``engine`` argument of :func:`cross_validate_by_lesion` / :func:`sweep_layers`.
+    reason : str
+        Why, in words (recorded with the experiment and printed by the CLI).
+    """
+    if requested not in SVM_ENGINES:
+        raise CadxInputError("svm_engine", f"got {requested!r}", f"use one of {', '.join(SVM_ENGINES)}")
+    if requested == "exact":
+        return "gram", "exact polynomial-kernel SVM (asked for)"
+    if requested == "approx":
+        return "approx", "Tensor-Sketch features and a linear SVM (asked for)"
+    if n_train <= AUTO_EXACT_MAX_TRAIN:
+        return "gram", (f"auto: {n_train:,} training ROIs <= {AUTO_EXACT_MAX_TRAIN:,}, so the exact "
+                        "polynomial-kernel SVM")
+    return "approx", (f"auto: {n_train:,} training ROIs > {AUTO_EXACT_MAX_TRAIN:,}, so Tensor-Sketch features and "
+                      "a linear SVM (memory and time linear in n)")
+
+
+def _components(engine: str, components: int | None) -> int:
+    from cadx.sketch import DEFAULT_COMPONENTS
+
+    if components is None:
+        return DEFAULT_COMPONENTS if engine == "approx" else 0
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or components < 2:
+        raise ValueError(f"components (the sketch size) must be an integer >= 2; got {components!r}")
+    return int(components)
+
+
+def _engine_kwargs(engine: str, components: int, seed: int) -> dict[str, Any]:
+    """The approximate engine's extra job arguments (none for the others, whose jobs stay as they were)."""
+    return {"components": components, "sketch_seed": seed} if engine == "approx" else {}
+
+
 def _check_common(engine: str, block_columns: int, gram_engine: str | None = None) -> None:
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {list(_ENGINES)}; got {engine!r}")
@@ -1186,7 +1345,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
                              scheduler: str | None = None, block_columns: int = _DEFAULT_BLOCK_COLUMNS,
                              progress: Progress | None = None, gram_engine: str | None = None,
                              checkpoint: Any = None, keep_models: bool = False,
-                             outer_folds: Any = None) -> CvResult:
+                             outer_folds: Any = None, components: int | None = None) -> CvResult:
     """Nested cross-validation by lesion of the standardised polynomial-kernel SVM.
 
     Outer folds: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on the groups; in each
@@ -1215,8 +1374,10 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
     repeats : int, default=1
         With ``repeats > 1``, repeat with seeds ``seed, seed+1, ...``: the result is the first seed's and holds
         every seed's in ``runs``.
-    engine : {"gram", "plain"}, default="gram"
-        Fast exact Gram engine, or scikit-learn's ``GridSearchCV`` (reference; slow for wide layers).
+    engine : {"gram", "plain", "approx"}, default="gram"
+        Fast exact Gram engine, scikit-learn's ``GridSearchCV`` (reference; slow for wide layers), or the
+        approximate engine (Tensor-Sketch features and a linear SVM, :mod:`cadx.sketch`: memory and time linear
+        in the number of ROIs; no fold models are kept).
     n_jobs : int or None, default=1
         Parallel outer folds with joblib (``-1`` = all cores). Ignored when a Dask scheduler is used.
     scheduler : str, optional
@@ -1241,6 +1402,9 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         A fixed outer fold id per ROI (``0 .. n_folds - 1``, whole lesions/patients per fold), e.g. a stored
         experiment's, instead of ``StratifiedGroupKFold``; only with ``repeats=1``. The inner splits are still
         drawn with ``seed`` from the labels given (a permutation test reruns the whole nested search this way).
+    components : int, optional
+        Sketch size ``D`` of the approximate engine (default :data:`cadx.sketch.DEFAULT_COMPONENTS`); each seed
+        draws its own hashes from the seed.
 
     Returns
     -------
@@ -1249,6 +1413,7 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         in :attr:`CvResult.runs`.
     """
     _check_common(engine, block_columns, gram_engine)
+    components = _components(engine, components)
     seeds = _seeds(seed, repeats)
     y01 = _check_labels(y)
     cv_groups = _cv_groups(groups, patients, len(y01))
@@ -1264,7 +1429,9 @@ def cross_validate_by_lesion(X: FeatureSource, y: Any, groups: Any, *, patients:
         splits, inner_splits = plans[s]
         for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
             jobs.append((("X", s, k), (source, y01, train, test, inner, grid, engine, int(block_columns)),
-                         {"gram_engine": gram_engine, "keep_model": bool(keep_models) and s == seeds[0]}))
+                         {"gram_engine": gram_engine,
+                          "keep_model": bool(keep_models) and s == seeds[0] and engine != "approx",
+                          **_engine_kwargs(engine, components, s)}))
             labels.append(f"seed {s} fold {k + 1}/{n_folds}" if repeats > 1 else f"fold {k + 1}/{n_folds}")
     outputs, _ = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
                            checkpoint=checkpoint)
@@ -1432,7 +1599,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
                  repeats: int = 1, engine: str = "gram", n_jobs: int | None = 1, scheduler: str | None = None,
                  block_columns: int = _DEFAULT_BLOCK_COLUMNS, progress: Progress | None = None,
                  gram_engine: str | None = None, checkpoint: Any = None, keep_models: bool = False,
-                 outer_folds: Any = None) -> SweepResult:
+                 outer_folds: Any = None, components: int | None = None) -> SweepResult:
     """Cross-validate one classifier per CNN tap (the paper's Fig. 3), in parallel over taps and folds.
 
     Every (tap, repeat, outer fold) is one job, run sequentially (``n_jobs=1``), with joblib's loky processes
@@ -1446,7 +1613,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
         a path to a ``.npy`` file, or a cheap callable that returns the array (e.g. loads a memmap). With a
         remote Dask cluster, files must be visible to the workers at the same path.
     y, groups, patients, n_folds, n_inner, seed, repeats, engine, n_jobs, scheduler, block_columns, gram_engine
-    outer_folds
+    outer_folds, components
         As for :func:`cross_validate_by_lesion`.
     grid : mapping, optional
         One grid for all taps; default :func:`default_grid` of each tap's width.
@@ -1465,6 +1632,7 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
     if not isinstance(feature_sources, Mapping) or not feature_sources:
         raise ValueError("feature_sources must be a non-empty mapping of tap name -> features")
     _check_common(engine, block_columns, gram_engine)
+    components = _components(engine, components)
     seeds = _seeds(seed, repeats)
     y01 = _check_labels(y)
     cv_groups = _cv_groups(groups, patients, len(y01))
@@ -1484,7 +1652,9 @@ def sweep_layers(feature_sources: Mapping[str, FeatureSource], y: Any, groups: A
             for k, ((train, test), inner) in enumerate(zip(splits, inner_splits, strict=True)):
                 jobs.append(((name, s, k), (sources[name], y01, train, test, inner, grids[name], engine,
                                             int(block_columns), name),
-                             {"gram_engine": gram_engine, "keep_model": bool(keep_models) and s == seeds[0]}))
+                             {"gram_engine": gram_engine,
+                              "keep_model": bool(keep_models) and s == seeds[0] and engine != "approx",
+                              **_engine_kwargs(engine, components, s)}))
                 labels.append(f"{name} fold {k + 1}/{n_folds}" + (f" seed {s}" if repeats > 1 else ""))
     outputs, backend = _run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress, labels=labels,
                                  checkpoint=checkpoint)

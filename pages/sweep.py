@@ -270,6 +270,20 @@ with st.expander("Start a sweep", expanded=not experiments):
         st.warning(f"Guard rail lowered to {int(minimum)} lesions of each class per fold (default "
                    f"{cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD}): fold AUCs on so few lesions move in coarse steps. "
                    "The experiment records the lowered guard rail.")
+    from cadx.cnn import TAP_POOLINGS  # here, not at the top: torch and scikit-learn load when the page renders
+    from cadx.svm import AUTO_EXACT_MAX_TRAIN, SVM_ENGINES
+
+    p1, p2 = st.columns(2)
+    tap_pooling = p1.selectbox(
+        "Tap pooling", TAP_POOLINGS, index=TAP_POOLINGS.index(defaults.tap_pooling), key="sweep_tap_pooling",
+        help="flatten: the paper's whole convolutional map (10⁴–10⁵ values); avg / max / avgmax: each map reduced "
+             "to its channels by global average / max pooling (64–512 values, twice that for avgmax). fc taps are "
+             "unchanged. Pooled and flattened features are stored apart and never mix.")
+    svm_engine = p2.selectbox(
+        "SVM engine", SVM_ENGINES, index=SVM_ENGINES.index(defaults.svm_engine), key="sweep_svm_engine",
+        help="exact: the polynomial-kernel SVM (the default). approx: Tensor-Sketch features and a linear SVM, "
+             "memory and time linear in the ROIs (an approximation; its error is measured in the README). auto: "
+             f"exact up to {AUTO_EXACT_MAX_TRAIN:,} training ROIs, then approx. The experiment records which ran.")
     cohort = cohort_verdict(cohort_info.name, n_folds=int(n_folds), minimum_per_fold=int(minimum))
     cohort_editor("sweep_cohort")
     name = st.text_input("Name", value=f"{backbone} sweep", max_chars=EXPERIMENT_NAME_MAX,
@@ -277,6 +291,7 @@ with st.expander("Start a sweep", expanded=not experiments):
     settings = ExperimentSettings(
         taps=tuple(t for t in info["taps"] if t in taps), ensemble_tap=ensemble_tap, analytic=analytic,
         n_folds=int(n_folds), seed=int(seed), repeats=int(repeats), cohort=cohort["name"],
+        tap_pooling=str(tap_pooling), svm_engine=str(svm_engine),
         min_lesions_per_class_per_fold=int(minimum) if int(minimum) != cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD
         else None,
         extra={"folds_chosen_over_cohort": {"cohort": cohort_folds, "sweep": int(n_folds)}} if folds_note else {})

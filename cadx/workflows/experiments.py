@@ -51,6 +51,7 @@ from cadx.records import (
     RepeatedMethod,
     Repeats,
     RocPoints,
+    SvmEngineRecord,
     SweepLayer,
     WeightsRecord,
     config_sha256,
@@ -135,6 +136,9 @@ class ExperimentSettings:
     min_lesions_per_class_per_fold: int | None = None  # None: cadx.cohorts.MIN_LESIONS_PER_CLASS_PER_FOLD (5)
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # CNN forward arithmetic (cadx.cnn.PRECISIONS); keys the features used
+    tap_pooling: str = "flatten"  # conv map -> vector (cadx.cnn.TAP_POOLINGS); keys the features used
+    svm_engine: str = "exact"  # cadx.svm.SVM_ENGINES: exact, approx or auto (cadx.svm.resolve_svm_engine)
+    sketch_components: int | None = None  # the approximate engine's sketch size (None: cadx.sketch default)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> ExperimentSettings:
@@ -328,9 +332,27 @@ class StageMeter:
         self._report(self._last, PROGRESS_SCALE, message)
 
 
+def _check_scale_options(settings: ExperimentSettings) -> None:
+    """The pooling, engine and sketch size, refused in the words of the CLI option before any work."""
+    from cadx.cnn import TAP_POOLINGS
+    from cadx.svm import SVM_ENGINES
+
+    if settings.tap_pooling not in TAP_POOLINGS:
+        raise CadxInputError("tap_pooling (--tap-pooling)", f"got {settings.tap_pooling!r}",
+                             f"use one of {', '.join(TAP_POOLINGS)}")
+    if settings.svm_engine not in SVM_ENGINES:
+        raise CadxInputError("svm_engine (--svm-engine)", f"got {settings.svm_engine!r}",
+                             f"use one of {', '.join(SVM_ENGINES)}")
+    k = settings.sketch_components
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 16 <= k <= 65536):
+        raise CadxInputError("sketch_components (--sketch-components)", f"got {k!r}",
+                             "give a whole number from 16 to 65536 (default: cadx.sketch.DEFAULT_COMPONENTS)")
+
+
 def select_cohort(workspace: Workspace, loaded: Any, settings: ExperimentSettings) -> CohortStage:
     """Stage 1: resolve the cohort, check its size for the folds (the guard rails) and the taps."""
     _check_repeats(settings.repeats)
+    _check_scale_options(settings)
     cohort = resolve_cohort(workspace, settings.cohort)
     n_folds = settings.n_folds or cohort.definition.n_folds
     cohort.check(n_folds=n_folds, minimum_per_fold=settings.min_lesions_per_class_per_fold)
@@ -350,6 +372,26 @@ def select_cohort(workspace: Workspace, loaded: Any, settings: ExperimentSetting
                        sweep_taps=sweep_taps, ensemble_tap=ensemble_tap)
 
 
+def _svm_engine_record(settings: ExperimentSettings, cohort: CohortStage) -> SvmEngineRecord | None:
+    """Which SVM engine runs and why; None for the exact engine asked for (the default: records made before the
+    approximate engine existed keep their SHA-256)."""
+    from cadx.svm import _components, resolve_svm_engine
+
+    if settings.svm_engine == "exact" and settings.sketch_components is None:
+        return None
+    engine, reason = resolve_svm_engine(settings.svm_engine, math.ceil(cohort.n_train))
+    return SvmEngineRecord(requested=settings.svm_engine, engine=engine, reason=reason,
+                           components=_components(engine, settings.sketch_components))
+
+
+def _svm_options(config: ExperimentConfig) -> dict[str, Any]:
+    """The engine arguments of cadx.svm for a config (none for the exact engine: its calls stay as they were)."""
+    record = config.svm_engine
+    if record is None or record.engine == "gram":
+        return {}
+    return {"engine": record.engine, "components": record.components}
+
+
 def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage, *,
                      meter: StageMeter | None = None) -> FeatureStage:
     """Stage 2: extract the CNN taps and segment the ROIs the stores lack; the experiment's config."""
@@ -365,7 +407,7 @@ def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSett
 
     meter.emit("extracting CNN features (only ROIs not in the store)")
     extraction = extract_cnn_features(workspace, loaded, taps=cohort.sweep_taps, precision=settings.precision,
-                                      records=records, progress=extracting)
+                                      records=records, progress=extracting, pooling=settings.tap_pooling)
     meter.finish("extract", "CNN features ready")
     analytic_version = None
     if settings.analytic:
@@ -384,7 +426,8 @@ def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSett
     config = ExperimentConfig(
         backbone=cohort.backbone,
         weights=WeightsRecord(name=loaded.weights.name, sha256=loaded.weights.sha256, source=loaded.weights.source),
-        preprocessing=feature_preprocessing(settings.precision),  # fp32: PREPROCESSING_VERSION itself
+        preprocessing=feature_preprocessing(settings.precision, pooling=settings.tap_pooling),  # fp32, flatten:
+        # PREPROCESSING_VERSION itself
         taps=list(cohort.sweep_taps),
         ensemble_tap=cohort.ensemble_tap,
         analytic_version=analytic_version,
@@ -403,6 +446,8 @@ def prepare_features(workspace: Workspace, loaded: Any, settings: ExperimentSett
         min_lesions_per_class_per_fold=(settings.min_lesions_per_class_per_fold
                                         if settings.min_lesions_per_class_per_fold
                                         not in (None, MIN_LESIONS_PER_CLASS_PER_FOLD) else None),
+        tap_pooling=settings.tap_pooling,
+        svm_engine=_svm_engine_record(settings, cohort),
         extra=dict(settings.extra),
     )
     return FeatureStage(extraction=extraction, analytic_version=analytic_version, config=config,
@@ -422,8 +467,9 @@ def cross_validate(workspace: Workspace, loaded: Any, settings: ExperimentSettin
     n_folds, n_train = cohort.n_folds, cohort.n_train
     common: dict[str, Any] = dict(patients=cohort.patients, n_folds=n_folds, n_inner=settings.n_inner,
                                   grid=settings.grid, seed=settings.seed, repeats=settings.repeats,
-                                  n_jobs=settings.n_jobs)
-    sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision)
+                                  n_jobs=settings.n_jobs, **_svm_options(features.config))
+    sources = {tap: cnn_tap_loader(workspace, loaded, tap, hashes, precision=settings.precision,
+                                   pooling=settings.tap_pooling)
                for tap in cohort.sweep_taps}
     unit_cost = {tap: _fold_cost(n_train, int(sources[tap].shape[1])) for tap in cohort.sweep_taps}
     meter.set_total("sweep", sum(unit_cost.values()) * settings.repeats * n_folds)
@@ -720,7 +766,8 @@ _calibrations: dict[tuple[Any, ...], tuple[float, dict[str, list[float]]]] = {}
 def _recent_calibration(workspace: Workspace, loaded: Any, settings: ExperimentSettings, cohort: CohortStage,
                         parts: Sequence[str]) -> dict[str, list[float]]:
     """:func:`calibrate`, or its result of the last ``_CALIBRATION_KEEP_S`` seconds for the same work."""
-    key = (str(workspace.data_dir), loaded.name, loaded.weights.sha256, settings.precision, settings.n_inner,
+    key = (str(workspace.data_dir), loaded.name, loaded.weights.sha256, settings.precision, settings.tap_pooling,
+           settings.svm_engine, settings.n_inner,
            json.dumps(settings.grid, sort_keys=True), cohort.sweep_taps, tuple(sorted(parts)))
     now = time.monotonic()
     kept = _calibrations.get(key)
@@ -739,18 +786,18 @@ def estimate_experiment(workspace: Workspace, loaded: Any, settings: ExperimentS
     stage no earlier run measured, a short calibration (:func:`calibrate`). The range is the spread of those
     rates (``cadx.planning.scaled_estimate``). Refuses (``CadxInputError``) what ``run_experiment`` would refuse."""
     from cadx.analytic import FEATURES_VERSION
-    from cadx.cnn import feature_preprocessing, tap_shapes
+    from cadx.cnn import feature_preprocessing, tap_widths
     from cadx.workflows.features import feature_store
     from db.models import Segmentation
 
     _check_repeats(settings.repeats)
     cohort = select_cohort(workspace, loaded, settings)
-    shapes = tap_shapes(cohort.backbone)
-    widths = {tap: int(np.prod(shapes[tap])) for tap in cohort.sweep_taps}
+    all_widths = tap_widths(cohort.backbone, pooling=settings.tap_pooling)
+    widths = {tap: all_widths[tap] for tap in cohort.sweep_taps}
     hashes = cohort.hashes
     n_extract = len(feature_store(workspace).missing(
         hashes, backbone=cohort.backbone, weights_sha256=loaded.weights.sha256, taps=cohort.sweep_taps,
-        preprocessing=feature_preprocessing(settings.precision)))
+        preprocessing=feature_preprocessing(settings.precision, pooling=settings.tap_pooling)))
     n_segment = 0
     if settings.analytic:
         with workspace.sessions() as session:

@@ -183,7 +183,8 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
                          records: list[RoiRecord] | None = None,
                          progress: Progress | None = None, num_workers: int = 0, precision: str = "fp32",
                          decoded_cache: bool = False, device: str | None = None,
-                         timings: bool = False, check_sample: int | None = None) -> ExtractionReport:
+                         timings: bool = False, check_sample: int | None = None,
+                         pooling: str = "flatten") -> ExtractionReport:
     """Extract the CNN taps of every ROI (included or not; or of ``records``, e.g. a cohort's) that the store
     lacks; returns what was done.
 
@@ -191,7 +192,8 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
     ``num_workers`` processes decode and resize ROIs ahead of the network; ``precision`` (``fp32``, ``bf16``,
     ``fp16``) selects autocast and keys the store (precisions never mix); ``decoded_cache`` first decodes the
     ROIs once into the workspace's :func:`decoded_roi_cache` and then reads memory-mapped arrays instead of PNGs;
-    ``timings`` records the seconds per stage in the report.
+    ``timings`` records the seconds per stage in the report; ``pooling`` (``cadx.cnn.TAP_POOLINGS``) reduces each
+    convolutional map to its channels before it is stored (and keys the store: poolings never mix).
 
     At ``bf16``/``fp16`` the loss is never silent: the first ``check_sample`` ROIs (default 16; 0 skips it) are
     also run at fp32, in memory, and the report's ``precision_check`` holds each tap's relative error and
@@ -215,7 +217,7 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
             rois = cache
         n = extract_to_store(rois, feature_store(workspace), backbone=loaded, taps=taps, batch_size=batch_size,
                              chunk_rows=chunk_rows, progress=progress, num_workers=num_workers, precision=precision,
-                             device=device, timings=stages)
+                             device=device, timings=stages, pooling=pooling)
     check = None
     if precision != "fp32" and sample > 0 and records:
         from cadx.precision import sample_check
@@ -230,13 +232,13 @@ def extract_cnn_features(workspace: Workspace, loaded: LoadedBackbone, *, taps: 
 
 
 def cnn_tap_loader(workspace: Workspace, loaded: LoadedBackbone, tap: str, hashes: list[str], *,
-                   precision: str = "fp32") -> ChunkedMatrix:
+                   precision: str = "fp32", pooling: str = "flatten") -> ChunkedMatrix:
     """One tap's (n, features) matrix for ``hashes`` as a lazy :class:`cadx.gram.ChunkedMatrix` over the store's
     files (the classifiers read column tiles; workers open the files from shared storage)."""
     from cadx.cnn import feature_preprocessing
 
     return feature_store(workspace).open(tap, hashes, backbone=loaded.name, weights_sha256=loaded.weights.sha256,
-                                         preprocessing=feature_preprocessing(precision))
+                                         preprocessing=feature_preprocessing(precision, pooling=pooling))
 
 
 # ---------------------------------------------------------------------------------------------------- Method B ---
