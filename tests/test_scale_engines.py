@@ -13,7 +13,7 @@ from cadx.cnn import PREPROCESSING_VERSION, TAP_POOLINGS, feature_preprocessing,
 from cadx.errors import CadxInputError
 from cadx.records import ExperimentConfig, SvmEngineRecord, to_json
 from cadx.sketch import count_sketch_add, hashes_from_sklearn, poly_features, sketch_hashes
-from cadx.svm import AUTO_EXACT_MAX_TRAIN, cross_validate_by_lesion, resolve_svm_engine
+from cadx.svm import APPROX_NOT_VALIDATED, AUTO_EXACT_MAX_TRAIN, cross_validate_by_lesion, resolve_svm_engine
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_auto_engine_switches_at_the_documented_size():
     engine, reason = resolve_svm_engine("auto", AUTO_EXACT_MAX_TRAIN)
     assert engine == "gram" and "5,000 training ROIs <= 5,000" in reason
     engine, reason = resolve_svm_engine("auto", AUTO_EXACT_MAX_TRAIN + 1)
-    assert engine == "approx" and "5,001 training ROIs > 5,000" in reason
+    assert engine == "approx" and "5,001 training ROIs > 5,000" in reason and "NOT YET VALIDATED" in reason
     with pytest.raises(CadxInputError, match="svm_engine"):
         resolve_svm_engine("fast", 10)
 
@@ -167,13 +167,15 @@ def test_cli_options_are_parsed_and_recorded(tmp_path):
     result = runner.invoke(app, ["sweep", "--tap-pooling", "avgmax", "--svm-engine", "approx",
                                  "--sketch-components", "256", "--json", str(out), *common])
     assert result.exit_code == 0, result.output
-    assert "SVM engine: approx (Tensor-Sketch features and a linear SVM (asked for); sketch size 256)" in \
-        " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "SVM engine: approx (Tensor-Sketch features and a linear SVM (asked for); NOT YET VALIDATED" in said
+    assert "compare with --svm-engine exact on a subsample before quoting its numbers; sketch size 256)" in said
     record = json.loads(out.read_text())
     config = record["config"]
     assert config["tap_pooling"] == "avgmax" and config["preprocessing"].endswith("+pool-avgmax")
     assert config["svm_engine"] == {"requested": "approx", "engine": "approx",
-                                    "reason": "Tensor-Sketch features and a linear SVM (asked for)",
+                                    "reason": "Tensor-Sketch features and a linear SVM (asked for)"
+                                              + APPROX_NOT_VALIDATED,
                                     "components": 256}
     assert record["results"]["sweep"]["conv5"]["n_features"] == 512  # 256 channels, average and maximum
     assert record["results"]["sweep"]["fc8"]["n_features"] == 1000
