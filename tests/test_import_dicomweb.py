@@ -387,3 +387,44 @@ def test_credentials_file_forms_and_bad_filters(tmp_path, monkeypatch):
         find_series("http://127.0.0.1:1/dicom-web", date_from="2024-03-01")
     with pytest.raises(CadxInputError, match="is not a DICOM UID"):
         find_series("http://127.0.0.1:1/dicom-web", study_uid="1.2; DROP")
+
+
+def test_sr_and_seg_exported_to_orthanc_come_back_byte_for_byte(workspace_cache, workspace, mini_ddsm_dir, pacs,
+                                                                  tmp_path):
+    """Issue 27's round trip, the export half: the mini-DDSM ROIs' SR and SEG files (``cadx export sr|seg``, checked
+    value by value against the database in tests/test_export_dicom.py) stored with ``cadx export dicomweb`` into the
+    real Orthanc, found there by QIDO-RS as SR and SEG series, and retrieved by WADO-RS equal byte for byte (so every
+    value survives the trip), and still read by highdicom."""
+    import highdicom as hd
+
+    from tests.test_export_dicom import _cli, _ddsm_with_segmentations
+
+    workspace_cache.fill(workspace, _ddsm_with_segmentations, folder=str(mini_ddsm_dir))
+    out = tmp_path / "out"
+    for kind in ("sr", "seg"):
+        done = _cli(workspace, "export", kind, "all", "--out", str(out))
+        assert done.exit_code == 0, done.output
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 8  # 4 ROIs x (SR, SEG)
+    headers = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+    secret = tmp_path / "admin.credentials"
+    secret.write_text("cadx:cadx")
+    result = runner.invoke(app, ["export", "dicomweb", pacs.dicomweb, "--from", str(out), "--credentials",
+                                 str(secret)])
+    for header in headers.values():
+        pacs.forget_after(header.SOPInstanceUID)
+    assert result.exit_code == 0, result.output
+    assert "8 instance(s) stored" in result.output
+    server = DicomwebServer(pacs.dicomweb, credentials=READER)
+    for path, header in headers.items():
+        found = find_series(pacs.dicomweb, credentials=READER, study_uid=header.StudyInstanceUID,
+                            series_uid=header.SeriesInstanceUID)
+        assert [s.modality for s in found] == [header.Modality] and header.Modality in ("SR", "SEG")
+        assert header.SOPInstanceUID in server.search_instances(found[0])
+        back = server.retrieve_instance(header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID)
+        assert back == path.read_bytes(), path.name
+        copy = tmp_path / "back" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(back)
+        read = hd.sr.srread(copy) if header.Modality == "SR" else hd.seg.segread(copy)
+        assert read.SOPInstanceUID == header.SOPInstanceUID
