@@ -8,6 +8,7 @@ import streamlit as st
 from cadx import words
 from cadx.labels import label_word
 from cadx.workflows import lesion_predictions, readable_cases, roi_overlay, roi_predictions
+from cadx.workflows.features import segmentation_score_words
 from pages._shared import csv_download, pick_experiment, plain, workspace
 
 ws = workspace()
@@ -119,6 +120,9 @@ if info["has_outline"]:
 if info["has_truth_outline"]:
     caption += f" · cyan: {info['truth_outline']}"
 picture.image(image, caption=caption, width=512)
+scored = segmentation_score_words(ws, int(roi_id))
+if scored is not None:  # the segmentation's agreement with the reference outline, beside it (issue 27.3)
+    picture.caption(scored)
 with details:
     st.markdown(f"**ROI {roi_id}** · lesion {plain(row['lesion_key'])} · patient {plain(row['patient_key'])} · "
                 f"{row['view'] or 'view unknown'} {row['laterality'] or ''}")

@@ -39,6 +39,7 @@ from cadx.workflows.browse import (
     warm_thumbnails,
 )
 from cadx.workflows.cohorts import list_cohorts
+from cadx.workflows.features import segmentation_score_words
 from pages._shared import (
     SYNTHETIC_BADGE,
     csv_download,
@@ -553,6 +554,9 @@ def _detail(filters: RoiFilters, page_key: str, page_size: int) -> None:
     with st.container(key="review_detail_image"):
         st.image(overlay, caption=(outline.description if outline is not None
                                    else "No outline: the Method-B segmentation is not computed yet."))
+        scored = segmentation_score_words(ws, roi.id)
+        if scored is not None:  # the outline's agreement with the reference, beside it (issue 27.3)
+            st.caption(scored)
     with st.container(border=True):
         st.selectbox("Artifact", list(words.EXCLUSION_REASONS), format_func=words.word, key="review_reason",
                      disabled=not MAY_REVIEW, help=WHY_NOT)

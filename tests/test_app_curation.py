@@ -355,3 +355,35 @@ def test_upload_png_needs_a_pixel_size(demo_data_dir):
     pixel[0].set_value(0.2).run()
     assert not any("give the pixel size" in c.value for c in at.caption)
     assert np.all(at.button(key="upload_save").disabled)  # still needs a centre, a lesion and a label
+
+
+def _mini_ddsm_segmented(workspace, folder: str) -> None:
+    from cadx.workflows import import_ddsm
+    from cadx.workflows.features import compute_analytic_features
+
+    import_ddsm(workspace, folder, user="tester")
+    compute_analytic_features(workspace)
+
+
+def test_review_shows_method_b_s_dice_beside_the_outline(tmp_path, monkeypatch, workspace_cache, mini_ddsm_dir):
+    """Issue 27.3: the Dice and boundary distance of Method B against the expert's outline are shown beside the
+    outline in Review, with the numbers of cadx.segscore (the same as `cadx features --report`)."""
+    from cadx.workflows.features import segmentation_score_words, segmentation_scores
+
+    data, _ = workspace_cache.data_dir(tmp_path / "data", _mini_ddsm_segmented, folder=str(mini_ddsm_dir))
+    point_app_at(data, monkeypatch)
+    workspace = open_workspace(data)
+    try:
+        scores = {s.roi_id: s for s in segmentation_scores(workspace)}
+        assert len(scores) == 4  # every mini-DDSM ROI has the expert's outline and a segmentation
+        roi_id, score = min(scores.items())
+        words = segmentation_score_words(workspace, roi_id)
+        assert words == (f"Method B against the expert outline: Dice {score.dice:.2f}, mean boundary distance "
+                         f"{score.boundary_mm:.2f} mm")
+        at = _page("pages/review.py")
+        at.button(key=f"review_open_{roi_id}").click().run()
+        assert not at.exception, at.exception
+        assert words in [c.value for c in at.caption]
+    finally:
+        workspace.engine.dispose()
+        st.cache_resource.clear()

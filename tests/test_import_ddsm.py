@@ -262,3 +262,4 @@ def test_a_failed_segmentation_of_an_outlined_lesion_scores_dice_zero(workspace,
     assert score.quality == "failed" and score.dice == 0.0 and score.boundary_mm is None
     assert score.reference_mm2 == pytest.approx(math.pi * 8.0 ** 2, rel=0.03)
     assert segmentation_scores(workspace, version="another-version") == []  # scored per feature version
+

@@ -45,6 +45,7 @@ __all__ = [
     "cnn_tap_loader",
     "SegmentationScoreRow",
     "segmentation_scores",
+    "segmentation_score_words",
 ]
 
 _BATCH_COMMIT = 25  # analytic results committed in batches: a killed run keeps what it finished
@@ -357,6 +358,19 @@ class SegmentationScoreRow:
         return {"roi_id": self.roi_id, "lesion": self.lesion_key, "reference": self.reference,
                 "quality": self.quality, "dice": self.dice, "boundary_mm": self.boundary_mm,
                 "segmented_mm2": self.segmented_mm2, "reference_mm2": self.reference_mm2}
+
+
+def segmentation_score_words(workspace: Workspace, roi_id: int) -> str | None:
+    """Method B's score against one ROI's reference outline in words, for the pages beside the outline (e.g.
+    ``"Method B against the expert outline: Dice 0.63, mean boundary distance 5.28 mm"``); None when the ROI has no
+    reference outline or is not segmented with the current version yet."""
+    scores = segmentation_scores(workspace, [roi_id])
+    if not scores:
+        return None
+    score = scores[0]
+    boundary = ("no boundary distance (no segmentation)" if score.boundary_mm is None
+                else f"mean boundary distance {score.boundary_mm:.2f} mm")
+    return f"Method B against the {score.reference}: Dice {score.dice:.2f}, {boundary}"
 
 
 def segmentation_scores(workspace: Workspace, roi_ids: Iterable[int] | None = None, *,
