@@ -16,7 +16,7 @@ from pathlib import Path
 from cadx.errors import CadxInputError
 from cadx.private import make_private_dirs
 
-__all__ = ["DicomwebCredentials", "data_dir", "data_dir_path", "database_url", "dicomweb_credentials"]
+__all__ = ["DicomwebCredentials", "data_dir", "data_dir_path", "database_url", "dicomweb_credentials", "pacs_url"]
 
 _DEFAULT_DATA_DIR = Path.home() / ".cadx"
 
@@ -125,3 +125,12 @@ def dicomweb_credentials(file: Path | None = None) -> DicomwebCredentials | None
         missing = "CADX_DICOMWEB_PASSWORD" if env_user else "CADX_DICOMWEB_USER"
         raise CadxInputError(missing, "is not set while its partner is", f"set {missing} too, or neither")
     return DicomwebCredentials(user=env_user, password=env_password) if env_user else None
+
+
+def pacs_url() -> str | None:
+    """The PACS the app's *From PACS* searches (``CADX_PACS_URL``, a DICOMweb root), signed in with
+    :func:`dicomweb_credentials` from the environment; None when unset.
+
+    Set by whoever runs the server, never typed in the browser: a URL from a browser user would let them make the
+    server fetch from any address it can reach (the browser is untrusted; the shell is not)."""
+    return (os.environ.get("CADX_PACS_URL") or "").strip() or None

@@ -1,12 +1,15 @@
 """Upload case: add a mammogram (DICOM, a zip of a study, or PNG/TIFF/PGM with its pixel size), mark the lesion
 centre with a click, check the ROI that will be stored, and save it."""
 
+import hashlib
 from functools import partial
 
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from cadx import words
+from cadx.config import dicomweb_credentials, pacs_url
+from cadx.dicomweb import SeriesInfo
 from cadx.errors import CadxInputError
 from cadx.validation import PIXEL_SPACING_RANGE_MM
 from cadx.workflows import (
@@ -23,6 +26,7 @@ from cadx.workflows import (
     upload_patients,
 )
 from cadx.workflows.browse import MAX_IMAGE_BYTES, REGION_WINDOW, auto_window, display_windows, zoom_region
+from cadx.workflows.pacs import PACS_FETCH_MAX_INSTANCES, fetch_series_instances, find_series
 from pages._shared import allowed, current_user, manual_window, plain, workspace
 
 VIEWS = ["CC", "MLO", "ML", "LM", "XCCL", "other"]
@@ -105,6 +109,70 @@ st.info(
 )
 _show_report()
 
+
+class _Fetched:
+    """An instance fetched from the PACS, in the shape of an uploaded file (it takes the same path from here)."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self._data = name, data
+        self.file_id = "pacs-" + hashlib.sha256(data).hexdigest()[:16]
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def _series_words(series: SeriesInfo) -> str:
+    date = series.study_date or "no date"
+    count = "?" if series.n_instances is None else series.n_instances
+    return f"{series.modality} · study {date} · {count} image(s) · series …{series.series_uid[-16:]}"
+
+
+def _from_pacs(url: str) -> None:
+    """Search the configured PACS (QIDO-RS) and fetch chosen mammography series (WADO-RS) into this upload."""
+    st.caption(f"Server **{plain(url)}**, set by whoever runs cadx (CADX_PACS_URL; sign-in from CADX_DICOMWEB_*). "
+               "Fetched images are de-identified and stored like uploaded files, once you mark and save them.")
+    c1, c2, c3 = st.columns(3)
+    patient = c1.text_input("Patient ID on the PACS", key="pacs_patient").strip() or None
+    date_from = c2.text_input("Study date from (YYYYMMDD)", key="pacs_from").strip() or None
+    date_to = c3.text_input("Study date to (YYYYMMDD)", key="pacs_to").strip() or None
+    if st.button("Search the PACS", key="pacs_search"):
+        try:
+            with st.spinner("Searching…"):
+                st.session_state["pacs_found"] = find_series(url, credentials=dicomweb_credentials(),
+                                                             patient_id=patient, date_from=date_from,
+                                                             date_to=date_to)
+        except CadxInputError as exc:
+            st.session_state.pop("pacs_found", None)
+            st.error(plain(exc))
+    found: list[SeriesInfo] | None = st.session_state.get("pacs_found")
+    if found is None:
+        return
+    mammograms = [s for s in found if s.modality == "MG"]
+    others = len(found) - len(mammograms)
+    st.write(f"{len(found)} series found: {len(mammograms)} mammography (MG)"
+             + (f", {others} of other modalities (not offered)" if others else "") + ".")
+    if not mammograms:
+        return
+    chosen = st.multiselect("Series to fetch", mammograms, format_func=_series_words, key="pacs_chosen")
+    if st.button("Fetch into this upload", key="pacs_fetch", disabled=not chosen,
+                 help=f"At most {PACS_FETCH_MAX_INSTANCES} images at once."):
+        try:
+            with st.spinner("Fetching…"):
+                fetched = fetch_series_instances(url, chosen, credentials=dicomweb_credentials())
+        except CadxInputError as exc:
+            st.error(plain(exc))
+        else:
+            st.session_state["pacs_files"] = [_Fetched(name, data) for name, data in fetched]
+
+
+pacs = pacs_url()
+if pacs is not None:
+    with st.expander("From PACS", expanded="pacs_found" in st.session_state):
+        _from_pacs(pacs)
+    if st.session_state.get("pacs_files") and st.button("Forget the fetched images", key="pacs_forget"):
+        st.session_state.pop("pacs_files")
+        st.rerun()
+
 files = st.file_uploader(
     "Mammogram files",
     accept_multiple_files=True,
@@ -113,8 +181,11 @@ files = st.file_uploader(
          f"At most {MAX_IMAGE_BYTES // 2**20} MB "
          "per image.",
 )
+if not files:  # nothing uploaded: the images fetched from the PACS, if any, take the same path
+    files = st.session_state.get("pacs_files") or []
 if not files:
-    st.caption("Upload DICOM files, a zip of a study, or a PNG/TIFF/PGM image whose pixel size you know.")
+    st.caption("Upload DICOM files, a zip of a study, or a PNG/TIFF/PGM image whose pixel size you know"
+               + (", or fetch them from the PACS above." if pacs is not None else "."))
     st.stop()
 
 unpacked = _unpack(tuple(f.file_id for f in files), files)

@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 # The suite runs beside real data (issue 26.1): a shell set up for the user's own PostgreSQL or data directory
 # (CADX_DATABASE_URL, CADX_DATA_DIR, as the README suggests) must not lead a test into it, and no CADX_* setting of
@@ -163,3 +164,58 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _E2E in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+# ----------------------------------------------------------------------------- the real Orthanc (DICOMweb) ---
+ORTHANC_ADMIN = ("cadx", "cadx")  # scripts/services.sh's Orthanc admin (loopback only)
+
+
+@pytest.fixture(scope="module")
+def orthanc() -> str:
+    """Orthanc's base URL (``CADX_TEST_ORTHANC_URL``, else its fixed loopback address); skips, or fails under
+    ``CI=true``, when it does not answer."""
+    url = os.environ.get("CADX_TEST_ORTHANC_URL", "http://127.0.0.1:8042").rstrip("/")
+    try:
+        answer = requests.get(f"{url}/system", auth=ORTHANC_ADMIN, timeout=5)
+        answer.raise_for_status()
+        plugins = requests.get(f"{url}/plugins", auth=ORTHANC_ADMIN, timeout=5).json()
+    except requests.RequestException as exc:
+        reason = (f"Orthanc does not answer at {url} ({type(exc).__name__}): run scripts/services.sh as root "
+                  "(or set CADX_TEST_ORTHANC_URL)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + " - under CI=true the DICOMweb tests must run")
+        pytest.skip(reason)
+    assert "dicom-web" in plugins, f"Orthanc at {url} runs without its DICOMweb plugin: {plugins}"
+    return url
+
+
+class _Pacs:
+    """What a test put into Orthanc, deleted at the end."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.dicomweb = f"{base}/dicom-web"
+        self._ids: list[str] = []
+
+    def upload(self, path: Path) -> dict:
+        answer = requests.post(f"{self.base}/instances", data=path.read_bytes(), auth=ORTHANC_ADMIN, timeout=60)
+        answer.raise_for_status()
+        body = answer.json()
+        self._ids.append(body["ID"])
+        return body
+
+    def forget_after(self, sop_uid: str) -> None:
+        """Delete, at the end, an instance that came in another way (STOW)."""
+        found = requests.post(f"{self.base}/tools/lookup", data=sop_uid, auth=ORTHANC_ADMIN, timeout=10).json()
+        self._ids.extend(item["ID"] for item in found if item["Type"] == "Instance")
+
+    def cleanup(self) -> None:
+        for orthanc_id in self._ids:
+            requests.delete(f"{self.base}/instances/{orthanc_id}", auth=ORTHANC_ADMIN, timeout=30)
+
+
+@pytest.fixture
+def pacs(orthanc):
+    store = _Pacs(orthanc)
+    yield store
+    store.cleanup()

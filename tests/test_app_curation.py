@@ -387,3 +387,54 @@ def test_review_shows_method_b_s_dice_beside_the_outline(tmp_path, monkeypatch, 
     finally:
         workspace.engine.dispose()
         st.cache_resource.clear()
+
+
+def test_from_pacs_searches_the_configured_server_and_fetched_images_save_like_uploads(
+        demo_data_dir, orthanc, pacs, tmp_path, monkeypatch):
+    """Issue 27.1 in the app: Upload case's *From PACS* searches the PACS that whoever runs cadx configured (never a
+    URL typed in the browser), offers only its mammography series, and a fetched image takes the upload path: centre,
+    lesion, Save — stored de-identified, its image hash the PACS file's."""
+    import hashlib
+
+    from tests.test_import_dicomweb import READER
+
+    patient = "PACS-APP-" + tmp_path.name[-12:]
+    mg_path = write_mammogram(tmp_path / "mg.dcm", disk_image((700, 500), (350, 250), 40),
+                              extra={"PatientID": patient})
+    ct_path = write_mammogram(tmp_path / "ct.dcm", disk_image((300, 300), (150, 150), 20),
+                              extra={"PatientID": patient, "Modality": "CT"})
+    pacs.upload(mg_path)
+    pacs.upload(ct_path)
+    at = _page("pages/upload.py")
+    assert not any(e.label == "From PACS" for e in at.expander)  # no PACS configured: no such part
+    monkeypatch.setenv("CADX_PACS_URL", pacs.dicomweb)
+    monkeypatch.setenv("CADX_DICOMWEB_USER", READER.user)
+    monkeypatch.setenv("CADX_DICOMWEB_PASSWORD", READER.password)
+    at = _page("pages/upload.py")
+    assert not any(t.label.startswith("PACS URL") for t in at.text_input)  # the server is not the browser's choice
+    at.text_input(key="pacs_patient").set_value(patient)
+    at.button(key="pacs_search").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("2 series found: 1 mammography (MG), 1 of other modalities (not offered)" in m.value
+               for m in at.markdown)
+    (offered,) = at.multiselect(key="pacs_chosen").options
+    assert offered.startswith("MG · study 20240301 · 1 image(s)")
+    at.multiselect(key="pacs_chosen").select(offered).run()
+    at.button(key="pacs_fetch").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    rows = [n for n in at.number_input if str(n.key).startswith("upload_row_")]
+    cols = [n for n in at.number_input if str(n.key).startswith("upload_col_")]
+    rows[0].set_value(351.0)
+    cols[0].set_value(249.5)
+    at.run()
+    at.selectbox(key="upload_lesion").set_value("New lesion…").run()
+    at.text_input(key="upload_new_lesion").set_value("PACS-L1")
+    at.radio(key="upload_label").set_value("benign").run()
+    _as(at, "Dr Cy").button(key="upload_save").click().run()
+    assert not at.exception
+    assert any("as ROI #" in s.value for s in at.success), [e.value for e in at.error]
+    with _db(demo_data_dir).sessions() as session:
+        roi = session.scalars(select(Roi).order_by(Roi.id.desc())).first()
+        assert roi.lesion.key == "PACS-L1" and (roi.centre_row, roi.centre_col) == (351.0, 249.5)
+        assert roi.lesion.patient.key != patient  # the pseudonym, never the PACS's PatientID
+        assert roi.image.sha256 == hashlib.sha256(mg_path.read_bytes()).hexdigest()

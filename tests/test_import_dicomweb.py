@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import socket
 import threading
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -32,61 +30,9 @@ from db.models import Base, Image, Lesion, Patient, Roi
 from tests.dicom_factory import PHI, disk_image, write_mammogram
 
 runner = CliRunner()
-ADMIN = ("cadx", "cadx")
 # scripts/services.sh registers this reader; its password is a string nothing else in the suite contains
 READER = DicomwebCredentials(user="cadx-reader", password="Rdr-7Qx2-Vb9K-pacs")
 WRONG_PASSWORD = "Wrong-9Zt4-Hq1M-never"
-
-
-@pytest.fixture(scope="module")
-def orthanc() -> str:
-    """Orthanc's base URL (``CADX_TEST_ORTHANC_URL``, else its fixed loopback address); skips, or fails under
-    ``CI=true``, when it does not answer."""
-    url = os.environ.get("CADX_TEST_ORTHANC_URL", "http://127.0.0.1:8042").rstrip("/")
-    try:
-        answer = requests.get(f"{url}/system", auth=ADMIN, timeout=5)
-        answer.raise_for_status()
-        plugins = requests.get(f"{url}/plugins", auth=ADMIN, timeout=5).json()
-    except requests.RequestException as exc:
-        reason = (f"Orthanc does not answer at {url} ({type(exc).__name__}): run scripts/services.sh as root "
-                  "(or set CADX_TEST_ORTHANC_URL)")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason + " - under CI=true the DICOMweb tests must run")
-        pytest.skip(reason)
-    assert "dicom-web" in plugins, f"Orthanc at {url} runs without its DICOMweb plugin: {plugins}"
-    return url
-
-
-class _Pacs:
-    """What a test put into Orthanc, deleted at the end."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.dicomweb = f"{base}/dicom-web"
-        self._ids: list[str] = []
-
-    def upload(self, path: Path) -> dict:
-        answer = requests.post(f"{self.base}/instances", data=path.read_bytes(), auth=ADMIN, timeout=60)
-        answer.raise_for_status()
-        body = answer.json()
-        self._ids.append(body["ID"])
-        return body
-
-    def forget_after(self, sop_uid: str) -> None:
-        """Delete, at the end, an instance that came in another way (STOW)."""
-        found = requests.post(f"{self.base}/tools/lookup", data=sop_uid, auth=ADMIN, timeout=10).json()
-        self._ids.extend(item["ID"] for item in found if item["Type"] == "Instance")
-
-    def cleanup(self) -> None:
-        for orthanc_id in self._ids:
-            requests.delete(f"{self.base}/instances/{orthanc_id}", auth=ADMIN, timeout=30)
-
-
-@pytest.fixture
-def pacs(orthanc):
-    store = _Pacs(orthanc)
-    yield store
-    store.cleanup()
 
 
 def _labels(path: Path, rows: list[dict]) -> Path:

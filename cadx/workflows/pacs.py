@@ -11,7 +11,7 @@ search and again in the file itself) are imported.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from cadx import io as cadx_io
@@ -23,7 +23,8 @@ from cadx.workflows.datasets import _import_rows, _opaque_name
 from cadx.workflows.importing import ImportReport, Progress
 from cadx.workflows.workspace import Workspace
 
-__all__ = ["dicom_files_under", "export_dicomweb_folder", "find_series", "import_dicomweb", "stow_instances"]
+__all__ = ["PACS_FETCH_MAX_INSTANCES", "dicom_files_under", "export_dicomweb_folder", "fetch_series_instances",
+           "find_series", "import_dicomweb", "stow_instances"]
 
 # A folder no labels row can name: rows are placed under it by UID only, so "../x" or an absolute path in the file
 # column is refused instead of resolving to a real file.
@@ -128,6 +129,35 @@ def import_dicomweb(workspace: Workspace, url: str, labels: str | Path, *, user:
     return _import_rows(workspace, importable, kind="dicomweb", source=source, user=user, report=report,
                         skip_errors=skip_errors, allow_burned_in=allow_burned_in, progress=progress, fetch=fetch,
                         check=check)
+
+
+PACS_FETCH_MAX_INSTANCES = 16  # one fetch from the app's From PACS: the images of a study or two, held in memory
+
+
+def fetch_series_instances(url: str, series: Sequence[SeriesInfo], *,
+                           credentials: DicomwebCredentials | None = None, verify_tls: bool = True,
+                           max_instances: int = PACS_FETCH_MAX_INSTANCES) -> list[tuple[str, bytes]]:
+    """The instances of the chosen MG ``series`` as ``(name, bytes)`` (WADO-RS, each within the download byte cap),
+    for the app's upload path, which reads, de-identifies and stores them like uploaded files.
+
+    Raises
+    ------
+    CadxInputError
+        A series that is not MG, more than ``max_instances`` instances, or the server failing.
+    """
+    server = DicomwebServer(url, credentials=credentials, verify_tls=verify_tls)
+    wanted: list[tuple[SeriesInfo, str]] = []
+    for one in series:
+        if one.modality != "MG":
+            raise CadxInputError(f"series {one.series_uid}", f"has modality {one.modality}, not MG (mammography)",
+                                 "choose a mammography series")
+        wanted += [(one, uid) for uid in server.search_instances(one)]
+    if len(wanted) > max_instances:
+        raise CadxInputError("From PACS", f"the chosen series hold {len(wanted)} instances; at most "
+                             f"{max_instances} are fetched at once", "choose fewer series, or import a whole "
+                             "study with `cadx import dicomweb`")
+    return [(f"PACS {one.series_uid[-12:]} #{i + 1}", server.retrieve_instance(one.study_uid, one.series_uid, uid))
+            for i, (one, uid) in enumerate(wanted)]
 
 
 def stow_instances(url: str, instances: Iterable[object], *, credentials: DicomwebCredentials | None = None,
