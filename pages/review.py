@@ -650,7 +650,6 @@ def _similar(roi) -> None:
                           type="tertiary")
 
 
-@st.dialog("ROI", width="large")
 def _dicom_downloads(ws, roi_id: int, *, has_mask: bool) -> None:
     """The ROI as DICOM SR (review, centre, outlines) and SEG (its masks on the source image), built on click."""
     from cadx.workflows.export import roi_dicom_bytes
@@ -668,6 +667,7 @@ def _dicom_downloads(ws, roi_id: int, *, has_mask: bool) -> None:
                            else "No segmentation or reference outline to export")
 
 
+@st.dialog("ROI", width="large")
 def _large(roi_id: int, window) -> None:
     roi = get_roi(ws, roi_id)
     st.markdown(f"**ROI #{roi.id}** · lesion {plain(roi.lesion_key)} ({roi.label}) · {roi.view or '?'} "
