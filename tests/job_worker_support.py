@@ -5,8 +5,8 @@
 stale limit the test sets); ``--save-log`` appends the unit of every checkpoint this worker saves, i.e. every unit
 it computed itself (not the units it restored); ``--as-host`` makes the worker record another host name on the
 jobs it claims, so that other processes on this machine judge its liveness by its heartbeat alone (the PID check
-does not apply across hosts); ``--hold-after N`` makes every fold after the worker's first N saved checkpoints
-wait until ``--release-file`` exists (a job caught mid-run however fast the machine: the test acts, then releases
+does not apply across hosts); ``--hold-after N`` holds the worker right after its N-th saved checkpoint
+until ``--release-file`` exists (a job caught mid-run however fast the machine: the test acts, then releases
 it). Everything else is the real worker (``cadx.workflows.jobs.run_worker``).
 """
 
@@ -44,25 +44,21 @@ def main() -> None:
     saved = []
     real_save = jobs._ScopedCheckpoints.save
 
+    if args.hold_after is not None and not args.release_file:
+        parser.error("--hold-after needs --release-file")
+
     def logged_save(self, unit, payload):
         real_save(self, unit, payload)
         saved.append(f"{self._prefix}{unit}")
         if args.save_log:
             with open(args.save_log, "a") as log:
                 log.write(f"{self._prefix}{unit}\n")
+        # held in the worker's own process, right after its N-th checkpoint: folds run in pool processes (loky)
+        # never see a patch of this one, but every checkpoint is saved here, one at a time
+        while args.hold_after is not None and len(saved) == args.hold_after and not os.path.exists(args.release_file):
+            time.sleep(0.1)
 
     jobs._ScopedCheckpoints.save = logged_save
-    if args.hold_after is not None:
-        if not args.release_file:
-            parser.error("--hold-after needs --release-file")
-        held_fold = cadx.svm._run_fold
-
-        def held(*a, **k):
-            while len(saved) >= args.hold_after and not os.path.exists(args.release_file):
-                time.sleep(0.1)
-            return held_fold(*a, **k)
-
-        cadx.svm._run_fold = held
     if args.as_host:
         real_identity = jobs._identity
 

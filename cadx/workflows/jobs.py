@@ -541,8 +541,14 @@ class _Reporter:
         if self._stop is not None and self._stop.is_set():
             raise JobInterrupted(f"job {self._job_id}: the worker was asked to stop")
         now = time.monotonic()
+        boundary = int(done) > self._last_done  # a unit finished (read before _eta moves it)
         eta = self._eta(int(done), total, now)
         if now - self._last_write < _PROGRESS_WRITE_S and (total is None or done < total):
+            if boundary:  # the write waits, but a cancel is noticed at every unit boundary (one cheap read)
+                with self._workspace.sessions() as session:
+                    mine = session.execute(select(Job.status, Job.worker).where(Job.id == self._job_id)).first()
+                if mine is None or tuple(mine) != ("running", self._me.label):
+                    raise JobCancelled(f"job {self._job_id} was cancelled or taken over")
             return
         self._last_write = now
         with self._workspace.sessions.begin() as session:

@@ -45,13 +45,27 @@ HEARTBEAT_S = 0.5
 JOB_ENV = {"CADX_JOB_STALE_SECONDS": str(STALE_S), "CADX_JOB_HEARTBEAT_SECONDS": str(HEARTBEAT_S)}
 
 
-def _stop_page_workers(data: Path) -> None:
-    """Stop the workers the page started (their PIDs are in the data directory, one file per run slot)."""
+def _stop_page_workers(data: Path, *, wait: float = 0) -> None:
+    """Stop the workers the page started (their PIDs are in the data directory, one file per run slot); with
+    ``wait``, until each has exited (or that many seconds have passed)."""
+    pids = []
     for pid_file in [data / "worker.pid", *data.glob("worker-*.pid")]:
         try:
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
         except (OSError, ValueError, IndexError):
             pass
+    deadline = time.monotonic() + wait
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break  # gone
+            if state == "Z":  # exited; its parent (the app's server) has not reaped it yet
+                break
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +264,9 @@ def test_cancel_asks_keeps_the_finished_units_and_resume_redoes_none(jobs_server
     """Issue 25.4: Cancel asks for confirmation, keeps the checkpoints and offers Resume, which redoes no finished
     unit (today one click threw away 18 minutes of work)."""
     url, data = jobs_server
-    release = tmp_path / "release"  # the folds after the first checkpoint wait for it: the job is mid-run when cancelled
+    # a worker the page started for an earlier test would take the job too (and finish it unheld): stop them first
+    _stop_page_workers(data, wait=60)
+    release = tmp_path / "release"  # the worker waits for it after its first checkpoint: mid-run when cancelled
     first = _test_worker(data, tmp_path / "cancelled.log", save_log=tmp_path / "first.units", hold_after=1,
                          release_file=release)
     try:
@@ -273,7 +289,8 @@ def test_cancel_asks_keeps_the_finished_units_and_resume_redoes_none(jobs_server
         first.terminate()
         first.wait()
     kept = {u for u, _ in _checkpoints(data, job_id)}
-    assert kept and kept == set((tmp_path / "first.units").read_text().split())
+    assert kept and kept == set((tmp_path / "first.units").read_text().split()), (
+        (tmp_path / "cancelled.log").read_text()[-3000:])
     resume = page.get_by_role("button", name=f"Resume job {job_id}")
     expect(resume).to_be_visible(timeout=60_000)
     resume.click()  # the page queues it again and starts a worker, which restores the kept units
