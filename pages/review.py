@@ -263,7 +263,7 @@ def _keep_in_view(roi_id: int, moved: int) -> None:
     }}
     return doc.scrollingElement;
   }};
-  let tries = 0;
+  let tries = 0, again = false;
   const run = () => {{
     const body = doc.querySelector('.st-key-review_body');
     const detail = doc.querySelector('.st-key-review_detail');
@@ -277,14 +277,14 @@ def _keep_in_view(roi_id: int, moved: int) -> None:
     cell.scrollIntoView({{block: 'nearest'}});
     const under = top - (cell.getBoundingClientRect().top - box.getBoundingClientRect().top);
     if (under > 0) box.scrollTop -= under;  // not under the app's header
-    // the rest of the rerun may still be drawing (a flag adds its caption to the cell, a message above the grid):
-    // place it again whenever the grid changes size during the next second
-    if (!win.__cadxReviewObserver && win.ResizeObserver) {{
-      const observer = new win.ResizeObserver(() => run());
-      win.__cadxReviewObserver = observer;
-      observer.observe(body);
-      observer.observe(cell);
-      setTimeout(() => {{ observer.disconnect(); win.__cadxReviewObserver = null; }}, 1000);
+    // the rest of the rerun may still be drawing (a flag adds its caption to the cell, a message above the grid)
+    // and Streamlit may replace the cell's element: place it again a few times over the next seconds, finding the
+    // elements anew each time (idempotent once in view), unless another move has come since
+    if (!again) {{
+      again = true;
+      [150, 400, 800, 1500, 2500, 4000, 6000, 9000].forEach(t => setTimeout(() => {{
+        if (win.__cadxReviewMoved === {moved}) {{ tries = 0; run(); }}
+      }}, t));
     }}
   }};
   setTimeout(run, 0);
